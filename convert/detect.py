@@ -1,0 +1,187 @@
+"""Detect a model's input contract and output kind from its layers and from probing it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from convert.source import LoadedSource
+from engine.contract import Contract, InputSpec, OutputSpec
+from engine.errors import ContractError, UsageError
+
+log = logging.getLogger(__name__)
+
+POSITIVE_LABEL = "PNEUMONIA"
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What the user said on the command line; None means 'detect'."""
+
+    input_size: tuple[int, int] | None = None
+    input_scaling: str | None = None
+    resize_filter: str = "bicubic"
+    labels: tuple[str, ...] | None = None  # in output-index order for softmax2; (neg, pos) else
+    positive_index: int | None = None
+    threshold: float = 0.5
+
+
+def detect_contract(src: LoadedSource, o: Overrides) -> Contract:
+    layers = list(_walk_layers(src.model)) if src.model is not None else []
+    spec = _input_spec(src, o, layers)
+    probe_shape = (spec.height, spec.width, spec.channels)
+    # Only graph models list layers in call order; a subclassed model's order is attribute order.
+    ordered = layers if _is_graph_model(src.model) else []
+    output = _output_spec(src, probe_shape, spec.scaling, o, ordered)
+    negative, positive = _labels(output, o)
+    return Contract(
+        input=spec,
+        output=output,
+        negative_label=negative,
+        positive_label=positive,
+        threshold=o.threshold,
+    )
+
+
+def _input_spec(src: LoadedSource, o: Overrides, layers: list[Any]) -> InputSpec:
+    shape = src.input_shape
+    if len(shape) != 4:
+        raise ContractError(
+            f"{src.name} takes input of shape {shape}: expected an image batch (N, H, W, C)"
+        )
+    _, h, w, c = shape
+    if c not in (1, 3):
+        raise ContractError(
+            f"{src.name} takes {c} channels per pixel (shape {shape}): expected 1 (grayscale) or "
+            "3 (RGB), channels last"
+        )
+    resizing = [layer for layer in layers if type(layer).__name__ == "Resizing"]
+    rescaling = [layer for layer in layers if type(layer).__name__ == "Rescaling"]
+    if o.input_size is not None:
+        if h is not None and w is not None and (h, w) != o.input_size:
+            raise UsageError(
+                f"--input-size {o.input_size[0]}x{o.input_size[1]} contradicts the model's "
+                f"declared input {h}x{w}"
+            )
+        h, w = o.input_size
+    elif (h is None or w is None) and resizing:
+        h, w = int(resizing[0].height), int(resizing[0].width)
+    if h is None or w is None:
+        raise ContractError(
+            f"{src.name} accepts any image size ({shape}) and has no Resizing layer: "
+            "pass --input-size HxW (the size it was trained at)"
+        )
+    scaling = o.input_scaling
+    if scaling is None:
+        scaling = "raw" if rescaling else "unit"
+        if not layers:
+            log.warning(
+                "%s: cannot see the model's layers (plain SavedModel); assuming inputs in [0, 1]."
+                " Pass --input-scaling raw if it rescales 0-255 itself",
+                src.name,
+            )
+    return InputSpec(
+        height=int(h),
+        width=int(w),
+        channels=int(c),
+        scaling=scaling,
+        resize_filter=o.resize_filter,
+        resizes_inside=bool(resizing),
+    )
+
+
+def _output_spec(
+    src: LoadedSource,
+    probe_shape: tuple[int, int, int],
+    scaling: str,
+    o: Overrides,
+    layers: list[Any],
+) -> OutputSpec:
+    rng = np.random.default_rng(0)
+    top = 255.0 if scaling == "raw" else 1.0
+    low = -1.0 if scaling == "symmetric" else 0.0
+    probe = rng.uniform(low, top, size=(4, *probe_shape)).astype(np.float32)
+    out = src.predict(probe)
+    flat = out.reshape(len(out), -1)
+    units = flat.shape[1]
+    in_unit_range = bool(np.all((flat >= 0.0) & (flat <= 1.0)))
+    if units == 1:
+        activation = _final_activation(layers)
+        if activation not in (None, "sigmoid") or not in_unit_range:
+            raise ContractError(
+                f"unknown output kind: {src.name} has one output unit but its final activation "
+                f"is {activation or 'unknown'} and it produced {flat.min():.3g}..{flat.max():.3g}:"
+                " expected a sigmoid probability (add a sigmoid to the model)"
+            )
+        return OutputSpec(kind="sigmoid", positive_index=0)
+    if units == 2:
+        if not in_unit_range or not np.allclose(flat.sum(axis=1), 1.0, atol=1e-3):
+            raise ContractError(
+                f"unknown output kind: {src.name} has two output units that are not softmax "
+                "probabilities (rows do not sum to 1): add a softmax to the model"
+            )
+        return OutputSpec(kind="softmax2", positive_index=_positive_index(src, o))
+    raise ContractError(
+        f"unknown output kind: {src.name} outputs {units} values per image (shape "
+        f"{out.shape[1:]}): expected one sigmoid unit or two softmax units"
+    )
+
+
+def _positive_index(src: LoadedSource, o: Overrides) -> int:
+    if o.positive_index is not None:
+        if o.positive_index not in (0, 1):
+            raise UsageError(f"--positive-index must be 0 or 1, got {o.positive_index}")
+        return o.positive_index
+    if o.labels is not None:
+        upper = [label.upper() for label in o.labels]
+        if len(upper) == 2 and POSITIVE_LABEL in upper:
+            return upper.index(POSITIVE_LABEL)
+        raise UsageError(
+            f"--labels {','.join(o.labels)}: cannot tell the positive class; name it "
+            f"{POSITIVE_LABEL} or pass --positive-index"
+        )
+    raise UsageError(
+        f"{src.name} has a 2-unit softmax output: say which unit is P({POSITIVE_LABEL}) with "
+        "--positive-index 0|1, or --labels in output order (e.g. --labels NORMAL,PNEUMONIA)"
+    )
+
+
+def _labels(output: OutputSpec, o: Overrides) -> tuple[str, str]:
+    if o.labels is None:
+        return ("NORMAL", POSITIVE_LABEL)
+    if len(o.labels) != 2:
+        raise UsageError(f"--labels needs exactly two names, got {len(o.labels)}")
+    if output.kind == "softmax2":
+        return (o.labels[1 - output.positive_index], o.labels[output.positive_index])
+    return (o.labels[0], o.labels[1])
+
+
+def _final_activation(layers: list[Any]) -> str | None:
+    """Name of the last layer's activation, if the last layer has one."""
+    for layer in reversed(layers):
+        act = getattr(layer, "activation", None)
+        if act is not None:
+            return getattr(act, "__name__", str(act))
+        if type(layer).__name__ not in ("Dropout", "Flatten", "Reshape", "InputLayer"):
+            return None
+    return None
+
+
+def _is_graph_model(model: Any) -> bool:
+    return bool(getattr(model, "_is_graph_network", False)) or type(model).__name__ in (
+        "Sequential",
+        "Functional",
+    )
+
+
+def _walk_layers(model: Any) -> Iterator[Any]:
+    """Every layer, nested models flattened, in order."""
+    for layer in getattr(model, "layers", []):
+        if getattr(layer, "layers", None):
+            yield from _walk_layers(layer)
+        else:
+            yield layer

@@ -1,0 +1,109 @@
+"""Validation results: a list of named checks, written as JSON or JUnit XML for CI pipelines."""
+
+from __future__ import annotations
+
+import json
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engine.errors import PneumoError, UsageError, ValidationError
+
+Figures = dict[str, Any]
+
+
+class CheckFailed(Exception):
+    """Raised inside a check: the check ran and the model failed it."""
+
+    def __init__(self, detail: str, figures: Figures | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.figures = figures or {}
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+    seconds: float = 0.0
+    figures: Figures = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    subject: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def run(self, name: str, fn: Callable[[], tuple[str, Figures]]) -> bool:
+        """Run one check, record pass or fail (never raise for a model's failure)."""
+        start = time.perf_counter()
+        try:
+            detail, figures = fn()
+            passed = True
+        except CheckFailed as e:
+            detail, figures, passed = e.detail, e.figures, False
+        except UsageError:
+            raise
+        except PneumoError as e:
+            detail, figures, passed = e.message, {}, False
+        seconds = round(time.perf_counter() - start, 4)
+        self.checks.append(Check(name, passed, detail, seconds, figures))
+        return passed
+
+    def failures(self) -> list[str]:
+        return [f"{c.name}: {c.detail}" for c in self.checks if not c.passed]
+
+    def raise_if_failed(self, what: str) -> None:
+        if not self.ok:
+            raise ValidationError(f"{what} failed validation; nothing was written:", self.failures())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"subject": self.subject, "ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+
+    def write(self, path: str | Path) -> None:
+        """Write JSON (`.json`) or JUnit XML (`.xml`), chosen by the file's suffix."""
+        p = Path(path)
+        if p.suffix.lower() == ".json":
+            text = json.dumps(self.to_dict(), indent=2) + "\n"
+        elif p.suffix.lower() == ".xml":
+            text = self.to_junit()
+        else:
+            raise UsageError(f"--report {p.name}: expected a .json or .xml file name")
+        try:
+            p.write_text(text)
+        except OSError as e:
+            raise UsageError(f"cannot write report {p.name}: {e.strerror or e}") from e
+
+    def to_junit(self) -> str:
+        failures = sum(not c.passed for c in self.checks)
+        total = sum(c.seconds for c in self.checks)
+        suites = ET.Element("testsuites")
+        suite = ET.SubElement(
+            suites,
+            "testsuite",
+            name=f"pneumo validate {self.subject}",
+            tests=str(len(self.checks)),
+            failures=str(failures),
+            errors="0",
+            time=f"{total:.4f}",
+        )
+        for c in self.checks:
+            case = ET.SubElement(
+                suite, "testcase", classname="pneumo.validate", name=c.name, time=f"{c.seconds:.4f}"
+            )
+            if c.passed:
+                ET.SubElement(case, "system-out").text = c.detail
+            else:
+                ET.SubElement(case, "failure", message=c.detail).text = json.dumps(c.figures)
+        return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+    def summary_lines(self) -> list[str]:
+        return [f"{'PASS' if c.passed else 'FAIL'}  {c.name}: {c.detail}" for c in self.checks]

@@ -1,0 +1,112 @@
+"""Write one model version into a Triton-compatible model repository, all or nothing.
+
+    REPO/<name>/config.pbtxt             Triton onnxruntime backend config
+    REPO/<name>/<version>/model.onnx     fp32, the contract in its metadata
+    REPO/<name>/<version>/model.*.onnx, model*.tflite, model.ort   variants
+    REPO/<name>/<version>/manifest.json  files, sha256, sizes, parity figures, source, tools
+
+Files are staged in a hidden folder beside the version and renamed into place in one step, so a
+failed or interrupted conversion never leaves a half-written version behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from engine.contract import Contract
+from engine.errors import RepositoryError, UsageError
+from engine.manifest import FORMAT, MANIFEST_NAME
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_BATCH_SIZE = 64
+
+
+def check_target(repo: Path, name: str, version: int | None) -> int:
+    """Fail early (before any conversion work) if the target cannot be written; pick a version."""
+    if not _NAME.match(name):
+        raise UsageError(f"--name {name!r}: use letters, digits, '_', '-', '.' (max 64)")
+    if version is not None and version < 1:
+        raise UsageError(f"--version must be a positive integer, got {version}")
+    model_dir = repo / name
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=model_dir, prefix=".write-test-", delete=True)
+        probe.close()
+    except FileExistsError as e:
+        raise RepositoryError(f"cannot create model repository {repo.name}: a file is in the way") from e
+    except OSError as e:
+        raise RepositoryError(f"cannot write to model repository {repo.name}: {e.strerror or e}") from e
+    existing = versions(model_dir)
+    if version is None:
+        return max(existing, default=0) + 1
+    if version in existing:
+        raise RepositoryError(
+            f"{name} version {version} already exists in {repo.name}: versions are immutable; "
+            f"pick --version {max(existing) + 1} or leave --version out"
+        )
+    return version
+
+
+def versions(model_dir: Path) -> list[int]:
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def write_version(
+    repo: Path,
+    name: str,
+    version: int,
+    files: dict[str, bytes],
+    manifest: dict[str, Any],
+    contract: Contract,
+) -> Path:
+    """Stage every file plus manifest, then rename the folder into place atomically."""
+    model_dir = repo / name
+    final = model_dir / str(version)
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
+    try:
+        for filename, data in files.items():
+            (staging / filename).write_bytes(data)
+        (staging / MANIFEST_NAME).write_text(json.dumps({"format": FORMAT, **manifest}, indent=2) + "\n")
+        _write_atomic(model_dir / "config.pbtxt", triton_config(name, contract))
+        if final.exists():
+            raise RepositoryError(f"{name} version {version} appeared while converting; not replaced")
+        os.rename(staging, final)
+    except OSError as e:
+        raise RepositoryError(f"writing {name}/{version} failed: {e.strerror or e}") from e
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def triton_config(name: str, contract: Contract) -> str:
+    """config.pbtxt for Triton's onnxruntime backend, serving the same folder unchanged."""
+    i, o = contract.input, contract.output
+    dims = ", ".join(str(d) for d in contract.input_shape)
+    out_units = 1 if o.kind == "sigmoid" else 2
+    return (
+        f'name: "{name}"\n'
+        'platform: "onnxruntime_onnx"\n'
+        'default_model_filename: "model.onnx"\n'
+        f"max_batch_size: {MAX_BATCH_SIZE}\n"
+        "input [\n"
+        f'  {{ name: "{i.name}" data_type: TYPE_FP32 format: FORMAT_{i.layout} dims: [ {dims} ] }}\n'
+        "]\n"
+        "output [\n"
+        f'  {{ name: "{o.name}" data_type: TYPE_FP32 dims: [ {out_units} ] }}\n'
+        "]\n"
+        "dynamic_batching { max_queue_delay_microseconds: 2000 }\n"
+        "version_policy: { latest: { num_versions: 1 } }\n"
+    )
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,221 @@
+"""Validation of an ONNX model: structure, contract, runtime behaviour and parity.
+
+Shared by the conversion gate (before anything is written) and `pneumo validate` (for users'
+CI pipelines). Every check runs and is recorded; failures are collected, never downgraded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from convert.report import CheckFailed, Figures, Report
+from engine.contract import Contract
+from engine.errors import ContractError, UsageError, first_line
+from engine.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from engine.session import create_session, run_batched
+
+FP32_TOLERANCE = 1e-5
+PARITY_BATCH_SIZES = (1, 7, 64)
+
+
+def structure_checks(report: Report, model: onnx.ModelProto) -> Contract | None:
+    """onnx.checker (full), strict shape inference, and the embedded contract."""
+
+    def checker() -> tuple[str, Figures]:
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise CheckFailed(f"onnx.checker rejects the graph: {first_line(e)}") from e
+        opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+        return f"valid ONNX (IR {model.ir_version}, opset {opset})", {"opset": opset}
+
+    def shapes() -> tuple[str, Figures]:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        except Exception as e:  # onnx raises InferenceError or a plain RuntimeError
+            raise CheckFailed(f"shape inference fails: {first_line(e)}") from e
+        dims = [_dims(i) for i in inferred.graph.input]
+        batch = dims[0][0] if dims and dims[0] else None
+        if isinstance(batch, int):
+            raise CheckFailed(f"batch dimension is fixed at {batch}: expected a dynamic batch")
+        return f"input {dims[0]}, output {[_dims(o) for o in inferred.graph.output]}", {}
+
+    report.run("onnx_checker", checker)
+    report.run("shape_inference", shapes)
+    found: list[Contract] = []
+
+    def contract() -> tuple[str, Figures]:
+        if len(model.graph.input) != 1 or len(model.graph.output) != 1:
+            raise CheckFailed(
+                f"{len(model.graph.input)} inputs, {len(model.graph.output)} outputs: "
+                "expected one image input and one score output"
+            )
+        metadata = {p.key: p.value for p in model.metadata_props}
+        c = Contract.from_metadata(
+            metadata, model.graph.input[0].name, _dims(model.graph.input[0]), model.graph.output[0].name
+        )
+        if c.input.name != model.graph.input[0].name or c.output.name != model.graph.output[0].name:
+            raise ContractError(
+                f"contract names input '{c.input.name}'/output '{c.output.name}', graph has "
+                f"'{model.graph.input[0].name}'/'{model.graph.output[0].name}'"
+            )
+        found.append(c)
+        source = "embedded" if "pneumo.contract" in metadata else "defaults (plain ONNX file)"
+        i = c.input
+        return (
+            f"{source}: {i.layout} {i.height}x{i.width}x{i.channels} {i.scaling}, {i.resize_filter} "
+            f"resize, {c.output.kind} -> P({c.positive_label}), threshold {c.threshold}",
+            {},
+        )
+
+    report.run("contract", contract)
+    return found[0] if found else None
+
+
+def runtime_checks(
+    report: Report, model_bytes: bytes, contract: Contract, probes: np.ndarray
+) -> ort.InferenceSession | None:
+    """Loads in onnxruntime; one batch and one-by-one runs agree and give scores in [0, 1]."""
+    sessions: list[ort.InferenceSession] = []
+
+    def load() -> tuple[str, Figures]:
+        sessions.append(create_session(model_bytes))
+        return "loads on CPUExecutionProvider", {}
+
+    if not report.run("onnxruntime_load", load):
+        return None
+    session = sessions[0]
+
+    def batch() -> tuple[str, Figures]:
+        whole = run_batched(session, probes, batch_size=len(probes))
+        single = run_batched(session, probes, batch_size=1)
+        diff = float(np.max(np.abs(whole - single)))
+        scores = contract.scores(whole)
+        figures = {"batch_vs_single_max_abs_diff": diff, "probes": len(probes)}
+        if not np.all(np.isfinite(whole)):
+            raise CheckFailed("outputs contain NaN or infinity", figures)
+        if scores.min() < 0.0 or scores.max() > 1.0:
+            raise CheckFailed(f"scores {scores.min():.3g}..{scores.max():.3g} outside [0, 1]", figures)
+        if diff > FP32_TOLERANCE:
+            raise CheckFailed(
+                f"batch of {len(probes)} and one-by-one runs differ by {diff:.2e} "
+                f"(tolerance {FP32_TOLERANCE:.0e})",
+                figures,
+            )
+        return f"batch {len(probes)} == batch 1 (max diff {diff:.2e}), scores in [0, 1]", figures
+
+    report.run("dynamic_batch", batch)
+    return session
+
+
+def parity_check(
+    report: Report,
+    session: ort.InferenceSession,
+    reference: np.ndarray,
+    probes: np.ndarray,
+    tolerance: float = FP32_TOLERANCE,
+    batch_sizes: Sequence[int] = PARITY_BATCH_SIZES,
+    name: str = "parity_keras",
+) -> None:
+    """ONNX outputs equal the original model's outputs within `tolerance`, at every batch size."""
+
+    def parity() -> tuple[str, Figures]:
+        diffs = {}
+        for b in batch_sizes:
+            out = run_batched(session, probes, batch_size=b)
+            if out.shape != reference.shape:
+                raise CheckFailed(f"output shape {out.shape} != original model's {reference.shape}")
+            diffs[b] = float(np.max(np.abs(out - reference)))
+        worst = max(diffs.values())
+        figures: Figures = {
+            "max_abs_diff": worst,
+            "max_abs_diff_by_batch": {str(b): d for b, d in diffs.items()},
+            "tolerance": tolerance,
+            "probes": len(probes),
+        }
+        text = ", ".join(f"batch {b}: {d:.2e}" for b, d in diffs.items())
+        if worst > tolerance:
+            raise CheckFailed(
+                f"max abs difference {worst:.2e} > tolerance {tolerance:.0e} ({text})", figures
+            )
+        return f"max abs diff {worst:.2e} <= {tolerance:.0e} on {len(probes)} probes ({text})", figures
+
+    report.run(name, parity)
+
+
+def manifest_check(report: Report, path: Path) -> None:
+    """If the model sits in a repository version folder, its hash must match the manifest."""
+    if not (path.parent / MANIFEST_NAME).is_file():
+        return
+
+    def check() -> tuple[str, Figures]:
+        manifest = read_manifest(path.parent)
+        entry = manifest.get("files", {}).get(path.name)
+        if entry is None:
+            raise CheckFailed(f"{path.name} is not listed in {MANIFEST_NAME}")
+        digest = sha256_file(path)
+        if digest != entry.get("sha256"):
+            raise CheckFailed(f"sha256 {digest[:12]}... differs from {MANIFEST_NAME}")
+        return f"sha256 matches {MANIFEST_NAME}", {"sha256": digest}
+
+    report.run("manifest_sha256", check)
+
+
+def validate_file(
+    path: str | Path,
+    against: str | None = None,
+    image_folders: Sequence[str] = (),
+    tolerance: float = FP32_TOLERANCE,
+    custom_objects: str | None = None,
+) -> Report:
+    """`pneumo validate`: every check on one ONNX file; TensorFlow only with `against`."""
+    from convert.probes import gather_images, probe_batch
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{p.name}: no such ONNX file")
+    report = Report(subject=p.name)
+    data = p.read_bytes()
+    parsed: list[onnx.ModelProto] = []
+
+    def parse() -> tuple[str, Figures]:
+        try:
+            parsed.append(onnx.load_from_string(data))
+        except Exception as e:  # protobuf DecodeError and friends
+            raise CheckFailed(f"not an ONNX model ({len(data)} bytes): {first_line(e)}") from e
+        return f"{len(data)} bytes of ONNX protobuf", {"bytes": len(data)}
+
+    if not report.run("onnx_parse", parse):
+        return report
+    manifest_check(report, p)
+    contract = structure_checks(report, parsed[0])
+    if contract is None:
+        return report
+    images = gather_images(image_folders)
+    probes = probe_batch(contract, images)
+    session = runtime_checks(report, data, contract, probes)
+    if session is None or against is None:
+        return report
+    from convert.extra import require
+
+    require("pneumo validate --against", ("tensorflow",))
+    from convert.source import load_source
+
+    src = load_source(against, custom_objects)
+    parity_check(report, session, src.predict(probes), probes, tolerance)
+    return report
+
+
+def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:
+    dims: list[int | str | None] = []
+    for d in value.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(d.dim_value)
+        else:
+            dims.append(d.dim_param or None)
+    return dims

@@ -1,0 +1,229 @@
+"""Model variants built from the validated fp32 model, each checked on real images.
+
+int8 (static QDQ, per-channel, calibrated on real X-rays) for fast CPUs, fp16 for CUDA (fp32
+inputs/outputs kept), TFLite fp32 and dynamic-range quantized TFLite for edge devices, and the
+ORT format for onnxruntime's mobile builds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import tensorflow as tf
+
+from convert.extra import quiet_stderr
+from convert.report import CheckFailed, Figures, Report
+from convert.source import LoadedSource
+from engine.contract import Contract
+from engine.errors import UsageError, first_line
+from engine.session import create_session, run_batched
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What every variant builder gets."""
+
+    fp32: onnx.ModelProto
+    fp32_path: Path
+    src: LoadedSource
+    contract: Contract
+    real: np.ndarray  # real X-rays, reference-preprocessed: calibration and checking
+    workdir: Path
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str
+    filename: str
+    runtime: str  # which runtime loads it: onnxruntime | tflite
+    compare_to: str  # onnx (the fp32 ONNX) | keras (the original model)
+    max_score_diff: float
+    min_agreement: float
+    build: Callable[[Inputs], bytes]
+    about: str
+
+
+def _int8(i: Inputs) -> bytes:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    name = i.contract.input.name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches: Iterator[np.ndarray] = iter(np.array_split(i.real, max(1, len(i.real) // 8)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._batches, None)
+            return None if batch is None else {name: batch}
+
+    pre, out = i.workdir / "int8.pre.onnx", i.workdir / "int8.onnx"
+    quant_pre_process(str(i.fp32_path), str(pre), skip_symbolic_shape=True)
+    quantize_static(
+        str(pre),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: the VNNI fast path
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
+    return _with_metadata(onnx.load(str(out)), i.fp32).SerializeToString()
+
+
+def _fp16(i: Inputs) -> bytes:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.ModelProto.FromString(i.fp32.SerializeToString()), keep_io_types=True)
+    return _with_metadata(model, i.fp32).SerializeToString()
+
+
+def _ort_format(i: Inputs) -> bytes:
+    out = i.workdir / "model.ort"
+    opts = ort.SessionOptions()
+    # Basic optimizations only: the result must stay portable to other CPUs and mobile EPs.
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(out)
+    opts.add_session_config_entry("session.save_model_format", "ORT")
+    ort.InferenceSession(str(i.fp32_path), opts, providers=["CPUExecutionProvider"])
+    return out.read_bytes()
+
+
+def _tflite(i: Inputs, quantize: bool) -> bytes:
+    # from_concrete_functions cannot freeze Keras 3 variables (the model comes out without
+    # weights, producing NaN): convert Keras models as such, SavedModels from their folder.
+    if i.src.model is not None:
+        converter = tf.lite.TFLiteConverter.from_keras_model(i.src.model)
+    elif i.src.path is not None and i.src.path.is_dir():
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            str(i.src.path), signature_keys=["serving_default"]
+        )
+    else:
+        raise UsageError(f"{i.src.name}: TFLite variants need a Keras model or a SavedModel folder")
+    if quantize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic range: int8 weights
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras' export prints its signature
+        return bytes(converter.convert())
+
+
+VARIANTS: dict[str, Variant] = {
+    v.key: v
+    for v in (
+        Variant("int8", "model.int8.onnx", "onnxruntime", "onnx", 0.05, 0.99, _int8,
+                "static QDQ int8, per-channel weights, calibrated on real X-rays"),
+        Variant("fp16", "model.fp16.onnx", "onnxruntime", "onnx", 5e-3, 0.99, _fp16,
+                "fp16 weights and compute for CUDA; fp32 inputs and outputs"),
+        Variant("tflite", "model.tflite", "tflite", "keras", 1e-5, 1.0,
+                lambda i: _tflite(i, quantize=False), "TensorFlow Lite fp32"),
+        Variant("tflite-dynamic", "model.dynamic.tflite", "tflite", "keras", 0.05, 0.99,
+                lambda i: _tflite(i, quantize=True), "TensorFlow Lite, dynamic-range int8 weights"),
+        Variant("ort", "model.ort", "onnxruntime", "onnx", 1e-5, 1.0, _ort_format,
+                "ORT format (basic optimizations) for onnxruntime mobile builds"),
+    )
+}
+
+
+def parse_variants(text: str) -> list[str]:
+    """`all`, `none`, or a comma list of variant keys."""
+    if text == "all":
+        return list(VARIANTS)
+    if text in ("", "none"):
+        return []
+    keys = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in VARIANTS]
+    if unknown:
+        raise UsageError(
+            f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}, all, none"
+        )
+    return list(dict.fromkeys(keys))
+
+
+def build_and_check(
+    keys: list[str], inputs: Inputs, onnx_scores: np.ndarray, keras_scores: np.ndarray, report: Report
+) -> dict[str, tuple[bytes, Figures]]:
+    """Build each variant and gate it against its reference on the real images."""
+    built: dict[str, tuple[bytes, Figures]] = {}
+    for key in keys:
+        v = VARIANTS[key]
+        holder: list[tuple[bytes, Figures]] = []
+
+        def check(v: Variant = v, holder: list[tuple[bytes, Figures]] = holder) -> tuple[str, Figures]:
+            try:
+                data = v.build(inputs)
+            except Exception as e:  # quantizers and converters raise anything
+                raise CheckFailed(f"building {v.key} failed: {first_line(e)}") from e
+            scores = inputs.contract.scores(run_variant(v.runtime, data, inputs.real))
+            reference = onnx_scores if v.compare_to == "onnx" else keras_scores
+            figures = compare(scores, reference, inputs.contract.threshold)
+            figures.update(bytes=len(data), reference=v.compare_to, about=v.about)
+            holder.append((data, figures))
+            text = (
+                f"{figures['label_agreement']:.2%} label agreement, max score diff "
+                f"{figures['max_score_diff']:.2e} vs {v.compare_to} on {len(scores)} real images, "
+                f"{len(data) / 1e6:.2f} MB"
+            )
+            if figures["label_agreement"] < v.min_agreement or figures["max_score_diff"] > v.max_score_diff:
+                raise CheckFailed(
+                    f"{text}: needs >= {v.min_agreement:.0%} agreement and <= {v.max_score_diff:g}",
+                    figures,
+                )
+            return text, figures
+
+        if report.run(f"variant_{key}", check):
+            built[key] = holder[0]
+    return built
+
+
+def compare(scores: np.ndarray, reference: np.ndarray, threshold: float) -> Figures:
+    agree = float(np.mean((scores > threshold) == (reference > threshold))) if len(scores) else 1.0
+    return {
+        "label_agreement": agree,
+        "max_score_diff": float(np.max(np.abs(scores - reference))) if len(scores) else 0.0,
+        "images": int(len(scores)),
+    }
+
+
+def run_variant(runtime: str, data: bytes, x: np.ndarray) -> np.ndarray:
+    if runtime == "onnxruntime":
+        return run_batched(create_session(data), x, batch_size=32)
+    return run_tflite(data, x)
+
+
+def run_tflite(data: bytes, x: np.ndarray) -> np.ndarray:
+    """Run a .tflite model with LiteRT (tf.lite.Interpreter is deprecated), whole batch."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on every load
+        interpreter = Interpreter(model_content=data)
+        inp = interpreter.get_input_details()[0]
+        interpreter.resize_tensor_input(inp["index"], list(x.shape), strict=True)
+        interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x.astype(np.float32))
+    interpreter.invoke()
+    return np.array(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+
+
+def _with_metadata(model: onnx.ModelProto, fp32: onnx.ModelProto) -> onnx.ModelProto:
+    """Variants carry the same contract as their fp32 parent."""
+    del model.metadata_props[:]
+    model.metadata_props.extend(fp32.metadata_props)
+    return model
+
+
+def scratch_dir() -> tempfile.TemporaryDirectory[str]:
+    return tempfile.TemporaryDirectory(prefix="pneumo-convert-")

@@ -1,0 +1,73 @@
+"""The one exception hierarchy of pneumo-onnx.
+
+Every error a user can cause carries a message meant for that user and an exit code. The CLI
+turns them into `message + exit code` in exactly one place (`engine.cli.main`); nothing else
+catches them to print.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran, and something it checked or processed failed
+EXIT_USAGE = 2  # the command was asked for something it cannot do as asked
+
+
+class PneumoError(Exception):
+    """Base class: a user-facing message plus the CLI exit code it maps to."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(PneumoError):
+    """Bad arguments: a missing file, an unknown option value, a contradiction."""
+
+    exit_code = EXIT_USAGE
+
+
+class MissingExtraError(UsageError):
+    """An optional dependency group is not installed."""
+
+    def __init__(self, extra: str, purpose: str, missing: str) -> None:
+        super().__init__(
+            f"{purpose} needs the '{extra}' extra ({missing} is not installed): "
+            f"pip install 'pneumo-onnx[{extra}]'"
+        )
+        self.extra = extra
+
+
+class ModelLoadError(PneumoError):
+    """A model file or folder exists but cannot be read as the model it claims to be."""
+
+
+class ContractError(PneumoError):
+    """A model's input/output contract is missing, contradictory or unsupported."""
+
+
+class ConversionError(PneumoError):
+    """tf2onnx failed, or produced a graph we refuse to ship."""
+
+
+class ValidationError(PneumoError):
+    """One or more validation checks failed; the message lists every failure."""
+
+    def __init__(self, message: str, failures: list[str]) -> None:
+        super().__init__(message + "\n" + "\n".join(f"  - {f}" for f in failures))
+        self.failures = failures
+
+
+class RepositoryError(PneumoError):
+    """A model repository cannot be written, or its manifest does not match its files."""
+
+
+class ImageError(PneumoError):
+    """An input image cannot be decoded or is unacceptable (size, format, content)."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's text: third-party errors can run to pages."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__

@@ -1,0 +1,207 @@
+"""Image decoding and the `reference` preprocessing path.
+
+`reference` is exactly what the Keras model was trained with: full decode, EXIF orientation,
+8-bit grayscale or RGB, resize to the contract's size with the contract's filter, scale. It is
+the ground truth for parity; the training script, the parity tests and the conversion stage's
+probes all call it, so there is one implementation of decode/resize/scale.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from engine.contract import SCALINGS, Contract
+from engine.errors import ImageError
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image, np.ndarray]
+
+MAX_PIXELS = 80_000_000  # decompression-bomb cap: the largest real X-rays are ~ 4k x 5k
+MIN_SIDE = 32  # smaller than this is not a radiograph
+_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def describe(source: object) -> str:
+    """A short name for a source in error messages: a path's name, never a full internal path."""
+    if isinstance(source, str | os.PathLike):
+        return Path(source).name
+    if isinstance(source, bytes | bytearray):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, np.ndarray):
+        return f"<array {source.shape} {source.dtype}>"
+    if isinstance(source, Image.Image):
+        return f"<PIL image {source.size[0]}x{source.size[1]} {source.mode}>"
+    return f"<{type(source).__name__}>"
+
+
+def open_image(source: ImageSource) -> Image.Image:
+    """Decode any supported source to a fully loaded, upright PIL image (any mode).
+
+    Raises ImageError with a specific message for every kind of bad input.
+    """
+    if isinstance(source, Image.Image):
+        return _checked(ImageOps.exif_transpose(source), describe(source))
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    name = describe(source)
+    data = _read_bytes(source, name)
+    if not data:
+        raise ImageError(f"expected an image file, got 0 bytes from {name}")
+    try:
+        img = Image.open(io.BytesIO(data))
+        _check_size(img.size, name)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{name} is too large to decode safely: {e}") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(
+            f"{name} is not a supported image (expected JPEG, PNG, BMP or TIFF; "
+            f"{len(data)} bytes starting {data[:8]!r})"
+        ) from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name} is truncated or corrupt: {e}") from e
+    return _checked(img, name)
+
+
+def to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """8-bit 'L' (1 channel) or 'RGB' (3): 16-bit scaled down, alpha composited on black."""
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
+        img = _to_8bit_gray(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def reference_pixels(source: ImageSource, contract: Contract) -> np.ndarray:
+    """One image as the model's input tensor (no batch dimension), reference path."""
+    spec = contract.input
+    img = to_mode(open_image(source), spec.channels)
+    img = img.resize((spec.width, spec.height), _FILTERS[spec.resize_filter])
+    pixels = np.asarray(img, dtype=np.uint8)
+    return finish(pixels, contract)
+
+
+def reference_batch(sources: Sequence[ImageSource], contract: Contract) -> np.ndarray:
+    """A batch through the reference path; any bad image raises (use per-item calls to skip)."""
+    return np.stack([reference_pixels(s, contract) for s in sources])
+
+
+def finish(pixels: np.ndarray, contract: Contract) -> np.ndarray:
+    """uint8 HxW or HxWxC at model size -> float32 in the contract's scaling and layout."""
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.shape[2] != contract.input.channels:
+        pixels = np.repeat(pixels, contract.input.channels, axis=2)
+    mul, add = SCALINGS[contract.input.scaling]
+    x = pixels.astype(np.float32) * np.float32(mul / 255.0)
+    if add:
+        x += np.float32(add)
+    if contract.input.layout == "NCHW":
+        x = np.ascontiguousarray(x.transpose(2, 0, 1))
+    return x
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Image files under a folder, sorted, by extension."""
+    root = Path(folder)
+    pattern = "**/*" if recursive else "*"
+    return sorted(
+        p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+
+
+def _read_bytes(source: ImageSource, name: str) -> bytes:
+    if isinstance(source, bytes | bytearray):
+        return bytes(source)
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        try:
+            return path.read_bytes()
+        except IsADirectoryError as e:
+            raise ImageError(f"{name} is a directory, not an image file") from e
+        except FileNotFoundError as e:
+            raise ImageError(f"{name}: no such file") from e
+        except OSError as e:
+            raise ImageError(f"cannot read {name}: {e.strerror or e}") from e
+    read = getattr(source, "read", None)
+    if read is None:
+        raise ImageError(
+            f"expected a path, bytes, a file object, a PIL image or a numpy array, got {name}"
+        )
+    try:
+        data = read()
+    except OSError as e:
+        raise ImageError(f"cannot read {name}: {e}") from e
+    if not isinstance(data, bytes | bytearray):
+        raise ImageError(f"file object {name} returned {type(data).__name__}, expected bytes")
+    return bytes(data)
+
+
+def _check_size(size: tuple[int, int], name: str) -> None:
+    w, h = size
+    if w * h > MAX_PIXELS:
+        raise ImageError(
+            f"{name} is {w}x{h} px ({w * h / 1e6:.0f} Mpx), over the {MAX_PIXELS // 1_000_000} "
+            "Mpx limit: refusing to decode (decompression bomb guard)"
+        )
+    if min(w, h) < MIN_SIDE:
+        raise ImageError(f"{name} is {w}x{h} px: expected at least {MIN_SIDE} px on each side")
+
+
+def _checked(img: Image.Image, name: str) -> Image.Image:
+    _check_size(img.size, name)
+    return img
+
+
+def _from_array(arr: np.ndarray) -> Image.Image:
+    name = describe(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise ImageError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 array, got {name}")
+    if arr.dtype == np.uint8:
+        pixels = arr
+    elif arr.dtype == np.uint16:
+        pixels = (arr.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+    elif arr.dtype in (np.float32, np.float64):
+        if not np.isfinite(arr).all() or arr.min() < 0.0 or arr.max() > 1.0:
+            raise ImageError(f"float image arrays must hold finite values in [0, 1], got {name}")
+        pixels = np.rint(arr * 255.0).astype(np.uint8)
+    else:
+        raise ImageError(f"image arrays must be uint8, uint16 or float in [0, 1], got {name}")
+    _check_size((pixels.shape[1], pixels.shape[0]), name)
+    return Image.fromarray(np.ascontiguousarray(pixels))
+
+
+def _to_8bit_gray(img: Image.Image) -> Image.Image:
+    """16-bit and float grayscale: map the type's full range onto 0-255 (Pillow would clip)."""
+    a = np.asarray(img)
+    if img.mode == "F":
+        a = np.clip(np.nan_to_num(a.astype(np.float64)), 0.0, None)
+        top = 1.0 if a.max() <= 1.0 else 255.0 if a.max() <= 255.0 else 65535.0
+    else:
+        a = a.astype(np.float64)
+        top = 65535.0 if a.max() > 255 else 255.0
+    return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")

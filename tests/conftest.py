@@ -1,0 +1,80 @@
+"""Fixtures for engine unit tests: tiny ONNX graphs built with onnx.helper, real sample images."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from engine.contract import Contract
+from engine.sample_data import sample_images
+
+
+def tiny_model(
+    contract: Contract | None = None,
+    height: int = 32,
+    width: int = 32,
+    channels: int = 3,
+    batch: int | str = "batch",
+) -> onnx.ModelProto:
+    """score = sigmoid(4 * (mean(x) - 0.5)): a real image-in, score-out graph in a few nodes."""
+    inp = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, height, width, channels])
+    out = helper.make_tensor_value_info("score", TensorProto.FLOAT, [batch, 1])
+    nodes = [
+        helper.make_node("ReduceMean", ["image", "axes"], ["mean"], keepdims=0),
+        helper.make_node("Unsqueeze", ["mean", "one"], ["mean2"]),
+        helper.make_node("Sub", ["mean2", "half"], ["centred"]),
+        helper.make_node("Mul", ["centred", "four"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["score"]),
+    ]
+    inits = [
+        helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
+        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
+        helper.make_tensor("four", TensorProto.FLOAT, [], [4.0]),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [inp], [out], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if contract is not None:
+        helper.set_model_props(model, contract.to_metadata())
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.fixture
+def write_model(tmp_path: Path) -> Callable[..., Path]:
+    def write(name: str = "tiny.onnx", **kwargs: object) -> Path:
+        path = tmp_path / name
+        path.write_bytes(tiny_model(**kwargs).SerializeToString())  # type: ignore[arg-type]
+        return path
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def samples() -> list[Path]:
+    images = sample_images()
+    assert len(images) == 6
+    return images
+
+
+@pytest.fixture
+def gradient() -> np.ndarray:
+    """A 64x48 horizontal uint8 gradient, easy to reason about after a resize."""
+    return np.tile(np.linspace(0, 255, 48).astype(np.uint8), (64, 1))
+
+
+def unwritable_dir(tmp_path: Path) -> Path:
+    """A folder this process cannot create files in, also when running as root."""
+    if os.geteuid() == 0:
+        return Path("/sys/pneumo-onnx-test-repo")  # sysfs refuses mkdir even to root
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    return locked / "repo"

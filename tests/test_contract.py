@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from engine.contract import CONTRACT_KEY, Contract, InputSpec, OutputSpec
+from engine.errors import ContractError
+
+
+def test_metadata_round_trip() -> None:
+    c = Contract(
+        input=InputSpec(height=224, width=200, channels=1, scaling="raw", resize_filter="bilinear"),
+        output=OutputSpec(kind="softmax2", positive_index=1),
+        threshold=0.3,
+    )
+    meta = c.to_metadata()
+    assert json.loads(meta[CONTRACT_KEY])["schema"] == 1
+    assert Contract.from_metadata(meta, "x", [None, 1, 2, 3], "y") == c
+
+
+@pytest.mark.parametrize(
+    ("shape", "layout", "size", "channels"),
+    [
+        (["N", 128, 128, 3], "NHWC", (128, 128), 3),
+        ([None, 1, 96, 64], "NCHW", (96, 64), 1),
+        ([1, 3, 224, 224], "NCHW", (224, 224), 3),
+    ],
+    ids=["nhwc", "nchw-gray", "nchw-rgb"],
+)
+def test_plain_onnx_defaults_follow_the_graph(shape, layout, size, channels) -> None:
+    c = Contract.from_metadata({}, "input_1", shape, "out")
+    assert (c.input.layout, (c.input.height, c.input.width), c.input.channels) == (
+        layout,
+        size,
+        channels,
+    )
+    assert (c.input.name, c.output.name, c.input.scaling, c.threshold) == ("input_1", "out", "unit", 0.5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([None, 128, 128], "expected an image batch"),
+        ([None, 128, 128, 5], "cannot tell where its 1 or 3 channels are"),
+        ([None, None, None, 3], "dynamic height/width"),
+    ],
+    ids=["rank3", "five-channels", "dynamic-size"],
+)
+def test_plain_onnx_unusable_shapes(shape, message) -> None:
+    with pytest.raises(ContractError, match=message):
+        Contract.from_metadata({}, "x", shape, "y")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"input": InputSpec(channels=2)}, "channels must be 1 or 3"),
+        ({"input": InputSpec(height=4)}, r"height must be an integer in \[8, 4096\]"),
+        ({"input": InputSpec(scaling="percent")}, "scaling must be one of"),
+        ({"input": InputSpec(resize_filter="magic")}, "resize filter must be one of"),
+        ({"input": InputSpec(layout="HWC")}, "layout must be one of"),
+        ({"output": OutputSpec(kind="softmax3")}, "output kind must be one of"),
+        ({"output": OutputSpec(kind="sigmoid", positive_index=1)}, "positive_index must be 0"),
+        ({"output": OutputSpec(kind="softmax2", positive_index=2)}, "must be 0 or 1"),
+        ({"threshold": float("nan")}, "threshold must be a finite number"),
+        ({"threshold": 1.5}, "threshold must be a finite number"),
+        ({"positive_label": "NORMAL"}, "two different non-empty names"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_invalid_contracts_are_refused(kwargs, message) -> None:
+    with pytest.raises(ContractError, match=message):
+        Contract(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ("not json", "is not JSON"),
+        ("[1, 2]", "is not a JSON object"),
+        ('{"schema": 99}', "schema 99 is not supported"),
+        ('{"schema": 1, "input": {}}', "malformed"),
+    ],
+    ids=["not-json", "list", "future-schema", "missing-keys"],
+)
+def test_corrupt_metadata(raw, message) -> None:
+    with pytest.raises(ContractError, match=message):
+        Contract.from_metadata({CONTRACT_KEY: raw}, "x", [None, 8, 8, 3], "y")
+
+
+def test_scores_and_labels() -> None:
+    sigmoid = Contract()
+    assert sigmoid.scores(np.array([[0.2], [0.9]])).tolist() == pytest.approx([0.2, 0.9])
+    softmax = Contract(output=OutputSpec(kind="softmax2", positive_index=0))
+    assert softmax.scores(np.array([[0.7, 0.3]])).tolist() == pytest.approx([0.7])
+    with pytest.raises(ContractError, match="has 2 values per image"):
+        sigmoid.scores(np.array([[0.5, 0.5]]))
+    # A score exactly at the threshold is NORMAL, as in the original deployment guide (score > t).
+    assert sigmoid.label(0.5) == "NORMAL"
+    assert sigmoid.label(0.5000001) == "PNEUMONIA"
+    assert sigmoid.label(0.4, threshold=0.3) == "PNEUMONIA"
