@@ -1,17 +1,17 @@
-"""Handlers of `pneumo convert` and `pneumo validate` (imported only when those commands run)."""
+"""Handlers of `pneumo convert` and `pneumo validate`, imported only when those commands run."""
 
 from __future__ import annotations
 
 import argparse
 
-from convert.detect import Overrides
-from convert.pipeline import ConvertOptions, convert
-from convert.validate import validate_file
-from convert.variants import parse_variants
 from engine.errors import EXIT_FAILED, EXIT_OK
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from convert.detect import Overrides
+    from convert.pipeline import ConvertOptions, convert
+    from convert.variants import parse_variants
+
     opts = ConvertOptions(
         name=args.name,
         version=args.version,
@@ -39,6 +39,9 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_validate(args: argparse.Namespace) -> int:
+    # TensorFlow is imported only for --against: validating an ONNX file alone stays TF-free.
+    from convert.validate import validate_file
+
     report = validate_file(
         args.model,
         against=args.against,

@@ -68,7 +68,11 @@ def write_version(
     """Stage every file plus manifest, then rename the folder into place atomically."""
     model_dir = repo / name
     final = model_dir / str(version)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
+    except OSError as e:
+        raise RepositoryError(f"cannot write to model repository {repo.name}: {e.strerror or e}") from e
     try:
         for filename, data in files.items():
             (staging / filename).write_bytes(data)

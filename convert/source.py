@@ -58,7 +58,8 @@ def load_source(path: str | os.PathLike, custom_objects: str | None = None) -> L
     if p.is_dir():
         return _load_savedmodel(p)
     try:
-        head = p.open("rb").read(8)
+        with p.open("rb") as f:
+            head = f.read(8)
     except OSError as e:
         raise ModelLoadError(f"cannot read {p.name}: {e.strerror or e}") from e
     if not head:

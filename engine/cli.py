@@ -157,3 +157,7 @@ def _unit_float(text: str) -> float:
 
 
 
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -63,6 +63,10 @@ class RepositoryError(PneumoError):
     """A model repository cannot be written, or its manifest does not match its files."""
 
 
+class InferenceError(PneumoError):
+    """onnxruntime refused to run the model on the given inputs."""
+
+
 class ImageError(PneumoError):
     """An input image cannot be decoded or is unacceptable (size, format, content)."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from engine.errors import ModelLoadError, UsageError, first_line
+from engine.errors import InferenceError, ModelLoadError, UsageError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,10 @@ def create_session(
 def run_batched(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Run the session's single input/output over `x` in chunks of `batch_size`."""
     name = session.get_inputs()[0].name
-    outs = [
-        session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)
-    ]
+    outs = []
+    for i in range(0, len(x), batch_size):
+        try:
+            outs.append(session.run(None, {name: x[i : i + batch_size]})[0])
+        except Exception as e:  # onnxruntime's InvalidArgument/Fail carry no common base
+            raise InferenceError(f"onnxruntime cannot run the model: {first_line(e)}") from e
     return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)

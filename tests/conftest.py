@@ -26,14 +26,13 @@ def tiny_model(
     inp = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, height, width, channels])
     out = helper.make_tensor_value_info("score", TensorProto.FLOAT, [batch, 1])
     nodes = [
-        helper.make_node("ReduceMean", ["image", "axes"], ["mean"], keepdims=0),
+        helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2, 3], keepdims=0),
         helper.make_node("Unsqueeze", ["mean", "one"], ["mean2"]),
         helper.make_node("Sub", ["mean2", "half"], ["centred"]),
         helper.make_node("Mul", ["centred", "four"], ["logit"]),
         helper.make_node("Sigmoid", ["logit"], ["score"]),
     ]
     inits = [
-        helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3]),
         helper.make_tensor("one", TensorProto.INT64, [1], [1]),
         helper.make_tensor("half", TensorProto.FLOAT, [], [0.5]),
         helper.make_tensor("four", TensorProto.FLOAT, [], [4.0]),

@@ -1,0 +1,61 @@
+"""Shared, expensive fixtures for parity tests: the reference model, its converted repository,
+and the real X-rays to compare on (../shared/data when present, the shipped samples otherwise).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from convert.extra import require
+
+require("parity tests", ("tensorflow", "tf2onnx", "onnx"))
+
+from convert.pipeline import ConvertOptions, ConvertResult, convert  # noqa: E402
+from engine.contract import Contract  # noqa: E402
+from engine.preprocess import list_images, reference_batch  # noqa: E402
+from engine.sample_data import sample_images  # noqa: E402
+from models.pneumonia_cnn import build_model  # noqa: E402
+
+SHARED_FULLRES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fullres"
+FP32_TOLERANCE = 1e-5
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "parity_tests" in str(item.fspath):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def real_images() -> list[Path]:
+    """Real X-rays: the 200 full-resolution images of ../shared when present, else the samples."""
+    return list_images(SHARED_FULLRES) if SHARED_FULLRES.is_dir() else sample_images()
+
+
+@pytest.fixture(scope="session")
+def image_folders() -> list[str]:
+    return [str(SHARED_FULLRES)] if SHARED_FULLRES.is_dir() else []
+
+
+@pytest.fixture(scope="session")
+def reference_keras(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("reference") / "pneumonia_cnn.keras"
+    build_model().save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_repo(
+    reference_keras: Path, tmp_path_factory: pytest.TempPathFactory, image_folders: list[str]
+) -> ConvertResult:
+    """The reference model converted with every variant, as a user would with the CLI."""
+    repo = tmp_path_factory.mktemp("repo")
+    return convert(reference_keras, repo, ConvertOptions(image_folders=image_folders))
+
+
+@pytest.fixture(scope="session")
+def real_batch(real_images: list[Path]) -> np.ndarray:
+    return reference_batch(real_images, Contract())

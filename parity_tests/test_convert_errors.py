@@ -1,0 +1,117 @@
+"""Every way `pneumo convert` can fail: a specific message, a non-zero exit, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import pytest
+import tensorflow as tf
+
+from engine.cli import main
+from tests.conftest import unwritable_dir
+
+L = keras.layers
+
+
+@keras.saving.register_keras_serializable(package="pneumo_tests")
+class Zeta(L.Layer):
+    """Hurwitz zeta: a real TensorFlow op tf2onnx has no ONNX conversion for."""
+
+    def call(self, x):  # type: ignore[no-untyped-def]
+        return tf.math.zeta(x + 2.0, x + 1.0)
+
+
+def head(units: int, activation: str | None, prefix: L.Layer | None = None) -> keras.Model:
+    inputs = keras.Input((64, 64, 3))
+    x = prefix(inputs) if prefix is not None else inputs
+    x = L.GlobalAveragePooling2D()(L.Conv2D(4, 3, strides=2)(x))
+    return keras.Model(inputs, L.Dense(units, activation=activation)(x))
+
+
+def saved(model: keras.Model, path: Path) -> str:
+    model.save(path)
+    return str(path)
+
+
+CASES = {
+    "missing-file": (lambda t: str(t / "nope.keras"), 2, "nope.keras: no such model file"),
+    "empty-file": (lambda t: _write(t / "empty.keras", b""), 1, "is empty (0 bytes)"),
+    "not-a-model": (lambda t: _write(t / "notes.txt", b"hello"), 1, "is not a Keras model"),
+    "corrupt-keras": (
+        lambda t: _write(t / "broken.keras", b"PK\x03\x04" + b"\x00" * 64),
+        1,
+        "Keras cannot load broken.keras",
+    ),
+    "text-named-h5": (
+        lambda t: _write(t / "model.h5", b"this is not HDF5"),
+        1,
+        "cannot load model.h5 as an .h5 model: Keras 3 said",
+    ),
+    "folder-not-savedmodel": (lambda t: str(_mkdir(t / "folder")), 1, "no saved_model.pb"),
+    "unsupported-op": (
+        lambda t: saved(head(1, "sigmoid", Zeta()), t / "zeta.keras"),
+        1,
+        "unsupported ops: Zeta (x1)",
+    ),
+    "three-outputs": (
+        lambda t: saved(head(3, "softmax"), t / "three.keras"),
+        1,
+        "unknown output kind: three.keras outputs 3 values per image",
+    ),
+    "logits": (
+        lambda t: saved(head(1, None), t / "logits.keras"),
+        1,
+        "final activation is linear",
+    ),
+    "softmax2-without-labels": (
+        lambda t: saved(head(2, "softmax"), t / "two.keras"),
+        2,
+        "say which unit is P(PNEUMONIA) with --positive-index",
+    ),
+}
+
+
+@pytest.mark.parametrize(("make", "code", "message"), CASES.values(), ids=CASES.keys())
+def test_convert_failures(tmp_path: Path, capsys, make, code: int, message: str) -> None:
+    source = make(tmp_path)
+    repo = tmp_path / "repo"
+    assert main(["convert", source, "-o", str(repo), "--variants", "none"]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
+    assert "Traceback" not in err
+    assert _written_versions(repo) == []
+
+
+def test_unwritable_repository_fails_before_loading(tmp_path: Path, capsys) -> None:
+    source = saved(head(1, "sigmoid"), tmp_path / "ok.keras")
+    target = unwritable_dir(tmp_path)
+    assert main(["convert", source, "-o", str(target)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write to model repository" in err and "Traceback" not in err
+
+
+def test_failed_variant_gate_writes_nothing(tmp_path: Path, capsys) -> None:
+    """A parity tolerance no fp32 graph can meet: the gate fails and the repository stays empty."""
+    source = saved(head(1, "sigmoid"), tmp_path / "ok.keras")
+    repo = tmp_path / "repo"
+    code = main(["convert", source, "-o", str(repo), "--variants", "int8", "--tolerance", "-1"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "failed validation; nothing was written" in err and "parity_keras" in err
+    assert _written_versions(repo) == []
+
+
+def _written_versions(repo: Path) -> list[str]:
+    model_dir = repo / "pneumonia"
+    return sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else []
+
+
+def _write(path: Path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path

@@ -1,0 +1,79 @@
+"""Each variant of the reference model, run on real X-rays, against fp32 ONNX or Keras."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from convert.pipeline import ConvertResult
+from convert.variants import run_tflite
+from engine.contract import Contract
+from engine.session import create_session, run_batched
+from parity_tests.conftest import FP32_TOLERANCE
+
+
+@pytest.fixture(scope="module")
+def keras_scores(reference_keras: Path, real_batch: np.ndarray) -> np.ndarray:
+    model = keras.saving.load_model(reference_keras, compile=False)
+    return np.concatenate(
+        [model(real_batch[i : i + 64], training=False).numpy() for i in range(0, len(real_batch), 64)]
+    )[:, 0]
+
+
+@pytest.fixture(scope="module")
+def fp32_scores(reference_repo: ConvertResult, real_batch: np.ndarray) -> np.ndarray:
+    return run_batched(create_session(reference_repo.version_dir / "model.onnx"), real_batch)[:, 0]
+
+
+def onnx_scores(repo: ConvertResult, filename: str, x: np.ndarray) -> np.ndarray:
+    return run_batched(create_session(repo.version_dir / filename), x, batch_size=32)[:, 0]
+
+
+def agreement(a: np.ndarray, b: np.ndarray, threshold: float = Contract().threshold) -> float:
+    return float(np.mean((a > threshold) == (b > threshold)))
+
+
+def test_int8_agrees_with_fp32(reference_repo, real_batch, fp32_scores) -> None:
+    scores = onnx_scores(reference_repo, "model.int8.onnx", real_batch)
+    assert agreement(scores, fp32_scores) >= 0.99
+    assert np.max(np.abs(scores - fp32_scores)) <= 0.05
+    sizes = {k: v["bytes"] for k, v in reference_repo.manifest["files"].items()}
+    assert sizes["model.int8.onnx"] < sizes["model.onnx"] / 3
+
+
+def test_fp16_keeps_fp32_io_and_agrees(reference_repo, real_batch, fp32_scores) -> None:
+    session = create_session(reference_repo.version_dir / "model.fp16.onnx")
+    assert session.get_inputs()[0].type == "tensor(float)"
+    assert session.get_outputs()[0].type == "tensor(float)"
+    scores = run_batched(session, real_batch)[:, 0]
+    assert agreement(scores, fp32_scores) >= 0.99
+    assert np.max(np.abs(scores - fp32_scores)) <= 5e-3
+
+
+def test_ort_format_equals_fp32(reference_repo, real_batch, fp32_scores) -> None:
+    scores = onnx_scores(reference_repo, "model.ort", real_batch)
+    assert np.max(np.abs(scores - fp32_scores)) <= FP32_TOLERANCE
+
+
+def test_tflite_fp32_equals_keras(reference_repo, real_batch, keras_scores) -> None:
+    data = (reference_repo.version_dir / "model.tflite").read_bytes()
+    scores = run_tflite(data, real_batch)[:, 0]
+    assert np.max(np.abs(scores - keras_scores)) <= FP32_TOLERANCE
+
+
+def test_tflite_dynamic_range_agrees_with_keras(reference_repo, real_batch, keras_scores) -> None:
+    data = (reference_repo.version_dir / "model.dynamic.tflite").read_bytes()
+    scores = run_tflite(data, real_batch)[:, 0]
+    assert agreement(scores, keras_scores) >= 0.99
+    assert len(data) < reference_repo.manifest["files"]["model.tflite"]["bytes"] / 3
+
+
+def test_manifest_records_variant_figures(reference_repo: ConvertResult) -> None:
+    files = reference_repo.manifest["files"]
+    for name in ("model.int8.onnx", "model.fp16.onnx", "model.tflite", "model.dynamic.tflite", "model.ort"):
+        entry = files[name]
+        assert {"label_agreement", "max_score_diff", "images", "bytes", "reference"} <= set(entry)
+        assert entry["images"] >= 6

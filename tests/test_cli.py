@@ -1,0 +1,51 @@
+"""CLI behaviour that needs no model: usage errors, exit codes, the missing-extra message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from engine.cli import main
+
+
+def test_help_and_version(capsys) -> None:
+    assert main(["--version"]) == 0
+    assert "pneumo-onnx" in capsys.readouterr().out
+    assert main(["convert", "--help"]) == 0
+    assert "REPO_DIR" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "required: COMMAND"),
+        (["convert", "m.keras"], "-o/--output"),
+        (["convert", "m.keras", "-o", "r", "--threshold", "nan"], "expected a number in [0, 1]"),
+        (["convert", "m.keras", "-o", "r", "--threshold", "2"], "expected a number in [0, 1]"),
+        (["convert", "m.keras", "-o", "r", "--input-size", "big"], "expected HxW"),
+        (["convert", "m.keras", "-o", "r", "--labels", "A"], "expected two names"),
+        (["convert", "m.keras", "-o", "r", "--input-scaling", "x"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+    ],
+    ids=["no-command", "no-output", "nan", "threshold-2", "size", "labels", "scaling", "command"],
+)
+def test_usage_errors_exit_2(capsys, argv, message) -> None:
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["convert", "validate"])
+def test_without_the_convert_extra_the_message_names_it(tmp_path, command) -> None:
+    # A fresh interpreter where importing tensorflow/onnx fails exactly as when not installed.
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; sys.modules['onnx'] = None\n"
+        "from engine.cli import main\n"
+        f"sys.exit(main([{command!r}, 'x.keras'] + (['-o', 'r'] if {command!r} == 'convert' else [])))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"pneumo {command} needs the 'convert' extra" in proc.stderr
+    assert "pip install 'pneumo-onnx[convert]'" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,52 @@
+"""`pip install .` alone (no extras) gives a working, TensorFlow-free `pneumo` in a fresh venv."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("tensorflow", "tensorflow-cpu", "keras", "tf-keras", "tf2onnx", "onnx")
+
+
+def venv_size_mb(venv: Path) -> float:
+    return sum(f.stat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink()) / 1e6
+
+
+@pytest.mark.slow
+def test_plain_install_is_tensorflow_free_and_names_the_extra(tmp_path: Path) -> None:
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    bin_dir = venv / "bin"
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    install = subprocess.run(
+        [bin_dir / "python", "-m", "pip", "install", "--quiet", str(ROOT)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    listed = subprocess.run(
+        [bin_dir / "python", "-m", "pip", "list", "--format=freeze"],
+        capture_output=True, text=True, check=True,
+    ).stdout.lower()
+    installed = {line.split("==")[0] for line in listed.split()}
+    assert "onnxruntime" in installed and "pneumo-onnx" in installed
+    assert installed.isdisjoint(HEAVY), installed & set(HEAVY)
+
+    samples = subprocess.run(
+        [bin_dir / "python", "-c", "from engine.sample_data import sample_images; print(len(sample_images()))"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert samples.stdout.strip() == "6", samples.stderr  # package data made it into the wheel
+
+    for argv in (["convert", "m.keras", "-o", "repo"], ["validate", "m.onnx"]):
+        run = subprocess.run([bin_dir / "pneumo", *argv], capture_output=True, text=True, cwd=tmp_path)
+        assert run.returncode == 2
+        assert f"pneumo {argv[0]} needs the 'convert' extra" in run.stderr
+        assert "pip install 'pneumo-onnx[convert]'" in run.stderr
+    size = venv_size_mb(venv)
+    print(f"TensorFlow-free venv: {size:.0f} MB")
+    assert size < 400

@@ -1,0 +1,90 @@
+"""Model repository writing: versions, atomicity, Triton config, manifest verification."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from convert.repository import check_target, triton_config, write_version
+from engine.contract import Contract, OutputSpec
+from engine.errors import RepositoryError, UsageError
+from engine.manifest import read_manifest, verify_files
+from tests.conftest import unwritable_dir
+
+
+def write(repo: Path, version: int, files: dict[str, bytes] | None = None) -> Path:
+    files = files or {"model.onnx": b"onnx-bytes"}
+    manifest = {
+        "files": {
+            name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            for name, data in files.items()
+        }
+    }
+    return write_version(repo, "pneumonia", version, files, manifest, Contract())
+
+
+def test_versions_count_up_and_are_immutable(tmp_path: Path) -> None:
+    assert check_target(tmp_path, "pneumonia", None) == 1
+    write(tmp_path, 1)
+    assert check_target(tmp_path, "pneumonia", None) == 2
+    with pytest.raises(RepositoryError, match="version 1 already exists"):
+        check_target(tmp_path, "pneumonia", 1)
+    assert check_target(tmp_path, "pneumonia", 7) == 7
+
+
+def test_written_version_verifies_and_detects_tampering(tmp_path: Path) -> None:
+    version_dir = write(tmp_path, 1)
+    manifest = read_manifest(version_dir)
+    assert verify_files(version_dir, manifest) == []
+    (version_dir / "model.onnx").write_bytes(b"onnx-bytez")
+    [problem] = verify_files(version_dir, manifest)
+    assert problem.startswith("model.onnx: sha256 ") and "does not match the manifest" in problem
+    (version_dir / "model.onnx").unlink()
+    assert verify_files(version_dir, manifest) == ["model.onnx: listed in the manifest but missing"]
+    # No staging folders are left behind.
+    assert sorted(p.name for p in (tmp_path / "pneumonia").iterdir()) == ["1", "config.pbtxt"]
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    check_target(tmp_path, "pneumonia", 1)
+    with pytest.raises(RepositoryError, match="writing pneumonia/1 failed"):
+        write(tmp_path, 1, {"sub/dir/model.onnx": b"x"})  # a file name the stage cannot hold
+    assert [p.name for p in (tmp_path / "pneumonia").iterdir()] == []
+
+
+@pytest.mark.parametrize(
+    ("name", "message", "error"),
+    [("../evil", "use letters, digits", UsageError), ("", "use letters, digits", UsageError)],
+    ids=["traversal", "empty"],
+)
+def test_bad_names(tmp_path: Path, name: str, message: str, error: type) -> None:
+    with pytest.raises(error, match=message):
+        check_target(tmp_path, name, None)
+
+
+def test_unwritable_target_fails_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError, match="cannot write to model repository"):
+        check_target(unwritable_dir(tmp_path), "pneumonia", None)
+    blocker = tmp_path / "file"
+    blocker.write_text("in the way")
+    with pytest.raises(RepositoryError, match="a file is in the way|cannot write"):
+        check_target(blocker, "pneumonia", None)
+
+
+def test_triton_config_matches_the_contract() -> None:
+    text = triton_config("pneumonia", Contract(output=OutputSpec(kind="softmax2", positive_index=1)))
+    assert 'platform: "onnxruntime_onnx"' in text
+    assert 'name: "image" data_type: TYPE_FP32 format: FORMAT_NHWC dims: [ 128, 128, 3 ]' in text
+    assert 'name: "score" data_type: TYPE_FP32 dims: [ 2 ]' in text
+    assert "max_batch_size: 64" in text
+
+
+def test_manifest_errors(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError, match="no manifest.json"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(RepositoryError, match="is not a pneumo-model-repository/1 manifest"):
+        read_manifest(tmp_path)

@@ -1,0 +1,33 @@
+"""The engine never imports TensorFlow, Keras or tf2onnx, directly or indirectly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+FORBIDDEN = ("tensorflow", "keras", "tf_keras", "tf2onnx")
+
+
+def run_and_list_modules(code: str, cwd: Path) -> set[str]:
+    probe = code + "\nimport sys\nprint('\\n'.join(sys.modules))\n"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return {m.split(".")[0] for m in proc.stdout.split()}
+
+
+def test_importing_every_engine_module_stays_tensorflow_free(tmp_path: Path) -> None:
+    import engine
+
+    root = Path(engine.__file__).parent
+    modules = [f"engine.{p.stem}" for p in root.glob("*.py") if p.stem != "__init__"]
+    loaded = run_and_list_modules("import " + ", ".join(["engine", *modules]), tmp_path)
+    assert loaded.isdisjoint(FORBIDDEN), loaded & set(FORBIDDEN)
+
+
+def test_cli_validate_without_against_stays_tensorflow_free(tmp_path: Path, write_model) -> None:
+    model = write_model()
+    code = f"from engine.cli import main\nassert main(['validate', {str(model)!r}]) == 0"
+    loaded = run_and_list_modules(code, tmp_path)
+    assert "onnxruntime" in loaded and "onnx" in loaded
+    assert loaded.isdisjoint(FORBIDDEN), loaded & set(FORBIDDEN)
