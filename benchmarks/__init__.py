@@ -1,0 +1,1 @@
+"""Benchmarks: figures the issues ask for, measured as ratios within one run."""

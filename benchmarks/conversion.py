@@ -1,0 +1,128 @@
+"""Conversion-stage benchmark: time to convert the reference model with every variant, and
+model-only int8 vs fp32 onnxruntime throughput at batch 32, in the same process.
+
+    python -m benchmarks.conversion [--repeats 7] [--json out.json]
+
+Needs the `convert` extra. Uses ../shared/data/fullres when present, else the shipped samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from engine.contract import Contract
+from engine.preprocess import list_images, reference_batch
+from engine.sample_data import sample_images
+from engine.session import create_session, session_options
+
+SHARED_FULLRES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fullres"
+BATCH = 32
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores and the SIMD flags that decide onnxruntime's kernels."""
+    info = {"cpu": platform.processor() or "unknown", "cores": os.cpu_count(), "flags": []}
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            info["cpu"] = value.strip()
+        elif key.strip() == "flags":
+            wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8")
+            info["flags"] = [f for f in wanted if f in value.split()]
+    info["python"] = platform.python_version()
+    return info
+
+
+def time_conversion(workdir: Path) -> dict[str, Any]:
+    """Whole `pneumo convert` process, TensorFlow import included, every variant."""
+    keras_path = workdir / "pneumonia_cnn.keras"
+    subprocess.run(
+        [sys.executable, "models/pneumonia_cnn.py", "--out", str(keras_path)],
+        check=True, capture_output=True,
+    )
+    images = [str(SHARED_FULLRES)] if SHARED_FULLRES.is_dir() else []
+    argv = [sys.executable, "-m", "engine.cli", "convert", str(keras_path), "-o", str(workdir / "repo")]
+    for folder in images:
+        argv += ["--images", folder]
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True)
+    wall = time.perf_counter() - start
+    manifest = json.loads((workdir / "repo" / "pneumonia" / "1" / "manifest.json").read_text())
+    return {
+        "process_seconds": round(wall, 2),
+        "in_process_seconds": manifest["conversion_seconds"],
+        "variants": sorted(manifest["files"]),
+        "probe_images": manifest["parity"]["probes"],
+    }
+
+
+def throughput(version_dir: Path, repeats: int) -> dict[str, Any]:
+    """Images/s at batch 32 for fp32 and int8, runs interleaved so noise hits both alike."""
+    images = list_images(SHARED_FULLRES)[:BATCH] if SHARED_FULLRES.is_dir() else sample_images()
+    x = reference_batch(images, Contract())
+    x = np.resize(x, (BATCH, *x.shape[1:])).astype(np.float32)
+    sessions = {
+        kind: create_session(version_dir / name, options=session_options(spinning=True))
+        for kind, name in (("fp32", "model.onnx"), ("int8", "model.int8.onnx"))
+    }
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for s in sessions.values():  # warm-up, excluded
+        for _ in range(3):
+            s.run(None, {"image": x})
+    for _ in range(repeats):
+        for kind, s in sessions.items():
+            start = time.perf_counter()
+            for _ in range(5):
+                s.run(None, {"image": x})
+            times[kind].append((time.perf_counter() - start) / 5)
+    out: dict[str, Any] = {}
+    for kind, t in times.items():
+        out[kind] = {
+            "batch_seconds_min": round(min(t), 5),
+            "batch_seconds_median": round(statistics.median(t), 5),
+            "images_per_second_median": round(BATCH / statistics.median(t), 1),
+        }
+    out["int8_speedup_median"] = round(
+        out["fp32"]["batch_seconds_median"] / out["int8"]["batch_seconds_median"], 2
+    )
+    out["int8_speedup_min"] = round(out["fp32"]["batch_seconds_min"] / out["int8"]["batch_seconds_min"], 2)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pneumo-bench-") as tmp:
+        conversion = time_conversion(Path(tmp))
+        speed = throughput(Path(tmp) / "repo" / "pneumonia" / "1", args.repeats)
+    result = {
+        "machine": machine(),
+        "onnxruntime": ort.__version__,
+        "conversion": conversion,
+        "model_only_batch32": speed,
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
