@@ -53,10 +53,19 @@ def time_conversion(workdir: Path) -> dict[str, Any]:
     keras_path = workdir / "pneumonia_cnn.keras"
     subprocess.run(
         [sys.executable, "models/pneumonia_cnn.py", "--out", str(keras_path)],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     images = [str(SHARED_FULLRES)] if SHARED_FULLRES.is_dir() else []
-    argv = [sys.executable, "-m", "engine.cli", "convert", str(keras_path), "-o", str(workdir / "repo")]
+    argv = [
+        sys.executable,
+        "-m",
+        "engine.cli",
+        "convert",
+        str(keras_path),
+        "-o",
+        str(workdir / "repo"),
+    ]
     for folder in images:
         argv += ["--images", folder]
     start = time.perf_counter()
@@ -100,7 +109,9 @@ def throughput(version_dir: Path, repeats: int) -> dict[str, Any]:
     out["int8_speedup_median"] = round(
         out["fp32"]["batch_seconds_median"] / out["int8"]["batch_seconds_median"], 2
     )
-    out["int8_speedup_min"] = round(out["fp32"]["batch_seconds_min"] / out["int8"]["batch_seconds_min"], 2)
+    out["int8_speedup_min"] = round(
+        out["fp32"]["batch_seconds_min"] / out["int8"]["batch_seconds_min"], 2
+    )
     return out
 
 

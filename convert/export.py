@@ -31,9 +31,7 @@ class _Collect(logging.Handler):
 
 def to_onnx(src: LoadedSource, contract: Contract, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """Convert with a dynamic batch dimension; input/output named as in the contract."""
-    spec = tf.TensorSpec(
-        (None, *contract.input_shape), tf.float32, name=contract.input.name
-    )
+    spec = tf.TensorSpec((None, *contract.input_shape), tf.float32, name=contract.input.name)
     function = tf.function(src.call, input_signature=[spec], autograph=False)
     collector = _Collect()
     tf2onnx_log = logging.getLogger("tf2onnx")

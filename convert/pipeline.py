@@ -58,9 +58,16 @@ def convert(source: str | Path, repo_dir: str | Path, opts: ConvertOptions) -> C
     """Load, convert, gate, build variants, gate them, then write the repository version."""
     start = time.perf_counter()
     repo = Path(repo_dir)
+    model_dir = repo / opts.name
+    existed = model_dir.exists()
     version = check_target(repo, opts.name, opts.version)
-    src = load_source(source, opts.custom_objects)
-    return convert_loaded(src, repo, version, opts, start)
+    try:
+        src = load_source(source, opts.custom_objects)
+        return convert_loaded(src, repo, version, opts, start)
+    except BaseException:
+        if not existed and model_dir.is_dir() and not any(model_dir.iterdir()):
+            model_dir.rmdir()  # leave no trace of a conversion that wrote nothing
+        raise
 
 
 def convert_loaded(

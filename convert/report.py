@@ -63,7 +63,9 @@ class Report:
 
     def raise_if_failed(self, what: str) -> None:
         if not self.ok:
-            raise ValidationError(f"{what} failed validation; nothing was written:", self.failures())
+            raise ValidationError(
+                f"{what} failed validation; nothing was written:", self.failures()
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {"subject": self.subject, "ok": self.ok, "checks": [asdict(c) for c in self.checks]}

@@ -39,9 +39,13 @@ def check_target(repo: Path, name: str, version: int | None) -> int:
         probe = tempfile.NamedTemporaryFile(dir=model_dir, prefix=".write-test-", delete=True)
         probe.close()
     except FileExistsError as e:
-        raise RepositoryError(f"cannot create model repository {repo.name}: a file is in the way") from e
+        raise RepositoryError(
+            f"cannot create model repository {repo.name}: a file is in the way"
+        ) from e
     except OSError as e:
-        raise RepositoryError(f"cannot write to model repository {repo.name}: {e.strerror or e}") from e
+        raise RepositoryError(
+            f"cannot write to model repository {repo.name}: {e.strerror or e}"
+        ) from e
     existing = versions(model_dir)
     if version is None:
         return max(existing, default=0) + 1
@@ -72,14 +76,20 @@ def write_version(
         model_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
     except OSError as e:
-        raise RepositoryError(f"cannot write to model repository {repo.name}: {e.strerror or e}") from e
+        raise RepositoryError(
+            f"cannot write to model repository {repo.name}: {e.strerror or e}"
+        ) from e
     try:
         for filename, data in files.items():
             (staging / filename).write_bytes(data)
-        (staging / MANIFEST_NAME).write_text(json.dumps({"format": FORMAT, **manifest}, indent=2) + "\n")
+        (staging / MANIFEST_NAME).write_text(
+            json.dumps({"format": FORMAT, **manifest}, indent=2) + "\n"
+        )
         _write_atomic(model_dir / "config.pbtxt", triton_config(name, contract))
         if final.exists():
-            raise RepositoryError(f"{name} version {version} appeared while converting; not replaced")
+            raise RepositoryError(
+                f"{name} version {version} appeared while converting; not replaced"
+            )
         os.rename(staging, final)
     except OSError as e:
         raise RepositoryError(f"writing {name}/{version} failed: {e.strerror or e}") from e
@@ -100,7 +110,8 @@ def triton_config(name: str, contract: Contract) -> str:
         'default_model_filename: "model.onnx"\n'
         f"max_batch_size: {MAX_BATCH_SIZE}\n"
         "input [\n"
-        f'  {{ name: "{i.name}" data_type: TYPE_FP32 format: FORMAT_{i.layout} dims: [ {dims} ] }}\n'
+        f'  {{ name: "{i.name}" data_type: TYPE_FP32 format: FORMAT_{i.layout} '
+        f"dims: [ {dims} ] }}\n"
         "]\n"
         "output [\n"
         f'  {{ name: "{o.name}" data_type: TYPE_FP32 dims: [ {out_units} ] }}\n'

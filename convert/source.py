@@ -106,8 +106,15 @@ def _load_keras3(p: Path, objects: dict[str, Any] | None) -> LoadedSource:
     try:
         model = keras.saving.load_model(p, custom_objects=objects, compile=False)
     except Exception as e:  # Keras raises anything from zipfile, h5py, json or user code
-        raise ModelLoadError(f"Keras cannot load {p.name}: {first_line(e)}") from e
+        raise ModelLoadError(f"Keras cannot load {p.name}: {first_line(e)}{_hint(e)}") from e
     return _wrap_keras(model, p, "keras")
+
+
+def _hint(e: BaseException) -> str:
+    text = str(e)
+    if "Could not locate" in text or "Unknown layer" in text or "custom_objects" in text:
+        return " (pass --custom-objects FILE.py, a Python file that defines those classes)"
+    return ""
 
 
 def _load_h5(p: Path, objects: dict[str, Any] | None) -> LoadedSource:
@@ -138,7 +145,9 @@ def _load_savedmodel(p: Path) -> LoadedSource:
         try:
             import tf_keras
 
-            return _wrap_keras(tf_keras.models.load_model(p, compile=False), p, "savedmodel-tf_keras")
+            return _wrap_keras(
+                tf_keras.models.load_model(p, compile=False), p, "savedmodel-tf_keras"
+            )
         except Exception as e:  # fall through to the plain signature, which needs no Keras
             log.info("tf_keras cannot load %s (%s); using its serving signature", p.name, e)
     try:
@@ -190,9 +199,7 @@ def _keras_call(model: Any) -> Callable[[tf.Tensor], tf.Tensor]:
             out = list(out.values())
         if isinstance(out, list | tuple):
             if len(out) != 1:
-                raise ContractError(
-                    f"the model has {len(out)} outputs: expected one score output"
-                )
+                raise ContractError(f"the model has {len(out)} outputs: expected one score output")
             out = out[0]
         return out
 

@@ -31,7 +31,9 @@ def structure_checks(report: Report, model: onnx.ModelProto) -> Contract | None:
             onnx.checker.check_model(model, full_check=True)
         except onnx.checker.ValidationError as e:
             raise CheckFailed(f"onnx.checker rejects the graph: {first_line(e)}") from e
-        opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+        opset = max(
+            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0
+        )
         return f"valid ONNX (IR {model.ir_version}, opset {opset})", {"opset": opset}
 
     def shapes() -> tuple[str, Figures]:
@@ -57,7 +59,10 @@ def structure_checks(report: Report, model: onnx.ModelProto) -> Contract | None:
             )
         metadata = {p.key: p.value for p in model.metadata_props}
         c = Contract.from_metadata(
-            metadata, model.graph.input[0].name, _dims(model.graph.input[0]), model.graph.output[0].name
+            metadata,
+            model.graph.input[0].name,
+            _dims(model.graph.input[0]),
+            model.graph.output[0].name,
         )
         if c.input.name != model.graph.input[0].name or c.output.name != model.graph.output[0].name:
             raise ContractError(
@@ -68,7 +73,8 @@ def structure_checks(report: Report, model: onnx.ModelProto) -> Contract | None:
         source = "embedded" if "pneumo.contract" in metadata else "defaults (plain ONNX file)"
         i = c.input
         return (
-            f"{source}: {i.layout} {i.height}x{i.width}x{i.channels} {i.scaling}, {i.resize_filter} "
+            f"{source}: {i.layout} {i.height}x{i.width}x{i.channels} {i.scaling}, "
+            f"{i.resize_filter} "
             f"resize, {c.output.kind} -> P({c.positive_label}), threshold {c.threshold}",
             {},
         )
@@ -100,7 +106,9 @@ def runtime_checks(
         if not np.all(np.isfinite(whole)):
             raise CheckFailed("outputs contain NaN or infinity", figures)
         if scores.min() < 0.0 or scores.max() > 1.0:
-            raise CheckFailed(f"scores {scores.min():.3g}..{scores.max():.3g} outside [0, 1]", figures)
+            raise CheckFailed(
+                f"scores {scores.min():.3g}..{scores.max():.3g} outside [0, 1]", figures
+            )
         if diff > FP32_TOLERANCE:
             raise CheckFailed(
                 f"batch of {len(probes)} and one-by-one runs differ by {diff:.2e} "
@@ -143,7 +151,10 @@ def parity_check(
             raise CheckFailed(
                 f"max abs difference {worst:.2e} > tolerance {tolerance:.0e} ({text})", figures
             )
-        return f"max abs diff {worst:.2e} <= {tolerance:.0e} on {len(probes)} probes ({text})", figures
+        return (
+            f"max abs diff {worst:.2e} <= {tolerance:.0e} on {len(probes)} probes ({text})",
+            figures,
+        )
 
     report.run(name, parity)
 

@@ -65,7 +65,9 @@ def _int8(i: Inputs) -> bytes:
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._batches: Iterator[np.ndarray] = iter(np.array_split(i.real, max(1, len(i.real) // 8)))
+            self._batches: Iterator[np.ndarray] = iter(
+                np.array_split(i.real, max(1, len(i.real) // 8))
+            )
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self._batches, None)
@@ -89,7 +91,9 @@ def _int8(i: Inputs) -> bytes:
 def _fp16(i: Inputs) -> bytes:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.ModelProto.FromString(i.fp32.SerializeToString()), keep_io_types=True)
+    model = convert_float_to_float16(
+        onnx.ModelProto.FromString(i.fp32.SerializeToString()), keep_io_types=True
+    )
     return _with_metadata(model, i.fp32).SerializeToString()
 
 
@@ -124,16 +128,56 @@ def _tflite(i: Inputs, quantize: bool) -> bytes:
 VARIANTS: dict[str, Variant] = {
     v.key: v
     for v in (
-        Variant("int8", "model.int8.onnx", "onnxruntime", "onnx", 0.05, 0.99, _int8,
-                "static QDQ int8, per-channel weights, calibrated on real X-rays"),
-        Variant("fp16", "model.fp16.onnx", "onnxruntime", "onnx", 5e-3, 0.99, _fp16,
-                "fp16 weights and compute for CUDA; fp32 inputs and outputs"),
-        Variant("tflite", "model.tflite", "tflite", "keras", 1e-5, 1.0,
-                lambda i: _tflite(i, quantize=False), "TensorFlow Lite fp32"),
-        Variant("tflite-dynamic", "model.dynamic.tflite", "tflite", "keras", 0.05, 0.99,
-                lambda i: _tflite(i, quantize=True), "TensorFlow Lite, dynamic-range int8 weights"),
-        Variant("ort", "model.ort", "onnxruntime", "onnx", 1e-5, 1.0, _ort_format,
-                "ORT format (basic optimizations) for onnxruntime mobile builds"),
+        Variant(
+            "int8",
+            "model.int8.onnx",
+            "onnxruntime",
+            "onnx",
+            0.05,
+            0.99,
+            _int8,
+            "static QDQ int8, per-channel weights, calibrated on real X-rays",
+        ),
+        Variant(
+            "fp16",
+            "model.fp16.onnx",
+            "onnxruntime",
+            "onnx",
+            5e-3,
+            0.99,
+            _fp16,
+            "fp16 weights and compute for CUDA; fp32 inputs and outputs",
+        ),
+        Variant(
+            "tflite",
+            "model.tflite",
+            "tflite",
+            "keras",
+            1e-5,
+            1.0,
+            lambda i: _tflite(i, quantize=False),
+            "TensorFlow Lite fp32",
+        ),
+        Variant(
+            "tflite-dynamic",
+            "model.dynamic.tflite",
+            "tflite",
+            "keras",
+            0.05,
+            0.99,
+            lambda i: _tflite(i, quantize=True),
+            "TensorFlow Lite, dynamic-range int8 weights",
+        ),
+        Variant(
+            "ort",
+            "model.ort",
+            "onnxruntime",
+            "onnx",
+            1e-5,
+            1.0,
+            _ort_format,
+            "ORT format (basic optimizations) for onnxruntime mobile builds",
+        ),
     )
 }
 
@@ -148,13 +192,18 @@ def parse_variants(text: str) -> list[str]:
     unknown = [k for k in keys if k not in VARIANTS]
     if unknown:
         raise UsageError(
-            f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(VARIANTS)}, all, none"
+            f"--variants: unknown {', '.join(unknown)}; "
+            f"choose from {', '.join(VARIANTS)}, all, none"
         )
     return list(dict.fromkeys(keys))
 
 
 def build_and_check(
-    keys: list[str], inputs: Inputs, onnx_scores: np.ndarray, keras_scores: np.ndarray, report: Report
+    keys: list[str],
+    inputs: Inputs,
+    onnx_scores: np.ndarray,
+    keras_scores: np.ndarray,
+    report: Report,
 ) -> dict[str, tuple[bytes, Figures]]:
     """Build each variant and gate it against its reference on the real images."""
     built: dict[str, tuple[bytes, Figures]] = {}
@@ -162,7 +211,9 @@ def build_and_check(
         v = VARIANTS[key]
         holder: list[tuple[bytes, Figures]] = []
 
-        def check(v: Variant = v, holder: list[tuple[bytes, Figures]] = holder) -> tuple[str, Figures]:
+        def check(
+            v: Variant = v, holder: list[tuple[bytes, Figures]] = holder
+        ) -> tuple[str, Figures]:
             try:
                 data = v.build(inputs)
             except Exception as e:  # quantizers and converters raise anything
@@ -177,7 +228,10 @@ def build_and_check(
                 f"{figures['max_score_diff']:.2e} vs {v.compare_to} on {len(scores)} real images, "
                 f"{len(data) / 1e6:.2f} MB"
             )
-            if figures["label_agreement"] < v.min_agreement or figures["max_score_diff"] > v.max_score_diff:
+            if (
+                figures["label_agreement"] < v.min_agreement
+                or figures["max_score_diff"] > v.max_score_diff
+            ):
                 raise CheckFailed(
                     f"{text}: needs >= {v.min_agreement:.0%} agreement and <= {v.max_score_diff:g}",
                     figures,

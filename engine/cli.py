@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pneumo",
-        description="Convert Keras pneumonia-detection CNNs to ONNX and run them without TensorFlow.",
+        description="Convert Keras pneumonia-detection CNNs to ONNX; run them without TensorFlow.",
     )
     parser.add_argument("--version", action="version", version=f"pneumo-onnx {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
@@ -69,22 +69,51 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
         help="comma list of int8, fp16, tflite, tflite-dynamic, ort; or all (default), none",
     )
     _add_images(p)
-    p.add_argument("--input-size", type=_size, default=None, metavar="HxW",
-                   help="input size, for models that accept any size")
-    p.add_argument("--input-scaling", choices=("unit", "raw", "symmetric"), default=None,
-                   help="input range: unit [0,1], raw [0,255], symmetric [-1,1] (default: detect)")
-    p.add_argument("--resize-filter", default="bicubic",
-                   choices=("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"),
-                   help="filter the model was trained with (default bicubic, as PIL resize)")
-    p.add_argument("--labels", type=_labels, default=None, metavar="A,B",
-                   help="class names: NEGATIVE,POSITIVE; for a 2-unit softmax in output order")
-    p.add_argument("--positive-index", type=int, default=None,
-                   help="2-unit softmax: index of the PNEUMONIA unit")
+    p.add_argument(
+        "--input-size",
+        type=_size,
+        default=None,
+        metavar="HxW",
+        help="input size, for models that accept any size",
+    )
+    p.add_argument(
+        "--input-scaling",
+        choices=("unit", "raw", "symmetric"),
+        default=None,
+        help="input range: unit [0,1], raw [0,255], symmetric [-1,1] (default: detect)",
+    )
+    p.add_argument(
+        "--resize-filter",
+        default="bicubic",
+        choices=("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming"),
+        help="filter the model was trained with (default bicubic, as PIL resize)",
+    )
+    p.add_argument(
+        "--labels",
+        type=_labels,
+        default=None,
+        metavar="A,B",
+        help="class names: NEGATIVE,POSITIVE; for a 2-unit softmax in output order",
+    )
+    p.add_argument(
+        "--positive-index",
+        type=int,
+        default=None,
+        help="2-unit softmax: index of the PNEUMONIA unit",
+    )
     p.add_argument("--threshold", type=_unit_float, default=0.5, help="default threshold")
-    p.add_argument("--tolerance", type=float, default=1e-5,
-                   help="fp32 parity gate: max abs difference allowed (default 1e-5)")
-    p.add_argument("--custom-objects", metavar="FILE.py", default=None,
-                   help="Python file defining the model's custom layers/classes")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-5,
+        help="fp32 parity gate: max abs difference allowed (default 1e-5)",
+    )
+    p.add_argument(
+        "--custom-objects",
+        metavar="FILE.py",
+        default=None,
+        help="Python file defining the model's custom layers/classes",
+    )
     p.set_defaults(handler=_run_convert)
 
 
@@ -97,20 +126,32 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
         "parity with the original Keras model. Exit 1 if any check fails.",
     )
     p.add_argument("model", help="an .onnx file")
-    p.add_argument("--against", metavar="KERAS_MODEL", default=None,
-                   help="original .keras/.h5/SavedModel to compare outputs with (needs TensorFlow)")
+    p.add_argument(
+        "--against",
+        metavar="KERAS_MODEL",
+        default=None,
+        help="original .keras/.h5/SavedModel to compare outputs with (needs TensorFlow)",
+    )
     _add_images(p)
-    p.add_argument("--report", default=None, metavar="out.json|out.xml",
-                   help="write a JSON or JUnit XML report")
+    p.add_argument(
+        "--report",
+        default=None,
+        metavar="out.json|out.xml",
+        help="write a JSON or JUnit XML report",
+    )
     p.add_argument("--tolerance", type=float, default=1e-5, help="parity tolerance")
     p.add_argument("--custom-objects", metavar="FILE.py", default=None)
     p.set_defaults(handler=_run_validate)
 
 
 def _add_images(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--images", action="append", default=[], metavar="DIR",
-                   help="real X-rays for probes and calibration, besides the shipped samples "
-                   "(repeatable)")
+    p.add_argument(
+        "--images",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="real X-rays for probes and calibration, besides the shipped samples (repeatable)",
+    )
 
 
 def _run_convert(args: argparse.Namespace) -> int:
@@ -154,9 +195,6 @@ def _unit_float(text: str) -> float:
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
     return value
-
-
-
 
 
 if __name__ == "__main__":

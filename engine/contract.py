@@ -50,7 +50,7 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """One score tensor: a sigmoid unit, or two softmax units with the positive class at an index."""
+    """One score tensor: a sigmoid unit, or two softmax units (positive class at an index)."""
 
     name: str = "score"
     kind: str = "sigmoid"

@@ -12,7 +12,7 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,7 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from engine.contract import SCALINGS, Contract
 from engine.errors import ImageError
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
 
 MAX_PIXELS = 80_000_000  # decompression-bomb cap: the largest real X-rays are ~ 4k x 5k
 MIN_SIDE = 32  # smaller than this is not a radiograph

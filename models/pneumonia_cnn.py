@@ -47,7 +47,9 @@ def main() -> None:
     model = build_model(args.seed)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     model.save(args.out)
-    print(f"saved {model.name} ({model.count_params():,} parameters, seed {args.seed}) to {args.out}")
+    print(
+        f"saved {model.name} ({model.count_params():,} parameters, seed {args.seed}) to {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -48,15 +48,17 @@ def _small(inputs: Any, x: Any, head: Any) -> keras.Model:
 
 
 def sequential(tmp: Path) -> Path:
-    model = keras.Sequential([
-        keras.Input((128, 128, 3)),
-        L.Conv2D(8, 5, strides=2, padding="same", activation="relu"),  # strided conv
-        L.AveragePooling2D(2),  # average pooling
-        L.Conv2D(16, 3, strides=2, activation="relu"),
-        L.Flatten(),  # flatten + dense head
-        L.Dense(16, activation="relu"),
-        L.Dense(1, activation="sigmoid"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((128, 128, 3)),
+            L.Conv2D(8, 5, strides=2, padding="same", activation="relu"),  # strided conv
+            L.AveragePooling2D(2),  # average pooling
+            L.Conv2D(16, 3, strides=2, activation="relu"),
+            L.Flatten(),  # flatten + dense head
+            L.Dense(16, activation="relu"),
+            L.Dense(1, activation="sigmoid"),
+        ]
+    )
     return _save(model, tmp / "sequential.keras")
 
 
@@ -98,19 +100,21 @@ def grayscale(tmp: Path) -> Path:
 
 def legacy_tf_keras_h5(tmp: Path) -> Path:
     tk = tf_keras.layers
-    model = tf_keras.Sequential([
-        tk.InputLayer(input_shape=(128, 128, 3)),
-        tk.Conv2D(8, 3, strides=2, activation="relu"),
-        # tf.keras 2.x writes DepthwiseConv2D with a `groups` argument that Keras 3 refuses
-        # ("Unrecognized keyword arguments"): this file needs the tf_keras fallback.
-        tk.DepthwiseConv2D(3, activation="relu"),
-        tk.BatchNormalization(),
-        tk.MaxPooling2D(),
-        tk.Conv2D(16, 3, activation="relu"),
-        tk.GlobalAveragePooling2D(),
-        tk.Dropout(0.2),
-        tk.Dense(1, activation="sigmoid"),
-    ])
+    model = tf_keras.Sequential(
+        [
+            tk.InputLayer(input_shape=(128, 128, 3)),
+            tk.Conv2D(8, 3, strides=2, activation="relu"),
+            # tf.keras 2.x writes DepthwiseConv2D with a `groups` argument that Keras 3 refuses
+            # ("Unrecognized keyword arguments"): this file needs the tf_keras fallback.
+            tk.DepthwiseConv2D(3, activation="relu"),
+            tk.BatchNormalization(),
+            tk.MaxPooling2D(),
+            tk.Conv2D(16, 3, activation="relu"),
+            tk.GlobalAveragePooling2D(),
+            tk.Dropout(0.2),
+            tk.Dense(1, activation="sigmoid"),
+        ]
+    )
     path = tmp / "legacy_tf_keras.h5"
     model.save(path)  # tf.keras 2.x HDF5, as older training scripts wrote it
     return path
@@ -152,11 +156,14 @@ CASES = {
     "functional-keras3-h5": Case(functional_h5, "h5"),
     "subclassed": Case(subclassed, "keras"),
     "rescaling-resizing-inside": Case(
-        rescaling_resizing_inside, "keras",
+        rescaling_resizing_inside,
+        "keras",
         {"scaling": "raw", "height": 96, "width": 96, "resizes_inside": True},
     ),
     "softmax2-labels": Case(
-        softmax2, "keras", {"kind": "softmax2", "positive_index": 1},
+        softmax2,
+        "keras",
+        {"kind": "softmax2", "positive_index": 1},
         Overrides(labels=("NORMAL", "PNEUMONIA")),
     ),
     "softmax2-index": Case(

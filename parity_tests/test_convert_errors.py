@@ -103,8 +103,8 @@ def test_failed_variant_gate_writes_nothing(tmp_path: Path, capsys) -> None:
 
 
 def _written_versions(repo: Path) -> list[str]:
-    model_dir = repo / "pneumonia"
-    return sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else []
+    """What a failed conversion left in the repository: must be nothing at all."""
+    return sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) if repo.is_dir() else []
 
 
 def _write(path: Path, data: bytes) -> str:
@@ -115,3 +115,45 @@ def _write(path: Path, data: bytes) -> str:
 def _mkdir(path: Path) -> Path:
     path.mkdir()
     return path
+
+
+CUSTOM_LAYER = """
+import keras
+
+
+@keras.saving.register_keras_serializable(package="user_code")
+class Brighten(keras.layers.Layer):
+    def call(self, x):
+        return x * 0.5 + 0.25
+"""
+
+
+def test_custom_objects_file_makes_a_custom_layer_loadable(tmp_path: Path) -> None:
+    """A model with a user's custom layer: refused with a hint, then converted with the file."""
+    import subprocess
+    import sys
+
+    code_file = tmp_path / "user_layers.py"
+    code_file.write_text(CUSTOM_LAYER)
+    build = (
+        "import importlib.util, keras, sys\n"
+        f"spec = importlib.util.spec_from_file_location('user_layers', {str(code_file)!r})\n"
+        "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+        "i = keras.Input((64, 64, 3)); x = mod.Brighten()(i)\n"
+        "x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(x))\n"
+        "keras.Model(i, keras.layers.Dense(1, activation='sigmoid')(x))"
+        f".save({str(tmp_path / 'custom.keras')!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", build], check=True, capture_output=True)
+    pneumo = [sys.executable, "-m", "engine.cli", "convert", str(tmp_path / "custom.keras")]
+    refused = subprocess.run(
+        [*pneumo, "-o", str(tmp_path / "r1"), "--variants", "none"], capture_output=True, text=True
+    )
+    assert refused.returncode == 1 and "pass --custom-objects FILE.py" in refused.stderr
+    done = subprocess.run(
+        [*pneumo, "-o", str(tmp_path / "r2"), "--variants", "none", "--custom-objects", str(code_file)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "PASS  parity_keras" in done.stdout

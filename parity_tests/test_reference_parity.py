@@ -25,7 +25,10 @@ def test_onnx_matches_keras_on_real_images(
 ) -> None:
     model = keras.saving.load_model(reference_keras, compile=False)
     expected = np.concatenate(
-        [model(real_batch[i : i + 64], training=False).numpy() for i in range(0, len(real_batch), 64)]
+        [
+            model(real_batch[i : i + 64], training=False).numpy()
+            for i in range(0, len(real_batch), 64)
+        ]
     )
     session = create_session(reference_repo.version_dir / "model.onnx")
     got = run_batched(session, real_batch, batch_size=batch_size)
@@ -33,7 +36,9 @@ def test_onnx_matches_keras_on_real_images(
     assert np.max(np.abs(got - expected)) <= FP32_TOLERANCE
 
 
-def test_contract_and_provenance_are_embedded(reference_repo: ConvertResult, reference_keras: Path) -> None:
+def test_contract_and_provenance_are_embedded(
+    reference_repo: ConvertResult, reference_keras: Path
+) -> None:
     model = onnx.load(reference_repo.version_dir / "model.onnx")
     meta = {p.key: p.value for p in model.metadata_props}
     contract = Contract.from_metadata(meta, "image", [None, 128, 128, 3], "score")
@@ -60,13 +65,17 @@ def test_repository_layout_manifest_and_triton_config(reference_repo: ConvertRes
     assert version_dir.name == "1"
     manifest = read_manifest(version_dir)
     assert set(manifest["files"]) == {
-        "model.onnx", "model.int8.onnx", "model.fp16.onnx", "model.tflite",
-        "model.dynamic.tflite", "model.ort",
+        "model.onnx",
+        "model.int8.onnx",
+        "model.fp16.onnx",
+        "model.tflite",
+        "model.dynamic.tflite",
+        "model.ort",
     }
     assert verify_files(version_dir, manifest) == []
     assert all(c["passed"] for c in manifest["checks"])
     config = (version_dir.parent / "config.pbtxt").read_text()
-    assert 'name: "pneumonia"' in config and 'dims: [ 128, 128, 3 ]' in config
+    assert 'name: "pneumonia"' in config and "dims: [ 128, 128, 3 ]" in config
     assert sorted(p.name for p in version_dir.parent.iterdir()) == ["1", "config.pbtxt"]
 
 
@@ -75,17 +84,36 @@ def test_cli_convert_and_validate_end_to_end(reference_keras: Path, tmp_path: Pa
     repo = tmp_path / "repo"
     pneumo = [sys.executable, "-m", "engine.cli"]
     done = subprocess.run(
-        [*pneumo, "convert", str(reference_keras), "-o", str(repo), "--variants", "int8", "--version", "3"],
-        capture_output=True, text=True,
+        [
+            *pneumo,
+            "convert",
+            str(reference_keras),
+            "-o",
+            str(repo),
+            "--variants",
+            "int8",
+            "--version",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
     assert "PASS  parity_keras" in done.stdout and "model.int8.onnx" in done.stdout
     model = repo / "pneumonia" / "3" / "model.onnx"
     for report in ("report.json", "report.xml"):
         checked = subprocess.run(
-            [*pneumo, "validate", str(model), "--against", str(reference_keras),
-             "--report", str(tmp_path / report)],
-            capture_output=True, text=True,
+            [
+                *pneumo,
+                "validate",
+                str(model),
+                "--against",
+                str(reference_keras),
+                "--report",
+                str(tmp_path / report),
+            ],
+            capture_output=True,
+            text=True,
         )
         assert checked.returncode == 0, checked.stdout + checked.stderr
     data = json.loads((tmp_path / "report.json").read_text())
@@ -93,13 +121,17 @@ def test_cli_convert_and_validate_end_to_end(reference_keras: Path, tmp_path: Pa
     assert data["ok"] and "manifest_sha256" in names and names[-1] == "parity_keras"
 
 
-def test_validate_against_a_different_model_fails(reference_repo: ConvertResult, tmp_path: Path, capsys) -> None:
+def test_validate_against_a_different_model_fails(
+    reference_repo: ConvertResult, tmp_path: Path, capsys
+) -> None:
     from engine.cli import main
     from models.pneumonia_cnn import build_model
 
     other = tmp_path / "other.keras"
     build_model(seed=1).save(other)
-    code = main(["validate", str(reference_repo.version_dir / "model.onnx"), "--against", str(other)])
+    code = main(
+        ["validate", str(reference_repo.version_dir / "model.onnx"), "--against", str(other)]
+    )
     assert code == 1
     out = capsys.readouterr().out
     assert "FAIL  parity_keras: max abs difference" in out and "> tolerance 1e-05" in out

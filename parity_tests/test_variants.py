@@ -19,7 +19,10 @@ from parity_tests.conftest import FP32_TOLERANCE
 def keras_scores(reference_keras: Path, real_batch: np.ndarray) -> np.ndarray:
     model = keras.saving.load_model(reference_keras, compile=False)
     return np.concatenate(
-        [model(real_batch[i : i + 64], training=False).numpy() for i in range(0, len(real_batch), 64)]
+        [
+            model(real_batch[i : i + 64], training=False).numpy()
+            for i in range(0, len(real_batch), 64)
+        ]
     )[:, 0]
 
 
@@ -73,7 +76,13 @@ def test_tflite_dynamic_range_agrees_with_keras(reference_repo, real_batch, kera
 
 def test_manifest_records_variant_figures(reference_repo: ConvertResult) -> None:
     files = reference_repo.manifest["files"]
-    for name in ("model.int8.onnx", "model.fp16.onnx", "model.tflite", "model.dynamic.tflite", "model.ort"):
+    for name in (
+        "model.int8.onnx",
+        "model.fp16.onnx",
+        "model.tflite",
+        "model.dynamic.tflite",
+        "model.ort",
+    ):
         entry = files[name]
         assert {"label_agreement", "max_score_diff", "images", "bytes", "reference"} <= set(entry)
         assert entry["images"] >= 6

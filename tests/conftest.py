@@ -23,7 +23,9 @@ def tiny_model(
     batch: int | str = "batch",
 ) -> onnx.ModelProto:
     """score = sigmoid(4 * (mean(x) - 0.5)): a real image-in, score-out graph in a few nodes."""
-    inp = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, height, width, channels])
+    inp = helper.make_tensor_value_info(
+        "image", TensorProto.FLOAT, [batch, height, width, channels]
+    )
     out = helper.make_tensor_value_info("score", TensorProto.FLOAT, [batch, 1])
     nodes = [
         helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2, 3], keepdims=0),

@@ -42,9 +42,12 @@ def test_without_the_convert_extra_the_message_names_it(tmp_path, command) -> No
     code = (
         "import sys; sys.modules['tensorflow'] = None; sys.modules['onnx'] = None\n"
         "from engine.cli import main\n"
-        f"sys.exit(main([{command!r}, 'x.keras'] + (['-o', 'r'] if {command!r} == 'convert' else [])))"
+        f"extra = ['-o', 'r'] if {command!r} == 'convert' else []\n"
+        f"sys.exit(main([{command!r}, 'x.keras'] + extra))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
     assert proc.returncode == 2
     assert f"pneumo {command} needs the 'convert' extra" in proc.stderr
     assert "pip install 'pneumo-onnx[convert]'" in proc.stderr

@@ -36,7 +36,12 @@ def test_plain_onnx_defaults_follow_the_graph(shape, layout, size, channels) -> 
         size,
         channels,
     )
-    assert (c.input.name, c.output.name, c.input.scaling, c.threshold) == ("input_1", "out", "unit", 0.5)
+    assert (c.input.name, c.output.name, c.input.scaling, c.threshold) == (
+        "input_1",
+        "out",
+        "unit",
+        0.5,
+    )
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,9 @@ HEAVY = ("tensorflow", "tensorflow-cpu", "keras", "tf-keras", "tf2onnx", "onnx")
 
 
 def venv_size_mb(venv: Path) -> float:
-    return sum(f.stat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink()) / 1e6
+    return (
+        sum(f.stat().st_size for f in venv.rglob("*") if f.is_file() and not f.is_symlink()) / 1e6
+    )
 
 
 @pytest.mark.slow
@@ -25,25 +27,38 @@ def test_plain_install_is_tensorflow_free_and_names_the_extra(tmp_path: Path) ->
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     install = subprocess.run(
         [bin_dir / "python", "-m", "pip", "install", "--quiet", str(ROOT)],
-        capture_output=True, text=True, env=env, timeout=900,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert install.returncode == 0, install.stderr[-2000:]
     listed = subprocess.run(
         [bin_dir / "python", "-m", "pip", "list", "--format=freeze"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.lower()
     installed = {line.split("==")[0] for line in listed.split()}
     assert "onnxruntime" in installed and "pneumo-onnx" in installed
     assert installed.isdisjoint(HEAVY), installed & set(HEAVY)
 
     samples = subprocess.run(
-        [bin_dir / "python", "-c", "from engine.sample_data import sample_images; print(len(sample_images()))"],
-        capture_output=True, text=True, cwd=tmp_path,
+        [
+            bin_dir / "python",
+            "-c",
+            "from engine.sample_data import sample_images; print(len(sample_images()))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert samples.stdout.strip() == "6", samples.stderr  # package data made it into the wheel
 
     for argv in (["convert", "m.keras", "-o", "repo"], ["validate", "m.onnx"]):
-        run = subprocess.run([bin_dir / "pneumo", *argv], capture_output=True, text=True, cwd=tmp_path)
+        run = subprocess.run(
+            [bin_dir / "pneumo", *argv], capture_output=True, text=True, cwd=tmp_path
+        )
         assert run.returncode == 2
         assert f"pneumo {argv[0]} needs the 'convert' extra" in run.stderr
         assert "pip install 'pneumo-onnx[convert]'" in run.stderr

@@ -54,7 +54,9 @@ def test_sixteen_bit_png_uses_the_full_range() -> None:
     a = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (64, 1))
     img = Image.fromarray(a)
     png = encode(img, "PNG")
-    x = reference_pixels(png, Contract(input=InputSpec(height=64, width=64, resize_filter="nearest")))
+    x = reference_pixels(
+        png, Contract(input=InputSpec(height=64, width=64, resize_filter="nearest"))
+    )
     assert x.max() == pytest.approx(1.0) and x[0, 32, 0] == pytest.approx(0.51, abs=0.01)
 
 
@@ -105,8 +107,18 @@ def test_formats_and_modes(fmt: str, mode: str) -> None:
         (lambda tmp: np.full((64, 64), 2.0), "finite values in"),
         (lambda tmp: 12345, "expected a path, bytes"),
     ],
-    ids=["zero-bytes", "text", "truncated", "tiny", "missing", "directory", "two-channels",
-         "int32", "float-range", "int"],
+    ids=[
+        "zero-bytes",
+        "text",
+        "truncated",
+        "tiny",
+        "missing",
+        "directory",
+        "two-channels",
+        "int32",
+        "float-range",
+        "int",
+    ],
 )
 def test_bad_inputs_raise_specific_errors(tmp_path: Path, make, message: str) -> None:
     with pytest.raises(ImageError, match=message):

@@ -75,7 +75,9 @@ def test_unwritable_target_fails_before_any_work(tmp_path: Path) -> None:
 
 
 def test_triton_config_matches_the_contract() -> None:
-    text = triton_config("pneumonia", Contract(output=OutputSpec(kind="softmax2", positive_index=1)))
+    text = triton_config(
+        "pneumonia", Contract(output=OutputSpec(kind="softmax2", positive_index=1))
+    )
     assert 'platform: "onnxruntime_onnx"' in text
     assert 'name: "image" data_type: TYPE_FP32 format: FORMAT_NHWC dims: [ 128, 128, 3 ]' in text
     assert 'name: "score" data_type: TYPE_FP32 dims: [ 2 ]' in text

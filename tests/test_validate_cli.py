@@ -22,8 +22,14 @@ def test_valid_model_passes_with_json_report(write_model, tmp_path: Path, capsys
     data = json.loads(report.read_text())
     assert data["ok"] is True
     names = [c["name"] for c in data["checks"]]
-    assert names == ["onnx_parse", "onnx_checker", "shape_inference", "contract",
-                     "onnxruntime_load", "dynamic_batch"]
+    assert names == [
+        "onnx_parse",
+        "onnx_checker",
+        "shape_inference",
+        "contract",
+        "onnxruntime_load",
+        "dynamic_batch",
+    ]
     assert "embedded" in data["checks"][3]["detail"]
     assert "tiny.onnx: valid" in capsys.readouterr().out
 
