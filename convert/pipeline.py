@@ -5,7 +5,6 @@ Nothing is written until the fp32 graph and every asked-for variant passed their
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -121,33 +120,14 @@ def convert_loaded(
         "version": version,
         "contract": contract.to_dict(),
         **provenance,
-        "files": {},
         "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in report.checks],
     }
     manifest["conversion_seconds"] = round(time.perf_counter() - start, 2)
-    version_dir = _write(repo, opts.name, version, files, figures, manifest, contract)
+    version_dir, manifest = write_version(
+        repo, opts.name, version, files, figures, manifest, contract
+    )
     log.info("wrote %s in %.1f s", version_dir, manifest["conversion_seconds"])
     return ConvertResult(version_dir, contract, report, manifest, manifest["conversion_seconds"])
-
-
-def _write(
-    repo: Path,
-    name: str,
-    version: int,
-    files: dict[str, bytes],
-    figures: dict[str, Any],
-    manifest: dict[str, Any],
-    contract: Contract,
-) -> Path:
-    manifest["files"] = {
-        filename: {
-            "sha256": hashlib.sha256(data).hexdigest(),
-            "bytes": len(data),
-            **figures[filename],
-        }
-        for filename, data in files.items()
-    }
-    return write_version(repo, name, version, files, manifest, contract)
 
 
 def tool_versions() -> dict[str, str]:

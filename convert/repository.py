@@ -11,6 +11,7 @@ failed or interrupted conversion never leaves a half-written version behind.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -66,10 +67,27 @@ def write_version(
     name: str,
     version: int,
     files: dict[str, bytes],
+    file_info: dict[str, dict[str, Any]],
     manifest: dict[str, Any],
     contract: Contract,
-) -> Path:
-    """Stage every file plus manifest, then rename the folder into place atomically."""
+) -> tuple[Path, dict[str, Any]]:
+    """Stage every file plus the manifest, then rename the folder into place atomically.
+
+    The manifest gets a `files` entry per file: sha256, size, and that file's `file_info`.
+    Returns the version folder and the manifest as written.
+    """
+    manifest = {
+        "format": FORMAT,
+        **manifest,
+        "files": {
+            filename: {
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "bytes": len(data),
+                **file_info.get(filename, {}),
+            }
+            for filename, data in files.items()
+        },
+    }
     model_dir = repo / name
     final = model_dir / str(version)
     try:
@@ -82,21 +100,19 @@ def write_version(
     try:
         for filename, data in files.items():
             (staging / filename).write_bytes(data)
-        (staging / MANIFEST_NAME).write_text(
-            json.dumps({"format": FORMAT, **manifest}, indent=2) + "\n"
-        )
-        _write_atomic(model_dir / "config.pbtxt", triton_config(name, contract))
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         if final.exists():
             raise RepositoryError(
                 f"{name} version {version} appeared while converting; not replaced"
             )
         os.rename(staging, final)
+        _write_atomic(model_dir / "config.pbtxt", triton_config(name, contract))
     except OSError as e:
         raise RepositoryError(f"writing {name}/{version} failed: {e.strerror or e}") from e
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return final
+    return final, manifest
 
 
 def triton_config(name: str, contract: Contract) -> str:

@@ -151,7 +151,15 @@ def test_custom_objects_file_makes_a_custom_layer_loadable(tmp_path: Path) -> No
     )
     assert refused.returncode == 1 and "pass --custom-objects FILE.py" in refused.stderr
     done = subprocess.run(
-        [*pneumo, "-o", str(tmp_path / "r2"), "--variants", "none", "--custom-objects", str(code_file)],
+        [
+            *pneumo,
+            "-o",
+            str(tmp_path / "r2"),
+            "--variants",
+            "none",
+            "--custom-objects",
+            str(code_file),
+        ],
         capture_output=True,
         text=True,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -17,13 +16,10 @@ from tests.conftest import unwritable_dir
 
 def write(repo: Path, version: int, files: dict[str, bytes] | None = None) -> Path:
     files = files or {"model.onnx": b"onnx-bytes"}
-    manifest = {
-        "files": {
-            name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-            for name, data in files.items()
-        }
-    }
-    return write_version(repo, "pneumonia", version, files, manifest, Contract())
+    info = {"model.onnx": {"kind": "fp32"}}
+    return write_version(
+        repo, "pneumonia", version, files, info, {"name": "pneumonia"}, Contract()
+    )[0]
 
 
 def test_versions_count_up_and_are_immutable(tmp_path: Path) -> None:
@@ -38,6 +34,7 @@ def test_versions_count_up_and_are_immutable(tmp_path: Path) -> None:
 def test_written_version_verifies_and_detects_tampering(tmp_path: Path) -> None:
     version_dir = write(tmp_path, 1)
     manifest = read_manifest(version_dir)
+    assert manifest["files"]["model.onnx"]["kind"] == "fp32"
     assert verify_files(version_dir, manifest) == []
     (version_dir / "model.onnx").write_bytes(b"onnx-bytez")
     [problem] = verify_files(version_dir, manifest)
