@@ -149,7 +149,9 @@ def parity_check(
         text = ", ".join(f"batch {b}: {d:.2e}" for b, d in diffs.items())
         if worst > tolerance:
             raise CheckFailed(
-                f"max abs difference {worst:.2e} > tolerance {tolerance:.0e} ({text})", figures
+                f"max abs difference {worst:.2e} > tolerance {tolerance:.0e} ({text}); "
+                "--tolerance sets the limit",
+                figures,
             )
         return (
             f"max abs diff {worst:.2e} <= {tolerance:.0e} on {len(probes)} probes ({text})",

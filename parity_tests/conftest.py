@@ -29,6 +29,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+@pytest.fixture(autouse=True)
+def seeded() -> None:
+    """Every model a test builds gets the same weights on every run: parity figures are then
+    reproducible, and a failure is a finding rather than a draw."""
+    import keras
+
+    keras.utils.set_random_seed(1234)
+
+
 @pytest.fixture(scope="session")
 def real_images() -> list[Path]:
     """Real X-rays: the 200 full-resolution images of ../shared when present, else the samples."""

@@ -137,6 +137,7 @@ def test_custom_objects_file_makes_a_custom_layer_loadable(tmp_path: Path) -> No
     code_file.write_text(CUSTOM_LAYER)
     build = (
         "import importlib.util, keras, sys\n"
+        "keras.utils.set_random_seed(0)\n"
         f"spec = importlib.util.spec_from_file_location('user_layers', {str(code_file)!r})\n"
         "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
         "i = keras.Input((64, 64, 3)); x = mod.Brighten()(i)\n"
