@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from convert.report import Report
 from convert.repository import check_target, write_version
 from convert.source import LoadedSource, load_source
 from convert.validate import FP32_TOLERANCE, parity_check, runtime_checks, structure_checks
-from convert.variants import VARIANTS, Inputs, build_and_check, scratch_dir
+from convert.variants import VARIANTS, Inputs, build_and_check
 from engine.contract import PROVENANCE_KEY, Contract
 from engine.session import run_batched
 
@@ -102,7 +103,7 @@ def convert_loaded(
     figures: dict[str, Any] = {"model.onnx": {"kind": "fp32", "parity": parity}}
 
     real = probes[-len(images) :]
-    with scratch_dir() as tmp:
+    with tempfile.TemporaryDirectory(prefix="pneumo-convert-") as tmp:
         fp32_path = Path(tmp) / "model.onnx"
         fp32_path.write_bytes(fp32)
         inputs = Inputs(model, fp32_path, src, contract, real, Path(tmp))

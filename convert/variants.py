@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,7 +276,3 @@ def _with_metadata(model: onnx.ModelProto, fp32: onnx.ModelProto) -> onnx.ModelP
     del model.metadata_props[:]
     model.metadata_props.extend(fp32.metadata_props)
     return model
-
-
-def scratch_dir() -> tempfile.TemporaryDirectory[str]:
-    return tempfile.TemporaryDirectory(prefix="pneumo-convert-")

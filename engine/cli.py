@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from engine import __version__
 from engine.errors import PneumoError
 
-log = logging.getLogger("pneumo")
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
