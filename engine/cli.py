@@ -7,12 +7,15 @@ TensorFlow is imported only inside `convert` and `validate --against`, never at 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import platform
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from engine import __version__
-from engine.errors import PneumoError
+from engine.errors import EXIT_FAILED, EXIT_OK, PneumoError, UsageError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -43,9 +46,82 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pneumo-onnx {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_predict(sub)
+    _add_batch(sub)
+    _add_info(sub)
     _add_convert(sub)
     _add_validate(sub)
     return parser
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="M",
+        help="an .onnx file or a model repository folder (default: the shipped model)",
+    )
+    p.add_argument(
+        "--variant",
+        default=None,
+        choices=("fp32", "int8", "fp16", "ort"),
+        help="which file of a repository version to run (default fp32)",
+    )
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="execution provider")
+    p.add_argument(
+        "--preprocessing",
+        default="fast",
+        choices=("fast", "reference"),
+        help="fast (default): reduced-scale JPEG decode; reference: as in training",
+    )
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: cores)")
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="score chest X-ray images: NORMAL or PNEUMONIA",
+        description="Score images (JPEG, PNG, BMP, TIFF, DICOM with the 'dicom' extra). "
+        "Exit 1 if any image could not be scored.",
+    )
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files")
+    p.add_argument("--image", action="append", default=[], help=argparse.SUPPRESS)  # seed CLI
+    p.add_argument(
+        "--threshold",
+        type=_unit_float,
+        default=None,
+        help="decision threshold (default: the model's, usually 0.5)",
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    _add_model_options(p)
+    p.set_defaults(handler=_run_predict)
+
+
+def _add_batch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="score a folder into results.csv or results.jsonl (resumable)",
+        description="Score every image in a folder. Rows are flushed after each model batch; "
+        "--resume continues an interrupted run. Exit 1 if any image could not be scored.",
+    )
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("-o", "--output", required=True, metavar="results.csv|results.jsonl")
+    p.add_argument("--recursive", action="store_true", help="include subfolders")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=None, help="decode threads (default: cores)")
+    p.add_argument("--threshold", type=_unit_float, default=None)
+    p.add_argument("--resume", action="store_true", help="skip images already in the output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    _add_model_options(p)
+    p.set_defaults(handler=_run_batch)
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="model contract, variants, providers, versions")
+    p.add_argument("model", nargs="?", default=None, help="model file or folder (default: shipped)")
+    p.add_argument("--variant", default=None, choices=("fp32", "int8", "fp16", "ort"))
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_run_info, device="cpu", preprocessing="fast", threads=None)
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -150,6 +226,118 @@ def _add_images(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="real X-rays for probes and calibration, besides the shipped samples (repeatable)",
     )
+
+
+def _load(args: argparse.Namespace, spinning: bool = False):  # type: ignore[no-untyped-def]
+    from engine.scorer import Engine
+
+    return Engine.load(
+        args.model,
+        device=args.device,
+        variant=args.variant,
+        preprocessing=args.preprocessing,
+        threads=args.threads,
+        spinning=spinning,
+    )
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    images = [*args.images, *args.image]
+    if not images:
+        raise UsageError("name at least one image: pneumo predict IMAGE...")
+    engine = _load(args)
+    failed = 0
+    rows = []
+    for index, result in engine.stream(images, args.threshold, batch_size=16):
+        rows.append({"image": images[index], **result})
+        if "error" in result:
+            failed += 1
+            print(f"error: {result['error']}", file=sys.stderr)
+        elif not args.json:
+            print(
+                f"{images[index]}: {result['prediction']} (confidence {result['confidence']:.3f},"
+                f" raw score {result['raw_score']:.4f}, threshold {result['threshold']:g})"
+            )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    from engine.batch import run_batch
+
+    engine = _load(args, spinning=True)
+    summary = run_batch(
+        engine,
+        Path(args.folder),
+        Path(args.output),
+        recursive=args.recursive,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        threshold=args.threshold,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    counts = ", ".join(f"{label} {n}" for label, n in sorted(summary.counts.items())) or "none"
+    print(
+        f"scored {summary.total - len(summary.errors)} of {summary.total} images in "
+        f"{summary.seconds:.1f} s ({summary.rate:.1f} img/s): {counts}; "
+        f"{len(summary.errors)} errors; {summary.skipped} skipped (already in {args.output})"
+    )
+    for path, message in summary.errors:
+        print(f"  unreadable: {path}: {message}")
+    return EXIT_FAILED if summary.errors else EXIT_OK
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    import numpy
+    import onnxruntime
+    import PIL
+
+    engine = _load(args)
+    info = {
+        **engine.info(),
+        "providers_available": onnxruntime.get_available_providers(),
+        "versions": {
+            "pneumo-onnx": __version__,
+            "onnxruntime": onnxruntime.__version__,
+            "numpy": numpy.__version__,
+            "pillow": PIL.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    c = info["contract"]
+    i, o = c["input"], c["output"]
+    lines = [
+        f"model:        {info['model']}",
+        f"name:         {info['name'] or '-'}  version {info['version'] or '-'}  "
+        f"variant {info['variant']}  (available: {', '.join(info['variants']) or '-'})",
+        f"input:        {i['name']} {i['layout']} {i['height']}x{i['width']}x{i['channels']}, "
+        f"scaling {i['scaling']}, resize {i['resize_filter']}",
+        f"output:       {o['name']} {o['kind']} -> P({c['positive_label']}); "
+        f"labels {c['negative_label']}/{c['positive_label']}; threshold {c['threshold']}",
+        f"source:       {_source_line(info['source'])}",
+        f"parity:       {_parity_line(info['parity'])}",
+        f"provider:     {info['provider']} (available: {', '.join(info['providers_available'])})",
+        "versions:     " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+    ]
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _source_line(source: dict | None) -> str:
+    if not source:
+        return "- (plain ONNX file: no provenance)"
+    return f"{source['name']} ({source['format']}, sha256 {source['sha256'][:12]}...)"
+
+
+def _parity_line(parity: dict | None) -> str:
+    if not parity:
+        return "- (not recorded)"
+    return f"max abs diff {parity['max_abs_diff']:.2e} vs the source on {parity['probes']} probes"
 
 
 def _run_convert(args: argparse.Namespace) -> int:

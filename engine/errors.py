@@ -29,7 +29,8 @@ class UsageError(PneumoError):
 
 
 class MissingExtraError(UsageError):
-    """An optional dependency group is not installed."""
+    """An optional dependency group is not installed (an ImageError-like per-item failure when
+    it concerns one input, e.g. a DICOM file without pydicom)."""
 
     def __init__(self, extra: str, purpose: str, missing: str) -> None:
         super().__init__(

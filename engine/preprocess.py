@@ -1,9 +1,12 @@
-"""Image decoding and the `reference` preprocessing path.
+"""Image decoding and the two preprocessing paths, `reference` and `fast`.
 
 `reference` is exactly what the Keras model was trained with: full decode, EXIF orientation,
 8-bit grayscale or RGB, resize to the contract's size with the contract's filter, scale. It is
 the ground truth for parity; the training script, the parity tests and the conversion stage's
 probes all call it, so there is one implementation of decode/resize/scale.
+
+`fast` (the engine's default) produces the same layout from a JPEG decoded at reduced scale;
+its distance from `reference` is measured on real X-rays and guarded by a parity test.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ ImageSource = str | os.PathLike | bytes | bytearray | BinaryIO | Image.Image | n
 
 MAX_PIXELS = 80_000_000  # decompression-bomb cap: the largest real X-rays are ~ 4k x 5k
 MIN_SIDE = 32  # smaller than this is not a radiograph
+# The fast path decodes JPEGs to at least this multiple of the model's size before the final
+# resize: 2 keeps scores within 0.02 of the reference path (benchmarks/RESULTS.md).
+DRAFT_FACTOR = 2
 _FILTERS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -49,10 +55,14 @@ def describe(source: object) -> str:
     return f"<{type(source).__name__}>"
 
 
-def open_image(source: ImageSource) -> Image.Image:
+def open_image(
+    source: ImageSource, draft: tuple[int, int] | None = None, gray: bool = False
+) -> Image.Image:
     """Decode any supported source to a fully loaded, upright PIL image (any mode).
 
-    Raises ImageError with a specific message for every kind of bad input.
+    `draft`: for JPEGs, let libjpeg decode at 1/2, 1/4 or 1/8 scale in the DCT domain, staying
+    at least this large (the fast path); `gray` also skips colour decoding. Raises ImageError
+    with a specific message for every kind of bad input.
     """
     if isinstance(source, Image.Image):
         return _checked(ImageOps.exif_transpose(source), describe(source))
@@ -62,9 +72,15 @@ def open_image(source: ImageSource) -> Image.Image:
     data = _read_bytes(source, name)
     if not data:
         raise ImageError(f"expected an image file, got 0 bytes from {name}")
+    if data[128:132] == b"DICM" or name.lower().endswith(".dcm"):
+        from engine.dicom import dicom_image
+
+        return _checked(dicom_image(data, name), name)
     try:
         img = Image.open(io.BytesIO(data))
         _check_size(img.size, name)
+        if draft is not None and img.format == "JPEG":
+            img.draft("L" if gray or img.mode == "L" else "RGB", draft)
         img.load()
         img = ImageOps.exif_transpose(img)
     except ImageError:
@@ -73,7 +89,7 @@ def open_image(source: ImageSource) -> Image.Image:
         raise ImageError(f"{name} is too large to decode safely: {e}") from e
     except UnidentifiedImageError as e:
         raise ImageError(
-            f"{name} is not a supported image (expected JPEG, PNG, BMP or TIFF; "
+            f"{name} is not a supported image (expected JPEG, PNG, BMP, TIFF or DICOM; "
             f"{len(data)} bytes starting {data[:8]!r})"
         ) from e
     except (OSError, SyntaxError, ValueError) as e:
@@ -81,24 +97,45 @@ def open_image(source: ImageSource) -> Image.Image:
     return _checked(img, name)
 
 
-def to_mode(img: Image.Image, channels: int) -> Image.Image:
-    """8-bit 'L' (1 channel) or 'RGB' (3): 16-bit scaled down, alpha composited on black."""
+def to_mode(img: Image.Image, channels: int, keep_gray: bool = False) -> Image.Image:
+    """8-bit 'L' or 'RGB': 16-bit scaled down, alpha composited on black.
+
+    With `keep_gray`, a grayscale image stays 'L' even for a 3-channel model (the fast path
+    resizes one channel and repeats it at the end; the result is the same as resizing RGB).
+    """
     if img.mode in _SIXTEEN_BIT_MODES or img.mode == "F":
         img = _to_8bit_gray(img)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, rgba)
-    return img.convert("L" if channels == 1 else "RGB")
+    if channels == 1 or (keep_gray and img.mode in ("L", "1")):
+        return img.convert("L")
+    return img.convert("RGB")
 
 
 def reference_pixels(source: ImageSource, contract: Contract) -> np.ndarray:
-    """One image as the model's input tensor (no batch dimension), reference path."""
+    """One image as the model's input tensor (no batch dimension), reference path: the full
+    decode, RGB, the declared resize filter, then scaling. The ground truth for parity."""
     spec = contract.input
     img = to_mode(open_image(source), spec.channels)
     img = img.resize((spec.width, spec.height), _FILTERS[spec.resize_filter])
-    pixels = np.asarray(img, dtype=np.uint8)
-    return finish(pixels, contract)
+    return finish(np.asarray(img, dtype=np.uint8), contract)
+
+
+def fast_pixels(source: ImageSource, contract: Contract) -> np.ndarray:
+    """The default path, same output layout as `reference_pixels`: JPEGs decoded at reduced
+    scale in the DCT domain (never below DRAFT_FACTOR x the model size, so the final resize
+    still low-pass filters), grayscale kept single-channel, uint8 until the final scaling."""
+    spec = contract.input
+    side = DRAFT_FACTOR * max(spec.width, spec.height)
+    img = open_image(source, draft=(side, side), gray=spec.channels == 1)
+    img = to_mode(img, spec.channels, keep_gray=True)
+    img = img.resize((spec.width, spec.height), _FILTERS[spec.resize_filter])
+    return finish(np.asarray(img, dtype=np.uint8), contract)
+
+
+PREPROCESSORS = {"fast": fast_pixels, "reference": reference_pixels}
 
 
 def reference_batch(sources: Sequence[ImageSource], contract: Contract) -> np.ndarray:

@@ -62,6 +62,25 @@ def test_plain_install_is_tensorflow_free_and_names_the_extra(tmp_path: Path) ->
         assert run.returncode == 2
         assert f"pneumo {argv[0]} needs the 'convert' extra" in run.stderr
         assert "pip install 'pneumo-onnx[convert]'" in run.stderr
+    # The default model travels as package data: score a shipped sample from an empty folder.
+    from engine.sample_data import sample_images
+
+    image = sample_images()[-1]
+    scored = subprocess.run(
+        [bin_dir / "pneumo", "predict", str(image), "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert scored.returncode == 0, scored.stderr
+    assert '"prediction"' in scored.stdout
+    info = subprocess.run(
+        [bin_dir / "pneumo", "info"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert (
+        info.returncode == 0 and "site-packages/engine/models/pneumonia/1/model.onnx" in info.stdout
+    )
+
     size = venv_size_mb(venv)
     print(f"TensorFlow-free venv: {size:.0f} MB")
     assert size < 400

@@ -31,3 +31,17 @@ def test_cli_validate_without_against_stays_tensorflow_free(tmp_path: Path, writ
     loaded = run_and_list_modules(code, tmp_path)
     assert "onnxruntime" in loaded and "onnx" in loaded
     assert loaded.isdisjoint(FORBIDDEN), loaded & set(FORBIDDEN)
+
+
+def test_cli_predict_batch_info_stay_tensorflow_free(tmp_path: Path) -> None:
+    from engine.sample_data import SAMPLES_DIR
+
+    code = (
+        "from engine.cli import main\n"
+        f"assert main(['predict', {str(next(SAMPLES_DIR.glob('*/*.jpeg')))!r}]) == 0\n"
+        f"assert main(['batch', {str(SAMPLES_DIR)!r}, '--recursive', '-o', 'r.csv']) == 0\n"
+        "assert main(['info']) == 0\n"
+    )
+    loaded = run_and_list_modules(code, tmp_path)
+    assert "onnxruntime" in loaded
+    assert loaded.isdisjoint(FORBIDDEN), loaded & set(FORBIDDEN)

@@ -1,0 +1,86 @@
+"""DICOM decoding (the 'dicom' extra): modality LUT, window, MONOCHROME1, 12/16-bit ranges."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from engine.errors import ImageError
+from engine.preprocess import open_image
+
+
+def make_dicom(
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    bits: int = 16,
+    **tags: object,
+) -> bytes:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    buf = io.BytesIO()
+    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
+    return buf.getvalue()
+
+
+RAMP12 = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (64, 1))  # a 12-bit ramp
+
+
+def test_twelve_bit_ramp_uses_the_full_range() -> None:
+    img = open_image(make_dicom(RAMP12, bits=12))
+    a = np.asarray(img)
+    assert img.mode == "L" and a.min() == 0 and a.max() == 255
+    assert abs(int(a[0, 32]) - 129) <= 2  # linear: the middle of the ramp is mid-gray
+
+
+def test_monochrome1_is_inverted() -> None:
+    normal = np.asarray(open_image(make_dicom(RAMP12, bits=12)))
+    inverted = np.asarray(open_image(make_dicom(RAMP12, photometric="MONOCHROME1", bits=12)))
+    assert np.array_equal(inverted, 255 - normal)
+
+
+def test_window_centre_width_is_applied() -> None:
+    # Window 1024..3072 of a 0..4095 ramp: the left quarter black, the right quarter white.
+    a = np.asarray(open_image(make_dicom(RAMP12, bits=12, WindowCenter=2048, WindowWidth=2048)))
+    assert a[0, :14].max() == 0 and a[0, -14:].min() == 255
+    assert 100 < a[0, 32] < 155
+
+
+def test_rescale_slope_intercept_before_the_window() -> None:
+    # Stored 0..4095 with slope 2, intercept -1000 -> -1000..7190: the window is in those units.
+    a = np.asarray(
+        open_image(
+            make_dicom(
+                RAMP12,
+                bits=12,
+                RescaleSlope=2,
+                RescaleIntercept=-1000,
+                WindowCenter=3095,
+                WindowWidth=8190,
+            )
+        )
+    )
+    assert a[0, 0] == 0 and a[0, -1] == 255 and abs(int(a[0, 32]) - 129) <= 3
+
+
+def test_corrupt_dicom_is_a_clear_error() -> None:
+    data = make_dicom(RAMP12, bits=12)
+    with pytest.raises(ImageError, match="is not a readable DICOM image"):
+        open_image(data[:400])
