@@ -1,0 +1,189 @@
+"""Binary classification metrics for P(PNEUMONIA) scores, in numpy alone.
+
+The training script, the validator and the benchmarks judge a model with these, and the engine
+must stay free of TensorFlow and scikit-learn, so the few metrics we need are written out here.
+
+Conventions: `labels` are 0 (NORMAL) or 1 (PNEUMONIA); `scores` are P(PNEUMONIA); an image is
+called positive when its score is strictly greater than the threshold (as the engine does), so
+a threshold equal to a score calls that image negative. Degenerate input raises UsageError.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from engine.errors import UsageError
+
+# Tolerance when comparing a rate such as 19/20 with a target typed as 0.95.
+_RATE_EPS = 1e-12
+
+
+def roc_auc(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Area under the ROC curve, exactly: the Mann-Whitney probability that a random positive
+    scores above a random negative, ties counting one half (average ranks)."""
+    y, s = _checked(labels, scores, "ROC AUC", both_classes=True)
+    ordered = np.sort(s)
+    # 1-based average rank of each score among all scores: tied scores share their mean rank.
+    ranks = (np.searchsorted(ordered, s, "left") + np.searchsorted(ordered, s, "right") + 1) / 2
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
+
+
+def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ROC points from (0, 0) to (1, 1): `(fpr, tpr, thresholds)`.
+
+    Point i holds the rates of `score > thresholds[i]`: thresholds are the distinct scores in
+    descending order (the first one calls nothing positive), then -inf (everything positive).
+    """
+    y, s = _checked(labels, scores, "a ROC curve", both_classes=True)
+    thresholds = np.append(np.unique(s)[::-1], -np.inf)
+    pos = np.sort(s[y])
+    neg = np.sort(s[~y])
+    tp = pos.size - np.searchsorted(pos, thresholds, "right")
+    fp = neg.size - np.searchsorted(neg, thresholds, "right")
+    return fp / neg.size, tp / pos.size, thresholds
+
+
+def confusion(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, int]:
+    """Counts of true/false positives/negatives when positive means `score > threshold`."""
+    y, s = _checked(labels, scores, "a confusion matrix")
+    predicted = s > _checked_threshold(threshold)
+    return {
+        "tp": int(np.sum(predicted & y)),
+        "fp": int(np.sum(predicted & ~y)),
+        "tn": int(np.sum(~predicted & ~y)),
+        "fn": int(np.sum(~predicted & y)),
+    }
+
+
+def metrics_at(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, Any]:
+    """Accuracy, sensitivity, specificity, precision and F1 at one threshold.
+
+    `precision` is None when no image is called positive (it is undefined, not 0); F1 is
+    computed as 2tp / (2tp + fp + fn), which stays defined there.
+    """
+    _checked(labels, scores, "sensitivity and specificity", both_classes=True)
+    c = confusion(labels, scores, threshold)
+    tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
+    return {
+        "threshold": float(threshold),
+        "accuracy": (tp + tn) / (tp + fp + tn + fn),
+        "sensitivity": tp / (tp + fn),
+        "specificity": tn / (tn + fp),
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "f1": 2 * tp / (2 * tp + fp + fn),
+        "confusion": c,
+    }
+
+
+def brier(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Mean squared distance between P(PNEUMONIA) and the label: calibration and sharpness."""
+    y, s = _checked(labels, scores, "the Brier score")
+    if s.min() < 0 or s.max() > 1:
+        raise UsageError(
+            f"the Brier score needs probabilities in [0, 1], got scores from {s.min():g} "
+            f"to {s.max():g}"
+        )
+    return float(np.mean((s - y) ** 2))
+
+
+def threshold_for_sensitivity(labels: ArrayLike, scores: ArrayLike, target: float) -> float:
+    """The highest threshold on the ROC curve (an observed score, or -inf) at which
+    `score > threshold` reaches sensitivity >= `target`.
+
+    Any threshold between it and the next higher score gives the same calls on these data;
+    the observed score is the most sensitive of them. -inf means only calling every image
+    positive reaches the target.
+    """
+    try:
+        goal = float(target)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"target sensitivity must be a number in (0, 1], got {target!r}") from e
+    if not 0 < goal <= 1:  # also false for NaN
+        raise UsageError(f"target sensitivity must be a number in (0, 1], got {target!r}")
+    _, tpr, thresholds = roc_curve(labels, scores)
+    # tpr rises as the threshold falls, and reaches 1 at -inf, so a first match always exists.
+    first = int(np.argmax(tpr >= goal - _RATE_EPS))
+    return float(thresholds[first])
+
+
+def evaluate(
+    labels: ArrayLike,
+    scores: ArrayLike,
+    threshold: float = 0.5,
+    target_sensitivity: float = 0.95,
+) -> dict[str, Any]:
+    """Everything a training or validation report needs, JSON-ready (plain ints and floats;
+    `recommended_threshold` may be -inf, see threshold_for_sensitivity)."""
+    y, _ = _checked(labels, scores, "an evaluation", both_classes=True)
+    recommended = threshold_for_sensitivity(labels, scores, target_sensitivity)
+    return {
+        "n": int(y.size),
+        "positives": int(y.sum()),
+        "negatives": int((~y).sum()),
+        "roc_auc": roc_auc(labels, scores),
+        "brier": brier(labels, scores),
+        "at_threshold": metrics_at(labels, scores, threshold),
+        "target_sensitivity": float(target_sensitivity),
+        "recommended_threshold": recommended,
+        "at_recommended": metrics_at(labels, scores, recommended),
+    }
+
+
+def _checked(
+    labels: ArrayLike, scores: ArrayLike, purpose: str, both_classes: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as a bool array and scores as float64, or a UsageError saying what is wrong."""
+    y = np.asarray(labels)
+    s = np.asarray(scores)
+    if y.ndim != 1 or s.ndim != 1:
+        raise UsageError(
+            f"{purpose} needs 1-D labels and scores, got shapes {y.shape} and {s.shape}"
+        )
+    if y.size != s.size:
+        raise UsageError(
+            f"{purpose} needs one score per label, got {y.size} labels and {s.size} scores"
+        )
+    if y.size == 0:
+        raise UsageError(f"{purpose} needs at least one labelled score, got empty arrays")
+    if y.dtype != bool:
+        if not np.issubdtype(y.dtype, np.number):
+            raise UsageError(f"labels must be 0 (NORMAL) or 1 (PNEUMONIA), got dtype {y.dtype}")
+        bad = ~np.isin(y, (0, 1))
+        if bad.any():
+            raise UsageError(
+                "labels must be 0 (NORMAL) or 1 (PNEUMONIA), got "
+                f"{np.unique(y[bad])[:5].tolist()} at {int(bad.sum())} position(s)"
+            )
+        y = y == 1
+    if not np.issubdtype(s.dtype, np.number) or np.issubdtype(s.dtype, np.complexfloating):
+        raise UsageError(f"scores must be real numbers, got dtype {s.dtype}")
+    s = s.astype(np.float64)
+    bad = ~np.isfinite(s)
+    if bad.any():
+        raise UsageError(
+            f"scores must be finite, got {int(bad.sum())} NaN or infinite value(s), "
+            f"the first at index {int(np.argmax(bad))}"
+        )
+    if both_classes and (y.all() or not y.any()):
+        raise UsageError(
+            f"{purpose} needs both classes, got {int(y.sum())} PNEUMONIA and "
+            f"{int((~y).sum())} NORMAL labels"
+        )
+    return y, s
+
+
+def _checked_threshold(threshold: float) -> float:
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"threshold must be a number, got {threshold!r}") from e
+    if math.isnan(t):
+        raise UsageError("threshold must be a number, got NaN")
+    return t

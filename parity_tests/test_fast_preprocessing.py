@@ -1,0 +1,32 @@
+"""The engine's default `fast` preprocessing scores like the `reference` path (what the model
+was trained with) on real full-resolution X-rays, with the shipped default model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from engine import Engine
+
+MAX_SCORE_DIFF = 0.02
+NEAR_THRESHOLD = 0.02  # labels may differ only where the reference score is this close to it
+
+
+def test_fast_matches_reference_scores(real_images: list[Path]) -> None:
+    fast = Engine.load(preprocessing="fast")
+    reference = Engine.load(preprocessing="reference")
+    a = fast.scores(np.stack([fast.preprocess(p) for p in real_images]))
+    b = reference.scores(np.stack([reference.preprocess(p) for p in real_images]))
+    t = reference.contract.threshold
+    assert np.max(np.abs(a - b)) <= MAX_SCORE_DIFF
+    away = np.abs(b - t) > NEAR_THRESHOLD
+    assert np.array_equal(a[away] > t, b[away] > t)
+
+
+def test_fast_batch_equals_fast_single(real_images: list[Path]) -> None:
+    """Decoding in the thread pool and batching change nothing: same scores as one by one."""
+    engine = Engine.load()
+    batch = [r["raw_score"] for r in engine.predict_batch(real_images[:40], batch_size=16)]
+    single = [engine.predict(p)["raw_score"] for p in real_images[:40]]
+    assert np.max(np.abs(np.array(batch) - np.array(single))) <= 1e-6
