@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_predict(sub)
     _add_batch(sub)
+    _add_evaluate(sub)
     _add_info(sub)
     _add_convert(sub)
     _add_validate(sub)
@@ -114,6 +115,22 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     _add_model_options(p)
     p.set_defaults(handler=_run_batch)
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics on a labelled folder (NORMAL/, PNEUMONIA/)",
+        description="Score every image under DIR/NORMAL and DIR/PNEUMONIA and report ROC AUC, "
+        "accuracy, sensitivity, specificity, precision, F1, confusion matrix, Brier score and "
+        "the threshold that reaches a target sensitivity.",
+    )
+    p.add_argument("folder", metavar="DIR")
+    p.add_argument("--threshold", type=_unit_float, default=None)
+    p.add_argument("--target-sensitivity", type=_unit_float, default=0.95)
+    p.add_argument("--json", default=None, metavar="out.json", help="write the metrics as JSON")
+    _add_model_options(p)
+    p.set_defaults(handler=_run_evaluate)
 
 
 def _add_info(sub: argparse._SubParsersAction) -> None:
@@ -288,6 +305,18 @@ def _run_batch(args: argparse.Namespace) -> int:
     for path, message in summary.errors:
         print(f"  unreadable: {path}: {message}")
     return EXIT_FAILED if summary.errors else EXIT_OK
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from engine.evaluate import evaluate_folder, report_lines, write_json
+
+    result = evaluate_folder(
+        _load(args), Path(args.folder), args.threshold, args.target_sensitivity
+    )
+    print("\n".join(report_lines(result)))
+    if args.json:
+        write_json(result, Path(args.json))
+    return EXIT_FAILED if result.errors else EXIT_OK
 
 
 def _run_info(args: argparse.Namespace) -> int:

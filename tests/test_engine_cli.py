@@ -168,3 +168,50 @@ def test_predict_reads_every_supported_format(model: str, tmp_path: Path) -> Non
         Image.new("RGB", (64, 64), (200, 200, 200)).save(buf, fmt)
         (tmp_path / f"x.{suffix}").write_bytes(buf.getvalue())
         assert engine.predict(tmp_path / f"x.{suffix}")["prediction"] == "PNEUMONIA"
+
+
+def test_evaluate_labelled_folder(model: str, tmp_path: Path, capsys) -> None:
+    root = tmp_path / "labelled"
+    for label, values in (("NORMAL", (10, 30, 50, 140)), ("PNEUMONIA", (120, 200, 230, 250))):
+        (root / label).mkdir(parents=True)
+        for v in values:
+            Image.new("L", (64, 64), v).save(root / label / f"{v}.png")
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", str(root), "--model", model, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "8 images (4 negative, 4 positive): ROC AUC 0.9375" in text
+    metrics = json.loads(out.read_text())
+    # Flat images score sigmoid(4 * (v/255 - 0.5)): only 140 (NORMAL) and 120 (PNEUMONIA)
+    # sit on the wrong side of 0.5.
+    cm = metrics["at_threshold"]["confusion"]
+    assert (cm["tp"], cm["fp"], cm["tn"], cm["fn"]) == (3, 1, 3, 1)
+    assert metrics["at_recommended"]["sensitivity"] == 1.0 and metrics["errors"] == []
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({"NORMAL": 1}, "needs subfolders NORMAL/ and PNEUMONIA/ (missing: PNEUMONIA)"),
+        ({"NORMAL": 1, "PNEUMONIA": 0}, "PNEUMONIA holds no images"),
+        ({"NORMAL": 2, "PNEUMONIA": 2, "broken": 1}, None),
+    ],
+    ids=["missing-subfolder", "empty-subfolder", "corrupt-image"],
+)
+def test_evaluate_errors(model: str, tmp_path: Path, capsys, layout, message) -> None:
+    root = tmp_path / "labelled"
+    for label, count in layout.items():
+        target = root / ("PNEUMONIA" if label == "broken" else label)
+        target.mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            if label == "broken":
+                (target / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+            else:
+                Image.new("L", (64, 64), 40 + 60 * i + (100 if label == "PNEUMONIA" else 0)).save(
+                    target / f"{i}.png"
+                )
+    code = main(["evaluate", str(root), "--model", model])
+    captured = capsys.readouterr()
+    if message is None:  # one unreadable image: metrics on the rest, listed, exit 1
+        assert code == 1 and "unreadable:" in captured.out and "broken.png" in captured.out
+    else:
+        assert code == 2 and message in captured.err
