@@ -15,13 +15,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[convert,dev]'
 	touch $(STAMP)
 
-# Build the reference PneumoniaCNN, convert it with every variant, validate the result.
+# The main job on the shipped default model and sample X-rays, then the conversion stage on
+# the reference Keras model (convert with every variant, validate against Keras).
 demo: setup
-	$(BIN)/python models/pneumonia_cnn.py --out $(DEMO)/pneumonia_cnn.keras
+	$(BIN)/pneumo info
+	$(BIN)/pneumo predict engine/samples/NORMAL/*.jpeg engine/samples/PNEUMONIA/*.jpeg
+	mkdir -p $(DEMO)
+	$(BIN)/pneumo batch engine/samples --recursive -o $(DEMO)/results.csv --overwrite
+	$(BIN)/pneumo evaluate engine/samples
 	rm -rf $(DEMO)/repo
-	$(BIN)/pneumo convert $(DEMO)/pneumonia_cnn.keras -o $(DEMO)/repo
+	$(BIN)/pneumo convert models/pneumonia_cnn.keras -o $(DEMO)/repo
 	$(BIN)/pneumo validate $(DEMO)/repo/pneumonia/1/model.onnx \
-		--against $(DEMO)/pneumonia_cnn.keras --report $(DEMO)/validate.xml
+		--against models/pneumonia_cnn.keras --report $(DEMO)/validate.xml
 
 # Unit tests, parity tests and the clean-install check, slow ones included.
 test: setup
