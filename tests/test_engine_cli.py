@@ -215,3 +215,20 @@ def test_evaluate_errors(model: str, tmp_path: Path, capsys, layout, message) ->
         assert code == 1 and "unreadable:" in captured.out and "broken.png" in captured.out
     else:
         assert code == 2 and message in captured.err
+
+
+def test_progress_bar_only_on_a_terminal() -> None:
+    from engine.batch import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty, pipe = Terminal(), io.StringIO()
+    for stream in (tty, pipe):
+        progress = Progress(10, stream)
+        progress.update(10)
+        progress.close()
+    assert pipe.getvalue() == ""
+    line = tty.getvalue()
+    assert line.startswith("\r[" + "#" * 30 + "] 10/10") and "img/s ETA 0:00" in line
