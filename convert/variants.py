@@ -74,6 +74,10 @@ def _int8(i: Inputs) -> bytes:
 
     pre, out = i.workdir / "int8.pre.onnx", i.workdir / "int8.onnx"
     quant_pre_process(str(i.fp32_path), str(pre), skip_symbolic_shape=True)
+    # The first convolution stays fp32: it sees raw pixels and is by far the most sensitive
+    # layer (trained reference model, 200 X-rays: max score diff 0.23 -> 0.017 vs fp32, for
+    # ~6% of the FLOPs).
+    convs = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Conv"]
     quantize_static(
         str(pre),
         str(out),
@@ -83,6 +87,7 @@ def _int8(i: Inputs) -> bytes:
         activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: the VNNI fast path
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=convs[:1],
     )
     return _with_metadata(onnx.load(str(out)), i.fp32).SerializeToString()
 
