@@ -16,6 +16,9 @@ from pathlib import Path
 
 from engine import __version__
 from engine.errors import EXIT_FAILED, EXIT_OK, PneumoError, UsageError
+from engine.repository import VARIANT_FILES
+
+VARIANTS = tuple(VARIANT_FILES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,7 +68,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--variant",
         default=None,
-        choices=("fp32", "int8", "fp16", "ort"),
+        choices=VARIANTS,
         help="which file of a repository version to run (default fp32)",
     )
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="execution provider")
@@ -136,7 +139,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _add_info(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="model contract, variants, providers, versions")
     p.add_argument("model", nargs="?", default=None, help="model file or folder (default: shipped)")
-    p.add_argument("--variant", default=None, choices=("fp32", "int8", "fp16", "ort"))
+    p.add_argument("--variant", default=None, choices=VARIANTS)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_run_info, device="cpu", preprocessing="fast", threads=None)
 
@@ -157,7 +160,8 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--variants",
         default="all",
-        help="comma list of int8, fp16, tflite, tflite-dynamic, ort; or all (default), none",
+        help="comma list of int8, int8-full, fp16, tflite, tflite-dynamic, ort; or all (default),"
+        " none",
     )
     _add_images(p)
     p.add_argument(

@@ -15,6 +15,7 @@ from engine.manifest import MANIFEST_NAME, read_manifest, sha256_file
 VARIANT_FILES = {
     "fp32": "model.onnx",
     "int8": "model.int8.onnx",
+    "int8-full": "model.int8-full.onnx",
     "fp16": "model.fp16.onnx",
     "ort": "model.ort",
 }
@@ -52,7 +53,7 @@ def resolve(model: str | os.PathLike | None = None, variant: str | None = None) 
     - a .onnx/.ort file: that file;
     - a version folder (holds manifest.json), a model folder (holds numbered versions) or a
       repository holding exactly one model: its newest version.
-    `variant` picks fp32 (default), int8, fp16 or ort inside a version folder.
+    `variant` picks fp32 (default), int8, int8-full, fp16 or ort inside a version folder.
     """
     if variant is not None and variant not in VARIANT_FILES:
         raise UsageError(f"variant must be one of {', '.join(VARIANT_FILES)}, got {variant!r}")

@@ -1,4 +1,4 @@
-"""Validation metrics of the shipped default model (fp32 and int8) on the fixed validation split.
+"""Validation metrics of the shipped default model (fp32, int8, int8-full) on the fixed split.
 
     python models/evaluate_validation.py --data ../shared/data/kermany224/train
 
@@ -34,14 +34,14 @@ def main() -> None:
             link = Path(tmp) / name
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink((args.data / name).resolve(), link)
-        for variant in ("fp32", "int8"):
+        for variant in ("fp32", "int8", "int8-full"):
             for preprocessing in ("reference", "fast"):
                 engine = Engine.load(variant=variant, preprocessing=preprocessing)
                 evaluation = evaluate_folder(engine, Path(tmp))
                 results[f"{variant}_{preprocessing}"] = evaluation.to_dict()
                 m = evaluation.metrics
                 print(
-                    f"{variant:5} {preprocessing:9}: AUC {m['roc_auc']:.4f}  Brier {m['brier']:.4f}"
+                    f"{variant:9} {preprocessing:9}: AUC {m['roc_auc']:.4f}  Brier {m['brier']:.4f}"
                     f"  sens/spec@0.5 {m['at_threshold']['sensitivity']:.3f}/"
                     f"{m['at_threshold']['specificity']:.3f}  recommended "
                     f"{m['recommended_threshold']:.4f}: {m['at_recommended']['sensitivity']:.3f}/"

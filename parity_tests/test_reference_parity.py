@@ -67,6 +67,7 @@ def test_repository_layout_manifest_and_triton_config(reference_repo: ConvertRes
     assert set(manifest["files"]) == {
         "model.onnx",
         "model.int8.onnx",
+        "model.int8-full.onnx",
         "model.fp16.onnx",
         "model.tflite",
         "model.dynamic.tflite",

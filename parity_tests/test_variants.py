@@ -47,6 +47,11 @@ def test_int8_agrees_with_fp32(reference_repo, real_batch, fp32_scores) -> None:
     assert sizes["model.int8.onnx"] < sizes["model.onnx"] / 3
 
 
+def test_int8_full_agrees_with_fp32_labels(reference_repo, real_batch, fp32_scores) -> None:
+    scores = onnx_scores(reference_repo, "model.int8-full.onnx", real_batch)
+    assert agreement(scores, fp32_scores) >= 0.99
+
+
 def test_fp16_keeps_fp32_io_and_agrees(reference_repo, real_batch, fp32_scores) -> None:
     session = create_session(reference_repo.version_dir / "model.fp16.onnx")
     assert session.get_inputs()[0].type == "tensor(float)"
@@ -78,6 +83,7 @@ def test_manifest_records_variant_figures(reference_repo: ConvertResult) -> None
     files = reference_repo.manifest["files"]
     for name in (
         "model.int8.onnx",
+        "model.int8-full.onnx",
         "model.fp16.onnx",
         "model.tflite",
         "model.dynamic.tflite",
