@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -23,29 +21,13 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from benchmarks.environment import SHARED_FULLRES, emit, machine
 from engine.contract import Contract
 from engine.preprocess import list_images, reference_batch
 from engine.sample_data import sample_images
 from engine.session import create_session, session_options
 
-SHARED_FULLRES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fullres"
 BATCH = 32
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, cores and the SIMD flags that decide onnxruntime's kernels."""
-    info = {"cpu": platform.processor() or "unknown", "cores": os.cpu_count(), "flags": []}
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    for line in lines:
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            info["cpu"] = value.strip()
-        elif key.strip() == "flags":
-            wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8")
-            info["flags"] = [f for f in wanted if f in value.split()]
-    info["python"] = platform.python_version()
-    return info
 
 
 def time_conversion(workdir: Path) -> dict[str, Any]:
@@ -128,10 +110,7 @@ def main() -> None:
         "conversion": conversion,
         "model_only_batch32": speed,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

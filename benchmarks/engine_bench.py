@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.conversion import SHARED_FULLRES, machine
+from benchmarks.environment import SHARED_FULLRES, emit, machine
 from engine import Engine
 from engine.preprocess import list_images
 from engine.sample_data import SAMPLES_DIR
@@ -182,10 +181,7 @@ def main() -> None:
         "warm_predict_latency": latency(images),
         "predict_one_process": startup(largest),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import onnx
 import pytest
 
 from convert.pipeline import ConvertResult
+from convert.variants import VARIANTS
 from engine.contract import CONTRACT_KEY, PROVENANCE_KEY, Contract
 from engine.manifest import read_manifest, sha256_file, verify_files
 from engine.session import create_session, run_batched
@@ -64,15 +65,7 @@ def test_repository_layout_manifest_and_triton_config(reference_repo: ConvertRes
     version_dir = reference_repo.version_dir
     assert version_dir.name == "1"
     manifest = read_manifest(version_dir)
-    assert set(manifest["files"]) == {
-        "model.onnx",
-        "model.int8.onnx",
-        "model.int8-full.onnx",
-        "model.fp16.onnx",
-        "model.tflite",
-        "model.dynamic.tflite",
-        "model.ort",
-    }
+    assert set(manifest["files"]) == {"model.onnx", *(v.filename for v in VARIANTS.values())}
     assert verify_files(version_dir, manifest) == []
     assert all(c["passed"] for c in manifest["checks"])
     config = (version_dir.parent / "config.pbtxt").read_text()
