@@ -116,6 +116,15 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=_unit_float, default=None)
     p.add_argument("--resume", action="store_true", help="skip images already in the output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="auto|ray://ADDRESS",
+        help="score on Ray Data (the 'ray' extra): alone, a local Ray instance; "
+        "'auto' or an address, a running cluster. Output: a .parquet or .csv folder",
+    )
     _add_model_options(p)
     p.set_defaults(handler=_run_batch)
 
@@ -286,6 +295,8 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        return _run_ray_batch(args)
     from engine.batch import run_batch
 
     engine = _load(args)
@@ -309,6 +320,40 @@ def _run_batch(args: argparse.Namespace) -> int:
     for path, message in summary.errors:
         print(f"  unreadable: {path}: {message}")
     return EXIT_FAILED if summary.errors else EXIT_OK
+
+
+def _run_ray_batch(args: argparse.Namespace) -> int:
+    import time
+
+    from engine.ray import run_ray_batch
+
+    if args.resume:
+        raise UsageError("--resume works on local runs only; with --ray, rerun with --overwrite")
+    start = time.perf_counter()
+    counts, errors = run_ray_batch(
+        Path(args.folder),
+        Path(args.output),
+        address=args.ray,
+        recursive=args.recursive,
+        overwrite=args.overwrite,
+        model=args.model,
+        variant=args.variant,
+        device=args.device,
+        preprocessing=args.preprocessing,
+        threshold=args.threshold,
+        batch_size=args.batch_size,
+        concurrency=args.workers,
+    )
+    seconds = time.perf_counter() - start
+    total = sum(counts.values()) + len(errors)
+    summary = ", ".join(f"{label} {n}" for label, n in sorted(counts.items())) or "none"
+    print(
+        f"scored {total - len(errors)} of {total} images on Ray in {seconds:.1f} s "
+        f"({total / seconds:.1f} img/s): {summary}; {len(errors)} errors; wrote {args.output}"
+    )
+    for path, message in errors:
+        print(f"  unreadable: {path}: {message}")
+    return EXIT_FAILED if errors else EXIT_OK
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

@@ -54,6 +54,9 @@ def describe(source: object) -> str:
         return f"<array {source.shape} {source.dtype}>"
     if isinstance(source, Image.Image):
         return f"<PIL image {source.size[0]}x{source.size[1]} {source.mode}>"
+    name = getattr(source, "name", None)  # open files, and BytesIO given a name by the caller
+    if isinstance(name, str) and name:
+        return Path(name).name
     return f"<{type(source).__name__}>"
 
 

@@ -52,3 +52,17 @@ def test_without_the_convert_extra_the_message_names_it(tmp_path, command) -> No
     assert f"pneumo {command} needs the 'convert' extra" in proc.stderr
     assert "pip install 'pneumo-onnx[convert]'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_ray_without_the_ray_extra_names_it(tmp_path) -> None:
+    from engine.sample_data import SAMPLES_DIR
+
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "from engine.cli import main\n"
+        f"sys.exit(main(['batch', {str(SAMPLES_DIR)!r}, '-o', 'r.parquet', '--ray']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "needs the 'ray' extra" in proc.stderr and "pip install 'pneumo-onnx[ray]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
