@@ -62,7 +62,11 @@ def test_ray_without_the_ray_extra_names_it(tmp_path) -> None:
         "from engine.cli import main\n"
         f"sys.exit(main(['batch', {str(SAMPLES_DIR)!r}, '-o', 'r.parquet', '--ray']))"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path
+    )
     assert proc.returncode == 2
-    assert "needs the 'ray' extra" in proc.stderr and "pip install 'pneumo-onnx[ray]'" in proc.stderr
+    assert (
+        "needs the 'ray' extra" in proc.stderr and "pip install 'pneumo-onnx[ray]'" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
