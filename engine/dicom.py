@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from engine.errors import ImageError, MissingExtraError, first_line
+from engine.preprocess import MAX_PIXELS
 
 
 def dicom_image(data: bytes, name: str) -> Image.Image:
@@ -23,7 +24,15 @@ def dicom_image(data: bytes, name: str) -> Image.Image:
         raise MissingExtraError("dicom", f"reading DICOM file {name}", "pydicom") from e
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        rows, columns = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+        if rows * columns > MAX_PIXELS:  # checked on the header, before decoding the pixels
+            raise ImageError(
+                f"{name} is {columns}x{rows} px, over the {MAX_PIXELS // 1_000_000} Mpx limit: "
+                "refusing to decode (decompression bomb guard)"
+            )
         pixels = ds.pixel_array
+    except ImageError:
+        raise
     except Exception as e:  # pydicom raises many kinds: missing tags, unsupported compression
         raise ImageError(f"{name} is not a readable DICOM image: {first_line(e)}") from e
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))

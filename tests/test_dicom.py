@@ -84,3 +84,9 @@ def test_corrupt_dicom_is_a_clear_error() -> None:
     data = make_dicom(RAMP12, bits=12)
     with pytest.raises(ImageError, match="is not a readable DICOM image"):
         open_image(data[:400])
+
+
+def test_oversized_dicom_is_refused_from_its_header() -> None:
+    data = make_dicom(RAMP12, bits=12, Rows=10000, Columns=10000)
+    with pytest.raises(ImageError, match="decompression bomb guard"):
+        open_image(data)
