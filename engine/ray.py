@@ -15,11 +15,12 @@ from __future__ import annotations
 import io
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from engine.batch import COLUMNS
-from engine.errors import MissingExtraError, UsageError
+from engine.errors import MissingExtraError, UsageError, first_line
 from engine.preprocess import list_images
 from engine.scorer import Engine
 
@@ -110,20 +111,21 @@ def run_ray_batch(
     if not paths:
         raise UsageError(f"{folder.name} holds no images")
     if not ray.is_initialized():
-        ray.init(
-            address=None if address == "local" else address,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            include_dashboard=False,
-        )
+        try:
+            ray.init(
+                address=None if address == "local" else address,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                include_dashboard=False,
+            )
+        except Exception as e:  # ConnectionError, RuntimeError, ValueError: no common base
+            raise UsageError(f"cannot start or reach Ray at '{address}': {first_line(e)}") from e
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     ds = score_dataset(ray.data.read_binary_files(paths, include_paths=True), **score)
     ds = ds.materialize()
     if output.exists():
-        import shutil
-
         shutil.rmtree(output)
     if output.suffix.lower() == ".parquet":
         ds.write_parquet(str(output))
