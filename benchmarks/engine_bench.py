@@ -27,10 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.environment import SHARED_FULLRES, emit, machine
+from benchmarks.environment import emit, image_folder, machine
 from engine import Engine
 from engine.preprocess import list_images
-from engine.sample_data import SAMPLES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 KERAS_MODEL = ROOT / "models" / "pneumonia_cnn.keras"
@@ -166,11 +165,7 @@ def main() -> None:
     )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    folder = (
-        Path(args.images)
-        if args.images
-        else (SHARED_FULLRES if SHARED_FULLRES.is_dir() else SAMPLES_DIR)
-    )
+    folder = image_folder(args.images)
     images = list_images(folder)
     largest = max(images, key=lambda p: p.stat().st_size)
     result = {

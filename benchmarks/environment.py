@@ -9,6 +9,15 @@ from pathlib import Path
 from typing import Any
 
 SHARED_FULLRES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fullres"
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "engine" / "samples"
+
+
+def image_folder(chosen: str | None) -> Path:
+    """The X-rays to run on: the user's folder, else ../shared's full-resolution set when
+    present (development machines and CI), else the samples shipped in the package."""
+    if chosen:
+        return Path(chosen)
+    return SHARED_FULLRES if SHARED_FULLRES.is_dir() else SAMPLES_DIR
 
 
 def machine() -> dict[str, Any]:

@@ -11,12 +11,10 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from benchmarks.environment import SHARED_FULLRES, emit, machine
+from benchmarks.environment import emit, image_folder, machine
 from engine.preprocess import list_images
-from engine.sample_data import SAMPLES_DIR
 
 
 def timed(argv: list[str]) -> float:
@@ -35,11 +33,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    folder = (
-        Path(args.images)
-        if args.images
-        else (SHARED_FULLRES if SHARED_FULLRES.is_dir() else SAMPLES_DIR)
-    )
+    folder = image_folder(args.images)
     n = len(list_images(folder))
     pneumo = [sys.executable, "-m", "engine.cli", "batch", str(folder), "--recursive"]
     times: dict[str, list[float]] = {"local": [], "ray": []}
