@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from engine.errors import UsageError
 from engine.preprocess import list_images
-from engine.scorer import Engine
+from engine.scorer import Engine, check_batch_options
 
 COLUMNS = ["image_path", "prediction", "confidence", "raw_score", "threshold", "error"]
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
@@ -119,10 +119,7 @@ def run_batch(
 ) -> Summary:
     if not folder.is_dir():
         raise UsageError(f"{folder.name}: no such folder")
-    if batch_size < 1:
-        raise UsageError(f"batch size must be at least 1, got {batch_size}")
-    if workers is not None and workers < 1:
-        raise UsageError(f"workers must be at least 1, got {workers}")
+    check_batch_options(batch_size, workers)
     images = list_images(folder, recursive=recursive)
     writer = ResultWriter(output, resume, overwrite)
     todo = [p for p in images if str(p) not in writer.done]

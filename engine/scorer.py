@@ -34,6 +34,14 @@ Result = dict[str, Any]
 DEFAULT_BATCH_SIZE = 32
 
 
+def check_batch_options(batch_size: int, workers: int | None) -> None:
+    """Refuse sizes that would stall or spin: callers check before creating any output."""
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 1:
+        raise UsageError(f"workers must be at least 1, got {workers}")
+
+
 class Engine:
     """A loaded model plus its contract and preprocessing. Build it with `Engine.load`."""
 
@@ -125,11 +133,8 @@ class Engine:
         number of inputs; the model runs on one batch while the pool decodes the next.
         """
         t = self._threshold(threshold)
-        if batch_size < 1:
-            raise UsageError(f"batch size must be at least 1, got {batch_size}")
+        check_batch_options(batch_size, workers)
         workers = workers or os.cpu_count() or 1
-        if workers < 1:
-            raise UsageError(f"workers must be at least 1, got {workers}")
         items = iter(enumerate(images))
         with ThreadPoolExecutor(workers, thread_name_prefix="pneumo-decode") as pool:
             ahead: deque[tuple[int, Future[np.ndarray]]] = deque()

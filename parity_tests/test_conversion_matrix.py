@@ -15,6 +15,7 @@ import tf_keras
 from convert.detect import Overrides
 from convert.pipeline import ConvertOptions, convert
 from convert.source import load_source
+from convert.variants import VARIANTS
 from engine.contract import Contract
 from engine.preprocess import reference_batch
 from engine.session import create_session, run_batched
@@ -197,7 +198,8 @@ def test_convert_and_match(case: Case, tmp_path: Path, real_images: list[Path]) 
     spread = np.ptp(contract.scores(expected))
     assert spread > 1e-6, "outputs are constant: this parity check would prove nothing"
     for key in case.variants:
-        assert result.manifest["files"]["model.tflite"]["max_score_diff"] <= FP32_TOLERANCE, key
+        entry = result.manifest["files"][VARIANTS[key].filename]
+        assert entry["max_score_diff"] <= FP32_TOLERANCE, key
 
 
 def _save(model: keras.Model, path: Path) -> Path:
