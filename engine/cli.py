@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     _add_convert(sub)
     _add_validate(sub)
+    _add_serve(sub)
     return parser
 
 
@@ -151,6 +152,44 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variant", default=None, choices=VARIANTS)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_run_info, device="cpu", preprocessing="fast", threads=None)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="REST server: seed routes, KServe V2, jobs, monitoring (needs the 'serve' extra)",
+        description="Serve a model repository over HTTP with dynamic batching. API keys come "
+        "from PNEUMO_API_KEYS (comma-separated) and/or --api-key-file.",
+    )
+    p.add_argument("--model-repo", type=Path, default=None, help="default: the shipped models")
+    p.add_argument("--model", default=None, help="model name in the repository (default: first)")
+    p.add_argument("--variant", default=None, choices=VARIANTS)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--ssl-certfile", type=Path, default=None)
+    p.add_argument("--ssl-keyfile", type=Path, default=None)
+    p.add_argument("--max-batch", type=int, default=32, help="dynamic batch size (default 32)")
+    p.add_argument("--max-delay-ms", type=float, default=5.0, help="batch wait (default 5)")
+    p.add_argument("--max-queue", type=int, default=256, help="queued images before 503")
+    p.add_argument("--decode-threads", type=int, default=2)
+    p.add_argument("--cache-size", type=int, default=1024, help="cached results (0: off)")
+    p.add_argument("--max-upload-mb", type=float, default=16.0)
+    p.add_argument("--api-key-file", type=Path, default=None, help="one API key per line")
+    p.add_argument("--protect-health", action="store_true", help="health routes need a key")
+    p.add_argument("--protect-metrics", action="store_true", help="/metrics needs a key")
+    p.add_argument("--rate-limit", type=float, default=0.0, help="requests/s per client (0: off)")
+    p.add_argument("--rate-burst", type=int, default=20)
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("pneumo-state"),
+        help="prediction log and job database folder (default ./pneumo-state)",
+    )
+    p.add_argument("--log-images", action="store_true", help="also store images in the log")
+    p.set_defaults(handler=_run_serve)
 
 
 def _add_convert(sub: argparse._SubParsersAction) -> None:
@@ -460,6 +499,37 @@ def _unit_float(text: str) -> float:
     if not 0.0 <= value <= 1.0:  # also rejects NaN
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
     return value
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from engine.serve.config import ServeConfig
+    from engine.serve.security import load_api_keys
+    from engine.serve.server import run
+
+    config = ServeConfig(
+        model_repo=args.model_repo,
+        model=args.model,
+        device=args.device,
+        variant=args.variant,
+        threads=args.threads,
+        max_batch=args.max_batch,
+        max_delay_ms=args.max_delay_ms,
+        max_queue=args.max_queue,
+        decode_threads=args.decode_threads,
+        cache_size=args.cache_size,
+        max_upload_mb=args.max_upload_mb,
+        api_keys=tuple(load_api_keys(args.api_key_file)),
+        open_health=not args.protect_health,
+        open_metrics=not args.protect_metrics,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
+        state_dir=args.state_dir,
+        log_images=args.log_images,
+    )
+    if args.model_repo is not None and not args.model_repo.is_dir():
+        raise UsageError(f"{args.model_repo.name}: no such model repository folder")
+    run(config, args.host, args.port, args.workers, args.ssl_certfile, args.ssl_keyfile)
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ class MissingExtraError(UsageError):
         self.extra = extra
 
 
+class NotFoundError(UsageError):
+    """A model, version or job that does not exist."""
+
+
 class ModelLoadError(PneumoError):
     """A model file or folder exists but cannot be read as the model it claims to be."""
 

@@ -1,0 +1,47 @@
+"""A bounded LRU of results, so a repeated image is answered without decoding or scoring it
+again. The key holds everything the answer depends on: image bytes (sha256), the model that
+scored it (name, version, variant) and the threshold."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+CacheKey = tuple[str, str, str, str, float]
+
+
+class ResultCache:
+    def __init__(self, maxsize: int = 1024) -> None:
+        self.maxsize = maxsize
+        self._items: OrderedDict[CacheKey, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: CacheKey) -> dict[str, Any] | None:
+        """A copy of the cached result, or None (also when the cache is disabled)."""
+        with self._lock:
+            value = self._items.get(key)
+            if value is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return dict(value)
+
+    def put(self, key: CacheKey, value: dict[str, Any]) -> None:
+        if self.maxsize <= 0:
+            return
+        with self._lock:
+            self._items[key] = dict(value)
+            self._items.move_to_end(key)
+            while len(self._items) > self.maxsize:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,66 @@
+"""Run the app under uvicorn: TLS, worker processes, graceful shutdown.
+
+On SIGTERM uvicorn stops accepting connections and waits for in-flight requests; the app's
+shutdown then scores everything still queued and flushes the prediction log before the
+process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+from engine.errors import MissingExtraError, UsageError
+from engine.serve.config import CONFIG_ENV, ServeConfig
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    config: ServeConfig,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    ssl_certfile: Path | None = None,
+    ssl_keyfile: Path | None = None,
+    graceful_timeout: float = 30.0,
+) -> None:
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise MissingExtraError("serve", "pneumo serve", e.name or "uvicorn") from e
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise UsageError("TLS needs both --ssl-certfile and --ssl-keyfile")
+    for f in (ssl_certfile, ssl_keyfile):
+        if f is not None and not f.is_file():
+            raise UsageError(f"{f.name}: no such file")
+    if workers < 1:
+        raise UsageError(f"workers must be at least 1, got {workers}")
+    if not config.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s without API keys: anyone who can reach it can use it", host)
+    options = dict(
+        host=host,
+        port=port,
+        ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
+        ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+        timeout_graceful_shutdown=graceful_timeout,
+        log_config=None,  # our JSON logging, configured by the CLI
+        access_log=False,  # the Gate writes the access log, with request ids
+        server_header=False,
+    )
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal for the handler it
+    # found: make that handler a no-op, so a clean shutdown exits 0 as an orchestrator expects.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        if workers > 1:
+            # Each worker process builds its own app (and loads its own model) from the env.
+            os.environ[CONFIG_ENV] = config.to_json()
+            uvicorn.run("engine.serve.app:app_from_env", factory=True, workers=workers, **options)
+        else:
+            from engine.serve.app import create_app
+
+            uvicorn.run(create_app(config), **options)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

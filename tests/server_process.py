@@ -1,0 +1,76 @@
+"""A real `pneumo serve` process on a free loopback port, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`python -m engine.cli serve ...` started in `cwd`, ready when /v2/health/ready says so."""
+
+    def __init__(
+        self, cwd: Path, *args: str, env: dict[str, str] | None = None, tls: bool = False
+    ) -> None:
+        self.port = free_port()
+        self.cwd = cwd
+        self.args = ["--port", str(self.port), *args]
+        self.env = {**os.environ, **(env or {})}
+        self.scheme = "https" if tls else "http"
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = cwd / f"server-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0, verify: bool | str = True) -> ServerProcess:
+        with self.log.open("w") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "engine.cli", "serve", *self.args],
+                cwd=self.cwd,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log.read_text()[-3000:]}")
+            try:
+                r = httpx.get(f"{self.url}/v2/health/ready", timeout=1.0, verify=verify)
+                if r.status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait: the exit status of a graceful shutdown."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
