@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -37,7 +38,7 @@ class ServerProcess:
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0, verify: bool | str = True) -> ServerProcess:
+    def start(self, timeout: float = 60.0, verify: bool | ssl.SSLContext = True) -> ServerProcess:
         with self.log.open("w") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "engine.cli", "serve", *self.args],
@@ -58,7 +59,8 @@ class ServerProcess:
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        self.stop()
+        self.proc.kill()
+        self.proc.wait()
         raise RuntimeError(f"server not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
 
     def stop(self, timeout: float = 30.0) -> int:
@@ -70,7 +72,8 @@ class ServerProcess:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait()
+            self.proc.wait()
+            raise
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

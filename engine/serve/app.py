@@ -153,7 +153,8 @@ def _add_seed_routes(app: FastAPI, service: ScoringService, config: ServeConfig)
     async def health() -> JSONResponse:
         """Ready (200) once the model is loaded and warmed up, 503 before."""
         if not service.ready:
-            return JSONResponse({"status": "loading", "model_loaded": False}, status_code=503)
+            state = "unloaded" if service.default_model else "loading"
+            return JSONResponse({"status": state, "model_loaded": False}, status_code=503)
         served = service.registry.current(service.default_model)
         return JSONResponse(
             {
@@ -212,8 +213,10 @@ async def _answer(
 
 
 def _require_ready(service: ScoringService) -> None:
-    if not service.ready:
+    if not service.default_model:
         raise Overloaded("the model is still loading", retry_after=2)
+    if not service.ready:
+        raise Overloaded(f"model {service.default_model!r} is not loaded", retry_after=5)
 
 
 def _request_id(request: Request) -> str:

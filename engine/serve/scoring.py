@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import UsageError
+from engine.errors import ModelLoadError, PneumoError, UsageError
 from engine.serve.batching import Batcher
 from engine.serve.cache import ResultCache
 from engine.serve.metrics import ServerMetrics
 from engine.serve.registry import ModelRegistry, Served
+
+log = logging.getLogger(__name__)
 
 Result = dict[str, Any]
 
@@ -77,12 +80,23 @@ class ScoringService:
 
     async def start(self, model: str | None = None) -> None:
         """Start batching, then load and warm up the model (the server is live meanwhile,
-        and ready once this returns)."""
+        and ready once this returns). The newest version that passes every gate is served:
+        a broken newest version is logged and skipped, never served."""
         self.batcher.start()
         name = model or self.registry.default_name()
-        served = await asyncio.get_running_loop().run_in_executor(None, self.registry.load, name)
-        self.announce(served)
-        self.default_model = name
+        loop = asyncio.get_running_loop()
+        failures = []
+        for version in reversed(self.registry.versions(name)):
+            try:
+                served = await loop.run_in_executor(None, self.registry.load, name, version)
+            except PneumoError as e:
+                log.error("not serving %s/%s: %s", name, version, e.message)
+                failures.append(e.message)
+                continue
+            self.announce(served)
+            self.default_model = name
+            return
+        raise ModelLoadError(f"no version of {name!r} can be served: " + "; ".join(failures))
 
     def announce(self, served: Served) -> None:
         """A new version is being served: forget cached answers of the old one."""

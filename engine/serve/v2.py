@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from engine import __version__
 from engine.errors import NotFoundError, UsageError
+from engine.serve.batching import Overloaded
 from engine.serve.registry import Served
 from engine.serve.scoring import ScoringService
 
@@ -181,9 +182,7 @@ async def _infer(
     request: Request, name: str, version: str | None, body: InferRequest
 ) -> dict[str, Any]:
     service = _service(request)
-    if not service.ready:
-        from engine.serve.batching import Overloaded
-
+    if not service.default_model:
         raise Overloaded("the model is still loading", retry_after=2)
     served = _served(request, name, version)
     tensor = body.inputs[0]
