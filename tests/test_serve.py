@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -154,15 +153,10 @@ def test_bad_thresholds_are_refused(server: ServerProcess, threshold: str) -> No
     assert "threshold must be" in r.json()["error"]
 
 
-@pytest.mark.parametrize("threshold", [float("nan"), -1, 2, "abc"], ids=["nan", "-1", "2", "abc"])
-def test_bad_base64_thresholds_are_refused(server: ServerProcess, threshold: object) -> None:
+@pytest.mark.parametrize("threshold", ["NaN", "-1", "2", '"abc"'], ids=["nan", "-1", "2", "abc"])
+def test_bad_base64_thresholds_are_refused(server: ServerProcess, threshold: str) -> None:
     b64 = base64.b64encode(SAMPLE.read_bytes()).decode()
-    content = '{"image": "%s", "threshold": %s}' % (
-        b64,
-        "NaN"
-        if threshold != threshold
-        else (f'"{threshold}"' if isinstance(threshold, str) else threshold),
-    )
+    content = f'{{"image": "{b64}", "threshold": {threshold}}}'  # NaN: Python's json accepts it
     r = httpx.post(
         f"{server.url}/predict/base64",
         content=content,
