@@ -153,8 +153,8 @@ def _served(request: Request, name: str, version: str | None) -> Served:
 def _ready(request: Request, name: str, version: str | None) -> JSONResponse:
     try:
         _served(request, name, version)
-    except NotFoundError:
-        return JSONResponse({"name": name, "ready": False}, status_code=503)
+    except NotFoundError as e:  # unknown, unloaded, or another version served
+        return JSONResponse({"name": name, "ready": False, "error": e.message}, status_code=404)
     return JSONResponse({"name": name, "ready": True})
 
 
