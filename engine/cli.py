@@ -97,8 +97,28 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="decision threshold (default: the model's, usually 0.5)",
     )
     p.add_argument("--json", action="store_true", help="print a JSON list")
+    _add_heatmap_options(p)
     _add_model_options(p)
     p.set_defaults(handler=_run_predict)
+
+
+def _add_heatmap_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--heatmap",
+        default=None,
+        metavar="OUT_DIR",
+        help="also write IMAGE.heatmap.png per image: the X-ray with where the model looked",
+    )
+    p.add_argument(
+        "--heatmap-method",
+        default="cam",
+        choices=("cam", "occlusion", "auto"),
+        help="cam (default): class activation map, one model run; occlusion: any model, "
+        "grid^2 extra runs; auto: cam where the model has it, else occlusion",
+    )
+    p.add_argument(
+        "--occlusion-grid", type=int, default=8, metavar="N", help="occlusion raster (2-16)"
+    )
 
 
 def _add_batch(sub: argparse._SubParsersAction) -> None:
@@ -277,6 +297,10 @@ def _run_predict(args: argparse.Namespace) -> int:
     if not images:
         raise UsageError("name at least one image: pneumo predict IMAGE...")
     engine = _load(args)
+    if args.heatmap is not None:
+        from engine.heatmap import check_method
+
+        check_method(engine, args.heatmap_method, args.occlusion_grid)
     failed = 0
     rows = []
     for index, result in engine.stream(images, args.threshold, batch_size=16):
@@ -291,6 +315,14 @@ def _run_predict(args: argparse.Namespace) -> int:
             )
     if args.json:
         print(json.dumps(rows, indent=2))
+    if args.heatmap is not None:
+        from engine.heatmap import write_overlays
+
+        scored = [(row["image"], row) for row in rows if "error" not in row]
+        written = write_overlays(
+            engine, scored, Path(args.heatmap), args.heatmap_method, args.occlusion_grid
+        )
+        print(f"wrote {len(written)} heatmaps to {args.heatmap}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
 
 
