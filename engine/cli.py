@@ -161,6 +161,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=_unit_float, default=None)
     p.add_argument("--target-sensitivity", type=_unit_float, default=0.95)
     p.add_argument("--json", default=None, metavar="out.json", help="write the metrics as JSON")
+    p.add_argument(
+        "--plots",
+        default=None,
+        metavar="OUT_DIR",
+        help="write ROC, precision-recall, confusion, calibration and histogram PNGs "
+        "(the 'report' extra)",
+    )
     _add_model_options(p)
     p.set_defaults(handler=_run_evaluate)
 
@@ -391,12 +398,29 @@ def _run_ray_batch(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from engine.evaluate import evaluate_folder, report_lines, write_json
 
-    result = evaluate_folder(
-        _load(args), Path(args.folder), args.threshold, args.target_sensitivity
-    )
+    if args.plots:
+        from engine.plots import pyplot
+
+        pyplot()  # a missing 'report' extra fails before any scoring
+    engine = _load(args)
+    result = evaluate_folder(engine, Path(args.folder), args.threshold, args.target_sensitivity)
     print("\n".join(report_lines(result)))
     if args.json:
         write_json(result, Path(args.json))
+    if args.plots:
+        from engine.plots import evaluation_plots
+
+        c = engine.contract
+        assert result.labels is not None and result.scores is not None
+        written = evaluation_plots(
+            result.labels,
+            result.scores,
+            result.metrics["at_threshold"]["threshold"],
+            Path(args.plots),
+            (c.negative_label, c.positive_label),
+            result.metrics["recommended_threshold"],
+        )
+        print(f"wrote {len(written)} plots to {args.plots}")
     return EXIT_FAILED if result.errors else EXIT_OK
 
 
