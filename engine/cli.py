@@ -137,6 +137,19 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="skip images already in the output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument(
+        "--report",
+        default=None,
+        metavar="report.html",
+        help="also write one self-contained HTML report (the 'report' extra)",
+    )
+    p.add_argument(
+        "--report-heatmaps",
+        type=int,
+        default=12,
+        metavar="N",
+        help="heatmaps of the N top-scoring images in the report (default 12; 0: none)",
+    )
+    p.add_argument(
         "--ray",
         nargs="?",
         const="local",
@@ -334,6 +347,14 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _run_batch(args: argparse.Namespace) -> int:
+    if args.report is not None:
+        if args.ray is not None:
+            raise UsageError("--report works on local runs only, not with --ray")
+        if not 0 <= args.report_heatmaps <= 100:
+            raise UsageError(f"--report-heatmaps must be 0-100, got {args.report_heatmaps}")
+        from engine.plots import pyplot
+
+        pyplot()  # a missing 'report' extra fails before any scoring
     if args.ray is not None:
         return _run_ray_batch(args)
     from engine.batch import run_batch
@@ -358,6 +379,21 @@ def _run_batch(args: argparse.Namespace) -> int:
     )
     for path, message in summary.errors:
         print(f"  unreadable: {path}: {message}")
+    if args.report is not None:
+        from engine.batch_report import write_report
+
+        held = write_report(
+            engine,
+            Path(args.output),
+            Path(args.report),
+            heatmaps=args.report_heatmaps,
+            seconds=summary.seconds,
+            workers=args.workers,
+        )
+        print(
+            f"wrote {args.report}: {held['rows']} rows, {held['thumbnails']} thumbnails, "
+            f"{held['heatmaps']} heatmaps, {held['bytes'] / 1e6:.1f} MB"
+        )
     return EXIT_FAILED if summary.errors else EXIT_OK
 
 

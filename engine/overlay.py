@@ -53,7 +53,7 @@ def render(
     rgb = grey[..., None] * (1.0 - alpha) + colourise(v) * alpha
     picture = Image.fromarray(np.clip(rgb, 0, 255).round().astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(picture, "RGBA")
-    unit = max(14, min(size) // 30)
+    unit = max(14, round(max(size) / 42))  # text readable when the picture is shown small
     _result_box(draw, result, contract, heatmap, unit)
     _legend(picture, draw, heatmap, limit, contract, unit)
     return picture
