@@ -183,7 +183,7 @@ function sortBy(key,desc){const idx=heads.findIndex(h=>h.dataset.key===key);if(i
 const num=heads[idx].dataset.type==='num';
 const rows=[...body.rows];rows.sort((a,b)=>{let x=a.cells[idx].dataset.v,y=b.cells[idx].dataset.v;
 if(num){x=x===''?-Infinity:parseFloat(x);y=y===''?-Infinity:parseFloat(y);return desc?y-x:x-y}
-return desc?y.localeCompare(x):x.localeCompare(y)});rows.forEach(r=>body.appendChild(r));
+const c=x<y?-1:x>y?1:0;return desc?-c:c});rows.forEach(r=>body.appendChild(r));
 heads.forEach(h=>h.classList.remove('sorted-asc','sorted-desc'));
 heads[idx].classList.add(desc?'sorted-desc':'sorted-asc');table.dataset.sortedBy=key+(desc?':desc':':asc')}
 heads.forEach(h=>{if(!h.dataset.key)return;h.addEventListener('click',()=>{
