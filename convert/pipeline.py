@@ -19,6 +19,7 @@ from typing import Any
 import onnx
 
 import engine
+from convert.cam import add_cam_output
 from convert.detect import Overrides, detect_contract
 from convert.export import DEFAULT_OPSET, to_onnx
 from convert.probes import gather_images, probe_batch
@@ -76,7 +77,9 @@ def convert_loaded(
     start = time.perf_counter() if start is None else start
     contract = detect_contract(src, opts.overrides)
     model = to_onnx(src, contract, opts.opset)
-    onnx.helper.set_model_props(model, contract.to_metadata())
+    cam, cam_note = add_cam_output(src, contract, model)  # optional 2nd output, for heatmaps
+    metadata = {**contract.to_metadata(), **(cam.to_metadata() if cam else {})}
+    onnx.helper.set_model_props(model, metadata)
 
     images = gather_images(opts.image_folders)
     probes = probe_batch(contract, images)
@@ -95,9 +98,7 @@ def convert_loaded(
         "parity": parity,
         "converted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    onnx.helper.set_model_props(
-        model, {**contract.to_metadata(), PROVENANCE_KEY: _json(provenance)}
-    )
+    onnx.helper.set_model_props(model, {**metadata, PROVENANCE_KEY: _json(provenance)})
     fp32 = model.SerializeToString()
     files = {"model.onnx": fp32}
     figures: dict[str, Any] = {"model.onnx": {"kind": "fp32", "parity": parity}}
@@ -120,6 +121,7 @@ def convert_loaded(
         "name": opts.name,
         "version": version,
         "contract": contract.to_dict(),
+        "class_activation_map": {"available": cam is not None, "detail": cam_note},
         **provenance,
         "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in report.checks],
     }

@@ -14,12 +14,14 @@ import onnx
 import onnxruntime as ort
 
 from convert.report import CheckFailed, Figures, Report
+from engine.cam import CamSpec
 from engine.contract import Contract
 from engine.errors import ContractError, UsageError, first_line
 from engine.manifest import MANIFEST_NAME, read_manifest, sha256_file
 from engine.session import create_session, run_batched
 
 FP32_TOLERANCE = 1e-5
+CAM_TOLERANCE = 1e-4  # score rebuilt from the CAM output vs the score, fp32
 PARITY_BATCH_SIZES = (1, 7, 64)
 
 
@@ -52,12 +54,15 @@ def structure_checks(report: Report, model: onnx.ModelProto) -> Contract | None:
     found: list[Contract] = []
 
     def contract() -> tuple[str, Figures]:
-        if len(model.graph.input) != 1 or len(model.graph.output) != 1:
-            raise CheckFailed(
-                f"{len(model.graph.input)} inputs, {len(model.graph.output)} outputs: "
-                "expected one image input and one score output"
-            )
         metadata = {p.key: p.value for p in model.metadata_props}
+        cam = CamSpec.from_metadata(metadata)
+        extra = [cam.output] if cam else []
+        outputs = [o.name for o in model.graph.output]
+        if len(model.graph.input) != 1 or len(outputs) != 1 + len(extra) or outputs[1:] != extra:
+            raise CheckFailed(
+                f"{len(model.graph.input)} inputs, outputs {outputs}: expected one image input "
+                "and one score output" + (f", then '{extra[0]}' (pneumo.cam)" if extra else "")
+            )
         c = Contract.from_metadata(
             metadata,
             model.graph.input[0].name,
@@ -118,7 +123,46 @@ def runtime_checks(
         return f"batch {len(probes)} == batch 1 (max diff {diff:.2e}), scores in [0, 1]", figures
 
     report.run("dynamic_batch", batch)
+    cam = CamSpec.from_metadata(session.get_modelmeta().custom_metadata_map)
+    if cam is not None:
+        reduced = _reduced_precision(onnx.load_from_string(model_bytes))
+        report.run(
+            "class_activation_map", lambda: _cam_check(session, cam, contract, probes, reduced)
+        )
     return session
+
+
+def _cam_check(
+    session: ort.InferenceSession,
+    cam: CamSpec,
+    contract: Contract,
+    probes: np.ndarray,
+    reduced: bool,
+) -> tuple[str, Figures]:
+    """The score rebuilt from the feature-map output (pneumo.cam) equals the model's score.
+
+    fp32 to 1e-4; quantized and fp16 graphs round the feature map and the score separately,
+    so they get the int8 variant's score tolerance."""
+    names = [contract.output.name, cam.output]
+    try:
+        score, features = session.run(names, {contract.input.name: probes})
+    except Exception as e:  # onnxruntime's untyped errors
+        raise CheckFailed(f"cannot fetch {names}: {first_line(e)}") from e
+    rebuilt = cam.scores(cam.maps(features))
+    diff = float(np.max(np.abs(rebuilt - contract.scores(score))))
+    tolerance = 0.05 if reduced else CAM_TOLERANCE
+    figures = {"max_abs_diff": diff, "tolerance": tolerance, "feature_map": list(features.shape)}
+    text = f"score rebuilt from '{cam.output}' {features.shape[1:]} within {diff:.2e}"
+    if diff > tolerance:
+        raise CheckFailed(f"{text} > tolerance {tolerance:g}", figures)
+    return f"{text} <= {tolerance:g}", figures
+
+
+def _reduced_precision(model: onnx.ModelProto) -> bool:
+    """int8 (QDQ) or fp16 weights: the feature map and the score are rounded separately."""
+    return any(
+        n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node
+    ) or any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
 
 
 def parity_check(

@@ -98,8 +98,28 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="decision threshold (default: the model's, usually 0.5)",
     )
     p.add_argument("--json", action="store_true", help="print a JSON list")
+    _add_heatmap_options(p)
     _add_model_options(p)
     p.set_defaults(handler=_run_predict)
+
+
+def _add_heatmap_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--heatmap",
+        default=None,
+        metavar="OUT_DIR",
+        help="also write IMAGE.heatmap.png per image: the X-ray with where the model looked",
+    )
+    p.add_argument(
+        "--heatmap-method",
+        default="cam",
+        choices=("cam", "occlusion", "auto"),
+        help="cam (default): class activation map, one model run; occlusion: any model, "
+        "grid^2 extra runs; auto: cam where the model has it, else occlusion",
+    )
+    p.add_argument(
+        "--occlusion-grid", type=int, default=8, metavar="N", help="occlusion raster (2-16)"
+    )
 
 
 def _add_batch(sub: argparse._SubParsersAction) -> None:
@@ -117,6 +137,19 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=_unit_float, default=None)
     p.add_argument("--resume", action="store_true", help="skip images already in the output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    p.add_argument(
+        "--report",
+        default=None,
+        metavar="report.html",
+        help="also write one self-contained HTML report (the 'report' extra)",
+    )
+    p.add_argument(
+        "--report-heatmaps",
+        type=int,
+        default=12,
+        metavar="N",
+        help="heatmaps of the N top-scoring images in the report (default 12; 0: none)",
+    )
     p.add_argument(
         "--ray",
         nargs="?",
@@ -142,6 +175,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=_unit_float, default=None)
     p.add_argument("--target-sensitivity", type=_unit_float, default=0.95)
     p.add_argument("--json", default=None, metavar="out.json", help="write the metrics as JSON")
+    p.add_argument(
+        "--plots",
+        default=None,
+        metavar="OUT_DIR",
+        help="write ROC, precision-recall, confusion, calibration and histogram PNGs "
+        "(the 'report' extra)",
+    )
     _add_model_options(p)
     p.set_defaults(handler=_run_evaluate)
 
@@ -316,6 +356,10 @@ def _run_predict(args: argparse.Namespace) -> int:
     if not images:
         raise UsageError("name at least one image: pneumo predict IMAGE...")
     engine = _load(args)
+    if args.heatmap is not None:
+        from engine.heatmap import check_method
+
+        check_method(engine, args.heatmap_method, args.occlusion_grid)
     failed = 0
     rows = []
     for index, result in engine.stream(images, args.threshold, batch_size=16):
@@ -330,10 +374,26 @@ def _run_predict(args: argparse.Namespace) -> int:
             )
     if args.json:
         print(json.dumps(rows, indent=2))
+    if args.heatmap is not None:
+        from engine.heatmap import write_overlays
+
+        scored = [(row["image"], row) for row in rows if "error" not in row]
+        written = write_overlays(
+            engine, scored, Path(args.heatmap), args.heatmap_method, args.occlusion_grid
+        )
+        print(f"wrote {len(written)} heatmaps to {args.heatmap}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
 
 
 def _run_batch(args: argparse.Namespace) -> int:
+    if args.report is not None:
+        if args.ray is not None:
+            raise UsageError("--report works on local runs only, not with --ray")
+        if not 0 <= args.report_heatmaps <= 100:
+            raise UsageError(f"--report-heatmaps must be 0-100, got {args.report_heatmaps}")
+        from engine.plots import pyplot
+
+        pyplot()  # a missing 'report' extra fails before any scoring
     if args.ray is not None:
         return _run_ray_batch(args)
     from engine.batch import run_batch
@@ -358,6 +418,21 @@ def _run_batch(args: argparse.Namespace) -> int:
     )
     for path, message in summary.errors:
         print(f"  unreadable: {path}: {message}")
+    if args.report is not None:
+        from engine.batch_report import write_report
+
+        held = write_report(
+            engine,
+            Path(args.output),
+            Path(args.report),
+            heatmaps=args.report_heatmaps,
+            seconds=summary.seconds,
+            workers=args.workers,
+        )
+        print(
+            f"wrote {args.report}: {held['rows']} rows, {held['thumbnails']} thumbnails, "
+            f"{held['heatmaps']} heatmaps, {held['bytes'] / 1e6:.1f} MB"
+        )
     return EXIT_FAILED if summary.errors else EXIT_OK
 
 
@@ -398,12 +473,29 @@ def _run_ray_batch(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from engine.evaluate import evaluate_folder, report_lines, write_json
 
-    result = evaluate_folder(
-        _load(args), Path(args.folder), args.threshold, args.target_sensitivity
-    )
+    if args.plots:
+        from engine.plots import pyplot
+
+        pyplot()  # a missing 'report' extra fails before any scoring
+    engine = _load(args)
+    result = evaluate_folder(engine, Path(args.folder), args.threshold, args.target_sensitivity)
     print("\n".join(report_lines(result)))
     if args.json:
         write_json(result, Path(args.json))
+    if args.plots:
+        from engine.plots import evaluation_plots
+
+        c = engine.contract
+        assert result.labels is not None and result.scores is not None
+        written = evaluation_plots(
+            result.labels,
+            result.scores,
+            result.metrics["at_threshold"]["threshold"],
+            Path(args.plots),
+            (c.negative_label, c.positive_label),
+            result.metrics["recommended_threshold"],
+        )
+        print(f"wrote {len(written)} plots to {args.plots}")
     return EXIT_FAILED if result.errors else EXIT_OK
 
 

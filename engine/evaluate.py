@@ -19,6 +19,8 @@ from engine.scorer import Engine
 class Evaluation:
     metrics: dict[str, Any]
     errors: list[tuple[str, str]] = field(default_factory=list)
+    labels: np.ndarray | None = None  # 0/1 per scored image (for plots)
+    scores: np.ndarray | None = None  # P(positive) per scored image
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.metrics, "errors": [{"image_path": p, "error": e} for p, e in self.errors]}
@@ -61,7 +63,7 @@ def evaluate_folder(
     ok = ~np.isnan(scores)
     metrics = evaluate(np.array(labels)[ok], scores[ok], t, target_sensitivity)
     metrics["model"] = str(engine.model.path)
-    return Evaluation(metrics, errors)
+    return Evaluation(metrics, errors, np.array(labels)[ok], scores[ok])
 
 
 def report_lines(e: Evaluation) -> list[str]:

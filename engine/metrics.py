@@ -50,6 +50,37 @@ def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndar
     return fp / neg.size, tp / pos.size, thresholds
 
 
+def precision_recall_curve(
+    labels: ArrayLike, scores: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """`(recall, precision, average_precision)` at the ROC curve's thresholds where at least
+    one image is called positive; AP = sum of precision x recall step (no interpolation)."""
+    y, _ = _checked(labels, scores, "a precision-recall curve", both_classes=True)
+    fpr, tpr, _ = roc_curve(labels, scores)
+    tp, fp = tpr * y.sum(), fpr * (~y).sum()
+    called = tp + fp > 0
+    recall, precision = tpr[called], tp[called] / (tp + fp)[called]
+    ap = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
+    return recall, precision, ap
+
+
+def calibration_bins(
+    labels: ArrayLike, scores: ArrayLike, bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Reliability diagram data over `bins` equal-width score bins: `(mean score, fraction
+    positive, count)` per bin (NaN where empty) and the expected calibration error."""
+    y, s = _checked(labels, scores, "a calibration diagram")
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.searchsorted(edges, s, "right") - 1, 0, bins - 1)
+    count = np.bincount(index, minlength=bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_score = np.bincount(index, weights=s, minlength=bins) / count
+        positive = np.bincount(index, weights=y.astype(float), minlength=bins) / count
+    filled = count > 0
+    ece = float(np.sum(count[filled] * np.abs(mean_score - positive)[filled]) / y.size)
+    return mean_score, positive, count.astype(int), ece
+
+
 def confusion(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, int]:
     """Counts of true/false positives/negatives when positive means `score > threshold`."""
     y, s = _checked(labels, scores, "a confusion matrix")

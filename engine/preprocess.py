@@ -172,6 +172,14 @@ def list_images(folder: str | os.PathLike, recursive: bool = True) -> list[Path]
     )
 
 
+def read_once(source: ImageSource) -> bytes | Image.Image | np.ndarray:
+    """A path or file object read into bytes, so it can be decoded twice (a heatmap needs the
+    model tensor and a display image); images and arrays are returned as they are."""
+    if isinstance(source, Image.Image | np.ndarray):
+        return source
+    return _read_bytes(source, describe(source))
+
+
 def _read_bytes(source: ImageSource, name: str) -> bytes:
     if isinstance(source, bytes | bytearray):
         return bytes(source)

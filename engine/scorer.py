@@ -193,6 +193,10 @@ class Engine:
             "parity": (m.manifest or {}).get("parity"),
         }
 
+    def resolve_threshold(self, threshold: float | None) -> float:
+        """The given threshold, checked, or the model's default (for callers building results)."""
+        return self._threshold(threshold)
+
     # --- internals -------------------------------------------------------------------------
 
     def _threshold(self, threshold: float | None) -> float:

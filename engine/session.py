@@ -66,12 +66,17 @@ def create_session(
 
 
 def run_batched(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Run the session's single input/output over `x` in chunks of `batch_size`."""
+    """Run the session's input through its first output (the score) in chunks of `batch_size`.
+
+    Only that output is fetched: a model may carry a feature-map output for heatmaps
+    (engine/cam.py), which onnxruntime then neither copies nor returns.
+    """
     name = session.get_inputs()[0].name
+    fetch = [session.get_outputs()[0].name]
     outs = []
     for i in range(0, len(x), batch_size):
         try:
-            outs.append(session.run(None, {name: x[i : i + batch_size]})[0])
+            outs.append(session.run(fetch, {name: x[i : i + batch_size]})[0])
         except Exception as e:  # onnxruntime's InvalidArgument/Fail carry no common base
             raise InferenceError(f"onnxruntime cannot run the model: {first_line(e)}") from e
     return np.concatenate(outs) if outs else np.zeros((0, 1), np.float32)

@@ -14,6 +14,7 @@ import pytest
 
 from convert.pipeline import ConvertResult
 from convert.variants import VARIANTS
+from engine.cam import CAM_KEY
 from engine.contract import CONTRACT_KEY, PROVENANCE_KEY, Contract
 from engine.manifest import read_manifest, sha256_file, verify_files
 from engine.session import create_session, run_batched
@@ -56,7 +57,10 @@ def test_contract_and_provenance_are_embedded(
     assert provenance["parity"]["max_abs_diff"] <= FP32_TOLERANCE
     assert provenance["parity"]["probes"] >= 6 + 6
     assert [i.name for i in model.graph.input] == ["image"]
-    assert [o.name for o in model.graph.output] == ["score"]
+    # The score first; the reference model has GAP before its classifier, so the feature map
+    # for class activation maps follows (engine/cam.py).
+    assert [o.name for o in model.graph.output] == ["score", "feature_map"]
+    assert CAM_KEY in meta
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     assert CONTRACT_KEY in meta
 

@@ -1,0 +1,96 @@
+"""Class activation maps (CAM) in numpy, from an optional feature-map output of the ONNX model.
+
+For a model whose classifier is `Dense(GlobalAveragePooling(F))`, the logit is
+`mean_xy(sum_k w_k F_k(x, y)) + b`, so `M(x, y) = sum_k w_k F_k(x, y)` says how much each
+location of the last convolutional feature map pushes the logit (Zhou et al., CVPR 2016).
+
+The conversion stage (convert/cam.py) stores what the engine needs in the ONNX metadata
+(`pneumo.cam`, JSON): the name of the extra graph output holding F, its layout, and the
+classifier weights `w` and bias `b` of the positive-class logit (for a 2-unit softmax, the
+difference positive minus negative, whose sigmoid is the softmax probability). The score
+output stays the graph's first output; the engine fetches the feature map only when asked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.errors import ContractError
+
+CAM_KEY = "pneumo.cam"
+CAM_SCHEMA = 1
+FEATURE_OUTPUT = "feature_map"
+
+
+@dataclass(frozen=True)
+class CamSpec:
+    """Where the feature map is and how to weigh it."""
+
+    output: str  # graph output holding the last conv feature map
+    layout: str  # NHWC or NCHW
+    weights: np.ndarray  # (channels,) float64: positive-class logit weights
+    bias: float
+    layer: str = ""  # the Keras layer whose output F is (for people reading the metadata)
+
+    def to_metadata(self) -> dict[str, str]:
+        data = {
+            "schema": CAM_SCHEMA,
+            "output": self.output,
+            "layout": self.layout,
+            "weights": [float(w) for w in self.weights],
+            "bias": float(self.bias),
+            "layer": self.layer,
+        }
+        return {CAM_KEY: json.dumps(data, sort_keys=True)}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str]) -> CamSpec | None:
+        """The spec, or None for a model converted without one (then use occlusion)."""
+        raw = metadata.get(CAM_KEY)
+        if raw is None:
+            return None
+        try:
+            data = json.loads(raw)
+            if data.get("schema") != CAM_SCHEMA:
+                raise ContractError(
+                    f"model metadata '{CAM_KEY}' has schema {data.get('schema')!r}: "
+                    f"this pneumo-onnx reads schema {CAM_SCHEMA}"
+                )
+            spec = cls(
+                output=str(data["output"]),
+                layout=str(data["layout"]),
+                weights=np.asarray(data["weights"], dtype=np.float64),
+                bias=float(data["bias"]),
+                layer=str(data.get("layer", "")),
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ContractError(f"model metadata '{CAM_KEY}' is malformed: {e}") from e
+        if spec.layout not in ("NHWC", "NCHW") or spec.weights.ndim != 1 or not spec.weights.size:
+            raise ContractError(
+                f"model metadata '{CAM_KEY}': layout must be NHWC or NCHW and weights a "
+                f"non-empty list, got {spec.layout!r} and {spec.weights.shape}"
+            )
+        return spec
+
+    def maps(self, features: np.ndarray) -> np.ndarray:
+        """(N, h, w) CAMs in logit units from a (N, h, w, C) or (N, C, h, w) feature batch."""
+        f = np.asarray(features, dtype=np.float64)
+        if f.ndim != 4:
+            raise ContractError(f"feature map has shape {f.shape}: expected 4 dimensions")
+        if self.layout == "NCHW":
+            f = f.transpose(0, 2, 3, 1)
+        if f.shape[3] != self.weights.size:
+            raise ContractError(
+                f"feature map has {f.shape[3]} channels, the CAM weights {self.weights.size}"
+            )
+        return f @ self.weights
+
+    def scores(self, maps: np.ndarray) -> np.ndarray:
+        """P(positive) rebuilt from CAMs: sigmoid(mean + bias). Equals the model's score for a
+        GAP-then-Dense head; the conversion stage checks that before storing the spec."""
+        logits = maps.reshape(len(maps), -1).mean(axis=1) + self.bias
+        return 1.0 / (1.0 + np.exp(-logits))

@@ -1,0 +1,173 @@
+"""Heatmaps on the shipped model and samples: CAM numerics, occlusion, the overlay picture, the
+`--heatmap` CLI, the validator's CAM check. No TensorFlow."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from convert.validate import validate_file
+from engine.cam import CAM_KEY, FEATURE_OUTPUT
+from engine.cli import main
+from engine.errors import UsageError
+from engine.heatmap import cam_spec, compute, heatmap_for, overlay_png
+from engine.overlay import DISPLAY_SIDE
+from engine.repository import default_model_dir
+from engine.scorer import Engine
+from engine.session import create_session, run_batched
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    return Engine.load(threads=2)
+
+
+def without_cam(target: Path) -> Path:
+    """The shipped model with its feature-map output and pneumo.cam metadata removed."""
+    model = onnx.load(default_model_dir() / "1" / "model.onnx")
+    keep = [o for o in model.graph.output if o.name != FEATURE_OUTPUT]
+    del model.graph.output[:]
+    model.graph.output.extend(keep)
+    nodes = [n for n in model.graph.node if FEATURE_OUTPUT not in n.output]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    props = [p for p in model.metadata_props if p.key != CAM_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(props)
+    target.write_bytes(model.SerializeToString())
+    return target
+
+
+def test_cam_rebuilds_the_engine_score(engine: Engine, samples: list[Path]) -> None:
+    spec = cam_spec(engine)
+    assert spec is not None and spec.layout == "NCHW" and spec.weights.shape == (256,)
+    for path in samples:
+        heatmap, result, _ = heatmap_for(engine, path)
+        assert heatmap.method == "cam" and heatmap.values.shape == (16, 16)
+        predicted = engine.predict(path)
+        assert result == predicted  # same preprocessing, same run, same result
+        rebuilt = float(spec.scores(heatmap.values[None])[0])
+        assert rebuilt == pytest.approx(predicted["raw_score"], abs=1e-5)
+
+
+def test_cam_highlights_differ_between_classes(engine: Engine, samples: list[Path]) -> None:
+    """Mean CAM is the logit minus the bias: positive images have the larger mean."""
+    means = {p.parent.name: [] for p in samples}
+    for path in samples:
+        means[path.parent.name].append(heatmap_for(engine, path)[0].values.mean())
+    assert min(means["PNEUMONIA"]) > max(means["NORMAL"])
+
+
+def test_scoring_fetches_only_the_score(engine: Engine) -> None:
+    session = create_session(default_model_dir() / "1" / "model.onnx")
+    assert [o.name for o in session.get_outputs()] == ["score", FEATURE_OUTPUT]
+    out = run_batched(session, np.zeros((3, 128, 128, 3), np.float32), batch_size=2)
+    assert out.shape == (3, 1)
+
+
+@pytest.mark.parametrize("size", [(300, 600), (700, 350), (512, 512)], ids=str)
+def test_overlay_keeps_the_aspect_ratio(engine: Engine, size: tuple[int, int]) -> None:
+    width, height = size
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 255, (height, width), dtype=np.uint8)
+    png = overlay_png(engine, pixels)
+    picture = Image.open(io.BytesIO(png))
+    assert picture.format == "PNG" and picture.mode == "RGB"
+    assert max(picture.size) == DISPLAY_SIDE
+    assert picture.width / picture.height == pytest.approx(width / height, rel=0.01)
+
+
+def test_overlay_of_real_samples(engine: Engine, samples: list[Path]) -> None:
+    for path in samples:
+        with Image.open(path) as original:
+            aspect = original.width / original.height
+        picture = Image.open(io.BytesIO(overlay_png(engine, path)))
+        assert picture.width / picture.height == pytest.approx(aspect, rel=0.01)
+        pixels = np.asarray(picture, dtype=np.int16)
+        # Colour was added (an X-ray alone is grey: R == G == B everywhere).
+        assert np.abs(pixels[..., 0] - pixels[..., 2]).max() > 100
+
+
+def test_occlusion_on_a_model_without_cam(tmp_path: Path, samples: list[Path]) -> None:
+    engine = Engine.load(without_cam(tmp_path / "plain.onnx"), threads=2)
+    assert cam_spec(engine) is None
+    x = engine.preprocess(samples[-1])
+    with pytest.raises(UsageError, match="no class activation map output.*'occlusion'"):
+        compute(engine, x, "cam")
+    heatmap = compute(engine, x, "auto", grid=4)
+    assert heatmap.method == "occlusion" and heatmap.values.shape == (4, 4)
+    assert heatmap.score == pytest.approx(engine.predict(samples[-1])["raw_score"], abs=1e-6)
+    assert np.abs(heatmap.values).max() > 0  # hiding parts of a real X-ray changes the score
+
+
+def test_occlusion_cells_match_single_runs(engine: Engine, samples: list[Path]) -> None:
+    """The batched occlusion equals hiding one cell by hand and scoring it alone."""
+    x = engine.preprocess(samples[0])
+    heatmap = compute(engine, x, "occlusion", grid=2)
+    hidden = x.copy()
+    hidden[:64, 64:] = x.mean(axis=(0, 1))
+    p0, p1 = engine.scores(x[None])[0], engine.scores(hidden[None])[0]
+    expected = np.log(p0 / (1 - p0)) - np.log(p1 / (1 - p1))
+    assert heatmap.values[0, 1] == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("method", "grid", "message"),
+    [
+        ("gradcam", 8, "heatmap method must be one of cam, occlusion, auto, got 'gradcam'"),
+        ("occlusion", 1, "occlusion grid must be between 2 and 16, got 1"),
+        ("occlusion", 64, "occlusion grid must be between 2 and 16, got 64"),
+    ],
+)
+def test_bad_heatmap_options(engine: Engine, method: str, grid: int, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        compute(engine, np.zeros((128, 128, 3), np.float32), method, grid)
+
+
+def test_cli_predict_heatmap(
+    tmp_path: Path, samples: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "notes.jpeg"
+    bad.write_text("not an image")
+    out = tmp_path / "maps"
+    code = main(["predict", str(samples[0]), str(samples[3]), str(bad), "--heatmap", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "error: notes.jpeg is not a supported image" in captured.err
+    assert "wrote 2 heatmaps" in captured.err
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(f"{p.stem}.heatmap.png" for p in (samples[0], samples[3]))
+
+
+def test_cli_predict_heatmap_needs_cam_or_occlusion(
+    tmp_path: Path, samples: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = without_cam(tmp_path / "plain.onnx")
+    args = ["predict", str(samples[0]), "--model", str(plain), "--heatmap", str(tmp_path / "m")]
+    assert main(args) == 2
+    assert "has no class activation map output" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+    assert main([*args, "--heatmap-method", "occlusion", "--occlusion-grid", "4"]) == 0
+    assert len(list((tmp_path / "m").iterdir())) == 1
+
+
+def test_validate_catches_wrong_cam_weights(tmp_path: Path) -> None:
+    model = onnx.load(default_model_dir() / "1" / "model.onnx")
+    for prop in model.metadata_props:
+        if prop.key == CAM_KEY:
+            data = json.loads(prop.value)
+            data["weights"] = [w * 1.5 for w in data["weights"]]
+            prop.value = json.dumps(data)
+    path = tmp_path / "tampered.onnx"
+    path.write_bytes(model.SerializeToString())
+    checks = {c.name: c for c in validate_file(path).checks}
+    assert not checks["class_activation_map"].passed
+    assert "> tolerance 0.0001" in checks["class_activation_map"].detail
+    shipped = {c.name: c for c in validate_file(default_model_dir() / "1" / "model.onnx").checks}
+    assert shipped["class_activation_map"].passed and shipped["contract"].passed

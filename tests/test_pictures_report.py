@@ -1,0 +1,175 @@
+"""Evaluation plots and the batch HTML report, the report opened in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.batch_report import write_report
+from engine.cli import main
+from engine.errors import MissingExtraError
+from engine.metrics import calibration_bins, precision_recall_curve
+from engine.plots import DPI, FIGSIZE, PLOTS, pyplot
+from engine.sample_data import SAMPLES_DIR
+from engine.scorer import Engine
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def test_precision_recall_and_calibration_by_hand() -> None:
+    labels = np.array([0, 0, 1, 1])
+    scores = np.array([0.1, 0.6, 0.4, 0.9])
+    recall, precision, ap = precision_recall_curve(labels, scores)
+    # thresholds 0.9, 0.6, 0.4, 0.1, -inf call 0, 1, 2, 3, 4 images positive
+    assert recall.tolist() == [0.5, 0.5, 1.0, 1.0]
+    assert precision.tolist() == pytest.approx([1.0, 0.5, 2 / 3, 0.5])
+    assert ap == pytest.approx(0.5 * 1.0 + 0.5 * 2 / 3)
+    mean, positive, count, ece = calibration_bins(labels, scores, bins=2)
+    assert count.tolist() == [2, 2]
+    assert mean.tolist() == pytest.approx([0.25, 0.75])
+    assert positive.tolist() == pytest.approx([0.5, 0.5])
+    assert ece == pytest.approx(0.25)
+
+
+def test_evaluate_plots_are_pngs_of_the_expected_size(tmp_path: Path) -> None:
+    out = tmp_path / "plots"
+    assert main(["evaluate", str(SAMPLES_DIR), "--plots", str(out), "--threads", "2"]) == 0
+    expected = (round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI))
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.png" for n in PLOTS)
+    for name in PLOTS:
+        with Image.open(out / f"{name}.png") as img:
+            img.verify()
+        with Image.open(out / f"{name}.png") as img:
+            assert img.format == "PNG" and img.size == expected
+            assert np.asarray(img.convert("L")).std() > 10  # something was drawn
+
+
+def test_missing_matplotlib_is_a_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(MissingExtraError, match=r"pip install 'pneumo-onnx\[report\]'"):
+        pyplot()
+    assert main(["evaluate", str(SAMPLES_DIR), "--plots", "/tmp/never"]) == 2
+    assert not Path("/tmp/never").exists()
+
+
+@pytest.fixture(scope="module")
+def batch_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("xrays")
+    shutil.copytree(SAMPLES_DIR, folder, dirs_exist_ok=True)
+    (folder / "broken.jpeg").write_bytes(b"not an x-ray")
+    csv_path, html_path = folder.parent / "results.csv", folder.parent / "report.html"
+    args = ["batch", str(folder), "--recursive", "-o", str(csv_path), "--report", str(html_path)]
+    assert main([*args, "--threads", "2"]) == 1  # one unreadable file
+    return csv_path, html_path
+
+
+def test_report_is_self_contained(batch_report: tuple[Path, Path]) -> None:
+    page = batch_report[1].read_text()
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)
+    assert not re.search(r"url\(", page)
+    images = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert images and all(src.startswith("data:image/") for src in images)
+    assert len(images) == 1 + 6 + 6  # histogram, 6 heatmaps, 6 thumbnails (not the broken file)
+    assert "broken.jpeg is not a supported image" in page
+    assert page.count("<tr>") == 1 + 7
+
+
+def test_report_caps_thumbnails_and_heatmaps(
+    batch_report: tuple[Path, Path], tmp_path: Path
+) -> None:
+    csv_path = batch_report[0]
+    lines = csv_path.read_text().splitlines()
+    many = tmp_path / "many.csv"
+    many.write_text("\n".join([lines[0], *(lines[1:] * 300)]) + "\n")  # 2100 rows
+    held = write_report(
+        Engine.load(threads=2), many, tmp_path / "r.html", heatmaps=2, max_thumbnails=20
+    )
+    assert held["rows"] == 2100 and held["thumbnails"] == 20 and held["heatmaps"] == 2
+    assert held["bytes"] < 3_000_000
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.fail(
+            "chromium is not installed: the HTML report test needs it. Run `make setup` "
+            "(installs the Debian packages chromium and chromium-driver as root) or "
+            "apt-get install chromium chromium-driver"
+        )
+    return found
+
+
+def _run_chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
+    return subprocess.run(
+        [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(
+    batch_report: tuple[Path, Path], tmp_path: Path
+) -> None:
+    url = batch_report[1].as_uri()
+    shot = tmp_path / "shot.png"
+    run = _run_chromium(tmp_path, "--window-size=1280,1600", f"--screenshot={shot}", url)
+    assert shot.is_file(), f"chromium wrote no screenshot: {run.stderr[-2000:]}"
+    with Image.open(shot) as img:
+        assert img.format == "PNG" and img.size == (1280, 1600)
+        grey = np.asarray(img.convert("L"), dtype=np.float64)
+    assert grey.std() > 20, "the screenshot is blank"
+    # The heatmaps band is colourful: a page that failed to show images would be grey/white.
+    rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
+    assert (np.abs(rgb[..., 0] - rgb[..., 2]) > 80).mean() > 0.01
+
+    dom = _run_chromium(tmp_path, "--dump-dom", url).stdout
+    body = re.search(r"<body([^>]*)>", dom)
+    assert body, dom[:500]
+    attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(1)))
+    assert attrs["images"] == "13" and attrs["images-ok"] == "13"  # every image decoded
+    assert attrs["rows"] == "7"
+
+    # The table's script sorts: by file name, ascending, from the URL.
+    sorted_dom = _run_chromium(tmp_path, "--dump-dom", url + "#sort=file").stdout
+    assert 'data-sorted-by="file:asc"' in sorted_dom
+    files = re.findall(r'<td class="file" data-v="([^"]+)"', sorted_dom)
+    assert len(files) == 7 and files == sorted(files)
+    by_score = re.findall(r'<td class="file" data-v="([^"]+)"', dom)
+    assert by_score != files  # the page's own order is by score
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ray"], "--report works on local runs only, not with --ray"),
+        (["--report-heatmaps", "-1"], "--report-heatmaps must be 0-100, got -1"),
+    ],
+)
+def test_report_option_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    out = tmp_path / "r.csv"
+    args = ["batch", str(SAMPLES_DIR), "-o", str(out), "--report", str(tmp_path / "r.html")]
+    assert main([*args, *extra]) == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not out.exists()
