@@ -353,3 +353,22 @@ def test_schemathesis_finds_no_server_error(server: ServerProcess, tmp_path: Pat
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "Tested: 16" in proc.stdout  # every operation of the spec was exercised
     assert_healthy(server)
+
+
+def test_predict_with_heatmap_returns_an_overlay_png(server: ServerProcess) -> None:
+    r = httpx.post(
+        f"{server.url}/predict?heatmap=true",
+        files={"image": (SAMPLE.name, SAMPLE.read_bytes())},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["heatmap_method"] == "cam"
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["heatmap"])))
+    assert overlay.format == "PNG"
+    with Image.open(SAMPLE) as original:
+        assert overlay.width / overlay.height == pytest.approx(
+            original.width / original.height, rel=0.01
+        )
+    plain = post_image(server, SAMPLE.read_bytes()).json()
+    assert "heatmap" not in plain and plain["raw_score"] == body["raw_score"]

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
@@ -75,6 +75,8 @@ class PredictResponse(BaseModel):
     confidence: float
     raw_score: float
     threshold: float
+    heatmap: str | None = Field(None, description="with ?heatmap=true: base64 PNG overlay")
+    heatmap_method: str | None = Field(None, description="cam or occlusion")
 
 
 def create_app(config: ServeConfig | None = None) -> FastAPI:
@@ -175,6 +177,7 @@ def _add_seed_routes(app: FastAPI, service: ScoringService, config: ServeConfig)
     )
     async def predict(
         request: Request,
+        heatmap: Annotated[bool, Query(description="add the X-ray with its heatmap")] = False,
         image: Annotated[UploadFile | None, File(description="the X-ray image file")] = None,
         threshold: Annotated[str | None, Form(description="decision threshold in [0, 1]")] = None,
     ) -> JSONResponse:
@@ -185,7 +188,7 @@ def _add_seed_routes(app: FastAPI, service: ScoringService, config: ServeConfig)
             raise UsageError("no image file selected: the 'image' field has no file name")
         data = await image.read()
         t = _form_threshold(threshold)
-        return await _answer(request, service, data, t, "/predict", image.filename)
+        return await _answer(request, service, data, t, "/predict", image.filename, heatmap)
 
     @app.post(
         "/predict/base64",
@@ -193,10 +196,15 @@ def _add_seed_routes(app: FastAPI, service: ScoringService, config: ServeConfig)
         response_model=PredictResponse,
         responses={400: {}, 401: {}, 413: {}, 429: {}, 503: {}},
     )
-    async def predict_base64(request: Request, body: Base64Request) -> JSONResponse:
+    async def predict_base64(
+        request: Request,
+        body: Base64Request,
+        heatmap: Annotated[bool, Query(description="add the X-ray with its heatmap")] = False,
+    ) -> JSONResponse:
         """Score one base64-encoded X-ray: JSON `{"image": ..., "threshold": ...}`."""
         data = _b64decode(body.image)
-        return await _answer(request, service, data, body.threshold, "/predict/base64")
+        route = "/predict/base64"
+        return await _answer(request, service, data, body.threshold, route, None, heatmap)
 
 
 async def _answer(
@@ -206,9 +214,14 @@ async def _answer(
     threshold: float | None,
     route: str,
     name: str | None = None,
+    heatmap: bool = False,
 ) -> JSONResponse:
     _require_ready(service)
     result, served = await service.predict(data, threshold, _request_id(request), route, name)
+    if heatmap:  # the seed's fields stay as they are; the picture comes beside them
+        result["heatmap_method"], result["heatmap"] = await service.heatmap(
+            served, data, result, name
+        )
     return JSONResponse(result, headers={"X-Model-Version": f"{served.name}/{served.version}"})
 
 

@@ -8,6 +8,7 @@ batching, scored, and handed to the prediction log, whose writer runs off the re
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import logging
@@ -126,7 +127,7 @@ class ScoringService:
         started = time.perf_counter()
         served = self.registry.current(model or self.default_model)
         engine = served.engine
-        t = engine._threshold(threshold)
+        t = engine.resolve_threshold(threshold)
         digest = hashlib.sha256(image).hexdigest()
         key = (digest, served.name, str(served.version), engine.model.variant, t)
         result = self.cache.get(key)
@@ -142,6 +143,19 @@ class ScoringService:
         self.metrics.predictions.labels(result["prediction"]).inc()
         self._record(served, result, request_id, route, started, digest, image)
         return result, served
+
+    async def heatmap(
+        self, served: Served, image: bytes, result: Result, name: str | None = None
+    ) -> tuple[str, str]:
+        """(method, base64 PNG) of the X-ray with its heatmap: CAM when the model carries it,
+        else occlusion sensitivity (64 batched runs). Runs on the decode pool."""
+        from engine.heatmap import check_method, overlay_png
+
+        method = check_method(served.engine, "auto")
+        png = await asyncio.get_running_loop().run_in_executor(
+            self._decode, overlay_png, served.engine, _named(image, name), result, method
+        )
+        return method, base64.b64encode(png).decode("ascii")
 
     # --- the V2 routes --------------------------------------------------------------------
 
