@@ -40,6 +40,15 @@ class MissingExtraError(UsageError):
         self.extra = extra
 
 
+class NotFoundError(UsageError):
+    """A named thing does not exist: an unknown job id, a missing prediction log (HTTP 404)."""
+
+
+class ConflictError(UsageError):
+    """The thing exists but its state does not allow this yet: a job's results before it is
+    done (HTTP 409)."""
+
+
 class ModelLoadError(PneumoError):
     """A model file or folder exists but cannot be read as the model it claims to be."""
 
