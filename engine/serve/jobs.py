@@ -417,4 +417,4 @@ def _check_sizes(label: str, members: list[zipfile.ZipInfo], max_total_bytes: in
 
 
 def _mb(n: int) -> str:
-    return f"{n / 2**20:.1f} MB"
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n:,} bytes"
