@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import math
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -343,3 +345,19 @@ def test_drift_windows_do_not_overlap(tmp_path: Path) -> None:
     write(path, [rec(NOW - 24 * HOUR, 0.05)])
     d = drift_report(path, now=NOW)
     assert (d["recent"]["rows"], d["reference"]["rows"]) == (1, 0)
+
+
+def test_serve_helpers_import_neither_tensorflow_nor_the_server_stack(tmp_path: Path) -> None:
+    """monitor, jobs and logs are protocol-free: no TensorFlow, no FastAPI, no onnxruntime."""
+    code = (
+        "import sys\nimport engine.serve.monitor, engine.serve.jobs, engine.serve.logs\n"
+        "print('\\n'.join(sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = {m.split(".")[0] for m in done.stdout.split()}
+    assert "engine" in loaded and "numpy" in loaded
+    forbidden = {"tensorflow", "keras", "tf_keras", "tf2onnx", "fastapi", "uvicorn", "onnxruntime"}
+    assert loaded.isdisjoint(forbidden), loaded & forbidden

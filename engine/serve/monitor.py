@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -137,7 +137,9 @@ class PredictionLog:
 
     def record(self, rec: PredictionRecord) -> None:
         """Queue one record; blocks while the queue is full. Raises UsageError once closed."""
-        row = astuple(rec) if self.store_images else astuple(rec)[:-2] + (None, rec.error)
+        row = tuple(getattr(rec, c) for c in COLUMNS)  # dataclasses.astuple deep-copies: slow
+        if not self.store_images:
+            row = (*row[:-2], None, row[-1])
         self._put(row)
 
     def flush(self, timeout: float | None = None) -> None:
@@ -148,8 +150,12 @@ class PredictionLog:
         except UsageError:  # closed: close() writes everything before its thread ends
             self._thread.join(timeout)
             return
-        if not marker.wait(timeout):
-            raise PneumoError(f"prediction log {self.path}: not flushed after {timeout} s")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not marker.wait(0.5 if deadline is None else min(0.5, deadline - time.monotonic())):
+            if not self._thread.is_alive():
+                raise PneumoError(f"prediction log {self.path}: the writer stopped (see the log)")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise PneumoError(f"prediction log {self.path}: not flushed after {timeout} s")
 
     def close(self, timeout: float | None = None) -> None:
         """Write every queued record, then stop the writer. Idempotent."""
@@ -202,6 +208,8 @@ class PredictionLog:
         with self._state:
             if self._closed:
                 raise UsageError(f"prediction log {self.path} is closed")
+            if not self._thread.is_alive():
+                raise PneumoError(f"prediction log {self.path}: the writer stopped (see the log)")
             self._putting += 1
         try:
             self._put_checked(item)
