@@ -281,17 +281,17 @@ def _add_monitor(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_monitor(args: argparse.Namespace) -> int:
-    from engine.serve import monitor
+    from engine.serve import reports
 
     if args.monitor_command == "summary":
-        report = monitor.summarize(args.db, hours=args.hours)
-        lines = monitor.summary_lines(report)
+        report = reports.summarize(args.db, hours=args.hours)
+        lines = reports.summary_lines(report)
         code = EXIT_OK
     else:
-        report = monitor.drift_report(
+        report = reports.drift_report(
             args.db, recent_hours=args.recent_hours, reference_hours=args.reference_hours
         )
-        lines = monitor.drift_lines(report)
+        lines = reports.drift_lines(report)
         code = EXIT_FAILED if report["drift_detected"] else EXIT_OK
     print(json.dumps(report, indent=2) if args.json else "\n".join(lines))
     return code

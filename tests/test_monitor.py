@@ -1,4 +1,4 @@
-"""engine.serve.monitor: the prediction log on real SQLite files, its summary and drift reports."""
+"""engine.serve.monitor and .reports: the prediction log on real SQLite files, summary, drift."""
 
 from __future__ import annotations
 
@@ -15,15 +15,8 @@ import numpy as np
 import pytest
 
 from engine.errors import NotFoundError, UsageError
-from engine.serve.monitor import (
-    PSI_EPSILON,
-    PredictionLog,
-    PredictionRecord,
-    drift_report,
-    psi,
-    psi_level,
-    summarize,
-)
+from engine.serve.monitor import PredictionLog, PredictionRecord
+from engine.serve.reports import PSI_EPSILON, drift_report, psi, psi_level, summarize
 
 NOW = 1_700_000_000.0
 HOUR = 3600.0
@@ -348,9 +341,10 @@ def test_drift_windows_do_not_overlap(tmp_path: Path) -> None:
 
 
 def test_serve_helpers_import_neither_tensorflow_nor_the_server_stack(tmp_path: Path) -> None:
-    """monitor, jobs and logs are protocol-free: no TensorFlow, no FastAPI, no onnxruntime."""
+    """The helpers are protocol-free: no TensorFlow, no FastAPI, no onnxruntime."""
     code = (
-        "import sys\nimport engine.serve.monitor, engine.serve.jobs, engine.serve.logs\n"
+        "import sys\n"
+        "import engine.serve.monitor, engine.serve.reports, engine.serve.jobs, engine.serve.logs\n"
         "print('\\n'.join(sys.modules))\n"
     )
     done = subprocess.run(

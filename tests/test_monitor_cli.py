@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from engine.serve.monitor import PredictionLog, PredictionRecord, summarize
+from engine.serve.monitor import PredictionLog, PredictionRecord
+from engine.serve.reports import summarize
 
 HOUR = 3600.0
 
