@@ -280,3 +280,28 @@ def test_zip_member_with_a_bad_checksum_is_refused() -> None:
     data[at] ^= 0xFF  # the stored bytes no longer match the CRC in the header
     with pytest.raises(UsageError, match="cannot read 'a.jpeg'.*CRC"):
         items_from_upload("x.zip", bytes(data))
+
+
+def test_a_replayed_chunk_is_stored_once(tmp_path: Path, items: list[tuple[str, bytes]]) -> None:
+    """A process killed between scoring and commit scores that chunk again: no double count."""
+    store = JobStore(tmp_path / "jobs.db")
+    job_id = store.create(items[:3])
+    assert store.claim_next() == (job_id, None)
+    assert [idx for idx, _ in store.pending(job_id, 10)] == [0, 1, 2]
+    first = [
+        (0, {"prediction": "NORMAL", "confidence": 0.9, "raw_score": 0.1, "threshold": 0.5}),
+        (1, {"error": "cannot decode"}),
+    ]
+    store.save(job_id, first)
+    store.save(job_id, [(0, {**first[0][1], "raw_score": 0.2}), *first[1:]])  # the replay
+    job = store.get(job_id)
+    assert (job["status"], job["done"], job["errors"]) == ("running", 2, 1)
+    assert [idx for idx, _ in store.pending(job_id, 10)] == [2]
+    store.save(job_id, [(2, {"error": "cannot decode"})])
+    store.finish(job_id)
+    results = store.get(job_id)["results"]
+    assert results[0]["raw_score"] == 0.1 and results[1] == {
+        "name": items[1][0],
+        "error": "cannot decode",
+    }
+    assert store.claim_next() is None
