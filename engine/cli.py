@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_validate(sub)
     _add_serve(sub)
+    _add_monitor(sub)
     return parser
 
 
@@ -327,6 +328,54 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_validate)
 
 
+def _add_monitor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "monitor",
+        help="read a `pneumo serve` prediction log: summary, drift",
+        description="Reports on the SQLite prediction log written by `pneumo serve`.",
+    )
+    msub = p.add_subparsers(dest="monitor_command", metavar="REPORT", required=True)
+    s = msub.add_parser(
+        "summary",
+        help="counts, class rates, score distribution, latency percentiles",
+        description="What the prediction log holds for the last N hours.",
+    )
+    s.add_argument("--db", required=True, metavar="PATH", help="the prediction log (SQLite)")
+    s.add_argument("--hours", type=_positive_float, default=24.0, help="window (default 24)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(handler=_run_monitor)
+    d = msub.add_parser(
+        "drift",
+        help="recent predictions vs a reference window: class rates and score PSI",
+        description="Compare the last --recent-hours with the time before it, back to "
+        "--reference-hours ago: class-rate change and the population stability index (PSI) of "
+        "the scores. Exit 1 when the drift is significant (PSI > 0.25 or a class rate moved "
+        "by more than 0.1).",
+    )
+    d.add_argument("--db", required=True, metavar="PATH", help="the prediction log (SQLite)")
+    d.add_argument("--recent-hours", type=_positive_float, default=24.0)
+    d.add_argument("--reference-hours", type=_positive_float, default=168.0)
+    d.add_argument("--json", action="store_true", help="print JSON")
+    d.set_defaults(handler=_run_monitor)
+
+
+def _run_monitor(args: argparse.Namespace) -> int:
+    from engine.serve import reports
+
+    if args.monitor_command == "summary":
+        report = reports.summarize(args.db, hours=args.hours)
+        lines = reports.summary_lines(report)
+        code = EXIT_OK
+    else:
+        report = reports.drift_report(
+            args.db, recent_hours=args.recent_hours, reference_hours=args.reference_hours
+        )
+        lines = reports.drift_lines(report)
+        code = EXIT_FAILED if report["drift_detected"] else EXIT_OK
+    print(json.dumps(report, indent=2) if args.json else "\n".join(lines))
+    return code
+
+
 def _add_images(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--images",
@@ -581,6 +630,16 @@ def _labels(text: str) -> tuple[str, ...]:
     if len(labels) != 2:
         raise argparse.ArgumentTypeError(f"expected two names like NORMAL,PNEUMONIA, got {text!r}")
     return labels
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0.0 < value < float("inf"):  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _unit_float(text: str) -> float:

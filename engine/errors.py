@@ -41,7 +41,12 @@ class MissingExtraError(UsageError):
 
 
 class NotFoundError(UsageError):
-    """A model, version or job that does not exist."""
+    """A named thing does not exist: an unknown job id, a missing prediction log (HTTP 404)."""
+
+
+class ConflictError(UsageError):
+    """The thing exists but its state does not allow this yet: a job's results before it is
+    done (HTTP 409)."""
 
 
 class ModelLoadError(PneumoError):

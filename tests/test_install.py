@@ -80,6 +80,14 @@ def test_plain_install_is_tensorflow_free_and_names_the_extra(tmp_path: Path) ->
     assert (
         info.returncode == 0 and "site-packages/engine/models/pneumonia/1/model.onnx" in info.stdout
     )
+    # engine.serve's protocol-free helpers are in the wheel and need no extra.
+    monitor = subprocess.run(
+        [bin_dir / "pneumo", "monitor", "summary", "--db", "none.db"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert monitor.returncode == 2 and "error: no prediction log at none.db" in monitor.stderr
 
     size = venv_size_mb(venv)
     print(f"TensorFlow-free venv: {size:.0f} MB")

@@ -18,7 +18,6 @@ from engine import Engine
 from engine.sample_data import sample_images
 from tests.server_process import ServerProcess
 
-
 SAMPLE = sample_images()[-1]  # a PNEUMONIA X-ray
 
 

@@ -19,7 +19,6 @@ from engine.repository import default_model_dir
 from engine.sample_data import sample_images
 from tests.server_process import ServerProcess
 
-
 KEY = "admin-key-0123456789abcdef"
 OTHER_KEY = "other-key-0123456789abcdef"
 SAMPLE = sample_images()[0]
