@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
@@ -25,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import __version__
 from engine.errors import (
+    ConflictError,
     ContractError,
     ImageError,
     InferenceError,
@@ -39,7 +41,9 @@ from engine.repository import default_model_dir
 from engine.serve.batching import Overloaded
 from engine.serve.config import ServeConfig
 from engine.serve.gate import Gate
+from engine.serve.jobs import JobRunner, JobStore
 from engine.serve.metrics import ServerMetrics
+from engine.serve.monitor import PredictionLog
 from engine.serve.registry import ModelRegistry
 from engine.serve.scoring import ScoringService
 from engine.serve.security import ApiKeys, RateLimiter
@@ -50,6 +54,7 @@ log = logging.getLogger(__name__)
 STATUS: list[tuple[type[PneumoError], int]] = [
     (Overloaded, 503),
     (NotFoundError, 404),
+    (ConflictError, 409),
     (MissingExtraError, 501),
     (ImageError, 400),
     (InferenceError, 400),
@@ -83,6 +88,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     """The app for `config`; the model loads in the background once the server starts."""
     config = config or ServeConfig()
     metrics = ServerMetrics()
+    state = _state_dir(config.state_dir)
+    prediction_log = PredictionLog(state / "predictions.db", store_images=config.log_images)
+    jobs = JobStore(state / "jobs.db")
     root = config.model_repo or default_model_dir().parent
     registry = ModelRegistry(root, config.device, config.variant, config.threads)
     service = ScoringService(
@@ -94,18 +102,24 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         decode_threads=config.decode_threads,
         cache_size=config.cache_size,
         keep_images=config.log_images,
+        on_prediction=prediction_log.record,
     )
+    runner = JobRunner(jobs, lambda blobs, t: service.score_job(blobs, t), chunk=config.max_batch)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.get_running_loop().create_task(_load(service, config))
+        loading = asyncio.get_running_loop().create_task(_load(service, config, runner))
         app.state.loading = loading
         try:
             yield
         finally:
             loading.cancel()
+            runner.request_stop()
             await service.close()
-            log.info("server stopped: queued requests scored, logs flushed")
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, runner.stop)
+            await loop.run_in_executor(None, prediction_log.close)
+            log.info("server stopped: queued requests scored, prediction log flushed")
 
     app = FastAPI(
         title="pneumo-onnx",
@@ -118,6 +132,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     app.state.config = config
     _add_error_handlers(app)
     _add_seed_routes(app, service, config)
+    from engine.serve.routes_ops import add_operations_routes
+
+    add_operations_routes(app, service, prediction_log, jobs, runner)
     from engine.serve.v2 import router as v2_router
 
     app.include_router(v2_router)
@@ -140,14 +157,27 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     return app
 
 
-async def _load(service: ScoringService, config: ServeConfig) -> None:
+async def _load(service: ScoringService, config: ServeConfig, runner: JobRunner) -> None:
     try:
         await service.start(config.model)
         log.info("ready: serving %s", service.default_model)
+        runner.start()  # resumes jobs a previous run accepted and did not finish
     except PneumoError as e:
         log.error("cannot serve: %s", e.message)
     except Exception:
         log.exception("cannot serve: unexpected error loading the model")
+
+
+def _state_dir(path: Path) -> Path:
+    """The folder of the prediction log and job database, created if needed."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"state folder {path.name} is not writable: {e.strerror}") from e
+    return path
 
 
 def _add_seed_routes(app: FastAPI, service: ScoringService, config: ServeConfig) -> None:

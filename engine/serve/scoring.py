@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,27 +23,12 @@ from engine.errors import ModelLoadError, PneumoError, UsageError
 from engine.serve.batching import Batcher
 from engine.serve.cache import ResultCache
 from engine.serve.metrics import ServerMetrics
+from engine.serve.monitor import PredictionRecord
 from engine.serve.registry import ModelRegistry, Served
 
 log = logging.getLogger(__name__)
 
 Result = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """What the prediction log keeps of one scored image."""
-
-    request_id: str
-    route: str
-    model_name: str
-    model_version: str
-    score: float
-    label: str
-    threshold: float
-    latency_ms: float
-    image_sha256: str
-    image: bytes | None = None
 
 
 class ScoringService:
@@ -60,7 +44,7 @@ class ScoringService:
         max_queue: int = 256,
         decode_threads: int = 2,
         cache_size: int = 1024,
-        on_prediction: Callable[[Prediction], None] | None = None,
+        on_prediction: Callable[[PredictionRecord], None] | None = None,
         keep_images: bool = False,
     ) -> None:
         self.registry = registry
@@ -157,6 +141,28 @@ class ScoringService:
         )
         return method, base64.b64encode(png).decode("ascii")
 
+    def score_job(self, images: list[bytes], threshold: float | None) -> list[Result]:
+        """One chunk of a batch job (job runner thread): the current model, per-item errors."""
+        served = self.registry.current(self.default_model)
+        started = time.perf_counter()
+        results = served.engine.predict_batch(images, threshold=threshold)
+        if self.on_prediction is not None:
+            per_image = (time.perf_counter() - started) * 1000.0 / max(1, len(images))
+            for image, result in zip(images, results, strict=True):
+                if "error" not in result:
+                    self.on_prediction(
+                        PredictionRecord.from_result(
+                            result,
+                            image=image,  # hashed; kept only if the log stores images
+                            request_id="job",
+                            route="/jobs",
+                            model_name=served.name,
+                            model_version=str(served.version),
+                            latency_ms=per_image,
+                        )
+                    )
+        return results
+
     # --- the V2 routes --------------------------------------------------------------------
 
     async def score_tensor(self, served: Served, x: np.ndarray) -> np.ndarray:
@@ -202,7 +208,8 @@ class ScoringService:
     ) -> None:
         if self.on_prediction is None:
             return
-        record = Prediction(
+        record = PredictionRecord(
+            time=time.time(),
             request_id=request_id,
             route=route,
             model_name=served.name,

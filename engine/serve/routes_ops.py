@@ -1,0 +1,100 @@
+"""Operations routes: asynchronous batch jobs and monitoring summaries. Thin: the work is in
+`engine.serve.jobs` and `engine.serve.reports`, run on a thread (SQLite, never on the loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import FastAPI, File, Form, Query, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from engine.errors import UsageError
+from engine.serve.jobs import JobRunner, JobStore, items_from_upload
+from engine.serve.monitor import PredictionLog
+from engine.serve.reports import drift_report, summarize
+from engine.serve.scoring import ScoringService
+
+T = TypeVar("T")
+MAX_HOURS = 24.0 * 366
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args, **kwargs))
+
+
+def _hours(value: float, name: str) -> float:
+    if not (math.isfinite(value) and 0 < value <= MAX_HOURS):
+        raise UsageError(f"{name} must be a number of hours in (0, {MAX_HOURS:g}], got {value}")
+    return value
+
+
+def add_operations_routes(
+    app: FastAPI,
+    service: ScoringService,
+    prediction_log: PredictionLog,
+    jobs: JobStore,
+    runner: JobRunner,
+) -> None:
+    @app.post("/jobs", tags=["jobs"], status_code=202)
+    async def create_job(
+        images: Annotated[
+            list[UploadFile] | None,
+            File(description="X-ray files and/or zip archives of them (field repeated)"),
+        ] = None,
+        threshold: Annotated[str | None, Form(description="threshold in [0, 1]")] = None,
+    ) -> JSONResponse:
+        """Accept a batch at once; it is scored in the background and survives restarts."""
+        from engine.serve.app import _form_threshold
+
+        if not images:
+            raise UsageError("no images provided: send files (or zips) as multipart field 'images'")
+        t = _form_threshold(threshold)  # None: the model's own, resolved when the job runs
+        items: list[tuple[str, bytes]] = []
+        for upload in images:
+            data = await upload.read()
+            items += await _off_loop(items_from_upload, upload.filename or "upload", data)
+        job_id = await _off_loop(jobs.create, items, t)
+        runner.wake()
+        return JSONResponse(
+            {"job_id": job_id, "status": "queued", "total": len(items), "url": f"/jobs/{job_id}"},
+            status_code=202,
+            headers={"Location": f"/jobs/{job_id}"},
+        )
+
+    @app.get("/jobs/{job_id}", tags=["jobs"])
+    async def job_status(
+        job_id: str,
+        format: Annotated[str, Query(pattern="^(json|csv)$", description="json or csv")] = "json",
+    ) -> Response:
+        """Status and progress; per-image results once done (`?format=csv` for a CSV file)."""
+        if format == "csv":
+            text = await _off_loop(jobs.results_csv, job_id)
+            return PlainTextResponse(
+                text,
+                media_type="text/csv",
+                headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'},
+            )
+        return JSONResponse(await _off_loop(jobs.get, job_id))
+
+    @app.get("/monitoring/summary", tags=["monitoring"])
+    async def monitoring_summary(
+        hours: Annotated[float, Query(description="window length")] = 24.0,
+    ) -> dict[str, Any]:
+        """Counts, class rates, confidence distribution and latency percentiles."""
+        return await _off_loop(summarize, prediction_log.path, _hours(hours, "hours"))
+
+    @app.get("/monitoring/drift", tags=["monitoring"])
+    async def monitoring_drift(
+        recent_hours: Annotated[float, Query()] = 24.0,
+        reference_hours: Annotated[float, Query()] = 168.0,
+    ) -> dict[str, Any]:
+        """Recent window against a reference window: class-rate change and score PSI."""
+        return await _off_loop(
+            drift_report,
+            prediction_log.path,
+            recent_hours=_hours(recent_hours, "recent_hours"),
+            reference_hours=_hours(reference_hours, "reference_hours"),
+        )
