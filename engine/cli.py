@@ -654,8 +654,15 @@ def _unit_float(text: str) -> float:
 
 def _run_serve(args: argparse.Namespace) -> int:
     from engine.serve.config import ServeConfig
+    from engine.serve.logs import configure
     from engine.serve.security import load_api_keys
     from engine.serve.server import run
+
+    # A server logs structured JSON lines (access log with request ids included) at INFO.
+    for handler in list(logging.getLogger().handlers):
+        logging.getLogger().removeHandler(handler)
+    configure("INFO")
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)  # per-part parser chatter
 
     config = ServeConfig(
         model_repo=args.model_repo,

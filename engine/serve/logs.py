@@ -20,6 +20,7 @@ _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
     "message",
     "asctime",
     "taskName",  # Python 3.12+
+    "color_message",  # uvicorn's ANSI-coloured copy of the message
 }
 
 
