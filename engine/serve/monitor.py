@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import PneumoError, UsageError
-from engine.serve.reports import drift_report, summarize
+from engine.serve.reports import check_columns, drift_report, summarize
 
 log = logging.getLogger(__name__)
 
@@ -300,31 +300,22 @@ def _open_writer(path: Path) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
     except sqlite3.Error as e:
-        raise UsageError(f"cannot open prediction log {path}: {e}") from e
+        raise UsageError(f"cannot open prediction log {path.name}: {e}") from e
     try:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode != "wal":
-            raise UsageError(f"prediction log {path}: SQLite refused WAL mode ({mode})")
+            raise UsageError(f"prediction log {path.name}: SQLite refused WAL mode ({mode})")
         # NORMAL in WAL: a process crash loses nothing committed; only a power cut can.
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(_SCHEMA)
-        _check_columns(conn, path)
+        check_columns(conn, path, COLUMNS)
     except sqlite3.Error as e:
         conn.close()
-        raise UsageError(f"cannot open prediction log {path}: {e}") from e
+        raise UsageError(f"cannot open prediction log {path.name}: {e}") from e
     except UsageError:
         conn.close()
         raise
     return conn
-
-
-def _check_columns(conn: sqlite3.Connection, path: Path) -> None:
-    have = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
-    if not have:
-        raise UsageError(f"{path} is not a pneumo prediction log: no 'predictions' table")
-    missing = sorted(set(COLUMNS) - have)
-    if missing:
-        raise UsageError(f"{path} is not a pneumo prediction log: no columns {missing}")
 
 
 __all__ = ["PredictionLog", "PredictionRecord", "drift_report", "summarize"]

@@ -40,29 +40,32 @@ READ_COLUMNS = (
 def _open_reader(path: str | Path) -> sqlite3.Connection:
     p = Path(path)
     if not p.is_file():
-        raise NotFoundError(f"no prediction log at {p}")
+        raise NotFoundError(f"no prediction log at {p.name}")
     try:
         conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
     except sqlite3.Error as e:
-        raise UsageError(f"cannot open prediction log {p}: {e}") from e
+        raise UsageError(f"cannot open prediction log {p.name}: {e}") from e
     try:
-        _check_columns(conn, p)
+        check_columns(conn, p)
     except sqlite3.DatabaseError as e:
         conn.close()
-        raise UsageError(f"{p} is not a pneumo prediction log: {e}") from e
+        raise UsageError(f"{p.name} is not a pneumo prediction log: {e}") from e
     except UsageError:
         conn.close()
         raise
     return conn
 
 
-def _check_columns(conn: sqlite3.Connection, path: Path) -> None:
+def check_columns(
+    conn: sqlite3.Connection, path: Path, columns: Sequence[str] = READ_COLUMNS
+) -> None:
+    """Refuse a database that is not a prediction log (or an older layout of one)."""
     have = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
     if not have:
-        raise UsageError(f"{path} is not a pneumo prediction log: no 'predictions' table")
-    missing = sorted(set(READ_COLUMNS) - have)
+        raise UsageError(f"{path.name} is not a pneumo prediction log: no 'predictions' table")
+    missing = sorted(set(columns) - have)
     if missing:
-        raise UsageError(f"{path} is not a pneumo prediction log: no columns {missing}")
+        raise UsageError(f"{path.name} is not a pneumo prediction log: no columns {missing}")
 
 
 # --- reports --------------------------------------------------------------------------------
