@@ -9,10 +9,7 @@ metrics. Errors are JSON `{"error": ...}`; the status of every error class is de
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -41,6 +38,7 @@ from engine.repository import default_model_dir
 from engine.serve.batching import Overloaded
 from engine.serve.config import ServeConfig
 from engine.serve.gate import Gate
+from engine.serve.inputs import b64decode, form_threshold
 from engine.serve.jobs import JobRunner, JobStore
 from engine.serve.metrics import ServerMetrics
 from engine.serve.monitor import PredictionLog
@@ -217,7 +215,7 @@ def _add_seed_routes(app: FastAPI, service: ScoringService, config: ServeConfig)
         if not image.filename:
             raise UsageError("no image file selected: the 'image' field has no file name")
         data = await image.read()
-        t = _form_threshold(threshold)
+        t = form_threshold(threshold)
         return await _answer(request, service, data, t, "/predict", image.filename, heatmap)
 
     @app.post(
@@ -232,7 +230,7 @@ def _add_seed_routes(app: FastAPI, service: ScoringService, config: ServeConfig)
         heatmap: Annotated[bool, Query(description="add the X-ray with its heatmap")] = False,
     ) -> JSONResponse:
         """Score one base64-encoded X-ray: JSON `{"image": ..., "threshold": ...}`."""
-        data = _b64decode(body.image)
+        data = b64decode(body.image)
         route = "/predict/base64"
         return await _answer(request, service, data, body.threshold, route, None, heatmap)
 
@@ -264,27 +262,6 @@ def _require_ready(service: ScoringService) -> None:
 
 def _request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
-
-
-def _form_threshold(text: str | None) -> float | None:
-    if text is None or text == "":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"threshold must be a number in [0, 1], got {text[:40]!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise UsageError(f"threshold must be a finite number in [0, 1], got {text[:40]!r}")
-    return value
-
-
-def _b64decode(text: str) -> bytes:
-    if text.startswith("data:") and "," in text:
-        text = text.split(",", 1)[1]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise UsageError("invalid base64 image data") from None
 
 
 def _add_error_handlers(app: FastAPI) -> None:

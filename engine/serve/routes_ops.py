@@ -12,6 +12,7 @@ from fastapi import FastAPI, File, Form, Query, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from engine.errors import UsageError
+from engine.serve.inputs import form_threshold
 from engine.serve.jobs import JobRunner, JobStore, items_from_upload
 from engine.serve.monitor import PredictionLog
 from engine.serve.reports import drift_report, summarize
@@ -47,11 +48,9 @@ def add_operations_routes(
         threshold: Annotated[str | None, Form(description="threshold in [0, 1]")] = None,
     ) -> JSONResponse:
         """Accept a batch at once; it is scored in the background and survives restarts."""
-        from engine.serve.app import _form_threshold
-
         if not images:
             raise UsageError("no images provided: send files (or zips) as multipart field 'images'")
-        t = _form_threshold(threshold)  # None: the model's own, resolved when the job runs
+        t = form_threshold(threshold)  # None: the model's own, resolved when the job runs
         items: list[tuple[str, bytes]] = []
         for upload in images:
             data = await upload.read()

@@ -9,8 +9,6 @@ decodes exactly as `/predict` does. Output: FP32 `score` `[N, 1]`, P(positive cl
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import math
 from typing import Any
 
@@ -22,6 +20,7 @@ from pydantic import BaseModel, Field
 from engine import __version__
 from engine.errors import NotFoundError, UsageError
 from engine.serve.batching import Overloaded
+from engine.serve.inputs import b64decode
 from engine.serve.registry import Served
 from engine.serve.scoring import ScoringService
 
@@ -236,8 +235,8 @@ def _bytes(tensor: InferInput) -> list[bytes]:
         if not isinstance(item, str):
             raise UsageError(f"BYTES element {i} must be a base64 string")
         try:
-            images.append(base64.b64decode(item, validate=True))
-        except (binascii.Error, ValueError):
+            images.append(b64decode(item))
+        except UsageError:
             raise UsageError(f"BYTES element {i} is not valid base64") from None
     return images
 
