@@ -190,10 +190,22 @@ def chart(run: dict[str, Any], path: Path) -> str:
     cpu = run["machine"]["cpu"]
     fig.suptitle(
         f"pneumo-onnx benchmarks, {run['label']}: {cpu['model']} x{cpu['physical_cores']}, "
-        f"{run['images']['count']} images, {run['started'][:16]}  (log scales)",
+        f"{run['images']['count']} images, {run['started'][:16]}",
         fontsize=12,
     )
-    fig.tight_layout()
+    notes = [
+        f"{suite}/{s['name']}: {s['reason'][:110]}"
+        for suite, result in run["suites"].items()
+        for s in result.get("skipped", [])
+    ] + [
+        f"{suite}: {result['status']}: {result['reason'][:110]}"
+        for suite, result in run["suites"].items()
+        if result["status"] != "ok"
+    ]
+    bottom = 0.012 * (len(notes) + 1) if notes else 0
+    if notes:
+        fig.text(0.01, 0.005, "not shown - " + "\n".join(notes), fontsize=8, va="bottom")
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
@@ -211,7 +223,7 @@ def _panels(run: dict[str, Any]) -> list[tuple[str, str, list[str], Series]]:
         batches = sorted({r["batch"] for r in rows})
         cell = {(r["name"], r["batch"]): r["images_per_second"] for r in rows}
         series = [(f"batch {b}", [cell.get((n, b)) for n in names]) for b in batches]
-        out.append(("model only: throughput", "images/s", names, series))
+        out.append(("model only: throughput (higher is better)", "images/s", names, series))
     if "pipeline" in suites:
         rows = suites["pipeline"]["rows"]
         names = [r["name"] for r in rows]
@@ -220,14 +232,14 @@ def _panels(run: dict[str, Any]) -> list[tuple[str, str, list[str], Series]]:
             ("warm", [r.get("images_per_second") for r in rows]),
             ("cold (start-up incl.)", cold),
         ]
-        out.append(("folder of X-rays, end to end", "images/s", names, series))
-        lat = [r for r in rows if r.get("latency_ms")]
-        out.append(_percentiles("pipeline latency (per image; keras-batch: per batch)", lat))
+        out.append(("folder of X-rays, end to end (higher is better)", "images/s", names, series))
+        lat = [r for r in rows if r.get("latency_ms") and r.get("latency_unit") == "one image"]
+        out.append(_percentiles("latency per image (single-image calls)", lat))
     if "serve" in suites:
         rows = suites["serve"]["rows"]
         out.append(
             (
-                f"HTTP, {suites['serve']['concurrency']} concurrent clients",
+                f"HTTP, {suites['serve']['concurrency']} concurrent clients (higher is better)",
                 "requests/s",
                 [r["name"] for r in rows],
                 [("requests/s", [r["requests_per_second"] for r in rows])],
@@ -238,7 +250,7 @@ def _panels(run: dict[str, Any]) -> list[tuple[str, str, list[str], Series]]:
         rows = suites["startup"]["rows"]
         out.append(
             (
-                "cold start to first prediction",
+                "cold start to first prediction (lower is better)",
                 "seconds (median)",
                 [r["name"] for r in rows],
                 [("seconds", [r["seconds_median"] for r in rows])],
@@ -250,33 +262,41 @@ def _panels(run: dict[str, Any]) -> list[tuple[str, str, list[str], Series]]:
 def _percentiles(title: str, rows: list[Row]) -> tuple[str, str, list[str], Series]:
     names = [r["name"] for r in rows]
     series = [(p, [r["latency_ms"][p] for r in rows]) for p in ("p50", "p95", "p99")]
-    return title, "latency, ms", names, series
+    return f"{title} (lower is better)", "latency, ms", names, series
+
+
+def _fmt(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
 
 
 def _bars(ax: Any, title: str, xlabel: str, labels: list[str], series: Series) -> None:
-    """Horizontal grouped bars, log scale, each bar labelled with its value."""
+    """Horizontal grouped bars, each labelled with its value; log scale only when the values
+    span more than 20x, with plain-number ticks either way."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     n = len(series)
-    height = 0.8 / n
-    for i, (name, values) in enumerate(series):
+    height = min(0.8 / n, 0.45)
+    values = [v for _, vs in series for v in vs if v]
+    for i, (name, vs) in enumerate(series):
         ys = [j + (i - (n - 1) / 2) * height for j in range(len(labels))]
-        vals = [v or 0 for v in values]
-        bars = ax.barh(ys, vals, height=height, label=name)
-        for bar, v in zip(bars, values, strict=True):
+        bars = ax.barh(ys, [v or 0 for v in vs], height=height, label=name)
+        for bar, v in zip(bars, vs, strict=True):
             if v:
-                ax.text(
-                    bar.get_width(),
-                    bar.get_y() + bar.get_height() / 2,
-                    f" {v:.3g}",
-                    va="center",
-                    fontsize=7,
-                )
+                y = bar.get_y() + bar.get_height() / 2
+                ax.text(bar.get_width(), y, " " + _fmt(v), va="center", fontsize=7)
     ax.set_yticks(range(len(labels)))
     ax.set_yticklabels(labels, fontsize=9)
     ax.invert_yaxis()
-    ax.set_xscale("log")
+    if values and max(values) / min(values) > 20:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlim(min(values) / 1.5, max(values) * 3)
+    else:
+        ax.set_xlim(0, max(values or [1]) * 1.18)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=11)
-    ax.grid(axis="x", which="both", alpha=0.3)
+    ax.grid(axis="x", which="major", alpha=0.3)
     if n > 1:
         ax.legend(fontsize=8, loc="lower right")
-    ax.margins(x=0.15)

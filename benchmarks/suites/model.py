@@ -124,6 +124,8 @@ def tf_rows(ctx: Context, x: np.ndarray, skipped: dict[str, str]) -> dict[str, d
 
 def peak_efficiency(ctx: Context, ort_rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """GFLOP/s of onnxruntime fp32 at batch 32 vs the CPU's theoretical and measured peaks."""
+    if not has("onnx"):
+        return {"skipped": "counting FLOPs needs onnx: pip install 'pneumo-onnx[convert]'"}
     model = flops.model_flops(MODEL_DIR / VARIANT_FILES["fp32"])
     row = ort_rows.get("ort-fp32", {}).get("32")
     theory = flops.theoretical_peak(cpu(), ctx.threads)

@@ -58,7 +58,11 @@ def installed_mb(names: set[str]) -> float:
 
 
 def sizes() -> dict[str, Any]:
+    if not has("packaging"):
+        return {"skipped": "reading requirements needs packaging: pip install packaging"}
     engine = closure(["pneumo-onnx"])
+    if not engine:
+        return {"skipped": "pneumo-onnx is not installed here (pip install -e .)"}
     out: dict[str, Any] = {
         "tensorflow_free": {"mb": installed_mb(engine), "distributions": len(engine)},
         "method": "sum of the RECORD files of the installed dependency closure",
