@@ -129,3 +129,12 @@ def model_facts(model_dir: Path = MODEL_DIR) -> dict[str, Any]:
     if KERAS_MODEL.is_file():
         files[KERAS_MODEL.name] = sha256_file(KERAS_MODEL)
     return {"dir": str(model_dir.relative_to(ROOT)), "sha256": files}
+
+
+def prepare_cuda() -> None:
+    """Load the CUDA/cuDNN libraries that pip wheels provide (onnxruntime >= 1.21), so a
+    CUDA session finds them without LD_LIBRARY_PATH; a no-op on older onnxruntime."""
+    import onnxruntime as ort
+
+    if hasattr(ort, "preload_dlls") and "CUDAExecutionProvider" in ort.get_available_providers():
+        ort.preload_dlls()

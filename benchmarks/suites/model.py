@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import flops
-from benchmarks.environment import KERAS_MODEL, MODEL_DIR, cpu
+from benchmarks.environment import KERAS_MODEL, MODEL_DIR, cpu, prepare_cuda
 from benchmarks.suites import NO_KERAS, Context, has
 from benchmarks.timing import ProcessFailed, json_from_stdout, measure, ratio, run_process
 from engine.contract import Contract
@@ -57,6 +57,7 @@ def ort_cuda_rows(ctx: Context, x: np.ndarray) -> dict[str, dict[str, Any]]:
     timed call is one `run_with_iobinding` plus its synchronisation."""
     import onnxruntime as ort
 
+    prepare_cuda()
     rows: dict[str, dict[str, Any]] = {}
     for variant in CUDA_VARIANTS:
         session = create_session(MODEL_DIR / VARIANT_FILES[variant], device="cuda")
