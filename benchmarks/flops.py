@@ -83,7 +83,7 @@ def theoretical_peak(cpu: dict[str, Any], threads: int) -> dict[str, Any]:
     }
 
 
-def measured_peak(n: int = 2048, repeats: int = 5) -> dict[str, Any]:
+def numpy_peak(n: int = 2048, repeats: int = 10) -> dict[str, Any]:
     """Best sgemm GFLOP/s of numpy's BLAS on an n x n float32 matmul, all its threads."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
@@ -94,6 +94,42 @@ def measured_peak(n: int = 2048, repeats: int = 5) -> dict[str, Any]:
         "gflops": round(2 * n**3 / best / 1e9, 1),
         "method": f"numpy float32 matmul {n}x{n}, best of {repeats} (BLAS threads: "
         f"{os.environ.get('OPENBLAS_NUM_THREADS', 'default = all cores')})",
+    }
+
+
+def onnxruntime_peak(threads: int, n: int = 2048, repeats: int = 10) -> dict[str, Any]:
+    """Best GFLOP/s of onnxruntime's own sgemm (MLAS, the kernels its Conv runs on) on an
+    n x n float32 MatMul graph, `threads` intra-op threads with spinning."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from engine.session import session_options
+
+    rng = np.random.default_rng(0)
+    b = numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        "sgemm",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])],
+        [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])],
+        [b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    session = ort.InferenceSession(
+        model.SerializeToString(),
+        sess_options=session_options(threads, spinning=True),
+        providers=["CPUExecutionProvider"],
+    )
+    feed = {"a": rng.standard_normal((n, n), dtype=np.float32)}
+    session.run(None, feed)  # warm-up
+    best = min(_timed(lambda: session.run(None, feed)) for _ in range(repeats))
+    return {
+        "gflops": round(2 * n**3 / best / 1e9, 1),
+        "method": f"onnxruntime MatMul {n}x{n} float32 (MLAS sgemm), {threads} threads, "
+        f"best of {repeats}",
     }
 
 

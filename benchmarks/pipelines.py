@@ -134,7 +134,7 @@ def main() -> None:
                 start = time.perf_counter()
                 single(p)
                 latencies.append(time.perf_counter() - start)
-    else:  # the batch pipeline has no per-image call: time each batch of a warm pass
+    elif single is None:  # the batch pipeline has no per-image call: time each warm batch
         for i in range(0, len(paths), BATCH):
             start = time.perf_counter()
             folder_pass(paths[i : i + BATCH])

@@ -108,7 +108,8 @@ def model_tables(result: dict[str, Any]) -> list[str]:
             f"{peak['theoretical_peak']['flop_per_cycle_per_core']} FLOP/cycle x "
             f"{peak['theoretical_peak']['ghz']} GHz; {peak['theoretical_peak']['assumption']}), "
             f"**{peak['percent_of_measured_peak']}%** of the measured peak "
-            f"{peak['measured_peak']['gflops']} GFLOP/s ({peak['measured_peak']['method']}).",
+            f"{peak['measured_peak']['gflops']} GFLOP/s ({peak['measured_peak']['method']}; "
+            f"implies >= {peak['measured_peak']['implied_clock_ghz']} GHz under load).",
         ]
     return lines
 

@@ -81,6 +81,35 @@ def test_plain_install_is_tensorflow_free_and_names_the_extra(tmp_path: Path) ->
         info.returncode == 0 and "site-packages/engine/models/pneumonia/1/model.onnx" in info.stdout
     )
 
+    # The benchmark harness runs its engine rows without TensorFlow and says why the rest
+    # (Keras baselines, FLOP count, chart) are skipped.
+    bench = subprocess.run(
+        [
+            bin_dir / "python",
+            "-m",
+            "benchmarks",
+            "--suite",
+            "model,pipeline",
+            "--images",
+            "engine/samples",
+            "--max-images",
+            "2",
+            "--repeats",
+            "1",
+            "--batch-sizes",
+            "1",
+            "--out",
+            str(tmp_path / "bench"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    assert "| ort-fp32 | " in bench.stdout and "| engine-fast | " in bench.stdout
+    assert "skipped `keras-predict`: TensorFlow/Keras not installed" in bench.stdout
+    assert "skipped `keras-batch`: TensorFlow/Keras not installed" in bench.stdout
+
     size = venv_size_mb(venv)
     print(f"TensorFlow-free venv: {size:.0f} MB")
     assert size < 400
