@@ -195,17 +195,17 @@ def chart(run: dict[str, Any], path: Path) -> str:
         fontsize=12,
     )
     notes = [
-        f"{suite}/{s['name']}: {s['reason'][:110]}"
+        f"{suite}/{s['name']}: {s['reason'][:150]}"
         for suite, result in run["suites"].items()
         for s in result.get("skipped", [])
     ] + [
-        f"{suite}: {result['status']}: {result['reason'][:110]}"
+        f"{suite}: {result['status']}: {result['reason'][:150]}"
         for suite, result in run["suites"].items()
         if result["status"] != "ok"
     ]
-    bottom = 0.012 * (len(notes) + 1) if notes else 0
+    bottom = 0.014 * (len(notes) + 2) if notes else 0
     if notes:
-        fig.text(0.01, 0.005, "not shown - " + "\n".join(notes), fontsize=8, va="bottom")
+        fig.text(0.01, 0.005, "not shown:\n" + "\n".join(notes), fontsize=8, va="bottom")
     fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -300,4 +300,4 @@ def _bars(ax: Any, title: str, xlabel: str, labels: list[str], series: Series) -
     ax.set_title(title, fontsize=11)
     ax.grid(axis="x", which="major", alpha=0.3)
     if n > 1:
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
