@@ -89,6 +89,39 @@ def test_plain_install_is_tensorflow_free_and_names_the_extra(tmp_path: Path) ->
     )
     assert monitor.returncode == 2 and "error: no prediction log at none.db" in monitor.stderr
 
+    # The benchmark harness (checkout only) runs its engine rows on the installed engine
+    # without TensorFlow, and says why the rest (Keras baselines, FLOP count, chart) is skipped.
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "benchmarks").symlink_to(ROOT / "benchmarks")
+    bench = subprocess.run(
+        [
+            bin_dir / "python",
+            "-m",
+            "benchmarks",
+            "--suite",
+            "model,pipeline",
+            "--images",
+            str(ROOT / "engine" / "samples"),
+            "--max-images",
+            "2",
+            "--repeats",
+            "1",
+            "--batch-sizes",
+            "1",
+            "--out",
+            str(tmp_path / "bench"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(shim)},
+    )
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    assert "| ort-fp32 | " in bench.stdout and "| engine-fast | " in bench.stdout
+    assert "skipped `keras-predict`: TensorFlow/Keras not installed" in bench.stdout
+    assert "skipped `keras-batch`: TensorFlow/Keras not installed" in bench.stdout
+
     size = venv_size_mb(venv)
     print(f"TensorFlow-free venv: {size:.0f} MB")
     assert size < 400

@@ -1,0 +1,38 @@
+"""The benchmark suites. Each is a function `run(ctx) -> dict` returning flat `rows` (one per
+measured configuration, with the suite's baseline row among them), `skipped` rows with their
+reason, and suite-level figures; a suite that cannot run at all raises `Skip`."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class Skip(Exception):
+    """The whole suite cannot run here: the message says why (a missing extra, no GPU...)."""
+
+
+@dataclass
+class Context:
+    """What every suite gets from the command line."""
+
+    images: list[Path]
+    folder: Path
+    workdir: Path
+    threads: int
+    repeats: int = 5
+    warmup: int = 2
+    device: str = "cpu"
+    batches: list[int] = field(default_factory=lambda: [1, 8, 32, 128])
+    requests: int = 400
+    concurrency: int = 16
+    serve_targets: list[str] = field(default_factory=lambda: ["pneumo", "flask-keras"])
+
+
+def has(module: str) -> bool:
+    """Whether a module can be imported, without importing it (TensorFlow takes seconds)."""
+    return importlib.util.find_spec(module) is not None
+
+
+NO_KERAS = "TensorFlow/Keras not installed: pip install 'pneumo-onnx[convert]'"

@@ -1,0 +1,140 @@
+"""`serve`: the same bounded load (fixed request count and concurrency, full-resolution JPEG
+uploads, benchmarks.loadgen in its own process) against `pneumo serve` and against the
+seed-style Flask + Keras server (benchmarks.seed_server, Flask's threaded dev server), each
+started here on a free loopback port and stopped after its run. Baseline: Flask + Keras.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from benchmarks.suites import NO_KERAS, Context, has
+from benchmarks.timing import ProcessFailed, json_from_stdout, ratio, run_process
+
+BASELINE = "flask-keras"
+READY_TIMEOUT = 180.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pneumo_serve_missing() -> str | None:
+    """Why `pneumo serve` cannot be benchmarked here, or None if the command exists."""
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve", "--help"], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"this engine.cli has no 'serve' command (`pneumo serve --help`: {tail})"
+    return None
+
+
+def server_argv(target: str, port: int) -> list[str]:
+    if target == "pneumo":
+        return [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+    return [sys.executable, "-m", "benchmarks.seed_server", "--port", str(port)]
+
+
+def wait_ready(proc: subprocess.Popen, port: int, log: Path) -> float:
+    """Seconds until GET /health answers 200; raises if the server dies or never gets there."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < READY_TIMEOUT:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise ProcessFailed(f"server exited {proc.returncode} before ready: {tail[0]}")
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return time.perf_counter() - start
+        except OSError:
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.2)
+    raise ProcessFailed(f"server not ready after {READY_TIMEOUT:.0f} s")
+
+
+@contextlib.contextmanager
+def server(target: str, workdir: Path) -> Iterator[tuple[subprocess.Popen, int, float]]:
+    port = free_port()
+    log = workdir / f"server-{target}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(server_argv(target, port), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc, port, wait_ready(proc, port, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def load(ctx: Context, target: str) -> dict[str, Any]:
+    with server(target, ctx.workdir) as (proc, port, ready):
+        argv = [
+            sys.executable,
+            "-m",
+            "benchmarks.loadgen",
+            f"http://127.0.0.1:{port}",
+            str(ctx.folder),
+            f"--requests={ctx.requests}",
+            f"--concurrency={ctx.concurrency}",
+            f"--pid={proc.pid}",
+        ]
+        report = json_from_stdout(run_process(argv)["stdout"])
+    return {"name": target, "ready_seconds": round(ready, 2), **report}
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    rows: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    for target in ctx.serve_targets:
+        if target == "pneumo":
+            reason = pneumo_serve_missing()
+        elif not (has("keras") and has("tensorflow")):
+            reason = NO_KERAS
+        elif not has("flask"):
+            reason = "Flask not installed: pip install 'pneumo-onnx[bench]'"
+        else:
+            reason = None
+        if reason:
+            skipped[target] = reason
+            continue
+        try:
+            rows[target] = load(ctx, target)
+        except ProcessFailed as e:
+            skipped[target] = str(e)
+    base = rows.get(BASELINE, {}).get("requests_per_second")
+    for row in rows.values():
+        row["ratio_to_baseline"] = ratio(row["requests_per_second"], base)
+    return {
+        "baseline": BASELINE,
+        "baseline_server": "Flask threaded development server (app.run, as the seed guide runs it)",
+        "requests": ctx.requests,
+        "concurrency": ctx.concurrency,
+        "rows": list(rows.values()),
+        "skipped": [{"name": k, "reason": v} for k, v in skipped.items()],
+    }
