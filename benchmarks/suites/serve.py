@@ -40,7 +40,9 @@ def pneumo_serve_missing() -> str | None:
     return None
 
 
-def server_argv(target: str, port: int) -> list[str]:
+def server_argv(target: str, port: int, workdir: Path) -> list[str]:
+    """The command line of each server; `pneumo serve` with its result cache off, so repeated
+    images are scored like new ones (as the baseline does)."""
     if target == "pneumo":
         return [
             sys.executable,
@@ -51,6 +53,10 @@ def server_argv(target: str, port: int) -> list[str]:
             "127.0.0.1",
             "--port",
             str(port),
+            "--cache-size",
+            "0",
+            "--state-dir",
+            str(workdir / "pneumo-state"),
         ]
     return [sys.executable, "-m", "benchmarks.seed_server", "--port", str(port)]
 
@@ -80,7 +86,7 @@ def server(target: str, workdir: Path) -> Iterator[tuple[subprocess.Popen, int, 
     port = free_port()
     log = workdir / f"server-{target}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(server_argv(target, port), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(server_argv(target, port, workdir), stdout=out, stderr=subprocess.STDOUT)
     try:
         yield proc, port, wait_ready(proc, port, log)
     finally:
