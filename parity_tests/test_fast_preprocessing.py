@@ -9,7 +9,7 @@ import numpy as np
 
 from engine import Engine
 
-MAX_SCORE_DIFF = 0.02  # measured: 0.005 with the trained model on the 200 full-res X-rays
+MAX_SCORE_DIFF = 0.02  # measured: 0.012 with the trained model on the 200 full-res X-rays
 NEAR_THRESHOLD = MAX_SCORE_DIFF  # labels may differ only where the reference score is this close
 
 
