@@ -86,7 +86,9 @@ def server(target: str, workdir: Path) -> Iterator[tuple[subprocess.Popen, int, 
     port = free_port()
     log = workdir / f"server-{target}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(server_argv(target, port, workdir), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            server_argv(target, port, workdir), stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         yield proc, port, wait_ready(proc, port, log)
     finally:
