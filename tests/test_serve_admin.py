@@ -216,3 +216,14 @@ def test_bad_serve_options_are_usage_errors(tmp_path: Path) -> None:
     assert main(["serve", "--ssl-certfile", str(tmp_path / "c.pem")]) == 2
     (tmp_path / "keys").write_text("short\n")
     assert main(["serve", "--api-key-file", str(tmp_path / "keys")]) == 2
+
+
+def test_several_worker_processes(tmp_path: Path) -> None:
+    srv = ServerProcess(tmp_path, "--workers", "2", "--state-dir", "state").start()
+    try:
+        data = SAMPLE.read_bytes()
+        for _ in range(6):
+            r = httpx.post(f"{srv.url}/predict", files={"image": ("a.jpeg", data)}, timeout=30)
+            assert r.status_code == 200
+    finally:
+        assert srv.stop() == 0
