@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from engine.errors import UsageError
-from engine.preprocess import list_images
+from engine.preprocess import IMAGE_SUFFIXES, list_images
 from engine.scorer import Engine, check_batch_options
 
 COLUMNS = ["image_path", "prediction", "confidence", "raw_score", "threshold", "error"]
@@ -121,6 +121,12 @@ def run_batch(
         raise UsageError(f"{folder.name}: no such folder")
     check_batch_options(batch_size, workers)
     images = list_images(folder, recursive=recursive)
+    if not images:
+        nested = not recursive and bool(list_images(folder, recursive=True))
+        hint = ": its subfolders hold some, add --recursive" if nested else ""
+        raise UsageError(
+            f"no images in {folder.name} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}){hint}"
+        )
     writer = ResultWriter(output, resume, overwrite)
     todo = [p for p in images if str(p) not in writer.done]
     summary = Summary(skipped=len(images) - len(todo))

@@ -232,3 +232,15 @@ def test_progress_bar_only_on_a_terminal() -> None:
     assert pipe.getvalue() == ""
     line = tty.getvalue()
     assert line.startswith("\r[" + "#" * 30 + "] 10/10") and "img/s ETA 0:00" in line
+
+
+def test_batch_of_a_folder_without_images_says_why(model: str, tmp_path: Path, capsys) -> None:
+    (tmp_path / "scans" / "NORMAL").mkdir(parents=True)
+    Image.new("L", (80, 60), 90).save(tmp_path / "scans" / "NORMAL" / "a.png")
+    out = tmp_path / "results.csv"
+    assert main(["batch", str(tmp_path / "scans"), "-o", str(out), "--model", model]) == 2
+    assert "its subfolders hold some, add --recursive" in capsys.readouterr().err
+    assert not out.exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["batch", str(tmp_path / "empty"), "-o", str(out), "--model", model]) == 2
+    assert "no images in empty" in capsys.readouterr().err

@@ -35,7 +35,7 @@ MAX_TOTAL_BYTES = 512 * 2**20
 # shrank more than 100x and is over 1 MB unpacked is a decompression bomb, not a scan.
 MAX_RATIO = 100
 RATIO_MIN_BYTES = 2**20
-UPLOAD_SUFFIXES = IMAGE_SUFFIXES | {".dcm"}
+UPLOAD_SUFFIXES = IMAGE_SUFFIXES
 RESULT_FIELDS = ("prediction", "confidence", "raw_score", "threshold")
 CSV_COLUMNS = ("name", *RESULT_FIELDS, "error")
 
