@@ -7,6 +7,8 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import onnx
+import pytest
 
 from engine.manifest import read_manifest, sha256_file, verify_files
 from engine.repository import default_model_dir
@@ -23,6 +25,13 @@ def test_manifest_matches_the_shipped_files() -> None:
     assert {"model.onnx", "model.int8.onnx"} <= set(manifest["files"])
     assert manifest["source"]["sha256"] == sha256_file(MODELS / "pneumonia_cnn.keras")
     assert (version_dir.parent / "config.pbtxt").is_file()
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (default_model_dir() / "1").glob("*.onnx"))
+)
+def test_every_shipped_onnx_file_passes_the_checker(name: str) -> None:
+    onnx.checker.check_model(onnx.load(default_model_dir() / "1" / name), full_check=True)
 
 
 def test_shipped_onnx_matches_shipped_keras(real_batch: np.ndarray) -> None:
