@@ -95,7 +95,6 @@ def _int8(i: Inputs, keep_first_conv: bool) -> bytes:
 
 def _fp16(i: Inputs) -> bytes:
     from onnxruntime.transformers.float16 import convert_float_to_float16
-
     from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = convert_float_to_float16(
