@@ -146,6 +146,37 @@ def test_job_survives_a_restart_and_scores_each_image_once(
     assert [r["name"] for r in job["results"]] == [name for name, _ in items]
 
 
+def test_one_runner_per_store_the_other_stands_by(
+    tmp_path: Path, engine: Engine, items: list[tuple[str, bytes]]
+) -> None:
+    """Two servers (or --workers 2) on one state folder: one runs the jobs, the other takes
+    over when it stops; no image is scored twice."""
+    path = tmp_path / "jobs.db"
+    calls: dict[str, Counter[bytes]] = {"a": Counter(), "b": Counter()}
+
+    def counting(who: str) -> Callable[[list[bytes], float | None], list[dict[str, Any]]]:
+        def score(blobs: list[bytes], t: float | None) -> list[dict[str, Any]]:
+            calls[who].update(blobs)
+            return engine.predict_batch(blobs, threshold=t)
+
+        return score
+
+    a = JobRunner(JobStore(path), counting("a"), chunk=2, poll_seconds=0.01).start()
+    time.sleep(0.2)  # a holds the lock
+    b = JobRunner(JobStore(path), counting("b"), chunk=2, poll_seconds=0.01).start()
+    try:
+        first = JobStore(path).create(items)
+        wait_for(JobStore(path), first, "done")
+        assert sum(calls["a"].values()) == len(items) and not calls["b"]
+        a.stop()
+        second = JobStore(path).create(items[:3])
+        wait_for(JobStore(path), second, "done")
+        assert sum(calls["b"].values()) == 3
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_a_failing_scorer_fails_the_job_and_the_runner_goes_on(
     tmp_path: Path, engine: Engine, items: list[tuple[str, bytes]]
 ) -> None:

@@ -13,6 +13,7 @@ import csv
 import io
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -23,6 +24,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: one job runner per process, as configured
+    fcntl = None  # type: ignore[assignment]
 
 from engine.errors import ConflictError, NotFoundError, PneumoError, UsageError
 from engine.preprocess import IMAGE_SUFFIXES
@@ -296,8 +302,15 @@ class JobRunner:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
+        with _RunnerLock(self.store.path.with_name(self.store.path.name + ".runner")) as lock:
+            self._loop(lock)
+
+    def _loop(self, lock: _RunnerLock) -> None:
         while not self._stop.is_set():
             self._wake.clear()
+            if not lock.acquire():  # another process runs this store's jobs: stand by
+                self._wake.wait(self.poll_seconds)
+                continue
             try:
                 job = self.store.claim_next()
                 if job is not None:
@@ -330,6 +343,36 @@ class JobRunner:
                 self.store.finish(job_id, error="internal error while scoring (see server log)")
                 return
             self.store.save(job_id, [(idx, r) for (idx, _), r in zip(items, results, strict=True)])
+
+
+class _RunnerLock:
+    """One runner per job store across processes (`pneumo serve --workers N`, or two servers
+    sharing a state folder): an exclusive flock that the OS releases when its holder exits,
+    so a standby runner takes over the jobs of a worker that died."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        if self._fd is not None or fcntl is None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def __enter__(self) -> _RunnerLock:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None
 
 
 def items_from_upload(
