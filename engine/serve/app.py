@@ -106,12 +106,16 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.get_running_loop().create_task(_load(service, config, runner))
-        app.state.loading = loading
+        loading = None
+        if config.load_before_serving:  # --workers N: a worker takes requests only when ready
+            await _load(service, config, runner)
+        else:  # one process: live at once, ready when the model is
+            loading = asyncio.get_running_loop().create_task(_load(service, config, runner))
         try:
             yield
         finally:
-            loading.cancel()
+            if loading is not None:
+                loading.cancel()
             runner.request_stop()
             await service.close()
             loop = asyncio.get_running_loop()

@@ -34,6 +34,9 @@ class ServeConfig:
     rate_burst: int = 20
     state_dir: Path = Path("pneumo-state")
     log_images: bool = False
+    # Several worker processes share one socket, so a worker must not accept requests before
+    # its model is ready; a single process loads in the background and answers liveness meanwhile.
+    load_before_serving: bool = False
 
     def __post_init__(self) -> None:
         problems = []

@@ -7,6 +7,7 @@ process exits 0.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -56,6 +57,7 @@ def run(
     try:
         if workers > 1:
             # Each worker process builds its own app (and loads its own model) from the env.
+            config = dataclasses.replace(config, load_before_serving=True)
             os.environ[CONFIG_ENV] = config.to_json()
             uvicorn.run("engine.serve.app:app_from_env", factory=True, workers=workers, **options)
         else:
