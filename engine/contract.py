@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import ContractError
+from engine.errors import ContractError, UsageError
 
 CONTRACT_KEY = "pneumo.contract"
 PROVENANCE_KEY = "pneumo.provenance"
@@ -207,3 +207,13 @@ def _input_from_shape(name: str, shape: Sequence[int | str | None]) -> InputSpec
             "convert it with `pneumo convert --input-size`"
         )
     return InputSpec(name=name, layout=layout, height=h, width=w, channels=ch)
+
+
+def check_threshold(value: object) -> float:
+    """A caller's decision threshold as a float, or a UsageError: a finite number in [0, 1]
+    (bools and strings refused). The one check behind the engine, the server and the jobs."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UsageError(f"threshold must be a number in [0, 1], got {value!r}")
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise UsageError(f"threshold must be a finite number in [0, 1], got {value!r}")
+    return float(value)

@@ -12,7 +12,6 @@ GIL, and the Engine keeps no per-call state.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from engine.contract import Contract
+from engine.contract import Contract, check_threshold
 from engine.errors import PneumoError, UsageError, first_line
 from engine.preprocess import PREPROCESSORS, ImageSource, describe
 from engine.repository import ResolvedModel, resolve
@@ -104,7 +103,7 @@ class Engine:
 
     def predict(self, image: ImageSource, threshold: float | None = None) -> Result:
         """Score one image. Raises ImageError/UsageError for bad input (batch calls don't)."""
-        t = self._threshold(threshold)
+        t = self.resolve_threshold(threshold)
         score = float(self.scores(self.preprocess(image)[None])[0])
         return self.result(score, t)
 
@@ -132,7 +131,7 @@ class Engine:
         At most 2 x batch_size images are decoded ahead, so memory stays bounded for any
         number of inputs; the model runs on one batch while the pool decodes the next.
         """
-        t = self._threshold(threshold)
+        t = self.resolve_threshold(threshold)
         check_batch_options(batch_size, workers)
         workers = workers or os.cpu_count() or 1
         items = iter(enumerate(images))
@@ -195,18 +194,9 @@ class Engine:
 
     def resolve_threshold(self, threshold: float | None) -> float:
         """The given threshold, checked, or the model's default (for callers building results)."""
-        return self._threshold(threshold)
+        return self.contract.threshold if threshold is None else check_threshold(threshold)
 
     # --- internals -------------------------------------------------------------------------
-
-    def _threshold(self, threshold: float | None) -> float:
-        if threshold is None:
-            return self.contract.threshold
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
-            raise UsageError(f"threshold must be a number in [0, 1], got {threshold!r}")
-        if not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0):
-            raise UsageError(f"threshold must be a finite number in [0, 1], got {threshold!r}")
-        return float(threshold)
 
     def _prepare_safely(self, image: ImageSource) -> np.ndarray | str:
         """The tensor, or the error message: one bad image never fails a batch."""

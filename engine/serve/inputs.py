@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 
+from engine.contract import check_threshold
 from engine.errors import UsageError
 
 
@@ -17,9 +17,7 @@ def form_threshold(text: str | None) -> float | None:
         value = float(text)
     except ValueError:
         raise UsageError(f"threshold must be a number in [0, 1], got {text[:40]!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise UsageError(f"threshold must be a finite number in [0, 1], got {text[:40]!r}")
-    return value
+    return check_threshold(value)
 
 
 def b64decode(text: str) -> bytes:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 import os
 import sqlite3
 import threading
@@ -30,6 +29,7 @@ try:
 except ImportError:  # Windows has no flock: one job runner per process, as configured
     fcntl = None  # type: ignore[assignment]
 
+from engine.contract import check_threshold
 from engine.errors import ConflictError, NotFoundError, PneumoError, UsageError
 from engine.preprocess import IMAGE_SUFFIXES
 
@@ -101,12 +101,8 @@ class JobStore:
                 and isinstance(item[1], bytes | bytearray)
             ):
                 raise UsageError(f"expected (name, image bytes) pairs, got {type(item).__name__}")
-        if threshold is not None and (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, int | float)
-            or not (math.isfinite(threshold) and 0.0 <= threshold <= 1.0)
-        ):
-            raise UsageError(f"threshold must be a finite number in [0, 1], got {threshold!r}")
+        if threshold is not None:
+            threshold = check_threshold(threshold)
         job_id = uuid.uuid4().hex
         now = time.time()
         with self._db() as conn, conn:
