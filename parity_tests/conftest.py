@@ -17,7 +17,7 @@ from convert.pipeline import ConvertOptions, ConvertResult, convert  # noqa: E40
 from engine.contract import Contract  # noqa: E402
 from engine.preprocess import list_images, reference_batch  # noqa: E402
 from engine.sample_data import sample_images  # noqa: E402
-from models.pneumonia_cnn import build_model  # noqa: E402
+from models.training.pneumonia_cnn import build_model  # noqa: E402
 
 SHARED_FULLRES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fullres"
 FP32_TOLERANCE = 1e-5

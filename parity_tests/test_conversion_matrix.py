@@ -19,7 +19,7 @@ from convert.variants import VARIANTS
 from engine.contract import Contract
 from engine.preprocess import reference_batch
 from engine.session import create_session, run_batched
-from models.pneumonia_cnn import build_model
+from models.training.pneumonia_cnn import build_model
 from parity_tests.conftest import FP32_TOLERANCE
 
 L = keras.layers

@@ -123,7 +123,7 @@ def test_validate_against_a_different_model_fails(
     reference_repo: ConvertResult, tmp_path: Path, capsys
 ) -> None:
     from engine.cli import main
-    from models.pneumonia_cnn import build_model
+    from models.training.pneumonia_cnn import build_model
 
     other = tmp_path / "other.keras"
     build_model(seed=1).save(other)

@@ -1,8 +1,8 @@
 """Train the reference PneumoniaCNN on Kermany et al.'s chest X-rays (a developer tool, never CI).
 
-    python models/train.py --data ../shared/data/kermany224/train --out models/pneumonia_cnn.keras
+    python models/training/train.py --data ../shared/data/kermany224/train --out models/pneumonia_cnn.keras
     # smoke test, leaving the repository's split and report alone:
-    python models/train.py --data ../shared/data/kermany224/train --out /tmp/smoke.keras \\
+    python models/training/train.py --data ../shared/data/kermany224/train --out /tmp/smoke.keras \\
         --limit 300 --epochs 1 --split-file /tmp/split.txt --report /tmp/report.json
 
 `--data` holds one folder per label of the model contract (NORMAL/, PNEUMONIA/). Every image
@@ -30,7 +30,7 @@ from engine.contract import Contract
 from engine.metrics import evaluate
 from engine.preprocess import list_images, reference_pixels
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VAL_FRACTION = 0.15
 Item = tuple[str, int]  # (path relative to --data, label 0/1)
 
@@ -140,12 +140,12 @@ def jsonable(value: Any) -> Any:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if str(REPO) not in sys.path:  # run as `python models/train.py`: make `models` importable
+    if str(REPO) not in sys.path:  # run as a script: make `models` importable
         sys.path.insert(0, str(REPO))
     import keras
     import tensorflow as tf
 
-    from models.pneumonia_cnn import build_model
+    from models.training.pneumonia_cnn import build_model
 
     contract = Contract()
     items = list_items(args.data, contract)

@@ -1,8 +1,8 @@
 """Validation metrics of the shipped default model (fp32, int8, int8-full) on the fixed split.
 
-    python models/evaluate_validation.py --data ../shared/data/kermany224/train
+    python models/training/evaluate_validation.py --data ../shared/data/kermany224/train
 
-Reads models/validation_split.txt (written by models/train.py), scores those images with the
+Reads models/validation_split.txt (written by models/training/train.py), scores those images with the
 engine exactly as `pneumo evaluate` does (reference preprocessing: the training-time tensors),
 and writes models/validation_metrics.json, the source of the model card's figures.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from engine import Engine
 from engine.evaluate import evaluate_folder
 
-MODELS = Path(__file__).resolve().parent
+MODELS = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ deployment guide); four conv blocks with batch norm; global average pooling righ
 classifier, so a class activation map can be computed from the last conv block without
 TensorFlow; one sigmoid unit = P(PNEUMONIA). About 0.5 GFLOP per image.
 
-    python models/pneumonia_cnn.py --out build/pneumonia_cnn.keras
+    python models/training/pneumonia_cnn.py --out build/pneumonia_cnn.keras
 """
 
 from __future__ import annotations
