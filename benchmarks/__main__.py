@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def select_images(args: argparse.Namespace, workdir: Path) -> tuple[Path, list[Path]]:
     """The folder every suite reads; with --max-images, a folder of links to the first N."""
-    from engine.preprocess import list_images
+    from engine.runtime.listing import list_images
 
     folder = environment.image_folder(args.images)
     if not folder.is_dir():

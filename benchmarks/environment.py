@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from engine.manifest import sha256_file
+from engine.repository.manifest import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_FULLRES = ROOT.parent / "shared" / "data" / "fullres"

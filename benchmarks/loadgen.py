@@ -65,7 +65,7 @@ class Client:
             fields = set(json.loads(payload))
         except ValueError:
             return f"not JSON: {payload[:200]!r}"
-        return None if FIELDS <= fields else f"missing fields: {sorted(FIELDS - fields)}"
+        return None if fields >= FIELDS else f"missing fields: {sorted(FIELDS - fields)}"
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -135,7 +135,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.requests < 1 or args.concurrency < 1:
         parser.error("--requests and --concurrency must be at least 1")
-    from engine.preprocess import list_images
+    from engine.runtime.listing import list_images
 
     files = [p for p in list_images(args.images) if p.suffix.lower() in (".jpg", ".jpeg")]
     if not files:

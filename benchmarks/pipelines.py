@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
-    from engine.preprocess import list_images
+    from engine.runtime.listing import list_images
 
     paths = list_images(args.folder)
     report: dict[str, Any] = {"mode": args.mode, "images": len(paths)}

@@ -117,7 +117,7 @@ def model_tables(result: dict[str, Any]) -> list[str]:
 def suite_markdown(name: str, result: dict[str, Any]) -> list[str]:
     lines = [f"### {name}", ""]
     if result["status"] != "ok":
-        return lines + [f"**{result['status']}**: {result['reason']}", ""]
+        return [*lines, f"**{result['status']}**: {result['reason']}", ""]
     if result.get("baseline"):
         lines += [f"Baseline: `{result['baseline']}`. {result['seconds']:.0f} s.", ""]
     if name == "model":
@@ -137,7 +137,7 @@ def suite_markdown(name: str, result: dict[str, Any]) -> list[str]:
         lines += ["", f"```\n{_compact(extra)}\n```"]
     for s in result.get("skipped", []):
         lines += ["", f"- skipped `{s['name']}`: {s['reason']}"]
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _compact(d: dict[str, Any]) -> str:

@@ -20,10 +20,10 @@ from onnx import helper, numpy_helper
 from convert.detect import _is_graph_model, _walk_layers
 from convert.source import LoadedSource
 from convert.validate import CAM_TOLERANCE
-from engine.cam import FEATURE_OUTPUT, CamSpec
 from engine.contract import Contract
 from engine.errors import PneumoError
-from engine.session import create_session
+from engine.repository.cam import FEATURE_OUTPUT, CamSpec
+from engine.runtime.session import create_session
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,10 @@ from convert.report import Report
 from convert.repository import check_target, write_version
 from convert.source import LoadedSource, load_source
 from convert.validate import FP32_TOLERANCE, parity_check, runtime_checks, structure_checks
-from convert.variants import VARIANTS, Inputs, build_and_check
+from convert.variants import Inputs, build_and_check
 from engine.contract import PROVENANCE_KEY, Contract
-from engine.session import run_batched
+from engine.repository.variants import OPTIONAL_VARIANTS
+from engine.runtime.session import run_batched
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class ConvertOptions:
     name: str = "pneumonia"
     version: int | None = None
     opset: int = DEFAULT_OPSET
-    variants: Sequence[str] = tuple(VARIANTS)
+    variants: Sequence[str] = tuple(OPTIONAL_VARIANTS)
     overrides: Overrides = field(default_factory=Overrides)
     image_folders: Sequence[str] = ()
     tolerance: float = FP32_TOLERANCE
@@ -113,7 +114,7 @@ def convert_loaded(
         built = build_and_check(list(opts.variants), inputs, onnx_scores, keras_scores, report)
     report.raise_if_failed(f"{src.name} variants")
     for key, (data, variant_figures) in built.items():
-        filename = VARIANTS[key].filename
+        filename = OPTIONAL_VARIANTS[key].filename
         files[filename] = data
         figures[filename] = {"kind": key, **variant_figures}
 
@@ -125,12 +126,13 @@ def convert_loaded(
         **provenance,
         "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in report.checks],
     }
-    manifest["conversion_seconds"] = round(time.perf_counter() - start, 2)
+    seconds = round(time.perf_counter() - start, 2)
+    manifest["conversion_seconds"] = seconds
     version_dir, manifest = write_version(
         repo, opts.name, version, files, figures, manifest, contract
     )
     log.info("wrote %s in %.1f s", version_dir, manifest["conversion_seconds"])
-    return ConvertResult(version_dir, contract, report, manifest, manifest["conversion_seconds"])
+    return ConvertResult(version_dir, contract, report, manifest, seconds)
 
 
 def tool_versions() -> dict[str, str]:

@@ -9,8 +9,9 @@ import numpy as np
 
 from engine.contract import SCALINGS, Contract
 from engine.errors import UsageError
-from engine.preprocess import list_images, reference_pixels
-from engine.sample_data import sample_images
+from engine.runtime.listing import find_images
+from engine.runtime.preprocess import reference_pixels
+from engine.runtime.samples import sample_images
 
 MAX_PROBE_IMAGES = 64
 
@@ -20,13 +21,10 @@ def gather_images(folders: Sequence[str | Path], limit: int = MAX_PROBE_IMAGES) 
     over the sorted list so every class subfolder is represented."""
     found: list[Path] = []
     for folder in folders:
-        p = Path(folder)
-        if not p.is_dir():
-            raise UsageError(f"--images {p.name}: no such folder")
-        images = list_images(p)
-        if not images:
-            raise UsageError(f"--images {p.name}: no .jpg/.png/.bmp/.tif images in it")
-        found.extend(images)
+        try:
+            found.extend(find_images(folder))
+        except UsageError as e:
+            raise UsageError(f"--images: {e.message}") from e
     if len(found) > limit:
         idx = np.linspace(0, len(found) - 1, limit).round().astype(int)
         found = [found[i] for i in sorted(set(idx))]

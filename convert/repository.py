@@ -22,7 +22,7 @@ from typing import Any
 
 from engine.contract import Contract
 from engine.errors import RepositoryError, UsageError
-from engine.manifest import FORMAT, MANIFEST_NAME
+from engine.repository.manifest import FORMAT, MANIFEST_NAME
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_BATCH_SIZE = 64
@@ -37,8 +37,8 @@ def check_target(repo: Path, name: str, version: int | None) -> int:
     model_dir = repo / name
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=model_dir, prefix=".write-test-", delete=True)
-        probe.close()
+        with tempfile.NamedTemporaryFile(dir=model_dir, prefix=".write-test-", delete=True):
+            pass
     except FileExistsError as e:
         raise RepositoryError(
             f"cannot create model repository {repo.name}: a file is in the way"

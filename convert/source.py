@@ -7,6 +7,8 @@ SavedModel folders (Keras 2 `model.save(dir)`, Keras 3 `model.export(dir)`, plai
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -53,7 +55,7 @@ def load_source(path: str | os.PathLike, custom_objects: str | None = None) -> L
     """Load a model file or SavedModel folder; every failure is a typed, specific error."""
     p = Path(path)
     if not p.exists():
-        raise UsageError(f"{p.name}: no such model file or SavedModel folder")
+        raise UsageError(f"{path}: no such model file or SavedModel folder")
     objects = _custom_objects(custom_objects) if custom_objects else None
     if p.is_dir():
         return _load_savedmodel(p)
@@ -95,7 +97,7 @@ def sha256_path(p: Path) -> str:
         if p.is_dir():
             h.update(f.relative_to(p).as_posix().encode() + b"\0")
         with f.open("rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+            for chunk in iter(functools.partial(fh.read, 1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
 
@@ -208,10 +210,8 @@ def _keras_call(model: Any) -> Callable[[tf.Tensor], tf.Tensor]:
 
 def _keras_input_shape(model: Any, name: str) -> tuple[int | None, ...]:
     inputs = None
-    try:
+    with contextlib.suppress(AttributeError, ValueError):  # subclassed: no symbolic inputs
         inputs = model.inputs
-    except (AttributeError, ValueError):  # subclassed models have no symbolic inputs
-        pass
     if inputs:
         if len(inputs) != 1:
             raise ContractError(f"{name} has {len(inputs)} inputs: expected one image input")

@@ -14,11 +14,11 @@ import onnx
 import onnxruntime as ort
 
 from convert.report import CheckFailed, Figures, Report
-from engine.cam import CamSpec
 from engine.contract import Contract
 from engine.errors import ContractError, UsageError, first_line
-from engine.manifest import MANIFEST_NAME, read_manifest, sha256_file
-from engine.session import create_session, run_batched
+from engine.repository.cam import CamSpec
+from engine.repository.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from engine.runtime.session import create_session, run_batched
 
 FP32_TOLERANCE = 1e-5
 CAM_TOLERANCE = 1e-4  # score rebuilt from the CAM output vs the score, fp32
@@ -235,7 +235,7 @@ def validate_file(
 
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"{p.name}: no such ONNX file")
+        raise UsageError(f"{path}: no such ONNX file")
     report = Report(subject=p.name)
     data = p.read_bytes()
     parsed: list[onnx.ModelProto] = []

@@ -1,4 +1,5 @@
-"""Model variants built from the validated fp32 model, each checked on real images.
+"""How each variant of engine.repository.variants.VARIANTS is built from the validated fp32
+model, and the gate each must pass on real images (the table holds names, files and gates).
 
 int8 (static QDQ, per-channel, calibrated on real X-rays) for fast CPUs, fp16 for CUDA (fp32
 inputs/outputs kept), TFLite fp32 and dynamic-range quantized TFLite for edge devices, and the
@@ -23,7 +24,8 @@ from convert.report import CheckFailed, Figures, Report
 from convert.source import LoadedSource
 from engine.contract import Contract
 from engine.errors import UsageError, first_line
-from engine.session import create_session, run_batched
+from engine.repository.variants import OPTIONAL_VARIANTS, Variant
+from engine.runtime.session import create_session, run_batched
 
 
 @dataclass(frozen=True)
@@ -36,18 +38,6 @@ class Inputs:
     contract: Contract
     real: np.ndarray  # real X-rays, reference-preprocessed: calibration and checking
     workdir: Path
-
-
-@dataclass(frozen=True)
-class Variant:
-    key: str
-    filename: str
-    runtime: str  # which runtime loads it: onnxruntime | tflite
-    compare_to: str  # onnx (the fp32 ONNX) | keras (the original model)
-    max_score_diff: float
-    min_agreement: float
-    build: Callable[[Inputs], bytes]
-    about: str
 
 
 def _int8(i: Inputs, keep_first_conv: bool) -> bytes:
@@ -134,85 +124,29 @@ def _tflite(i: Inputs, quantize: bool) -> bytes:
         return bytes(converter.convert())
 
 
-VARIANTS: dict[str, Variant] = {
-    v.key: v
-    for v in (
-        Variant(
-            "int8",
-            "model.int8.onnx",
-            "onnxruntime",
-            "onnx",
-            0.05,
-            0.99,
-            lambda i: _int8(i, keep_first_conv=True),
-            "static QDQ int8, per-channel weights, calibrated on real X-rays; first conv fp32",
-        ),
-        Variant(
-            "int8-full",
-            "model.int8-full.onnx",
-            "onnxruntime",
-            "onnx",
-            0.5,  # gated on label agreement: single scores near the middle move by up to ~0.3
-            0.99,
-            lambda i: _int8(i, keep_first_conv=False),
-            "static QDQ int8, every layer quantized: fastest on VNNI CPUs, least faithful",
-        ),
-        Variant(
-            "fp16",
-            "model.fp16.onnx",
-            "onnxruntime",
-            "onnx",
-            5e-3,
-            0.99,
-            _fp16,
-            "fp16 weights and compute for CUDA; fp32 inputs and outputs",
-        ),
-        Variant(
-            "tflite",
-            "model.tflite",
-            "tflite",
-            "keras",
-            1e-5,
-            1.0,
-            lambda i: _tflite(i, quantize=False),
-            "TensorFlow Lite fp32",
-        ),
-        Variant(
-            "tflite-dynamic",
-            "model.dynamic.tflite",
-            "tflite",
-            "keras",
-            0.05,
-            0.99,
-            lambda i: _tflite(i, quantize=True),
-            "TensorFlow Lite, dynamic-range int8 weights",
-        ),
-        Variant(
-            "ort",
-            "model.ort",
-            "onnxruntime",
-            "onnx",
-            1e-5,
-            1.0,
-            _ort_format,
-            "ORT format (basic optimizations) for onnxruntime mobile builds",
-        ),
-    )
+BUILDERS: dict[str, Callable[[Inputs], bytes]] = {
+    "int8": lambda i: _int8(i, keep_first_conv=True),
+    "int8-full": lambda i: _int8(i, keep_first_conv=False),
+    "fp16": _fp16,
+    "tflite": lambda i: _tflite(i, quantize=False),
+    "tflite-dynamic": lambda i: _tflite(i, quantize=True),
+    "ort": _ort_format,
 }
+assert set(BUILDERS) == set(OPTIONAL_VARIANTS), "every optional variant needs a builder"
 
 
 def parse_variants(text: str) -> list[str]:
     """`all`, `none`, or a comma list of variant keys."""
     if text == "all":
-        return list(VARIANTS)
+        return list(OPTIONAL_VARIANTS)
     if text in ("", "none"):
         return []
     keys = [k.strip() for k in text.split(",") if k.strip()]
-    unknown = [k for k in keys if k not in VARIANTS]
+    unknown = [k for k in keys if k not in OPTIONAL_VARIANTS]
     if unknown:
         raise UsageError(
             f"--variants: unknown {', '.join(unknown)}; "
-            f"choose from {', '.join(VARIANTS)}, all, none"
+            f"choose from {', '.join(OPTIONAL_VARIANTS)}, all, none"
         )
     return list(dict.fromkeys(keys))
 
@@ -227,14 +161,14 @@ def build_and_check(
     """Build each variant and gate it against its reference on the real images."""
     built: dict[str, tuple[bytes, Figures]] = {}
     for key in keys:
-        v = VARIANTS[key]
+        v = OPTIONAL_VARIANTS[key]
         holder: list[tuple[bytes, Figures]] = []
 
         def check(
             v: Variant = v, holder: list[tuple[bytes, Figures]] = holder
         ) -> tuple[str, Figures]:
             try:
-                data = v.build(inputs)
+                data = BUILDERS[v.key](inputs)
             except Exception as e:  # quantizers and converters raise anything
                 raise CheckFailed(f"building {v.key} failed: {first_line(e)}") from e
             if v.filename.endswith(".onnx"):
@@ -272,7 +206,7 @@ def compare(scores: np.ndarray, reference: np.ndarray, threshold: float) -> Figu
     return {
         "label_agreement": agree,
         "max_score_diff": float(np.max(np.abs(scores - reference))) if len(scores) else 0.0,
-        "images": int(len(scores)),
+        "images": len(scores),
     }
 
 

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from engine.scorer import Engine
+    from engine.runtime.engine import Engine
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: `import engine` (and `pneumo --help`) stays free of onnxruntime's import cost.
     if name == "Engine":
-        from engine.scorer import Engine
+        from engine.runtime.engine import Engine
 
         return Engine
     raise AttributeError(f"module 'engine' has no attribute {name!r}")

@@ -140,8 +140,16 @@ class Contract:
 
     def label(self, score: float, threshold: float | None = None) -> str:
         """Label for a score; a score exactly at the threshold is negative, as in the seed."""
+        return self.decide(score, threshold)[0]
+
+    def decide(self, score: float, threshold: float | None = None) -> tuple[str, float]:
+        """THE decision: (label, confidence) for P(positive) `score`. Positive only when the
+        score is strictly above the threshold (as the seed did); confidence is the probability
+        of the label given."""
         t = self.threshold if threshold is None else threshold
-        return self.positive_label if score > t else self.negative_label
+        if score > t:
+            return self.positive_label, float(score)
+        return self.negative_label, float(1.0 - score)
 
     def with_threshold(self, threshold: float) -> Contract:
         return replace(self, threshold=threshold)

@@ -1,8 +1,9 @@
-"""The one exception hierarchy of pneumo-onnx.
+"""The one exception hierarchy of pneumo-onnx (the ground floor: it imports nothing of ours).
 
 Every error a user can cause carries a message meant for that user and an exit code. The CLI
-turns them into `message + exit code` in exactly one place (`engine.cli.main`); nothing else
-catches them to print.
+turns them into `message + exit code` in exactly one place (`engine.cli.main`), the server into
+an HTTP status in exactly one place (`engine.serve.http_errors`); nothing else catches them to
+print or answer.
 """
 
 from __future__ import annotations
@@ -47,6 +48,27 @@ class NotFoundError(UsageError):
 class ConflictError(UsageError):
     """The thing exists but its state does not allow this yet: a job's results before it is
     done (HTTP 409)."""
+
+
+class FileAccessError(UsageError):
+    """A file or folder the user named cannot be read or written: "cannot write NAME: reason".
+
+    `name` is what the user typed (or a file's bare name): never a path the user did not give.
+    """
+
+    def __init__(self, action: str, name: object, reason: BaseException | str) -> None:
+        if isinstance(reason, OSError):
+            reason = reason.strerror or str(reason)
+        super().__init__(f"cannot {action} {name}: {reason}")
+
+
+class Overloaded(PneumoError):
+    """Too much work in flight (a full queue, a server shutting down): try again later. The
+    server answers 503 with `Retry-After: retry_after`."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ModelLoadError(PneumoError):

@@ -15,8 +15,9 @@ require("parity tests", ("tensorflow", "tf2onnx", "onnx"))
 
 from convert.pipeline import ConvertOptions, ConvertResult, convert  # noqa: E402
 from engine.contract import Contract  # noqa: E402
-from engine.preprocess import list_images, reference_batch  # noqa: E402
-from engine.sample_data import sample_images  # noqa: E402
+from engine.runtime.listing import list_images  # noqa: E402
+from engine.runtime.preprocess import reference_batch  # noqa: E402
+from engine.runtime.samples import sample_images  # noqa: E402
 from models.training.pneumonia_cnn import build_model  # noqa: E402
 
 SHARED_FULLRES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fullres"

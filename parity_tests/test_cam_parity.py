@@ -13,10 +13,10 @@ import pytest
 
 from convert.pipeline import ConvertOptions, convert_loaded
 from convert.source import from_keras_model
-from convert.variants import VARIANTS
-from engine.cam import CAM_KEY, FEATURE_OUTPUT
-from engine.heatmap import cam_spec, class_activation_map
-from engine.scorer import Engine
+from engine.explain.heatmap import cam_spec, class_activation_map
+from engine.repository.cam import CAM_KEY, FEATURE_OUTPUT
+from engine.repository.variants import OPTIONAL_VARIANTS
+from engine.runtime.engine import Engine
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 CAM_TOLERANCE = 1e-4
@@ -111,4 +111,4 @@ def test_shipped_variants_carry_the_feature_map() -> None:
         spec = cam_spec(engine)
         assert spec is not None, key
         assert [o.name for o in engine.session.get_outputs()] == ["score", FEATURE_OUTPUT]
-        assert VARIANTS[key].filename == engine.model.path.name
+        assert OPTIONAL_VARIANTS[key].filename == engine.model.path.name

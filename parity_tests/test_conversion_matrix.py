@@ -15,10 +15,10 @@ import tf_keras
 from convert.detect import Overrides
 from convert.pipeline import ConvertOptions, convert
 from convert.source import load_source
-from convert.variants import VARIANTS
 from engine.contract import Contract
-from engine.preprocess import reference_batch
-from engine.session import create_session, run_batched
+from engine.repository.variants import OPTIONAL_VARIANTS
+from engine.runtime.preprocess import reference_batch
+from engine.runtime.session import create_session, run_batched
 from models.training.pneumonia_cnn import build_model
 from parity_tests.conftest import FP32_TOLERANCE
 
@@ -198,7 +198,7 @@ def test_convert_and_match(case: Case, tmp_path: Path, real_images: list[Path]) 
     spread = np.ptp(contract.scores(expected))
     assert spread > 1e-6, "outputs are constant: this parity check would prove nothing"
     for key in case.variants:
-        entry = result.manifest["files"][VARIANTS[key].filename]
+        entry = result.manifest["files"][OPTIONAL_VARIANTS[key].filename]
         assert entry["max_score_diff"] <= FP32_TOLERANCE, key
 
 

@@ -13,11 +13,11 @@ import onnx
 import pytest
 
 from convert.pipeline import ConvertResult
-from convert.variants import VARIANTS
-from engine.cam import CAM_KEY
 from engine.contract import CONTRACT_KEY, PROVENANCE_KEY, Contract
-from engine.manifest import read_manifest, sha256_file, verify_files
-from engine.session import create_session, run_batched
+from engine.repository.cam import CAM_KEY
+from engine.repository.manifest import read_manifest, sha256_file, verify_files
+from engine.repository.variants import OPTIONAL_VARIANTS
+from engine.runtime.session import create_session, run_batched
 from parity_tests.conftest import FP32_TOLERANCE
 
 
@@ -69,7 +69,8 @@ def test_repository_layout_manifest_and_triton_config(reference_repo: ConvertRes
     version_dir = reference_repo.version_dir
     assert version_dir.name == "1"
     manifest = read_manifest(version_dir)
-    assert set(manifest["files"]) == {"model.onnx", *(v.filename for v in VARIANTS.values())}
+    files = {"model.onnx", *(v.filename for v in OPTIONAL_VARIANTS.values())}
+    assert set(manifest["files"]) == files
     assert verify_files(version_dir, manifest) == []
     assert all(c["passed"] for c in manifest["checks"])
     config = (version_dir.parent / "config.pbtxt").read_text()

@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
-from engine.manifest import read_manifest, sha256_file, verify_files
-from engine.repository import default_model_dir
-from engine.session import create_session, run_batched
+from engine.repository.manifest import read_manifest, sha256_file, verify_files
+from engine.repository.resolve import default_model_dir
+from engine.runtime.session import create_session, run_batched
 from parity_tests.conftest import FP32_TOLERANCE
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -27,9 +27,7 @@ def test_manifest_matches_the_shipped_files() -> None:
     assert (version_dir.parent / "config.pbtxt").is_file()
 
 
-@pytest.mark.parametrize(
-    "name", sorted(p.name for p in (default_model_dir() / "1").glob("*.onnx"))
-)
+@pytest.mark.parametrize("name", sorted(p.name for p in (default_model_dir() / "1").glob("*.onnx")))
 def test_every_shipped_onnx_file_passes_the_checker(name: str) -> None:
     onnx.checker.check_model(onnx.load(default_model_dir() / "1" / name), full_check=True)
 

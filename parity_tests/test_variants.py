@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from convert.pipeline import ConvertResult
-from convert.variants import VARIANTS, run_tflite
+from convert.variants import run_tflite
 from engine.contract import Contract
-from engine.session import create_session, run_batched
+from engine.repository.variants import OPTIONAL_VARIANTS
+from engine.runtime.session import create_session, run_batched
 from parity_tests.conftest import FP32_TOLERANCE
 
 
@@ -81,7 +82,7 @@ def test_tflite_dynamic_range_agrees_with_keras(reference_repo, real_batch, kera
 
 def test_manifest_records_variant_figures(reference_repo: ConvertResult) -> None:
     files = reference_repo.manifest["files"]
-    for name in (variant.filename for variant in VARIANTS.values()):
+    for name in (variant.filename for variant in OPTIONAL_VARIANTS.values()):
         entry = files[name]
         assert {"label_agreement", "max_score_diff", "images", "bytes", "reference"} <= set(entry)
         assert entry["images"] >= 6

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from engine.contract import Contract
-from engine.sample_data import sample_images
+from engine.runtime.samples import sample_images
 
 
 def tiny_model(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -55,7 +56,7 @@ def test_without_the_convert_extra_the_message_names_it(tmp_path, command) -> No
 
 
 def test_ray_without_the_ray_extra_names_it(tmp_path) -> None:
-    from engine.sample_data import SAMPLES_DIR
+    from engine.runtime.samples import SAMPLES_DIR
 
     code = (
         "import sys; sys.modules['ray'] = None\n"
@@ -70,3 +71,35 @@ def test_ray_without_the_ray_extra_names_it(tmp_path) -> None:
         "needs the 'ray' extra" in proc.stderr and "pip install 'pneumo-onnx[ray]'" in proc.stderr
     )
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "shown"),
+    [
+        ("batch", ["--batch-size BATCH_SIZE", "(default: 32)", "(default: fast)"]),
+        ("convert", ["(default: all)", "(default: bicubic)", "(default: 17)"]),
+        ("serve", ["(default: 127.0.0.1)", "(default: 8000)", "(default: 256)"]),
+    ],
+)
+def test_help_shows_the_defaults(capsys, command: str, shown: list[str]) -> None:
+    assert main([command, "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert all(s in text for s in shown), text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path, write_model) -> None:
+    """`pneumo predict ... | head -1`: the reader leaves early; no traceback, no noise."""
+    from engine.runtime.samples import sample_images
+
+    image = str(sample_images()[0])
+    args = " ".join([image] * 2000)  # ~200 KB of output: more than a pipe buffer holds
+    model = write_model()
+    script = (
+        f"{sys.executable} -m engine.cli predict --model {model} {args} 2> err.txt | head -1; "
+        "echo ${PIPESTATUS[0]} > status.txt"
+    )
+    done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert done.stdout.count("\n") == 1 and " (confidence " in done.stdout
+    assert (tmp_path / "err.txt").read_text() == ""  # no traceback, no "Exception ignored"
+    assert (tmp_path / "status.txt").read_text().strip() == "141"  # as a Unix tool on SIGPIPE

@@ -11,7 +11,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from engine.errors import ImageError
-from engine.preprocess import open_image
+from engine.runtime.decoders import open_image
 
 
 def make_dicom(

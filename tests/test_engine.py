@@ -15,9 +15,10 @@ from PIL import Image
 
 from engine import Engine
 from engine.contract import Contract, InputSpec
-from engine.errors import ImageError, RepositoryError, UsageError
-from engine.manifest import FORMAT, MANIFEST_NAME, sha256_file
-from engine.preprocess import MAX_PIXELS
+from engine.errors import ImageError, InferenceError, ModelLoadError, RepositoryError, UsageError
+from engine.repository.manifest import FORMAT, MANIFEST_NAME, sha256_file
+from engine.runtime.limits import MAX_PIXELS
+from engine.runtime.session import create_session, run
 from tests.conftest import tiny_model
 
 CONTRACT = Contract(input=InputSpec(height=32, width=32, resize_filter="bilinear"))
@@ -212,3 +213,30 @@ def test_fast_and_reference_agree_on_real_samples(samples: list[Path]) -> None:
     assert np.abs(a - b).mean() < 2 / 255
     with pytest.raises(UsageError, match="preprocessing must be one of"):
         Engine.load(preprocessing="turbo")
+
+
+@pytest.mark.parametrize("iobinding", [False, True], ids=["run", "iobinding"])
+def test_both_run_paths_score_alike_and_map_onnxruntime_errors(
+    tiny_engine: Engine, iobinding: bool
+) -> None:
+    """THE one call into onnxruntime: plain `run` and IOBinding (CUDA's path, exercised here on
+    the CPU) give the same scores, and both turn onnxruntime's errors into InferenceError."""
+    x = np.stack([tiny_engine.preprocess(gray_png(v)) for v in (0, 128, 255)])
+    (out,) = run(tiny_engine.session, x, iobinding=iobinding)
+    np.testing.assert_allclose(
+        out[:, 0], [expected_score(v) for v in (0, 128, 255)], rtol=0, atol=1e-5
+    )
+    with pytest.raises(InferenceError, match="onnxruntime cannot run the model"):
+        run(tiny_engine.session, x[:, :16], iobinding=iobinding)  # wrong height
+
+
+def test_load_errors_name_the_file_never_its_folders(tmp_path: Path) -> None:
+    """onnxruntime's own message carries the absolute path: a server client must not see it."""
+    folder = tmp_path / "internal" / "models"
+    folder.mkdir(parents=True)
+    broken = folder / "model.onnx"
+    broken.write_bytes(b"not an onnx graph")
+    with pytest.raises(ModelLoadError) as caught:
+        create_session(broken)
+    assert "model.onnx" in caught.value.message
+    assert str(folder) not in caught.value.message and "internal" not in caught.value.message

@@ -14,6 +14,7 @@ from PIL import Image
 
 from engine.cli import main
 from engine.contract import Contract, InputSpec
+from engine.runtime.results import ROW_COLUMNS
 
 CONTRACT = Contract(input=InputSpec(height=32, width=32))
 
@@ -43,7 +44,8 @@ def test_predict_text_json_and_exit_codes(model: str, folder: Path, capsys) -> N
     assert main(["predict", good, bad, "--model", model, "--json", "--threshold", "0.99"]) == 1
     captured = capsys.readouterr()
     rows = json.loads(captured.out)
-    assert [r["image"] for r in rows] == [good, bad]
+    assert [r["image_path"] for r in rows] == [good, bad]
+    assert all(set(r) == set(ROW_COLUMNS) for r in rows)  # the one row schema
     assert rows[0]["prediction"] == "NORMAL" and rows[0]["threshold"] == 0.99
     assert "truncated or corrupt" in rows[1]["error"] and "broken.jpg" in captured.err
     assert main(["predict", "--image", good, "--model", model]) == 0  # the seed CLI's flag
@@ -146,7 +148,7 @@ def test_info_text_and_json(capsys) -> None:
 
 
 def test_predict_as_a_real_process(tmp_path: Path) -> None:
-    from engine.sample_data import sample_images
+    from engine.runtime.samples import sample_images
 
     image = sample_images()[0]
     done = subprocess.run(
@@ -192,7 +194,7 @@ def test_evaluate_labelled_folder(model: str, tmp_path: Path, capsys) -> None:
     ("layout", "message"),
     [
         ({"NORMAL": 1}, "needs subfolders NORMAL/ and PNEUMONIA/ (missing: PNEUMONIA)"),
-        ({"NORMAL": 1, "PNEUMONIA": 0}, "PNEUMONIA holds no images"),
+        ({"NORMAL": 1, "PNEUMONIA": 0}, "labelled/PNEUMONIA (looked for"),
         ({"NORMAL": 2, "PNEUMONIA": 2, "broken": 1}, None),
     ],
     ids=["missing-subfolder", "empty-subfolder", "corrupt-image"],
@@ -218,7 +220,7 @@ def test_evaluate_errors(model: str, tmp_path: Path, capsys, layout, message) ->
 
 
 def test_progress_bar_only_on_a_terminal() -> None:
-    from engine.batch import Progress
+    from engine.offline.batch import Progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -243,4 +245,4 @@ def test_batch_of_a_folder_without_images_says_why(model: str, tmp_path: Path, c
     assert not out.exists()
     (tmp_path / "empty").mkdir()
     assert main(["batch", str(tmp_path / "empty"), "-o", str(out), "--model", model]) == 2
-    assert "no images in empty" in capsys.readouterr().err
+    assert f"no images in {tmp_path / 'empty'}" in capsys.readouterr().err  # the path as typed

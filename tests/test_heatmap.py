@@ -13,14 +13,14 @@ import pytest
 from PIL import Image
 
 from convert.validate import validate_file
-from engine.cam import CAM_KEY, FEATURE_OUTPUT
 from engine.cli import main
 from engine.errors import UsageError
-from engine.heatmap import cam_spec, compute, heatmap_for, overlay_png
-from engine.overlay import DISPLAY_SIDE
-from engine.repository import default_model_dir
-from engine.scorer import Engine
-from engine.session import create_session, run_batched
+from engine.explain.heatmap import cam_spec, compute, heatmap_for
+from engine.explain.overlay import DISPLAY_SIDE, overlay_png
+from engine.repository.cam import CAM_KEY, FEATURE_OUTPUT
+from engine.repository.resolve import default_model_dir
+from engine.runtime.engine import Engine
+from engine.runtime.session import create_session, run_batched
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_occlusion_on_a_model_without_cam(tmp_path: Path, samples: list[Path]) -
     engine = Engine.load(without_cam(tmp_path / "plain.onnx"), threads=2)
     assert cam_spec(engine) is None
     x = engine.preprocess(samples[-1])
-    with pytest.raises(UsageError, match="no class activation map output.*'occlusion'"):
+    with pytest.raises(UsageError, match=r"no class activation map output.*'occlusion'"):
         compute(engine, x, "cam")
     heatmap = compute(engine, x, "auto", grid=4)
     assert heatmap.method == "occlusion" and heatmap.values.shape == (4, 4)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,14 +26,22 @@ def test_plain_install_is_tensorflow_free_and_names_the_extra(tmp_path: Path) ->
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     bin_dir = venv / "bin"
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    # A copy without build outputs: a stale build/lib of the checkout would be packed as is.
+    source = tmp_path / "src"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__"),
+    )
     install = subprocess.run(
-        [bin_dir / "python", "-m", "pip", "install", "--quiet", str(ROOT)],
+        [bin_dir / "python", "-m", "pip", "install", str(source)],
         capture_output=True,
         text=True,
         env=env,
         timeout=900,
     )
     assert install.returncode == 0, install.stderr[-2000:]
+    assert "would be ignored" not in install.stdout + install.stderr  # packaging config clean
     listed = subprocess.run(
         [bin_dir / "python", "-m", "pip", "list", "--format=freeze"],
         capture_output=True,
@@ -47,13 +56,28 @@ def test_plain_install_is_tensorflow_free_and_names_the_extra(tmp_path: Path) ->
         [
             bin_dir / "python",
             "-c",
-            "from engine.sample_data import sample_images; print(len(sample_images()))",
+            "from engine.runtime.samples import sample_images; print(len(sample_images()))",
         ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
     )
     assert samples.stdout.strip() == "6", samples.stderr  # package data made it into the wheel
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    assert not (site / "engine" / "models" / "training").exists()  # training code stays home
+    assert not list((site / "engine" / "models").glob("*.py"))[1:]  # only its __init__
+    version = subprocess.run(
+        [
+            bin_dir / "python",
+            "-c",
+            "import importlib.metadata as m, engine; "
+            "print(m.version('pneumo-onnx'), engine.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    ).stdout.split()
+    assert len(version) == 2 and version[0] == version[1]  # one version source
 
     for argv in (["convert", "m.keras", "-o", "repo"], ["validate", "m.onnx"]):
         run = subprocess.run(
@@ -63,7 +87,7 @@ def test_plain_install_is_tensorflow_free_and_names_the_extra(tmp_path: Path) ->
         assert f"pneumo {argv[0]} needs the 'convert' extra" in run.stderr
         assert "pip install 'pneumo-onnx[convert]'" in run.stderr
     # The default model travels as package data: score a shipped sample from an empty folder.
-    from engine.sample_data import sample_images
+    from engine.runtime.samples import sample_images
 
     image = sample_images()[-1]
     scored = subprocess.run(

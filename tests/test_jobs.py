@@ -1,4 +1,4 @@
-"""engine.serve.jobs: persistent batch jobs scored by the shipped model, restarts, uploads."""
+"""engine.serve.store.jobs: persistent batch jobs scored by the shipped model, restarts, uploads."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sqlite3
 import time
 import zipfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,11 @@ import pytest
 
 from engine import Engine
 from engine.errors import ConflictError, InferenceError, NotFoundError, UsageError
-from engine.sample_data import sample_images
-from engine.serve.jobs import JobRunner, JobStore, items_from_upload, safe_name
+from engine.runtime.results import ROW_COLUMNS, Result, to_row
+from engine.runtime.samples import sample_images
+from engine.serve.job_runner import JobRunner
+from engine.serve.store.jobs import JobStore
+from engine.serve.store.uploads import items_from_upload, safe_name
 
 CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg"
 
@@ -34,8 +37,11 @@ def items() -> list[tuple[str, bytes]]:
     return [*samples[:3], ("broken.jpeg", CORRUPT), *samples[3:]]
 
 
-def scorer(engine: Engine) -> Callable[[list[bytes], float | None], list[dict[str, Any]]]:
-    return lambda blobs, t: engine.predict_batch(blobs, threshold=t)
+Images = Sequence[tuple[str, bytes]]
+
+
+def scorer(engine: Engine) -> Callable[[Images, float | None], list[Result]]:
+    return lambda images, t: engine.predict_batch([b for _, b in images], threshold=t)
 
 
 def wait_for(store: JobStore, job_id: str, status: str, timeout: float = 20.0) -> dict[str, Any]:
@@ -79,16 +85,16 @@ def test_job_scores_every_image_with_the_shipped_model(
     assert not runner.alive
     assert (job["total"], job["done"], job["errors"], job["progress"]) == (7, 7, 1, 1.0)
     expected = engine.predict_batch([blob for _, blob in items])
-    assert [r["name"] for r in job["results"]] == [name for name, _ in items]
-    for result, want in zip(job["results"], expected, strict=True):
-        assert {k: v for k, v in result.items() if k != "name"} == want
+    assert [r["image_path"] for r in job["results"]] == [name for name, _ in items]
+    for result, want, (name, _) in zip(job["results"], expected, items, strict=True):
+        assert result == to_row(name, want)  # the one row schema
     assert "truncated or corrupt" in job["results"][3]["error"]
-    assert {r["prediction"] for r in job["results"] if "error" not in r} == {"NORMAL", "PNEUMONIA"}
+    assert {r["prediction"] for r in job["results"] if not r["error"]} == {"NORMAL", "PNEUMONIA"}
     assert stored_images(tmp_path / "jobs.db") == 0  # bytes dropped once scored
 
     table = list(csv.DictReader(io.StringIO(store.results_csv(job_id))))
-    assert list(table[0]) == ["name", "prediction", "confidence", "raw_score", "threshold", "error"]
-    assert [r["name"] for r in table] == [name for name, _ in items]
+    assert tuple(table[0]) == ROW_COLUMNS
+    assert [r["image_path"] for r in table] == [name for name, _ in items]
     assert float(table[0]["raw_score"]) == expected[0]["raw_score"]
     assert table[3]["prediction"] == "" and table[3]["error"] == expected[3]["error"]
 
@@ -114,7 +120,8 @@ def test_job_survives_a_restart_and_scores_each_image_once(
     calls: Counter[bytes] = Counter()
     first: JobRunner
 
-    def first_score(blobs: list[bytes], t: float | None) -> list[dict[str, Any]]:
+    def first_score(images: Images, t: float | None) -> list[Result]:
+        blobs = [b for _, b in images]
         calls.update(blobs)
         if sum(calls.values()) >= 4:  # second chunk: the "server" gets SIGTERM meanwhile
             first.request_stop()
@@ -131,7 +138,8 @@ def test_job_survives_a_restart_and_scores_each_image_once(
     assert (interrupted["status"], interrupted["done"]) == ("running", 4)
     assert stored_images(path) == 3
 
-    def second_score(blobs: list[bytes], t: float | None) -> list[dict[str, Any]]:
+    def second_score(images: Images, t: float | None) -> list[Result]:
+        blobs = [b for _, b in images]
         calls.update(blobs)
         return engine.predict_batch(blobs, threshold=t)
 
@@ -143,7 +151,7 @@ def test_job_survives_a_restart_and_scores_each_image_once(
         second.stop()
     assert calls == Counter(blob for _, blob in items)  # every image scored exactly once
     assert (job["done"], job["errors"]) == (7, 1)
-    assert [r["name"] for r in job["results"]] == [name for name, _ in items]
+    assert [r["image_path"] for r in job["results"]] == [name for name, _ in items]
 
 
 def test_one_runner_per_store_the_other_stands_by(
@@ -154,8 +162,9 @@ def test_one_runner_per_store_the_other_stands_by(
     path = tmp_path / "jobs.db"
     calls: dict[str, Counter[bytes]] = {"a": Counter(), "b": Counter()}
 
-    def counting(who: str) -> Callable[[list[bytes], float | None], list[dict[str, Any]]]:
-        def score(blobs: list[bytes], t: float | None) -> list[dict[str, Any]]:
+    def counting(who: str) -> Callable[[Images, float | None], list[Result]]:
+        def score(images: Images, t: float | None) -> list[Result]:
+            blobs = [b for _, b in images]
             calls[who].update(blobs)
             return engine.predict_batch(blobs, threshold=t)
 
@@ -184,7 +193,8 @@ def test_a_failing_scorer_fails_the_job_and_the_runner_goes_on(
     doomed = store.create(items[:2])
     fine = store.create(items[2:4])
 
-    def score(blobs: list[bytes], t: float | None) -> list[dict[str, Any]]:
+    def score(images: Images, t: float | None) -> list[Result]:
+        blobs = [b for _, b in images]
         if blobs[0] == items[0][1]:
             raise InferenceError("onnxruntime refused the batch")
         return engine.predict_batch(blobs, threshold=t)
@@ -309,7 +319,7 @@ def test_zip_member_with_a_bad_checksum_is_refused() -> None:
     data = bytearray(zip_bytes({"a.jpeg": b"original bytes here"}, zipfile.ZIP_STORED))
     at = bytes(data).index(b"original")
     data[at] ^= 0xFF  # the stored bytes no longer match the CRC in the header
-    with pytest.raises(UsageError, match="cannot read 'a.jpeg'.*CRC"):
+    with pytest.raises(UsageError, match=r"cannot read 'a.jpeg'.*CRC"):
         items_from_upload("x.zip", bytes(data))
 
 
@@ -318,7 +328,7 @@ def test_a_replayed_chunk_is_stored_once(tmp_path: Path, items: list[tuple[str, 
     store = JobStore(tmp_path / "jobs.db")
     job_id = store.create(items[:3])
     assert store.claim_next() == (job_id, None)
-    assert [idx for idx, _ in store.pending(job_id, 10)] == [0, 1, 2]
+    assert [idx for idx, _, _ in store.pending(job_id, 10)] == [0, 1, 2]
     first = [
         (0, {"prediction": "NORMAL", "confidence": 0.9, "raw_score": 0.1, "threshold": 0.5}),
         (1, {"error": "cannot decode"}),
@@ -327,12 +337,11 @@ def test_a_replayed_chunk_is_stored_once(tmp_path: Path, items: list[tuple[str, 
     store.save(job_id, [(0, {**first[0][1], "raw_score": 0.2}), *first[1:]])  # the replay
     job = store.get(job_id)
     assert (job["status"], job["done"], job["errors"]) == ("running", 2, 1)
-    assert [idx for idx, _ in store.pending(job_id, 10)] == [2]
+    assert [idx for idx, _, _ in store.pending(job_id, 10)] == [2]
     store.save(job_id, [(2, {"error": "cannot decode"})])
     store.finish(job_id)
     results = store.get(job_id)["results"]
-    assert results[0]["raw_score"] == 0.1 and results[1] == {
-        "name": items[1][0],
-        "error": "cannot decode",
-    }
+    assert results[0]["raw_score"] == 0.1 and results[1] == to_row(
+        items[1][0], {"error": "cannot decode"}
+    )
     assert store.claim_next() is None

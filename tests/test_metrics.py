@@ -1,4 +1,4 @@
-"""engine.metrics against small examples computed by hand (never against scikit-learn)."""
+"""engine.runtime.metrics against small examples computed by hand (never against scikit-learn)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from engine.errors import UsageError
-from engine.metrics import (
+from engine.runtime.metrics import (
     brier,
     confusion,
     evaluate,

@@ -1,4 +1,5 @@
-"""engine.serve.monitor and .reports: the prediction log on real SQLite files, summary, drift."""
+"""engine.serve.store.predictions and .reports: the prediction log on real SQLite files, summary,
+drift."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import numpy as np
 import pytest
 
 from engine.errors import NotFoundError, UsageError
-from engine.serve.monitor import PredictionLog, PredictionRecord
-from engine.serve.reports import PSI_EPSILON, drift_report, psi, psi_level, summarize
+from engine.serve.store.predictions import PredictionLog, PredictionRecord
+from engine.serve.store.reports import PSI_EPSILON, drift_report, psi, psi_level, summarize
 
 NOW = 1_700_000_000.0
 HOUR = 3600.0
@@ -344,7 +345,8 @@ def test_serve_helpers_import_neither_tensorflow_nor_the_server_stack(tmp_path: 
     """The helpers are protocol-free: no TensorFlow, no FastAPI, no onnxruntime."""
     code = (
         "import sys\n"
-        "import engine.serve.monitor, engine.serve.reports, engine.serve.jobs, engine.serve.logs\n"
+        "import engine.serve.store.predictions, engine.serve.store.reports\n"
+        "import engine.serve.store.jobs, engine.serve.store.uploads, engine.serve.logs\n"
         "print('\\n'.join(sys.modules))\n"
     )
     done = subprocess.run(

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from engine.cli import main
-from engine.serve.monitor import PredictionLog, PredictionRecord
-from engine.serve.reports import summarize
+from engine.serve.store.predictions import PredictionLog, PredictionRecord
+from engine.serve.store.reports import summarize
 
 HOUR = 3600.0
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.batch_report import write_report
 from engine.cli import main
 from engine.errors import MissingExtraError
-from engine.metrics import calibration_bins, precision_recall_curve
-from engine.plots import DPI, FIGSIZE, PLOTS, pyplot
-from engine.sample_data import SAMPLES_DIR
-from engine.scorer import Engine
+from engine.explain.plots import DPI, FIGSIZE, PLOTS, pyplot
+from engine.explain.report import write_report
+from engine.runtime.engine import Engine
+from engine.runtime.metrics import calibration_bins, precision_recall_curve
+from engine.runtime.samples import SAMPLES_DIR
 
 CHROMIUM_FLAGS = [
     "--headless",

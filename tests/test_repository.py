@@ -10,7 +10,7 @@ import pytest
 from convert.repository import check_target, triton_config, write_version
 from engine.contract import Contract, OutputSpec
 from engine.errors import RepositoryError, UsageError
-from engine.manifest import read_manifest, verify_files
+from engine.repository.manifest import read_manifest, verify_files
 from tests.conftest import unwritable_dir
 
 
@@ -67,7 +67,7 @@ def test_unwritable_target_fails_before_any_work(tmp_path: Path) -> None:
         check_target(unwritable_dir(tmp_path), "pneumonia", None)
     blocker = tmp_path / "file"
     blocker.write_text("in the way")
-    with pytest.raises(RepositoryError, match="a file is in the way|cannot write"):
+    with pytest.raises(RepositoryError, match=r"a file is in the way|cannot write"):
         check_target(blocker, "pneumonia", None)
 
 
@@ -82,7 +82,7 @@ def test_triton_config_matches_the_contract() -> None:
 
 
 def test_manifest_errors(tmp_path: Path) -> None:
-    with pytest.raises(RepositoryError, match="no manifest.json"):
+    with pytest.raises(RepositoryError, match=r"no manifest.json"):
         read_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(RepositoryError, match="is not a pneumo-model-repository/1 manifest"):

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from engine import Engine
-from engine.sample_data import sample_images
+from engine.runtime.samples import sample_images
 from tests.server_process import ServerProcess
 
 SAMPLE = sample_images()[-1]  # a PNEUMONIA X-ray

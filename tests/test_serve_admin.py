@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.manifest import sha256_file
-from engine.repository import default_model_dir
-from engine.sample_data import sample_images
+from engine.repository.manifest import sha256_file
+from engine.repository.resolve import default_model_dir
+from engine.runtime.samples import sample_images
 from tests.server_process import ServerProcess
 
 KEY = "admin-key-0123456789abcdef"

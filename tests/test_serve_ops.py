@@ -3,6 +3,7 @@ load (every request answered once and logged exactly once), SIGTERM during load,
 
 from __future__ import annotations
 
+import base64
 import io
 import sqlite3
 import threading
@@ -14,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
-from engine.sample_data import sample_images
+from engine.runtime.samples import sample_images
 from tests.server_process import ServerProcess
 
 
@@ -73,7 +75,7 @@ def test_job_with_files_and_a_zip(server: ServerProcess) -> None:
     assert job["total"] == 5 and r.headers["location"] == job["url"]
     done = wait_for_job(f"{server.url}{job['url']}")
     assert done["status"] == "done" and done["progress"] == 1.0 and done["errors"] == 1
-    by_name = {row["name"]: row for row in done["results"]}
+    by_name = {row["image_path"]: row for row in done["results"]}
     assert set(by_name) == {"one.jpeg", "two.jpeg", "broken.jpeg", "scans/a.jpeg", "scans/b.jpeg"}
     assert "truncated or corrupt" in by_name["broken.jpeg"]["error"]
     assert by_name["one.jpeg"]["threshold"] == 0.4
@@ -83,7 +85,7 @@ def test_job_with_files_and_a_zip(server: ServerProcess) -> None:
     assert by_name["one.jpeg"]["raw_score"] == pytest.approx(direct["raw_score"], abs=1e-6)
     csv = httpx.get(f"{server.url}{job['url']}?format=csv")
     assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
-    assert csv.text.splitlines()[0].startswith("name,prediction,confidence,raw_score")
+    assert csv.text.splitlines()[0] == "image_path,prediction,confidence,raw_score,threshold,error"
     assert len(csv.text.splitlines()) == 6
 
 
@@ -125,7 +127,7 @@ def test_a_job_survives_a_restart(tmp_path: Path) -> None:
     files = [("images", (f"img{i:03d}.jpeg", data)) for i, data in enumerate(images)]
     job = httpx.post(f"{first.url}/jobs", files=files, timeout=60).json()
     assert first.stop() == 0  # SIGTERM while the job runs: the chunk in hand finishes, then exit
-    from engine.serve.jobs import JobStore
+    from engine.serve.store.jobs import JobStore
 
     interrupted = JobStore(tmp_path / "state" / "jobs.db").get(job["job_id"])
     assert interrupted["status"] != "done", "the job finished before the restart: test too easy"
@@ -135,7 +137,7 @@ def test_a_job_survives_a_restart(tmp_path: Path) -> None:
     finally:
         assert second.stop() == 0
     assert done["status"] == "done" and done["done"] == 240 and done["errors"] == 0
-    assert [r["name"] for r in done["results"]] == [f"img{i:03d}.jpeg" for i in range(240)]
+    assert [r["image_path"] for r in done["results"]] == [f"img{i:03d}.jpeg" for i in range(240)]
 
 
 @pytest.mark.slow
@@ -202,3 +204,61 @@ def test_sigterm_during_load_loses_nothing(tmp_path: Path) -> None:
     assert code == 0
     assert len(answered) >= 50
     assert sorted(logged_request_ids(tmp_path / "state")) == sorted(answered)
+
+
+def prometheus_predictions(server: ServerProcess) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("pneumo_predictions_total{")
+    )
+
+
+def test_v2_inferences_are_logged_counted_and_monitored(server: ServerProcess) -> None:
+    """The V2 routes take the one scoring path: every inference (FP32 tensors and BYTES images)
+    reaches the prediction log, the Prometheus counters and /monitoring, like /predict's."""
+    state = server.cwd / "state"
+    before_rows, before_count = len(logged_request_ids(state)), prometheus_predictions(server)
+    images = small_jpegs(3)
+    body = {
+        "inputs": [
+            {
+                "name": "image_bytes",
+                "shape": [3],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(b).decode() for b in images],
+            }
+        ]
+    }
+    url = f"{server.url}/v2/models/pneumonia/infer"
+    r = httpx.post(url, json=body, headers={"X-Request-ID": "v2-bytes"}, timeout=30)
+    assert r.status_code == 200, r.text
+    tensor = np.full((2, 128, 128, 3), 0.5, np.float32)
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [2, 128, 128, 3],
+                "datatype": "FP32",
+                "data": tensor.ravel().tolist(),
+            }
+        ]
+    }
+    r = httpx.post(url, json=body, headers={"X-Request-ID": "v2-fp32"}, timeout=30)
+    assert r.status_code == 200, r.text
+    time.sleep(0.3)  # the log writer commits within 50 ms
+    ids = logged_request_ids(state)
+    assert len(ids) == before_rows + 5
+    assert ids.count("v2-bytes") == 3 and ids.count("v2-fp32") == 2
+    with sqlite3.connect(state / "predictions.db") as conn:
+        routes = {
+            r[0] for r in conn.execute("SELECT route FROM predictions WHERE request_id LIKE 'v2-%'")
+        }
+    assert routes == {"/v2/models/{name}/infer"}
+    assert prometheus_predictions(server) == before_count + 5
+    summary = httpx.get(f"{server.url}/monitoring/summary?hours=1").json()
+    assert summary["total"] >= 5
+    assert summary["db"] == "predictions.db"  # a name: never the server's absolute path
+    drift = httpx.get(f"{server.url}/monitoring/drift?recent_hours=1&reference_hours=24").json()
+    assert drift["db"] == "predictions.db"

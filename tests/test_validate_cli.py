@@ -10,7 +10,7 @@ import pytest
 
 from engine.cli import main
 from engine.contract import Contract, InputSpec
-from engine.manifest import FORMAT, MANIFEST_NAME, sha256_file
+from engine.repository.manifest import FORMAT, MANIFEST_NAME, sha256_file
 
 CONTRACT = Contract(input=InputSpec(height=32, width=32))
 
@@ -40,7 +40,7 @@ def test_plain_onnx_uses_defaults_and_junit_report(write_model, tmp_path: Path) 
     assert main(["validate", str(model), "--report", str(report)]) == 0
     suite = ET.parse(report).getroot().find("testsuite")
     assert suite is not None and suite.get("failures") == "0" and suite.get("tests") == "6"
-    contract = [c for c in suite if c.get("name") == "contract"][0]
+    contract = next(c for c in suite if c.get("name") == "contract")
     assert "defaults (plain ONNX file)" in (contract.findtext("system-out") or "")
 
 
@@ -76,8 +76,11 @@ def test_manifest_hash_mismatch_fails(write_model, capsys) -> None:
     [
         (["validate", "missing.onnx"], "missing.onnx: no such ONNX file"),
         (["validate", "{model}", "--report", "{tmp}/r.txt"], "expected a .json or .xml"),
-        (["validate", "{model}", "--images", "{tmp}/nowhere"], "--images nowhere: no such folder"),
-        (["validate", "{model}", "--images", "{tmp}/empty"], "no .jpg/.png/.bmp/.tif images"),
+        (
+            ["validate", "{model}", "--images", "{tmp}/nowhere"],
+            "--images: {tmp}/nowhere: no such folder",
+        ),
+        (["validate", "{model}", "--images", "{tmp}/empty"], "--images: no images in {tmp}/empty"),
     ],
     ids=["missing-model", "report-suffix", "missing-images", "empty-images"],
 )
@@ -87,5 +90,5 @@ def test_usage_errors_exit_2(write_model, tmp_path: Path, capsys, argv, message)
     args = [a.format(model=model, tmp=tmp_path) for a in argv]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and message in err
+    assert err.startswith("error: ") and message.format(tmp=tmp_path) in err
     assert "Traceback" not in err

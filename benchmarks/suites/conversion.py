@@ -15,8 +15,8 @@ from benchmarks.environment import KERAS_MODEL, SAMPLES_DIR
 from benchmarks.suites import NO_KERAS, Context, Skip, has
 from benchmarks.suites.model import inputs
 from benchmarks.timing import ratio, run_process
-from engine.repository import VARIANT_FILES
-from engine.session import create_session, session_options
+from engine.repository.variants import VARIANT_FILES
+from engine.runtime.session import create_session, session_options
 
 BATCH = 32
 KINDS = ("fp32", "int8", "int8-full")

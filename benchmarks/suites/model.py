@@ -22,9 +22,9 @@ from benchmarks.suites import NO_KERAS, Context, has
 from benchmarks.timing import ProcessFailed, json_from_stdout, measure, ratio, run_process
 from engine.contract import Contract
 from engine.errors import PneumoError
-from engine.preprocess import reference_batch
-from engine.repository import VARIANT_FILES
-from engine.session import create_session, session_options
+from engine.repository.variants import VARIANT_FILES
+from engine.runtime.preprocess import reference_batch
+from engine.runtime.session import create_session, session_options
 
 BASELINE = "keras-predict"
 CPU_VARIANTS = ("fp32", "int8", "int8-full")

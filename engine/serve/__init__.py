@@ -1,7 +1,12 @@
-"""`pneumo serve`: the HTTP server and the protocol-free pieces it calls.
+"""`pneumo serve`: the HTTP server, in three layers as in KServe's Python SDK.
 
-The submodules `monitor` (prediction log), `reports` (its summary and drift), `jobs`
-(persistent batch jobs) and `logs` (JSON log lines) use only the standard library and numpy,
-so they can be imported and tested without the 'serve' extra. Nothing is imported here:
-importing `engine.serve` stays free.
+- front doors: `routes/` (seed, v2, ops), thin; `gate` (request id, limits, keys, access log)
+  and `http_errors` (the one error -> status table) around them; `app` wires it all;
+- the protocol-free scoring layer: `scoring` (cache -> decode -> batcher -> prediction log ->
+  metrics, one path for every route and the batch jobs), `batching`, `cache`, `job_runner`;
+- the models: `registry` (load, unload, rollback, warm-up gate) over the engine.
+
+`store/` (SQLite: prediction log, reports, jobs, uploads) and `logs` need neither FastAPI nor
+onnxruntime, so `pneumo monitor` and tests use them without the 'serve' extra. Nothing is
+imported here: importing `engine.serve` stays free.
 """

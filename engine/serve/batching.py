@@ -10,6 +10,7 @@ loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,15 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from engine.errors import PneumoError
-
-
-class Overloaded(PneumoError):
-    """The batching queue is full (or the server is shutting down): try again later."""
-
-    def __init__(self, message: str, retry_after: int = 1) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+from engine.errors import Overloaded
 
 
 class Scorer(Protocol):
@@ -98,10 +91,8 @@ class Batcher:
         if self._queue is not None and self._task is not None:
             await self._queue.join()
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         self._pool.shutdown(wait=True)
 
     async def _run(self) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any
+
+from engine.runtime.results import Scored
 
 CacheKey = tuple[str, str, str, str, float]
 
@@ -14,12 +15,12 @@ CacheKey = tuple[str, str, str, str, float]
 class ResultCache:
     def __init__(self, maxsize: int = 1024) -> None:
         self.maxsize = maxsize
-        self._items: OrderedDict[CacheKey, dict[str, Any]] = OrderedDict()
+        self._items: OrderedDict[CacheKey, Scored] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def get(self, key: CacheKey) -> dict[str, Any] | None:
+    def get(self, key: CacheKey) -> Scored | None:
         """A copy of the cached result, or None (also when the cache is disabled)."""
         with self._lock:
             value = self._items.get(key)
@@ -28,13 +29,13 @@ class ResultCache:
                 return None
             self._items.move_to_end(key)
             self.hits += 1
-            return dict(value)
+            return Scored(**value)
 
-    def put(self, key: CacheKey, value: dict[str, Any]) -> None:
+    def put(self, key: CacheKey, value: Scored) -> None:
         if self.maxsize <= 0:
             return
         with self._lock:
-            self._items[key] = dict(value)
+            self._items[key] = Scored(**value)
             self._items.move_to_end(key)
             while len(self._items) > self.maxsize:
                 self._items.popitem(last=False)

@@ -1,6 +1,7 @@
 """The ASGI middleware every request passes first: request id, upload size limit, API key,
-rate limit, metrics and the access log. Pure ASGI (no BaseHTTPMiddleware), so an oversized
-body is refused before anything buffers it."""
+rate limit, metrics and the access log, and the last word on unexpected errors (500 with the
+request id, logged once). Pure ASGI (no BaseHTTPMiddleware), so an oversized body is refused
+before anything buffers it."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from starlette.responses import JSONResponse
-
+from engine.serve import http_errors
 from engine.serve.metrics import ServerMetrics
 from engine.serve.security import API_KEY_HEADER, ApiKeys, RateLimiter
 
@@ -61,11 +61,12 @@ class Gate:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = _request_id(headers.get("x-request-id"))
         scope.setdefault("state", {})["request_id"] = request_id
-        status = {"code": 500}
+        status = {"code": 500, "started": False}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                status["started"] = True
                 message.setdefault("headers", [])
                 message["headers"].append((b"x-request-id", request_id.encode()))
             await send(message)
@@ -77,7 +78,13 @@ class Gate:
                 receive = await _buffered(receive, self.max_body)
             await (refusal or self.app)(scope, receive, send_with_id)
         except _TooLarge:
-            await _too_large(self.max_body)(scope, receive, send_with_id)
+            await http_errors.too_large(self.max_body)(scope, receive, send_with_id)
+        except Exception:
+            # Nothing handled it: log it once with the request id, answer 500 (if the response
+            # has not begun), and keep serving.
+            log.exception("unexpected error", extra={"request_id": request_id})
+            if not status["started"]:
+                await http_errors.internal_error(request_id)(scope, receive, send_with_id)
         finally:
             route = _route_of(scope)
             elapsed = time.perf_counter() - started
@@ -102,32 +109,22 @@ class Gate:
         path = scope["path"]
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
-            return _too_large(self.max_body)
+            return http_errors.too_large(self.max_body)
         if path in self.open:
             return None
         key_id = None
         if self.keys.enabled:
             key_id = self.keys.match(headers.get(API_KEY_HEADER.lower()))
             if key_id is None:
-                message = f"missing or invalid API key (send it in the {API_KEY_HEADER} header)"
-                return JSONResponse(
-                    {"error": message},
-                    status_code=401,
-                    headers={"WWW-Authenticate": API_KEY_HEADER},
-                )
+                return http_errors.unauthorized()
         elif path.startswith(ADMIN_PREFIX):
-            return JSONResponse(
-                {"error": "repository control is disabled: start the server with API keys"},
-                status_code=403,
+            return http_errors.forbidden(
+                "repository control is disabled: start the server with API keys"
             )
         client = key_id or (scope.get("client") or ("unknown",))[0]
         wait = self.limiter.acquire(client)
         if wait:
-            return JSONResponse(
-                {"error": f"rate limit exceeded: at most {self.limiter.rate:g} requests/s"},
-                status_code=429,
-                headers={"Retry-After": str(wait)},
-            )
+            return http_errors.rate_limited(self.limiter.rate, wait)
         return None
 
 
@@ -169,8 +166,3 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
         return pending.pop(0) if pending else await receive()
 
     return replay
-
-
-def _too_large(max_body: int) -> ASGIApp:
-    mb = max_body / (1024 * 1024)
-    return JSONResponse({"error": f"request too large: the limit is {mb:g} MB"}, status_code=413)

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ModelLoadError, NotFoundError, PneumoError, RepositoryError, UsageError
-from engine.manifest import MANIFEST_NAME
-from engine.repository import VARIANT_FILES
-from engine.sample_data import sample_images
-from engine.scorer import Engine
+from engine.repository.manifest import MANIFEST_NAME
+from engine.repository.variants import VARIANT_FILES
+from engine.runtime.engine import Engine
+from engine.runtime.samples import sample_images
 
 log = logging.getLogger(__name__)
 

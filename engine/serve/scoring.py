@@ -1,8 +1,12 @@
-"""The protocol-free scoring layer of the server: what both front doors (the seed routes and
-the KServe V2 routes) call. Testable without HTTP.
+"""The protocol-free scoring layer of the server: ONE path from an image (or a V2 tensor) to a
+result, taken by the seed routes, the KServe V2 routes (tensors and images) and the batch jobs
+alike, and testable without HTTP:
 
-A request's image is hashed (cache lookup), decoded on a thread pool, queued for dynamic
-batching, scored, and handed to the prediction log, whose writer runs off the request path.
+    hash (cache key) -> result cache -> decode -> dynamic batcher -> result
+                     -> prediction log (off the request path) -> Prometheus counters
+
+Everything blocking (hashing, decoding, inference, SQLite) runs on a thread; the event loop
+only awaits.
 """
 
 from __future__ import annotations
@@ -13,22 +17,36 @@ import hashlib
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
 from engine.errors import ModelLoadError, PneumoError, UsageError
+from engine.runtime.engine import Engine
+from engine.runtime.results import Result, Scored, failed
 from engine.serve.batching import Batcher
 from engine.serve.cache import ResultCache
 from engine.serve.metrics import ServerMetrics
-from engine.serve.monitor import PredictionRecord
 from engine.serve.registry import ModelRegistry, Served
+from engine.serve.store.predictions import PredictionRecord
 
 log = logging.getLogger(__name__)
 
-Result = dict[str, Any]
+# What scoring one item gives: its result, or the error that image got (the caller decides
+# whether one bad image fails the request or becomes an error row).
+Outcome = Scored | PneumoError
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image to score: an encoded file (`data`, called `name` in error messages) or a
+    tensor already in the model's input layout (`tensor`, from V2 FP32)."""
+
+    data: bytes | None = None
+    tensor: np.ndarray | None = None
+    name: str | None = None
 
 
 class ScoringService:
@@ -57,6 +75,7 @@ class ScoringService:
         # The log may apply back-pressure when its queue is full: that must block a thread of
         # its own, never the event loop.
         self._log = ThreadPoolExecutor(1, thread_name_prefix="pneumo-log")
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.default_model = ""
 
     @property
@@ -67,13 +86,13 @@ class ScoringService:
         """Start batching, then load and warm up the model (the server is live meanwhile,
         and ready once this returns). The newest version that passes every gate is served:
         a broken newest version is logged and skipped, never served."""
+        self._loop = asyncio.get_running_loop()
         self.batcher.start()
         name = model or self.registry.default_name()
-        loop = asyncio.get_running_loop()
         failures = []
         for version in reversed(self.registry.versions(name)):
             try:
-                served = await loop.run_in_executor(None, self.registry.load, name, version)
+                served = await self._loop.run_in_executor(None, self.registry.load, name, version)
             except PneumoError as e:
                 log.error("not serving %s/%s: %s", name, version, e.message)
                 failures.append(e.message)
@@ -95,7 +114,68 @@ class ScoringService:
         self._decode.shutdown(wait=True)
         self._log.shutdown(wait=True)
 
-    # --- the seed routes ------------------------------------------------------------------
+    # --- the one path ---------------------------------------------------------------------
+
+    async def score(
+        self,
+        items: Sequence[Item],
+        threshold: float | None,
+        *,
+        served: Served,
+        request_id: str,
+        route: str,
+    ) -> list[Outcome]:
+        """Score every item with `served`'s model: one outcome per item, in order.
+
+        A bad image is that item's outcome (ImageError); a full queue (Overloaded) or a
+        request over the size limit (UsageError) fails the whole call.
+        """
+        started = time.perf_counter()
+        engine = served.engine
+        t = engine.resolve_threshold(threshold)
+        if not items:
+            raise UsageError("expected at least one image")
+        if len(items) > self.batcher.max_queue:
+            raise UsageError(
+                f"at most {self.batcher.max_queue} images per request, got {len(items)}"
+            )
+        loop = asyncio.get_running_loop()
+        digests = await loop.run_in_executor(self._decode, _digests, items)
+        model_key = (served.name, str(served.version), engine.model.variant)
+        outcomes: list[Outcome | None] = [None] * len(items)
+        for i, item in enumerate(items):
+            if item.data is not None:
+                hit = self.cache.get((digests[i], *model_key, t))
+                self.metrics.cache.labels("hit" if hit is not None else "miss").inc()
+                outcomes[i] = hit
+        todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
+        tensors = await asyncio.gather(
+            *(self._tensor(engine, items[i]) for i in todo), return_exceptions=True
+        )
+        ready = [(i, x) for i, x in zip(todo, tensors, strict=True) if isinstance(x, np.ndarray)]
+        for i, x in zip(todo, tensors, strict=True):
+            if isinstance(x, PneumoError):
+                outcomes[i] = x
+            elif isinstance(x, BaseException):
+                raise x  # a decoder bug: the server's unexpected-error handler logs it
+        scores = await asyncio.gather(*(self.batcher.submit(engine, x) for _, x in ready))
+        for (i, _), score in zip(ready, scores, strict=True):
+            result = engine.result(score, t)
+            outcomes[i] = result
+            if items[i].data is not None:
+                self.cache.put((digests[i], *model_key, t), result)
+        done = [o for o in outcomes if o is not None]
+        self._record(served, items, done, digests, request_id, route, started)
+        return done
+
+    async def _tensor(self, engine: Engine, item: Item) -> np.ndarray:
+        if item.tensor is not None:
+            return item.tensor
+        assert item.data is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._decode, engine.preprocess, _named(item))
+
+    # --- what the front doors call --------------------------------------------------------
 
     async def predict(
         self,
@@ -104,130 +184,119 @@ class ScoringService:
         request_id: str,
         route: str,
         name: str | None = None,
-        model: str | None = None,
-    ) -> tuple[Result, Served]:
-        """Score one encoded image: the deployment guide's result fields. `name` (the upload's
-        file name) is what error messages call the image."""
-        started = time.perf_counter()
-        served = self.registry.current(model or self.default_model)
-        engine = served.engine
-        t = engine.resolve_threshold(threshold)
-        digest = hashlib.sha256(image).hexdigest()
-        key = (digest, served.name, str(served.version), engine.model.variant, t)
-        result = self.cache.get(key)
-        self.metrics.cache.labels("hit" if result is not None else "miss").inc()
-        if result is None:
-            loop = asyncio.get_running_loop()
-            tensor = await loop.run_in_executor(
-                self._decode, engine.preprocess, _named(image, name)
-            )
-            score = await self.batcher.submit(engine, tensor)
-            result = engine.result(score, t)
-            self.cache.put(key, result)
-        self.metrics.predictions.labels(result["prediction"]).inc()
-        self._record(served, result, request_id, route, started, digest, image)
-        return result, served
+    ) -> tuple[Scored, Served]:
+        """One encoded image with the default model: the deployment guide's result fields.
+        A bad image raises (the seed routes answer 400)."""
+        served = self.registry.current(self.default_model)
+        item = Item(data=image, name=name)
+        (outcome,) = await self.score(
+            [item], threshold, served=served, request_id=request_id, route=route
+        )
+        if isinstance(outcome, PneumoError):
+            raise outcome
+        return outcome, served
+
+    async def infer(
+        self, served: Served, items: Sequence[Item], request_id: str, route: str
+    ) -> np.ndarray:
+        """V2 inference: P(positive) per item at the model's threshold; one bad image fails
+        the request (V2 has no per-item errors)."""
+        outcomes = await self.score(items, None, served=served, request_id=request_id, route=route)
+        error = next((o for o in outcomes if isinstance(o, PneumoError)), None)
+        if error is not None:
+            raise error
+        return np.asarray([o["raw_score"] for o in outcomes], dtype=np.float32)  # type: ignore[index]
+
+    def score_job(
+        self, images: Sequence[tuple[str, bytes]], threshold: float | None
+    ) -> list[Result]:
+        """One chunk of a batch job, called from the job runner's thread: the same path as a
+        request (same decode pool, same batcher, so jobs never oversubscribe the CPU), with
+        each bad image as an error row."""
+        if self._loop is None:
+            raise ModelLoadError("the server has not started scoring yet")
+        items = [Item(data=blob, name=name) for name, blob in images]
+        future = asyncio.run_coroutine_threadsafe(self._score_job(items, threshold), self._loop)
+        return future.result()
+
+    async def _score_job(self, items: list[Item], threshold: float | None) -> list[Result]:
+        served = self.registry.current(self.default_model)
+        outcomes = await self.score(
+            items, threshold, served=served, request_id="job", route="/jobs"
+        )
+        return [failed(o.message) if isinstance(o, PneumoError) else o for o in outcomes]
 
     async def heatmap(
-        self, served: Served, image: bytes, result: Result, name: str | None = None
+        self, served: Served, image: bytes, result: Scored, name: str | None = None
     ) -> tuple[str, str]:
         """(method, base64 PNG) of the X-ray with its heatmap: CAM when the model carries it,
         else occlusion sensitivity (64 batched runs). Runs on the decode pool."""
-        from engine.heatmap import check_method, overlay_png
+        from engine.explain.heatmap import check_method
+        from engine.explain.overlay import overlay_png
 
         method = check_method(served.engine, "auto")
         png = await asyncio.get_running_loop().run_in_executor(
-            self._decode, overlay_png, served.engine, _named(image, name), result, method
+            self._decode, overlay_png, served.engine, _named(Item(image, name=name)), result, method
         )
         return method, base64.b64encode(png).decode("ascii")
-
-    def score_job(self, images: list[bytes], threshold: float | None) -> list[Result]:
-        """One chunk of a batch job (job runner thread): the current model, per-item errors."""
-        served = self.registry.current(self.default_model)
-        started = time.perf_counter()
-        results = served.engine.predict_batch(images, threshold=threshold)
-        if self.on_prediction is not None:
-            per_image = (time.perf_counter() - started) * 1000.0 / max(1, len(images))
-            for image, result in zip(images, results, strict=True):
-                if "error" not in result:
-                    self.on_prediction(
-                        PredictionRecord.from_result(
-                            result,
-                            image=image,  # hashed; kept only if the log stores images
-                            request_id="job",
-                            route="/jobs",
-                            model_name=served.name,
-                            model_version=str(served.version),
-                            latency_ms=per_image,
-                        )
-                    )
-        return results
-
-    # --- the V2 routes --------------------------------------------------------------------
-
-    async def score_tensor(self, served: Served, x: np.ndarray) -> np.ndarray:
-        """Scores for an (N, H, W, C) float32 batch already in the model's input layout."""
-        expected = served.engine.contract.input_shape
-        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
-            raise UsageError(
-                f"expected shape [N, {', '.join(map(str, expected))}], got {list(x.shape)}"
-            )
-        if not np.isfinite(x).all():
-            raise UsageError("input holds NaN or infinite values")
-        return await self._score_all(served, list(x.astype(np.float32, copy=False)))
-
-    async def score_images(self, served: Served, images: list[bytes]) -> np.ndarray:
-        """Scores for encoded images (V2 BYTES input); one bad image fails the request."""
-        loop = asyncio.get_running_loop()
-        tensors = await asyncio.gather(
-            *(loop.run_in_executor(self._decode, served.engine.preprocess, b) for b in images)
-        )
-        return await self._score_all(served, list(tensors))
-
-    async def _score_all(self, served: Served, tensors: list[np.ndarray]) -> np.ndarray:
-        if not tensors:
-            raise UsageError("expected at least one image")
-        if len(tensors) > self.batcher.max_queue:
-            raise UsageError(
-                f"at most {self.batcher.max_queue} images per request, got {len(tensors)}"
-            )
-        scores = await asyncio.gather(*(self.batcher.submit(served.engine, t) for t in tensors))
-        return np.asarray(scores, dtype=np.float32)
 
     # --- internals ------------------------------------------------------------------------
 
     def _record(
         self,
         served: Served,
-        result: Result,
+        items: Sequence[Item],
+        outcomes: list[Outcome],
+        digests: list[str],
         request_id: str,
         route: str,
         started: float,
-        digest: str,
-        image: bytes,
     ) -> None:
-        if self.on_prediction is None:
-            return
-        record = PredictionRecord(
-            time=time.time(),
-            request_id=request_id,
-            route=route,
-            model_name=served.name,
-            model_version=str(served.version),
-            score=result["raw_score"],
-            label=result["prediction"],
-            threshold=result["threshold"],
-            latency_ms=(time.perf_counter() - started) * 1000.0,
-            image_sha256=digest,
-            image=image if self.keep_images else None,
-        )
-        self._log.submit(self.on_prediction, record)
+        """Count every scored item, and hand it to the prediction log's thread."""
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        records = []
+        for item, outcome, digest in zip(items, outcomes, digests, strict=True):
+            if isinstance(outcome, PneumoError):
+                continue
+            self.metrics.predictions.labels(outcome["prediction"]).inc()
+            records.append(
+                PredictionRecord(
+                    time=time.time(),
+                    request_id=request_id,
+                    route=route,
+                    model_name=served.name,
+                    model_version=str(served.version),
+                    score=outcome["raw_score"],
+                    label=outcome["prediction"],
+                    threshold=outcome["threshold"],
+                    latency_ms=latency_ms,
+                    image_sha256=digest,
+                    image=item.data if self.keep_images else None,
+                )
+            )
+        if self.on_prediction is not None and records:
+            self._log.submit(_each, self.on_prediction, records)
 
 
-def _named(data: bytes, name: str | None) -> bytes | io.BytesIO:
+def _each(record: Callable[[PredictionRecord], None], records: list[PredictionRecord]) -> None:
+    for r in records:
+        record(r)
+
+
+def _digests(items: Sequence[Item]) -> list[str]:
+    """sha256 of each item's bytes (the file, or the tensor's float32 bytes)."""
+    out = []
+    for item in items:
+        data = item.data if item.data is not None else np.ascontiguousarray(item.tensor).tobytes()
+        out.append(hashlib.sha256(data).hexdigest())
+    return out
+
+
+def _named(item: Item) -> bytes | io.BytesIO:
     """Bytes that error messages call by the client's file name (its last part, shortened)."""
-    if not name:
-        return data
-    stream = io.BytesIO(data)
-    stream.name = name.replace("\\", "/").rsplit("/", 1)[-1][:80] or "upload"
+    assert item.data is not None
+    if not item.name:
+        return item.data
+    stream = io.BytesIO(item.data)
+    stream.name = item.name.replace("\\", "/").rsplit("/", 1)[-1][:80] or "upload"
     return stream

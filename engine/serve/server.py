@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 from engine.errors import MissingExtraError, UsageError
 from engine.serve.config import CONFIG_ENV, ServeConfig
@@ -41,7 +42,7 @@ def run(
         raise UsageError(f"workers must be at least 1, got {workers}")
     if not config.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without API keys: anyone who can reach it can use it", host)
-    options = dict(
+    options: dict[str, Any] = dict(
         host=host,
         port=port,
         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,

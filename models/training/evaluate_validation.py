@@ -2,9 +2,9 @@
 
     python models/training/evaluate_validation.py --data ../shared/data/kermany224/train
 
-Reads models/validation_split.txt (written by models/training/train.py), scores those images with the
-engine exactly as `pneumo evaluate` does (reference preprocessing: the training-time tensors),
-and writes models/validation_metrics.json, the source of the model card's figures.
+Reads models/validation_split.txt (written by models/training/train.py), scores those images
+with the engine exactly as `pneumo evaluate` does (reference preprocessing: the training-time
+tensors), and writes models/validation_metrics.json, the source of the model card's figures.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from engine import Engine
-from engine.evaluate import evaluate_folder
+from engine.offline.evaluate import evaluate_folder
 
 MODELS = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ FILTERS = (32, 64, 128, 256)
 SEED = 20180222  # Kermany et al., Cell, published 2018-02-22
 
 
-def build_model(seed: int = SEED, input_shape: tuple[int, int, int] = INPUT_SHAPE):  # noqa: ANN201
+def build_model(seed: int = SEED, input_shape: tuple[int, int, int] = INPUT_SHAPE):
     """A fresh, deterministically initialised PneumoniaCNN (keras.Model)."""
     import keras
     from keras import layers

@@ -1,12 +1,13 @@
 """Train the reference PneumoniaCNN on Kermany et al.'s chest X-rays (a developer tool, never CI).
 
-    python models/training/train.py --data ../shared/data/kermany224/train --out models/pneumonia_cnn.keras
+    python models/training/train.py --data ../shared/data/kermany224/train \\
+        --out models/pneumonia_cnn.keras
     # smoke test, leaving the repository's split and report alone:
     python models/training/train.py --data ../shared/data/kermany224/train --out /tmp/smoke.keras \\
         --limit 300 --epochs 1 --split-file /tmp/split.txt --report /tmp/report.json
 
 `--data` holds one folder per label of the model contract (NORMAL/, PNEUMONIA/). Every image
-goes through engine.preprocess.reference_pixels, the serving-time tensor. The stratified
+goes through engine.runtime.preprocess.reference_pixels, the serving-time tensor. The stratified
 validation split is written to --split-file on the first run and read back on later runs, so
 runs stay comparable; --limit subsamples both parts of that split and never changes it.
 Augmentation lives only in the tf.data pipeline, so the saved model is the plain architecture.
@@ -27,8 +28,9 @@ from typing import Any
 import numpy as np
 
 from engine.contract import Contract
-from engine.metrics import evaluate
-from engine.preprocess import list_images, reference_pixels
+from engine.runtime.listing import list_images
+from engine.runtime.metrics import evaluate
+from engine.runtime.preprocess import reference_pixels
 
 REPO = Path(__file__).resolve().parents[2]
 VAL_FRACTION = 0.15
@@ -99,7 +101,7 @@ def load_pixels(data: Path, items: list[Item], contract: Contract) -> np.ndarray
         return np.stack(list(pool.map(one, items)))
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch: int, seed: int, train: bool):  # noqa: ANN201
+def make_dataset(x: np.ndarray, y: np.ndarray, batch: int, seed: int, train: bool):
     """A tf.data pipeline of float32 [0, 1] batches; random augmentation only when `train`."""
     import keras
     import tensorflow as tf

@@ -1,0 +1,105 @@
+"""`pneumo convert`: a Keras model -> a validated ONNX model repository version. TensorFlow is
+imported only when this command runs (the 'convert' extra)."""
+
+from __future__ import annotations
+
+import argparse
+
+from engine.cli.options import (
+    Subparsers,
+    add_contract_options,
+    add_images_option,
+    command,
+    labels,
+    size,
+    unit_float,
+    variant_list_help,
+)
+from engine.errors import EXIT_OK
+
+
+def add(sub: Subparsers) -> None:
+    p = command(
+        sub,
+        "convert",
+        help="Keras/SavedModel -> validated ONNX model repository (needs the 'convert' extra)",
+        description="Convert a Keras .keras/.h5 file or SavedModel folder to ONNX, validate it "
+        "against the original (parity gate), build variants, and write one version of a "
+        "Triton-compatible model repository. Nothing is written unless every check passes.",
+    )
+    p.add_argument("source", help="a .keras or .h5 file, or a SavedModel folder")
+    p.add_argument("-o", "--output", required=True, metavar="REPO_DIR", help="model repository")
+    p.add_argument("--name", default="pneumonia", help="model name in the repository")
+    p.add_argument("--version", type=int, default=None, help="version number (default: next)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset")
+    p.add_argument("--variants", default="all", help=variant_list_help())
+    add_images_option(p)
+    p.add_argument(
+        "--input-size",
+        type=size,
+        default=None,
+        metavar="HxW",
+        help="input size, for models that accept any size",
+    )
+    add_contract_options(p)
+    p.add_argument(
+        "--labels",
+        type=labels,
+        default=None,
+        metavar="A,B",
+        help="class names: NEGATIVE,POSITIVE; for a 2-unit softmax in output order",
+    )
+    p.add_argument(
+        "--positive-index",
+        type=int,
+        default=None,
+        help="2-unit softmax: index of the PNEUMONIA unit",
+    )
+    p.add_argument("--threshold", type=unit_float, default=0.5, help="default threshold")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-5,
+        help="fp32 parity gate: max abs difference allowed",
+    )
+    p.add_argument(
+        "--custom-objects",
+        metavar="FILE.py",
+        default=None,
+        help="Python file defining the model's custom layers/classes",
+    )
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from convert.extra import require
+
+    require("pneumo convert", ("tensorflow", "tf2onnx", "onnx"))
+    from convert.detect import Overrides
+    from convert.pipeline import ConvertOptions, convert
+    from convert.variants import parse_variants
+
+    opts = ConvertOptions(
+        name=args.name,
+        version=args.version,
+        opset=args.opset,
+        variants=parse_variants(args.variants),
+        overrides=Overrides(
+            input_size=args.input_size,
+            input_scaling=args.input_scaling,
+            resize_filter=args.resize_filter,
+            labels=args.labels,
+            positive_index=args.positive_index,
+            threshold=args.threshold,
+        ),
+        image_folders=args.images,
+        tolerance=args.tolerance,
+        custom_objects=args.custom_objects,
+    )
+    result = convert(args.source, args.output, opts)
+    for line in result.report.summary_lines():
+        print(line)
+    print(f"wrote {result.version_dir} in {result.seconds:.1f} s:")
+    for filename, entry in result.manifest["files"].items():
+        print(f"  {filename:<22} {entry['bytes'] / 1e6:8.2f} MB  sha256 {entry['sha256'][:12]}")
+    return EXIT_OK

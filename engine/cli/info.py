@@ -1,0 +1,77 @@
+"""`pneumo info`: what a model is (contract, variants, provenance) and what can run it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from typing import Any
+
+from engine import __version__
+from engine.cli.options import Subparsers, add_variant_option, command, load_engine
+from engine.errors import EXIT_OK
+
+
+def add(sub: Subparsers) -> None:
+    p = command(
+        sub,
+        "info",
+        help="model contract, variants, providers, versions",
+        description="Show a model's input contract, output meaning, variants, provenance and "
+        "parity figures, and the execution providers this onnxruntime offers.",
+    )
+    p.add_argument("model", nargs="?", default=None, help="model file or folder (default: shipped)")
+    add_variant_option(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=run, device="cpu", preprocessing="fast", threads=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy
+    import onnxruntime
+    import PIL
+
+    engine = load_engine(args)
+    info = {
+        **engine.info(),
+        "providers_available": onnxruntime.get_available_providers(),
+        "versions": {
+            "pneumo-onnx": __version__,
+            "onnxruntime": onnxruntime.__version__,
+            "numpy": numpy.__version__,
+            "pillow": PIL.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    c = info["contract"]
+    i, o = c["input"], c["output"]
+    lines = [
+        f"model:        {info['model']}",
+        f"name:         {info['name'] or '-'}  version {info['version'] or '-'}  "
+        f"variant {info['variant']}  (available: {', '.join(info['variants']) or '-'})",
+        f"input:        {i['name']} {i['layout']} {i['height']}x{i['width']}x{i['channels']}, "
+        f"scaling {i['scaling']}, resize {i['resize_filter']}",
+        f"output:       {o['name']} {o['kind']} -> P({c['positive_label']}); "
+        f"labels {c['negative_label']}/{c['positive_label']}; threshold {c['threshold']}",
+        f"source:       {_source_line(info['source'])}",
+        f"parity:       {_parity_line(info['parity'])}",
+        f"provider:     {info['provider']} (available: {', '.join(info['providers_available'])})",
+        "versions:     " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
+    ]
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _source_line(source: dict[str, Any] | None) -> str:
+    if not source:
+        return "- (plain ONNX file: no provenance)"
+    return f"{source['name']} ({source['format']}, sha256 {source['sha256'][:12]}...)"
+
+
+def _parity_line(parity: dict[str, Any] | None) -> str:
+    if not parity:
+        return "- (not recorded)"
+    return f"max abs diff {parity['max_abs_diff']:.2e} vs the source on {parity['probes']} probes"

@@ -1,0 +1,88 @@
+"""`pneumo serve`: its options and what it runs. FastAPI and uvicorn load inside the handler,
+so `pneumo --help` stays light."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from engine.cli.options import Subparsers, add_device_option, add_variant_option, command
+from engine.errors import EXIT_OK, UsageError
+
+
+def add(sub: Subparsers) -> None:
+    p = command(
+        sub,
+        "serve",
+        help="REST server: seed routes, KServe V2, jobs, monitoring (needs the 'serve' extra)",
+        description="Serve a model repository over HTTP with dynamic batching. API keys come "
+        "from PNEUMO_API_KEYS (comma-separated) and/or --api-key-file.",
+    )
+    p.add_argument("--model-repo", type=Path, default=None, help="default: the shipped models")
+    p.add_argument("--model", default=None, help="model name in the repository (default: first)")
+    add_variant_option(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    add_device_option(p)
+    p.add_argument("--workers", type=int, default=1, help="server processes")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--ssl-certfile", type=Path, default=None, help="TLS certificate (PEM)")
+    p.add_argument("--ssl-keyfile", type=Path, default=None, help="TLS private key (PEM)")
+    p.add_argument("--max-batch", type=int, default=32, help="dynamic batch size")
+    p.add_argument("--max-delay-ms", type=float, default=5.0, help="batch wait")
+    p.add_argument("--max-queue", type=int, default=256, help="queued images before 503")
+    p.add_argument("--decode-threads", type=int, default=2, help="image decoding threads")
+    p.add_argument("--cache-size", type=int, default=1024, help="cached results (0: off)")
+    p.add_argument("--max-upload-mb", type=float, default=16.0, help="request size limit")
+    p.add_argument("--api-key-file", type=Path, default=None, help="one API key per line")
+    p.add_argument("--protect-health", action="store_true", help="health routes need a key")
+    p.add_argument("--protect-metrics", action="store_true", help="/metrics needs a key")
+    p.add_argument("--rate-limit", type=float, default=0.0, help="requests/s per client (0: off)")
+    p.add_argument("--rate-burst", type=int, default=20, help="requests a client may burst")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("pneumo-state"),
+        help="prediction log and job database folder",
+    )
+    p.add_argument("--log-images", action="store_true", help="also store images in the log")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.serve import server
+    from engine.serve.config import ServeConfig
+    from engine.serve.logs import configure
+    from engine.serve.security import load_api_keys
+
+    # A server logs structured JSON lines (access log with request ids included) at INFO.
+    for handler in list(logging.getLogger().handlers):
+        logging.getLogger().removeHandler(handler)
+    configure("INFO")
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)  # per-part parser chatter
+
+    config = ServeConfig(
+        model_repo=args.model_repo,
+        model=args.model,
+        device=args.device,
+        variant=args.variant,
+        threads=args.threads,
+        max_batch=args.max_batch,
+        max_delay_ms=args.max_delay_ms,
+        max_queue=args.max_queue,
+        decode_threads=args.decode_threads,
+        cache_size=args.cache_size,
+        max_upload_mb=args.max_upload_mb,
+        api_keys=tuple(load_api_keys(args.api_key_file)),
+        open_health=not args.protect_health,
+        open_metrics=not args.protect_metrics,
+        rate_limit=args.rate_limit,
+        rate_burst=args.rate_burst,
+        state_dir=args.state_dir,
+        log_images=args.log_images,
+    )
+    if args.model_repo is not None and not args.model_repo.is_dir():
+        raise UsageError(f"{args.model_repo}: no such model repository folder")
+    server.run(config, args.host, args.port, args.workers, args.ssl_certfile, args.ssl_keyfile)
+    return EXIT_OK

@@ -1,0 +1,12 @@
+"""Pictures for people: heatmaps (`heatmap`, the numbers), overlays (`overlay`, the X-ray with
+its heatmap), evaluation plots (`plots`) and the batch HTML report (`report`). Built on the
+runtime; nothing in the runtime knows about them.
+
+The heatmap choices live here, light, so the CLI can offer them without loading onnxruntime.
+"""
+
+from __future__ import annotations
+
+METHODS = ("cam", "occlusion", "auto")
+DEFAULT_GRID = 8
+MAX_GRID = 16  # 256 extra model runs per image at most

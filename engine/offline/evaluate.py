@@ -1,0 +1,91 @@
+"""`pneumo evaluate`: score a labelled folder (NORMAL/, PNEUMONIA/) and report the metrics."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import FileAccessError, UsageError
+from engine.runtime.engine import Engine
+from engine.runtime.listing import find_images
+from engine.runtime.metrics import evaluate
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    labels: np.ndarray | None = None  # 0/1 per scored image (for plots)
+    scores: np.ndarray | None = None  # P(positive) per scored image
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.metrics, "errors": [{"image_path": p, "error": e} for p, e in self.errors]}
+
+
+def evaluate_folder(
+    engine: Engine,
+    folder: Path,
+    threshold: float | None = None,
+    target_sensitivity: float = 0.95,
+    batch_size: int = 32,
+) -> Evaluation:
+    """Labels come from the subfolder names, which must be the model's two labels."""
+    c = engine.contract
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: no such folder")
+    subfolders = [folder / c.negative_label, folder / c.positive_label]
+    missing = [p.name for p in subfolders if not p.is_dir()]
+    if missing:
+        raise UsageError(
+            f"{folder} needs subfolders {c.negative_label}/ and {c.positive_label}/ "
+            f"(missing: {', '.join(missing)})"
+        )
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, sub in enumerate(subfolders):
+        found = find_images(sub)
+        paths += found
+        labels += [label] * len(found)
+    t = engine.contract.threshold if threshold is None else threshold
+    scores = np.full(len(paths), np.nan)
+    errors = []
+    for index, result in engine.stream(paths, t, batch_size):
+        if "error" in result:
+            errors.append((str(paths[index]), result["error"]))
+        else:
+            scores[index] = result["raw_score"]
+    ok = ~np.isnan(scores)
+    metrics = evaluate(np.array(labels)[ok], scores[ok], t, target_sensitivity)
+    metrics["model"] = str(engine.model.path)
+    return Evaluation(metrics, errors, np.array(labels)[ok], scores[ok])
+
+
+def report_lines(e: Evaluation) -> list[str]:
+    m = e.metrics
+    lines = [
+        f"{m['n']} images ({m['negatives']} negative, {m['positives']} positive): "
+        f"ROC AUC {m['roc_auc']:.4f}, Brier {m['brier']:.4f}"
+    ]
+    for key in ("at_threshold", "at_recommended"):
+        a = m[key]
+        cm = a["confusion"]
+        precision = "-" if a["precision"] is None else f"{a['precision']:.3f}"
+        lines.append(
+            f"threshold {a['threshold']:.4f}: accuracy {a['accuracy']:.3f}, sensitivity "
+            f"{a['sensitivity']:.3f}, specificity {a['specificity']:.3f}, precision {precision}, "
+            f"F1 {a['f1']:.3f}; TP {cm['tp']} FP {cm['fp']} TN {cm['tn']} FN {cm['fn']}"
+        )
+    lines[-1] += f"  (highest threshold with sensitivity >= {m['target_sensitivity']})"
+    lines += [f"  unreadable: {p}: {err}" for p, err in e.errors]
+    return lines
+
+
+def write_json(e: Evaluation, path: Path) -> None:
+    try:
+        path.write_text(json.dumps(e.to_dict(), indent=2, default=str) + "\n")
+    except OSError as err:
+        raise FileAccessError("write", path, err) from err

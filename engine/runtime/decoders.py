@@ -1,0 +1,183 @@
+"""Bytes to pixels: read any image source, recognise its format by its magic bytes, decode it.
+
+One table (`FORMATS`) says what we decode: JPEG, PNG, BMP, TIFF (Pillow, restricted to that
+format, so no other Pillow plugin ever parses untrusted bytes) and DICOM (pydicom, the `dicom`
+extra). Anything else is refused before any decoder sees it. Every decoded image passes the
+pixel budget of `limits`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from engine.errors import ImageError
+from engine.runtime.dicom import dicom_image
+from engine.runtime.limits import check_size
+
+ImageSource = str | os.PathLike[str] | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
+# For JPEGs: the DCT-domain reduction (1, 2, 4 or 8) libjpeg may use for an image of this size.
+Reduction = Callable[[tuple[int, int]], int]
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str  # Pillow's format name, or DICOM
+    magics: tuple[bytes, ...]
+    offset: int = 0  # where the magic bytes sit
+
+    def matches(self, data: bytes) -> bool:
+        head = data[self.offset : self.offset + max(len(m) for m in self.magics)]
+        return any(head.startswith(m) for m in self.magics)
+
+
+FORMATS = (
+    Format("JPEG", (b"\xff\xd8\xff",)),
+    Format("PNG", (b"\x89PNG\r\n\x1a\n",)),
+    Format("BMP", (b"BM",)),
+    Format("TIFF", (b"II*\x00", b"MM\x00*")),
+    Format("DICOM", (b"DICM",), offset=128),
+)
+EXPECTED = "JPEG, PNG, BMP, TIFF or DICOM"
+
+
+def describe(source: object) -> str:
+    """A short name for a source in error messages: a path's name, never a full internal path."""
+    if isinstance(source, str | os.PathLike):
+        return Path(source).name
+    if isinstance(source, bytes | bytearray):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, np.ndarray):
+        return f"<array {source.shape} {source.dtype}>"
+    if isinstance(source, Image.Image):
+        return f"<PIL image {source.size[0]}x{source.size[1]} {source.mode}>"
+    name = getattr(source, "name", None)  # open files, and BytesIO given a name by the caller
+    if isinstance(name, str) and name:
+        return Path(name).name
+    return f"<{type(source).__name__}>"
+
+
+def format_of(data: bytes, name: str) -> Format | None:
+    """The format whose magic bytes `data` starts with (a `.dcm` file without the DICOM
+    preamble counts as DICOM), or None."""
+    found = next((f for f in FORMATS if f.matches(data)), None)
+    if found is None and name.lower().endswith(".dcm"):
+        return FORMATS[-1]
+    return found
+
+
+def open_image(
+    source: ImageSource, reduce: Reduction | None = None, gray: bool = False
+) -> Image.Image:
+    """Decode any supported source to a fully loaded, upright PIL image (any mode).
+
+    `reduce`: for JPEGs, the DCT-domain scale libjpeg may decode at (the fast path and
+    thumbnails); `gray` also skips colour decoding. Raises ImageError with a specific message
+    for every kind of bad input.
+    """
+    if isinstance(source, Image.Image):
+        return _checked(ImageOps.exif_transpose(source), describe(source))
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    name = describe(source)
+    data = read_bytes(source, name)
+    if not data:
+        raise ImageError(f"expected an image file, got 0 bytes from {name}")
+    fmt = format_of(data, name)
+    if fmt is None:
+        raise ImageError(
+            f"{name} is not a supported image (expected {EXPECTED}; "
+            f"{len(data)} bytes starting {data[:8]!r})"
+        )
+    if fmt.name == "DICOM":
+        return _checked(dicom_image(data, name), name)
+    return _pillow(data, name, fmt.name, reduce, gray)
+
+
+def _pillow(data: bytes, name: str, fmt: str, reduce: Reduction | None, gray: bool) -> Image.Image:
+    try:
+        img: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
+        check_size(img.size, name)
+        scale = reduce(img.size) if reduce is not None and img.format == "JPEG" else 1
+        if scale > 1:
+            target = (img.size[0] // scale, img.size[1] // scale)  # Pillow then picks `scale`
+            img.draft("L" if gray or img.mode == "L" else "RGB", target)
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{name} is too large to decode safely: {e}") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name} starts like a {fmt} file but is not a readable one") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name} is truncated or corrupt: {e}") from e
+    return _checked(img, name)
+
+
+def read_once(source: ImageSource) -> bytes | Image.Image | np.ndarray:
+    """A path or file object read into bytes, so it can be decoded twice (a heatmap needs the
+    model tensor and a display image); images and arrays are returned as they are."""
+    if isinstance(source, Image.Image | np.ndarray):
+        return source
+    return read_bytes(source, describe(source))
+
+
+def read_bytes(source: ImageSource, name: str) -> bytes:
+    """The bytes of a path, bytes-like or file object (ImageError naming `name` otherwise)."""
+    if isinstance(source, bytes | bytearray):
+        return bytes(source)
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        try:
+            return path.read_bytes()
+        except IsADirectoryError as e:
+            raise ImageError(f"{name} is a directory, not an image file") from e
+        except FileNotFoundError as e:
+            raise ImageError(f"{name}: no such file") from e
+        except OSError as e:
+            raise ImageError(f"cannot read {name}: {e.strerror or e}") from e
+    read = getattr(source, "read", None)
+    if read is None:
+        raise ImageError(
+            f"expected a path, bytes, a file object, a PIL image or a numpy array, got {name}"
+        )
+    try:
+        data = read()
+    except OSError as e:
+        raise ImageError(f"cannot read {name}: {e}") from e
+    if not isinstance(data, bytes | bytearray):
+        raise ImageError(f"file object {name} returned {type(data).__name__}, expected bytes")
+    return bytes(data)
+
+
+def _checked(img: Image.Image, name: str) -> Image.Image:
+    check_size(img.size, name)
+    return img
+
+
+def _from_array(arr: np.ndarray) -> Image.Image:
+    name = describe(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise ImageError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 array, got {name}")
+    if arr.dtype == np.uint8:
+        pixels = arr
+    elif arr.dtype == np.uint16:
+        pixels = (arr.astype(np.uint32) * 255 // 65535).astype(np.uint8)
+    elif arr.dtype in (np.float32, np.float64):
+        if not np.isfinite(arr).all() or arr.min() < 0.0 or arr.max() > 1.0:
+            raise ImageError(f"float image arrays must hold finite values in [0, 1], got {name}")
+        pixels = np.rint(arr * 255.0).astype(np.uint8)
+    else:
+        raise ImageError(f"image arrays must be uint8, uint16 or float in [0, 1], got {name}")
+    check_size((pixels.shape[1], pixels.shape[0]), name)
+    return Image.fromarray(np.ascontiguousarray(pixels))

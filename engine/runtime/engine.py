@@ -1,0 +1,210 @@
+"""`Engine`: load a converted model once, score chest X-rays from any thread.
+
+    from engine import Engine
+    engine = Engine.load()                      # the default model shipped with the package
+    engine.predict("xray.jpeg")                 # {'prediction': 'PNEUMONIA', 'confidence': ...}
+    engine.predict_batch(paths, threshold=0.3)  # input order kept, per-item 'error'
+
+One Engine can be shared by many threads: onnxruntime sessions are thread-safe and release the
+GIL, and the Engine keeps no per-call state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from engine.contract import Contract, check_threshold
+from engine.errors import PneumoError, UsageError, first_line
+from engine.repository.resolve import ResolvedModel, resolve
+from engine.runtime.decoders import ImageSource, describe
+from engine.runtime.preprocess import PREPROCESSORS
+from engine.runtime.results import Result, Scored, failed, scored
+from engine.runtime.session import create_session, run, session_options
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32
+
+
+def check_batch_options(batch_size: int, workers: int | None) -> None:
+    """Refuse sizes that would stall or spin: callers check before creating any output."""
+    if batch_size < 1:
+        raise UsageError(f"batch size must be at least 1, got {batch_size}")
+    if workers is not None and workers < 1:
+        raise UsageError(f"workers must be at least 1, got {workers}")
+
+
+class Engine:
+    """A loaded model plus its contract and preprocessing. Build it with `Engine.load`."""
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        contract: Contract,
+        model: ResolvedModel,
+        device: str = "cpu",
+        preprocessing: str = "fast",
+    ) -> None:
+        if preprocessing not in PREPROCESSORS:
+            raise UsageError(
+                f"preprocessing must be one of {', '.join(PREPROCESSORS)}, got {preprocessing!r}"
+            )
+        self.session = session
+        self.contract = contract
+        self.model = model
+        self.device = device
+        self.preprocessing = preprocessing
+        self._prepare = PREPROCESSORS[preprocessing]
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike | None = None,
+        device: str = "cpu",
+        variant: str | None = None,
+        preprocessing: str = "fast",
+        threads: int | None = None,
+        spinning: bool = False,
+    ) -> Engine:
+        """Load a model file or repository folder (None: the default model shipped with us).
+
+        The input contract comes from the model's metadata; plain ONNX files get safe
+        defaults. `spinning=True` suits back-to-back batch jobs, never a server.
+        """
+        resolved = resolve(model, variant)
+        session = create_session(resolved.path, device, session_options(threads, spinning))
+        meta = session.get_modelmeta().custom_metadata_map
+        inp, out = session.get_inputs()[0], session.get_outputs()[0]
+        contract = Contract.from_metadata(meta, inp.name, inp.shape, out.name)
+        log.info(
+            "loaded %s (%s) on %s", resolved.path.name, resolved.variant, session.get_providers()[0]
+        )
+        return cls(session, contract, resolved, device, preprocessing)
+
+    @property
+    def provider(self) -> str:
+        """The execution provider that actually runs the model."""
+        return str(self.session.get_providers()[0])
+
+    # --- single images ---------------------------------------------------------------------
+
+    def preprocess(self, image: ImageSource) -> np.ndarray:
+        """One image as the model's input tensor (raises ImageError for a bad image)."""
+        return self._prepare(image, self.contract)
+
+    def predict(self, image: ImageSource, threshold: float | None = None) -> Scored:
+        """Score one image. Raises ImageError/UsageError for bad input (batch calls don't)."""
+        t = self.resolve_threshold(threshold)
+        score = float(self.scores(self.preprocess(image)[None])[0])
+        return self.result(score, t)
+
+    # --- batches ---------------------------------------------------------------------------
+
+    def predict_batch(
+        self,
+        images: Sequence[ImageSource],
+        threshold: float | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int | None = None,
+    ) -> list[Result]:
+        """Score many images; results in input order, a bad image gets {'error': ...}."""
+        return [r for _, r in self.stream(images, threshold, batch_size, workers)]
+
+    def stream(
+        self,
+        images: Iterable[ImageSource],
+        threshold: float | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        workers: int | None = None,
+    ) -> Iterator[tuple[int, Result]]:
+        """Yield (index, result) in input order while decoding runs ahead in a thread pool.
+
+        At most 2 x batch_size images are decoded ahead, so memory stays bounded for any
+        number of inputs; the model runs on one batch while the pool decodes the next.
+        """
+        t = self.resolve_threshold(threshold)
+        check_batch_options(batch_size, workers)
+        workers = workers or os.cpu_count() or 1
+        items = iter(enumerate(images))
+        with ThreadPoolExecutor(workers, thread_name_prefix="pneumo-decode") as pool:
+            ahead: deque[tuple[int, Future[np.ndarray | str]]] = deque()
+
+            def fill() -> None:
+                while len(ahead) < 2 * batch_size:
+                    nxt = next(items, None)
+                    if nxt is None:
+                        return
+                    ahead.append((nxt[0], pool.submit(self._prepare_safely, nxt[1])))
+
+            fill()
+            done: list[tuple[int, np.ndarray | str]] = []
+            tensors = 0
+            while ahead:
+                index, future = ahead.popleft()
+                fill()
+                value = future.result()
+                done.append((index, value))
+                tensors += not isinstance(value, str)
+                if tensors == batch_size:
+                    yield from self._score_ready(done, t)
+                    done, tensors = [], 0
+            yield from self._score_ready(done, t)
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """P(positive) for a preprocessed batch, shape (N,)."""
+        return self.contract.scores(run(self.session, x)[0])
+
+    def result(self, score: float, threshold: float) -> Scored:
+        """The deployment guide's result fields for one score."""
+        return scored(self.contract, score, threshold)
+
+    def info(self) -> dict[str, Any]:
+        """What `pneumo info` shows: model, contract, variants, provider."""
+        m = self.model
+        return {
+            "model": str(m.path),
+            "name": m.name,
+            "version": m.version,
+            "variant": m.variant,
+            "variants": m.variants,
+            "provider": self.provider,
+            "preprocessing": self.preprocessing,
+            "contract": self.contract.to_dict(),
+            "source": (m.manifest or {}).get("source"),
+            "parity": (m.manifest or {}).get("parity"),
+        }
+
+    def resolve_threshold(self, threshold: float | None) -> float:
+        """The given threshold, checked, or the model's default (for callers building results)."""
+        return self.contract.threshold if threshold is None else check_threshold(threshold)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _prepare_safely(self, image: ImageSource) -> np.ndarray | str:
+        """The tensor, or the error message: one bad image never fails a batch."""
+        try:
+            return self._prepare(image, self.contract)
+        except PneumoError as e:
+            return e.message
+        except Exception as e:  # a decoder bug on a hostile file: report it for this item only
+            log.exception("unexpected error preprocessing %s", describe(image))
+            return f"cannot process {describe(image)}: {type(e).__name__}: {first_line(e)}"
+
+    def _score_ready(
+        self, done: list[tuple[int, np.ndarray | str]], threshold: float
+    ) -> Iterator[tuple[int, Result]]:
+        tensors = [v for _, v in done if not isinstance(v, str)]
+        scores = iter(self.scores(np.stack(tensors)) if tensors else [])
+        for index, value in done:
+            if isinstance(value, str):
+                yield index, failed(value)
+            else:
+                yield index, self.result(float(next(scores)), threshold)

@@ -1,0 +1,154 @@
+"""The one background thread that scores stored batch jobs, oldest first, a chunk at a time,
+through the server's scoring path; one runner per job store across processes (a lock file),
+with a standby that takes over when the holder exits."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: one job runner per process, as configured
+    fcntl = None  # type: ignore[assignment]
+
+from engine.errors import Overloaded, PneumoError, UsageError
+from engine.runtime.results import Result
+from engine.serve.store.jobs import RESULT_FIELDS, JobStore
+
+log = logging.getLogger(__name__)
+
+# (images as (name, bytes), threshold) -> one result per image, in order.
+Score = Callable[[Sequence[tuple[str, bytes]], float | None], list[Result]]
+RETRY_SECONDS = 0.5  # a chunk refused because the server is busy waits this long, then retries
+
+
+class JobRunner:
+    """One background thread that scores stored jobs, oldest first, `chunk` images at a time.
+
+    `score(images, threshold)` returns one result per (name, bytes) image, in order (the
+    server's `ScoringService.score_job`; in tests, `engine.predict_batch` over the bytes). If
+    `score` itself raises, the job is marked failed (a bad image never does that); a busy
+    server (Overloaded) only delays the chunk.
+    """
+
+    def __init__(
+        self, store: JobStore, score: Score, chunk: int = 32, poll_seconds: float = 1.0
+    ) -> None:
+        if chunk < 1:
+            raise UsageError(f"chunk must be at least 1, got {chunk}")
+        self.store = store
+        self.score = score
+        self.chunk = chunk
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> JobRunner:
+        """Start the thread; it first resumes jobs a previous process left unfinished."""
+        if self._thread is not None:
+            raise UsageError("this job runner was already started")
+        self._thread = threading.Thread(target=self._run, name="pneumo-jobs", daemon=True)
+        self._thread.start()
+        return self
+
+    def wake(self) -> None:
+        """A job was just created: look now instead of at the next poll."""
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        """Ask the thread to stop after the current chunk, without waiting (signal handlers)."""
+        self._stop.set()
+        self._wake.set()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Finish the current chunk, then stop; the job stays resumable. Idempotent."""
+        self.request_stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run(self) -> None:
+        with _RunnerLock(self.store.path.with_name(self.store.path.name + ".runner")) as lock:
+            self._loop(lock)
+
+    def _loop(self, lock: _RunnerLock) -> None:
+        while not self._stop.is_set():
+            self._wake.clear()
+            if not lock.acquire():  # another process runs this store's jobs: stand by
+                self._wake.wait(self.poll_seconds)
+                continue
+            try:
+                job = self.store.claim_next()
+                if job is not None:
+                    self._work(*job)
+                    continue
+            except sqlite3.Error:  # the store is unreachable for now: keep the thread alive
+                log.exception("job store %s: cannot read jobs; retrying", self.store.path)
+            self._wake.wait(self.poll_seconds)
+
+    def _work(self, job_id: str, threshold: float | None) -> None:
+        while not self._stop.is_set():
+            items = self.store.pending(job_id, self.chunk)
+            if not items:
+                self.store.finish(job_id)
+                log.info("job %s done", job_id)
+                return
+            try:
+                results = self.score([(name, blob) for _, name, blob in items], threshold)
+                if len(results) != len(items):
+                    raise PneumoError(f"scored {len(results)} results for {len(items)} images")
+                for r in results:
+                    if "error" not in r and any(f not in r for f in RESULT_FIELDS):
+                        raise PneumoError(f"a result lacks {RESULT_FIELDS}: {sorted(r)}")
+            except Overloaded:  # live requests come first: wait, then try the chunk again
+                self._stop.wait(RETRY_SECONDS)
+                continue
+            except PneumoError as e:
+                log.error("job %s failed: %s", job_id, e.message)
+                self.store.finish(job_id, error=e.message)
+                return
+            except Exception:  # a bug in scoring: fail this job, keep serving the others
+                log.exception("job %s failed", job_id)
+                self.store.finish(job_id, error="internal error while scoring (see server log)")
+                return
+            indexed = [(idx, r) for (idx, _, _), r in zip(items, results, strict=True)]
+            self.store.save(job_id, indexed)
+
+
+class _RunnerLock:
+    """One runner per job store across processes (`pneumo serve --workers N`, or two servers
+    sharing a state folder): an exclusive flock that the OS releases when its holder exits,
+    so a standby runner takes over the jobs of a worker that died."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        if self._fd is not None or fcntl is None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._fd = fd
+        return True
+
+    def __enter__(self) -> _RunnerLock:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None

@@ -1,0 +1,118 @@
+"""The original deployment guide's routes: `/health`, `/predict` (multipart), `/predict/base64`
+(JSON), same request and answer shapes; `?heatmap=true` adds the X-ray with its heatmap."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from engine.errors import Overloaded, UsageError
+from engine.serve.inputs import b64decode, documented_body, form_threshold, parse_json
+from engine.serve.scoring import ScoringService
+from engine.serve.state import request_id, server
+
+router = APIRouter(tags=["seed"])
+ERRORS: dict[int | str, dict[str, str]] = {
+    code: {"description": "JSON {error}"} for code in (400, 401, 413, 422, 429, 503)
+}
+
+
+class Base64Request(BaseModel):
+    image: str = Field(description="the image file, base64-encoded (a data: URI prefix is ok)")
+    threshold: float | None = Field(None, description="decision threshold in [0, 1]")
+
+
+class PredictResponse(BaseModel):
+    prediction: str
+    confidence: float
+    raw_score: float
+    threshold: float
+    heatmap: str | None = Field(None, description="with ?heatmap=true: base64 PNG overlay")
+    heatmap_method: str | None = Field(None, description="cam or occlusion")
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """Ready (200) once the model is loaded and warmed up, 503 before."""
+    service = server(request).service
+    if not service.ready:
+        state = "unloaded" if service.default_model else "loading"
+        return JSONResponse({"status": state, "model_loaded": False}, status_code=503)
+    served = service.registry.current(service.default_model)
+    return JSONResponse(
+        {
+            "status": "healthy",
+            "model_loaded": True,
+            "model": served.name,
+            "version": str(served.version),
+            "variant": served.engine.model.variant,
+            "provider": served.engine.provider,
+        }
+    )
+
+
+@router.post("/predict", response_model=PredictResponse, responses=ERRORS)
+async def predict(
+    request: Request,
+    heatmap: Annotated[bool, Query(description="add the X-ray with its heatmap")] = False,
+    image: Annotated[UploadFile | None, File(description="the X-ray image file")] = None,
+    threshold: Annotated[str | None, Form(description="decision threshold in [0, 1]")] = None,
+) -> JSONResponse:
+    """Score one uploaded X-ray (multipart field `image`)."""
+    if image is None:
+        raise UsageError("no image file provided: send it as multipart field 'image'")
+    if not image.filename:
+        raise UsageError("no image file selected: the 'image' field has no file name")
+    data = await image.read()
+    t = form_threshold(threshold)
+    return await _answer(request, data, t, "/predict", image.filename, heatmap)
+
+
+@router.post(
+    "/predict/base64",
+    response_model=PredictResponse,
+    responses=ERRORS,
+    openapi_extra=documented_body(Base64Request),
+)
+async def predict_base64(
+    request: Request,
+    heatmap: Annotated[bool, Query(description="add the X-ray with its heatmap")] = False,
+) -> JSONResponse:
+    """Score one base64-encoded X-ray: JSON `{"image": ..., "threshold": ...}`."""
+    raw = await request.body()
+    body, data = await asyncio.get_running_loop().run_in_executor(None, _base64_request, raw)
+    return await _answer(request, data, body.threshold, "/predict/base64", None, heatmap)
+
+
+def _base64_request(raw: bytes) -> tuple[Base64Request, bytes]:
+    """Parse and decode on a thread: both take long enough on a 16 MB body to stall the loop."""
+    body = parse_json(raw, Base64Request)
+    return body, b64decode(body.image)
+
+
+async def _answer(
+    request: Request,
+    data: bytes,
+    threshold: float | None,
+    route: str,
+    name: str | None,
+    heatmap: bool,
+) -> JSONResponse:
+    service = server(request).service
+    require_ready(service)
+    result, served = await service.predict(data, threshold, request_id(request), route, name)
+    body: dict[str, object] = dict(result)
+    if heatmap:  # the seed's fields stay as they are; the picture comes beside them
+        body["heatmap_method"], body["heatmap"] = await service.heatmap(served, data, result, name)
+    return JSONResponse(body, headers={"X-Model-Version": f"{served.name}/{served.version}"})
+
+
+def require_ready(service: ScoringService) -> None:
+    if not service.default_model:
+        raise Overloaded("the model is still loading", retry_after=2)
+    if not service.ready:
+        raise Overloaded(f"model {service.default_model!r} is not loaded", retry_after=5)

@@ -1,0 +1,36 @@
+"""What a running server is made of, in one object the routes reach through the request
+(`app.state.server`): every route module reads its parts the same way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from engine.serve.config import ServeConfig
+from engine.serve.job_runner import JobRunner
+from engine.serve.metrics import ServerMetrics
+from engine.serve.scoring import ScoringService
+from engine.serve.store.jobs import JobStore
+from engine.serve.store.predictions import PredictionLog
+
+
+@dataclass(frozen=True)
+class ServerState:
+    config: ServeConfig
+    service: ScoringService
+    metrics: ServerMetrics
+    prediction_log: PredictionLog
+    jobs: JobStore
+    runner: JobRunner
+
+
+def server(request: Request) -> ServerState:
+    """The parts of the server that handles `request`."""
+    state: ServerState = request.app.state.server
+    return state
+
+
+def request_id(request: Request) -> str:
+    """The request's id (set by the gate: the caller's X-Request-ID or a fresh one)."""
+    return str(request.scope.get("state", {}).get("request_id", ""))

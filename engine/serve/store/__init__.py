@@ -1,0 +1,3 @@
+"""The server's state on disk, SQLite in WAL mode, usable without the 'serve' extra (standard
+library and numpy only): the schemas (`schema`), the prediction log (`predictions`) and its
+reports (`reports`), persistent batch jobs (`jobs`) and what an upload may hold (`uploads`)."""

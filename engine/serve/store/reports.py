@@ -1,0 +1,321 @@
+"""Reports on a prediction log: summary of a time window, and drift between two windows.
+
+Read-only: each report opens its own `mode=ro` connection, so it runs beside a live server
+(WAL) or on a copy of the file, and never takes the writer's lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import NotFoundError, UsageError
+from engine.serve.store.schema import check_columns
+
+HISTOGRAM_BINS = 10  # fixed bins on [0, 1]: the same for every report, so reports compare
+PSI_EPSILON = 1e-4  # an empty bin's proportion, so that log(p/q) stays finite
+PSI_MODERATE = 0.1
+PSI_SIGNIFICANT = 0.25
+CLASS_RATE_THRESHOLD = 0.1  # an absolute change in a class's share of predictions
+MIN_ROWS = 30  # fewer scored rows than this in a window: no drift verdict
+
+
+def _open_reader(path: str | Path) -> sqlite3.Connection:
+    p = Path(path)
+    if not p.is_file():
+        raise NotFoundError(f"no prediction log at {p.name}")
+    try:
+        conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
+    except sqlite3.Error as e:
+        raise UsageError(f"cannot open prediction log {p.name}: {e}") from e
+    try:
+        check_columns(conn, p)
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        raise UsageError(f"{p.name} is not a pneumo prediction log: {e}") from e
+    except UsageError:
+        conn.close()
+        raise
+    return conn
+
+
+# --- reports --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Window:
+    """The rows of one time window, as arrays."""
+
+    start: float
+    end: float
+    score: np.ndarray  # scored rows only
+    label: list[str]  # scored rows only
+    threshold: np.ndarray  # scored rows only
+    latency: np.ndarray  # every row
+    errors: int
+    versions: list[tuple[str, str, str | None, float | None]]  # every row
+
+    @property
+    def total(self) -> int:
+        return len(self.latency)
+
+    def class_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for label in self.label:
+            counts[label] = counts.get(label, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def _read_window(conn: sqlite3.Connection, start: float, end: float, closed: bool) -> _Window:
+    op = "<=" if closed else "<"
+    rows = conn.execute(
+        "SELECT model_name, model_version, score, label, threshold, latency_ms, error "
+        f"FROM predictions WHERE time >= ? AND time {op} ? ORDER BY time",
+        (start, end),
+    ).fetchall()
+    scored = [r for r in rows if r[6] is None and r[2] is not None]
+    return _Window(
+        start=start,
+        end=end,
+        score=np.array([r[2] for r in scored], dtype=np.float64),
+        label=[str(r[3]) for r in scored],
+        threshold=np.array([r[4] for r in scored], dtype=np.float64),
+        latency=np.array([r[5] for r in rows], dtype=np.float64),
+        errors=len(rows) - len(scored),
+        versions=[(r[0], r[1], r[6], r[2]) for r in rows],
+    )
+
+
+def histogram(values: np.ndarray | Sequence[float]) -> list[int]:
+    """Counts in HISTOGRAM_BINS equal bins on [0, 1] (values outside are clipped into it)."""
+    counts, _ = np.histogram(
+        np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0),
+        bins=HISTOGRAM_BINS,
+        range=(0.0, 1.0),
+    )
+    return [int(c) for c in counts]
+
+
+def psi(reference: np.ndarray | Sequence[float], recent: np.ndarray | Sequence[float]) -> float:
+    """Population stability index of `recent` scores against `reference` scores.
+
+    sum((p - q) * ln(p / q)) over HISTOGRAM_BINS bins on [0, 1], where p and q are the
+    proportions of each sample in a bin, an empty bin counting as PSI_EPSILON.
+    """
+    return psi_from_counts(histogram(reference), histogram(recent))
+
+
+def psi_from_counts(reference: Sequence[int], recent: Sequence[int]) -> float:
+    q = _proportions(reference)
+    p = _proportions(recent)
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def _proportions(counts: Sequence[int]) -> np.ndarray:
+    c = np.asarray(counts, dtype=np.float64)
+    if c.sum() <= 0:
+        raise UsageError("PSI needs at least one score in each window")
+    return np.maximum(c / c.sum(), PSI_EPSILON)
+
+
+def psi_level(value: float) -> str:
+    """stable below 0.1, moderate up to 0.25, significant above (the usual PSI reading)."""
+    if value < PSI_MODERATE:
+        return "stable"
+    return "moderate" if value <= PSI_SIGNIFICANT else "significant"
+
+
+def summarize(path: str | Path, hours: float = 24.0, now: float | None = None) -> dict[str, Any]:
+    """What the log holds for the last `hours`: counts, class rates, score and confidence
+    distributions, latency percentiles, and the same per model version."""
+    if not hours > 0:
+        raise UsageError(f"hours must be positive, got {hours}")
+    end = time.time() if now is None else now
+    start = end - hours * 3600.0
+    with _closing(_open_reader(path)) as conn:
+        w = _read_window(conn, start, end, closed=True)
+    classes = w.class_counts()
+    scored = len(w.score)
+    confidence = np.where(w.score > w.threshold, w.score, 1.0 - w.score)
+    by_version: dict[tuple[str, str], dict[str, Any]] = {}
+    for name, version, error, score in w.versions:
+        v = by_version.setdefault(
+            (name, version),
+            {"model_name": name, "model_version": version, "total": 0, "errors": 0, "_s": []},
+        )
+        v["total"] += 1
+        if error is not None or score is None:
+            v["errors"] += 1
+        else:
+            v["_s"].append(score)
+    versions = []
+    for v in by_version.values():
+        s = v.pop("_s")
+        versions.append({**v, "mean_score": float(np.mean(s)) if s else None})
+    return {
+        "db": Path(path).name,  # a name, never the server's absolute path
+        "window": {"hours": hours, "start": _iso(start), "end": _iso(end)},
+        "total": w.total,
+        "scored": scored,
+        "errors": w.errors,
+        "per_hour": w.total / hours,
+        "classes": {k: {"count": n, "rate": n / scored} for k, n in classes.items()},
+        "score": _distribution(w.score),
+        "confidence": _distribution(confidence),
+        "latency_ms": _percentiles(w.latency),
+        "by_model_version": versions,
+    }
+
+
+def drift_report(
+    path: str | Path,
+    *,
+    recent_hours: float = 24.0,
+    reference_hours: float = 168.0,
+    reference: tuple[float, float] | None = None,
+    now: float | None = None,
+    min_rows: int = MIN_ROWS,
+    class_rate_threshold: float = CLASS_RATE_THRESHOLD,
+) -> dict[str, Any]:
+    """Recent predictions against a reference window: class-rate change and score PSI.
+
+    The recent window is the last `recent_hours`; the reference window is
+    [now - reference_hours, start of the recent window) unless `reference` gives its
+    (start, end) in unix seconds. `status`: insufficient_data (a window has fewer than
+    `min_rows` scored rows), stable, moderate (PSI 0.1-0.25) or significant (PSI above 0.25,
+    or a class's rate moved by more than `class_rate_threshold`).
+    """
+    end = time.time() if now is None else now
+    if not recent_hours > 0:
+        raise UsageError(f"recent hours must be positive, got {recent_hours}")
+    recent_start = end - recent_hours * 3600.0
+    if reference is None:
+        if not reference_hours > recent_hours:
+            raise UsageError(
+                f"reference hours ({reference_hours:g}) must exceed recent hours "
+                f"({recent_hours:g}): the reference window is the time before the recent one"
+            )
+        reference = (end - reference_hours * 3600.0, recent_start)
+    if not reference[0] < reference[1]:
+        raise UsageError(f"reference window must have start < end, got {reference}")
+    with _closing(_open_reader(path)) as conn:
+        recent = _read_window(conn, recent_start, end, closed=True)
+        ref = _read_window(conn, reference[0], reference[1], closed=False)
+    report: dict[str, Any] = {
+        "db": Path(path).name,  # a name, never the server's absolute path
+        "status": "insufficient_data",
+        "drift_detected": False,
+        "recent": _window_info(recent),
+        "reference": _window_info(ref),
+        "psi": None,
+        "psi_level": None,
+        "class_rates": {},
+        "max_class_rate_change": None,
+        "thresholds": {
+            "psi_moderate": PSI_MODERATE,
+            "psi_significant": PSI_SIGNIFICANT,
+            "class_rate_change": class_rate_threshold,
+            "min_rows": min_rows,
+        },
+        "messages": [],
+    }
+    short = [
+        f"the {name} window has {len(w.score)} scored predictions, fewer than {min_rows}"
+        for name, w in (("recent", recent), ("reference", ref))
+        if len(w.score) < min_rows
+    ]
+    if short:
+        report["messages"] = [*short, "no drift verdict: too few predictions to compare"]
+        return report
+    value = psi_from_counts(
+        report["reference"]["score_histogram"], report["recent"]["score_histogram"]
+    )
+    level = psi_level(value)
+    r_rates, q_rates = report["recent"]["class_rates"], report["reference"]["class_rates"]
+    rates = {
+        label: {
+            "recent": r_rates.get(label, 0.0),
+            "reference": q_rates.get(label, 0.0),
+            "change": r_rates.get(label, 0.0) - q_rates.get(label, 0.0),
+        }
+        for label in sorted(set(r_rates) | set(q_rates))
+    }
+    biggest = max(abs(r["change"]) for r in rates.values())
+    messages = [f"score PSI {value:.4f}: {level}"]
+    shifted = [k for k, r in rates.items() if abs(r["change"]) > class_rate_threshold]
+    for label in shifted:
+        r = rates[label]
+        messages.append(
+            f"{label} rate {r['reference']:.3f} -> {r['recent']:.3f} "
+            f"(change {r['change']:+.3f}, above {class_rate_threshold:g})"
+        )
+    status = "significant" if level == "significant" or shifted else level
+    report.update(
+        status=status,
+        drift_detected=status == "significant",
+        psi=value,
+        psi_level=level,
+        class_rates=rates,
+        max_class_rate_change=biggest,
+        messages=messages,
+    )
+    return report
+
+
+def _window_info(w: _Window) -> dict[str, Any]:
+    counts = w.class_counts()
+    n = len(w.score)
+    return {
+        "start": _iso(w.start),
+        "end": _iso(w.end),
+        "rows": w.total,
+        "scored": n,
+        "class_rates": {k: c / n for k, c in counts.items()},
+        "score_histogram": histogram(w.score),
+        "mean_score": float(w.score.mean()) if n else None,
+    }
+
+
+def _distribution(values: np.ndarray) -> dict[str, Any]:
+    edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+    return {
+        "mean": float(values.mean()) if len(values) else None,
+        "histogram": {"edges": [round(float(e), 6) for e in edges], "counts": histogram(values)},
+    }
+
+
+def _percentiles(values: np.ndarray) -> dict[str, float | None]:
+    if not len(values):
+        return {"mean": None, "p50": None, "p95": None, "p99": None, "max": None}
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {
+        "mean": float(values.mean()),
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+        "max": float(values.max()),
+    }
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+class _closing:
+    """contextlib.closing for a connection (sqlite3's own context manager only commits)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.conn
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.close()

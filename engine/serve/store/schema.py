@@ -1,0 +1,82 @@
+"""The SQL of the server's two databases, and the check that a file holds the tables we read.
+
+`predictions.db`: one row per scored image (`predictions`). `jobs.db`: accepted batch jobs
+(`jobs`) and their images and results (`job_items`). Plain SQLite: readable by any tool.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine.errors import UsageError
+
+PREDICTIONS = """
+CREATE TABLE IF NOT EXISTS predictions (
+    id INTEGER PRIMARY KEY,
+    time REAL NOT NULL,
+    request_id TEXT NOT NULL,
+    route TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    score REAL,
+    label TEXT,
+    threshold REAL,
+    latency_ms REAL NOT NULL,
+    image_sha256 TEXT NOT NULL,
+    image BLOB,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS predictions_time ON predictions (time);
+"""
+JOBS = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    threshold REAL,
+    total INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    errors INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created);
+CREATE TABLE IF NOT EXISTS job_items (
+    job_id TEXT NOT NULL REFERENCES jobs (id),
+    idx INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    image BLOB,
+    scored INTEGER NOT NULL DEFAULT 0,
+    prediction TEXT,
+    confidence REAL,
+    raw_score REAL,
+    threshold REAL,
+    error TEXT,
+    PRIMARY KEY (job_id, idx)
+);
+"""
+# What the reports read: a log written by an older or newer writer only needs these.
+READ_COLUMNS = (
+    "time",
+    "model_name",
+    "model_version",
+    "score",
+    "label",
+    "threshold",
+    "latency_ms",
+    "error",
+)
+
+
+def check_columns(
+    conn: sqlite3.Connection, path: Path, columns: Sequence[str] = READ_COLUMNS
+) -> None:
+    """Refuse a database that is not a prediction log (or an older layout of one)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
+    if not have:
+        raise UsageError(f"{path.name} is not a pneumo prediction log: no 'predictions' table")
+    missing = sorted(set(columns) - have)
+    if missing:
+        raise UsageError(f"{path.name} is not a pneumo prediction log: no columns {missing}")
