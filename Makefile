@@ -13,7 +13,6 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[convert,dev]'
-	$(MAKE) chromium
 	touch $(STAMP)
 
 # Headless Chromium renders the HTML batch report in tests/test_pictures_report.py.
@@ -42,13 +41,25 @@ demo: setup
 	$(BIN)/pneumo convert models/pneumonia_cnn.keras -o $(DEMO)/repo
 	$(BIN)/pneumo validate $(DEMO)/repo/pneumonia/1/model.onnx \
 		--against models/pneumonia_cnn.keras --report $(DEMO)/validate.xml
+	@echo
+	@echo "demo outputs in $(DEMO)/:"
+	@echo "  results.csv       scores of the sample X-rays"
+	@echo "  report.html       the batch report (open it in a browser)"
+	@echo "  heatmaps/         where the model looked, one PNG per PNEUMONIA sample"
+	@echo "  plots/            ROC, precision-recall, confusion, calibration, histogram"
+	@echo "  repo/             the reference model converted with every variant"
+	@echo "  validate.xml      its validation report (JUnit)"
 
-# Unit tests, parity tests and the clean-install check, slow ones included.
-test: setup
+# The rules (lint, types, layers), then unit tests, parity tests and the clean-install check,
+# slow ones included. The report test renders HTML in headless Chromium: only tests need it.
+test: setup chromium lint
 	$(BIN)/python -m pytest
 
+# ruff (bugbear, pyupgrade, simplify, ruff's rules), mypy, and the import layers (import-linter).
 lint: setup
 	$(BIN)/ruff check engine convert models tests parity_tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf build .pytest_cache
