@@ -19,7 +19,7 @@ from typing import Any
 import onnx
 
 import engine
-from convert.cam import add_cam_output
+from convert.cam import add_cam_output, with_scale
 from convert.detect import Overrides, detect_contract
 from convert.export import DEFAULT_OPSET, to_onnx
 from convert.probes import gather_images, probe_batch
@@ -92,6 +92,9 @@ def convert_loaded(
         parity_check(report, session, reference, probes, opts.tolerance)
     report.raise_if_failed(src.name)
 
+    if cam is not None and session is not None:  # the heatmap colour scale, on real X-rays
+        cam = with_scale(cam, session, contract, probes[-len(images) :])
+        metadata.update(cam.to_metadata())
     parity = next(c.figures for c in report.checks if c.name == "parity_keras")
     provenance = {
         "source": {"name": src.name, "format": src.format, "sha256": src.sha256},
@@ -122,7 +125,11 @@ def convert_loaded(
         "name": opts.name,
         "version": version,
         "contract": contract.to_dict(),
-        "class_activation_map": {"available": cam is not None, "detail": cam_note},
+        "class_activation_map": {
+            "available": cam is not None,
+            "detail": cam_note,
+            **({"scale": cam.scale.to_dict()} if cam and cam.scale else {}),
+        },
         **provenance,
         "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in report.checks],
     }
