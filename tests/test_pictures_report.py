@@ -14,7 +14,7 @@ from PIL import Image
 
 from engine.cli import main
 from engine.errors import MissingExtraError
-from engine.explain.plots import DPI, FIGSIZE, PLOTS, pyplot
+from engine.explain.plots import DPI, FIGSIZE, PLOTS, figure, pyplot
 from engine.explain.report import write_report
 from engine.runtime.engine import Engine
 from engine.runtime.metrics import calibration_bins, precision_recall_curve
@@ -57,6 +57,66 @@ def test_evaluate_plots_are_pngs_of_the_expected_size(tmp_path: Path) -> None:
         with Image.open(out / f"{name}.png") as img:
             assert img.format == "PNG" and img.size == expected
             assert np.asarray(img.convert("L")).std() > 10  # something was drawn
+
+
+def test_operating_points_lie_on_top_and_inside(tmp_path: Path) -> None:
+    """The threshold dot is drawn above the curve and above the recommended square (a smaller
+    mark over a larger one, so both show when they coincide), and never clipped at an edge."""
+    labels, scores = np.array([0, 0, 1, 1, 1]), np.array([0.02, 0.3, 0.4, 0.97, 0.99])
+    for name in ("roc", "precision_recall"):
+        fig = figure(name, labels, scores, 0.5, recommended=0.35)
+        try:
+            lines = {line.get_label().split()[0]: line for line in fig.axes[0].get_lines()}
+            dot, square = lines["threshold"], lines["recommended"]
+            curve = fig.axes[0].get_lines()[0]
+            assert dot.get_zorder() > square.get_zorder() > curve.get_zorder()
+            assert dot.get_markersize() < square.get_markersize()
+            assert not dot.get_clip_on() and not square.get_clip_on()
+        finally:
+            pyplot().close(fig)
+
+
+def test_histogram_counts_have_integer_ticks() -> None:
+    fig = figure(
+        "histogram", np.array([0, 0, 0, 1, 1, 1]), np.array([0.01, 0.02, 0.08, 1, 1, 1]), 0.5
+    )
+    try:
+        ticks = fig.axes[0].get_yticks()
+        assert len(ticks) >= 3 and all(float(t).is_integer() for t in ticks)
+    finally:
+        pyplot().close(fig)
+
+
+@pytest.mark.parametrize(
+    "scores",
+    [[0.03, 0.04, 0.05, 0.999, 0.999, 0.999], [0.97, 0.03, 0.5, 0.99, 0.02, 0.55]],
+    ids=["corners", "edges"],
+)
+def test_calibration_counts_stay_inside_the_axes(scores: list[float]) -> None:
+    fig = figure("calibration", np.array([0, 0, 0, 1, 1, 1]), np.array(scores), 0.5)
+    try:
+        fig.canvas.draw()
+        box = fig.axes[0].get_window_extent()
+        labels = [t for t in fig.axes[0].texts if t.get_text().startswith("n=")]
+        assert labels
+        for text in labels:
+            extent = text.get_window_extent()
+            assert box.x0 <= extent.x0 and extent.x1 <= box.x1, text.get_text()
+            assert box.y0 <= extent.y0 and extent.y1 <= box.y1, text.get_text()
+    finally:
+        pyplot().close(fig)
+
+
+def test_plots_carry_the_caveats_and_no_recommended_point() -> None:
+    y, s = np.array([0, 1]), np.array([0.2, 0.8])
+    fig = figure("roc", y, s, 0.5, recommended=0.3, caveats=["only 1 NORMAL"])
+    try:
+        notes = [t.get_text() for t in fig.texts]
+        assert notes == ["No recommended threshold: only 1 NORMAL."]
+        labels = [line.get_label() for line in fig.axes[0].get_lines()]
+        assert not [label for label in labels if label.startswith("recommended")]
+    finally:
+        pyplot().close(fig)
 
 
 def test_missing_matplotlib_is_a_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
