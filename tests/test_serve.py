@@ -387,3 +387,10 @@ def test_predict_with_heatmap_returns_an_overlay_png(server: ServerProcess) -> N
         pictures.append(np.asarray(png.crop(box), dtype=np.int16))
     blue = [int((p[..., 2] - p[..., 0] > 60).sum()) for p in pictures]
     assert blue[0] == 0 and blue[1] > 1000
+    alone = httpx.post(
+        f"{server.url}/predict?negative=true", files={"image": (normal.name, normal.read_bytes())}
+    )
+    assert alone.status_code == 400
+    assert alone.json() == {
+        "error": "negative=true adds to the heatmap: ask for it with heatmap=true"
+    }

@@ -2,9 +2,10 @@
 
 Two methods:
 
-- `cam` (default): class activation map from the model's feature-map output (engine/cam.py).
-  One model run, the same as scoring; needs a model converted with that output (the shipped
-  one is). Values are the positive-class logit contribution of each location.
+- `cam` (default): class activation map from the model's feature-map output
+  (engine/repository/cam.py). One model run, the same as scoring; needs a model converted with
+  that output (the shipped one is). Values in logit units: the logit (less the bias) the model
+  would give if every location looked like this one; their mean plus the bias is its logit.
 - `occlusion`: for any model. The image is cut into a `grid` x `grid` raster; each cell in turn
   is painted with the image's mean value and the drop of the logit is recorded (positive: the
   cell spoke for the positive class). grid**2 extra runs, batched through the same session, so it

@@ -110,6 +110,8 @@ async def _answer(
     heatmap: bool,
     negative: bool,
 ) -> JSONResponse:
+    if negative and not heatmap:
+        raise UsageError("negative=true adds to the heatmap: ask for it with heatmap=true")
     service = server(request).service
     require_ready(service)
     result, served = await service.predict(data, threshold, request_id(request), route, name)
