@@ -46,7 +46,8 @@ demo: setup
 	@echo "  results.csv       scores of the sample X-rays"
 	@echo "  report.html       the batch report (open it in a browser)"
 	@echo "  heatmaps/         where the model looked, one PNG per PNEUMONIA sample"
-	@echo "  plots/            ROC, precision-recall, confusion, calibration, histogram"
+	@echo "  plots/            ROC, precision-recall, confusion, calibration, histogram (on 6"
+	@echo "                    training images: a look at the plots, not a measure of the model)"
 	@echo "  repo/             the reference model converted with every variant"
 	@echo "  validate.xml      its validation report (JUnit)"
 

@@ -6,15 +6,20 @@ Only for models whose classifier is `GlobalAveragePooling2D -> [Dropout] -> Dens
 output, and the weights go into the metadata (`pneumo.cam`). Before anything is kept, the
 score rebuilt from the feature map and the weights must equal the model's own score; a model
 where it does not gets no CAM output (heatmaps then use occlusion), never a wrong one.
+
+`with_scale` then measures the model's heatmap colour scale on the real probe X-rays, stored in
+the same metadata, so pictures of one model share one scale (engine.repository.cam).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from convert.detect import _is_graph_model, _walk_layers
@@ -22,8 +27,8 @@ from convert.source import LoadedSource
 from convert.validate import CAM_TOLERANCE
 from engine.contract import Contract
 from engine.errors import PneumoError
-from engine.repository.cam import FEATURE_OUTPUT, CamSpec
-from engine.runtime.session import create_session
+from engine.repository.cam import FEATURE_OUTPUT, CamSpec, measure_scale
+from engine.runtime.session import create_session, run
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,24 @@ def add_cam_output(
         return None, why
     _expose(model, tensor)
     return spec, f"feature map '{layer}' ({layout}), {weights.size} channels"
+
+
+def with_scale(
+    spec: CamSpec,
+    session: ort.InferenceSession,
+    contract: Contract,
+    images: np.ndarray,
+    batch_size: int = 32,
+) -> CamSpec:
+    """`spec` with its colour scale measured on `images` (real X-rays, the model's input)."""
+    names = [contract.output.name, spec.output]
+    maps, scores = [], []
+    for i in range(0, len(images), batch_size):
+        score, features = run(session, images[i : i + batch_size], names)
+        maps.append(spec.maps(features))
+        scores.append(contract.scores(score))
+    scale = measure_scale(np.concatenate(maps), np.concatenate(scores), contract.threshold)
+    return dataclasses.replace(spec, scale=scale)
 
 
 def _keras_head(src: LoadedSource, contract: Contract) -> tuple[np.ndarray, float, str] | str:

@@ -19,12 +19,12 @@ from typing import Any
 import onnx
 
 import engine
-from convert.cam import add_cam_output
+from convert.cam import add_cam_output, with_scale
 from convert.detect import Overrides, detect_contract
 from convert.export import DEFAULT_OPSET, to_onnx
 from convert.probes import gather_images, probe_batch
 from convert.report import Report
-from convert.repository import check_target, write_version
+from convert.repository import check_target, read_training_list, write_version
 from convert.source import LoadedSource, load_source
 from convert.validate import FP32_TOLERANCE, parity_check, runtime_checks, structure_checks
 from convert.variants import Inputs, build_and_check
@@ -45,6 +45,7 @@ class ConvertOptions:
     image_folders: Sequence[str] = ()
     tolerance: float = FP32_TOLERANCE
     custom_objects: str | None = None
+    training_list: str | None = None  # copied into the version (training_images.txt[.gz])
 
 
 @dataclass
@@ -76,6 +77,7 @@ def convert_loaded(
     src: LoadedSource, repo: Path, version: int, opts: ConvertOptions, start: float | None = None
 ) -> ConvertResult:
     start = time.perf_counter() if start is None else start
+    listed = read_training_list(opts.training_list) if opts.training_list else None
     contract = detect_contract(src, opts.overrides)
     model = to_onnx(src, contract, opts.opset)
     cam, cam_note = add_cam_output(src, contract, model)  # optional 2nd output, for heatmaps
@@ -92,6 +94,9 @@ def convert_loaded(
         parity_check(report, session, reference, probes, opts.tolerance)
     report.raise_if_failed(src.name)
 
+    if cam is not None and session is not None:  # the heatmap colour scale, on real X-rays
+        cam = with_scale(cam, session, contract, probes[-len(images) :])
+        metadata.update(cam.to_metadata())
     parity = next(c.figures for c in report.checks if c.name == "parity_keras")
     provenance = {
         "source": {"name": src.name, "format": src.format, "sha256": src.sha256},
@@ -118,12 +123,20 @@ def convert_loaded(
         files[filename] = data
         figures[filename] = {"kind": key, **variant_figures}
 
+    if listed is not None:
+        name, data, count = listed
+        files[name], figures[name] = data, {"kind": "training list", "images": count}
     manifest = {
         "name": opts.name,
         "version": version,
         "contract": contract.to_dict(),
-        "class_activation_map": {"available": cam is not None, "detail": cam_note},
+        "class_activation_map": {
+            "available": cam is not None,
+            "detail": cam_note,
+            **({"scale": cam.scale.to_dict()} if cam and cam.scale else {}),
+        },
         **provenance,
+        **({"training_images": {"file": listed[0], "images": listed[2]}} if listed else {}),
         "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in report.checks],
     }
     seconds = round(time.perf_counter() - start, 2)

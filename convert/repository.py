@@ -4,6 +4,7 @@
     REPO/<name>/<version>/model.onnx     fp32, the contract in its metadata
     REPO/<name>/<version>/model.*.onnx, model*.tflite, model.ort   variants
     REPO/<name>/<version>/manifest.json  files, sha256, sizes, parity figures, source, tools
+    REPO/<name>/<version>/training_images.txt[.gz]   optional: what the model was trained on
 
 Files are staged in a hidden folder beside the version and renamed into place in one step, so a
 failed or interrupted conversion never leaves a half-written version behind.
@@ -22,7 +23,7 @@ from typing import Any
 
 from engine.contract import Contract
 from engine.errors import RepositoryError, UsageError
-from engine.repository.manifest import FORMAT, MANIFEST_NAME
+from engine.repository.manifest import FORMAT, MANIFEST_NAME, TRAINING_LISTS, parse_training_list
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_BATCH_SIZE = 64
@@ -56,6 +57,22 @@ def check_target(repo: Path, name: str, version: int | None) -> int:
             f"pick --version {max(existing) + 1} or leave --version out"
         )
     return version
+
+
+def read_training_list(path: str | os.PathLike[str]) -> tuple[str, bytes, int]:
+    """(file name in the version, bytes as given, image count) of a training list to copy into
+    a version: one dataset-relative image name per line; gzipped if it ends in .gz."""
+    source = Path(path)
+    name = TRAINING_LISTS[1] if source.name.endswith(".gz") else TRAINING_LISTS[0]
+    try:
+        data = source.read_bytes()
+    except OSError as e:
+        raise UsageError(f"--training-list {source}: {e.strerror or e}") from e
+    try:
+        names = parse_training_list(data, source.name)
+    except RepositoryError as e:
+        raise UsageError(f"--training-list: {e.message}") from e
+    return name, data, len(names)
 
 
 def versions(model_dir: Path) -> list[int]:

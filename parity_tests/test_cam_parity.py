@@ -14,9 +14,10 @@ import pytest
 from convert.pipeline import ConvertOptions, convert_loaded
 from convert.source import from_keras_model
 from engine.explain.heatmap import cam_spec, class_activation_map
-from engine.repository.cam import CAM_KEY, FEATURE_OUTPUT
+from engine.repository.cam import CAM_KEY, FEATURE_OUTPUT, measure_scale
 from engine.repository.variants import OPTIONAL_VARIANTS
 from engine.runtime.engine import Engine
+from engine.runtime.samples import sample_images
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 CAM_TOLERANCE = 1e-4
@@ -88,6 +89,18 @@ def test_softmax_model_cam_is_the_logit_difference(tmp_path: Path, real_images: 
             assert got.values.shape == (32, 32)
     checks = {c["name"]: c for c in result.manifest["checks"]}
     assert checks["class_activation_map"]["passed"]
+    # The colour scale was measured on the real probe X-rays (here the 6 shipped samples) and
+    # stored in both files: the engine's own maps of those X-rays give it again.
+    engine = Engine.load(result.version_dir / "model.onnx", preprocessing="reference")
+    spec = cam_spec(engine)
+    assert spec is not None and spec.scale is not None and spec.scale.images == 6
+    maps = [class_activation_map(engine, spec, engine.preprocess(p)) for p in sample_images()]
+    again = measure_scale(
+        np.stack([m.values for m in maps]), np.array([m.score for m in maps]), 0.5
+    )
+    assert (again.floor, again.full) == pytest.approx((spec.scale.floor, spec.scale.full), abs=1e-3)
+    assert result.manifest["class_activation_map"]["scale"] == spec.scale.to_dict()
+    assert cam_spec(Engine.load(result.version_dir / "model.int8.onnx")).scale == spec.scale
 
 
 def test_model_without_gap_gets_no_cam_output(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import keras
@@ -9,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from engine.cli import main
+from engine.repository.manifest import read_manifest, sha256_file, training_list, verify_files
 from tests.conftest import unwritable_dir
 
 L = keras.layers
@@ -100,6 +102,34 @@ def test_failed_variant_gate_writes_nothing(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "failed validation; nothing was written" in err and "parity_keras" in err
     assert _written_versions(repo) == []
+
+
+def test_training_list_is_copied_or_refused(tmp_path: Path, capsys) -> None:
+    """--training-list: copied as given into the version and named in the manifest with its
+    sha256; a list that names no images is refused and nothing is written."""
+    source = saved(head(1, "sigmoid"), tmp_path / "ok.keras")
+    repo = tmp_path / "repo"
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    args = ["convert", source, "-o", str(repo), "--variants", "none"]
+    assert main([*args, "--training-list", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert "error: --training-list: training list empty.txt names no images" in err
+    assert _written_versions(repo) == []
+    listed = tmp_path / "names.txt.gz"
+    listed.write_bytes(gzip.compress(b"NORMAL/IM-0115-0001.jpeg\nPNEUMONIA/person1_virus_6.jpeg\n"))
+    assert main([*args, "--training-list", str(listed)]) == 0
+    version = repo / "pneumonia" / "1"
+    copied = version / "training_images.txt.gz"
+    assert copied.read_bytes() == listed.read_bytes()
+    manifest = read_manifest(version)
+    assert manifest["training_images"] == {"file": "training_images.txt.gz", "images": 2}
+    assert manifest["files"]["training_images.txt.gz"]["sha256"] == sha256_file(listed)
+    assert verify_files(version, manifest) == []
+    assert training_list(version, manifest) == [
+        "NORMAL/IM-0115-0001.jpeg",
+        "PNEUMONIA/person1_virus_6.jpeg",
+    ]
 
 
 def _written_versions(repo: Path) -> list[str]:

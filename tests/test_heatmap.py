@@ -16,10 +16,11 @@ from convert.validate import validate_file
 from engine.cli import main
 from engine.errors import UsageError
 from engine.explain.heatmap import cam_spec, compute, heatmap_for
-from engine.explain.overlay import DISPLAY_SIDE, overlay_png
+from engine.explain.overlay import DISPLAY_SIDE, blend, fit, overlay_png, render
 from engine.repository.cam import CAM_KEY, FEATURE_OUTPUT
 from engine.repository.resolve import default_model_dir
 from engine.runtime.engine import Engine
+from engine.runtime.preprocess import grey_picture
 from engine.runtime.session import create_session, run_batched
 
 
@@ -71,6 +72,18 @@ def test_scoring_fetches_only_the_score(engine: Engine) -> None:
     assert out.shape == (3, 1)
 
 
+def xray_size(data: bytes | Image.Image | np.ndarray) -> tuple[int, int]:
+    """Where render puts the X-ray: (0, 0) to this size."""
+    return fit(grey_picture(data, DISPLAY_SIDE).size)
+
+
+def red_and_blue(picture: Image.Image, size: tuple[int, int]) -> tuple[float, float]:
+    """Shares of strongly red and strongly blue pixels in the X-ray area (top left, `size`)."""
+    x = np.asarray(picture.crop((0, 0, *size)), dtype=np.int16)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    return float(((r - g > 60) & (r - b > 60)).mean()), float((b - r > 60).mean())
+
+
 @pytest.mark.parametrize("size", [(300, 600), (700, 350), (512, 512)], ids=str)
 def test_overlay_keeps_the_aspect_ratio(engine: Engine, size: tuple[int, int]) -> None:
     width, height = size
@@ -79,19 +92,54 @@ def test_overlay_keeps_the_aspect_ratio(engine: Engine, size: tuple[int, int]) -
     png = overlay_png(engine, pixels)
     picture = Image.open(io.BytesIO(png))
     assert picture.format == "PNG" and picture.mode == "RGB"
-    assert max(picture.size) == DISPLAY_SIDE
-    assert picture.width / picture.height == pytest.approx(width / height, rel=0.01)
+    xray = fit(size)
+    assert max(xray) == DISPLAY_SIDE
+    assert xray[0] / xray[1] == pytest.approx(width / height, rel=0.01)
+    assert picture.width > xray[0] + 200 and picture.height >= xray[1]  # the panel, beside
 
 
-def test_overlay_of_real_samples(engine: Engine, samples: list[Path]) -> None:
+def test_label_and_legend_lie_outside_the_xray(engine: Engine, samples: list[Path]) -> None:
+    """The X-ray area of the picture is exactly the X-ray with its colours: nothing drawn on it;
+    the panel to its right holds the text and the colour bar."""
+    heatmap, result, data = heatmap_for(engine, samples[3])
+    for negative in (False, True):
+        picture = render(data, heatmap, result, engine.contract, negative=negative)
+        grey = grey_picture(data, DISPLAY_SIDE)
+        size = fit(grey.size)
+        expected = blend(np.asarray(grey.resize(size, Image.Resampling.LANCZOS)), heatmap, negative)
+        assert np.array_equal(np.asarray(picture.crop((0, 0, *size))), expected)
+        panel = np.asarray(picture.crop((size[0], 0, picture.width, picture.height)), np.int16)
+        assert (panel.max(axis=2) > 200).sum() > 500  # white text
+        assert (np.abs(panel[..., 0] - panel[..., 2]) > 60).sum() > 300  # the colour bar
+
+
+def test_normal_sample_is_quiet_and_pneumonia_sample_is_red(
+    engine: Engine, samples: list[Path]
+) -> None:
+    """On the model's fixed scale, the NORMAL samples with the lowest scores (0.008, 0.012)
+    show no red at all, while every PNEUMONIA sample does (a per-image scale painted 2.8% of
+    the 0.008 one red)."""
+    shares = {}
     for path in samples:
-        with Image.open(path) as original:
-            aspect = original.width / original.height
-        picture = Image.open(io.BytesIO(overlay_png(engine, path)))
-        assert picture.width / picture.height == pytest.approx(aspect, rel=0.01)
-        pixels = np.asarray(picture, dtype=np.int16)
-        # Colour was added (an X-ray alone is grey: R == G == B everywhere).
-        assert np.abs(pixels[..., 0] - pixels[..., 2]).max() > 100
+        heatmap, result, data = heatmap_for(engine, path)
+        picture = render(data, heatmap, result, engine.contract)
+        shares[path.name] = (result["raw_score"], red_and_blue(picture, xray_size(data))[0])
+    quiet = [red for score, red in shares.values() if score < 0.05]
+    loud = [red for name, (_, red) in shares.items() if name.startswith("person")]
+    assert len(quiet) == 2 and max(quiet) < 0.0005, shares
+    assert len(loud) == 3 and min(loud) > 0.005, shares
+
+
+def test_negative_evidence_only_when_asked(engine: Engine, samples: list[Path]) -> None:
+    normal = samples[2]  # P(PNEUMONIA) 0.012: its map is mostly evidence against
+    heatmap, result, data = heatmap_for(engine, normal)
+    size = xray_size(data)
+    plain = render(data, heatmap, result, engine.contract)
+    both = render(data, heatmap, result, engine.contract, negative=True)
+    assert red_and_blue(plain, size)[1] == 0.0
+    assert red_and_blue(both, size)[1] > 0.001
+    png = Image.open(io.BytesIO(overlay_png(engine, normal, negative=True)))
+    assert np.array_equal(np.asarray(png), np.asarray(both))
 
 
 def test_occlusion_on_a_model_without_cam(tmp_path: Path, samples: list[Path]) -> None:

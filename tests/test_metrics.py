@@ -10,6 +10,7 @@ import pytest
 
 from engine.errors import UsageError
 from engine.runtime.metrics import (
+    MIN_PER_CLASS,
     brier,
     confusion,
     evaluate,
@@ -17,6 +18,7 @@ from engine.runtime.metrics import (
     roc_auc,
     roc_curve,
     threshold_for_sensitivity,
+    too_few,
 )
 
 # Positives score 0.4, 0.35, 0.8; negatives 0.1, 0.4, 0.6: one positive ties one negative.
@@ -138,6 +140,29 @@ def test_evaluate_bundles_everything_as_plain_json() -> None:
     assert (report["target_sensitivity"], report["recommended_threshold"]) == (0.6, 0.35)
     assert report["at_recommended"]["confusion"] == {"tp": 2, "fp": 2, "tn": 1, "fn": 1}
     assert json.loads(json.dumps(report, allow_nan=False)) == report
+
+
+def test_evaluate_with_caveats_recommends_nothing() -> None:
+    """The reasons come with the figures; the figures at the threshold stay."""
+    report = evaluate(LABELS, SCORES, threshold=0.4, caveats=["training images"])
+    assert report["caveats"] == ["training images"]
+    assert report["recommended_threshold"] is None and report["at_recommended"] is None
+    assert report["at_threshold"] == metrics_at(LABELS, SCORES, 0.4)
+    assert evaluate(LABELS, SCORES)["caveats"] == []
+
+
+@pytest.mark.parametrize(
+    ("negatives", "positives", "expected"),
+    [
+        (50, 50, None),
+        (49, 500, "only 49 NORMAL and 500 PNEUMONIA images (under 50 of a class"),
+        (500, 3, "only 500 NORMAL and 3 PNEUMONIA images (under 50 of a class"),
+    ],
+)
+def test_too_few_images_of_a_class(negatives: int, positives: int, expected: str | None) -> None:
+    reason = too_few([0] * negatives + [1] * positives)
+    assert reason == expected if expected is None else reason.startswith(expected)
+    assert MIN_PER_CLASS == 50
 
 
 def test_evaluate_defaults() -> None:

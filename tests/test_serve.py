@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from engine import Engine
+from engine.explain.overlay import fit
 from engine.runtime.samples import sample_images
 from tests.server_process import ServerProcess
 
@@ -368,8 +369,28 @@ def test_predict_with_heatmap_returns_an_overlay_png(server: ServerProcess) -> N
     overlay = Image.open(io.BytesIO(base64.b64decode(body["heatmap"])))
     assert overlay.format == "PNG"
     with Image.open(SAMPLE) as original:
-        assert overlay.width / overlay.height == pytest.approx(
-            original.width / original.height, rel=0.01
-        )
+        width, height = fit(original.size)  # the X-ray, at the top left; the legend beside it
+    assert overlay.width > width and overlay.height >= height
     plain = post_image(server, SAMPLE.read_bytes()).json()
     assert "heatmap" not in plain and plain["raw_score"] == body["raw_score"]
+    normal = sample_images()[2]  # P(PNEUMONIA) 0.012: evidence against it, in blue if asked
+    with Image.open(normal) as original:
+        box = (0, 0, *fit(original.size))
+    pictures = []
+    for query in ("heatmap=true", "heatmap=true&negative=true"):
+        r = httpx.post(
+            f"{server.url}/predict?{query}",
+            files={"image": (normal.name, normal.read_bytes())},
+            timeout=60,
+        )
+        png = Image.open(io.BytesIO(base64.b64decode(r.json()["heatmap"])))
+        pictures.append(np.asarray(png.crop(box), dtype=np.int16))
+    blue = [int((p[..., 2] - p[..., 0] > 60).sum()) for p in pictures]
+    assert blue[0] == 0 and blue[1] > 1000
+    alone = httpx.post(
+        f"{server.url}/predict?negative=true", files={"image": (normal.name, normal.read_bytes())}
+    )
+    assert alone.status_code == 400
+    assert alone.json() == {
+        "error": "negative=true adds to the heatmap: ask for it with heatmap=true"
+    }

@@ -63,6 +63,13 @@ def add(sub: Subparsers) -> None:
         help="fp32 parity gate: max abs difference allowed",
     )
     p.add_argument(
+        "--training-list",
+        metavar="FILE",
+        default=None,
+        help="the model's training images, one dataset-relative name per line (.gz ok): copied "
+        "into the version, so pneumo evaluate can tell when it is shown training data",
+    )
+    p.add_argument(
         "--custom-objects",
         metavar="FILE.py",
         default=None,
@@ -95,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         image_folders=args.images,
         tolerance=args.tolerance,
         custom_objects=args.custom_objects,
+        training_list=args.training_list,
     )
     result = convert(args.source, args.output, opts)
     for line in result.report.summary_lines():

@@ -16,7 +16,8 @@ def add(sub: Subparsers) -> None:
         help="metrics on a labelled folder (NORMAL/, PNEUMONIA/)",
         description="Score every image under DIR/NORMAL and DIR/PNEUMONIA and report ROC AUC, "
         "accuracy, sensitivity, specificity, precision, F1, confusion matrix, Brier score and "
-        "the threshold that reaches a target sensitivity.",
+        "the threshold that reaches a target sensitivity. With fewer than 50 images of a class, "
+        "or images the model lists as its training data, it says so and recommends no threshold.",
     )
     p.add_argument("folder", metavar="DIR")
     p.add_argument("--threshold", type=unit_float, default=None, help="decision threshold")
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             Path(args.plots),
             (c.negative_label, c.positive_label),
             result.metrics["recommended_threshold"],
+            result.metrics["caveats"],
         )
         print(f"wrote {len(written)} plots to {args.plots}")
     return EXIT_FAILED if result.errors else EXIT_OK

@@ -56,6 +56,11 @@ def add_heatmap_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"occlusion raster (2-{MAX_GRID})",
     )
+    p.add_argument(
+        "--heatmap-negative",
+        action="store_true",
+        help="also draw the evidence against PNEUMONIA (blue); default: evidence for it only",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,7 +92,12 @@ def run(args: argparse.Namespace) -> int:
         from engine.explain.overlay import write_overlays
 
         written = write_overlays(
-            engine, scored, Path(args.heatmap), args.heatmap_method, args.occlusion_grid
+            engine,
+            scored,
+            Path(args.heatmap),
+            args.heatmap_method,
+            args.occlusion_grid,
+            negative=args.heatmap_negative,
         )
         print(f"wrote {len(written)} heatmaps to {args.heatmap}", file=sys.stderr)
     return EXIT_FAILED if len(scored) < len(rows) else EXIT_OK

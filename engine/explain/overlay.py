@@ -1,9 +1,12 @@
-"""Draw a heatmap over its X-ray with Pillow alone: colour map, legend, label and score.
+"""Draw a heatmap over its X-ray with Pillow alone: colours, then a panel with the result and the
+legend beside the X-ray.
 
-The picture keeps the X-ray's aspect ratio (long side DISPLAY_SIDE px); everything drawn on it
-(legend, text) sits inside the image. Colours: red for evidence of the positive class, blue for
-the negative one, transparent near zero, on the X-ray in grey. The scale is symmetric around
-zero and per image; the legend says its range and unit.
+The X-ray keeps its aspect ratio (long side DISPLAY_SIDE px); the panel sits to its right, so
+the picture is wider than the X-ray and nothing is drawn over the lungs. Colours follow the
+heatmap's scale, fixed per model (engine.explain.heatmap): no colour up to the scale's floor,
+then yellow to red at its full value, so the same colour means the same evidence in every
+picture of one model and a quiet map stays quiet. Evidence against PNEUMONIA (blue, the same
+scale mirrored) is drawn only when asked (`negative=True`).
 """
 
 from __future__ import annotations
@@ -25,18 +28,46 @@ from engine.runtime.results import Scored
 
 DISPLAY_SIDE = 1024
 MAX_ALPHA = 0.6
-# Diverging colour map: -1 (negative class) .. 0 .. +1 (positive class), interpolated.
-_STOPS = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
-_COLOURS = np.array(
-    [[30, 70, 220], [40, 170, 255], [255, 255, 255], [255, 190, 0], [230, 20, 20]],
-    dtype=np.float64,
-)
+PANEL_BACKGROUND = (24, 24, 28)
+# Colour ramps over the scale, from the floor (0) to the full value (1), interpolated.
+_STOPS = np.array([0.0, 0.5, 1.0])
+_POSITIVE = np.array([[255, 225, 60], [255, 140, 0], [220, 20, 20]], dtype=np.float64)
+_NEGATIVE = np.array([[120, 220, 255], [40, 150, 255], [30, 60, 210]], dtype=np.float64)
+
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
-def colourise(v: np.ndarray) -> np.ndarray:
-    """Values in [-1, 1] -> RGB floats 0..255 (shape + (3,))."""
-    v = np.clip(v, -1.0, 1.0)
-    return np.stack([np.interp(v, _STOPS, _COLOURS[:, i]) for i in range(3)], axis=-1)
+def fit(size: tuple[int, int], side: int = DISPLAY_SIDE) -> tuple[int, int]:
+    """The X-ray's size in the picture: its aspect ratio, long side `side`."""
+    scale = side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def strength(values: np.ndarray, heatmap: Heatmap) -> np.ndarray:
+    """Where `values` sit on the heatmap's scale: 0 at or below the floor, 1 at full and above."""
+    floor, full = heatmap.scale.floor, heatmap.scale.full
+    return np.clip((values - floor) / (full - floor), 0.0, 1.0)
+
+
+def ramp(t: np.ndarray, negative: bool = False) -> np.ndarray:
+    """Strengths in [0, 1] -> RGB floats 0..255 (shape + (3,))."""
+    colours = _NEGATIVE if negative else _POSITIVE
+    return np.stack([np.interp(t, _STOPS, colours[:, i]) for i in range(3)], axis=-1)
+
+
+def blend(grey: np.ndarray, heatmap: Heatmap, negative: bool = False) -> np.ndarray:
+    """The grey X-ray (h, w) with the heatmap's colours: uint8 RGB (h, w, 3)."""
+    height, width = grey.shape
+    field = Image.fromarray(heatmap.values.astype(np.float32), "F")
+    v = np.asarray(field.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float64)
+    rgb = np.repeat(grey[..., None].astype(np.float64), 3, axis=2)
+    sides = [(strength(v, heatmap), False)]
+    if negative:
+        sides.append((strength(-v, heatmap), True))
+    for t, is_negative in sides:
+        alpha = (MAX_ALPHA * t**0.8)[..., None]
+        rgb = rgb * (1.0 - alpha) + ramp(t, is_negative) * alpha
+    return np.clip(rgb, 0, 255).round().astype(np.uint8)
 
 
 def render(
@@ -45,22 +76,20 @@ def render(
     result: Scored,
     contract: Contract,
     side: int = DISPLAY_SIDE,
+    negative: bool = False,
 ) -> Image.Image:
-    """The X-ray (grey) with the heatmap blended in, a legend and the result, as RGB."""
+    """The X-ray with the heatmap blended in at (0, 0), the result and legend to its right."""
     base = grey_picture(image, side)
-    scale = side / max(base.size)
-    size = (max(1, round(base.width * scale)), max(1, round(base.height * scale)))
-    grey = np.asarray(base.resize(size, Image.Resampling.LANCZOS), dtype=np.float64)
-    limit = float(np.max(np.abs(heatmap.values))) or 1.0
-    field = Image.fromarray((heatmap.values / limit).astype(np.float32), "F")
-    v = np.asarray(field.resize(size, Image.Resampling.BICUBIC), dtype=np.float64)
-    alpha = (MAX_ALPHA * np.clip(np.abs(v), 0.0, 1.0) ** 0.8)[..., None]
-    rgb = grey[..., None] * (1.0 - alpha) + colourise(v) * alpha
-    picture = Image.fromarray(np.clip(rgb, 0, 255).round().astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(picture, "RGBA")
-    unit = max(14, round(max(size) / 42))  # text readable when the picture is shown small
-    _result_box(draw, result, contract, heatmap, unit)
-    _legend(picture, draw, heatmap, limit, contract, unit)
+    size = fit(base.size, side)
+    grey = np.asarray(base.resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
+    xray = Image.fromarray(blend(grey, heatmap, negative), "RGB")
+    unit = max(14, round(side / 42))  # text readable when the picture is shown small
+    panel = _panel(heatmap, result, contract, unit, negative)
+    picture = Image.new(
+        "RGB", (size[0] + panel.width, max(size[1], panel.height)), PANEL_BACKGROUND
+    )
+    picture.paste(xray, (0, 0))
+    picture.paste(panel, (size[0], 0))
     return picture
 
 
@@ -70,7 +99,7 @@ def to_png(picture: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+def font(size: int) -> Font:
     """Pillow's bundled scalable font (Pillow >= 10.1 with FreeType), else its bitmap font."""
     try:
         return ImageFont.load_default(size=size)
@@ -78,76 +107,86 @@ def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _result_box(
-    draw: ImageDraw.ImageDraw,
-    result: Scored,
-    contract: Contract,
-    heatmap: Heatmap,
-    unit: int,
-) -> None:
-    positive = result["prediction"] == contract.positive_label
-    lines = [
-        (
-            result["prediction"],
-            font(int(unit * 1.6)),
-            (255, 90, 70) if positive else (110, 190, 255),
-        ),
-        (
-            f"P({contract.positive_label}) {result['raw_score']:.3f}"
-            f"  threshold {result['threshold']:g}",
-            font(unit),
-            (255, 255, 255),
-        ),
-        (
-            "class activation map" if heatmap.method == "cam" else "occlusion sensitivity",
-            font(int(unit * 0.85)),
-            (210, 210, 210),
-        ),
+def _panel(
+    heatmap: Heatmap, result: Scored, contract: Contract, unit: int, negative: bool
+) -> Image.Image:
+    """The result (label, score, threshold, method) above the legend (bar, values, unit, where
+    the scale comes from), as an image of its own: it never overlaps the X-ray."""
+    pos, neg = contract.positive_label, contract.negative_label
+    scale = heatmap.scale
+    big, normal, small = font(int(unit * 1.6)), font(unit), font(int(unit * 0.8))
+    white, dim = (255, 255, 255), (190, 190, 190)
+    positive = result["prediction"] == pos
+    method = "class activation map" if heatmap.method == "cam" else "occlusion sensitivity"
+    top: list[tuple[str, Font, tuple[int, int, int]]] = [
+        (result["prediction"], big, (255, 90, 70) if positive else (110, 190, 255)),
+        (f"P({pos}) {result['raw_score']:.3f}", normal, white),
+        (f"threshold {result['threshold']:g}", normal, white),
+        (method, small, dim),
+    ]
+    title = f"evidence for {pos}" + (f" / {neg}" if negative else "")
+    legend_top = [(title, small, white), (heatmap.unit, small, dim)]
+    marks = [(f"+{scale.full:.3g} and more", 0.0), (f"+{scale.floor:.3g}", 1.0)]
+    if negative:
+        marks = [marks[0], (f"+{scale.floor:.3g}", 0.45), (f"-{scale.floor:.3g}", 0.55)]
+        marks.append((f"-{scale.full:.3g} and less", 1.0))
+    bottom = [
+        (f"no colour {'within +-' if negative else 'below +'}{scale.floor:.3g}", small, dim),
+        ("scale fixed per model:", small, dim),
+        (heatmap.scale_source, small, dim),
     ]
     pad = unit // 2
-    widths = [draw.textbbox((0, 0), text, font=f)[2] for text, f, _ in lines]
-    heights = [draw.textbbox((0, 0), text, font=f)[3] for text, f, _ in lines]
-    box = (pad, pad, pad * 3 + max(widths), pad * 2 + sum(heights) + pad * (len(lines) - 1) + pad)
-    draw.rounded_rectangle(box, radius=pad, fill=(0, 0, 0, 170))
-    y: float = pad * 2
-    for (text, f, colour), h in zip(lines, heights, strict=True):
-        draw.text((pad * 2, y), text, font=f, fill=colour)
-        y += h + pad
+    bar_w, bar_h = unit, unit * 9
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def box(text: str, f: Font) -> tuple[int, int]:
+        left, _, right, bottom_ = probe.textbbox((0, 0), text, font=f)
+        return int(right - left), int(bottom_)
+
+    lines = [*top, *legend_top, *bottom]
+    widths = [box(t, f)[0] for t, f, _ in lines]
+    widths += [bar_w + pad + box(t, small)[0] for t, _ in marks]
+    width = pad * 4 + max(widths)
+    line_h = box("Ag", small)[1]
+    text_h = sum(box(t, f)[1] + pad for t, f, _ in lines)
+    height = pad * 5 + text_h + line_h // 2 + bar_h + line_h
+    panel = Image.new("RGB", (width, height), PANEL_BACKGROUND)
+    draw = ImageDraw.Draw(panel)
+
+    def write(y: int, block: list[tuple[str, Font, tuple[int, int, int]]]) -> int:
+        for text, f, colour in block:
+            draw.text((pad * 2, y), text, font=f, fill=colour)
+            y += box(text, f)[1] + pad
+        return y
+
+    y = write(pad * 2, top) + pad * 2  # a gap between the result and the legend
+    y = write(y, legend_top) + line_h // 2
+    bx = pad * 2
+    panel.paste(_bar(bar_w, bar_h, negative), (bx, y))
+    for text, at in marks:
+        ty = y + round(at * (bar_h - 1))
+        draw.line((bx + bar_w, ty, bx + bar_w + pad // 2, ty), fill=white)
+        draw.text((bx + bar_w + pad, ty - line_h // 2), text, font=small, fill=white)
+    write(y + bar_h + line_h, bottom)
+    return panel
 
 
-def _legend(
-    picture: Image.Image,
-    draw: ImageDraw.ImageDraw,
-    heatmap: Heatmap,
-    limit: float,
-    contract: Contract,
-    unit: int,
-) -> None:
-    """A vertical colour bar with its range and meaning, bottom right."""
-    small = font(int(unit * 0.8))
-    pad = unit // 2
-    bar_w, bar_h = unit, min(picture.height // 3, unit * 10)
-    labels = [
-        f"+{limit:.2g} {contract.positive_label}",
-        "0",
-        f"-{limit:.2g} {contract.negative_label}",
-    ]
-    title = heatmap.unit
-    text_w = int(max(draw.textbbox((0, 0), t, font=small)[2] for t in [*labels, title]))
-    line_h = int(draw.textbbox((0, 0), "Ag", font=small)[3])
-    width = pad * 3 + bar_w + text_w
-    height = pad * 3 + line_h + bar_h + line_h // 2
-    x0, y0 = picture.width - width - pad, picture.height - height - pad
-    draw.rounded_rectangle((x0, y0, x0 + width, y0 + height), radius=pad, fill=(0, 0, 0, 170))
-    draw.text((x0 + pad, y0 + pad), title, font=small, fill=(230, 230, 230))
-    bx, by = x0 + pad, y0 + pad * 2 + line_h
-    ramp = colourise(np.linspace(1.0, -1.0, bar_h))  # top: positive
-    bar = np.repeat(ramp[:, None, :], bar_w, axis=1).round().astype(np.uint8)
-    picture.paste(Image.fromarray(bar, "RGB"), (bx, by))
-    for i, text in enumerate(labels):
-        ty = by + round(i * (bar_h - 1) / 2) - line_h // 2
-        draw.line((bx + bar_w, ty + line_h // 2, bx + bar_w + pad // 2, ty + line_h // 2))
-        draw.text((bx + bar_w + pad, ty), text, font=small, fill=(255, 255, 255))
+def _bar(width: int, height: int, negative: bool) -> Image.Image:
+    """The colour bar as the X-ray shows its colours (over mid-grey): full at the top, the
+    floor at the bottom; with `negative`, mirrored below a grey middle (no colour)."""
+    if negative:
+        half = round(height * 0.45)
+        t = np.concatenate(
+            [np.linspace(1.0, 0.0, half), np.zeros(height - 2 * half), np.linspace(0.0, 1.0, half)]
+        )
+        side = np.arange(height) >= height - half
+    else:
+        t, side = np.linspace(1.0, 0.0, height), np.zeros(height, dtype=bool)
+    alpha = (MAX_ALPHA * t**0.8)[:, None]
+    colour = np.where(side[:, None], ramp(t, True), ramp(t, False))
+    rows = 128.0 * (1.0 - alpha) + colour * alpha
+    pixels = np.repeat(rows[:, None, :], width, axis=1)
+    return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), "RGB")
 
 
 def overlay_png(
@@ -157,15 +196,17 @@ def overlay_png(
     method: str = "cam",
     grid: int = DEFAULT_GRID,
     threshold: float | None = None,
+    negative: bool = False,
 ) -> bytes:
-    """PNG bytes of the X-ray with its heatmap overlaid, label and score in the corner.
+    """PNG bytes of the X-ray with its heatmap overlaid, the label, score and legend beside it.
 
     `result` (from engine.predict on the same image) is printed if given; otherwise the
     result of the heatmap's own run is (the same score: one preprocessing, one model).
+    `negative` also draws the evidence against PNEUMONIA, in blue.
     Raises ImageError for a bad image and UsageError for an unavailable method.
     """
     heatmap, own, data = heatmap_for(engine, image, method, grid, threshold)
-    picture = render(data, heatmap, result or own, engine.contract)
+    picture = render(data, heatmap, result or own, engine.contract, negative=negative)
     return to_png(picture)
 
 
@@ -175,6 +216,7 @@ def write_overlays(
     out_dir: Path,
     method: str = "cam",
     grid: int = DEFAULT_GRID,
+    negative: bool = False,
 ) -> list[Path]:
     """One `<stem>.heatmap.png` per (image path, result) in `out_dir` (created); names made
     unique when two images share a stem."""
@@ -193,7 +235,7 @@ def write_overlays(
             name = f"{stem}-{n}.heatmap.png"
         used.add(name)
         target = out_dir / name
-        png = overlay_png(engine, image, result, method, grid)
+        png = overlay_png(engine, image, result, method, grid, negative=negative)
         try:
             target.write_bytes(png)
         except OSError as e:

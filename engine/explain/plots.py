@@ -4,12 +4,18 @@ confusion matrix, reliability diagram, score histograms per class.
 matplotlib is imported inside `pyplot()` only, with the Agg backend, so the engine never needs
 it, a server never opens a display, and a missing extra is one clear MissingExtraError. Every
 figure is FIGSIZE at DPI (600 x 500 px), saved without tight cropping so sizes are fixed.
+
+Figures on data that cannot choose a threshold (too few images, training images: `caveats`)
+carry the reasons as a footnote on every plot, and in the PNG's Description; no "recommended"
+point is drawn then. Operating points sit on top of the curves, never hidden behind them.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +58,7 @@ def evaluation_plots(
     out_dir: Path,
     names: tuple[str, str] = ("NORMAL", "PNEUMONIA"),
     recommended: float | None = None,
+    caveats: Sequence[str] = (),
 ) -> list[Path]:
     """Write the five plots as PNGs into `out_dir` (created); return their paths."""
     plt = pyplot()
@@ -59,11 +66,38 @@ def evaluation_plots(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise FileAccessError("create", out_dir, e) from e
+    written = []
+    for name in PLOTS:
+        fig = figure(name, labels, scores, threshold, names, recommended, caveats)
+        try:
+            path = out_dir / f"{name}.png"
+            try:
+                fig.savefig(path, dpi=DPI, format="png", metadata=_metadata(caveats))
+            except OSError as e:
+                raise FileAccessError("write", path, e) from e
+            written.append(path)
+        finally:
+            plt.close(fig)
+    return written
+
+
+def figure(
+    name: str,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    threshold: float,
+    names: tuple[str, str] = ("NORMAL", "PNEUMONIA"),
+    recommended: float | None = None,
+    caveats: Sequence[str] = (),
+) -> Any:
+    """One of the PLOTS as a matplotlib figure (the caller closes it)."""
     y = np.asarray(labels).astype(int)
     s = np.asarray(scores, dtype=np.float64)
     points = [("threshold", threshold)]
+    if caveats:
+        recommended = None  # these data choose no threshold: the footnote says why
     if recommended is not None and math.isfinite(recommended) and recommended != threshold:
-        points.append(("recommended", recommended))
+        points.insert(0, ("recommended", recommended))  # drawn first: the threshold on top
     drawers = {
         "roc": lambda ax: _roc(ax, y, s, points),
         "precision_recall": lambda ax: _pr(ax, y, s, points),
@@ -71,21 +105,33 @@ def evaluation_plots(
         "calibration": lambda ax: _calibration(ax, y, s),
         "histogram": lambda ax: _histogram(ax, s, y, threshold, names),
     }
-    written = []
-    for name in PLOTS:
-        fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
-        try:
-            drawers[name](ax)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
+    try:
+        drawers[name](ax)
+        note = _note(caveats)
+        if note:
+            lines = note.count("\n") + 1
+            fig.text(0.01, 0.01, note, fontsize=8, color="#9b2c2c", va="bottom", ha="left")
+            fig.tight_layout(rect=(0.0, 0.012 + lines * 0.032, 1.0, 1.0))
+        else:
             fig.tight_layout()
-            path = out_dir / f"{name}.png"
-            try:
-                fig.savefig(path, dpi=DPI, format="png")
-            except OSError as e:
-                raise FileAccessError("write", path, e) from e
-            written.append(path)
-        finally:
-            plt.close(fig)
-    return written
+    except BaseException:
+        plt.close(fig)
+        raise
+    return fig
+
+
+def _note(caveats: Sequence[str]) -> str:
+    """The footnote of a plot on data that chose no threshold ('' when there is none)."""
+    if not caveats:
+        return ""
+    text = "No recommended threshold: " + "; ".join(caveats) + "."
+    return "\n".join(textwrap.wrap(text, 92))
+
+
+def _metadata(caveats: Sequence[str]) -> dict[str, str]:
+    return {"Description": " ".join(_note(caveats).split())} if caveats else {}
 
 
 def histogram_png(
@@ -115,16 +161,14 @@ def _roc(ax: Any, y: np.ndarray, s: np.ndarray, points: list[tuple[str, float]])
     fpr, tpr, _ = roc_curve(y, s)
     ax.plot(fpr, tpr, color=POSITIVE_COLOUR, lw=2, label=f"ROC (AUC {roc_auc(y, s):.4f})")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
-    for (name, t), marker in zip(points, ("o", "s"), strict=False):
+    for name, t in points:
         m = metrics_at(y, s, t)
-        ax.plot(
+        _point(
+            ax,
             1 - m["specificity"],
             m["sensitivity"],
-            marker,
-            ms=9,
-            color="black",
-            mfc="white" if name == "recommended" else "black",
-            label=f"{name} {t:.3g}: sens {m['sensitivity']:.3f}, spec {m['specificity']:.3f}",
+            name,
+            f"{name} {t:.3g}: sens {m['sensitivity']:.3f}, spec {m['specificity']:.3f}",
         )
     _axes(ax, "False positive rate (1 - specificity)", "True positive rate (sensitivity)")
     ax.set_title("ROC curve")
@@ -135,21 +179,31 @@ def _pr(ax: Any, y: np.ndarray, s: np.ndarray, points: list[tuple[str, float]]) 
     recall, precision, ap = precision_recall_curve(y, s)
     ax.step(recall, precision, where="post", color=POSITIVE_COLOUR, lw=2, label=f"AP {ap:.4f}")
     ax.axhline(y.mean(), ls="--", color="grey", lw=1, label=f"prevalence {y.mean():.3f}")
-    for (name, t), marker in zip(points, ("o", "s"), strict=False):
+    for name, t in points:
         m = metrics_at(y, s, t)
         if m["precision"] is not None:
-            ax.plot(
-                m["sensitivity"],
-                m["precision"],
-                marker,
-                ms=9,
-                color="black",
-                mfc="white" if name == "recommended" else "black",
-                label=f"{name} {t:.3g}",
-            )
+            _point(ax, m["sensitivity"], m["precision"], name, f"{name} {t:.3g}")
     _axes(ax, "Recall (sensitivity)", "Precision")
     ax.set_title("Precision-recall curve")
     ax.legend(loc="lower left", fontsize=9)
+
+
+def _point(ax: Any, x: float, y: float, name: str, label: str) -> None:
+    """An operating point above every curve and unclipped at the axes' edge: the threshold a
+    filled dot, the recommended one a larger open square, so both show where they coincide."""
+    recommended = name == "recommended"
+    ax.plot(
+        x,
+        y,
+        "s" if recommended else "o",
+        ms=12 if recommended else 8,
+        mew=1.5,
+        color="black",
+        mfc="white" if recommended else "black",
+        zorder=6 if recommended else 7,
+        clip_on=False,
+        label=label,
+    )
 
 
 def _confusion(
@@ -190,11 +244,32 @@ def _calibration(ax: Any, y: np.ndarray, s: np.ndarray) -> None:
         label=f"model (ECE {ece:.3f})",
     )
     for x, f, n in zip(mean_score[filled], positive[filled], count[filled], strict=True):
-        below = -13 if f > 0.5 else 6  # keep the count inside the axes
-        ax.annotate(f"n={n}", (x, f), textcoords="offset points", xytext=(3, below), fontsize=8)
+        dx, dy, ha, va = _label_place(x, f)
+        ax.annotate(
+            f"n={n}", (x, f), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va, fontsize=8
+        )
     _axes(ax, "Mean predicted P(positive) in bin", "Fraction truly positive")
     ax.set_title("Reliability diagram (10 bins)")
     ax.legend(loc="upper left", fontsize=9)
+
+
+def _label_place(x: float, f: float) -> tuple[int, int, str, str]:
+    """Offset and alignment of a count label at (x, f) of the reliability diagram: off the
+    diagonal on the point's own side (above-left or below-right), the other side where that
+    would leave the axes, beside the point in a corner: never outside the axes."""
+    above = (-6, 6, "right", "bottom")
+    below = (6, -6, "left", "top")
+    fits = {above: f < 0.9 and x > 0.1, below: f > 0.1 and x < 0.85}
+    for place in (above, below) if f >= x else (below, above):
+        if fits[place]:
+            return place
+    right, top = x > 0.5, f > 0.5  # a corner: beside the point, clear of the diagonal
+    return (
+        -14 if right else 14,
+        -1 if top else 1,
+        "right" if right else "left",
+        "top" if top else "bottom",
+    )
 
 
 def _histogram(
@@ -215,6 +290,9 @@ def _histogram(
     ax.set_xlim(0, 1)
     ax.set_xlabel(f"P({names[1]})")
     ax.set_ylabel("Images")
+    from matplotlib.ticker import MaxNLocator  # matplotlib is loaded: pyplot() made the axes
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts
     ax.set_title("Score histogram" + (" per class" if y is not None else ""))
     ax.legend(loc="upper center", fontsize=9)
     ax.grid(alpha=0.3)

@@ -1,12 +1,13 @@
 """`pneumo batch --report report.html`: one self-contained HTML page people can look at.
 
-Summary counts and positive rate, the score histogram, heatmaps of the top-scoring images and
-a sortable table (thumbnail, file, label, score, error). Everything is inlined (images as data
-URIs, CSS and a few lines of script); a Content-Security-Policy forbids any network fetch, so
-the file opens the same offline, from a mail attachment or an archive.
+Summary counts and positive rate, the score histogram, heatmaps of the top-scoring images
+called PNEUMONIA (the section answers "why PNEUMONIA?"; it says so, and says when no image was
+called PNEUMONIA), and a sortable table (thumbnail, file, label, score, error). Everything is
+inlined (images as data URIs, CSS and a few lines of script); a Content-Security-Policy forbids
+any network fetch, so the file opens the same offline, from a mail attachment or an archive.
 
 Size stays bounded for large folders: thumbnails (small JPEGs) only for the first
-`max_thumbnails` rows in score order, heatmaps for the `heatmaps` top-scoring images.
+`max_thumbnails` rows in score order, heatmaps for at most `heatmaps` images.
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ def write_report(
     counts = Counter(r["prediction"] for r in scored)
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         thumbs = list(pool.map(_thumbnail, [r["image_path"] for r in ordered[:max_thumbnails]]))
-    maps = _heatmaps(engine, scored[:heatmaps], threshold)
+    called = [r for r in scored if r["prediction"] == c.positive_label]
+    maps = _heatmaps(engine, called[:heatmaps], threshold)
+    shows_maps = heatmaps > 0 and cam_spec(engine) is not None
     histogram = ""
     if scored:
         png = histogram_png([float(r["raw_score"]) for r in scored], threshold, names=_names(c))
@@ -85,7 +88,7 @@ def write_report(
     page = _page(
         rows=ordered,
         thumbs=thumbs,
-        maps=maps,
+        maps=maps if shows_maps else None,
         histogram=histogram,
         counts=counts,
         errors=len(failed),
@@ -198,7 +201,7 @@ def _page(
     *,
     rows: list[dict[str, Any]],
     thumbs: list[str],
-    maps: list[dict[str, str]],
+    maps: list[dict[str, str]] | None,
     histogram: str,
     counts: Counter[str],
     errors: int,
@@ -245,11 +248,24 @@ def _page(
             f'<img id="histogram" src="{histogram}" alt="score histogram" width="600" '
             'height="320">',
         ]
+    if maps is not None:
+        out.append(
+            f"<h2>Where the model looked: the {len(maps)} highest scores called "
+            f"{e(c.positive_label)}</h2>"
+            if maps
+            else "<h2>Where the model looked</h2>"
+        )
+    if maps == []:
+        out.append(
+            f'<p class="meta" id="no-maps">No image was called {e(c.positive_label)} at '
+            f"threshold {threshold:g}: no heatmaps.</p>"
+        )
     if maps:
         out += [
-            f"<h2>Where the model looked: the {len(maps)} highest scores</h2>",
-            '<p class="meta">Class activation maps: red regions raised P('
-            f"{e(c.positive_label)}), blue ones lowered it.</p>",
+            f'<p class="meta">Only images called {e(c.positive_label)} are shown. Class '
+            f"activation maps: colour where the model found evidence of {e(c.positive_label)} "
+            "beyond what it finds on NORMAL X-rays, yellow to red on one scale for all images "
+            "(the legend beside each).</p>",
             '<div class="maps">',
             *(
                 f'<figure><img src="{m["src"]}" alt="heatmap of {e(m["name"])}">'

@@ -9,21 +9,72 @@ The conversion stage (convert/cam.py) stores what the engine needs in the ONNX m
 classifier weights `w` and bias `b` of the positive-class logit (for a 2-unit softmax, the
 difference positive minus negative, whose sigmoid is the softmax probability). The score
 output stays the graph's first output; the engine fetches the feature map only when asked.
+
+Optional in that metadata (older models lack it, and stay readable): `scale`, the colour scale
+of the model's heatmaps, measured at conversion on the real probe X-rays (`measure_scale`), so
+that every picture of one model uses the same colours for the same evidence.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from engine.errors import ContractError
 
 CAM_KEY = "pneumo.cam"
-CAM_SCHEMA = 1
+CAM_SCHEMA = 1  # `scale` is optional, so adding it kept the schema: old readers ignore it
 FEATURE_OUTPUT = "feature_map"
+SCALE_PERCENTILE = 99.0
+
+
+@dataclass(frozen=True)
+class EvidenceScale:
+    """Where a heatmap's colour starts (`floor`) and where it is full (`full`), in the map's
+    own unit (logit for CAM and occlusion), measured on `images` real X-rays.
+
+    The floor is how high the map rises on X-rays the model calls NORMAL: values below it are
+    what normal X-rays show too, and get no colour, so a NORMAL X-ray looks quiet.
+    """
+
+    floor: float
+    full: float
+    images: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"floor": self.floor, "full": self.full, "images": self.images}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EvidenceScale:
+        scale = cls(float(data["floor"]), float(data["full"]), int(data["images"]))
+        if not (0.0 <= scale.floor < scale.full < math.inf) or scale.images < 1:
+            raise ValueError(
+                f"scale needs 0 <= floor < full (finite) and images >= 1, got floor "
+                f"{scale.floor}, full {scale.full}, images {scale.images}"
+            )
+        return scale
+
+
+def measure_scale(maps: np.ndarray, scores: np.ndarray, threshold: float) -> EvidenceScale:
+    """The colour scale of a model, from the heatmaps (N, h, w) of N real X-rays and their
+    scores: `floor` is the SCALE_PERCENTILE-th percentile of the map values on the X-rays called
+    NORMAL (0 if none is, or if it is not below `full`), `full` the same percentile of the
+    positive values on all of them (of the absolute values if none is positive)."""
+    m = np.asarray(maps, dtype=np.float64).reshape(len(maps), -1)
+    if not len(m) or len(m) != len(scores):
+        raise ValueError(f"measure_scale needs one score per map, got {len(m)} and {len(scores)}")
+    positive = m[m > 0]
+    values = positive if positive.size else np.abs(m).ravel()
+    full = float(np.percentile(values, SCALE_PERCENTILE)) or 1.0  # all-zero maps: any scale
+    normal = m[np.asarray(scores) <= threshold]
+    floor = float(np.percentile(normal, SCALE_PERCENTILE)) if normal.size else 0.0
+    floor = max(0.0, floor) if floor < full else 0.0  # a map that does not separate: no floor
+    return EvidenceScale(round(floor, 4), round(full, 4), len(m))
 
 
 @dataclass(frozen=True)
@@ -35,9 +86,10 @@ class CamSpec:
     weights: np.ndarray  # (channels,) float64: positive-class logit weights
     bias: float
     layer: str = ""  # the Keras layer whose output F is (for people reading the metadata)
+    scale: EvidenceScale | None = None  # None: converted before scales were stored
 
     def to_metadata(self) -> dict[str, str]:
-        data = {
+        data: dict[str, object] = {
             "schema": CAM_SCHEMA,
             "output": self.output,
             "layout": self.layout,
@@ -45,6 +97,8 @@ class CamSpec:
             "bias": float(self.bias),
             "layer": self.layer,
         }
+        if self.scale is not None:
+            data["scale"] = self.scale.to_dict()
         return {CAM_KEY: json.dumps(data, sort_keys=True)}
 
     @classmethod
@@ -66,6 +120,7 @@ class CamSpec:
                 weights=np.asarray(data["weights"], dtype=np.float64),
                 bias=float(data["bias"]),
                 layer=str(data.get("layer", "")),
+                scale=EvidenceScale.from_dict(data["scale"]) if "scale" in data else None,
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
             raise ContractError(f"model metadata '{CAM_KEY}' is malformed: {e}") from e

@@ -3,13 +3,20 @@
 `convert` writes it, the engine and the server check files against it before loading.
 Layout (Triton-compatible): REPO/<name>/config.pbtxt, REPO/<name>/<version>/{model.onnx, ...,
 manifest.json}.
+
+A version may also list the images it was trained on (`pneumo convert --training-list`): a
+text file, one dataset-relative name per line, plain (`training_images.txt`) or gzipped
+(`training_images.txt.gz`), named by the manifest's `training_images` entry and hashed in its
+`files`, so `pneumo evaluate` can say when it is shown the model's own training data.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +24,7 @@ from engine.errors import RepositoryError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "pneumo-model-repository/1"
+TRAINING_LISTS = ("training_images.txt", "training_images.txt.gz")  # plain, gzipped
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -57,3 +65,33 @@ def verify_files(version_dir: str | os.PathLike, manifest: dict[str, Any]) -> li
         if digest != entry.get("sha256"):
             problems.append(f"{name}: sha256 {digest[:12]}... does not match the manifest")
     return problems
+
+
+def parse_training_list(data: bytes, name: str) -> list[str]:
+    """The image names of a training list (gzipped if `name` ends in .gz): one per line, blank
+    lines skipped; RepositoryError if it is not such a list."""
+    try:
+        text = (gzip.decompress(data) if name.endswith(".gz") else data).decode("utf-8")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
+        kind = "gzipped UTF-8 text" if name.endswith(".gz") else "UTF-8 text"
+        raise RepositoryError(f"training list {name} is not {kind}: {e}") from e
+    names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise RepositoryError(f"training list {name} names no images (one name per line)")
+    return names
+
+
+def training_list(version_dir: str | os.PathLike, manifest: dict[str, Any]) -> list[str] | None:
+    """The training images a version lists (names as written), None if it lists none; the
+    file must match the manifest's sha256."""
+    entry = manifest.get("training_images")
+    if entry is None:
+        return None
+    name = str(entry.get("file", "")) if isinstance(entry, dict) else ""
+    path = Path(version_dir) / name
+    if name not in TRAINING_LISTS or not path.is_file():
+        raise RepositoryError(f"{MANIFEST_NAME} names a training list {name!r} that is not there")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest.get("files", {}).get(name, {}).get("sha256"):
+        raise RepositoryError(f"{name} does not match the sha256 in its {MANIFEST_NAME}")
+    return parse_training_list(data, name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import io
 import logging
@@ -227,16 +228,23 @@ class ScoringService:
         return [failed(o.message) if isinstance(o, PneumoError) else o for o in outcomes]
 
     async def heatmap(
-        self, served: Served, image: bytes, result: Scored, name: str | None = None
+        self,
+        served: Served,
+        image: bytes,
+        result: Scored,
+        name: str | None = None,
+        negative: bool = False,
     ) -> tuple[str, str]:
         """(method, base64 PNG) of the X-ray with its heatmap: CAM when the model carries it,
-        else occlusion sensitivity (64 batched runs). Runs on the decode pool."""
+        else occlusion sensitivity (64 batched runs); evidence against PNEUMONIA too only with
+        `negative`. Runs on the decode pool."""
         from engine.explain.heatmap import check_method
         from engine.explain.overlay import overlay_png
 
         method = check_method(served.engine, "auto")
+        draw = functools.partial(overlay_png, method=method, negative=negative)
         png = await asyncio.get_running_loop().run_in_executor(
-            self._decode, overlay_png, served.engine, _named(Item(image, name=name)), result, method
+            self._decode, draw, served.engine, _named(Item(image, name=name)), result
         )
         return method, base64.b64encode(png).decode("ascii")
 

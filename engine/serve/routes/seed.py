@@ -1,5 +1,6 @@
 """The original deployment guide's routes: `/health`, `/predict` (multipart), `/predict/base64`
-(JSON), same request and answer shapes; `?heatmap=true` adds the X-ray with its heatmap."""
+(JSON), same request and answer shapes; `?heatmap=true` adds the X-ray with its heatmap
+(evidence for PNEUMONIA; `&negative=true` adds the evidence against it)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from engine.serve.scoring import ScoringService
 from engine.serve.state import request_id, server
 
 router = APIRouter(tags=["seed"])
+HeatmapFlag = Annotated[bool, Query(description="add the X-ray with its heatmap")]
+NegativeFlag = Annotated[
+    bool, Query(description="with heatmap=true: also draw the evidence against PNEUMONIA")
+]
 ERRORS: dict[int | str, dict[str, str]] = {
     code: {"description": "JSON {error}"} for code in (400, 401, 413, 422, 429, 503)
 }
@@ -58,7 +63,8 @@ async def health(request: Request) -> JSONResponse:
 @router.post("/predict", response_model=PredictResponse, responses=ERRORS)
 async def predict(
     request: Request,
-    heatmap: Annotated[bool, Query(description="add the X-ray with its heatmap")] = False,
+    heatmap: HeatmapFlag = False,
+    negative: NegativeFlag = False,
     image: Annotated[UploadFile | None, File(description="the X-ray image file")] = None,
     threshold: Annotated[str | None, Form(description="decision threshold in [0, 1]")] = None,
 ) -> JSONResponse:
@@ -69,7 +75,7 @@ async def predict(
         raise UsageError("no image file selected: the 'image' field has no file name")
     data = await image.read()
     t = form_threshold(threshold)
-    return await _answer(request, data, t, "/predict", image.filename, heatmap)
+    return await _answer(request, data, t, "/predict", image.filename, heatmap, negative)
 
 
 @router.post(
@@ -80,12 +86,13 @@ async def predict(
 )
 async def predict_base64(
     request: Request,
-    heatmap: Annotated[bool, Query(description="add the X-ray with its heatmap")] = False,
+    heatmap: HeatmapFlag = False,
+    negative: NegativeFlag = False,
 ) -> JSONResponse:
     """Score one base64-encoded X-ray: JSON `{"image": ..., "threshold": ...}`."""
     raw = await request.body()
     body, data = await asyncio.get_running_loop().run_in_executor(None, _base64_request, raw)
-    return await _answer(request, data, body.threshold, "/predict/base64", None, heatmap)
+    return await _answer(request, data, body.threshold, "/predict/base64", None, heatmap, negative)
 
 
 def _base64_request(raw: bytes) -> tuple[Base64Request, bytes]:
@@ -101,13 +108,18 @@ async def _answer(
     route: str,
     name: str | None,
     heatmap: bool,
+    negative: bool,
 ) -> JSONResponse:
+    if negative and not heatmap:
+        raise UsageError("negative=true adds to the heatmap: ask for it with heatmap=true")
     service = server(request).service
     require_ready(service)
     result, served = await service.predict(data, threshold, request_id(request), route, name)
     body: dict[str, object] = dict(result)
     if heatmap:  # the seed's fields stay as they are; the picture comes beside them
-        body["heatmap_method"], body["heatmap"] = await service.heatmap(served, data, result, name)
+        body["heatmap_method"], body["heatmap"] = await service.heatmap(
+            served, data, result, name, negative
+        )
     return JSONResponse(body, headers={"X-Model-Version": f"{served.name}/{served.version}"})
 
 
