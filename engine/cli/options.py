@@ -97,7 +97,10 @@ def add_contract_options(p: argparse.ArgumentParser) -> None:
 
 
 def variant_list_help() -> str:
-    return f"comma list of {', '.join(OPTIONAL_VARIANTS)}; or all, none"
+    return (
+        f"comma list of {', '.join(OPTIONAL_VARIANTS)} (each must pass its gate); or all (each "
+        "kept if it passes), none"
+    )
 
 
 def load_engine(args: argparse.Namespace) -> Engine:
