@@ -33,10 +33,12 @@ from convert.validate import FP32_TOLERANCE, parity_check, runtime_checks, struc
 from convert.variants import Inputs, build_and_check
 from engine.contract import PROVENANCE_KEY, Contract
 from engine.repository.variants import OPTIONAL_VARIANTS
+from engine.runtime.metrics import wilson_lower
 
 log = logging.getLogger(__name__)
 
 DETECTION_IMAGES = 16  # user images the output detection checks sum-to-one on
+FEW_GATE_IMAGES = 100  # below this, say how little the variant gates promise for new images
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,14 @@ def convert_loaded(
         for c in report.checks
         if c.skipped
     }
+    if keys and len(images) < FEW_GATE_IMAGES:
+        log.warning(
+            "variant gates ran on %d images: 100%% label agreement on them promises only >= "
+            "%.1f%% on new X-rays (95%% confidence); give --images a few hundred real X-rays "
+            "for gates that bound new data",
+            len(images),
+            100 * wilson_lower(len(images), len(images)),
+        )
     if skipped:
         log.warning(
             "skipped variant(s) %s: each missed its gate (figures in manifest.json, "

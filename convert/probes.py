@@ -22,7 +22,7 @@ from engine.runtime.preprocess import reference_pixels
 from engine.runtime.samples import sample_images
 
 SUBSET_IMAGES = 64  # user images in the parity probes and the int8 calibration set
-CHUNK = 64  # images preprocessed and scored at a time when streaming every probe image
+CHUNK = 16  # images preprocessed and scored at a time when streaming every probe image
 
 
 def gather_images(folders: Sequence[str | Path]) -> list[Path]:

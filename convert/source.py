@@ -124,22 +124,38 @@ def _load_keras3(p: Path, objects: dict[str, Any] | None) -> LoadedSource:
         ) from keras3_error
     # Keras 2.12-2.15 (and tf_keras) wrote .keras files too; Keras 3 cannot rebuild some of
     # their configs (DepthwiseConv2D's `groups`, ...): tf_keras reads what Keras 2 wrote.
-    try:
-        import tf_keras
-
-        model = tf_keras.models.load_model(p, custom_objects=objects, compile=False)
-    except Exception as e2:
-        raise ModelLoadError(
+    return _with_tf_keras(
+        p,
+        objects,
+        "keras-tf_keras",
+        keras3_error,
+        lambda e2: (
             f"cannot load {p.name}: it was written by Keras {written_by} (its metadata.json); "
             f"Keras 3 said: {_short(keras3_error)}; tf_keras (Keras 2) said: {_short(e2)}. "
             "Where the model was trained, save it with Keras 2 as a SavedModel folder "
             "(model.save('model_dir')) or as HDF5 (model.save('model.h5')) and convert that"
             f"{_hint(keras3_error) or _hint(e2)}"
-        ) from e2
-    log.info(
-        "%s (Keras %s) loaded with tf_keras: Keras 3 said: %s", p.name, written_by, keras3_error
+        ),
     )
-    return _wrap_keras(model, p, "keras-tf_keras")
+
+
+def _with_tf_keras(
+    p: Path,
+    objects: dict[str, Any] | None,
+    fmt: str,
+    keras3_error: BaseException,
+    refusal: Callable[[BaseException], str],
+) -> LoadedSource:
+    """Load with tf_keras (Keras 2) a file Keras 3 refused with `keras3_error`; if tf_keras
+    cannot either, the error is `refusal(tf_keras' error)`."""
+    try:
+        import tf_keras
+
+        model = tf_keras.models.load_model(p, custom_objects=objects, compile=False)
+    except Exception as e2:  # as Keras 3: anything
+        raise ModelLoadError(refusal(e2)) from e2
+    log.info("%s loaded with tf_keras (Keras 2): Keras 3 said: %s", p.name, keras3_error)
+    return _wrap_keras(model, p, fmt)
 
 
 def _short(e: BaseException, limit: int = 160) -> str:
@@ -162,18 +178,17 @@ def _load_h5(p: Path, objects: dict[str, Any] | None) -> LoadedSource:
         model = keras.saving.load_model(p, custom_objects=objects, compile=False)
         return _wrap_keras(model, p, "h5")
     except Exception as e3:  # Keras 3 refuses some legacy tf.keras 2.x files: try tf_keras
-        keras3_error = first_line(e3)
-    try:
-        import tf_keras
-
-        model = tf_keras.models.load_model(p, custom_objects=objects, compile=False)
-    except Exception as e2:
-        raise ModelLoadError(
-            f"cannot load {p.name} as an .h5 model: Keras 3 said: {keras3_error}; "
+        keras3_error = e3
+    return _with_tf_keras(
+        p,
+        objects,
+        "h5-tf_keras",
+        keras3_error,
+        lambda e2: (
+            f"cannot load {p.name} as an .h5 model: Keras 3 said: {first_line(keras3_error)}; "
             f"tf_keras (Keras 2) said: {first_line(e2)}"
-        ) from e2
-    log.info("%s loaded with tf_keras (Keras 2): Keras 3 said: %s", p.name, keras3_error)
-    return _wrap_keras(model, p, "h5-tf_keras")
+        ),
+    )
 
 
 def _load_savedmodel(p: Path) -> LoadedSource:
