@@ -42,23 +42,28 @@ BETTER_BALANCED = 0.10
 def labelled_images(
     folders: Sequence[str | Path], contract: Contract
 ) -> tuple[list[Path], np.ndarray] | None:
-    """Images of every folder holding one subfolder per label of the model, with 0
-    (negative label) or 1 (positive label) each; None when no folder is labelled so."""
+    """Images under every folder (the given ones, or any folder inside them, as in
+    chest_xray/train/ and chest_xray/test/) that holds one subfolder per label of the model,
+    with 0 (negative label) or 1 (positive label) each; None when there are none of both."""
     paths: list[Path] = []
     labels: list[int] = []
     for folder in map(Path, folders):
-        subfolders = [folder / contract.negative_label, folder / contract.positive_label]
-        if not all(s.is_dir() for s in subfolders):
+        groups = [d for d in (folder, *sorted(folder.rglob("*"))) if _holds_labels(d, contract)]
+        if not groups:
             _say_if_labelled_otherwise(folder, contract)
-            continue
-        for label, sub in enumerate(subfolders):
-            found = list_images(sub)
-            paths += found
-            labels += [label] * len(found)
+        for group in groups:
+            for label, name in enumerate((contract.negative_label, contract.positive_label)):
+                found = list_images(group / name)
+                paths += found
+                labels += [label] * len(found)
     y = np.array(labels, dtype=int)
     if not paths or y.all() or not y.any():
         return None
     return paths, y
+
+
+def _holds_labels(folder: Path, contract: Contract) -> bool:
+    return all((folder / n).is_dir() for n in (contract.negative_label, contract.positive_label))
 
 
 def labelled_check(
@@ -229,7 +234,7 @@ def _say_if_labelled_otherwise(folder: Path, contract: Contract) -> None:
     if len(subfolders) >= 2:
         log.warning(
             "--images %s has subfolders %s but the model's labels are %s and %s: "
-            "no labelled check on it (name the subfolders after the labels)",
+            "no labelled check on it (it needs subfolders named after the labels)",
             folder,
             ", ".join(subfolders),
             contract.negative_label,

@@ -170,6 +170,17 @@ def test_min_auc(write_model, tmp_path: Path, capsys, min_auc: str, code: int) -
         assert "specificity 0.750 at 0.5: below --min-auc 0.95\n" in out
 
 
+def test_labelled_folders_inside_the_folder_given(write_model, tmp_path: Path, capsys) -> None:
+    """A dataset as downloaded: chest_xray/train/{NORMAL,PNEUMONIA}, chest_xray/test/{...}."""
+    labelled(tmp_path / "chest_xray" / "train")
+    labelled(tmp_path / "chest_xray" / "test", normal=(90,), pneumonia=(140,))
+    model = write_model(contract=CONTRACT)
+    assert main(["validate", str(model), "--images", str(tmp_path / "chest_xray")]) == 0
+    assert "PASS  labelled_auc: ROC AUC 1.000 on 10 labelled images (5 NORMAL, 5 PNEUMONIA;" in (
+        capsys.readouterr().out
+    )
+
+
 def test_min_auc_needs_labelled_images(write_model, tmp_path: Path, capsys) -> None:
     model = write_model(contract=CONTRACT)
     assert main(["validate", str(model), "--min-auc", "0.8"]) == 2
@@ -188,7 +199,7 @@ def test_other_class_folders_are_named(write_model, tmp_path: Path, capsys, capl
     assert main(["validate", str(model), "--images", str(images)]) == 0
     assert (
         f"--images {images} has subfolders cats, dogs but the model's labels are NORMAL and "
-        "PNEUMONIA: no labelled check on it (name the subfolders after the labels)"
+        "PNEUMONIA: no labelled check on it (it needs subfolders named after the labels)"
     ) in caplog.text
     assert "labelled_auc" not in capsys.readouterr().out
 
