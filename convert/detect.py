@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from convert.probes import real_batch
 from convert.source import LoadedSource
 from engine.contract import Contract, InputSpec, OutputSpec
 from engine.errors import ContractError, UsageError
@@ -30,13 +32,15 @@ class Overrides:
     threshold: float = 0.5
 
 
-def detect_contract(src: LoadedSource, o: Overrides) -> Contract:
+def detect_contract(src: LoadedSource, o: Overrides, images: Sequence[Path] = ()) -> Contract:
+    """The model's contract; `images` (real X-rays) check what its output units add up to."""
     layers = list(_walk_layers(src.model)) if src.model is not None else []
     spec = _input_spec(src, o, layers)
     probe_shape = (spec.height, spec.width, spec.channels)
     # Only graph models list layers in call order; a subclassed model's order is attribute order.
     ordered = layers if _is_graph_model(src.model) else []
-    output = _output_spec(src, probe_shape, spec.scaling, o, ordered)
+    real = real_batch(Contract(input=spec), images) if images else None
+    output = _output_spec(src, probe_shape, spec.scaling, o, ordered, real)
     negative, positive = _labels(output, o)
     return Contract(
         input=spec,
@@ -100,35 +104,61 @@ def _output_spec(
     scaling: str,
     o: Overrides,
     layers: list[Any],
+    real: np.ndarray | None = None,
 ) -> OutputSpec:
+    """One sigmoid unit, or two softmax units, judged from the final activation where the
+    layers are visible and from outputs on uniform noise and on real X-rays (`real`): a
+    saturated model sums to 1 on noise whatever its activation."""
     rng = np.random.default_rng(0)
     top = 255.0 if scaling == "raw" else 1.0
     low = -1.0 if scaling == "symmetric" else 0.0
     probe = rng.uniform(low, top, size=(4, *probe_shape)).astype(np.float32)
     out = src.predict(probe)
     flat = out.reshape(len(out), -1)
+    on_real = src.predict(real).reshape(len(real), -1) if real is not None else flat[:0]
     units = flat.shape[1]
-    in_unit_range = bool(np.all((flat >= 0.0) & (flat <= 1.0)))
+    both = np.concatenate([flat, on_real])
+    in_unit_range = bool(np.all((both >= 0.0) & (both <= 1.0)))
+    activation = _final_activation(layers)
     if units == 1:
-        activation = _final_activation(layers)
         if activation not in (None, "sigmoid") or not in_unit_range:
             raise ContractError(
                 f"unknown output kind: {src.name} has one output unit but its final activation "
-                f"is {activation or 'unknown'} and it produced {flat.min():.3g}..{flat.max():.3g}:"
+                f"is {activation or 'unknown'} and it produced {both.min():.3g}..{both.max():.3g}:"
                 " expected a sigmoid probability (add a sigmoid to the model)"
             )
         return OutputSpec(kind="sigmoid", positive_index=0)
     if units == 2:
-        if not in_unit_range or not np.allclose(flat.sum(axis=1), 1.0, atol=1e-3):
+        sums = _sums(flat, "uniform noise") + (
+            f" and {_sums(on_real, f'{len(on_real)} real X-rays')}" if len(on_real) else ""
+        )
+        if activation == "sigmoid":
+            raise ContractError(
+                f"unknown output kind: {src.name} ends in two sigmoid units "
+                "(Dense(2, activation='sigmoid')): two independent probabilities, not a softmax "
+                f"(they sum to {sums}), so no one score with a threshold gives the label an "
+                "argmax over them gives. Save the model with one P(PNEUMONIA) output and convert "
+                "that, e.g. keras.Model(model.input, model.output[:, i:i + 1]) with i the "
+                "PNEUMONIA unit if your application thresholds that unit; or retrain it with a "
+                "softmax output"
+            )
+        if not in_unit_range or not np.allclose(both.sum(axis=1), 1.0, atol=1e-3):
             raise ContractError(
                 f"unknown output kind: {src.name} has two output units that are not softmax "
-                "probabilities (rows do not sum to 1): add a softmax to the model"
+                f"probabilities (final activation {activation or 'unknown'}; rows must sum to 1, "
+                f"they sum to {sums}): add a softmax to the model, or save it with one sigmoid "
+                "P(PNEUMONIA) output"
             )
         return OutputSpec(kind="softmax2", positive_index=_positive_index(src, o))
     raise ContractError(
         f"unknown output kind: {src.name} outputs {units} values per image (shape "
         f"{out.shape[1:]}): expected one sigmoid unit or two softmax units"
     )
+
+
+def _sums(rows: np.ndarray, on: str) -> str:
+    total = rows.sum(axis=1)
+    return f"{total.min():.3g}..{total.max():.3g} on {on}"
 
 
 def _positive_index(src: LoadedSource, o: Overrides) -> int:
@@ -166,6 +196,8 @@ def _final_activation(layers: list[Any]) -> str | None:
         act = getattr(layer, "activation", None)
         if act is not None:
             return getattr(act, "__name__", str(act))
+        if type(layer).__name__ == "Softmax":  # keras.layers.Softmax has no `activation`
+            return "softmax"
         if type(layer).__name__ not in ("Dropout", "Flatten", "Reshape", "InputLayer"):
             return None
     return None

@@ -1,6 +1,8 @@
 """`pneumo convert`: source model -> validated ONNX + variants -> one repository version.
 
-Nothing is written until the fp32 graph and every asked-for variant passed their gates.
+Nothing is written until the fp32 graph passed its gates (and the labelled check, when labelled
+images are given) and every variant named in `--variants` passed its gate; with the default
+`all`, a variant that misses its gate is left out, recorded in the manifest and warned about.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import engine
 from convert.cam import add_cam_output, with_scale
 from convert.detect import Overrides, detect_contract
 from convert.export import DEFAULT_OPSET, to_onnx
-from convert.probes import gather_images, probe_batch
+from convert.labelled import labelled_check
+from convert.probes import gather_images, probe_batch, spread
 from convert.report import Report
 from convert.repository import check_target, read_training_list, write_version
 from convert.source import LoadedSource, load_source
@@ -30,9 +33,12 @@ from convert.validate import FP32_TOLERANCE, parity_check, runtime_checks, struc
 from convert.variants import Inputs, build_and_check
 from engine.contract import PROVENANCE_KEY, Contract
 from engine.repository.variants import OPTIONAL_VARIANTS
-from engine.runtime.session import run_batched
+from engine.runtime.metrics import wilson_lower
 
 log = logging.getLogger(__name__)
+
+DETECTION_IMAGES = 16  # user images the output detection checks sum-to-one on
+FEW_GATE_IMAGES = 100  # below this, say how little the variant gates promise for new images
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,9 @@ class ConvertOptions:
     name: str = "pneumonia"
     version: int | None = None
     opset: int = DEFAULT_OPSET
-    variants: Sequence[str] = tuple(OPTIONAL_VARIANTS)
+    # None: every optional variant, each kept only if it passes its gate (a miss is recorded
+    # and warned about); named keys: each must pass, or nothing is written.
+    variants: Sequence[str] | None = None
     overrides: Overrides = field(default_factory=Overrides)
     image_folders: Sequence[str] = ()
     tolerance: float = FP32_TOLERANCE
@@ -58,18 +66,21 @@ class ConvertResult:
 
 
 def convert(source: str | Path, repo_dir: str | Path, opts: ConvertOptions) -> ConvertResult:
-    """Load, convert, gate, build variants, gate them, then write the repository version."""
+    """Load, convert, gate, build variants, gate them, then write the repository version.
+
+    A failed conversion leaves nothing behind: no version, and none of the repository or model
+    folders it created."""
     start = time.perf_counter()
     repo = Path(repo_dir)
-    model_dir = repo / opts.name
-    existed = model_dir.exists()
-    version = check_target(repo, opts.name, opts.version)
+    created = _missing_folders(repo / opts.name)
     try:
+        version = check_target(repo, opts.name, opts.version)
         src = load_source(source, opts.custom_objects)
         return convert_loaded(src, repo, version, opts, start)
     except BaseException:
-        if not existed and model_dir.is_dir() and not any(model_dir.iterdir()):
-            model_dir.rmdir()  # leave no trace of a conversion that wrote nothing
+        for folder in created:  # deepest first; only if still empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise
 
 
@@ -78,14 +89,15 @@ def convert_loaded(
 ) -> ConvertResult:
     start = time.perf_counter() if start is None else start
     listed = read_training_list(opts.training_list) if opts.training_list else None
-    contract = detect_contract(src, opts.overrides)
+    images = gather_images(opts.image_folders)  # every probe image: variant gates, labels
+    subset = spread(images)  # parity probes, int8 calibration
+    contract = detect_contract(src, opts.overrides, spread(images, DETECTION_IMAGES))
     model = to_onnx(src, contract, opts.opset)
     cam, cam_note = add_cam_output(src, contract, model)  # optional 2nd output, for heatmaps
     metadata = {**contract.to_metadata(), **(cam.to_metadata() if cam else {})}
     onnx.helper.set_model_props(model, metadata)
 
-    images = gather_images(opts.image_folders)
-    probes = probe_batch(contract, images)
+    probes = probe_batch(contract, subset)
     reference = src.predict(probes)
     report = Report(subject=src.name)
     structure_checks(report, model)
@@ -93,9 +105,10 @@ def convert_loaded(
     if session is not None:
         parity_check(report, session, reference, probes, opts.tolerance)
     report.raise_if_failed(src.name)
+    assert session is not None  # runtime_checks failed the report otherwise
 
-    if cam is not None and session is not None:  # the heatmap colour scale, on real X-rays
-        cam = with_scale(cam, session, contract, probes[-len(images) :])
+    if cam is not None:  # the heatmap colour scale, on real X-rays
+        cam = with_scale(cam, session, contract, probes[-len(subset) :])
         metadata.update(cam.to_metadata())
     parity = next(c.figures for c in report.checks if c.name == "parity_keras")
     provenance = {
@@ -109,24 +122,51 @@ def convert_loaded(
     files = {"model.onnx": fp32}
     figures: dict[str, Any] = {"model.onnx": {"kind": "fp32", "parity": parity}}
 
-    real = probes[-len(images) :]
+    keys = list(OPTIONAL_VARIANTS) if opts.variants is None else list(opts.variants)
     with tempfile.TemporaryDirectory(prefix="pneumo-convert-") as tmp:
         fp32_path = Path(tmp) / "model.onnx"
         fp32_path.write_bytes(fp32)
-        inputs = Inputs(model, fp32_path, src, contract, real, Path(tmp))
-        onnx_scores = contract.scores(run_batched(session, real)) if session else real[:0]
-        keras_scores = contract.scores(reference[-len(images) :])
-        built = build_and_check(list(opts.variants), inputs, onnx_scores, keras_scores, report)
-    report.raise_if_failed(f"{src.name} variants")
+        labelled_check(report, fp32_path, contract, opts.image_folders)
+        report.raise_if_failed(src.name)
+        inputs = Inputs(model, fp32_path, src, contract, probes[-len(subset) :], Path(tmp))
+        built = build_and_check(
+            keys, inputs, images, session, report, optional=opts.variants is None
+        )
+    kept = ",".join(k for k in keys if k in built) or "none"
+    report.raise_if_failed(
+        f"{src.name} variants",
+        hint=f"To get the fp32 model (and the variants that passed) anyway: --variants {kept}",
+    )
     for key, (data, variant_figures) in built.items():
         filename = OPTIONAL_VARIANTS[key].filename
         files[filename] = data
         figures[filename] = {"kind": key, **variant_figures}
+    skipped = {
+        c.name.removeprefix("variant_"): {"reason": c.detail, **c.figures}
+        for c in report.checks
+        if c.skipped
+    }
+    if keys and len(images) < FEW_GATE_IMAGES:
+        log.warning(
+            "variant gates ran on %d images: 100%% label agreement on them promises only >= "
+            "%.1f%% on new X-rays (95%% confidence); give --images a few hundred real X-rays "
+            "for gates that bound new data",
+            len(images),
+            100 * wilson_lower(len(images), len(images)),
+        )
+    if skipped:
+        log.warning(
+            "skipped variant(s) %s: each missed its gate (figures in manifest.json, "
+            "'skipped_variants'); `--variants %s` gives this same result, and naming a "
+            "skipped variant in --variants makes the conversion fail instead",
+            ", ".join(skipped),
+            kept,
+        )
 
     if listed is not None:
         name, data, count = listed
         files[name], figures[name] = data, {"kind": "training list", "images": count}
-    manifest = {
+    manifest: dict[str, Any] = {
         "name": opts.name,
         "version": version,
         "contract": contract.to_dict(),
@@ -137,7 +177,13 @@ def convert_loaded(
         },
         **provenance,
         **({"training_images": {"file": listed[0], "images": listed[2]}} if listed else {}),
-        "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in report.checks],
+        "checks": [
+            {"name": c.name, "passed": c.passed, "skipped": c.skipped, "detail": c.detail}
+            for c in report.checks
+        ],
+        "probe_images": {"gates": len(images), "parity_and_calibration": len(subset)},
+        "labelled": next((c.figures for c in report.checks if c.name == "labelled_auc"), None),
+        "skipped_variants": skipped,
     }
     seconds = round(time.perf_counter() - start, 2)
     manifest["conversion_seconds"] = seconds
@@ -146,6 +192,18 @@ def convert_loaded(
     )
     log.info("wrote %s in %.1f s", version_dir, manifest["conversion_seconds"])
     return ConvertResult(version_dir, contract, report, manifest, seconds)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and its ancestors that do not exist yet, deepest first: what a conversion
+    into it creates."""
+    missing = []
+    folder = folder.absolute()
+    for p in (folder, *folder.parents):
+        if p.exists():
+            break
+        missing.append(p)
+    return missing
 
 
 def tool_versions() -> dict[str, str]:

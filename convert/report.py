@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -31,19 +32,21 @@ class Check:
     detail: str
     seconds: float = 0.0
     figures: Figures = field(default_factory=dict)
+    skipped: bool = False  # an optional check the model failed: recorded, not fatal
 
 
 @dataclass
 class Report:
-    subject: str
+    subject: str  # the model, as the user named it (several reports in one CI job must differ)
     checks: list[Check] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(c.passed for c in self.checks)
+        return all(c.passed or c.skipped for c in self.checks)
 
-    def run(self, name: str, fn: Callable[[], tuple[str, Figures]]) -> bool:
-        """Run one check, record pass or fail (never raise for a model's failure)."""
+    def run(self, name: str, fn: Callable[[], tuple[str, Figures]], optional: bool = False) -> bool:
+        """Run one check, record pass or fail (never raise for a model's failure). An
+        `optional` check that fails is recorded as skipped and does not fail the report."""
         start = time.perf_counter()
         try:
             detail, figures = fn()
@@ -55,16 +58,16 @@ class Report:
         except PneumoError as e:
             detail, figures, passed = e.message, {}, False
         seconds = round(time.perf_counter() - start, 4)
-        self.checks.append(Check(name, passed, detail, seconds, figures))
+        self.checks.append(Check(name, passed, detail, seconds, figures, optional and not passed))
         return passed
 
     def failures(self) -> list[str]:
-        return [f"{c.name}: {c.detail}" for c in self.checks if not c.passed]
+        return [f"{c.name}: {c.detail}" for c in self.checks if not (c.passed or c.skipped)]
 
-    def raise_if_failed(self, what: str) -> None:
+    def raise_if_failed(self, what: str, hint: str = "") -> None:
         if not self.ok:
             raise ValidationError(
-                f"{what} failed validation; nothing was written:", self.failures()
+                f"{what} failed validation; nothing was written:", self.failures(), hint
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,7 +88,9 @@ class Report:
             raise UsageError(f"cannot write report {p.name}: {e.strerror or e}") from e
 
     def to_junit(self) -> str:
-        failures = sum(not c.passed for c in self.checks)
+        """One suite per model, named after it; CI viewers (Jenkins, GitLab) group test cases by
+        `classname`, so that carries the model too: two models never share a test name."""
+        failures = sum(not (c.passed or c.skipped) for c in self.checks)
         total = sum(c.seconds for c in self.checks)
         suites = ET.Element("testsuites")
         suite = ET.SubElement(
@@ -95,17 +100,27 @@ class Report:
             tests=str(len(self.checks)),
             failures=str(failures),
             errors="0",
+            skipped=str(sum(c.skipped for c in self.checks)),
             time=f"{total:.4f}",
         )
+        classname = "pneumo.validate." + re.sub(r"[^A-Za-z0-9_/-]+", "_", self.subject).replace(
+            "/", "."
+        ).strip(".")
         for c in self.checks:
             case = ET.SubElement(
-                suite, "testcase", classname="pneumo.validate", name=c.name, time=f"{c.seconds:.4f}"
+                suite, "testcase", classname=classname, name=c.name, time=f"{c.seconds:.4f}"
             )
             if c.passed:
                 ET.SubElement(case, "system-out").text = c.detail
+            elif c.skipped:
+                ET.SubElement(case, "skipped", message=c.detail).text = json.dumps(c.figures)
             else:
                 ET.SubElement(case, "failure", message=c.detail).text = json.dumps(c.figures)
         return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
     def summary_lines(self) -> list[str]:
-        return [f"{'PASS' if c.passed else 'FAIL'}  {c.name}: {c.detail}" for c in self.checks]
+        return [f"{_status(c)}  {c.name}: {c.detail}" for c in self.checks]
+
+
+def _status(c: Check) -> str:
+    return "PASS" if c.passed else "SKIP" if c.skipped else "FAIL"

@@ -1,8 +1,10 @@
 """Load a Keras / TensorFlow model from disk into one callable form the converter understands.
 
-Accepts Keras 3 `.keras`, `.h5` (Keras 3, or legacy tf.keras 2.x through tf_keras), and
-SavedModel folders (Keras 2 `model.save(dir)`, Keras 3 `model.export(dir)`, plain
-`tf.saved_model.save`). Sequential, functional and subclassed models alike.
+Accepts `.keras` (Keras 3, or Keras 2.12+ through tf_keras), `.h5` (Keras 3, or legacy
+tf.keras 2.x through tf_keras), and SavedModel folders (Keras 2 `model.save(dir)`, Keras 3
+`model.export(dir)`, plain `tf.saved_model.save`). Sequential, functional and subclassed models
+alike. Broken files are recognised first (source_checks: Git LFS pointers, truncated zips,
+SavedModels without their weights).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from convert.source_checks import check_file, check_savedmodel, keras_version
 from engine.errors import ContractError, ModelLoadError, UsageError, first_line
 
 log = logging.getLogger(__name__)
@@ -34,7 +37,8 @@ class LoadedSource:
     """A model ready to convert: one image tensor in, one tensor out, inference mode."""
 
     name: str
-    format: str  # keras | h5 | h5-tf_keras | savedmodel | savedmodel-tf_keras | object
+    # keras | keras-tf_keras | h5 | h5-tf_keras | savedmodel | savedmodel-tf_keras | object
+    format: str
     sha256: str
     call: Callable[[tf.Tensor], tf.Tensor]
     input_shape: tuple[int | None, ...]  # (batch, H, W, C) as declared; None = dynamic
@@ -58,10 +62,13 @@ def load_source(path: str | os.PathLike, custom_objects: str | None = None) -> L
         raise UsageError(f"{path}: no such model file or SavedModel folder")
     objects = _custom_objects(custom_objects) if custom_objects else None
     if p.is_dir():
+        check_savedmodel(p)
         return _load_savedmodel(p)
     try:
         with p.open("rb") as f:
             head = f.read(8)
+        if head:
+            check_file(p)
     except OSError as e:
         raise ModelLoadError(f"cannot read {p.name}: {e.strerror or e}") from e
     if not head:
@@ -107,9 +114,54 @@ def _load_keras3(p: Path, objects: dict[str, Any] | None) -> LoadedSource:
 
     try:
         model = keras.saving.load_model(p, custom_objects=objects, compile=False)
+        return _wrap_keras(model, p, "keras")
     except Exception as e:  # Keras raises anything from zipfile, h5py, json or user code
-        raise ModelLoadError(f"Keras cannot load {p.name}: {first_line(e)}{_hint(e)}") from e
-    return _wrap_keras(model, p, "keras")
+        keras3_error = e
+    written_by = keras_version(p) or "an unknown Keras"
+    if not written_by.startswith("2."):
+        raise ModelLoadError(
+            f"Keras cannot load {p.name}: {first_line(keras3_error)}{_hint(keras3_error)}"
+        ) from keras3_error
+    # Keras 2.12-2.15 (and tf_keras) wrote .keras files too; Keras 3 cannot rebuild some of
+    # their configs (DepthwiseConv2D's `groups`, ...): tf_keras reads what Keras 2 wrote.
+    return _with_tf_keras(
+        p,
+        objects,
+        "keras-tf_keras",
+        keras3_error,
+        lambda e2: (
+            f"cannot load {p.name}: it was written by Keras {written_by} (its metadata.json); "
+            f"Keras 3 said: {_short(keras3_error)}; tf_keras (Keras 2) said: {_short(e2)}. "
+            "Where the model was trained, save it with Keras 2 as a SavedModel folder "
+            "(model.save('model_dir')) or as HDF5 (model.save('model.h5')) and convert that"
+            f"{_hint(keras3_error) or _hint(e2)}"
+        ),
+    )
+
+
+def _with_tf_keras(
+    p: Path,
+    objects: dict[str, Any] | None,
+    fmt: str,
+    keras3_error: BaseException,
+    refusal: Callable[[BaseException], str],
+) -> LoadedSource:
+    """Load with tf_keras (Keras 2) a file Keras 3 refused with `keras3_error`; if tf_keras
+    cannot either, the error is `refusal(tf_keras' error)`."""
+    try:
+        import tf_keras
+
+        model = tf_keras.models.load_model(p, custom_objects=objects, compile=False)
+    except Exception as e2:  # as Keras 3: anything
+        raise ModelLoadError(refusal(e2)) from e2
+    log.info("%s loaded with tf_keras (Keras 2): Keras 3 said: %s", p.name, keras3_error)
+    return _wrap_keras(model, p, fmt)
+
+
+def _short(e: BaseException, limit: int = 160) -> str:
+    """An error's first line, cut short: Keras repeats the whole model config in some."""
+    line = first_line(e).rstrip(".")
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _hint(e: BaseException) -> str:
@@ -126,23 +178,20 @@ def _load_h5(p: Path, objects: dict[str, Any] | None) -> LoadedSource:
         model = keras.saving.load_model(p, custom_objects=objects, compile=False)
         return _wrap_keras(model, p, "h5")
     except Exception as e3:  # Keras 3 refuses some legacy tf.keras 2.x files: try tf_keras
-        keras3_error = first_line(e3)
-    try:
-        import tf_keras
-
-        model = tf_keras.models.load_model(p, custom_objects=objects, compile=False)
-    except Exception as e2:
-        raise ModelLoadError(
-            f"cannot load {p.name} as an .h5 model: Keras 3 said: {keras3_error}; "
+        keras3_error = e3
+    return _with_tf_keras(
+        p,
+        objects,
+        "h5-tf_keras",
+        keras3_error,
+        lambda e2: (
+            f"cannot load {p.name} as an .h5 model: Keras 3 said: {first_line(keras3_error)}; "
             f"tf_keras (Keras 2) said: {first_line(e2)}"
-        ) from e2
-    log.info("%s loaded with tf_keras (Keras 2): Keras 3 said: %s", p.name, keras3_error)
-    return _wrap_keras(model, p, "h5-tf_keras")
+        ),
+    )
 
 
 def _load_savedmodel(p: Path) -> LoadedSource:
-    if not (p / "saved_model.pb").is_file():
-        raise ModelLoadError(f"{p.name} is a folder but not a SavedModel (no saved_model.pb)")
     if (p / "keras_metadata.pb").is_file():  # saved by tf.keras 2.x: layers can be inspected
         try:
             import tf_keras

@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from convert.report import CheckFailed, Figures, Report
 from engine.contract import Contract
-from engine.errors import ContractError, UsageError, first_line
+from engine.errors import ContractError, RepositoryError, UsageError, first_line
 from engine.repository.cam import CamSpec
 from engine.repository.manifest import MANIFEST_NAME, read_manifest, sha256_file
 from engine.runtime.session import create_session, run_batched
@@ -229,14 +229,22 @@ def validate_file(
     image_folders: Sequence[str] = (),
     tolerance: float = FP32_TOLERANCE,
     custom_objects: str | None = None,
+    min_auc: float | None = None,
 ) -> Report:
-    """`pneumo validate`: every check on one ONNX file; TensorFlow only with `against`."""
-    from convert.probes import gather_images, probe_batch
+    """`pneumo validate`: every check on one ONNX file; TensorFlow only with `against`.
+
+    With labelled images (an `--images` folder holding one subfolder per label of the model),
+    the model's ROC AUC on them through the engine's own preprocessing must reach 0.5, or
+    `min_auc` when given."""
+    from convert.labelled import labelled_check
+    from convert.probes import gather_images, probe_batch, spread
 
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{path}: no such ONNX file")
-    report = Report(subject=p.name)
+    if min_auc is not None and not 0.0 <= min_auc <= 1.0:
+        raise UsageError(f"--min-auc must be a number in [0, 1], got {min_auc}")
+    report = Report(subject=subject(p))
     data = p.read_bytes()
     parsed: list[onnx.ModelProto] = []
 
@@ -253,10 +261,12 @@ def validate_file(
     contract = structure_checks(report, parsed[0])
     if contract is None:
         return report
-    images = gather_images(image_folders)
-    probes = probe_batch(contract, images)
+    probes = probe_batch(contract, spread(gather_images(image_folders)))
     session = runtime_checks(report, data, contract, probes)
-    if session is None or against is None:
+    if session is None:
+        return report
+    labelled_check(report, p, contract, image_folders, min_auc)
+    if against is None:
         return report
     from convert.extra import require
 
@@ -266,6 +276,20 @@ def validate_file(
     src = load_source(against, custom_objects)
     parity_check(report, session, src.predict(probes), probes, tolerance)
     return report
+
+
+def subject(p: Path) -> str:
+    """How reports name a model: `name/version/file` inside a repository version folder (from
+    its manifest), else the path as the user gave it."""
+    if (p.parent / MANIFEST_NAME).is_file():
+        try:
+            manifest = read_manifest(p.parent)
+        except RepositoryError:  # manifest_check reports it; the name falls back to the path
+            return str(p)
+        name, version = manifest.get("name"), manifest.get("version")
+        if name is not None and version is not None:
+            return f"{name}/{version}/{p.name}"
+    return str(p)
 
 
 def _dims(value: onnx.ValueInfoProto) -> list[int | str | None]:

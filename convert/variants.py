@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +20,13 @@ import onnxruntime as ort
 import tensorflow as tf
 
 from convert.extra import quiet_stderr
+from convert.probes import real_chunks
 from convert.report import CheckFailed, Figures, Report
 from convert.source import LoadedSource
 from engine.contract import Contract
 from engine.errors import UsageError, first_line
 from engine.repository.variants import OPTIONAL_VARIANTS, Variant
+from engine.runtime.metrics import score_agreement
 from engine.runtime.session import create_session, run_batched
 
 
@@ -36,7 +38,7 @@ class Inputs:
     fp32_path: Path
     src: LoadedSource
     contract: Contract
-    real: np.ndarray  # real X-rays, reference-preprocessed: calibration and checking
+    calibration: np.ndarray  # real X-rays, reference-preprocessed: int8 calibration
     workdir: Path
 
 
@@ -55,7 +57,7 @@ def _int8(i: Inputs, keep_first_conv: bool) -> bytes:
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self._batches: Iterator[np.ndarray] = iter(
-                np.array_split(i.real, max(1, len(i.real) // 8))
+                np.array_split(i.calibration, max(1, len(i.calibration) // 8))
             )
 
         def get_next(self) -> dict[str, np.ndarray] | None:
@@ -135,10 +137,11 @@ BUILDERS: dict[str, Callable[[Inputs], bytes]] = {
 assert set(BUILDERS) == set(OPTIONAL_VARIANTS), "every optional variant needs a builder"
 
 
-def parse_variants(text: str) -> list[str]:
-    """`all`, `none`, or a comma list of variant keys."""
+def parse_variants(text: str) -> list[str] | None:
+    """`--variants`: None for `all` (every variant, each kept only if it passes its gate),
+    [] for `none`, or the keys named (each must pass: asked for by name, it fails hard)."""
     if text == "all":
-        return list(OPTIONAL_VARIANTS)
+        return None
     if text in ("", "none"):
         return []
     keys = [k.strip() for k in text.split(",") if k.strip()]
@@ -154,80 +157,140 @@ def parse_variants(text: str) -> list[str]:
 def build_and_check(
     keys: list[str],
     inputs: Inputs,
-    onnx_scores: np.ndarray,
-    keras_scores: np.ndarray,
+    images: Sequence[Path],
+    fp32: ort.InferenceSession,
     report: Report,
+    optional: bool,
 ) -> dict[str, tuple[bytes, Figures]]:
-    """Build each variant and gate it against its reference on the real images."""
-    built: dict[str, tuple[bytes, Figures]] = {}
+    """Build each variant, then gate it against its reference on every probe image.
+
+    One check per variant in `report`; with `optional`, a variant that cannot be built or
+    misses its gate is recorded as skipped instead of failing the conversion. Returns the
+    variants that passed: key -> (file bytes, figures for the manifest).
+    """
+    built: dict[str, bytes] = {}
+    broken: dict[str, CheckFailed] = {}
+    for key in keys:
+        try:
+            built[key] = _build(OPTIONAL_VARIANTS[key], inputs)
+        except CheckFailed as e:
+            broken[key] = e
+    scores = _score_every_image(built, inputs, images, fp32, broken)
+    kept: dict[str, tuple[bytes, Figures]] = {}
     for key in keys:
         v = OPTIONAL_VARIANTS[key]
-        holder: list[tuple[bytes, Figures]] = []
+        holder: list[Figures] = []
 
-        def check(
-            v: Variant = v, holder: list[tuple[bytes, Figures]] = holder
-        ) -> tuple[str, Figures]:
-            try:
-                data = BUILDERS[v.key](inputs)
-            except Exception as e:  # quantizers and converters raise anything
-                raise CheckFailed(f"building {v.key} failed: {first_line(e)}") from e
-            if v.filename.endswith(".onnx"):
-                try:
-                    onnx.checker.check_model(onnx.ModelProto.FromString(data), full_check=True)
-                except onnx.checker.ValidationError as e:
-                    raise CheckFailed(f"{v.key}: onnx.checker rejects it: {first_line(e)}") from e
-            scores = inputs.contract.scores(run_variant(v.runtime, data, inputs.real))
-            reference = onnx_scores if v.compare_to == "onnx" else keras_scores
-            figures = compare(scores, reference, inputs.contract.threshold)
-            figures.update(bytes=len(data), reference=v.compare_to, about=v.about)
-            holder.append((data, figures))
-            text = (
-                f"{figures['label_agreement']:.2%} label agreement, max score diff "
-                f"{figures['max_score_diff']:.2e} vs {v.compare_to} on {len(scores)} real images, "
-                f"{len(data) / 1e6:.2f} MB"
+        def check(v: Variant = v, holder: list[Figures] = holder) -> tuple[str, Figures]:
+            if v.key in broken:
+                raise broken[v.key]
+            data = built[v.key]
+            figures = score_agreement(
+                scores[v.key], scores[v.compare_to], inputs.contract.threshold
             )
-            if (
-                figures["label_agreement"] < v.min_agreement
-                or figures["max_score_diff"] > v.max_score_diff
-            ):
-                raise CheckFailed(
-                    f"{text}: needs >= {v.min_agreement:.0%} agreement and <= {v.max_score_diff:g}",
-                    figures,
-                )
+            figures.update(
+                bytes=len(data), reference=v.compare_to, about=v.about, gate=v.gate.describe()
+            )
+            holder.append(figures)
+            text = (
+                f"{figures['label_agreement']:.2%} label agreement (95% lower bound "
+                f"{figures['agreement_lower_95']:.1%}), score diff p99 "
+                f"{figures['p99_score_diff']:.2e}, max {figures['max_score_diff']:.2e} vs "
+                f"{v.compare_to} on {figures['images']} images, {len(data) / 1e6:.2f} MB"
+            )
+            misses = v.gate.misses(figures)
+            if misses:
+                raise CheckFailed(f"{text}: {'; '.join(misses)} ({v.gate.describe()})", figures)
             return text, figures
 
-        if report.run(f"variant_{key}", check):
-            built[key] = holder[0]
-    return built
+        if report.run(f"variant_{key}", check, optional=optional):
+            kept[key] = (built[key], holder[0])
+    return kept
 
 
-def compare(scores: np.ndarray, reference: np.ndarray, threshold: float) -> Figures:
-    agree = float(np.mean((scores > threshold) == (reference > threshold))) if len(scores) else 1.0
-    return {
-        "label_agreement": agree,
-        "max_score_diff": float(np.max(np.abs(scores - reference))) if len(scores) else 0.0,
-        "images": len(scores),
-    }
+def _build(v: Variant, inputs: Inputs) -> bytes:
+    try:
+        data = BUILDERS[v.key](inputs)
+    except Exception as e:  # quantizers and converters raise anything
+        raise CheckFailed(f"building {v.key} failed: {first_line(e)}") from e
+    if v.filename.endswith(".onnx"):
+        try:
+            onnx.checker.check_model(onnx.ModelProto.FromString(data), full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise CheckFailed(f"{v.key}: onnx.checker rejects it: {first_line(e)}") from e
+    return data
 
 
-def run_variant(runtime: str, data: bytes, x: np.ndarray) -> np.ndarray:
+def _score_every_image(
+    built: dict[str, bytes],
+    inputs: Inputs,
+    images: Sequence[Path],
+    fp32: ort.InferenceSession,
+    broken: dict[str, CheckFailed],
+) -> dict[str, np.ndarray]:
+    """Scores of every image from the fp32 ONNX model ("onnx"), the source model ("keras")
+    and each built variant, CHUNK images at a time. A variant its runtime refuses to run
+    moves to `broken`."""
+    c = inputs.contract
+    runners: dict[str, Runner] = {}
+    for key, data in built.items():
+        try:
+            runners[key] = runner(OPTIONAL_VARIANTS[key].runtime, data)
+        except Exception as e:  # onnxruntime and LiteRT raise their own untyped errors
+            broken[key] = CheckFailed(f"{key} does not load: {first_line(e)}")
+    needs_keras = any(OPTIONAL_VARIANTS[k].compare_to == "keras" for k in runners)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("onnx", "keras", *runners)}
+    for x in real_chunks(c, images) if runners else ():
+        parts["onnx"].append(c.scores(run_batched(fp32, x)))
+        if needs_keras:
+            parts["keras"].append(c.scores(inputs.src.predict(x)))
+        for key, run_variant in list(runners.items()):
+            try:
+                parts[key].append(c.scores(run_variant(x)))
+            except Exception as e:  # as above
+                broken[key] = CheckFailed(f"{key} fails to run: {first_line(e)}")
+                del runners[key]
+    return {k: np.concatenate(v) if v else np.zeros(0, np.float32) for k, v in parts.items()}
+
+
+Runner = Callable[[np.ndarray], np.ndarray]
+
+
+def runner(runtime: str, data: bytes) -> Runner:
+    """A loaded variant: a batch in, its raw outputs out."""
     if runtime == "onnxruntime":
-        return run_batched(create_session(data), x, batch_size=32)
-    return run_tflite(data, x)
+        session = create_session(data)
+        return lambda x: run_batched(session, x, batch_size=32)
+    return tflite_runner(data)
 
 
-def run_tflite(data: bytes, x: np.ndarray) -> np.ndarray:
-    """Run a .tflite model with LiteRT (tf.lite.Interpreter is deprecated), whole batch."""
+def tflite_runner(data: bytes) -> Runner:
+    """A .tflite model loaded once in LiteRT (tf.lite.Interpreter is deprecated); each call
+    runs one whole batch."""
     from ai_edge_litert.interpreter import Interpreter
 
     with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate" on every load
         interpreter = Interpreter(model_content=data)
-        inp = interpreter.get_input_details()[0]
-        interpreter.resize_tensor_input(inp["index"], list(x.shape), strict=True)
-        interpreter.allocate_tensors()
-    interpreter.set_tensor(inp["index"], x.astype(np.float32))
-    interpreter.invoke()
-    return np.array(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]))
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    shape: list[tuple[int, ...]] = []
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if shape != [x.shape]:
+            interpreter.resize_tensor_input(inp["index"], list(x.shape), strict=True)
+            with quiet_stderr():
+                interpreter.allocate_tensors()
+            shape[:] = [x.shape]
+        interpreter.set_tensor(inp["index"], x.astype(np.float32))
+        interpreter.invoke()
+        return np.array(interpreter.get_tensor(out["index"]))
+
+    return run
+
+
+def run_tflite(data: bytes, x: np.ndarray) -> np.ndarray:
+    """Run a .tflite model on one batch."""
+    return tflite_runner(data)(x)
 
 
 def _with_metadata(model: onnx.ModelProto, fp32: onnx.ModelProto) -> onnx.ModelProto:

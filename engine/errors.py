@@ -84,10 +84,12 @@ class ConversionError(PneumoError):
 
 
 class ValidationError(PneumoError):
-    """One or more validation checks failed; the message lists every failure."""
+    """One or more validation checks failed; the message lists every failure, then what to do
+    (`hint`) when there is a way forward."""
 
-    def __init__(self, message: str, failures: list[str]) -> None:
-        super().__init__(message + "\n" + "\n".join(f"  - {f}" for f in failures))
+    def __init__(self, message: str, failures: list[str], hint: str = "") -> None:
+        lines = [message, *(f"  - {f}" for f in failures), *([hint] if hint else [])]
+        super().__init__("\n".join(lines))
         self.failures = failures
 
 

@@ -121,6 +121,26 @@ def legacy_tf_keras_h5(tmp: Path) -> Path:
     return path
 
 
+def keras2_dot_keras(tmp: Path) -> Path:
+    """A `.keras` file written by Keras 2 (tf_keras, as Keras 2.12-2.15 wrote them) that Keras 3
+    cannot rebuild (DepthwiseConv2D's `groups`): converted through tf_keras."""
+    tk = tf_keras.layers
+    model = tf_keras.Sequential(
+        [
+            tk.InputLayer(input_shape=(128, 128, 3)),
+            tk.Conv2D(8, 3, strides=2, activation="relu"),
+            tk.DepthwiseConv2D(3, activation="relu"),
+            tk.GlobalAveragePooling2D(),
+            tk.Dense(1, activation="sigmoid"),
+        ]
+    )
+    path = tmp / "keras2.keras"
+    model.save(path)
+    with pytest.raises(TypeError, match="could not be deserialized properly"):
+        keras.saving.load_model(path, compile=False)  # what a Keras 3 user gets
+    return path
+
+
 def keras_export_savedmodel(tmp: Path) -> Path:
     path = tmp / "exported"
     build_model().export(path, verbose=False)  # Keras 3 model.export(): a serving SavedModel
@@ -173,6 +193,7 @@ CASES = {
     "augmentation-dropout": Case(augmentation_dropout, "keras"),
     "grayscale": Case(grayscale, "keras", {"channels": 1, "height": 64}),
     "legacy-tf_keras-h5": Case(legacy_tf_keras_h5, "h5-tf_keras", variants=("tflite",)),
+    "keras2-dot-keras": Case(keras2_dot_keras, "keras-tf_keras"),
     "keras-export-savedmodel": Case(keras_export_savedmodel, "savedmodel", variants=("tflite",)),
     "mobilenet_v2": Case(mobilenet_v2, "keras"),
     "densenet121": Case(densenet121, "keras"),

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import pytest
 import tensorflow as tf
+import tf_keras
 
 from engine.cli import main
 from engine.repository.manifest import read_manifest, sha256_file, training_list, verify_files
@@ -43,7 +46,55 @@ CASES = {
     "corrupt-keras": (
         lambda t: _write(t / "broken.keras", b"PK\x03\x04" + b"\x00" * 64),
         1,
-        "Keras cannot load broken.keras",
+        "broken.keras is truncated or is not a complete zip archive (68 bytes",
+    ),
+    "lfs-pointer-keras": (
+        lambda t: _write(t / "model.keras", POINTER),
+        1,
+        "model.keras is a Git LFS pointer, not the model: a 133-byte text file standing for the "
+        "real 23.5 MB file",
+    ),
+    "lfs-pointer-h5": (
+        lambda t: _write(t / "model.h5", POINTER),
+        1,
+        "model.h5 is a Git LFS pointer, not the model",
+    ),
+    "truncated-keras": (
+        lambda t: _cut(saved(head(1, "sigmoid"), t / "whole.keras"), t / "cut.keras"),
+        1,
+        "cut.keras is truncated or is not a complete zip archive",
+    ),
+    "keras2-keras-neither-loads": (
+        lambda t: keras2_with_unknown_layer(t / "keras2.keras"),
+        1,
+        f"cannot load keras2.keras: it was written by Keras {tf_keras.__version__} (its "
+        "metadata.json); Keras 3 said: ",
+    ),
+    "savedmodel-without-variables": (
+        lambda t: _exported(t, lambda d: shutil.rmtree(d / "variables")),
+        1,
+        "SavedModel exported is missing its weights: expected variables/variables.index and "
+        "variables/variables.data-00000-of-00001 (or more shards) beside saved_model.pb, found "
+        "none: copy the whole SavedModel folder",
+    ),
+    "savedmodel-lfs-variables": (
+        lambda t: _exported(
+            t, lambda d: _write(d / "variables" / "variables.data-00000-of-00001", POINTER)
+        ),
+        1,
+        "variables.data-00000-of-00001 is a Git LFS pointer, not part of the SavedModel exported",
+    ),
+    "two-sigmoid-units": (
+        lambda t: saved(head(2, "sigmoid"), t / "two_sigmoid.keras"),
+        1,
+        "unknown output kind: two_sigmoid.keras ends in two sigmoid units (Dense(2, "
+        "activation='sigmoid')): two independent probabilities, not a softmax (they sum to ",
+    ),
+    "two-units-no-softmax-savedmodel": (
+        lambda t: _exported(t, model=head(2, "sigmoid")),
+        1,
+        "unknown output kind: exported has two output units that are not softmax probabilities "
+        "(final activation unknown; rows must sum to 1, they sum to ",
     ),
     "text-named-h5": (
         lambda t: _write(t / "model.h5", b"this is not HDF5"),
@@ -82,7 +133,25 @@ def test_convert_failures(tmp_path: Path, capsys, make, code: int, message: str)
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err, err
     assert "Traceback" not in err
-    assert _written_versions(repo) == []
+    assert not repo.exists(), "a failed conversion must not leave the folders it created"
+
+
+def test_real_xrays_are_in_the_output_detection(tmp_path: Path, capsys) -> None:
+    """Sum-to-one is checked on the shipped X-rays too, and the message says so."""
+    source = saved(head(2, "sigmoid"), tmp_path / "two.keras")
+    assert main(["convert", source, "-o", str(tmp_path / "repo"), "--variants", "none"]) == 1
+    err = capsys.readouterr().err
+    assert " on uniform noise and " in err and " on 6 real X-rays)" in err
+    assert "keras.Model(model.input, model.output[:, i:i + 1])" in err
+
+
+def test_failure_keeps_an_existing_repository_as_it_was(tmp_path: Path, capsys) -> None:
+    repo = tmp_path / "repo"
+    (repo / "other").mkdir(parents=True)
+    source = _write(tmp_path / "model.keras", POINTER)
+    assert main(["convert", source, "-o", str(repo), "--name", "new"]) == 1
+    assert "is a Git LFS pointer" in capsys.readouterr().err
+    assert _written_versions(repo) == ["other"]
 
 
 def test_unwritable_repository_fails_before_loading(tmp_path: Path, capsys) -> None:
@@ -137,8 +206,54 @@ def _written_versions(repo: Path) -> list[str]:
     return sorted(str(p.relative_to(repo)) for p in repo.rglob("*")) if repo.is_dir() else []
 
 
-def _write(path: Path, data: bytes) -> str:
-    path.write_bytes(data)
+def _write(path: Path, data: bytes | str) -> str:
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return str(path)
+
+
+POINTER = (
+    "version https://git-lfs.github.com/spec/v1\n"
+    "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+    "size 23456789\n"
+)
+
+
+def _cut(source: str, target: Path) -> str:
+    """A real .keras file cut short, as an interrupted download leaves it."""
+    data = Path(source).read_bytes()
+    target.write_bytes(data[: len(data) * 2 // 3])
+    return str(target)
+
+
+def _exported(
+    tmp: Path, break_it: Callable[[Path], object] = lambda d: None, model: keras.Model | None = None
+) -> str:
+    """A Keras 3 `model.export()` SavedModel, then broken by `break_it`."""
+    folder = tmp / "exported"
+    (model or head(1, "sigmoid")).export(folder, verbose=False)
+    break_it(folder)
+    return str(folder)
+
+
+def keras2_with_unknown_layer(path: Path) -> str:
+    """A `.keras` file written by Keras 2 (tf_keras writes the zip layout Keras 2.12-2.15 did:
+    metadata.json with keras_version 2.x, config.json, model.weights.h5) with a custom layer
+    defined only here, so neither Keras 3 nor tf_keras can rebuild it."""
+
+    class Doubling(tf_keras.layers.Layer):
+        def call(self, x):  # type: ignore[no-untyped-def]
+            return x * 2.0
+
+    tk = tf_keras.layers
+    model = tf_keras.Sequential(
+        [
+            tk.InputLayer(input_shape=(32, 32, 3)),
+            Doubling(),
+            tk.GlobalAveragePooling2D(),
+            tk.Dense(1, activation="sigmoid"),
+        ]
+    )
+    model.save(path)
     return str(path)
 
 

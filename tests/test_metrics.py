@@ -17,8 +17,10 @@ from engine.runtime.metrics import (
     metrics_at,
     roc_auc,
     roc_curve,
+    score_agreement,
     threshold_for_sensitivity,
     too_few,
+    wilson_lower,
 )
 
 # Positives score 0.4, 0.35, 0.8; negatives 0.1, 0.4, 0.6: one positive ties one negative.
@@ -273,3 +275,35 @@ def test_degenerate_input_raises_a_usage_error(call, message: str) -> None:
     with pytest.raises(UsageError) as info:
         call()
     assert message in str(info.value)
+
+
+def test_score_agreement_distribution_by_hand() -> None:
+    reference = np.array([0.1, 0.2, 0.45, 0.55, 0.9])
+    scores = np.array([0.1, 0.25, 0.52, 0.55, 0.7])  # |diff| 0, .05, .07, 0, .2; one label flips
+    got = score_agreement(scores, reference, threshold=0.5)
+    assert got["images"] == 5 and got["label_agreement"] == pytest.approx(0.8)
+    assert got["median_score_diff"] == pytest.approx(0.05)
+    assert got["max_score_diff"] == pytest.approx(0.2)
+    # numpy's linear percentile: position 0.99 * (5 - 1) = 3.96 in the sorted differences.
+    assert got["p99_score_diff"] == pytest.approx(0.07 + 0.96 * (0.2 - 0.07))
+    assert got["agreement_lower_95"] == pytest.approx(wilson_lower(4, 5))
+
+
+@pytest.mark.parametrize(
+    ("successes", "n", "expected"),
+    [(70, 70, 1 / (1 + 1.6449**2 / 70)), (6, 6, 1 / (1 + 1.6449**2 / 6)), (0, 10, 0.0)],
+    ids=["70-of-70", "6-of-6", "none"],
+)
+def test_wilson_lower_bound(successes: int, n: int, expected: float) -> None:
+    # All agreeing: the bound is 1 / (1 + z^2 / n), so 100% on 70 images promises >= 96.3%.
+    assert wilson_lower(successes, n) == pytest.approx(expected)
+    assert wilson_lower(70, 70) == pytest.approx(0.9628, abs=1e-4)
+
+
+def test_score_agreement_refuses_mismatched_inputs() -> None:
+    with pytest.raises(UsageError) as e:
+        score_agreement([0.1, 0.2], [0.1])
+    assert e.value.message == ("comparing scores needs one score per reference score, got 2 and 1")
+    with pytest.raises(UsageError) as e:
+        wilson_lower(0, 0)
+    assert e.value.message == "a proportion needs at least one trial, got 0"

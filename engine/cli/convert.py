@@ -24,8 +24,11 @@ def add(sub: Subparsers) -> None:
         "convert",
         help="Keras/SavedModel -> validated ONNX model repository (needs the 'convert' extra)",
         description="Convert a Keras .keras/.h5 file or SavedModel folder to ONNX, validate it "
-        "against the original (parity gate), build variants, and write one version of a "
-        "Triton-compatible model repository. Nothing is written unless every check passes.",
+        "against the original (parity gate) and, given labelled --images (NORMAL/, PNEUMONIA/), "
+        "on their labels; build variants, and write one version of a Triton-compatible model "
+        "repository. Nothing is written unless the fp32 model passes every check; of the "
+        "default --variants all, those that miss their gate are left out (with a warning); "
+        "a variant named in --variants must pass.",
     )
     p.add_argument("source", help="a .keras or .h5 file, or a SavedModel folder")
     p.add_argument("-o", "--output", required=True, metavar="REPO_DIR", help="model repository")

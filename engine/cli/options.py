@@ -76,7 +76,8 @@ def add_images_option(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="DIR",
-        help="real X-rays for probes and calibration, besides the shipped samples (repeatable)",
+        help="real X-rays for the checks, besides the shipped samples (repeatable); a folder "
+        "with NORMAL/ and PNEUMONIA/ subfolders also runs the labelled check (ROC AUC)",
     )
 
 
@@ -97,7 +98,10 @@ def add_contract_options(p: argparse.ArgumentParser) -> None:
 
 
 def variant_list_help() -> str:
-    return f"comma list of {', '.join(OPTIONAL_VARIANTS)}; or all, none"
+    return (
+        f"comma list of {', '.join(OPTIONAL_VARIANTS)} (each must pass its gate); or all (each "
+        "kept if it passes), none"
+    )
 
 
 def load_engine(args: argparse.Namespace) -> Engine:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli.options import Subparsers, add_images_option, command
+from engine.cli.options import Subparsers, add_images_option, command, unit_float
 from engine.errors import EXIT_FAILED, EXIT_OK
 
 
@@ -15,8 +15,9 @@ def add(sub: Subparsers) -> None:
         "validate",
         help="check an ONNX model: structure, contract, runtime, parity (needs 'convert' extra)",
         description="Validate an ONNX model for CI pipelines: onnx.checker, shape inference, "
-        "contract metadata, onnxruntime load, dynamic batch, manifest hash, and (with --against) "
-        "parity with the original Keras model. Exit 1 if any check fails.",
+        "contract metadata, onnxruntime load, dynamic batch, manifest hash, ROC AUC on labelled "
+        "--images (a folder with NORMAL/ and PNEUMONIA/), and (with --against) parity with the "
+        "original Keras model. Exit 1 if any check fails.",
     )
     p.add_argument("model", help="an .onnx file")
     p.add_argument(
@@ -33,6 +34,14 @@ def add(sub: Subparsers) -> None:
         help="write a JSON or JUnit XML report",
     )
     p.add_argument("--tolerance", type=float, default=1e-5, help="parity tolerance")
+    p.add_argument(
+        "--min-auc",
+        type=unit_float,
+        default=None,
+        metavar="X",
+        help="fail below this ROC AUC on labelled --images (NORMAL/, PNEUMONIA/ subfolders); "
+        "without it, below 0.5 fails",
+    )
     p.add_argument("--custom-objects", metavar="FILE.py", default=None)
     p.set_defaults(handler=run)
 
@@ -49,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         image_folders=args.images,
         tolerance=args.tolerance,
         custom_objects=args.custom_objects,
+        min_auc=args.min_auc,
     )
     for line in report.summary_lines():
         print(line)
