@@ -163,3 +163,11 @@ def test_cli_heatmap_negative(
             xray = np.asarray(picture.crop((0, 0, width, height)), dtype=np.int16)
         blue.append(int((xray[..., 2] - xray[..., 0] > 60).sum()))
     assert blue[0] == 0 and blue[1] > 1000  # evidence against PNEUMONIA only when asked
+
+
+def test_scores_from_saturated_maps_are_0_and_1_without_overflow() -> None:
+    """A model fed out of its input range gives huge logits: the score rebuilt from its CAM is
+    still 0 or 1, and numpy does not warn (warnings are errors in the tests)."""
+    spec = CamSpec("feature_map", "NHWC", np.ones(2), 0.0)
+    maps = np.stack([np.full((2, 2), -1e4), np.zeros((2, 2)), np.full((2, 2), 1e4)])
+    np.testing.assert_array_equal(spec.scores(maps), [0.0, 0.5, 1.0])

@@ -148,4 +148,4 @@ class CamSpec:
         """P(positive) rebuilt from CAMs: sigmoid(mean + bias). Equals the model's score for a
         GAP-then-Dense head; the conversion stage checks that before storing the spec."""
         logits = maps.reshape(len(maps), -1).mean(axis=1) + self.bias
-        return 1.0 / (1.0 + np.exp(-logits))
+        return 0.5 * (1.0 + np.tanh(0.5 * logits))  # the sigmoid, without exp overflow
