@@ -9,9 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from convert.applications import input_scaling
 from convert.source import LoadedSource
 from engine.contract import Contract, InputSpec, OutputSpec
 from engine.errors import ContractError, UsageError
+from engine.presets import pipeline_fields
 
 log = logging.getLogger(__name__)
 
@@ -20,11 +22,17 @@ POSITIVE_LABEL = "PNEUMONIA"
 
 @dataclass(frozen=True)
 class Overrides:
-    """What the user said on the command line; None means 'detect'."""
+    """What the user said on the command line; None means 'detect' (or the contract's default).
+    The pipeline fields come from `presets`, each overridden by its explicit flag."""
 
     input_size: tuple[int, int] | None = None
     input_scaling: str | None = None
-    resize_filter: str = "bicubic"
+    resize_filter: str | None = None
+    resize_mode: str | None = None
+    color: str | None = None
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
+    presets: tuple[str, ...] = ()
     labels: tuple[str, ...] | None = None  # in output-index order for softmax2; (neg, pos) else
     positive_index: int | None = None
     threshold: float = 0.5
@@ -75,22 +83,32 @@ def _input_spec(src: LoadedSource, o: Overrides, layers: list[Any]) -> InputSpec
             f"{src.name} accepts any image size ({shape}) and has no Resizing layer: "
             "pass --input-size HxW (the size it was trained at)"
         )
-    scaling = o.input_scaling
-    if scaling is None:
-        scaling = "raw" if rescaling else "unit"
-        if not layers:
-            log.warning(
-                "%s: cannot see the model's layers (plain SavedModel); assuming inputs in [0, 1]."
-                " Pass --input-scaling raw if it rescales 0-255 itself",
-                src.name,
-            )
+    stated = pipeline_fields(
+        o.presets,
+        {
+            "resize_filter": o.resize_filter,
+            "resize_mode": o.resize_mode,
+            "color": o.color,
+            "scaling": o.input_scaling,
+            "mean": o.input_mean,
+            "std": o.input_std,
+        },
+    )
+    if stated.get("scaling") is None and not layers:
+        log.warning(
+            "%s: cannot see the model's layers (plain SavedModel); assuming inputs in [0, 1]."
+            " Pass --input-scaling raw if it rescales 0-255 itself",
+            src.name,
+        )
+    graph = _is_graph_model(src.model)
+    detected = "raw" if rescaling else "unit"
+    stated["scaling"] = input_scaling(src.name, src.model, graph, stated.get("scaling"), detected)
     return InputSpec(
         height=int(h),
         width=int(w),
         channels=int(c),
-        scaling=scaling,
-        resize_filter=o.resize_filter,
         resizes_inside=bool(resizing),
+        **stated,
     )
 
 

@@ -88,6 +88,11 @@ def run(args: argparse.Namespace) -> int:
             input_size=args.input_size,
             input_scaling=args.input_scaling,
             resize_filter=args.resize_filter,
+            resize_mode=args.resize_mode,
+            color=args.color,
+            input_mean=args.input_mean,
+            input_std=args.input_std,
+            presets=tuple(args.preset),
             labels=args.labels,
             positive_index=args.positive_index,
             threshold=args.threshold,
@@ -99,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
     result = convert(args.source, args.output, opts)
     for line in result.report.summary_lines():
         print(line)
+    fidelity = result.manifest["preprocessing"]
+    print(f"pipeline: {result.contract.input.describe()}")
+    print(f"preprocessing by default: {fidelity['verdict']} ({fidelity['reason']})")
     print(f"wrote {result.version_dir} in {result.seconds:.1f} s:")
     for filename, entry in result.manifest["files"].items():
         print(f"  {filename:<22} {entry['bytes'] / 1e6:8.2f} MB  sha256 {entry['sha256'][:12]}")
