@@ -103,13 +103,18 @@ def input_scaling(name: str, model: Any, graph: bool, stated: str | None, detect
     own = "raw" if inside else family.scaling
     if stated is not None:
         if stated != own:
+            where = (
+                f"with preprocessing inside the model before it ({', '.join(inside)}): it "
+                "takes 0-255"
+                if inside
+                else f"whose preprocess_input gives {SCALINGS[own].what} (--preset {family.preset})"
+            )
             log.warning(
-                "%s holds a keras.applications %s base%s, whose input is %s; converting with "
-                "the scaling you gave, %s (%s)",
+                "%s holds a keras.applications %s base %s; converting with the scaling you "
+                "gave: %s, %s",
                 name,
                 family.name,
-                f" after preprocessing inside the model ({', '.join(inside)})" if inside else "",
-                own,
+                where,
                 stated,
                 SCALINGS[stated].what,
             )

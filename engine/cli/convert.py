@@ -25,7 +25,12 @@ def add(sub: Subparsers) -> None:
         help="Keras/SavedModel -> validated ONNX model repository (needs the 'convert' extra)",
         description="Convert a Keras .keras/.h5 file or SavedModel folder to ONNX, validate it "
         "against the original (parity gate), build variants, and write one version of a "
-        "Triton-compatible model repository. Nothing is written unless every check passes.",
+        "Triton-compatible model repository. Nothing is written unless every check passes. "
+        "State how images were prepared in training (--preset, or the input pipeline flags): "
+        "the engine's reference preprocessing reproduces exactly that. The fast preprocessing "
+        "path is scored against it on the probe X-rays (the shipped samples and --images; give "
+        "at least 20 full-size X-rays) and the engine uses it by default only where it stayed "
+        "within 0.01.",
     )
     p.add_argument("source", help="a .keras or .h5 file, or a SavedModel folder")
     p.add_argument("-o", "--output", required=True, metavar="REPO_DIR", help="model repository")

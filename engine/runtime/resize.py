@@ -107,11 +107,13 @@ def _pil_pad(
         inner = (out[0], round(h / w * out[0]))
     elif ratio < out_ratio:
         inner = (round(w / h * out[1]), out[1])
+    canvas = Image.new(img.mode, out, 0)
+    if min(inner) == 0:  # a sliver of an image: ImageOps.contain gives an empty one
+        return np.asarray(canvas)
     box = (0.0, 0.0, w / scale, h / scale)
     resized = img.resize(inner, filt, box=box, reducing_gap=reducing_gap)
     if inner == out:
         return np.asarray(resized)
-    canvas = Image.new(img.mode, out, 0)
     if inner[0] != out[0]:
         canvas.paste(resized, (round((out[0] - inner[0]) * 0.5), 0))
     else:
