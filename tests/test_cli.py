@@ -34,6 +34,7 @@ def test_help_and_version(capsys) -> None:
         (["convert", "m.keras", "-o", "r", "--input-mean", "a,b"], "expected numbers like"),
         (["convert", "m.keras", "-o", "r", "--input-std", "1,inf"], "expected finite numbers"),
         (["batch", "d", "-o", "r.csv", "--preprocessing", "turbo"], "invalid choice: 'turbo'"),
+        (["serve", "--preprocessing", "turbo"], "invalid choice: 'turbo'"),
         (["frobnicate"], "invalid choice"),
     ],
     ids=[
@@ -50,6 +51,7 @@ def test_help_and_version(capsys) -> None:
         "mean",
         "std",
         "preprocessing",
+        "serve-preprocessing",
         "command",
     ],
 )
