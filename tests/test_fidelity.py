@@ -93,3 +93,8 @@ def test_choose() -> None:
     assert choose("auto", tf, None)[0] == "fast"
     with pytest.raises(UsageError, match="preprocessing must be one of auto, fast, reference"):
         choose("quick", BICUBIC, None)
+
+
+def test_measure_needs_images() -> None:
+    with pytest.raises(UsageError, match="no X-rays to measure the fast preprocessing path on"):
+        measure(lambda x: x[:, 0, 0, 0], [], BICUBIC)

@@ -42,6 +42,8 @@ def measure(
 ) -> dict[str, Any]:
     """Score `images` through both paths with `score` (a batch -> P(positive)); the figures
     the verdict reads. Every image must be readable (they are the conversion's probes)."""
+    if not images:
+        raise UsageError("no X-rays to measure the fast preprocessing path on")
     fast, reference, shortcut = [], [], 0
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
