@@ -28,6 +28,7 @@ from convert.validate import CAM_TOLERANCE
 from engine.contract import Contract
 from engine.errors import PneumoError
 from engine.repository.cam import FEATURE_OUTPUT, CamSpec, measure_scale
+from engine.runtime.preprocess import finish
 from engine.runtime.session import create_session, run
 
 log = logging.getLogger(__name__)
@@ -147,10 +148,9 @@ def _expose(model: onnx.ModelProto, tensor: str) -> None:
 def _mismatch(model: onnx.ModelProto, spec: CamSpec, contract: Contract) -> str:
     """'' when the score rebuilt from the feature map equals the model's score, else why not."""
     rng = np.random.default_rng(0)
-    probe = rng.uniform(0.0, 1.0, size=(4, *contract.input_shape)).astype(np.float32)
-    probe = probe * (255.0 if contract.input.scaling == "raw" else 1.0)
-    if contract.input.scaling == "symmetric":
-        probe = probe * 2.0 - 1.0
+    i = contract.input
+    pixels = rng.uniform(0.0, 255.0, size=(4, i.height, i.width, i.channels))
+    probe = np.stack([finish(p, contract) for p in pixels])
     try:
         session = create_session(model.SerializeToString())
         score, features = session.run(

@@ -10,10 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from convert.applications import input_scaling
 from convert.probes import real_batch
 from convert.source import LoadedSource
 from engine.contract import Contract, InputSpec, OutputSpec
 from engine.errors import ContractError, UsageError
+from engine.presets import pipeline_fields
+from engine.runtime.preprocess import finish
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +25,17 @@ POSITIVE_LABEL = "PNEUMONIA"
 
 @dataclass(frozen=True)
 class Overrides:
-    """What the user said on the command line; None means 'detect'."""
+    """What the user said on the command line; None means 'detect' (or the contract's default).
+    The pipeline fields come from `presets`, each overridden by its explicit flag."""
 
     input_size: tuple[int, int] | None = None
     input_scaling: str | None = None
-    resize_filter: str = "bicubic"
+    resize_filter: str | None = None
+    resize_mode: str | None = None
+    color: str | None = None
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
+    presets: tuple[str, ...] = ()
     labels: tuple[str, ...] | None = None  # in output-index order for softmax2; (neg, pos) else
     positive_index: int | None = None
     threshold: float = 0.5
@@ -36,11 +45,10 @@ def detect_contract(src: LoadedSource, o: Overrides, images: Sequence[Path] = ()
     """The model's contract; `images` (real X-rays) check what its output units add up to."""
     layers = list(_walk_layers(src.model)) if src.model is not None else []
     spec = _input_spec(src, o, layers)
-    probe_shape = (spec.height, spec.width, spec.channels)
     # Only graph models list layers in call order; a subclassed model's order is attribute order.
     ordered = layers if _is_graph_model(src.model) else []
     real = real_batch(Contract(input=spec), images) if images else None
-    output = _output_spec(src, probe_shape, spec.scaling, o, ordered, real)
+    output = _output_spec(src, spec, o, ordered, real)
     negative, positive = _labels(output, o)
     return Contract(
         input=spec,
@@ -79,29 +87,38 @@ def _input_spec(src: LoadedSource, o: Overrides, layers: list[Any]) -> InputSpec
             f"{src.name} accepts any image size ({shape}) and has no Resizing layer: "
             "pass --input-size HxW (the size it was trained at)"
         )
-    scaling = o.input_scaling
-    if scaling is None:
-        scaling = "raw" if rescaling else "unit"
-        if not layers:
-            log.warning(
-                "%s: cannot see the model's layers (plain SavedModel); assuming inputs in [0, 1]."
-                " Pass --input-scaling raw if it rescales 0-255 itself",
-                src.name,
-            )
+    stated = pipeline_fields(
+        o.presets,
+        {
+            "resize_filter": o.resize_filter,
+            "resize_mode": o.resize_mode,
+            "color": o.color,
+            "scaling": o.input_scaling,
+            "mean": o.input_mean,
+            "std": o.input_std,
+        },
+    )
+    if stated.get("scaling") is None and not layers:
+        log.warning(
+            "%s: cannot see the model's layers (plain SavedModel); assuming inputs in [0, 1]."
+            " Pass --input-scaling raw if it rescales 0-255 itself",
+            src.name,
+        )
+    graph = _is_graph_model(src.model)
+    detected = "raw" if rescaling else "unit"
+    stated["scaling"] = input_scaling(src.name, src.model, graph, stated.get("scaling"), detected)
     return InputSpec(
         height=int(h),
         width=int(w),
         channels=int(c),
-        scaling=scaling,
-        resize_filter=o.resize_filter,
         resizes_inside=bool(resizing),
+        **stated,
     )
 
 
 def _output_spec(
     src: LoadedSource,
-    probe_shape: tuple[int, int, int],
-    scaling: str,
+    spec: InputSpec,
     o: Overrides,
     layers: list[Any],
     real: np.ndarray | None = None,
@@ -109,10 +126,9 @@ def _output_spec(
     """One sigmoid unit, or two softmax units, judged from the final activation where the
     layers are visible and from outputs on uniform noise and on real X-rays (`real`): a
     saturated model sums to 1 on noise whatever its activation."""
-    rng = np.random.default_rng(0)
-    top = 255.0 if scaling == "raw" else 1.0
-    low = -1.0 if scaling == "symmetric" else 0.0
-    probe = rng.uniform(low, top, size=(4, *probe_shape)).astype(np.float32)
+    rng = np.random.default_rng(0)  # noise pixels, scaled as the contract scales real ones
+    pixels = rng.random((4, spec.height, spec.width, spec.channels), dtype=np.float32) * 255.0
+    probe = np.stack([finish(p, Contract(input=spec)) for p in pixels])
     out = src.predict(probe)
     flat = out.reshape(len(out), -1)
     on_real = src.predict(real).reshape(len(real), -1) if real is not None else flat[:0]

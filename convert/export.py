@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import Any
 
 import onnx
 import tensorflow as tf
 import tf2onnx
+from onnx import numpy_helper
 
 from convert.source import LoadedSource
 from engine.contract import Contract
@@ -54,6 +56,7 @@ def to_onnx(src: LoadedSource, contract: Contract, opset: int = DEFAULT_OPSET) -
             f"tf2onnx could not convert {src.name} to ONNX opset {opset}: unsupported ops: {ops}."
             f" tf2onnx said: {said}"
         )
+    _bind_captured_tensors(model, function, contract.input.name)
     if len(model.graph.input) != 1 or len(model.graph.output) != 1:
         raise ConversionError(
             f"converted graph has {len(model.graph.input)} inputs and {len(model.graph.output)} "
@@ -65,6 +68,21 @@ def to_onnx(src: LoadedSource, contract: Contract, opset: int = DEFAULT_OPSET) -
     model.producer_name = "pneumo-onnx (tf2onnx)"
     model.doc_string = f"Converted from {src.name} ({src.format}) by pneumo-onnx."
     return model
+
+
+def _bind_captured_tensors(model: onnx.ModelProto, function: Any, image: str) -> None:
+    """Constants the traced function captured as tensors (Keras 3's Normalization layer keeps
+    its mean and variance so: EfficientNet's and ConvNeXt's built-in preprocessing) come out of
+    tf2onnx as extra graph inputs: bind each to its value, as an initializer."""
+    graph = function.get_concrete_function().graph
+    values = {
+        inner.name: outer.numpy()
+        for outer, inner in zip(graph.external_captures, graph.internal_captures, strict=True)
+        if outer.dtype != tf.resource and hasattr(outer, "numpy")
+    }
+    for value in [v for v in model.graph.input if v.name != image and v.name in values]:
+        model.graph.initializer.append(numpy_helper.from_array(values[value.name], value.name))
+        model.graph.input.remove(value)
 
 
 def _rename_output(model: onnx.ModelProto, new: str) -> None:

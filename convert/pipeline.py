@@ -33,7 +33,10 @@ from convert.validate import FP32_TOLERANCE, parity_check, runtime_checks, struc
 from convert.variants import Inputs, build_and_check
 from engine.contract import PROVENANCE_KEY, Contract
 from engine.repository.variants import OPTIONAL_VARIANTS
+from engine.runtime.fidelity import MANIFEST_KEY as PREPROCESSING_KEY
+from engine.runtime.fidelity import measure, verdict
 from engine.runtime.metrics import wilson_lower
+from engine.runtime.session import run_batched
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +169,12 @@ def convert_loaded(
     if listed is not None:
         name, data, count = listed
         files[name], figures[name] = data, {"kind": "training list", "images": count}
+    fidelity = fast_path_fidelity(session, contract, images)
     manifest: dict[str, Any] = {
         "name": opts.name,
         "version": version,
         "contract": contract.to_dict(),
+        PREPROCESSING_KEY: fidelity,
         "class_activation_map": {
             "available": cam is not None,
             "detail": cam_note,
@@ -204,6 +209,15 @@ def _missing_folders(folder: Path) -> list[Path]:
             break
         missing.append(p)
     return missing
+
+
+def fast_path_fidelity(session: Any, contract: Contract, images: Sequence[Path]) -> dict[str, Any]:
+    """The fast preprocessing path against the reference one, with the converted model on the
+    probe X-rays, and the engine's verdict on it (its `auto` re-reads the figures)."""
+    figures = measure(lambda x: contract.scores(run_batched(session, x)), images, contract)
+    path, why = verdict(figures, contract)
+    log.info("preprocessing: %s by default (%s)", path, why)
+    return {"fast_vs_reference": figures, "verdict": path, "reason": why}
 
 
 def tool_versions() -> dict[str, str]:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.contract import SCALINGS, Contract
+from engine.contract import Contract
 from engine.errors import UsageError
 from engine.runtime.listing import find_images
-from engine.runtime.preprocess import reference_pixels
+from engine.runtime.preprocess import finish, reference_pixels
 from engine.runtime.samples import sample_images
 
 SUBSET_IMAGES = 64  # user images in the parity probes and the int8 calibration set
@@ -64,9 +64,10 @@ def real_chunks(contract: Contract, images: Sequence[Path]) -> Iterator[np.ndarr
 def probe_batch(contract: Contract, images: Sequence[Path], seed: int = 0) -> np.ndarray:
     """Random inputs over the model's input range, all-zero, all-one, then real images."""
     shape = contract.input_shape
-    mul, add = SCALINGS[contract.input.scaling]
+    i = contract.input
     rng = np.random.default_rng(seed)
-    random = (rng.random((4, *shape), dtype=np.float32) * mul + add).astype(np.float32)
+    pixels = rng.random((4, i.height, i.width, i.channels), dtype=np.float32) * 255.0
+    random = np.stack([finish(p, contract) for p in pixels])
     parts = [random, np.zeros((1, *shape), np.float32), np.ones((1, *shape), np.float32)]
     if images:
         parts.append(real_batch(contract, images))

@@ -2,7 +2,8 @@
 
 The conversion stage writes it into the ONNX `metadata_props` (key `pneumo.contract`); the engine,
 the server and the validator read it from there. It is the one source of truth for input size,
-channels, scaling, resize filter, labels, positive class and default threshold.
+channels and colour order, resize filter and mode, scaling, labels, positive class and default
+threshold: the whole pipeline from an image file to the model's output meaning.
 """
 
 from __future__ import annotations
@@ -19,22 +20,71 @@ from engine.errors import ContractError, UsageError
 
 CONTRACT_KEY = "pneumo.contract"
 PROVENANCE_KEY = "pneumo.provenance"
-SCHEMA_VERSION = 1
+# Schema 2 states the whole input pipeline (colour, resize filter and mode, scaling with
+# per-channel mean/std). Schema 1 files (the shipped v1 model) read with their meaning then:
+# Pillow decoding, the image stretched to the input size, RGB for 3 channels.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 
-# Input value range the model was trained on, as (multiplier, offset) applied to x in [0, 1].
-SCALINGS: dict[str, tuple[float, float]] = {
-    "unit": (1.0, 0.0),  # [0, 1]: the reference PneumoniaCNN
-    "raw": (255.0, 0.0),  # [0, 255]: a Rescaling layer sits inside the model
-    "symmetric": (2.0, -1.0),  # [-1, 1]: MobileNet-style preprocess_input outside the model
+
+@dataclass(frozen=True)
+class Scaling:
+    """Pixel values 0-255 -> the model's input, in the order and float32 arithmetic of the code
+    that defines it: x = pixel * multiply / divide, then (x - mean) / std per channel, in the
+    tensor's channel order (steps that change nothing are skipped)."""
+
+    multiply: float = 1.0
+    divide: float = 1.0
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    what: str = ""
+
+    def range(self) -> tuple[np.ndarray, np.ndarray]:
+        """The lowest and highest input value per channel (pixels 0 and 255)."""
+        mean, std = np.asarray(self.mean), np.asarray(self.std)
+        return (0.0 - mean) / std, (255.0 * self.multiply / self.divide - mean) / std
+
+
+IMAGENET_CAFFE_MEAN = (103.939, 116.779, 123.68)  # B, G, R: keras.applications 'caffe' mode
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # R, G, B on [0, 1]: 'torch' mode
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SCALINGS: dict[str, Scaling] = {
+    # ImageDataGenerator(rescale=1/255) multiplies; preprocess_input and Teachable Machine divide.
+    "unit": Scaling(multiply=1 / 255, what="[0, 1]: x * (1/255), as rescale=1/255 outside"),
+    "raw": Scaling(what="[0, 255]: the model rescales inside (e.g. a Rescaling layer)"),
+    "symmetric": Scaling(
+        divide=127.5, mean=(1.0,), what="[-1, 1]: x / 127.5 - 1 (preprocess_input 'tf' mode)"
+    ),
+    "caffe": Scaling(
+        mean=IMAGENET_CAFFE_MEAN, what="BGR minus the ImageNet means (preprocess_input 'caffe')"
+    ),
+    "torch": Scaling(
+        divide=255.0,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        what="(x / 255 - ImageNet mean) / std (preprocess_input 'torch' mode)",
+    ),
+    "custom": Scaling(divide=255.0, what="(x / 255 - mean) / std, the mean and std you give"),
 }
-RESIZE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+COLORS = ("rgb", "grayscale", "bgr")
+# Pillow's filters (Image.resize, as PIL code and keras.utils.load_img use them), and the
+# TensorFlow pipeline of keras.utils.image_dataset_from_directory: tf.io.decode_image (JPEG
+# with libjpeg's fast integer IDCT) then tf.image.resize without antialiasing.
+PIL_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
+TF_FILTERS = ("tf-bilinear", "tf-nearest")
+RESIZE_FILTERS = PIL_FILTERS + TF_FILTERS
+# stretch: to the input size, aspect ratio lost; center-crop: the centred largest box of the
+# input's aspect ratio, in whole pixels (load_img keep_aspect_ratio, crop_to_aspect_ratio);
+# fit: the same box in fractional pixels (PIL ImageOps.fit); pad: the whole image, centred,
+# black borders (ImageOps.pad, or tf.image.resize_with_pad / pad_to_aspect_ratio).
+RESIZE_MODES = ("stretch", "center-crop", "fit", "pad")
 OUTPUT_KINDS = ("sigmoid", "softmax2")
 LAYOUTS = ("NHWC", "NCHW")
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One image tensor, batch dimension first and dynamic."""
+    """One image tensor, batch dimension first and dynamic, and the pipeline that fills it."""
 
     name: str = "image"
     layout: str = "NHWC"
@@ -46,6 +96,32 @@ class InputSpec:
     resize_filter: str = "bicubic"
     # True when a Resizing layer sits inside the model: feed it at (height, width) anyway.
     resizes_inside: bool = False
+    resize_mode: str = "stretch"
+    color: str = ""  # "" -> grayscale for 1 channel, rgb for 3
+    mean: tuple[float, ...] | None = None  # scaling 'custom' only, on the [0, 1] scale
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.color:
+            object.__setattr__(self, "color", "grayscale" if self.channels == 1 else "rgb")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, list | tuple):
+                object.__setattr__(self, name, tuple(value))
+
+    def scaler(self) -> Scaling:
+        """The scaling arithmetic, with a 'custom' mean/std filled in."""
+        scaling = SCALINGS[self.scaling]
+        if self.scaling == "custom" and self.mean is not None and self.std is not None:
+            return replace(scaling, mean=self.mean, std=self.std)
+        return scaling
+
+    def describe(self) -> str:
+        """The pipeline in one line, for `pneumo info` and conversion reports."""
+        scaling = self.scaling
+        if self.scaling == "custom":
+            scaling += f" mean {list(self.mean or ())} std {list(self.std or ())}"
+        return f"{self.color}, {self.resize_filter} {self.resize_mode}, scaling {scaling}"
 
 
 @dataclass(frozen=True)
@@ -79,13 +155,18 @@ class Contract:
     def from_dict(cls, data: Mapping[str, Any]) -> Contract:
         try:
             schema = data.get("schema", SCHEMA_VERSION)
-            if schema != SCHEMA_VERSION:
+            if schema not in READABLE_SCHEMAS:
                 raise ContractError(
-                    f"model contract schema {schema!r} is not supported "
-                    f"(this pneumo-onnx reads schema {SCHEMA_VERSION})"
+                    f"model contract schema {schema!r} is not supported (this pneumo-onnx "
+                    f"reads schemas {', '.join(map(str, READABLE_SCHEMAS))}): upgrade pneumo-onnx"
                 )
+            inputs = dict(data["input"])
+            if schema == 1:  # its fields only; the new ones keep schema 1's meaning
+                unknown = set(inputs) - _SCHEMA_1_INPUT
+                if unknown:
+                    raise TypeError(f"schema 1 has no input field {sorted(unknown)[0]!r}")
             return cls(
-                input=InputSpec(**data["input"]),
+                input=InputSpec(**inputs),
                 output=OutputSpec(**data["output"]),
                 negative_label=str(data["negative_label"]),
                 positive_label=str(data["positive_label"]),
@@ -108,8 +189,8 @@ class Contract:
         """Read the contract from ONNX metadata, or infer safe defaults for a plain ONNX file.
 
         A plain file (no `pneumo.contract`) is assumed to be the reference PneumoniaCNN style:
-        RGB in [0, 1], bicubic resize, one sigmoid unit, threshold 0.5; size and layout come
-        from the graph's input shape.
+        RGB in [0, 1], stretched with bicubic, one sigmoid unit, threshold 0.5; size and layout
+        come from the graph's input shape.
         """
         raw = metadata.get(CONTRACT_KEY)
         if raw is not None:
@@ -163,8 +244,20 @@ class Contract:
         return (i.channels, i.height, i.width)
 
 
+_SCHEMA_1_INPUT = {
+    "name",
+    "layout",
+    "height",
+    "width",
+    "channels",
+    "scaling",
+    "resize_filter",
+    "resizes_inside",
+}
+
+
 def _problems(c: Contract) -> list[str]:
-    p: list[str] = []
+    p: list[str] = _pipeline_problems(c.input)
     i, o = c.input, c.output
     if i.layout not in LAYOUTS:
         p.append(f"input layout must be one of {LAYOUTS}, got {i.layout!r}")
@@ -174,10 +267,6 @@ def _problems(c: Contract) -> list[str]:
             p.append(f"input {dim} must be an integer in [8, 4096], got {v!r}")
     if i.channels not in (1, 3):
         p.append(f"input channels must be 1 or 3, got {i.channels!r}")
-    if i.scaling not in SCALINGS:
-        p.append(f"input scaling must be one of {tuple(SCALINGS)}, got {i.scaling!r}")
-    if i.resize_filter not in RESIZE_FILTERS:
-        p.append(f"resize filter must be one of {RESIZE_FILTERS}, got {i.resize_filter!r}")
     if o.kind not in OUTPUT_KINDS:
         p.append(f"output kind must be one of {OUTPUT_KINDS}, got {o.kind!r}")
     elif o.kind == "sigmoid" and o.positive_index != 0:
@@ -191,6 +280,51 @@ def _problems(c: Contract) -> list[str]:
     ):
         p.append(f"threshold must be a finite number in [0, 1], got {c.threshold!r}")
     return p
+
+
+def _pipeline_problems(i: InputSpec) -> list[str]:
+    """Colour, resize and scaling: each field valid, and the fields consistent together."""
+    p: list[str] = []
+    if i.color not in COLORS:
+        p.append(f"input color must be one of {COLORS}, got {i.color!r}")
+    elif i.channels == 1 and i.color != "grayscale":
+        p.append(f"a 1-channel input is grayscale, got color {i.color!r}")
+    if i.resize_filter not in RESIZE_FILTERS:
+        p.append(f"resize filter must be one of {RESIZE_FILTERS}, got {i.resize_filter!r}")
+    if i.resize_mode not in RESIZE_MODES:
+        p.append(f"resize mode must be one of {RESIZE_MODES}, got {i.resize_mode!r}")
+    elif i.resize_mode == "fit" and i.resize_filter in TF_FILTERS:
+        p.append(
+            f"resize mode 'fit' is PIL's ImageOps.fit: it takes a PIL filter, not "
+            f"{i.resize_filter!r} (TensorFlow's crop_to_aspect_ratio is 'center-crop')"
+        )
+    if i.scaling not in SCALINGS:
+        p.append(f"input scaling must be one of {tuple(SCALINGS)}, got {i.scaling!r}")
+        return p
+    if i.scaling == "custom":
+        for name in ("mean", "std"):
+            p.extend(_per_channel_problems(name, getattr(i, name), i.channels))
+    elif i.mean is not None or i.std is not None:
+        p.append(f"a mean and std go with scaling 'custom', not {i.scaling!r}")
+    if i.scaling in ("caffe", "torch") and i.channels != 3:
+        p.append(f"scaling {i.scaling!r} has 3 per-channel means: it needs a 3-channel input")
+    elif i.scaling == "caffe" and i.color != "bgr":
+        p.append(
+            "scaling 'caffe' subtracts the ImageNet means in BGR order: it needs color 'bgr' "
+            "(for means in another order, use scaling 'custom' with a mean and std)"
+        )
+    return p
+
+
+def _per_channel_problems(name: str, values: object, channels: int) -> list[str]:
+    if not isinstance(values, tuple) or len(values) not in (1, channels):
+        return [f"scaling 'custom' needs a {name} of 1 or {channels} numbers, got {values!r}"]
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, float | int) or not math.isfinite(v):
+            return [f"{name} values must be finite numbers, got {values!r}"]
+        if name == "std" and v <= 0:
+            return [f"std values must be positive, got {values!r}"]
+    return []
 
 
 def _input_from_shape(name: str, shape: Sequence[int | str | None]) -> InputSpec:

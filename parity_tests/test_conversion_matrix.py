@@ -195,8 +195,15 @@ CASES = {
     "legacy-tf_keras-h5": Case(legacy_tf_keras_h5, "h5-tf_keras", variants=("tflite",)),
     "keras2-dot-keras": Case(keras2_dot_keras, "keras-tf_keras"),
     "keras-export-savedmodel": Case(keras_export_savedmodel, "savedmodel", variants=("tflite",)),
-    "mobilenet_v2": Case(mobilenet_v2, "keras"),
-    "densenet121": Case(densenet121, "keras"),
+    "mobilenet_v2": Case(
+        mobilenet_v2, "keras", {"scaling": "symmetric"}, Overrides(presets=("mobilenet-v2",))
+    ),
+    "densenet121": Case(
+        densenet121,
+        "keras",
+        {"scaling": "torch", "color": "rgb"},
+        Overrides(presets=("keras-load-img", "densenet")),
+    ),
 }
 
 

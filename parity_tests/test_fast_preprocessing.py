@@ -1,5 +1,7 @@
-"""The engine's default `fast` preprocessing scores like the `reference` path (what the model
-was trained with) on real full-resolution X-rays, with the shipped default model."""
+"""The shipped default model runs on `fast` preprocessing by default (`auto`, from the figures
+its manifest records for 70 probes); here fast is held to the promise on every full-resolution
+X-ray: scores within 0.02 of the `reference` path (the model's own pipeline), labels equal
+wherever the reference score is 0.02 or more from the threshold."""
 
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ import numpy as np
 
 from engine import Engine
 
-MAX_SCORE_DIFF = 0.02  # measured: 0.012 with the trained model on the 200 full-res X-rays
+MAX_SCORE_DIFF = 0.02  # measured: 0.0124 with the trained model on the 200 full-res X-rays
 NEAR_THRESHOLD = MAX_SCORE_DIFF  # labels may differ only where the reference score is this close
 
 
 def test_fast_matches_reference_scores(real_images: list[Path]) -> None:
-    fast = Engine.load(preprocessing="fast")
+    fast = Engine.load()
+    assert fast.preprocessing == "fast", fast.preprocessing_reason
     reference = Engine.load(preprocessing="reference")
     a = fast.scores(np.stack([fast.preprocess(p) for p in real_images]))
     b = reference.scores(np.stack([reference.preprocess(p) for p in real_images]))

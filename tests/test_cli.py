@@ -28,9 +28,32 @@ def test_help_and_version(capsys) -> None:
         (["convert", "m.keras", "-o", "r", "--input-size", "big"], "expected HxW"),
         (["convert", "m.keras", "-o", "r", "--labels", "A"], "expected two names"),
         (["convert", "m.keras", "-o", "r", "--input-scaling", "x"], "invalid choice"),
+        (["convert", "m.keras", "-o", "r", "--preset", "imagenet"], "invalid choice: 'imagenet'"),
+        (["convert", "m.keras", "-o", "r", "--resize-mode", "zoom"], "invalid choice: 'zoom'"),
+        (["convert", "m.keras", "-o", "r", "--color", "cmyk"], "invalid choice: 'cmyk'"),
+        (["convert", "m.keras", "-o", "r", "--input-mean", "a,b"], "expected numbers like"),
+        (["convert", "m.keras", "-o", "r", "--input-std", "1,inf"], "expected finite numbers"),
+        (["batch", "d", "-o", "r.csv", "--preprocessing", "turbo"], "invalid choice: 'turbo'"),
+        (["serve", "--preprocessing", "turbo"], "invalid choice: 'turbo'"),
         (["frobnicate"], "invalid choice"),
     ],
-    ids=["no-command", "no-output", "nan", "threshold-2", "size", "labels", "scaling", "command"],
+    ids=[
+        "no-command",
+        "no-output",
+        "nan",
+        "threshold-2",
+        "size",
+        "labels",
+        "scaling",
+        "preset",
+        "resize-mode",
+        "color",
+        "mean",
+        "std",
+        "preprocessing",
+        "serve-preprocessing",
+        "command",
+    ],
 )
 def test_usage_errors_exit_2(capsys, argv, message) -> None:
     assert main(argv) == 2
@@ -76,8 +99,8 @@ def test_ray_without_the_ray_extra_names_it(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("command", "shown"),
     [
-        ("batch", ["--batch-size BATCH_SIZE", "(default: 32)", "(default: fast)"]),
-        ("convert", ["(default: all)", "(default: bicubic)", "(default: 17)"]),
+        ("batch", ["--batch-size BATCH_SIZE", "(default: 32)", "(default: auto)"]),
+        ("convert", ["(default: all)", "stretched with PIL bicubic", "(default: 17)"]),
         ("serve", ["(default: 127.0.0.1)", "(default: 8000)", "(default: 256)"]),
     ],
 )

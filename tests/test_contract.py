@@ -7,17 +7,45 @@ import pytest
 
 from engine.contract import CONTRACT_KEY, Contract, InputSpec, OutputSpec
 from engine.errors import ContractError
+from engine.repository.resolve import default_model_dir
 
 
-def test_metadata_round_trip() -> None:
+@pytest.mark.parametrize(
+    "spec",
+    [
+        InputSpec(height=224, width=200, channels=1, scaling="raw", resize_filter="bilinear"),
+        InputSpec(color="bgr", scaling="caffe", resize_filter="tf-bilinear", resize_mode="pad"),
+        InputSpec(scaling="custom", mean=(0.5,), std=(0.25, 0.5, 1), resize_mode="fit"),
+        InputSpec(channels=3, color="grayscale", resize_mode="center-crop"),
+    ],
+    ids=["gray-raw", "caffe-tf-pad", "custom-fit", "gray-in-3-channels"],
+)
+def test_metadata_round_trip(spec: InputSpec) -> None:
     c = Contract(
-        input=InputSpec(height=224, width=200, channels=1, scaling="raw", resize_filter="bilinear"),
+        input=spec,
         output=OutputSpec(kind="softmax2", positive_index=1),
         threshold=0.3,
     )
     meta = c.to_metadata()
-    assert json.loads(meta[CONTRACT_KEY])["schema"] == 1
+    assert json.loads(meta[CONTRACT_KEY])["schema"] == 2
     assert Contract.from_metadata(meta, "x", [None, 1, 2, 3], "y") == c
+
+
+def test_schema_1_reads_with_its_meaning() -> None:
+    """The shipped v1 model's contract (schema 1): Pillow decoding, stretched, RGB."""
+    manifest = json.loads((default_model_dir() / "1" / "manifest.json").read_text())
+    assert manifest["contract"]["schema"] == 1
+    c = Contract.from_dict(manifest["contract"])
+    assert (c.input.color, c.input.resize_mode, c.input.resize_filter) == (
+        "rgb",
+        "stretch",
+        "bicubic",
+    )
+    assert (c.input.scaling, c.input.mean, c.input.std) == ("unit", None, None)
+    gray = Contract.from_dict({**manifest["contract"], "input": {"channels": 1}})
+    assert gray.input.color == "grayscale"
+    with pytest.raises(ContractError, match="schema 1 has no input field 'resize_mode'"):
+        Contract.from_dict({**manifest["contract"], "input": {"resize_mode": "pad"}})
 
 
 @pytest.mark.parametrize(
@@ -65,6 +93,32 @@ def test_plain_onnx_unusable_shapes(shape, message) -> None:
         ({"input": InputSpec(height=4)}, r"height must be an integer in \[8, 4096\]"),
         ({"input": InputSpec(scaling="percent")}, "scaling must be one of"),
         ({"input": InputSpec(resize_filter="magic")}, "resize filter must be one of"),
+        ({"input": InputSpec(resize_mode="zoom")}, "resize mode must be one of"),
+        (
+            {"input": InputSpec(resize_mode="fit", resize_filter="tf-bilinear")},
+            "resize mode 'fit' is PIL's ImageOps.fit: it takes a PIL filter",
+        ),
+        ({"input": InputSpec(color="cmyk")}, "input color must be one of"),
+        ({"input": InputSpec(channels=1, color="rgb")}, "a 1-channel input is grayscale"),
+        ({"input": InputSpec(scaling="custom")}, "scaling 'custom' needs a mean of 1 or 3"),
+        (
+            {"input": InputSpec(scaling="custom", mean=(0.5,) * 2, std=(1,))},
+            "needs a mean of 1 or 3 numbers",
+        ),
+        (
+            {"input": InputSpec(scaling="custom", mean=(0.5,), std=(0.0,))},
+            "std values must be positive",
+        ),
+        (
+            {"input": InputSpec(scaling="custom", mean=(float("nan"),), std=(1,))},
+            "mean values must be finite numbers",
+        ),
+        ({"input": InputSpec(mean=(0.5,), std=(1,))}, "a mean and std go with scaling 'custom'"),
+        ({"input": InputSpec(scaling="caffe")}, "scaling 'caffe' subtracts the ImageNet means"),
+        (
+            {"input": InputSpec(channels=1, scaling="torch")},
+            "scaling 'torch' has 3 per-channel means: it needs a 3-channel input",
+        ),
         ({"input": InputSpec(layout="HWC")}, "layout must be one of"),
         ({"output": OutputSpec(kind="softmax3")}, "output kind must be one of"),
         ({"output": OutputSpec(kind="sigmoid", positive_index=1)}, "positive_index must be 0"),
@@ -85,7 +139,7 @@ def test_invalid_contracts_are_refused(kwargs, message) -> None:
     [
         ("not json", "is not JSON"),
         ("[1, 2]", "is not a JSON object"),
-        ('{"schema": 99}', "schema 99 is not supported"),
+        ('{"schema": 99}', "schema 99 is not supported .this pneumo-onnx reads schemas 1, 2."),
         ('{"schema": 1, "input": {}}', "malformed"),
     ],
     ids=["not-json", "list", "future-schema", "missing-keys"],

@@ -211,8 +211,32 @@ def test_fast_and_reference_agree_on_real_samples(samples: list[Path]) -> None:
     b = np.stack([reference.preprocess(p) for p in samples])
     assert a.shape == b.shape == (6, 128, 128, 3)
     assert np.abs(a - b).mean() < 2 / 255
-    with pytest.raises(UsageError, match="preprocessing must be one of"):
+    with pytest.raises(UsageError, match="preprocessing must be one of auto, fast, reference"):
         Engine.load(preprocessing="turbo")
+
+
+def test_auto_preprocessing_follows_the_measured_verdict(write_model) -> None:
+    """The shipped model's manifest holds its measured fast-path figures: auto runs fast. A
+    plain .onnx has none: reference, unless the fast path is exact for its filter."""
+    shipped = Engine.load()
+    assert shipped.preprocessing == "fast"
+    assert shipped.preprocessing_reason.startswith("fast stays within 0.01 of reference")
+    assert shipped.info()["fast_vs_reference"]["max_score_diff"] <= 0.01
+    plain = Engine.load(write_model(contract=CONTRACT))
+    assert plain.preprocessing == "reference"
+    assert "no measured fast-path figures (a plain ONNX file, no manifest)" in (
+        plain.preprocessing_reason
+    )
+    nearest = Contract(input=InputSpec(height=32, width=32, resize_filter="nearest"))
+    exact = Engine.load(write_model("nearest.onnx", contract=nearest))
+    assert exact.preprocessing == "fast" and "exact for the nearest filter" in (
+        exact.preprocessing_reason
+    )
+    forced = Engine.load(write_model(contract=CONTRACT), preprocessing="fast")
+    assert (forced.preprocessing, forced.preprocessing_reason) == (
+        "fast",
+        "--preprocessing fast asked for",
+    )
 
 
 @pytest.mark.parametrize("iobinding", [False, True], ids=["run", "iobinding"])

@@ -126,12 +126,15 @@ def test_batch_resume_rejects_a_foreign_file(
     assert "is not a pneumo results file" in capsys.readouterr().err
 
 
-def test_info_text_and_json(capsys) -> None:
+def test_info_text_and_json(capsys, model: str) -> None:
     assert main(["info"]) == 0
     text = capsys.readouterr().out
     for field in (
         "model:",
         "input:        image NHWC 128x128x3",
+        "pipeline:     rgb, bicubic stretch, scaling unit",
+        "preprocess:   fast: fast stays within 0.01 of reference: max score diff 0.0057 on 70 "
+        "probe X-rays",
         "provider:     CPUExecutionProvider",
         "variant fp32",
         "int8",
@@ -145,6 +148,11 @@ def test_info_text_and_json(capsys) -> None:
         info["contract"]["threshold"] == 0.5
         and "CPUExecutionProvider" in info["providers_available"]
     )
+    assert info["preprocessing"] == "fast" and info["fast_vs_reference"]["images"] == 70
+    assert main(["info", "--json", model]) == 0  # a plain .onnx: no figures
+    plain = json.loads(capsys.readouterr().out)
+    assert (plain["preprocessing"], plain["fast_vs_reference"]) == ("reference", None)
+    assert plain["preprocessing_reason"].startswith("no measured fast-path figures")
 
 
 def test_predict_as_a_real_process(tmp_path: Path) -> None:

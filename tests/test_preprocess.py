@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from engine.contract import Contract, InputSpec
 from engine.errors import ImageError
@@ -147,3 +147,129 @@ def test_draft_scale_matches_pillows_choice(size: tuple[int, int], scale: int) -
     img = Image.new("L", size).resize(size)
     decoded = open_image(encode(img, "JPEG"), lambda s: draft_scale(s, (384, 384)))
     assert decoded.size == tuple(-(-s // scale) for s in size)  # what libjpeg really does
+
+
+# --- the whole pipeline: colour, resize mode, scaling, as the user's own code computes them ---
+
+COLOURFUL = np.stack(
+    [
+        np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1)),  # red: left to right
+        np.full((48, 64), 50, np.uint8),  # green: flat
+        np.tile(np.arange(48, dtype=np.uint8)[:, None] * 5, (1, 64)),  # blue: top to bottom
+    ],
+    axis=2,
+)
+
+
+def user_scaling(x: np.ndarray, scaling: str) -> np.ndarray:
+    """The user's own arithmetic on float32 RGB pixels 0-255 (keras.applications'
+    preprocess_input modes, Teachable Machine, rescale=1/255), channels last."""
+    x = x.astype(np.float32)
+    if scaling == "unit":
+        return x * np.float32(1 / 255)
+    if scaling == "symmetric":
+        return x / 127.5 - 1.0
+    if scaling == "caffe":
+        x = x[..., ::-1].copy()
+        x[..., 0] -= 103.939
+        x[..., 1] -= 116.779
+        x[..., 2] -= 123.68
+        return x
+    if scaling == "torch":
+        x /= 255.0
+        return (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array(
+            [0.229, 0.224, 0.225], np.float32
+        )
+    return x  # raw
+
+
+@pytest.mark.parametrize("scaling", ["unit", "raw", "symmetric", "caffe", "torch"])
+def test_scalings_compute_as_the_users_code(scaling: str) -> None:
+    spec = InputSpec(height=48, width=64, scaling=scaling, resize_filter="nearest")
+    if scaling == "caffe":
+        spec = InputSpec(height=48, width=64, scaling="caffe", color="bgr", resize_filter="box")
+    x = reference_pixels(COLOURFUL, Contract(input=spec))
+    np.testing.assert_allclose(x, user_scaling(COLOURFUL, scaling), rtol=0, atol=2e-6)
+
+
+def test_custom_mean_and_std_per_channel_and_bgr_order() -> None:
+    spec = InputSpec(
+        height=48, width=64, scaling="custom", mean=(0.1, 0.2, 0.3), std=(0.5, 0.25, 2.0)
+    )
+    x = reference_pixels(COLOURFUL, Contract(input=spec))
+    expected = (COLOURFUL / 255.0 - np.array([0.1, 0.2, 0.3])) / np.array([0.5, 0.25, 2.0])
+    np.testing.assert_allclose(x, expected, rtol=0, atol=1e-5)
+    bgr = reference_pixels(COLOURFUL, Contract(input=InputSpec(height=48, width=64, color="bgr")))
+    np.testing.assert_array_equal(bgr, (COLOURFUL[..., ::-1] * np.float32(1 / 255)))
+
+
+def test_grayscale_colour_is_pils_luma_repeated() -> None:
+    spec = InputSpec(height=48, width=64, color="grayscale", resize_filter="nearest")
+    x = reference_pixels(COLOURFUL, Contract(input=spec))
+    luma = np.asarray(Image.fromarray(COLOURFUL).convert("L"), np.float32) * np.float32(1 / 255)
+    assert x.shape == (48, 64, 3)
+    np.testing.assert_array_equal(x, np.repeat(luma[:, :, None], 3, axis=2))
+
+
+@pytest.mark.parametrize("size", [(64, 64), (40, 72)], ids=["square", "wide"])
+def test_fit_and_pad_are_pils_imageops(samples: list[Path], size: tuple[int, int]) -> None:
+    """Teachable Machine's ImageOps.fit(LANCZOS) and ImageOps.pad, on real X-rays of several
+    aspect ratios (portrait, landscape, 2.4:1)."""
+    w, h = size
+    for path in samples:
+        img = Image.open(path).convert("RGB")
+        for mode, theirs in (
+            ("fit", ImageOps.fit(img, (w, h), Image.Resampling.LANCZOS)),
+            ("pad", ImageOps.pad(img, (w, h), Image.Resampling.LANCZOS)),
+        ):
+            spec = InputSpec(height=h, width=w, resize_filter="lanczos", resize_mode=mode)
+            x = reference_pixels(path, Contract(input=spec, threshold=0.5))
+            expected = np.asarray(theirs, np.float32) * np.float32(1 / 255)
+            np.testing.assert_array_equal(x, expected, err_msg=f"{mode} {path.name}")
+
+
+MODES = ["stretch", "center-crop", "fit", "pad"]
+
+
+@pytest.mark.parametrize("filt", ["nearest", "tf-bilinear", "tf-nearest"])
+def test_fast_path_is_exact_for_single_pixel_filters(samples: list[Path], filt: str) -> None:
+    """nearest and TensorFlow's filters sample single pixels: no reduced-scale shortcut is
+    faithful, so their fast path is the reference pipeline, pixel for pixel."""
+    from engine.runtime.preprocess import fast_pixels
+
+    for mode in MODES:
+        if mode == "fit" and filt.startswith("tf-"):
+            continue
+        c = Contract(input=InputSpec(height=40, width=56, resize_filter=filt, resize_mode=mode))
+        for path in samples:
+            np.testing.assert_array_equal(fast_pixels(path, c), reference_pixels(path, c))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fast_path_keeps_the_geometry_of_every_mode(mode: str) -> None:
+    """A large JPEG decoded at 1/8 scale, EXIF-rotated: the crop or pad box of the full-size
+    image, so the fast tensor stays close to the reference one."""
+    from engine.runtime.preprocess import fast_pixels
+
+    yy, xx = np.mgrid[0:1800, 0:3000]
+    wide = ((np.sin(xx / 97.0) + np.cos(yy / 61.0)) * 60 + 128).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated: 1800 wide, 3000 high
+    data = encode(Image.fromarray(wide), "JPEG", quality=95, exif=exif.tobytes())
+    c = Contract(input=InputSpec(height=48, width=40, resize_mode=mode))
+    fast, reference = fast_pixels(data, c), reference_pixels(data, c)
+    assert fast.shape == reference.shape == (48, 40, 3)
+    assert np.abs(fast - reference).max() < 0.05, np.abs(fast - reference).max()
+
+
+def test_tensorflow_decoding_uses_the_fast_idct_on_jpegs_only(samples: list[Path]) -> None:
+    """tf-* filters decode JPEGs as tf.io.decode_image does (libjpeg's fast integer IDCT:
+    pixels mostly within a level or two of Pillow's accurate IDCT); other formats decode alike.
+    Equality with TensorFlow itself: parity_tests/test_pipelines.py."""
+    jpeg = samples[0].read_bytes()
+    pillow, tf_style = open_image(jpeg), open_image(jpeg, tf_decoding=True)
+    assert pillow.size == tf_style.size
+    d = np.abs(np.asarray(pillow, np.int16) - np.asarray(tf_style, np.int16))
+    assert d.max() > 0 and d.mean() < 1
+    png = encode(pillow, "PNG")
+    np.testing.assert_array_equal(np.asarray(open_image(png)), open_image(png, tf_decoding=True))

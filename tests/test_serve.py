@@ -237,6 +237,8 @@ def test_v2_health_and_metadata(server: ServerProcess) -> None:
     meta = httpx.get(f"{server.url}/v2/models/pneumonia").json()
     assert meta["inputs"][0] == {"name": "image", "datatype": "FP32", "shape": [-1, 128, 128, 3]}
     assert meta["outputs"] == [{"name": "score", "datatype": "FP32", "shape": [-1, 1]}]
+    assert meta["parameters"]["pipeline"] == "rgb, bicubic stretch, scaling unit"
+    assert meta["parameters"]["preprocessing"] == "fast"  # auto: the manifest's measured verdict
     assert httpx.get(f"{server.url}/v2/models/pneumonia/versions/1").status_code == 200
     assert httpx.get(f"{server.url}/v2/models/pneumonia/ready").json()["ready"] is True
     assert httpx.get(f"{server.url}/v2/models/pneumonia/versions/9/ready").status_code == 404
@@ -394,3 +396,12 @@ def test_predict_with_heatmap_returns_an_overlay_png(server: ServerProcess) -> N
     assert alone.json() == {
         "error": "negative=true adds to the heatmap: ask for it with heatmap=true"
     }
+
+
+def test_config_refuses_an_unknown_preprocessing() -> None:
+    from engine.errors import UsageError
+    from engine.serve.config import ServeConfig
+
+    assert ServeConfig().preprocessing == "auto"
+    with pytest.raises(UsageError, match="--preprocessing must be one of auto, fast, reference"):
+        ServeConfig(preprocessing="turbo")

@@ -28,7 +28,11 @@ def add(sub: Subparsers) -> None:
         "on their labels; build variants, and write one version of a Triton-compatible model "
         "repository. Nothing is written unless the fp32 model passes every check; of the "
         "default --variants all, those that miss their gate are left out (with a warning); "
-        "a variant named in --variants must pass.",
+        "a variant named in --variants must pass. State how images were prepared in training "
+        "(--preset, or the input pipeline flags): the engine's reference preprocessing "
+        "reproduces exactly that. The fast preprocessing path is scored against it on the probe "
+        "X-rays (the shipped samples and --images; give at least 20 full-size X-rays) and the "
+        "engine uses it by default only where it stayed within 0.01.",
     )
     p.add_argument("source", help="a .keras or .h5 file, or a SavedModel folder")
     p.add_argument("-o", "--output", required=True, metavar="REPO_DIR", help="model repository")
@@ -98,6 +102,11 @@ def run(args: argparse.Namespace) -> int:
             input_size=args.input_size,
             input_scaling=args.input_scaling,
             resize_filter=args.resize_filter,
+            resize_mode=args.resize_mode,
+            color=args.color,
+            input_mean=args.input_mean,
+            input_std=args.input_std,
+            presets=tuple(args.preset),
             labels=args.labels,
             positive_index=args.positive_index,
             threshold=args.threshold,
@@ -110,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
     result = convert(args.source, args.output, opts)
     for line in result.report.summary_lines():
         print(line)
+    fidelity = result.manifest["preprocessing"]
+    print(f"pipeline: {result.contract.input.describe()}")
+    print(f"preprocessing by default: {fidelity['verdict']} ({fidelity['reason']})")
     print(f"wrote {result.version_dir} in {result.seconds:.1f} s:")
     for filename, entry in result.manifest["files"].items():
         print(f"  {filename:<22} {entry['bytes'] / 1e6:8.2f} MB  sha256 {entry['sha256'][:12]}")

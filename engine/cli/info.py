@@ -23,7 +23,7 @@ def add(sub: Subparsers) -> None:
     p.add_argument("model", nargs="?", default=None, help="model file or folder (default: shipped)")
     add_variant_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(handler=run, device="cpu", preprocessing="fast", threads=None)
+    p.set_defaults(handler=run, device="cpu", preprocessing="auto", threads=None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
         f"model:        {info['model']}",
         f"name:         {info['name'] or '-'}  version {info['version'] or '-'}  "
         f"variant {info['variant']}  (available: {', '.join(info['variants']) or '-'})",
-        f"input:        {i['name']} {i['layout']} {i['height']}x{i['width']}x{i['channels']}, "
-        f"scaling {i['scaling']}, resize {i['resize_filter']}",
+        f"input:        {i['name']} {i['layout']} {i['height']}x{i['width']}x{i['channels']}",
+        f"pipeline:     {engine.contract.input.describe()}",
+        f"preprocess:   {info['preprocessing']}: {info['preprocessing_reason']}",
         f"output:       {o['name']} {o['kind']} -> P({c['positive_label']}); "
         f"labels {c['negative_label']}/{c['positive_label']}; threshold {c['threshold']}",
         f"source:       {_source_line(info['source'])}",

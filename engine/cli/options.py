@@ -8,7 +8,8 @@ import argparse
 import math
 from typing import TYPE_CHECKING
 
-from engine.contract import RESIZE_FILTERS, SCALINGS
+from engine.contract import COLORS, RESIZE_FILTERS, RESIZE_MODES, SCALINGS
+from engine.presets import PRESETS, preset_help
 from engine.repository.variants import OPTIONAL_VARIANTS, VARIANT_FILES
 from engine.runtime.choices import DEVICES, PREPROCESSING
 
@@ -45,15 +46,10 @@ def add_model_options(p: argparse.ArgumentParser, device: bool = True) -> None:
     )
     add_variant_option(p)
     if not device:
-        p.set_defaults(device="cpu", preprocessing="fast", threads=None)
+        p.set_defaults(device="cpu", preprocessing="auto", threads=None)
         return
     add_device_option(p)
-    p.add_argument(
-        "--preprocessing",
-        default=PREPROCESSING[0],
-        choices=PREPROCESSING,
-        help="fast: reduced-scale JPEG decoding; reference: exactly as in training",
-    )
+    add_preprocessing_option(p)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: cores)")
 
 
@@ -70,6 +66,17 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=DEVICES[0], choices=DEVICES, help="execution provider")
 
 
+def add_preprocessing_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preprocessing",
+        default=PREPROCESSING[0],
+        choices=PREPROCESSING,
+        help="auto: fast where the model's conversion measured it within 0.02 of the model's "
+        "own pipeline, else reference (`pneumo info` says which and why); fast: reduced-scale "
+        "JPEG decoding; reference: exactly the model's own pipeline",
+    )
+
+
 def add_images_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--images",
@@ -82,19 +89,63 @@ def add_images_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_contract_options(p: argparse.ArgumentParser) -> None:
-    """The options of `pneumo convert` that state the model's input pipeline."""
-    p.add_argument(
-        "--input-scaling",
-        choices=tuple(SCALINGS),
-        default=None,
-        help="input range: unit [0,1], raw [0,255], symmetric [-1,1] (default: detect)",
+    """The options of `pneumo convert` that state the model's input pipeline: presets, each
+    field overridable by its own flag."""
+    g = p.add_argument_group(
+        "input pipeline",
+        "How images were prepared for the model when it was trained: stored in the model and "
+        "reproduced exactly by the reference preprocessing. A preset states a whole pipeline; a "
+        "flag below overrides that field. Unstated: the image stretched with PIL bicubic, RGB "
+        "(grayscale for 1 channel), scaling detected (0-255 when a Rescaling layer is inside, "
+        "else [0, 1]).",
     )
-    p.add_argument(
+    g.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        choices=tuple(PRESETS),
+        metavar="NAME",
+        help="repeatable (a loader and a preprocess_input: --preset keras-image-dataset "
+        f"--preset resnet50). {preset_help()}",
+    )
+    g.add_argument(
         "--resize-filter",
-        default="bicubic",
+        default=None,
         choices=RESIZE_FILTERS,
-        help="filter the model was trained with (bicubic: PIL's resize default)",
+        help="nearest ... hamming: PIL's Image.resize filters (bicubic: its default; nearest: "
+        "keras load_img's default); tf-bilinear, tf-nearest: TensorFlow's decoding and "
+        "tf.image.resize without antialiasing (image_dataset_from_directory)",
     )
+    g.add_argument(
+        "--resize-mode",
+        default=None,
+        choices=RESIZE_MODES,
+        help="stretch: to the input size; center-crop: the centred box of the input's aspect "
+        "ratio, whole pixels (load_img keep_aspect_ratio, crop_to_aspect_ratio); fit: the same "
+        "box in fractional pixels (PIL ImageOps.fit); pad: the whole image centred on black "
+        "(ImageOps.pad, pad_to_aspect_ratio)",
+    )
+    g.add_argument(
+        "--color",
+        default=None,
+        choices=COLORS,
+        help="channel order of the input; grayscale for a 3-channel input: gray, repeated",
+    )
+    g.add_argument(
+        "--input-scaling",
+        choices=tuple(s for s in SCALINGS if s != "custom"),
+        default=None,
+        help="; ".join(f"{k}: {v.what}" for k, v in SCALINGS.items() if k != "custom"),
+    )
+    for name, example in (("mean", "0.485,0.456,0.406"), ("std", "0.229,0.224,0.225")):
+        g.add_argument(
+            f"--input-{name}",
+            type=floats,
+            default=None,
+            metavar="V[,V,V]",
+            help=f"custom scaling (x / 255 - mean) / std, per channel in input order: the {name}"
+            f", e.g. {example}",
+        )
 
 
 def variant_list_help() -> str:
@@ -145,6 +196,18 @@ def size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW like 128x128, got {text!r}") from None
     return h, w
+
+
+def floats(text: str) -> tuple[float, ...]:
+    """One number or a comma list of finite numbers (per-channel mean/std)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        message = f"expected numbers like 0.5,0.4,0.3, got {text!r}"
+        raise argparse.ArgumentTypeError(message) from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected finite numbers, got {text!r}")
+    return values
 
 
 def labels(text: str) -> tuple[str, ...]:

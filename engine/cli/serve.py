@@ -7,7 +7,13 @@ import argparse
 import logging
 from pathlib import Path
 
-from engine.cli.options import Subparsers, add_device_option, add_variant_option, command
+from engine.cli.options import (
+    Subparsers,
+    add_device_option,
+    add_preprocessing_option,
+    add_variant_option,
+    command,
+)
 from engine.errors import EXIT_OK, UsageError
 
 
@@ -25,6 +31,7 @@ def add(sub: Subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     add_device_option(p)
+    add_preprocessing_option(p)
     p.add_argument("--workers", type=int, default=1, help="server processes")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
     p.add_argument("--ssl-certfile", type=Path, default=None, help="TLS certificate (PEM)")
@@ -67,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         device=args.device,
         variant=args.variant,
+        preprocessing=args.preprocessing,
         threads=args.threads,
         max_batch=args.max_batch,
         max_delay_ms=args.max_delay_ms,

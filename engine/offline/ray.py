@@ -66,7 +66,7 @@ def score_dataset(
     model: str | os.PathLike | None = None,
     variant: str | None = None,
     device: str = "cpu",
-    preprocessing: str = "fast",
+    preprocessing: str = "auto",
     threshold: float | None = None,
     batch_size: int = 32,
     concurrency: int | None = None,

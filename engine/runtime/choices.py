@@ -5,5 +5,6 @@ from __future__ import annotations
 
 DEVICES = ("cpu", "cuda")
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-# fast: reduced-scale JPEG decoding (the default); reference: exactly as in training.
-PREPROCESSING = ("fast", "reference")
+# auto (the default): fast where the model's conversion measured it faithful, else reference;
+# fast: reduced-scale JPEG decoding; reference: exactly the model's own pipeline.
+PREPROCESSING = ("auto", "fast", "reference")

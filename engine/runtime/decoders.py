@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from engine.errors import ImageError
 from engine.runtime.dicom import dicom_image
@@ -74,12 +74,17 @@ def format_of(data: bytes, name: str) -> Format | None:
 
 
 def open_image(
-    source: ImageSource, reduce: Reduction | None = None, gray: bool = False
+    source: ImageSource,
+    reduce: Reduction | None = None,
+    gray: bool = False,
+    tf_decoding: bool = False,
 ) -> Image.Image:
     """Decode any supported source to a fully loaded, upright PIL image (any mode).
 
     `reduce`: for JPEGs, the DCT-domain scale libjpeg may decode at (the fast path and
-    thumbnails); `gray` also skips colour decoding. Raises ImageError with a specific message
+    thumbnails); `gray` also skips colour decoding. `tf_decoding`: JPEGs decoded as
+    `tf.io.decode_image` does (libjpeg's fast integer IDCT, not Pillow's accurate one), for
+    models trained on TensorFlow's input pipeline. Raises ImageError with a specific message
     for every kind of bad input.
     """
     if isinstance(source, Image.Image):
@@ -98,15 +103,25 @@ def open_image(
         )
     if fmt.name == "DICOM":
         return _checked(dicom_image(data, name), name)
-    return _pillow(data, name, fmt.name, reduce, gray)
+    return _pillow(data, name, fmt.name, reduce, gray, tf_decoding)
 
 
-def _pillow(data: bytes, name: str, fmt: str, reduce: Reduction | None, gray: bool) -> Image.Image:
+def _pillow(
+    data: bytes, name: str, fmt: str, reduce: Reduction | None, gray: bool, tf_decoding: bool
+) -> Image.Image:
     try:
         img: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
         check_size(img.size, name)
         scale = reduce(img.size) if reduce is not None and img.format == "JPEG" else 1
-        if scale > 1:
+        if tf_decoding and img.format == "JPEG":
+            if gray:
+                img.draft("L", None)  # libjpeg's own grayscale output, as decode_image(channels=1)
+            # Pillow's JPEG decoder config is (scale, draft); its draft flag selects libjpeg's
+            # fast integer IDCT (JDCT_IFAST), the IDCT tf.io.decode_image uses by default. The
+            # pixels equal TensorFlow's on every X-ray tested (parity_tests/test_pipelines.py).
+            if isinstance(img, ImageFile.ImageFile):
+                img.decoderconfig = (1, 1)
+        elif scale > 1:
             target = (img.size[0] // scale, img.size[1] // scale)  # Pillow then picks `scale`
             img.draft("L" if gray or img.mode == "L" else "RGB", target)
         img.load()

@@ -25,6 +25,7 @@ from engine.contract import Contract, check_threshold
 from engine.errors import PneumoError, UsageError, first_line
 from engine.repository.resolve import ResolvedModel, resolve
 from engine.runtime.decoders import ImageSource, describe
+from engine.runtime.fidelity import MANIFEST_KEY, choose
 from engine.runtime.preprocess import PREPROCESSORS
 from engine.runtime.results import Result, Scored, failed, scored
 from engine.runtime.session import create_session, run, session_options
@@ -51,18 +52,16 @@ class Engine:
         contract: Contract,
         model: ResolvedModel,
         device: str = "cpu",
-        preprocessing: str = "fast",
+        preprocessing: str = "auto",
     ) -> None:
-        if preprocessing not in PREPROCESSORS:
-            raise UsageError(
-                f"preprocessing must be one of {', '.join(PREPROCESSORS)}, got {preprocessing!r}"
-            )
+        path, why = choose(preprocessing, contract, model.manifest)
         self.session = session
         self.contract = contract
         self.model = model
         self.device = device
-        self.preprocessing = preprocessing
-        self._prepare = PREPROCESSORS[preprocessing]
+        self.preprocessing = path  # 'fast' or 'reference': what runs
+        self.preprocessing_reason = why
+        self._prepare = PREPROCESSORS[path]
 
     @classmethod
     def load(
@@ -70,14 +69,16 @@ class Engine:
         model: str | os.PathLike | None = None,
         device: str = "cpu",
         variant: str | None = None,
-        preprocessing: str = "fast",
+        preprocessing: str = "auto",
         threads: int | None = None,
         spinning: bool = False,
     ) -> Engine:
         """Load a model file or repository folder (None: the default model shipped with us).
 
         The input contract comes from the model's metadata; plain ONNX files get safe
-        defaults. `spinning=True` suits back-to-back batch jobs, never a server.
+        defaults. `preprocessing`: 'auto' runs `fast` only where the model's conversion
+        measured it faithful (`fidelity.choose`), 'fast' or 'reference' force one path.
+        `spinning=True` suits back-to-back batch jobs, never a server.
         """
         resolved = resolve(model, variant)
         session = create_session(resolved.path, device, session_options(threads, spinning))
@@ -177,9 +178,13 @@ class Engine:
             "variants": m.variants,
             "provider": self.provider,
             "preprocessing": self.preprocessing,
+            "preprocessing_reason": self.preprocessing_reason,
             "contract": self.contract.to_dict(),
             "source": (m.manifest or {}).get("source"),
             "parity": (m.manifest or {}).get("parity"),
+            "fast_vs_reference": ((m.manifest or {}).get(MANIFEST_KEY) or {}).get(
+                "fast_vs_reference"
+            ),
         }
 
     def resolve_threshold(self, threshold: float | None) -> float:

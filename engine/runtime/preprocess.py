@@ -1,12 +1,16 @@
 """The two preprocessing paths, `reference` and `fast`: decoded image -> the model's tensor.
 
-`reference` is exactly what the Keras model was trained with: full decode, EXIF orientation,
-8-bit grayscale or RGB, resize to the contract's size with the contract's filter, scale. It is
-the ground truth for parity; the training script, the parity tests and the conversion stage's
-probes all call it, so there is one implementation of decode/resize/scale.
+`reference` is the pipeline the model's contract states, exactly as the user's own code runs
+it: the decoding (Pillow's, or TensorFlow's for `tf-*` filters), the colour (RGB, grayscale,
+BGR), the resize filter and mode (`resize.py`), then the scaling. It is the ground truth for
+parity; the training script, the parity tests and the conversion stage's probes all call it, so
+there is one implementation of decode/resize/scale.
 
-`fast` (the engine's default) produces the same layout from a JPEG decoded at reduced scale;
-its distance from `reference` is measured on real X-rays and guarded by a parity test.
+`fast` produces the same layout sooner. For Pillow's antialiasing filters it decodes JPEGs at
+reduced scale in the DCT domain and box-reduces before the final filter: an approximation,
+whose distance from `reference` `pneumo convert` measures per model (`fidelity.py`). For
+`nearest` and TensorFlow's filters, which sample single source pixels, no such shortcut is
+faithful: there the fast path is exact (the full decode, grayscale kept single-channel).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from engine.contract import SCALINGS, Contract
+from engine.contract import TF_FILTERS, Contract, InputSpec
 from engine.runtime.decoders import ImageSource, open_image
+from engine.runtime.resize import resize
 
 # The fast path lets libjpeg decode at 1/4 or 1/8 scale while staying at least DRAFT_FACTOR x
 # the model's size, at 1/2 scale only while staying HALF_DRAFT_FACTOR x; its final resize
@@ -28,19 +33,14 @@ from engine.runtime.decoders import ImageSource, open_image
 DRAFT_FACTOR = 3
 HALF_DRAFT_FACTOR = 5
 REDUCING_GAP = 4.0
-_FILTERS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-    "box": Image.Resampling.BOX,
-    "hamming": Image.Resampling.HAMMING,
-}
+# Filters that sample single source pixels: a reduced-scale decode would change which pixels.
+EXACT_ONLY_FILTERS = ("nearest", *TF_FILTERS)
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
-def to_mode(img: Image.Image, channels: int, keep_gray: bool = False) -> Image.Image:
-    """8-bit 'L' or 'RGB': 16-bit scaled down, alpha composited on black.
+def to_mode(img: Image.Image, color: str, keep_gray: bool = False) -> Image.Image:
+    """8-bit 'L' (color 'grayscale') or 'RGB' (rgb, bgr: flipped later, in `finish`): 16-bit
+    scaled down, alpha composited on black.
 
     With `keep_gray`, a grayscale image stays 'L' even for a 3-channel model (the fast path
     resizes one channel and repeats it at the end; the result is the same as resizing RGB).
@@ -51,32 +51,45 @@ def to_mode(img: Image.Image, channels: int, keep_gray: bool = False) -> Image.I
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, rgba)
-    if channels == 1 or (keep_gray and img.mode in ("L", "1")):
+    if color == "grayscale" or (keep_gray and img.mode in ("L", "1")):
         return img.convert("L")
     return img.convert("RGB")
 
 
 def reference_pixels(source: ImageSource, contract: Contract) -> np.ndarray:
-    """One image as the model's input tensor (no batch dimension), reference path: the full
-    decode, RGB, the declared resize filter, then scaling. The ground truth for parity."""
+    """One image as the model's input tensor (no batch dimension), reference path: the
+    contract's whole pipeline at full resolution. The ground truth for parity."""
     spec = contract.input
-    img = to_mode(open_image(source), spec.channels)
-    img = img.resize((spec.width, spec.height), _FILTERS[spec.resize_filter])
-    return finish(np.asarray(img, dtype=np.uint8), contract)
+    img = _decode_full(source, spec)
+    return finish(resize(to_mode(img, spec.color), spec), contract)
 
 
 def fast_pixels(source: ImageSource, contract: Contract) -> np.ndarray:
-    """The default path, same output layout as `reference_pixels`: JPEGs decoded at reduced
-    scale in the DCT domain (never below DRAFT_FACTOR x the model size, so the final resize
-    still low-pass filters), grayscale kept single-channel, a box pre-reduction before the
-    declared filter, uint8 until the final scaling."""
+    """The same output as `reference_pixels`, sooner. Antialiasing filters: JPEGs decoded at
+    reduced scale in the DCT domain (never below DRAFT_FACTOR x the model size, so the final
+    resize still low-pass filters), grayscale kept single-channel, a box pre-reduction before
+    the declared filter, the crop or pad box of the full-size image. Filters that sample single
+    pixels (`EXACT_ONLY_FILTERS`): the reference pipeline, grayscale kept single-channel."""
     spec = contract.input
+    if is_exact(spec):
+        img = _decode_full(source, spec)
+        return finish(resize(to_mode(img, spec.color, keep_gray=True), spec), contract)
     side = DRAFT_FACTOR * max(spec.width, spec.height)
-    img = open_image(source, lambda size: draft_scale(size, (side, side)), gray=spec.channels == 1)
-    img = to_mode(img, spec.channels, keep_gray=True)
-    filt = _FILTERS[spec.resize_filter]
-    img = img.resize((spec.width, spec.height), filt, reducing_gap=REDUCING_GAP)
-    return finish(np.asarray(img, dtype=np.uint8), contract)
+    seen: list[tuple[tuple[int, int], int]] = []
+
+    def reduce(size: tuple[int, int]) -> int:
+        seen.append((size, draft_scale(size, (side, side))))
+        return seen[-1][1]
+
+    img = open_image(source, reduce, gray=spec.color == "grayscale")
+    img = to_mode(img, spec.color, keep_gray=True)
+    full, factor = _full_size(img, seen)
+    return finish(resize(img, spec, full, factor, REDUCING_GAP), contract)
+
+
+def is_exact(spec: InputSpec) -> bool:
+    """True where the fast path is the reference pipeline itself (same pixels, by construction)."""
+    return spec.resize_filter in EXACT_ONLY_FILTERS
 
 
 PREPROCESSORS = {"fast": fast_pixels, "reference": reference_pixels}
@@ -85,7 +98,7 @@ PREPROCESSORS = {"fast": fast_pixels, "reference": reference_pixels}
 def grey_picture(source: ImageSource, side: int) -> Image.Image:
     """An 8-bit grey image of the X-ray for people to look at (overlays, thumbnails), decoded
     at reduced scale where that keeps at least `side` px."""
-    return to_mode(open_image(source, lambda size: draft_scale(size, (side, side))), 1)
+    return to_mode(open_image(source, lambda size: draft_scale(size, (side, side))), "grayscale")
 
 
 def reference_batch(sources: Sequence[ImageSource], contract: Contract) -> np.ndarray:
@@ -94,17 +107,34 @@ def reference_batch(sources: Sequence[ImageSource], contract: Contract) -> np.nd
 
 
 def finish(pixels: np.ndarray, contract: Contract) -> np.ndarray:
-    """uint8 HxW or HxWxC at model size -> float32 in the contract's scaling and layout."""
+    """HxW or HxWxC pixels 0-255 at model size (uint8, or float32 from TensorFlow's filters)
+    -> float32 in the contract's channel order, scaling and layout."""
+    spec = contract.input
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
-    if pixels.shape[2] != contract.input.channels:
-        pixels = np.repeat(pixels, contract.input.channels, axis=2)
-    mul, add = SCALINGS[contract.input.scaling]
-    x = pixels.astype(np.float32) * np.float32(mul / 255.0)
-    if add:
-        x += np.float32(add)
-    if contract.input.layout == "NCHW":
+    if pixels.shape[2] != spec.channels:
+        pixels = np.repeat(pixels, spec.channels, axis=2)
+    if spec.color == "bgr":
+        pixels = pixels[:, :, ::-1]
+    x = scale(pixels, spec)
+    if spec.layout == "NCHW":
         x = np.ascontiguousarray(x.transpose(2, 0, 1))
+    return x
+
+
+def scale(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Pixel values 0-255, channels last -> float32 in the model's input range (the contract's
+    `Scaling`, step by step in float32 as the user's code computes it)."""
+    s = spec.scaler()
+    x = np.array(pixels, dtype=np.float32)
+    if s.multiply != 1.0:
+        x *= np.float32(s.multiply)
+    if s.divide != 1.0:
+        x /= np.float32(s.divide)
+    if any(s.mean):
+        x -= np.asarray(s.mean, np.float32)
+    if any(v != 1.0 for v in s.std):
+        x /= np.asarray(s.std, np.float32)
     return x
 
 
@@ -119,6 +149,26 @@ def draft_scale(size: tuple[int, int], draft: tuple[int, int]) -> int:
     if scale == 1 and min(size[0] / draft[0], size[1] / draft[1]) >= 2 * half_margin:
         scale = 2
     return scale
+
+
+def _decode_full(source: ImageSource, spec: InputSpec) -> Image.Image:
+    """The full-scale decode a pipeline starts from: TensorFlow's for `tf-*` filters (its IDCT;
+    libjpeg's own grayscale for a grayscale model, as decode_image(channels=1)), else Pillow's."""
+    tf_decoding = spec.resize_filter in TF_FILTERS
+    gray = tf_decoding and spec.color == "grayscale"
+    return open_image(source, gray=gray, tf_decoding=tf_decoding)
+
+
+def _full_size(
+    img: Image.Image, seen: list[tuple[tuple[int, int], int]]
+) -> tuple[tuple[int, int], int]:
+    """The upright full-size dimensions of an image libjpeg decoded at 1/scale, and the scale
+    (EXIF orientation may have turned the reduced image by 90 degrees)."""
+    if not seen or seen[-1][1] == 1:
+        return img.size, 1
+    (w, h), s = seen[-1]
+    reduced = (-(-w // s), -(-h // s))
+    return ((w, h) if img.size == reduced else (h, w)), s
 
 
 def _to_8bit_gray(img: Image.Image) -> Image.Image:

@@ -86,7 +86,7 @@ def _build(config: ServeConfig) -> ServerState:
     jobs = JobStore(folder / "jobs.db")
     root = config.model_repo or default_model_dir().parent
     service = ScoringService(
-        ModelRegistry(root, config.device, config.variant, config.threads),
+        ModelRegistry(root, config.device, config.variant, config.threads, config.preprocessing),
         metrics,
         max_batch=config.max_batch,
         max_delay=config.max_delay_ms / 1000.0,

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import UsageError
+from engine.runtime.choices import PREPROCESSING
 
 CONFIG_ENV = "PNEUMO_SERVE_CONFIG"
 
@@ -20,6 +21,8 @@ class ServeConfig:
     model: str | None = None  # None: the first model of the repository
     device: str = "cpu"
     variant: str | None = None
+    # auto: fast where the model's conversion measured it faithful, else reference
+    preprocessing: str = "auto"
     threads: int | None = None  # onnxruntime intra-op threads
     max_batch: int = 32
     max_delay_ms: float = 5.0
@@ -54,6 +57,8 @@ class ServeConfig:
             problems.append("--rate-limit must be a non-negative number")
         if self.cache_size < 0:
             problems.append("--cache-size must be >= 0")
+        if self.preprocessing not in PREPROCESSING:
+            problems.append(f"--preprocessing must be one of {', '.join(PREPROCESSING)}")
         if problems:
             raise UsageError("; ".join(problems))
 

@@ -44,6 +44,7 @@ class ModelRegistry:
         device: str = "cpu",
         variant: str | None = None,
         threads: int | None = None,
+        preprocessing: str = "auto",
     ) -> None:
         if not root.is_dir():
             raise UsageError(f"model repository {root.name}: no such folder")
@@ -51,6 +52,7 @@ class ModelRegistry:
         self.device = device
         self.variant = variant or "fp32"
         self.threads = threads
+        self.preprocessing = preprocessing
         self._served: dict[str, Served] = {}
         self._history: dict[str, list[int]] = {}
         self._lock = threading.Lock()
@@ -153,7 +155,9 @@ class ModelRegistry:
             raise RepositoryError(f"{name}/{version} has no {self.variant} variant")
         try:
             # resolve() inside Engine.load checks the file against the manifest's sha256.
-            engine = Engine.load(folder, self.device, self.variant, threads=self.threads)
+            engine = Engine.load(
+                folder, self.device, self.variant, self.preprocessing, threads=self.threads
+            )
         except PneumoError as e:
             raise RepositoryError(f"{name}/{version} refused: {e.message}") from e
         except Exception as e:  # onnxruntime's own load errors: a corrupt graph

@@ -167,6 +167,8 @@ def _metadata(request: Request, served: Served) -> dict[str, Any]:
             "labels": [c.negative_label, c.positive_label],
             "threshold": c.threshold,
             "scaling": c.input.scaling,
+            "pipeline": c.input.describe(),
+            "preprocessing": served.engine.preprocessing,
             "variant": served.engine.model.variant,
         },
     }

@@ -1,0 +1,48 @@
+"""Measure the fast preprocessing path of the shipped default model against its reference path
+and record the figures in its manifest, as `pneumo convert` records them for a new model.
+
+    python models/training/measure_fast_path.py --images ../shared/data/fullres
+
+The shipped version was converted before conversions measured this; without the figures the
+engine's `auto` would run it on the reference path. This scores the probes `pneumo convert
+--images DIR` would use (the shipped samples and up to 64 X-rays spread over DIR: full
+resolution, since the fast path's shortcuts only act on large images) through both paths and
+writes `preprocessing` into models/pneumonia/1/manifest.json, the same figures and verdict a
+conversion records. Only the manifest changes: the model files and their sha256 stay as they
+are. (parity_tests/test_fast_preprocessing.py checks the verdict on all of ../shared's X-rays.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from convert.probes import gather_images
+from engine import Engine
+from engine.repository.manifest import MANIFEST_NAME, verify_files
+from engine.repository.resolve import default_model_dir
+from engine.runtime.fidelity import MANIFEST_KEY, measure, verdict
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=Path, required=True, help="full-resolution X-rays")
+    args = parser.parse_args()
+    engine = Engine.load(preprocessing="reference")
+    version_dir = engine.model.path.parent
+    assert version_dir == default_model_dir() / "1", version_dir
+    images = gather_images([args.images])
+    figures = measure(engine.scores, images, engine.contract)
+    path, why = verdict(figures, engine.contract)
+    manifest_path = version_dir / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest[MANIFEST_KEY] = {"fast_vs_reference": figures, "verdict": path, "reason": why}
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+    assert verify_files(version_dir, manifest) == []
+    print(f"{path}: {why}")
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
