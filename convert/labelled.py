@@ -72,9 +72,12 @@ def labelled_check(
     contract: Contract,
     folders: Sequence[str | Path],
     min_auc: float | None = None,
+    preprocessing: str = "auto",
 ) -> None:
     """Run the `labelled_auc` check on the model file `model` (whose contract is `contract`)
-    when `folders` hold labelled images; `min_auc` without them is a usage error."""
+    when `folders` hold labelled images; `min_auc` without them is a usage error.
+    `preprocessing`: the path the deployed model will take (a conversion knows it before the
+    manifest that tells `auto` exists)."""
     found = labelled_images(folders, contract)
     if found is None:
         if min_auc is not None:
@@ -85,7 +88,8 @@ def labelled_check(
             )
         return
     paths, labels = found
-    report.run("labelled_auc", lambda: _judge(Engine.load(model), paths, labels, min_auc))
+    engine = Engine.load(model, preprocessing=preprocessing)
+    report.run("labelled_auc", lambda: _judge(engine, paths, labels, min_auc))
 
 
 def _judge(
@@ -121,9 +125,11 @@ def _judge(
     figures["better_scalings"] = hints
     advice = "".join(f"; {h['advice']}" for h in hints)
     if auc < 0.5:
-        if hints and max(h["with_it"]["roc_auc"] for h in hints) >= 1 - auc:
-            # Another scaling puts the classes right way round at least as well as swapping
-            # the labels would: the scaling, not the label order, is what looks wrong.
+        if hints and max(h["with_it"]["roc_auc"] for h in hints) >= 1 - auc + BETTER_AUC:
+            # Another scaling puts the classes right way round clearly better than swapping the
+            # labels would: the scaling, not the label order, is what looks wrong. On a tie the
+            # label order is blamed: it is the simpler mistake (an inverted model ranks the
+            # classes perfectly the wrong way round; some other scaling may too, by chance).
             raise CheckFailed(f"input scaling looks wrong: {text}{advice}", figures)
         swapped = f"--labels {_swapped_labels(c)}"
         if 1 - auc >= USEFUL_AUC:

@@ -129,7 +129,10 @@ def convert_loaded(
     with tempfile.TemporaryDirectory(prefix="pneumo-convert-") as tmp:
         fp32_path = Path(tmp) / "model.onnx"
         fp32_path.write_bytes(fp32)
-        labelled_check(report, fp32_path, contract, opts.image_folders)
+        fidelity = fast_path_fidelity(session, contract, images)
+        labelled_check(
+            report, fp32_path, contract, opts.image_folders, preprocessing=fidelity["verdict"]
+        )
         report.raise_if_failed(src.name)
         inputs = Inputs(model, fp32_path, src, contract, probes[-len(subset) :], Path(tmp))
         built = build_and_check(
@@ -169,7 +172,6 @@ def convert_loaded(
     if listed is not None:
         name, data, count = listed
         files[name], figures[name] = data, {"kind": "training list", "images": count}
-    fidelity = fast_path_fidelity(session, contract, images)
     manifest: dict[str, Any] = {
         "name": opts.name,
         "version": version,

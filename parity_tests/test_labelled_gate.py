@@ -65,7 +65,7 @@ def test_right_label_order_passes_and_is_recorded(softmax2: Path, tmp_path: Path
     repo = tmp_path / "repo"
     assert convert(softmax2, repo, "--labels", "NORMAL,PNEUMONIA", "--images", LABELLED) == 0
     assert (
-        "PASS  labelled_auc: ROC AUC 1.000 on 6 labelled images (3 NORMAL, 3 PNEUMONIA; fast "
+        "PASS  labelled_auc: ROC AUC 1.000 on 6 labelled images (3 NORMAL, 3 PNEUMONIA; reference "
         "preprocessing, as the engine runs it); sensitivity 1.000, specificity 1.000 at 0.5\n"
     ) in capsys.readouterr().out
     manifest = json.loads((repo / "pneumonia" / "1" / "manifest.json").read_text())

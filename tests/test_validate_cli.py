@@ -119,8 +119,8 @@ def test_labelled_images_pass_and_are_reported(write_model, tmp_path: Path, caps
     check = json.loads(report.read_text())["checks"][-1]
     assert check["name"] == "labelled_auc" and check["passed"]
     assert check["detail"] == (
-        "ROC AUC 1.000 on 8 labelled images (4 NORMAL, 4 PNEUMONIA; fast preprocessing, as the "
-        "engine runs it); sensitivity 1.000, specificity 1.000 at 0.5"
+        "ROC AUC 1.000 on 8 labelled images (4 NORMAL, 4 PNEUMONIA; reference preprocessing, as "
+        "the engine runs it); sensitivity 1.000, specificity 1.000 at 0.5"
     )
     assert check["figures"]["roc_auc"] == 1.0 and check["figures"]["better_scalings"] == []
 
@@ -137,7 +137,7 @@ def test_inverted_labels_fail(write_model, tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert (
         "FAIL  labelled_auc: labels look inverted: ROC AUC 0.000 on 8 labelled images (4 "
-        "PNEUMONIA, 4 NORMAL; fast preprocessing, as the engine runs it); sensitivity 0.000, "
+        "PNEUMONIA, 4 NORMAL; reference preprocessing, as the engine runs it); sensitivity 0.000, "
         "specificity 0.000 at 0.5; with the labels the other way round it would be 1.000: did "
         "you mean --labels NORMAL,PNEUMONIA?\n"
     ) in out

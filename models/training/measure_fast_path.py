@@ -5,8 +5,8 @@ and record the figures in its manifest, as `pneumo convert` records them for a n
 
 The shipped version was converted before conversions measured this; without the figures the
 engine's `auto` would run it on the reference path. This scores the probes `pneumo convert
---images DIR` would use (the shipped samples and up to 64 X-rays spread over DIR: full
-resolution, since the fast path's shortcuts only act on large images) through both paths and
+--images DIR` would use (the shipped samples and every X-ray of DIR: full resolution, since
+the fast path's shortcuts only act on large images) through both paths and
 writes `preprocessing` into models/pneumonia/1/manifest.json, the same figures and verdict a
 conversion records. Only the manifest changes: the model files and their sha256 stay as they
 are. (parity_tests/test_fast_preprocessing.py checks the verdict on all of ../shared's X-rays.)
