@@ -54,7 +54,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
         "20",
         "--rate-burst",
         "20",
-        env={"PNEUMO_API_KEYS": f"{KEY},{OTHER_KEY}"},
+        env={"PNEUMO_API_KEYS": OTHER_KEY, "PNEUMO_ADMIN_KEYS": KEY},
     ).start()
     srv.repo = root / "repo"  # type: ignore[attr-defined]
     yield srv

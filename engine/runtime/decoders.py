@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.errors import ImageError
-from engine.runtime.dicom import dicom_image
-from engine.runtime.limits import check_size
+from engine.runtime.dicom import dicom_header, dicom_image
+from engine.runtime.limits import check_decode_bytes, check_size, decode_bytes
 
 ImageSource = str | os.PathLike[str] | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
 # For JPEGs: the DCT-domain reduction (1, 2, 4 or 8) libjpeg may use for an image of this size.
@@ -73,6 +73,58 @@ def format_of(data: bytes, name: str) -> Format | None:
     return found
 
 
+@dataclass(frozen=True)
+class Header:
+    """What a server budgets before decoding an image, read from its header alone."""
+
+    format: str
+    pixels: int  # decoded pixels (DICOM: frames x rows x columns x samples)
+    decode_bytes: int  # expected peak memory of decoding and preprocessing it
+
+
+def read_header(data: bytes, name: str) -> Header:
+    """The format, pixel count and decode memory of an encoded image, from its header only
+    (Pillow's `open` and pydicom without pixel data read no pixels). Raises ImageError, with
+    the same messages as `open_image`, for anything `open_image` would refuse up front: an
+    unknown format, too many pixels, or a decode needing more than the memory limit."""
+    if not data:
+        raise ImageError(f"expected an image file, got 0 bytes from {name}")
+    fmt = format_of(data, name)
+    if fmt is None:
+        raise ImageError(_unsupported(data, name))
+    if fmt.name == "DICOM":
+        h = dicom_header(data, name)
+        needed = decode_bytes(h.rows * h.columns, h.samples, h.bytes_per_sample + 1)
+        what = f"{h.columns}x{h.rows} px, {h.samples} x {8 * h.bytes_per_sample} bit"
+        check_decode_bytes(needed, what, name)
+        return Header(fmt.name, h.values, needed)
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt.name]) as img:
+            check_size(img.size, name)
+            size, mode, bands = img.size, img.mode, len(img.getbands())
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{name} is too large to decode safely: {e}") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name} starts like a {fmt.name} file but is not a readable one") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name} is truncated or corrupt: {e}") from e
+    pixels = size[0] * size[1]
+    wide = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") else 1
+    alpha = "A" in mode or mode == "P"  # a palette may carry transparency
+    needed = decode_bytes(pixels, max(bands, 3 if mode == "P" else 1), wide, alpha)
+    check_decode_bytes(needed, f"{size[0]}x{size[1]} px {mode}", name)
+    return Header(fmt.name, pixels, needed)
+
+
+def _unsupported(data: bytes, name: str) -> str:
+    return (
+        f"{name} is not a supported image (expected {EXPECTED}; "
+        f"{len(data)} bytes starting {data[:8]!r})"
+    )
+
+
 def open_image(
     source: ImageSource, reduce: Reduction | None = None, gray: bool = False
 ) -> Image.Image:
@@ -92,10 +144,7 @@ def open_image(
         raise ImageError(f"expected an image file, got 0 bytes from {name}")
     fmt = format_of(data, name)
     if fmt is None:
-        raise ImageError(
-            f"{name} is not a supported image (expected {EXPECTED}; "
-            f"{len(data)} bytes starting {data[:8]!r})"
-        )
+        raise ImageError(_unsupported(data, name))
     if fmt.name == "DICOM":
         return _checked(dicom_image(data, name), name)
     return _pillow(data, name, fmt.name, reduce, gray)

@@ -25,6 +25,7 @@ PSI_MODERATE = 0.1
 PSI_SIGNIFICANT = 0.25
 CLASS_RATE_THRESHOLD = 0.1  # an absolute change in a class's share of predictions
 MIN_ROWS = 30  # fewer scored rows than this in a window: no drift verdict
+READER_CACHE_KB = 16 * 1024  # a report's SQLite page cache (and sort memory) at most
 
 
 def _open_reader(path: str | Path) -> sqlite3.Connection:
@@ -37,6 +38,7 @@ def _open_reader(path: str | Path) -> sqlite3.Connection:
         raise UsageError(f"cannot open prediction log {p.name}: {e}") from e
     try:
         check_columns(conn, p)
+        conn.execute(f"PRAGMA cache_size=-{READER_CACHE_KB}")  # the sorter spills past this
     except sqlite3.DatabaseError as e:
         conn.close()
         raise UsageError(f"{p.name} is not a pneumo prediction log: {e}") from e
@@ -49,48 +51,132 @@ def _open_reader(path: str | Path) -> sqlite3.Connection:
 # --- reports --------------------------------------------------------------------------------
 
 
+_EDGES = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1).tolist()
+_OK = "(error IS NULL AND score IS NOT NULL)"
+_CONFIDENCE = "(CASE WHEN score > threshold THEN score ELSE 1.0 - score END)"
+
+
 @dataclass
 class _Window:
-    """The rows of one time window, as arrays."""
+    """What a report needs of one time window, aggregated in SQL: memory does not grow with
+    the number of rows (the latency percentiles stream one sorted column)."""
 
     start: float
     end: float
-    score: np.ndarray  # scored rows only
-    label: list[str]  # scored rows only
-    threshold: np.ndarray  # scored rows only
-    latency: np.ndarray  # every row
+    total: int
+    scored: int
     errors: int
-    versions: list[tuple[str, str, str | None, float | None]]  # every row
-
-    @property
-    def total(self) -> int:
-        return len(self.latency)
+    classes: dict[str, int]
+    score_sum: float
+    score_histogram: list[int]
+    confidence_sum: float = 0.0
+    confidence_histogram: list[int] | None = None
+    latency: dict[str, float | None] | None = None
+    versions: list[dict[str, Any]] | None = None
 
     def class_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for label in self.label:
-            counts[label] = counts.get(label, 0) + 1
-        return dict(sorted(counts.items()))
+        return dict(sorted(self.classes.items()))
 
 
-def _read_window(conn: sqlite3.Connection, start: float, end: float, closed: bool) -> _Window:
-    op = "<=" if closed else "<"
-    rows = conn.execute(
-        "SELECT model_name, model_version, score, label, threshold, latency_ms, error "
-        f"FROM predictions WHERE time >= ? AND time {op} ? ORDER BY time",
-        (start, end),
-    ).fetchall()
-    scored = [r for r in rows if r[6] is None and r[2] is not None]
-    return _Window(
+def _bins(expr: str) -> str:
+    """SQL for the histogram bin of `expr` clipped into [0, 1], with numpy's edges and rule
+    (right-open bins, the last one closed), so that the counts equal np.histogram's."""
+    clipped = f"MIN(MAX({expr}, 0.0), 1.0)"
+    return " + ".join(f"({clipped} >= {e!r})" for e in _EDGES[1:-1])
+
+
+def _read_window(
+    conn: sqlite3.Connection, start: float, end: float, closed: bool, full: bool = False
+) -> _Window:
+    """Counts, class counts and the score histogram of [start, end] (closed) or [start, end);
+    with `full`, also confidence, latency percentiles and per-version figures."""
+    where = f"time >= ? AND time {'<=' if closed else '<'} ?"
+    span = (start, end)
+    total, scored, score_sum, confidence_sum = conn.execute(
+        f"SELECT COUNT(*), COALESCE(SUM({_OK}), 0), "
+        f"COALESCE(SUM(CASE WHEN {_OK} THEN score END), 0.0), "
+        f"COALESCE(SUM(CASE WHEN {_OK} THEN {_CONFIDENCE} END), 0.0) "
+        f"FROM predictions WHERE {where}",
+        span,
+    ).fetchone()
+    classes = {
+        str(label): int(n)
+        for label, n in conn.execute(
+            f"SELECT label, COUNT(*) FROM predictions WHERE {where} AND {_OK} GROUP BY label",
+            span,
+        )
+    }
+    w = _Window(
         start=start,
         end=end,
-        score=np.array([r[2] for r in scored], dtype=np.float64),
-        label=[str(r[3]) for r in scored],
-        threshold=np.array([r[4] for r in scored], dtype=np.float64),
-        latency=np.array([r[5] for r in rows], dtype=np.float64),
-        errors=len(rows) - len(scored),
-        versions=[(r[0], r[1], r[6], r[2]) for r in rows],
+        total=int(total),
+        scored=int(scored),
+        errors=int(total) - int(scored),
+        classes=classes,
+        score_sum=float(score_sum),
+        score_histogram=_histogram(conn, "score", where, span),
     )
+    if full:
+        w.confidence_sum = float(confidence_sum)
+        w.confidence_histogram = _histogram(conn, _CONFIDENCE, where, span)
+        w.latency = _latency(conn, where, span, w.total)
+        w.versions = [
+            {
+                "model_name": name,
+                "model_version": version,
+                "total": int(n),
+                "errors": int(n) - int(ok),
+                "mean_score": mean,
+            }
+            for name, version, n, ok, mean in conn.execute(
+                f"SELECT model_name, model_version, COUNT(*), COALESCE(SUM({_OK}), 0), "
+                f"AVG(CASE WHEN {_OK} THEN score END) FROM predictions WHERE {where} "
+                "GROUP BY model_name, model_version ORDER BY MIN(time)",
+                span,
+            )
+        ]
+    return w
+
+
+def _histogram(conn: sqlite3.Connection, expr: str, where: str, span: tuple) -> list[int]:
+    counts = [0] * HISTOGRAM_BINS
+    for b, n in conn.execute(
+        f"SELECT {_bins(expr)} AS bin, COUNT(*) FROM predictions WHERE {where} AND {_OK} "
+        "GROUP BY bin",
+        span,
+    ):
+        counts[int(b)] = int(n)
+    return counts
+
+
+def _latency(conn: sqlite3.Connection, where: str, span: tuple, n: int) -> dict[str, float | None]:
+    """Mean, p50/p95/p99 (numpy's linear interpolation) and max of the window's latencies,
+    read as one sorted stream: nothing but the values at the ranks needed is kept."""
+    if not n:
+        return {"mean": None, "p50": None, "p95": None, "p99": None, "max": None}
+    (mean,) = conn.execute(
+        f"SELECT AVG(latency_ms) FROM predictions WHERE {where}", span
+    ).fetchone()
+    ranks = {q: q / 100 * (n - 1) for q in (50, 95, 99)}
+    wanted = (
+        {int(np.floor(r)) for r in ranks.values()}
+        | {min(int(np.floor(r)) + 1, n - 1) for r in ranks.values()}
+        | {n - 1}
+    )
+    values: dict[int, float] = {}
+    cursor = conn.execute(
+        f"SELECT latency_ms FROM predictions WHERE {where} ORDER BY latency_ms", span
+    )
+    for i, (v,) in enumerate(cursor):
+        if i in wanted:
+            values[i] = float(v)
+    out: dict[str, float | None] = {"mean": float(mean)}
+    for q, r in ranks.items():
+        lo = int(np.floor(r))
+        hi = min(lo + 1, n - 1)
+        out[f"p{q}"] = values[lo] + (values[hi] - values[lo]) * (r - lo)
+    out["max"] = values[n - 1]
+    return out
 
 
 def histogram(values: np.ndarray | Sequence[float]) -> list[int]:
@@ -140,25 +226,8 @@ def summarize(path: str | Path, hours: float = 24.0, now: float | None = None) -
     end = time.time() if now is None else now
     start = end - hours * 3600.0
     with _closing(_open_reader(path)) as conn:
-        w = _read_window(conn, start, end, closed=True)
-    classes = w.class_counts()
-    scored = len(w.score)
-    confidence = np.where(w.score > w.threshold, w.score, 1.0 - w.score)
-    by_version: dict[tuple[str, str], dict[str, Any]] = {}
-    for name, version, error, score in w.versions:
-        v = by_version.setdefault(
-            (name, version),
-            {"model_name": name, "model_version": version, "total": 0, "errors": 0, "_s": []},
-        )
-        v["total"] += 1
-        if error is not None or score is None:
-            v["errors"] += 1
-        else:
-            v["_s"].append(score)
-    versions = []
-    for v in by_version.values():
-        s = v.pop("_s")
-        versions.append({**v, "mean_score": float(np.mean(s)) if s else None})
+        w = _read_window(conn, start, end, closed=True, full=True)
+    scored = w.scored
     return {
         "db": Path(path).name,  # a name, never the server's absolute path
         "window": {"hours": hours, "start": _iso(start), "end": _iso(end)},
@@ -166,11 +235,11 @@ def summarize(path: str | Path, hours: float = 24.0, now: float | None = None) -
         "scored": scored,
         "errors": w.errors,
         "per_hour": w.total / hours,
-        "classes": {k: {"count": n, "rate": n / scored} for k, n in classes.items()},
-        "score": _distribution(w.score),
-        "confidence": _distribution(confidence),
-        "latency_ms": _percentiles(w.latency),
-        "by_model_version": versions,
+        "classes": {k: {"count": n, "rate": n / scored} for k, n in w.class_counts().items()},
+        "score": _distribution(w.score_sum, w.score_histogram, scored),
+        "confidence": _distribution(w.confidence_sum, w.confidence_histogram or [], scored),
+        "latency_ms": w.latency,
+        "by_model_version": w.versions,
     }
 
 
@@ -227,9 +296,9 @@ def drift_report(
         "messages": [],
     }
     short = [
-        f"the {name} window has {len(w.score)} scored predictions, fewer than {min_rows}"
+        f"the {name} window has {w.scored} scored predictions, fewer than {min_rows}"
         for name, w in (("recent", recent), ("reference", ref))
-        if len(w.score) < min_rows
+        if w.scored < min_rows
     ]
     if short:
         report["messages"] = [*short, "no drift verdict: too few predictions to compare"]
@@ -270,37 +339,22 @@ def drift_report(
 
 
 def _window_info(w: _Window) -> dict[str, Any]:
-    counts = w.class_counts()
-    n = len(w.score)
+    n = w.scored
     return {
         "start": _iso(w.start),
         "end": _iso(w.end),
         "rows": w.total,
         "scored": n,
-        "class_rates": {k: c / n for k, c in counts.items()},
-        "score_histogram": histogram(w.score),
-        "mean_score": float(w.score.mean()) if n else None,
+        "class_rates": {k: c / n for k, c in w.class_counts().items()},
+        "score_histogram": w.score_histogram,
+        "mean_score": w.score_sum / n if n else None,
     }
 
 
-def _distribution(values: np.ndarray) -> dict[str, Any]:
-    edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+def _distribution(total: float, counts: list[int], n: int) -> dict[str, Any]:
     return {
-        "mean": float(values.mean()) if len(values) else None,
-        "histogram": {"edges": [round(float(e), 6) for e in edges], "counts": histogram(values)},
-    }
-
-
-def _percentiles(values: np.ndarray) -> dict[str, float | None]:
-    if not len(values):
-        return {"mean": None, "p50": None, "p95": None, "p99": None, "max": None}
-    p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return {
-        "mean": float(values.mean()),
-        "p50": float(p50),
-        "p95": float(p95),
-        "p99": float(p99),
-        "max": float(values.max()),
+        "mean": total / n if n else None,
+        "histogram": {"edges": [round(float(e), 6) for e in _EDGES], "counts": counts},
     }
 
 
