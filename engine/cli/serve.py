@@ -55,6 +55,9 @@ def add(sub: Subparsers) -> None:
         "--max-connections", type=int, default=256, help="open connections (beyond: 503)"
     )
     p.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds request headers may take"
+    )
+    p.add_argument(
         "--body-timeout", type=float, default=60.0, help="seconds a request body may take"
     )
     p.add_argument(
@@ -153,5 +156,6 @@ def run(args: argparse.Namespace) -> int:
         args.ssl_keyfile,
         max_connections=args.max_connections,
         forwarded_allow_ips=args.forwarded_allow_ips,
+        header_timeout=args.header_timeout,
     )
     return EXIT_OK

@@ -116,3 +116,16 @@ class DecodeBudget:
     def _give_back(self, pixels: int, images: int) -> None:
         self.pixels -= pixels
         self.images -= images
+
+
+def waves(todo: list[int], pixels: dict[int, int], budget: int) -> list[list[int]]:
+    """`todo` cut into consecutive waves of at most `budget` pixels (one image at least)."""
+    out: list[list[int]] = []
+    total = budget + 1
+    for i in todo:
+        if total + pixels[i] > budget and (not out or out[-1]):
+            out.append([])
+            total = 0
+        out[-1].append(i)
+        total += pixels[i]
+    return [w for w in out if w]

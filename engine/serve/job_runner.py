@@ -108,7 +108,7 @@ class JobRunner:
     def _expire(self) -> None:
         if self.ttl_hours <= 0 or time.monotonic() < self._next_expiry:
             return
-        self._next_expiry = time.monotonic() + EXPIRE_EVERY
+        self._next_expiry = time.monotonic() + min(EXPIRE_EVERY, self.ttl_hours * 1800.0)
         expired = self.store.expire(self.ttl_hours)
         if expired:
             log.info("%d finished jobs older than %g hours deleted", expired, self.ttl_hours)

@@ -6,10 +6,17 @@ and the body has its own deadline in the gate)."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 HEADER_TIMEOUT = 10.0
+# `pneumo serve --header-timeout` reaches every worker process through the environment.
+HEADER_TIMEOUT_ENV = "PNEUMO_HEADER_TIMEOUT"
+
+
+def header_timeout() -> float:
+    return float(os.environ.get(HEADER_TIMEOUT_ENV, HEADER_TIMEOUT))
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -35,7 +42,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def _arm(self) -> None:
         if self._header_timer is None:
-            self._header_timer = self.loop.call_later(HEADER_TIMEOUT, self._expire)
+            self._header_timer = self.loop.call_later(header_timeout(), self._expire)
 
     def _disarm(self) -> None:
         if self._header_timer is not None:

@@ -29,7 +29,7 @@ from engine.runtime.decoders import Header, describe, read_header
 from engine.runtime.engine import Engine
 from engine.runtime.limits import MAX_DECODE_BYTES
 from engine.runtime.results import Result, Scored, failed
-from engine.serve.admission import DecodeBudget, Ticket
+from engine.serve.admission import DecodeBudget, Ticket, waves
 from engine.serve.batching import Batcher
 from engine.serve.cache import ResultCache
 from engine.serve.metrics import ServerMetrics
@@ -167,7 +167,7 @@ class ScoringService:
         pixels = {i: h.pixels if isinstance(h := headers[i], Header) else 0 for i in todo}
         if not in_waves:
             self.budget.check_request([pixels[i] for i in todo])
-        for wave in _waves(todo, pixels, self.budget.max_request_pixels):
+        for wave in waves(todo, pixels, self.budget.max_request_pixels):
             tensors = await self._decode_wave(engine, items, headers, wave, pixels)
             ready = [
                 (i, x) for i, x in zip(wave, tensors, strict=True) if isinstance(x, np.ndarray)
@@ -289,9 +289,13 @@ class ScoringService:
         from engine.explain.overlay import overlay_png
 
         method = check_method(served.engine, "auto")
-        png = await asyncio.get_running_loop().run_in_executor(
-            self._decode, overlay_png, served.engine, _named(Item(image, name=name)), result, method
-        )
+        loop = asyncio.get_running_loop()
+        source = _named(Item(image, name=name))
+        header = await loop.run_in_executor(self._decode, read_header, image, describe(source))
+        async with self.budget.memory(header.decode_bytes):  # decoded again, in full
+            png = await loop.run_in_executor(
+                self._decode, overlay_png, served.engine, source, result, method
+            )
         return method, base64.b64encode(png).decode("ascii")
 
     # --- internals ------------------------------------------------------------------------
@@ -356,19 +360,6 @@ def _inspect(items: Sequence[Item]) -> tuple[list[str], list[Header | PneumoErro
         except Exception as e:  # a header parser's own bug on a hostile file: this item only
             headers.append(ImageError(f"{name} cannot be read: {first_line(e)}"))
     return digests, headers
-
-
-def _waves(todo: list[int], pixels: dict[int, int], budget: int) -> list[list[int]]:
-    """`todo` cut into consecutive waves of at most `budget` pixels (one image at least)."""
-    waves: list[list[int]] = []
-    total = budget + 1
-    for i in todo:
-        if total + pixels[i] > budget and (not waves or waves[-1]):
-            waves.append([])
-            total = 0
-        waves[-1].append(i)
-        total += pixels[i]
-    return [w for w in waves if w]
 
 
 def _named(item: Item) -> bytes | io.BytesIO:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import signal
 from pathlib import Path
@@ -30,6 +31,7 @@ def run(
     graceful_timeout: float = 30.0,
     max_connections: int = 256,
     forwarded_allow_ips: str | None = None,
+    header_timeout: float = 10.0,
 ) -> None:
     try:
         import uvicorn
@@ -44,7 +46,11 @@ def run(
         raise UsageError(f"workers must be at least 1, got {workers}")
     if max_connections < 1:
         raise UsageError(f"--max-connections must be at least 1, got {max_connections}")
-    from engine.serve.protocol import GuardedH11Protocol
+    if not (math.isfinite(header_timeout) and header_timeout > 0):
+        raise UsageError(f"--header-timeout must be positive, got {header_timeout}")
+    from engine.serve.protocol import HEADER_TIMEOUT_ENV, GuardedH11Protocol
+
+    os.environ[HEADER_TIMEOUT_ENV] = str(header_timeout)
 
     if not config.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without API keys: anyone who can reach it can use it", host)

@@ -14,18 +14,18 @@ Reports open their own read-only connection: WAL lets them read while the writer
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import queue
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from engine.errors import PneumoError, UsageError
 from engine.serve.store import schema
+from engine.serve.store.record import PredictionRecord
 from engine.serve.store.reports import drift_report, summarize
 
 log = logging.getLogger(__name__)
@@ -34,53 +34,6 @@ BATCH_ROWS = 500
 BATCH_SECONDS = 0.05
 PRUNE_EVERY = 600.0  # seconds between two retention passes of the writer
 PRUNE_ROWS = 5000  # rows deleted per transaction (short, so inserts keep flowing)
-
-
-@dataclass(frozen=True)
-class PredictionRecord:
-    """One scored (or failed) image. `score`/`label`/`threshold` are None when `error` is set."""
-
-    time: float  # unix seconds
-    request_id: str
-    route: str
-    model_name: str
-    model_version: str
-    score: float | None
-    label: str | None
-    threshold: float | None
-    latency_ms: float
-    image_sha256: str
-    image: bytes | None = None  # stored only by a log opened with store_images=True
-    error: str | None = None
-
-    @classmethod
-    def from_result(
-        cls,
-        result: dict[str, Any],
-        *,
-        image: bytes,
-        request_id: str,
-        route: str,
-        model_name: str,
-        model_version: str,
-        latency_ms: float,
-        at: float | None = None,
-    ) -> PredictionRecord:
-        """A record from one `Engine.predict_batch` result dict and the image bytes it scored."""
-        return cls(
-            time=time.time() if at is None else at,
-            request_id=request_id,
-            route=route,
-            model_name=model_name,
-            model_version=model_version,
-            score=result.get("raw_score"),
-            label=result.get("prediction"),
-            threshold=result.get("threshold"),
-            latency_ms=latency_ms,
-            image_sha256=hashlib.sha256(image).hexdigest(),
-            image=image,
-            error=result.get("error"),
-        )
 
 
 COLUMNS = tuple(f.name for f in fields(PredictionRecord))
