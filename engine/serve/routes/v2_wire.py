@@ -90,6 +90,7 @@ def parse_infer(
         items = [Item(data=b) for b in _bytes(tensor, blob, max_items)]
     else:
         raise UsageError(f"input datatype must be FP32 or BYTES, got {tensor.datatype[:20]!r}")
+    tensor.data = None  # millions of Python floats: not kept while the request is scored
     return Parsed(body, items, _binary_output(body))
 
 
