@@ -26,6 +26,7 @@ from engine.serve.store.uploads import UploadBudget, items_from_upload, safe_nam
 def unpack(filename: str, data: bytes, **budget: int) -> list[tuple[str, bytes]]:
     return list(items_from_upload(filename, data, UploadBudget(**budget)))
 
+
 CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg"
 
 
@@ -281,9 +282,7 @@ def test_zip_upload_keeps_images_and_safe_names(items: list[tuple[str, bytes]]) 
 
 
 def test_single_image_upload() -> None:
-    assert unpack("../../x-ray.jpeg", b"\xff\xd8data") == [
-        ("x-ray.jpeg", b"\xff\xd8data")
-    ]
+    assert unpack("../../x-ray.jpeg", b"\xff\xd8data") == [("x-ray.jpeg", b"\xff\xd8data")]
     assert safe_name("a/../../b/./c.png") == "a/b/c.png"
 
 

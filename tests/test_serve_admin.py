@@ -222,8 +222,18 @@ def test_several_worker_processes(tmp_path: Path) -> None:
     srv = ServerProcess(tmp_path, "--workers", "2", "--state-dir", "state").start()
     try:
         data = SAMPLE.read_bytes()
-        for _ in range(6):
-            r = httpx.post(f"{srv.url}/predict", files={"image": ("a.jpeg", data)}, timeout=30)
+        for i in range(6):
+            r = httpx.post(
+                f"{srv.url}/predict",
+                files={"image": ("a.jpeg", data)},
+                headers={"X-Request-ID": f"worker-{i}"},
+                timeout=30,
+            )
             assert r.status_code == 200
     finally:
         assert srv.stop() == 0
+    # Each worker process logs JSON access lines, as one process does.
+    lines = [json.loads(x) for x in srv.log_text().splitlines() if x.startswith("{")]
+    access = [x for x in lines if x["logger"] == "engine.serve.access"]
+    assert {x["request_id"] for x in access} >= {f"worker-{i}" for i in range(6)}
+    assert all(x["status"] == 200 for x in access if x["request_id"].startswith("worker-"))
