@@ -90,8 +90,8 @@ def prepare(conn: sqlite3.Connection) -> None:
 def reclaim(conn: sqlite3.Connection) -> None:
     """Give the space of deleted rows back to the file system: free pages (files created with
     `prepare`), and the WAL, checkpointed and truncated."""
-    conn.execute("PRAGMA incremental_vacuum").fetchall()
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    # executescript steps the pragma to its end: execute() would free one page per call.
+    conn.executescript("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")
 
 
 def add_columns(conn: sqlite3.Connection, columns: Sequence[tuple[str, str, str]]) -> None:
