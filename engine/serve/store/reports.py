@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -54,128 +54,113 @@ def _open_reader(path: str | Path) -> sqlite3.Connection:
 _EDGES = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1).tolist()
 _OK = "(error IS NULL AND score IS NOT NULL)"
 _CONFIDENCE = "(CASE WHEN score > threshold THEN score ELSE 1.0 - score END)"
+# Latency percentiles come from buckets of 1% relative width (ln(ms) * 100), read in the same
+# bounded way as everything else: within 1% of the exact value, whatever the log's size.
+LATENCY_BUCKETS_PER_E = 100
 
 
 @dataclass
 class _Window:
-    """What a report needs of one time window, aggregated in SQL: memory does not grow with
-    the number of rows (the latency percentiles stream one sorted column)."""
+    """What a report needs of one time window, aggregated in SQL: one grouped scan (plus one
+    for latency), so memory does not grow with the number of rows."""
 
     start: float
     end: float
-    total: int
-    scored: int
-    errors: int
-    classes: dict[str, int]
-    score_sum: float
-    score_histogram: list[int]
+    total: int = 0
+    scored: int = 0
+    errors: int = 0
+    classes: dict[str, int] = field(default_factory=dict)
+    score_sum: float = 0.0
+    score_histogram: list[int] = field(default_factory=lambda: [0] * HISTOGRAM_BINS)
     confidence_sum: float = 0.0
-    confidence_histogram: list[int] | None = None
+    confidence_histogram: list[int] = field(default_factory=lambda: [0] * HISTOGRAM_BINS)
     latency: dict[str, float | None] | None = None
-    versions: list[dict[str, Any]] | None = None
+    versions: list[dict[str, Any]] = field(default_factory=list)
 
     def class_counts(self) -> dict[str, int]:
         return dict(sorted(self.classes.items()))
 
 
-def _bins(expr: str) -> str:
-    """SQL for the histogram bin of `expr` clipped into [0, 1], with numpy's edges and rule
-    (right-open bins, the last one closed), so that the counts equal np.histogram's."""
-    clipped = f"MIN(MAX({expr}, 0.0), 1.0)"
-    return " + ".join(f"({clipped} >= {e!r})" for e in _EDGES[1:-1])
+def _bin(expr: str) -> str:
+    """SQL for the histogram bin of `expr` clipped into [0, 1]: floor(10 x), 1.0 in the last."""
+    return (
+        f"MIN(CAST(MIN(MAX({expr}, 0.0), 1.0) * {HISTOGRAM_BINS} AS INTEGER), {HISTOGRAM_BINS - 1})"
+    )
 
 
 def _read_window(
     conn: sqlite3.Connection, start: float, end: float, closed: bool, full: bool = False
 ) -> _Window:
-    """Counts, class counts and the score histogram of [start, end] (closed) or [start, end);
-    with `full`, also confidence, latency percentiles and per-version figures."""
+    """Counts, class counts, score and confidence histograms and per-version figures of
+    [start, end] (closed) or [start, end); with `full`, also the latency figures."""
     where = f"time >= ? AND time {'<=' if closed else '<'} ?"
     span = (start, end)
-    total, scored, score_sum, confidence_sum = conn.execute(
-        f"SELECT COUNT(*), COALESCE(SUM({_OK}), 0), "
-        f"COALESCE(SUM(CASE WHEN {_OK} THEN score END), 0.0), "
-        f"COALESCE(SUM(CASE WHEN {_OK} THEN {_CONFIDENCE} END), 0.0) "
-        f"FROM predictions WHERE {where}",
+    w = _Window(start=start, end=end)
+    versions: dict[tuple[str, str], dict[str, Any]] = {}
+    groups = conn.execute(
+        f"SELECT model_name, model_version, {_OK} AS ok, label, "
+        f"CASE WHEN {_OK} THEN {_bin('score')} END AS sbin, "
+        f"CASE WHEN {_OK} THEN {_bin(_CONFIDENCE)} END AS cbin, "
+        f"COUNT(*), SUM(CASE WHEN {_OK} THEN score END), "
+        f"SUM(CASE WHEN {_OK} THEN {_CONFIDENCE} END), MIN(time) "
+        f"FROM predictions WHERE {where} "
+        "GROUP BY model_name, model_version, ok, label, sbin, cbin ORDER BY MIN(time)",
         span,
-    ).fetchone()
-    classes = {
-        str(label): int(n)
-        for label, n in conn.execute(
-            f"SELECT label, COUNT(*) FROM predictions WHERE {where} AND {_OK} GROUP BY label",
-            span,
-        )
-    }
-    w = _Window(
-        start=start,
-        end=end,
-        total=int(total),
-        scored=int(scored),
-        errors=int(total) - int(scored),
-        classes=classes,
-        score_sum=float(score_sum),
-        score_histogram=_histogram(conn, "score", where, span),
     )
+    for name, version, ok, label, sbin, cbin, n, score_sum, confidence_sum, _ in groups:
+        v = versions.setdefault(
+            (name, version),
+            {"model_name": name, "model_version": version, "total": 0, "errors": 0, "_s": 0.0},
+        )
+        v["total"] += n
+        w.total += n
+        if not ok:
+            v["errors"] += n
+            w.errors += n
+            continue
+        w.scored += n
+        w.classes[str(label)] = w.classes.get(str(label), 0) + n
+        w.score_histogram[sbin] += n
+        w.confidence_histogram[cbin] += n
+        w.score_sum += score_sum
+        w.confidence_sum += confidence_sum
+        v["_s"] += score_sum
+    for v in versions.values():
+        total = v.pop("_s")
+        scored = v["total"] - v["errors"]
+        w.versions.append({**v, "mean_score": total / scored if scored else None})
     if full:
-        w.confidence_sum = float(confidence_sum)
-        w.confidence_histogram = _histogram(conn, _CONFIDENCE, where, span)
-        w.latency = _latency(conn, where, span, w.total)
-        w.versions = [
-            {
-                "model_name": name,
-                "model_version": version,
-                "total": int(n),
-                "errors": int(n) - int(ok),
-                "mean_score": mean,
-            }
-            for name, version, n, ok, mean in conn.execute(
-                f"SELECT model_name, model_version, COUNT(*), COALESCE(SUM({_OK}), 0), "
-                f"AVG(CASE WHEN {_OK} THEN score END) FROM predictions WHERE {where} "
-                "GROUP BY model_name, model_version ORDER BY MIN(time)",
-                span,
-            )
-        ]
+        w.latency = _latency(conn, where, span)
     return w
 
 
-def _histogram(conn: sqlite3.Connection, expr: str, where: str, span: tuple) -> list[int]:
-    counts = [0] * HISTOGRAM_BINS
-    for b, n in conn.execute(
-        f"SELECT {_bins(expr)} AS bin, COUNT(*) FROM predictions WHERE {where} AND {_OK} "
-        "GROUP BY bin",
+def _latency(conn: sqlite3.Connection, where: str, span: tuple) -> dict[str, float | None]:
+    """Mean, p50/p95/p99 (numpy's linear interpolation between ranks, read from 1%-wide
+    buckets) and max of the window's latencies."""
+    buckets = conn.execute(
+        f"SELECT CAST(ln(MAX(latency_ms, 0.001)) * {LATENCY_BUCKETS_PER_E} AS INTEGER) AS b, "
+        "COUNT(*), MIN(latency_ms), MAX(latency_ms), SUM(latency_ms) "
+        f"FROM predictions WHERE {where} GROUP BY b ORDER BY b",
         span,
-    ):
-        counts[int(b)] = int(n)
-    return counts
-
-
-def _latency(conn: sqlite3.Connection, where: str, span: tuple, n: int) -> dict[str, float | None]:
-    """Mean, p50/p95/p99 (numpy's linear interpolation) and max of the window's latencies,
-    read as one sorted stream: nothing but the values at the ranks needed is kept."""
+    ).fetchall()
+    n = sum(b[1] for b in buckets)
     if not n:
         return {"mean": None, "p50": None, "p95": None, "p99": None, "max": None}
-    (mean,) = conn.execute(
-        f"SELECT AVG(latency_ms) FROM predictions WHERE {where}", span
-    ).fetchone()
-    ranks = {q: q / 100 * (n - 1) for q in (50, 95, 99)}
-    wanted = (
-        {int(np.floor(r)) for r in ranks.values()}
-        | {min(int(np.floor(r)) + 1, n - 1) for r in ranks.values()}
-        | {n - 1}
-    )
-    values: dict[int, float] = {}
-    cursor = conn.execute(
-        f"SELECT latency_ms FROM predictions WHERE {where} ORDER BY latency_ms", span
-    )
-    for i, (v,) in enumerate(cursor):
-        if i in wanted:
-            values[i] = float(v)
-    out: dict[str, float | None] = {"mean": float(mean)}
-    for q, r in ranks.items():
+
+    def at(rank: int) -> float:  # the rank-th smallest latency, within its bucket's width
+        seen = 0
+        for _, count, low, high, _ in buckets:
+            if rank < seen + count:
+                return low if count == 1 else low + (high - low) * (rank - seen) / (count - 1)
+            seen += count
+        return float(buckets[-1][3])
+
+    out: dict[str, float | None] = {"mean": sum(b[4] for b in buckets) / n}
+    for q in (50, 95, 99):
+        r = q / 100 * (n - 1)
         lo = int(np.floor(r))
-        hi = min(lo + 1, n - 1)
-        out[f"p{q}"] = values[lo] + (values[hi] - values[lo]) * (r - lo)
-    out["max"] = values[n - 1]
+        out[f"p{q}"] = at(lo) + (at(min(lo + 1, n - 1)) - at(lo)) * (r - lo)
+    out["max"] = float(buckets[-1][3])
     return out
 
 
@@ -237,7 +222,7 @@ def summarize(path: str | Path, hours: float = 24.0, now: float | None = None) -
         "per_hour": w.total / hours,
         "classes": {k: {"count": n, "rate": n / scored} for k, n in w.class_counts().items()},
         "score": _distribution(w.score_sum, w.score_histogram, scored),
-        "confidence": _distribution(w.confidence_sum, w.confidence_histogram or [], scored),
+        "confidence": _distribution(w.confidence_sum, w.confidence_histogram, scored),
         "latency_ms": w.latency,
         "by_model_version": w.versions,
     }
