@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -98,18 +99,9 @@ def read_header(data: bytes, name: str) -> Header:
         what = f"{h.columns}x{h.rows} px, {h.samples} x {8 * h.bytes_per_sample} bit"
         check_decode_bytes(needed, what, name)
         return Header(fmt.name, h.values, needed)
-    try:
-        with Image.open(io.BytesIO(data), formats=[fmt.name]) as img:
-            check_size(img.size, name)
-            size, mode, bands = img.size, img.mode, len(img.getbands())
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{name} is too large to decode safely: {e}") from e
-    except UnidentifiedImageError as e:
-        raise ImageError(f"{name} starts like a {fmt.name} file but is not a readable one") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{name} is truncated or corrupt: {e}") from e
+    with _pillow_errors(name, fmt.name), Image.open(io.BytesIO(data), formats=[fmt.name]) as img:
+        check_size(img.size, name)
+        size, mode, bands = img.size, img.mode, len(img.getbands())
     pixels = size[0] * size[1]
     wide = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") else 1
     alpha = "A" in mode or mode == "P"  # a palette may carry transparency
@@ -150,16 +142,11 @@ def open_image(
     return _pillow(data, name, fmt.name, reduce, gray)
 
 
-def _pillow(data: bytes, name: str, fmt: str, reduce: Reduction | None, gray: bool) -> Image.Image:
+@contextmanager
+def _pillow_errors(name: str, fmt: str) -> Iterator[None]:
+    """Pillow's exceptions, as the ImageError a user reads."""
     try:
-        img: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
-        check_size(img.size, name)
-        scale = reduce(img.size) if reduce is not None and img.format == "JPEG" else 1
-        if scale > 1:
-            target = (img.size[0] // scale, img.size[1] // scale)  # Pillow then picks `scale`
-            img.draft("L" if gray or img.mode == "L" else "RGB", target)
-        img.load()
-        img = ImageOps.exif_transpose(img)
+        yield
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -168,6 +155,18 @@ def _pillow(data: bytes, name: str, fmt: str, reduce: Reduction | None, gray: bo
         raise ImageError(f"{name} starts like a {fmt} file but is not a readable one") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{name} is truncated or corrupt: {e}") from e
+
+
+def _pillow(data: bytes, name: str, fmt: str, reduce: Reduction | None, gray: bool) -> Image.Image:
+    with _pillow_errors(name, fmt):
+        img: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
+        check_size(img.size, name)
+        scale = reduce(img.size) if reduce is not None and img.format == "JPEG" else 1
+        if scale > 1:
+            target = (img.size[0] // scale, img.size[1] // scale)  # Pillow then picks `scale`
+            img.draft("L" if gray or img.mode == "L" else "RGB", target)
+        img.load()
+        img = ImageOps.exif_transpose(img)
     return _checked(img, name)
 
 
