@@ -149,8 +149,8 @@ def rle_dicom(side: int) -> bytes:
 
 def test_largest_allowed_images_stay_under_1_gb(server: ServerProcess) -> None:
     """An 80 Mpx RGB PNG and a 79 Mpx 16-bit RLE DICOM (each within the limits, each a few
-    hundred KB) are scored; an 80 Mpx RGBA PNG would need ~1.6 GB to decode and is refused
-    from its header."""
+    hundred KB) are scored; an 80 Mpx RGBA PNG would need ~1.6 GB to decode and a 20 Mpx
+    16-bit PNG ~650 MB: both are refused from their headers."""
     rgb = png("RGB", 8944, (90, 100, 110))
     server.reset_peak_rss()
     for data, name in ((rgb, "rgb.png"), (rle_dicom(8900), "rle.dcm")):
@@ -159,7 +159,13 @@ def test_largest_allowed_images_stay_under_1_gb(server: ServerProcess) -> None:
         assert 0.0 <= r.json()["raw_score"] <= 1.0
     r = predict(server, png("RGBA", 8944, (1, 2, 3, 4)), "rgba.png")
     assert r.status_code == 400
-    assert "would take about 1526 MB to decode, over the 640 MB limit" in r.json()["error"]
+    assert r.json()["error"] == (
+        "rgba.png (8944x8944 px RGBA) would take about 1602 MB to decode, over the 640 MB "
+        "limit: send it as 8-bit grayscale or smaller"
+    )
+    r = predict(server, png("I;16", 4472, 1000), "gray16.png")
+    assert r.status_code == 400
+    assert "(4472x4472 px I;16) would take about 648 MB to decode" in r.json()["error"]
     assert server.peak_rss_mb() < RSS_LIMIT_MB
     assert_ready(server)
 

@@ -95,17 +95,17 @@ def read_header(data: bytes, name: str) -> Header:
         raise ImageError(_unsupported(data, name))
     if fmt.name == "DICOM":
         h = dicom_header(data, name)
-        needed = decode_bytes(h.rows * h.columns, h.samples, h.bytes_per_sample + 1)
+        needed = decode_bytes(h.rows * h.columns, h.samples, stored_bytes=h.bytes_per_sample)
         what = f"{h.columns}x{h.rows} px, {h.samples} x {8 * h.bytes_per_sample} bit"
         check_decode_bytes(needed, what, name)
         return Header(fmt.name, h.values, needed)
     with _pillow_errors(name, fmt.name), Image.open(io.BytesIO(data), formats=[fmt.name]) as img:
         check_size(img.size, name)
         size, mode, bands = img.size, img.mode, len(img.getbands())
+        alpha = "A" in mode or (mode in ("P", "L", "RGB") and "transparency" in img.info)
     pixels = size[0] * size[1]
-    wide = 2 if mode.startswith("I;16") else 4 if mode in ("I", "F") else 1
-    alpha = "A" in mode or mode == "P"  # a palette may carry transparency
-    needed = decode_bytes(pixels, max(bands, 3 if mode == "P" else 1), wide, alpha)
+    wide = mode.startswith("I") or mode == "F"
+    needed = decode_bytes(pixels, 3 if mode == "P" else bands, alpha=alpha, wide=wide)
     check_decode_bytes(needed, f"{size[0]}x{size[1]} px {mode}", name)
     return Header(fmt.name, pixels, needed)
 
