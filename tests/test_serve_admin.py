@@ -216,6 +216,17 @@ def test_bad_serve_options_are_usage_errors(tmp_path: Path) -> None:
     assert main(["serve", "--ssl-certfile", str(tmp_path / "c.pem")]) == 2
     (tmp_path / "keys").write_text("short\n")
     assert main(["serve", "--api-key-file", str(tmp_path / "keys")]) == 2
+    assert main(["serve", "--admin-key-file", str(tmp_path / "keys")]) == 2
+    for bad in (
+        ["--max-request-mpx", "10"],  # less than one largest image
+        ["--max-decode-mpx", "100"],  # less than one request
+        ["--job-ttl", "-1"],
+        ["--log-retention-days", "nan"],
+        ["--max-inflight-mb", "1"],  # less than one upload
+        ["--header-timeout", "0"],
+        ["--max-connections", "0"],
+    ):
+        assert main(["serve", *bad]) == 2, bad
 
 
 def test_several_worker_processes(tmp_path: Path) -> None:
