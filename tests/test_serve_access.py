@@ -141,3 +141,32 @@ def test_rate_limiter_forgets_the_least_recently_seen_clients() -> None:
     assert len(limiter) == 100
     assert limiter.acquire("client-9999") >= 1  # the most recent ones are remembered
     assert limiter.acquire("client-0") == 0  # the oldest was forgotten: a fresh bucket
+
+
+def test_bodies_in_flight_are_budgeted(server: ServerProcess) -> None:
+    """16 clients announce 16 MB bodies and send nothing more: the 256 MB of bodies in flight
+    are taken, the next request is shed at once (503), and once the stalled ones time out
+    (408) the server serves again."""
+    head = (
+        "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {key}\r\nContent-Type: "
+        "multipart/form-data; boundary=x\r\nContent-Length: {size}\r\n\r\n--x\r\n"
+    ).format(key=USER_A, size=16 * 2**20)
+    stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(16)]
+    try:
+        for s in stalled:
+            s.sendall(head.encode())
+        time.sleep(0.3)
+        files = {"image": ("a.jpeg", SAMPLE.read_bytes())}
+        r = httpx.post(f"{server.url}/predict", files=files, headers=key(USER_B))
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"] == (
+            "server busy: 256 MB of requests already being received or handled"
+        )
+        for s in stalled:
+            s.settimeout(5.0)
+            assert s.recv(4096).startswith(b"HTTP/1.1 408")
+    finally:
+        for s in stalled:
+            s.close()
+    r = httpx.post(f"{server.url}/predict", files=files, headers=key(USER_B))
+    assert r.status_code == 200, r.text

@@ -82,7 +82,7 @@ class Gate:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = _request_id(headers.get("x-request-id"))
         scope.setdefault("state", {})["request_id"] = request_id
-        status = {"code": 500, "started": False}
+        status: dict[str, Any] = {"code": 500, "started": False, "too_slow": False}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -91,6 +91,14 @@ class Gate:
                 message.setdefault("headers", [])
                 message["headers"].append((b"x-request-id", request_id.encode()))
             await send(message)
+
+        async def send_from_app(message: Message) -> None:
+            # A body that timed out may surface in the app as some parse error of its own
+            # (a form parser's 400): the client gets the 408 that says what happened.
+            if not status["too_slow"]:
+                await send_with_id(message)
+            elif message["type"] == "http.response.start" and not status["started"]:
+                await self._too_slow()(scope, receive, send_with_id)
 
         reserved = 0
         try:
@@ -108,19 +116,16 @@ class Gate:
                     reserved = 0
                 self.inflight_bytes += reserved
             if refusal is None and reserved:
-                receive = self._timed(receive)
+                receive = self._timed(receive, status)
                 if "content-length" not in headers:
                     # Chunked upload: read it here, up to the limit, before the app sees it.
                     receive = await _buffered(receive, self.max_body)
-            await (refusal or self.app)(scope, receive, send_with_id)
+            await (refusal or self.app)(scope, receive, send_from_app)
         except _TooLarge:
             await http_errors.too_large(self.max_body)(scope, receive, send_with_id)
         except _TooSlow:
             if not status["started"]:
-                message = f"request body not received within {self.body_timeout:g} s"
-                await http_errors.error_response(408, message, {"Connection": "close"})(
-                    scope, receive, send_with_id
-                )
+                await self._too_slow()(scope, receive, send_with_id)
         except Exception:
             # Nothing handled it: log it once with the request id, answer 500 (if the response
             # has not begun), and keep serving.
@@ -193,8 +198,13 @@ class Gate:
             return int(length) if length.isdigit() else 0
         return self.max_body if headers.get("transfer-encoding") else 0
 
-    def _timed(self, receive: Receive) -> Receive:
-        """`receive`, failing with _TooSlow once the body takes longer than body_timeout."""
+    def _too_slow(self) -> ASGIApp:
+        message = f"request body not received within {self.body_timeout:g} s"
+        return http_errors.error_response(408, message, {"Connection": "close"})
+
+    def _timed(self, receive: Receive, status: dict[str, Any]) -> Receive:
+        """`receive`, failing with _TooSlow once the body takes longer than body_timeout
+        (and marking `status` so, whatever the app makes of it)."""
         deadline = time.monotonic() + self.body_timeout
         done = False
 
@@ -205,6 +215,7 @@ class Gate:
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
+                status["too_slow"] = True
                 raise _TooSlow from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 done = True
