@@ -3,13 +3,17 @@ the log, and the writer deletes what is older than the retention."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from engine.errors import Overloaded
+from engine.serve.routes.ops import _report
 from engine.serve.store.predictions import COLUMNS, PredictionLog
 from engine.serve.store.reports import drift_report, summarize
 from tests.test_monitor import NOW, rec, rows
@@ -76,3 +80,17 @@ def test_the_writer_deletes_rows_older_than_the_retention(tmp_path: Path) -> Non
     assert rows(path, "SELECT MIN(time) > ? FROM predictions".replace("?", str(now - 86400))) == [
         (1,)
     ]
+
+
+def test_at_most_two_reports_run_at_once() -> None:
+    """The server's monitoring routes: a third report while two run is shed (503), not queued."""
+
+    async def three() -> list[object]:
+        slow = [_report(time.sleep, 0.5) for _ in range(2)]
+        tasks = [asyncio.ensure_future(t) for t in slow]
+        await asyncio.sleep(0.1)
+        with pytest.raises(Overloaded, match="two monitoring reports are already running"):
+            await _report(time.sleep, 0)
+        return await asyncio.gather(*tasks)
+
+    assert asyncio.run(three()) == [None, None]

@@ -148,9 +148,9 @@ def test_bodies_in_flight_are_budgeted(server: ServerProcess) -> None:
     are taken, the next request is shed at once (503), and once the stalled ones time out
     (408) the server serves again."""
     head = (
-        "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {key}\r\nContent-Type: "
-        "multipart/form-data; boundary=x\r\nContent-Length: {size}\r\n\r\n--x\r\n"
-    ).format(key=USER_A, size=16 * 2**20)
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {USER_A}\r\nContent-Type: "
+        f"multipart/form-data; boundary=x\r\nContent-Length: {16 * 2**20}\r\n\r\n--x\r\n"
+    )
     stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(16)]
     try:
         for s in stalled:
