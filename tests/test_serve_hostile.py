@@ -157,6 +157,11 @@ def test_largest_allowed_images_stay_under_1_gb(server: ServerProcess) -> None:
         r = predict(server, data, name)
         assert r.status_code == 200, r.text
         assert 0.0 <= r.json()["raw_score"] <= 1.0
+    # Two of them in one V2 request (160 Mpx, within the 200 Mpx per request): decoded one
+    # after the other within the memory budget, and what the first freed is handed back.
+    blobs = [base64.b64encode(rgb + bytes([i])).decode() for i in range(2)]
+    r = infer(server, {"inputs": [{"name": "b", "shape": [2], "datatype": "BYTES", "data": blobs}]})
+    assert r.status_code == 200 and len(r.json()["outputs"][0]["data"]) == 2
     r = predict(server, png("RGBA", 8944, (1, 2, 3, 4)), "rgba.png")
     assert r.status_code == 400
     assert r.json()["error"] == (

@@ -32,6 +32,7 @@ from engine.runtime.results import Result, Scored, failed
 from engine.serve.admission import DecodeBudget, Ticket, waves
 from engine.serve.batching import Batcher
 from engine.serve.cache import ResultCache
+from engine.serve.memory import trim_after
 from engine.serve.metrics import ServerMetrics
 from engine.serve.registry import ModelRegistry, Served
 from engine.serve.store.predictions import PredictionRecord
@@ -225,7 +226,9 @@ class ScoringService:
             assert item.data is not None and isinstance(header, Header)
             async with self.budget.memory(header.decode_bytes):
                 loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(self._decode, engine.preprocess, _named(item))
+                return await loop.run_in_executor(
+                    self._decode, _preprocess, engine, _named(item), header.decode_bytes
+                )
         finally:
             ticket.release(index)
 
@@ -296,6 +299,7 @@ class ScoringService:
             png = await loop.run_in_executor(
                 self._decode, overlay_png, served.engine, source, result, method
             )
+            await loop.run_in_executor(self._decode, trim_after, header.decode_bytes)
         return method, base64.b64encode(png).decode("ascii")
 
     # --- internals ------------------------------------------------------------------------
@@ -339,6 +343,14 @@ class ScoringService:
 def _each(record: Callable[[PredictionRecord], None], records: list[PredictionRecord]) -> None:
     for r in records:
         record(r)
+
+
+def _preprocess(engine: Engine, source: bytes | io.BytesIO, decode_bytes: int) -> np.ndarray:
+    """The model tensor of an image, then the memory of a large decode handed back."""
+    try:
+        return engine.preprocess(source)
+    finally:
+        trim_after(decode_bytes)
 
 
 def _inspect(items: Sequence[Item]) -> tuple[list[str], list[Header | PneumoError | None]]:

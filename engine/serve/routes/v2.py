@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from engine import __version__
 from engine.errors import NotFoundError, Overloaded, UsageError
 from engine.serve.inputs import documented_body, json_body, off_loop
+from engine.serve.memory import trim_after
 from engine.serve.registry import Served
 from engine.serve.routes.v2_wire import InferRequest, parse_infer, render, value_range
 from engine.serve.state import degraded, request_id, server
@@ -224,6 +225,7 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         service.batcher.max_queue,
         state.config.max_upload_bytes,
     )
+    await off_loop(trim_after, 8 * len(raw))  # parsed JSON took ~8x its size in objects
     scores = await service.infer(served, parsed.items, request_id(request), INFER_ROUTE)
     body, headers = render(
         served.name, str(served.version), parsed.request.id, scores, parsed.binary_output
