@@ -9,25 +9,19 @@ from __future__ import annotations
 import base64
 import io
 import json
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
-from pydicom.encaps import encapsulate
-from pydicom.filereader import _read_file_meta_info, read_preamble
-from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
 
+from benchmarks.payloads import deflated_dicom_bomb, make_dicom, png, rle_dicom
 from engine.runtime.samples import sample_images
 from tests.server_process import ServerProcess
-from tests.test_dicom import make_dicom
 
 RSS_LIMIT_MB = 1024
 SAMPLE = sample_images()[-1]
@@ -39,14 +33,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     yield srv
     assert srv.stop() == 0
     assert "unexpected error" not in srv.log_text()  # every attack got a planned answer
-
-
-def png(mode: str, side: int, value: int | tuple[int, ...] = 128, extra: bytes = b"") -> bytes:
-    """A PNG that compresses to almost nothing and decodes to side x side pixels; `extra`
-    after the end makes its bytes (and cache key) unique."""
-    buf = io.BytesIO()
-    Image.new(mode, (side, side), value).save(buf, "PNG")
-    return buf.getvalue() + extra
 
 
 def predict(srv: ServerProcess, data: bytes, name: str = "scan.png") -> httpx.Response:
@@ -69,31 +55,6 @@ def assert_ready(srv: ServerProcess) -> None:
 
 
 # --- memory: the largest requests the limits allow, and bombs -------------------------------
-
-
-def deflated_dicom_bomb(inflated_mb: int) -> bytes:
-    """A DICOM file in the Deflated transfer syntax whose dataset inflates to `inflated_mb`
-    MB (pixel data of zeros), built by streaming so the test itself stays small."""
-    px = np.zeros((64, 64), np.uint16)
-    small = io.BytesIO()
-    ds = pydicom.dcmread(io.BytesIO(make_dicom(px)))
-    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
-    del ds.PixelData
-    ds.Rows = ds.Columns = 4096
-    pydicom.dcmwrite(small, ds, enforce_file_format=True)
-    data = small.getvalue()
-    fp = io.BytesIO(data)
-    read_preamble(fp, False)
-    _read_file_meta_info(fp)
-    head, dataset = data[: fp.tell()], zlib.decompress(data[fp.tell() :], -15)
-    size = inflated_mb * 2**20
-    pixel_element = b"\xe0\x7f\x10\x00OW\x00\x00" + size.to_bytes(4, "little")
-    packer = zlib.compressobj(1, zlib.DEFLATED, -15)
-    parts = [packer.compress(dataset + pixel_element)]
-    zeros = bytes(2**20)
-    parts += [packer.compress(zeros) for _ in range(inflated_mb)]
-    parts.append(packer.flush())
-    return head + b"".join(parts)
 
 
 def test_deflated_dicom_bomb_is_refused_before_inflating(server: ServerProcess) -> None:
@@ -121,30 +82,6 @@ def test_deflated_dicom_bomb_is_refused_before_inflating(server: ServerProcess) 
     assert r.status_code == 400 and "Deflated" in r.json()["error"]
     assert server.peak_rss_mb() < 600
     assert_ready(server)
-
-
-def rle_dicom(side: int) -> bytes:
-    """A side x side 16-bit DICOM in the RLE Lossless syntax, its PackBits segments written
-    directly (a run of 128 equal bytes is 2 bytes), so an 80 Mpx image is a 4 MB file."""
-    full, rest = divmod(side, 128)
-
-    def row(value: int) -> bytes:  # one row of one byte plane, runs within the row
-        v = bytes([value])
-        return (b"\x81" + v) * full + (bytes([rest - 1]) + v * rest if rest else b"")
-
-    # MSB plane, then LSB plane: rows of 3000 and 440 in turn (side is even)
-    segments = [(row(0x0B) + row(0x01)) * (side // 2), row(0xB8) * side]
-    offsets = [64, 64 + len(segments[0])]
-    header = struct.pack("<16I", len(segments), *offsets, *([0] * 13))
-    frame = header + b"".join(segments)
-    ds = pydicom.dcmread(io.BytesIO(make_dicom(np.zeros((64, 64), np.uint16), bits=12)))
-    ds.Rows = ds.Columns = side
-    ds.PixelData = encapsulate([frame])
-    ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = RLELossless
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
 
 
 def test_largest_allowed_images_stay_under_1_gb(server: ServerProcess) -> None:
