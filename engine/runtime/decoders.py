@@ -88,11 +88,7 @@ def read_header(data: bytes, name: str) -> Header:
     (Pillow's `open` and pydicom without pixel data read no pixels). Raises ImageError, with
     the same messages as `open_image`, for anything `open_image` would refuse up front: an
     unknown format, too many pixels, or a decode needing more than the memory limit."""
-    if not data:
-        raise ImageError(f"expected an image file, got 0 bytes from {name}")
-    fmt = format_of(data, name)
-    if fmt is None:
-        raise ImageError(_unsupported(data, name))
+    fmt = _recognised(data, name)
     if fmt.name == "DICOM":
         h = dicom_header(data, name)
         needed = decode_bytes(h.rows * h.columns, h.samples, stored_bytes=h.bytes_per_sample)
@@ -110,11 +106,17 @@ def read_header(data: bytes, name: str) -> Header:
     return Header(fmt.name, pixels, needed)
 
 
-def _unsupported(data: bytes, name: str) -> str:
-    return (
-        f"{name} is not a supported image (expected {EXPECTED}; "
-        f"{len(data)} bytes starting {data[:8]!r})"
-    )
+def _recognised(data: bytes, name: str) -> Format:
+    """The format of `data`, or the ImageError that says why it is none we decode."""
+    if not data:
+        raise ImageError(f"expected an image file, got 0 bytes from {name}")
+    fmt = format_of(data, name)
+    if fmt is None:
+        raise ImageError(
+            f"{name} is not a supported image (expected {EXPECTED}; "
+            f"{len(data)} bytes starting {data[:8]!r})"
+        )
+    return fmt
 
 
 def open_image(
@@ -132,11 +134,7 @@ def open_image(
         return _from_array(source)
     name = describe(source)
     data = read_bytes(source, name)
-    if not data:
-        raise ImageError(f"expected an image file, got 0 bytes from {name}")
-    fmt = format_of(data, name)
-    if fmt is None:
-        raise ImageError(_unsupported(data, name))
+    fmt = _recognised(data, name)
     if fmt.name == "DICOM":
         return _checked(dicom_image(data, name), name)
     return _pillow(data, name, fmt.name, reduce, gray)
