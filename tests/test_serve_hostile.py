@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,6 +23,7 @@ from PIL import Image
 from benchmarks.payloads import deflated_dicom_bomb, make_dicom, png, rle_dicom
 from engine.runtime.samples import sample_images
 from tests.server_process import ServerProcess
+from tests.test_pictures_report import _run_chromium
 
 RSS_LIMIT_MB = 1024
 SAMPLE = sample_images()[-1]
@@ -310,3 +312,18 @@ def test_cross_site_forms_and_foreign_hosts_are_refused(server: ServerProcess) -
     r = httpx.post(f"{server.url}/predict", files={"image": ("a.jpeg", SAMPLE.read_bytes())},
                    headers=same)  # fmt: skip
     assert r.status_code == 200, r.text
+
+
+def test_docs_render_in_a_browser_with_no_way_out(server: ServerProcess, tmp_path: Path) -> None:
+    """Headless Chromium, every address but loopback sent to a dead proxy: Swagger UI loads
+    from the package and renders the spec (OpenAPI 3.1, which Swagger UI 4 could not)."""
+    dom = _run_chromium(
+        tmp_path,
+        "--proxy-server=127.0.0.1:9",
+        "--proxy-bypass-list=127.0.0.1",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        f"{server.url}/docs",
+    ).stdout
+    assert "Unable to render this definition" not in dom
+    assert "/v2/models/{name}/config" in dom and "OAS 3.1" in dom, dom[-2000:]

@@ -17,6 +17,7 @@ ASSETS = {
     "swagger-ui-bundle.js": "text/javascript",
     "swagger-ui.css": "text/css",
     "favicon-32x32.png": "image/png",
+    "swagger-ui-bundle.js.LICENSE.txt": "text/plain",
 }
 PREFIX = "/docs/static/"
 
