@@ -4,7 +4,8 @@ against what a user would pick instead, in the same run.
     python -m benchmarks [--suite model,pipeline,serve,startup] [--images DIR] [--device cpu]
         [--threads N] [--repeats 3] [--out build/bench] [--label cpu]
 
-Suites: model, pipeline, serve, startup (the default set), conversion, ray, or `all`. Writes
+Suites: model, pipeline, serve, startup (the default set), conversion, ray, limits (the server's
+memory under the largest requests its limits allow), or `all`. Writes
 bench-<label>-<time>.json (everything, machine-readable), .md (tables) and .png (chart) under
 --out. A suite whose dependency is missing is reported as skipped with the reason; a suite that
 fails is reported as failed (exit 1) and the others still run.
@@ -32,7 +33,7 @@ from benchmarks.timing import ProcessFailed
 from engine.errors import PneumoError
 
 DEFAULT_SUITES = ("model", "pipeline", "serve", "startup")
-ALL_SUITES = (*DEFAULT_SUITES, "conversion", "ray")
+ALL_SUITES = (*DEFAULT_SUITES, "conversion", "ray", "limits")
 SERVE_TARGETS = ("pneumo", "flask-keras")
 
 

@@ -5,7 +5,9 @@ never shares a GIL or cores' worth of Python with the server it measures.
         [--concurrency 16] [--warmup 8] [--pid SERVER_PID]
 
 Each of `concurrency` threads keeps one HTTP/1.1 connection and POSTs full-resolution JPEGs
-(multipart field `image`, as the seed API) until `requests` have been sent in all. Prints one
+(multipart field `image`, as the seed API) until `requests` have been sent in all. Every
+request is a different file: the JPEG with the request's number appended after its end marker
+(decoders ignore it), so no server can answer from a result cache. Prints one
 JSON line: requests/s, latency p50/p95/p99, errors (non-200 answers, bad JSON, broken
 connections) with a few examples, and the server's peak RSS (VmHWM of the process and its
 children, read from /proc after the run).
@@ -26,6 +28,12 @@ from urllib.parse import urlsplit
 from benchmarks.timing import summary_ms
 
 FIELDS = {"prediction", "confidence", "raw_score", "threshold"}
+SERIAL = itertools.count()  # across warm-up and run: no two requests carry the same bytes
+
+
+def unique(data: bytes, i: int) -> bytes:
+    """The image with `i` after its end: other bytes (and sha256), the same pixels."""
+    return data + b"pneumo-loadgen-%d" % i
 
 
 def multipart(name: str, data: bytes) -> tuple[bytes, str]:
@@ -88,7 +96,7 @@ def peak_rss_mb(pid: int) -> float | None:
     return round(total / 1024, 1) if seen and total else None
 
 
-def run(url: str, bodies: list[tuple[bytes, str]], requests: int, concurrency: int) -> dict:
+def run(url: str, files: list[tuple[str, bytes]], requests: int, concurrency: int) -> dict:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     counter = itertools.count()
@@ -99,8 +107,10 @@ def run(url: str, bodies: list[tuple[bytes, str]], requests: int, concurrency: i
     def worker() -> None:
         client = Client(host, port)
         while (i := next(counter)) < requests:
+            name, data = files[i % len(files)]
+            body = multipart(name, unique(data, next(SERIAL)))
             start = time.perf_counter()
-            problem = client.post(*bodies[i % len(bodies)])
+            problem = client.post(*body)
             elapsed = time.perf_counter() - start
             with lock:
                 (errors.append(problem) if problem else latencies.append(elapsed))
@@ -140,11 +150,12 @@ def main() -> None:
     files = [p for p in list_images(args.images) if p.suffix.lower() in (".jpg", ".jpeg")]
     if not files:
         parser.error(f"no JPEG images in {args.images}")
-    bodies = [multipart(p.name, p.read_bytes()) for p in files]
+    images = [(p.name, p.read_bytes()) for p in files]
     if args.warmup > 0:  # excluded from the figures
-        run(args.url, bodies, args.warmup, min(args.concurrency, args.warmup))
-    report = run(args.url, bodies, args.requests, args.concurrency)
-    report["upload_mb_mean"] = round(sum(len(b) for b, _ in bodies) / len(bodies) / 1e6, 2)
+        run(args.url, images, args.warmup, min(args.concurrency, args.warmup))
+    report = run(args.url, images, args.requests, args.concurrency)
+    report["upload_mb_mean"] = round(sum(len(b) for _, b in images) / len(images) / 1e6, 2)
+    report["distinct_uploads"] = True
     if args.pid:
         report["server_peak_rss_mb"] = peak_rss_mb(args.pid)
     print(json.dumps(report))

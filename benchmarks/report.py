@@ -47,6 +47,10 @@ COLUMNS: dict[str, list[Column]] = {
         ("server peak RSS MB", lambda r: r.get("server_peak_rss_mb", "")),
         ("ready s", lambda r: r.get("ready_seconds", "")),
     ],
+    "limits": [
+        ("status", lambda r: r["status"]),
+        ("server peak RSS MB", lambda r: r["peak_rss_mb"]),
+    ],
     "startup": [
         ("start to first prediction, median s", lambda r: r["seconds_median"]),
         ("min s", lambda r: r["seconds_min"]),

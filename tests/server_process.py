@@ -77,3 +77,18 @@ class ServerProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def reset_peak_rss(self) -> None:
+        """Start a new peak-RSS window (Linux: clear_refs 5 resets VmHWM to the current RSS)."""
+        assert self.proc is not None
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
+    def peak_rss_mb(self) -> float:
+        """The server process's peak RSS since start or the last reset_peak_rss (MB)."""
+        assert self.proc is not None
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        line = next(x for x in status.splitlines() if x.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")

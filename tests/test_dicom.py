@@ -2,43 +2,12 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-import pydicom
 import pytest
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from benchmarks.payloads import make_dicom
 from engine.errors import ImageError
 from engine.runtime.decoders import open_image
-
-
-def make_dicom(
-    pixels: np.ndarray,
-    photometric: str = "MONOCHROME2",
-    bits: int = 16,
-    **tags: object,
-) -> bytes:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("x.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    buf = io.BytesIO()
-    pydicom.dcmwrite(buf, ds, enforce_file_format=True)
-    return buf.getvalue()
-
 
 RAMP12 = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (64, 1))  # a 12-bit ramp
 

@@ -20,7 +20,12 @@ from engine.runtime.results import ROW_COLUMNS, Result, to_row
 from engine.runtime.samples import sample_images
 from engine.serve.job_runner import JobRunner
 from engine.serve.store.jobs import JobStore
-from engine.serve.store.uploads import items_from_upload, safe_name
+from engine.serve.store.uploads import UploadBudget, items_from_upload, safe_name
+
+
+def unpack(filename: str, data: bytes, **budget: int) -> list[tuple[str, bytes]]:
+    return list(items_from_upload(filename, data, UploadBudget(**budget)))
+
 
 CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg"
 
@@ -264,7 +269,7 @@ def test_zip_upload_keeps_images_and_safe_names(items: list[tuple[str, bytes]]) 
             "C:\\windows\\x.dcm": b"dicom",
         }
     )
-    got = items_from_upload("upload.zip", data)
+    got = unpack("upload.zip", data)
     assert got == [
         ("scans/a.jpeg", jpeg),
         ("scans/deep/b.PNG", b"png bytes"),
@@ -273,13 +278,11 @@ def test_zip_upload_keeps_images_and_safe_names(items: list[tuple[str, bytes]]) 
         ("windows/x.dcm", b"dicom"),
     ]
     # zip detected by its bytes even under another name
-    assert items_from_upload("archive.bin", data)[0] == ("scans/a.jpeg", jpeg)
+    assert unpack("archive.bin", data)[0] == ("scans/a.jpeg", jpeg)
 
 
 def test_single_image_upload() -> None:
-    assert items_from_upload("../../x-ray.jpeg", b"\xff\xd8data") == [
-        ("x-ray.jpeg", b"\xff\xd8data")
-    ]
+    assert unpack("../../x-ray.jpeg", b"\xff\xd8data") == [("x-ray.jpeg", b"\xff\xd8data")]
     assert safe_name("a/../../b/./c.png") == "a/b/c.png"
 
 
@@ -287,7 +290,7 @@ def test_zip_bomb_is_refused() -> None:
     bomb = zip_bytes({"bomb.png": bytes(20 * 2**20)})  # 20 MB of zeros in ~20 kB
     assert len(bomb) < 100_000
     with pytest.raises(UsageError, match="refused as a zip bomb"):
-        items_from_upload("bomb.zip", bomb)
+        unpack("bomb.zip", bomb)
 
 
 @pytest.mark.parametrize(
@@ -299,7 +302,7 @@ def test_zip_bomb_is_refused() -> None:
         (zip_bytes({"a.txt": b"text"}), {}, "x.zip holds no images"),
         (
             zip_bytes({f"{i}.jpeg": b"x" for i in range(5)}),
-            {"max_members": 3},
+            {"max_images": 3},
             "has 5 entries; at most 3",
         ),
         (
@@ -312,7 +315,7 @@ def test_zip_bomb_is_refused() -> None:
 )
 def test_bad_uploads(data: bytes, kwargs: dict[str, int], message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        items_from_upload("x.zip", data, **kwargs)
+        unpack("x.zip", data, **kwargs)
 
 
 def test_zip_member_with_a_bad_checksum_is_refused() -> None:
@@ -320,7 +323,7 @@ def test_zip_member_with_a_bad_checksum_is_refused() -> None:
     at = bytes(data).index(b"original")
     data[at] ^= 0xFF  # the stored bytes no longer match the CRC in the header
     with pytest.raises(UsageError, match=r"cannot read 'a.jpeg'.*CRC"):
-        items_from_upload("x.zip", bytes(data))
+        unpack("x.zip", bytes(data))
 
 
 def test_a_replayed_chunk_is_stored_once(tmp_path: Path, items: list[tuple[str, bytes]]) -> None:

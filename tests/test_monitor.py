@@ -215,7 +215,7 @@ def test_summary_matches_independent_figures(tmp_path: Path) -> None:
     assert s["confidence"]["mean"] == pytest.approx(sum(confidences) / 300)
     latencies = [r.latency_ms for r in inside + failures]
     for q in (50, 95, 99):
-        assert s["latency_ms"][f"p{q}"] == pytest.approx(percentile(latencies, q))
+        assert s["latency_ms"][f"p{q}"] == pytest.approx(percentile(latencies, q), rel=0.01)
     assert s["latency_ms"]["max"] == max(latencies)
     by_version = {v["model_version"]: v for v in s["by_model_version"]}
     v2 = [r for r in scored if r.model_version == "2"]

@@ -308,7 +308,7 @@ def test_v2_bad_tensors_get_400(server: ServerProcess, tensor: dict, message: st
 
 def test_v2_repository_control_is_refused_without_api_keys(server: ServerProcess) -> None:
     r = httpx.post(f"{server.url}/v2/repository/models/pneumonia/load")
-    assert r.status_code == 403 and "API keys" in r.json()["error"]
+    assert r.status_code == 403 and "admin keys" in r.json()["error"]
 
 
 def test_metrics_expose_requests_batches_and_model(server: ServerProcess) -> None:

@@ -54,7 +54,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]
         "20",
         "--rate-burst",
         "20",
-        env={"PNEUMO_API_KEYS": f"{KEY},{OTHER_KEY}"},
+        env={"PNEUMO_API_KEYS": OTHER_KEY, "PNEUMO_ADMIN_KEYS": KEY},
     ).start()
     srv.repo = root / "repo"  # type: ignore[attr-defined]
     yield srv
@@ -216,14 +216,35 @@ def test_bad_serve_options_are_usage_errors(tmp_path: Path) -> None:
     assert main(["serve", "--ssl-certfile", str(tmp_path / "c.pem")]) == 2
     (tmp_path / "keys").write_text("short\n")
     assert main(["serve", "--api-key-file", str(tmp_path / "keys")]) == 2
+    assert main(["serve", "--admin-key-file", str(tmp_path / "keys")]) == 2
+    for bad in (
+        ["--max-request-mpx", "10"],  # less than one largest image
+        ["--max-decode-mpx", "100"],  # less than one request
+        ["--job-ttl", "-1"],
+        ["--log-retention-days", "nan"],
+        ["--max-inflight-mb", "1"],  # less than one upload
+        ["--header-timeout", "0"],
+        ["--max-connections", "0"],
+    ):
+        assert main(["serve", *bad]) == 2, bad
 
 
 def test_several_worker_processes(tmp_path: Path) -> None:
     srv = ServerProcess(tmp_path, "--workers", "2", "--state-dir", "state").start()
     try:
         data = SAMPLE.read_bytes()
-        for _ in range(6):
-            r = httpx.post(f"{srv.url}/predict", files={"image": ("a.jpeg", data)}, timeout=30)
+        for i in range(6):
+            r = httpx.post(
+                f"{srv.url}/predict",
+                files={"image": ("a.jpeg", data)},
+                headers={"X-Request-ID": f"worker-{i}"},
+                timeout=30,
+            )
             assert r.status_code == 200
     finally:
         assert srv.stop() == 0
+    # Each worker process logs JSON access lines, as one process does.
+    lines = [json.loads(x) for x in srv.log_text().splitlines() if x.startswith("{")]
+    access = [x for x in lines if x["logger"] == "engine.serve.access"]
+    assert {x["request_id"] for x in access} >= {f"worker-{i}" for i in range(6)}
+    assert all(x["status"] == 200 for x in access if x["request_id"].startswith("worker-"))

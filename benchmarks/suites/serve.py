@@ -41,8 +41,8 @@ def pneumo_serve_missing() -> str | None:
 
 
 def server_argv(target: str, port: int, workdir: Path) -> list[str]:
-    """The command line of each server; `pneumo serve` with its result cache off, so repeated
-    images are scored like new ones (as the baseline does)."""
+    """The command line of each server: `pneumo serve` with its defaults (every upload of the
+    load generator is a different file, so its result cache never answers)."""
     if target == "pneumo":
         return [
             sys.executable,
@@ -53,8 +53,6 @@ def server_argv(target: str, port: int, workdir: Path) -> list[str]:
             "127.0.0.1",
             "--port",
             str(port),
-            "--cache-size",
-            "0",
             "--state-dir",
             str(workdir / "pneumo-state"),
         ]

@@ -23,7 +23,8 @@ def add(sub: Subparsers) -> None:
         "serve",
         help="REST server: seed routes, KServe V2, jobs, monitoring (needs the 'serve' extra)",
         description="Serve a model repository over HTTP with dynamic batching. API keys come "
-        "from PNEUMO_API_KEYS (comma-separated) and/or --api-key-file.",
+        "from PNEUMO_API_KEYS (comma-separated) and/or --api-key-file; admin keys (repository "
+        "control) from PNEUMO_ADMIN_KEYS and/or --admin-key-file.",
     )
     p.add_argument("--model-repo", type=Path, default=None, help="default: the shipped models")
     p.add_argument("--model", default=None, help="model name in the repository (default: first)")
@@ -42,7 +43,39 @@ def add(sub: Subparsers) -> None:
     p.add_argument("--decode-threads", type=int, default=2, help="image decoding threads")
     p.add_argument("--cache-size", type=int, default=1024, help="cached results (0: off)")
     p.add_argument("--max-upload-mb", type=float, default=16.0, help="request size limit")
+    p.add_argument(
+        "--max-request-mpx", type=float, default=200.0, help="decoded Mpx of images per request"
+    )
+    p.add_argument(
+        "--max-decode-mpx",
+        type=float,
+        default=400.0,
+        help="decoded Mpx admitted and waiting to be decoded, all requests (beyond: 503)",
+    )
+    p.add_argument(
+        "--max-inflight-mb",
+        type=float,
+        default=256.0,
+        help="request bodies being received or handled at once (beyond: 503)",
+    )
+    p.add_argument(
+        "--max-connections", type=int, default=256, help="open connections (beyond: 503)"
+    )
+    p.add_argument(
+        "--header-timeout", type=float, default=10.0, help="seconds request headers may take"
+    )
+    p.add_argument(
+        "--body-timeout", type=float, default=60.0, help="seconds a request body may take"
+    )
+    p.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="proxies whose X-Forwarded-For is believed (default: none)",
+    )
     p.add_argument("--api-key-file", type=Path, default=None, help="one API key per line")
+    p.add_argument(
+        "--admin-key-file", type=Path, default=None, help="one admin key per line (repository)"
+    )
     p.add_argument("--protect-health", action="store_true", help="health routes need a key")
     p.add_argument("--protect-metrics", action="store_true", help="/metrics needs a key")
     p.add_argument("--rate-limit", type=float, default=0.0, help="requests/s per client (0: off)")
@@ -54,6 +87,27 @@ def add(sub: Subparsers) -> None:
         help="prediction log and job database folder",
     )
     p.add_argument("--log-images", action="store_true", help="also store images in the log")
+    p.add_argument(
+        "--log-retention-days",
+        type=float,
+        default=90.0,
+        help="delete logged predictions older than this (0: keep all)",
+    )
+    p.add_argument(
+        "--job-ttl",
+        type=float,
+        default=168.0,
+        help="hours a finished or failed job is kept (0: until deleted)",
+    )
+    p.add_argument(
+        "--max-job-mb", type=float, default=256.0, help="unpacked images of one job request"
+    )
+    p.add_argument(
+        "--job-store-mb",
+        type=float,
+        default=2048.0,
+        help="images of all unfinished jobs together (beyond: 503)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -61,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from engine.serve import server
     from engine.serve.config import ServeConfig
     from engine.serve.logs import configure
-    from engine.serve.security import load_api_keys
+    from engine.serve.security import ADMIN_KEY_ENV, load_api_keys
 
     # A server logs structured JSON lines (access log with request ids included) at INFO.
     for handler in list(logging.getLogger().handlers):
@@ -82,15 +136,34 @@ def run(args: argparse.Namespace) -> int:
         decode_threads=args.decode_threads,
         cache_size=args.cache_size,
         max_upload_mb=args.max_upload_mb,
+        max_request_mpx=args.max_request_mpx,
+        max_decode_mpx=args.max_decode_mpx,
+        max_inflight_mb=args.max_inflight_mb,
+        body_timeout_s=args.body_timeout,
         api_keys=tuple(load_api_keys(args.api_key_file)),
+        admin_keys=tuple(load_api_keys(args.admin_key_file, variable=ADMIN_KEY_ENV)),
         open_health=not args.protect_health,
         open_metrics=not args.protect_metrics,
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
         state_dir=args.state_dir,
         log_images=args.log_images,
+        log_retention_days=args.log_retention_days,
+        job_ttl_hours=args.job_ttl,
+        max_job_mb=args.max_job_mb,
+        job_store_mb=args.job_store_mb,
     )
     if args.model_repo is not None and not args.model_repo.is_dir():
         raise UsageError(f"{args.model_repo}: no such model repository folder")
-    server.run(config, args.host, args.port, args.workers, args.ssl_certfile, args.ssl_keyfile)
+    server.run(
+        config,
+        args.host,
+        args.port,
+        args.workers,
+        args.ssl_certfile,
+        args.ssl_keyfile,
+        max_connections=args.max_connections,
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        header_timeout=args.header_timeout,
+    )
     return EXIT_OK

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -19,8 +20,8 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from engine.errors import ImageError
-from engine.runtime.dicom import dicom_image
-from engine.runtime.limits import check_size
+from engine.runtime.dicom import dicom_header, dicom_image
+from engine.runtime.limits import check_decode_bytes, check_size, decode_bytes
 
 ImageSource = str | os.PathLike[str] | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
 # For JPEGs: the DCT-domain reduction (1, 2, 4 or 8) libjpeg may use for an image of this size.
@@ -73,6 +74,51 @@ def format_of(data: bytes, name: str) -> Format | None:
     return found
 
 
+@dataclass(frozen=True)
+class Header:
+    """What a server budgets before decoding an image, read from its header alone."""
+
+    format: str
+    pixels: int  # decoded pixels (DICOM: frames x rows x columns x samples)
+    decode_bytes: int  # expected peak memory of decoding and preprocessing it
+
+
+def read_header(data: bytes, name: str) -> Header:
+    """The format, pixel count and decode memory of an encoded image, from its header only
+    (Pillow's `open` and pydicom without pixel data read no pixels). Raises ImageError, with
+    the same messages as `open_image`, for anything `open_image` would refuse up front: an
+    unknown format, too many pixels, or a decode needing more than the memory limit."""
+    fmt = _recognised(data, name)
+    if fmt.name == "DICOM":
+        h = dicom_header(data, name)
+        needed = decode_bytes(h.rows * h.columns, h.samples, stored_bytes=h.bytes_per_sample)
+        what = f"{h.columns}x{h.rows} px, {h.samples} x {8 * h.bytes_per_sample} bit"
+        check_decode_bytes(needed, what, name)
+        return Header(fmt.name, h.values, needed)
+    with _pillow_errors(name, fmt.name), Image.open(io.BytesIO(data), formats=[fmt.name]) as img:
+        check_size(img.size, name)
+        size, mode, bands = img.size, img.mode, len(img.getbands())
+        alpha = "A" in mode or (mode in ("P", "L", "RGB") and "transparency" in img.info)
+    pixels = size[0] * size[1]
+    wide = mode.startswith("I") or mode == "F"
+    needed = decode_bytes(pixels, 3 if mode == "P" else bands, alpha=alpha, wide=wide)
+    check_decode_bytes(needed, f"{size[0]}x{size[1]} px {mode}", name)
+    return Header(fmt.name, pixels, needed)
+
+
+def _recognised(data: bytes, name: str) -> Format:
+    """The format of `data`, or the ImageError that says why it is none we decode."""
+    if not data:
+        raise ImageError(f"expected an image file, got 0 bytes from {name}")
+    fmt = format_of(data, name)
+    if fmt is None:
+        raise ImageError(
+            f"{name} is not a supported image (expected {EXPECTED}; "
+            f"{len(data)} bytes starting {data[:8]!r})"
+        )
+    return fmt
+
+
 def open_image(
     source: ImageSource,
     reduce: Reduction | None = None,
@@ -93,23 +139,31 @@ def open_image(
         return _from_array(source)
     name = describe(source)
     data = read_bytes(source, name)
-    if not data:
-        raise ImageError(f"expected an image file, got 0 bytes from {name}")
-    fmt = format_of(data, name)
-    if fmt is None:
-        raise ImageError(
-            f"{name} is not a supported image (expected {EXPECTED}; "
-            f"{len(data)} bytes starting {data[:8]!r})"
-        )
+    fmt = _recognised(data, name)
     if fmt.name == "DICOM":
         return _checked(dicom_image(data, name), name)
     return _pillow(data, name, fmt.name, reduce, gray, tf_decoding)
 
 
+@contextmanager
+def _pillow_errors(name: str, fmt: str) -> Iterator[None]:
+    """Pillow's exceptions, as the ImageError a user reads."""
+    try:
+        yield
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{name} is too large to decode safely: {e}") from e
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name} starts like a {fmt} file but is not a readable one") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name} is truncated or corrupt: {e}") from e
+
+
 def _pillow(
     data: bytes, name: str, fmt: str, reduce: Reduction | None, gray: bool, tf_decoding: bool
 ) -> Image.Image:
-    try:
+    with _pillow_errors(name, fmt):
         img: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
         check_size(img.size, name)
         scale = reduce(img.size) if reduce is not None and img.format == "JPEG" else 1
@@ -126,14 +180,6 @@ def _pillow(
             img.draft("L" if gray or img.mode == "L" else "RGB", target)
         img.load()
         img = ImageOps.exif_transpose(img)
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{name} is too large to decode safely: {e}") from e
-    except UnidentifiedImageError as e:
-        raise ImageError(f"{name} starts like a {fmt} file but is not a readable one") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{name} is truncated or corrupt: {e}") from e
     return _checked(img, name)
 
 

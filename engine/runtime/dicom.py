@@ -3,58 +3,156 @@
 The order matters and follows the standard's display pipeline: modality LUT (rescale slope and
 intercept), then the VOI LUT or window centre/width, else the image's own min..max; then
 MONOCHROME1 (white = low values) is inverted so that bone is always bright, as in training.
+
+Bounded by design: the transfer syntax is read from the file meta before the dataset (the
+Deflated syntax, which pydicom would inflate whole and without limit, is refused); frames x
+rows x columns x samples are checked against the pixel budget from the header, before any
+pixel is decoded; only the first frame is decoded; and the display pipeline runs on blocks of
+rows, so its float temporaries stay small whatever the image size.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from engine.errors import ImageError, MissingExtraError, first_line
-from engine.runtime.limits import MAX_PIXELS
+from engine.runtime.limits import MAX_PIXELS, check_size
+
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+BLOCK_ROWS = 256  # rows per block of the display pipeline (float64 temporaries)
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    rows: int
+    columns: int
+    frames: int
+    samples: int
+    bytes_per_sample: int
+
+    @property
+    def values(self) -> int:
+        """What the pixel budget counts: frames x rows x columns x samples."""
+        return self.frames * self.rows * self.columns * self.samples
+
+
+def dicom_header(data: bytes, name: str) -> DicomHeader:
+    """The pixel geometry of a DICOM file, read without its pixel data; refuses what is over
+    the budget."""
+    return _checked(_read(data, name, stop_before_pixels=True), name)
 
 
 def dicom_image(data: bytes, name: str) -> Image.Image:
+    ds = _read(data, name, stop_before_pixels=False)
+    _checked(ds, name)
     try:
-        import pydicom
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
-    except ImportError as e:
-        raise MissingExtraError("dicom", f"reading DICOM file {name}", "pydicom") from e
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        rows, columns = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-        if rows * columns > MAX_PIXELS:  # checked on the header, before decoding the pixels
-            raise ImageError(
-                f"{name} is {columns}x{rows} px, over the {MAX_PIXELS // 1_000_000} Mpx limit: "
-                "refusing to decode (decompression bomb guard)"
-            )
-        pixels = ds.pixel_array
-    except ImageError:
-        raise
+        from pydicom.pixels import pixel_array
+
+        pixels = pixel_array(ds, index=0)  # the first frame only: the radiograph
     except Exception as e:  # pydicom raises many kinds: missing tags, unsupported compression
         raise ImageError(f"{name} is not a readable DICOM image: {first_line(e)}") from e
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        pixels = pixels[0]  # a multi-frame series: the first frame is the radiograph
     if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") or pixels.ndim == 3:
         if photometric.startswith("YBR"):
             from pydicom.pixels import convert_color_space
 
             pixels = convert_color_space(pixels, photometric, "RGB")
-        return Image.fromarray(_to_uint8(pixels.astype(np.float64)), "RGB")
-    values = apply_modality_lut(pixels, ds).astype(np.float64)
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        gray = _window(values, _first(ds.WindowCenter), _first(ds.WindowWidth))
-    elif "VOILUTSequence" in ds:
-        gray = _to_uint8(apply_voi_lut(values, ds).astype(np.float64))
-    else:
-        gray = _to_uint8(values)
+        return Image.fromarray(_blockwise(pixels, lambda block: block, stretch=True), "RGB")
+    gray = _display(pixels, ds)
     if photometric == "MONOCHROME1":
-        gray = 255 - gray
+        np.subtract(255, gray, out=gray)
     return Image.fromarray(gray, "L")
+
+
+def _read(data: bytes, name: str, stop_before_pixels: bool) -> Any:
+    try:
+        import pydicom
+        from pydicom.filereader import _read_file_meta_info, read_preamble
+    except ImportError as e:
+        raise MissingExtraError("dicom", f"reading DICOM file {name}", "pydicom") from e
+    try:
+        fp = io.BytesIO(data)
+        read_preamble(fp, True)
+        syntax = str(_read_file_meta_info(fp).get("TransferSyntaxUID", ""))
+    except Exception as e:
+        raise ImageError(f"{name} is not a readable DICOM image: {first_line(e)}") from e
+    if syntax == DEFLATED:
+        raise ImageError(
+            f"{name} uses the Deflated Explicit VR Little Endian transfer syntax, which is not "
+            "accepted (it inflates without a bound before its size can be checked): save it "
+            "uncompressed, RLE or JPEG"
+        )
+    try:
+        return pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=stop_before_pixels)
+    except Exception as e:
+        raise ImageError(f"{name} is not a readable DICOM image: {first_line(e)}") from e
+
+
+def _checked(ds: Any, name: str) -> DicomHeader:
+    try:
+        header = DicomHeader(
+            rows=int(ds.get("Rows", 0)),
+            columns=int(ds.get("Columns", 0)),
+            frames=max(1, int(ds.get("NumberOfFrames", 1) or 1)),
+            samples=max(1, int(ds.get("SamplesPerPixel", 1) or 1)),
+            bytes_per_sample=max(1, (int(ds.get("BitsAllocated", 8) or 8) + 7) // 8),
+        )
+    except (TypeError, ValueError) as e:
+        raise ImageError(f"{name} is not a readable DICOM image: {first_line(e)}") from e
+    if header.rows <= 0 or header.columns <= 0:
+        raise ImageError(f"{name} is not a readable DICOM image: no Rows/Columns in its header")
+    if header.values > MAX_PIXELS:  # checked on the header, before decoding the pixels
+        raise ImageError(
+            f"{name} is {header.frames} frame(s) of {header.columns}x{header.rows} px x "
+            f"{header.samples} sample(s) ({header.values / 1e6:.0f} M values), over the "
+            f"{MAX_PIXELS // 1_000_000} Mpx limit: refusing to decode (decompression bomb guard)"
+        )
+    check_size((header.columns, header.rows), name)
+    return header
+
+
+def _display(pixels: np.ndarray, ds: Any) -> np.ndarray:
+    """Modality LUT, then the window, VOI LUT or min..max stretch, onto uint8."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    def modality(block: np.ndarray) -> np.ndarray:
+        return np.asarray(apply_modality_lut(block, ds), dtype=np.float64)
+
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        centre, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        return _blockwise(pixels, lambda b: _window(modality(b), centre, width), stretch=False)
+    if "VOILUTSequence" in ds:
+        return _blockwise(
+            pixels, lambda b: np.asarray(apply_voi_lut(modality(b), ds), np.float64), stretch=True
+        )
+    return _blockwise(pixels, modality, stretch=True)
+
+
+def _blockwise(pixels: np.ndarray, transform: Any, stretch: bool) -> np.ndarray:
+    """`transform` applied block by block of rows into a uint8 image; with `stretch`, the
+    values present are then mapped onto 0..255 (a flat image becomes black)."""
+    out = np.empty(pixels.shape, np.uint8)
+    if not stretch:
+        for start in range(0, len(pixels), BLOCK_ROWS):
+            out[start : start + BLOCK_ROWS] = transform(pixels[start : start + BLOCK_ROWS])
+        return out
+    low, high = np.inf, -np.inf
+    for start in range(0, len(pixels), BLOCK_ROWS):
+        values = transform(pixels[start : start + BLOCK_ROWS])
+        low, high = min(low, float(np.min(values))), max(high, float(np.max(values)))
+    if high <= low:
+        out.fill(0)
+        return out
+    scale = 255.0 / (high - low)
+    for start in range(0, len(pixels), BLOCK_ROWS):
+        values = np.asarray(transform(pixels[start : start + BLOCK_ROWS]), np.float64)
+        out[start : start + BLOCK_ROWS] = np.rint((values - low) * scale)
+    return out
 
 
 def _first(value: object) -> float:
@@ -70,11 +168,3 @@ def _window(values: np.ndarray, centre: float, width: float) -> np.ndarray:
     width = max(width, 1.0)
     y = (values - (centre - 0.5)) / (width - 1.0) + 0.5
     return np.rint(np.clip(y, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def _to_uint8(values: np.ndarray) -> np.ndarray:
-    """Stretch the values present onto 0..255 (a flat image becomes black)."""
-    low, high = float(np.min(values)), float(np.max(values))
-    if high <= low:
-        return np.zeros(values.shape, np.uint8)
-    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)

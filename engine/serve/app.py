@@ -22,7 +22,7 @@ from engine.serve.gate import Gate
 from engine.serve.job_runner import JobRunner
 from engine.serve.metrics import ServerMetrics
 from engine.serve.registry import ModelRegistry
-from engine.serve.routes import ops, seed, v2
+from engine.serve.routes import docs, ops, seed, v2
 from engine.serve.scoring import ScoringService
 from engine.serve.security import ApiKeys, RateLimiter
 from engine.serve.state import ServerState
@@ -30,6 +30,9 @@ from engine.serve.store.jobs import JobStore
 from engine.serve.store.predictions import PredictionLog
 
 log = logging.getLogger(__name__)
+# How long shutdown waits for the job chunk in hand and for the prediction log's writer (a
+# full disk must not hold SIGTERM forever): uvicorn's own grace period comes before this.
+SHUTDOWN_SECONDS = 10.0
 
 
 def create_app(config: ServeConfig | None = None) -> FastAPI:
@@ -52,11 +55,23 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             state.runner.request_stop()
             await state.service.close()
             loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, state.runner.stop)
-            await loop.run_in_executor(None, state.prediction_log.close)
-            log.info("server stopped: queued requests scored, prediction log flushed")
+            await loop.run_in_executor(None, state.runner.stop, SHUTDOWN_SECONDS)
+            unwritten = await loop.run_in_executor(
+                None, state.prediction_log.close_within, SHUTDOWN_SECONDS
+            )
+            if unwritten:
+                log.error(
+                    "server stopped: %d predictions could not be written to the log "
+                    "(%s) and are lost",
+                    unwritten,
+                    state.prediction_log.failure or "the writer did not finish in time",
+                )
+            else:
+                log.info("server stopped: queued requests scored, prediction log flushed")
 
     app = FastAPI(
+        docs_url=None,  # served from the package by routes.docs (no CDN)
+        redoc_url=None,
         title="pneumo-onnx",
         version=__version__,
         description="Chest X-ray pneumonia scoring with onnxruntime (research use, not a "
@@ -65,16 +80,19 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     )
     app.state.server = state
     http_errors.add_handlers(app)
-    for router in (seed.router, v2.router, ops.router):
+    for router in (seed.router, v2.router, ops.router, docs.router):
         app.include_router(router)
     app.add_middleware(
         Gate,
-        keys=ApiKeys(list(config.api_keys)),
+        keys=ApiKeys(list(config.api_keys), list(config.admin_keys)),
         limiter=RateLimiter(config.rate_limit, config.rate_burst),
         metrics=state.metrics,
         max_body=config.max_upload_bytes,
         open_health=config.open_health,
         open_metrics=config.open_metrics,
+        max_inflight_bytes=int(config.max_inflight_mb * 2**20),
+        body_timeout=config.body_timeout_s,
+        loopback_only=config.loopback_only,
     )
     return app
 
@@ -82,8 +100,12 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 def _build(config: ServeConfig) -> ServerState:
     metrics = ServerMetrics()
     folder = _state_dir(config.state_dir)
-    prediction_log = PredictionLog(folder / "predictions.db", store_images=config.log_images)
-    jobs = JobStore(folder / "jobs.db")
+    prediction_log = PredictionLog(
+        folder / "predictions.db",
+        store_images=config.log_images,
+        retention_days=config.log_retention_days,
+    )
+    jobs = JobStore(folder / "jobs.db", max_pending_bytes=int(config.job_store_mb * 2**20))
     root = config.model_repo or default_model_dir().parent
     service = ScoringService(
         ModelRegistry(root, config.device, config.variant, config.threads, config.preprocessing),
@@ -93,10 +115,14 @@ def _build(config: ServeConfig) -> ServerState:
         max_queue=config.max_queue,
         decode_threads=config.decode_threads,
         cache_size=config.cache_size,
+        max_request_pixels=int(config.max_request_mpx * 1e6),
+        max_inflight_pixels=int(config.max_decode_mpx * 1e6),
         keep_images=config.log_images,
         on_prediction=prediction_log.record,
     )
-    runner = JobRunner(jobs, service.score_job, chunk=config.max_batch)
+    runner = JobRunner(
+        jobs, service.score_job, chunk=config.max_batch, ttl_hours=config.job_ttl_hours
+    )
     return ServerState(config, service, metrics, prediction_log, jobs, runner)
 
 
@@ -128,6 +154,9 @@ def app_from_env() -> FastAPI:
     import os
 
     from engine.serve.config import CONFIG_ENV
+    from engine.serve.logs import configure
 
+    configure("INFO")  # a worker process starts with no logging: the same JSON lines as one
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     text = os.environ.get(CONFIG_ENV)
     return create_app(ServeConfig.from_json(text) if text else None)

@@ -11,8 +11,10 @@ from typing import Any
 
 from engine.errors import UsageError
 from engine.runtime.choices import PREPROCESSING
+from engine.runtime.limits import MAX_PIXELS
 
 CONFIG_ENV = "PNEUMO_SERVE_CONFIG"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
@@ -30,13 +32,23 @@ class ServeConfig:
     decode_threads: int = 2
     cache_size: int = 1024
     max_upload_mb: float = 16.0
+    max_request_mpx: float = 200.0  # decoded pixels per request
+    max_decode_mpx: float = 400.0  # decoded pixels admitted and not yet decoded, all requests
+    max_inflight_mb: float = 256.0  # request bodies being received or handled at once
+    body_timeout_s: float = 60.0  # a request body must arrive within this
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)  # repository control
+    host: str = "127.0.0.1"  # where the server listens: a loopback one accepts loopback Hosts only
     open_health: bool = True
     open_metrics: bool = True
     rate_limit: float = 0.0  # requests per second per client; 0: off
     rate_burst: int = 20
     state_dir: Path = Path("pneumo-state")
     log_images: bool = False
+    log_retention_days: float = 90.0  # predictions older than this are deleted; 0: keep all
+    job_ttl_hours: float = 168.0  # finished and failed jobs are deleted after this; 0: keep
+    max_job_mb: float = 256.0  # unpacked image bytes of one job request
+    job_store_mb: float = 2048.0  # image bytes of all unfinished jobs together
     # Several worker processes share one socket, so a worker must not accept requests before
     # its model is ready; a single process loads in the background and answers liveness meanwhile.
     load_before_serving: bool = False
@@ -59,12 +71,43 @@ class ServeConfig:
             problems.append("--cache-size must be >= 0")
         if self.preprocessing not in PREPROCESSING:
             problems.append(f"--preprocessing must be one of {', '.join(PREPROCESSING)}")
+        for name, value in (
+            ("--max-inflight-mb", self.max_inflight_mb),
+            ("--body-timeout", self.body_timeout_s),
+            ("--max-job-mb", self.max_job_mb),
+            ("--job-store-mb", self.job_store_mb),
+        ):
+            if not (math.isfinite(value) and value > 0):
+                problems.append(f"{name} must be positive")
+        for name, value in (
+            ("--log-retention-days", self.log_retention_days),
+            ("--job-ttl", self.job_ttl_hours),
+        ):
+            if not (math.isfinite(value) and value >= 0):
+                problems.append(f"{name} must be a non-negative number (0: keep forever)")
+        largest = MAX_PIXELS / 1e6
+        if not (math.isfinite(self.max_request_mpx) and self.max_request_mpx >= largest):
+            problems.append(f"--max-request-mpx must be at least {largest:g} (one largest image)")
+        elif not (
+            math.isfinite(self.max_decode_mpx) and self.max_decode_mpx >= self.max_request_mpx
+        ):
+            problems.append("--max-decode-mpx must be at least --max-request-mpx")
+        if self.max_inflight_mb < self.max_upload_mb:
+            problems.append("--max-inflight-mb must be at least --max-upload-mb")
+        if self.job_store_mb < self.max_job_mb:
+            problems.append("--job-store-mb must be at least --max-job-mb")
         if problems:
             raise UsageError("; ".join(problems))
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def loopback_only(self) -> bool:
+        """Listening on loopback only: then a request's Host must name loopback too (a page
+        elsewhere cannot reach the server through DNS rebinding)."""
+        return self.host in LOOPBACK_HOSTS
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -81,4 +124,5 @@ class ServeConfig:
             if data.get(k) is not None:
                 data[k] = Path(data[k])
         data["api_keys"] = tuple(data.get("api_keys", ()))
+        data["admin_keys"] = tuple(data.get("admin_keys", ()))
         return cls(**{k: v for k, v in data.items() if k in kinds})

@@ -75,6 +75,10 @@ def too_large(max_body: int) -> JSONResponse:
     return error_response(413, f"request too large: the limit is {max_body / 2**20:g} MB")
 
 
+def busy(message: str, retry_after: int = 1) -> JSONResponse:
+    return error_response(503, message, {"Retry-After": str(retry_after)})
+
+
 def rate_limited(rate: float, wait: int) -> JSONResponse:
     message = f"rate limit exceeded: at most {rate:g} requests/s"
     return error_response(429, message, {"Retry-After": str(wait)})

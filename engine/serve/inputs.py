@@ -1,5 +1,11 @@
 """Parsing of what requests carry besides files: JSON bodies (off the event loop), thresholds
-sent as text, base64 images."""
+sent as text, base64 images.
+
+Parsing runs on ONE thread of its own (`off_loop`): CPython's JSON parser holds the GIL for a
+whole document, so parsing many large bodies at once on several threads would still stall the
+event loop (health checks included) for the sum of their times, and hold all their Python
+objects at once. One at a time, the loop waits at most one parse, and memory holds one.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,10 @@ import asyncio
 import base64
 import binascii
 import json
-from typing import TypeVar
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -18,22 +27,34 @@ from engine.contract import check_threshold
 from engine.errors import UsageError
 
 Model = TypeVar("Model", bound=BaseModel)
+T = TypeVar("T")
+_parser: ThreadPoolExecutor | None = None
+_parser_lock = threading.Lock()
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` on the one parsing thread (created on first use)."""
+    global _parser
+    with _parser_lock:
+        if _parser is None:
+            _parser = ThreadPoolExecutor(1, thread_name_prefix="pneumo-parse")
+    return await asyncio.get_running_loop().run_in_executor(_parser, fn, *args)
 
 
 async def json_body(request: Request, model: type[Model]) -> Model:
-    """The request's JSON body validated as `model`. Parsed on a thread: a body of many MB takes
-    long enough to parse that, on the event loop, it would stall every other request (health
-    checks included). Any Content-Type is accepted: some clients send none."""
+    """The request's JSON body validated as `model`, parsed off the event loop. Any
+    Content-Type is accepted: some clients send none."""
     body = await request.body()
-    return await asyncio.get_running_loop().run_in_executor(None, parse_json, body, model)
+    return await off_loop(parse_json, body, model)
 
 
 def parse_json(body: bytes, model: type[Model]) -> Model:
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, a 5000-digit number
+        message = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise RequestValidationError(
-            [{"loc": ("body",), "msg": f"invalid JSON: {e}", "type": "json_invalid"}]
+            [{"loc": ("body",), "msg": f"invalid JSON: {message}", "type": "json_invalid"}]
         ) from None
     try:
         return model.model_validate(data)

@@ -1,6 +1,6 @@
 """The one background thread that scores stored batch jobs, oldest first, a chunk at a time,
 through the server's scoring path; one runner per job store across processes (a lock file),
-with a standby that takes over when the holder exits."""
+with a standby that takes over when the holder exits. It also expires finished jobs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 # (images as (name, bytes), threshold) -> one result per image, in order.
 Score = Callable[[Sequence[tuple[str, bytes]], float | None], list[Result]]
 RETRY_SECONDS = 0.5  # a chunk refused because the server is busy waits this long, then retries
+EXPIRE_EVERY = 60.0  # seconds between two passes over finished jobs to expire
 
 
 class JobRunner:
@@ -37,7 +39,12 @@ class JobRunner:
     """
 
     def __init__(
-        self, store: JobStore, score: Score, chunk: int = 32, poll_seconds: float = 1.0
+        self,
+        store: JobStore,
+        score: Score,
+        chunk: int = 32,
+        poll_seconds: float = 1.0,
+        ttl_hours: float = 0.0,
     ) -> None:
         if chunk < 1:
             raise UsageError(f"chunk must be at least 1, got {chunk}")
@@ -45,6 +52,8 @@ class JobRunner:
         self.score = score
         self.chunk = chunk
         self.poll_seconds = poll_seconds
+        self.ttl_hours = ttl_hours
+        self._next_expiry = 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -87,13 +96,22 @@ class JobRunner:
                 self._wake.wait(self.poll_seconds)
                 continue
             try:
+                self._expire()
                 job = self.store.claim_next()
                 if job is not None:
                     self._work(*job)
                     continue
-            except sqlite3.Error:  # the store is unreachable for now: keep the thread alive
-                log.exception("job store %s: cannot read jobs; retrying", self.store.path)
+            except (sqlite3.Error, Overloaded):  # the store cannot be used now (it logged why)
+                pass
             self._wake.wait(self.poll_seconds)
+
+    def _expire(self) -> None:
+        if self.ttl_hours <= 0 or time.monotonic() < self._next_expiry:
+            return
+        self._next_expiry = time.monotonic() + min(EXPIRE_EVERY, self.ttl_hours * 1800.0)
+        expired = self.store.expire(self.ttl_hours)
+        if expired:
+            log.info("%d finished jobs older than %g hours deleted", expired, self.ttl_hours)
 
     def _work(self, job_id: str, threshold: float | None) -> None:
         while not self._stop.is_set():
@@ -110,6 +128,7 @@ class JobRunner:
                     if "error" not in r and any(f not in r for f in RESULT_FIELDS):
                         raise PneumoError(f"a result lacks {RESULT_FIELDS}: {sorted(r)}")
             except Overloaded:  # live requests come first: wait, then try the chunk again
+                self.store.release(job_id, [idx for idx, _, _ in items])
                 self._stop.wait(RETRY_SECONDS)
                 continue
             except PneumoError as e:

@@ -2,8 +2,9 @@
 with run-time load, unload and rollback.
 
 A version is only swapped in after it passed every gate: it is listed in its manifest and its
-file matches the manifest's sha256, onnxruntime loads it, and a warm-up on a real X-ray gives
-a finite score in [0, 1]. A version that fails any gate never replaces the one being served.
+file matches the manifest's sha256, onnxruntime loads it, and a warm-up on the labelled sample
+X-rays shipped with the package (3 NORMAL, 3 PNEUMONIA) shows a working classifier (see
+`_warm_up` for the rule). A version that fails any gate never replaces the one being served.
 """
 
 from __future__ import annotations
@@ -168,15 +169,58 @@ class ModelRegistry:
         return Served(name, version, engine, sha)
 
 
+# The warm-up rule on the 6 labelled samples. A real model may get one wrong, so no sample
+# decides alone; the rule refuses what no working classifier does: scores that barely move
+# (a constant or dead graph), a ranking of the samples worse than chance (an inverted graph:
+# AUC < 0.5), or more than half of them misclassified at the model's threshold.
+MIN_SPREAD = 0.05  # max - min of the six scores
+MIN_AUC = 0.5
+
+
 def _warm_up(engine: Engine, label: str) -> None:
-    """Score real X-rays at batch 1 and a full batch: a model that loads but cannot score, or
-    scores garbage, is refused here rather than on the first patient."""
+    """Score the labelled samples at batch 1 and a full batch: a model that loads but cannot
+    score, or scores garbage, is refused here rather than on the first patient."""
+    samples = sample_images()
     try:
-        images = [engine.preprocess(p) for p in sample_images()]
-        scores = np.concatenate([engine.scores(images[0][None]), engine.scores(np.stack(images))])
+        images = [engine.preprocess(p) for p in samples]
+        first = engine.scores(images[0][None])
+        scores = engine.scores(np.stack(images))
     except PneumoError as e:
         raise ModelLoadError(f"{label} refused: warm-up failed: {e.message}") from e
     except Exception as e:
         raise ModelLoadError(f"{label} refused: warm-up failed ({type(e).__name__})") from e
-    if not all(math.isfinite(s) and 0.0 <= s <= 1.0 for s in scores.tolist()):
+    values = [float(s) for s in np.concatenate([first, scores])]
+    if not all(math.isfinite(s) and 0.0 <= s <= 1.0 for s in values):
         raise ModelLoadError(f"{label} refused: warm-up scores are not probabilities")
+    positive = engine.contract.positive_label
+    truth = [p.parent.name == positive for p in samples]
+    found = values[1:]
+    spread = max(found) - min(found)
+    if spread < MIN_SPREAD:
+        raise ModelLoadError(
+            f"{label} refused: its scores on the {len(found)} labelled samples span only "
+            f"{spread:.4f} (a constant output, under {MIN_SPREAD})"
+        )
+    auc = _auc(found, truth)
+    if auc < MIN_AUC:
+        raise ModelLoadError(
+            f"{label} refused: it ranks the labelled samples worse than chance (AUC {auc:.2f}, "
+            f"under {MIN_AUC}): an inverted or wrong model"
+        )
+    t = engine.contract.threshold
+    wrong = sum((s > t) != y for s, y in zip(found, truth, strict=True))
+    if 2 * wrong > len(found):
+        raise ModelLoadError(
+            f"{label} refused: it misclassifies {wrong} of the {len(found)} labelled samples "
+            f"at its threshold {t:g}"
+        )
+
+
+def _auc(scores: list[float], truth: list[bool]) -> float:
+    """Probability that a positive sample scores above a negative one (ties count half)."""
+    pos = [s for s, y in zip(scores, truth, strict=True) if y]
+    neg = [s for s, y in zip(scores, truth, strict=True) if not y]
+    if not pos or not neg:
+        return 1.0
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))

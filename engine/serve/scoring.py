@@ -17,6 +17,7 @@ import functools
 import hashlib
 import io
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,11 +25,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.errors import ModelLoadError, PneumoError, UsageError
+from engine.errors import ImageError, ModelLoadError, PneumoError, UsageError, first_line
+from engine.runtime.decoders import Header, describe, read_header
 from engine.runtime.engine import Engine
+from engine.runtime.limits import MAX_DECODE_BYTES
 from engine.runtime.results import Result, Scored, failed
+from engine.serve.admission import DecodeBudget, Ticket, waves
 from engine.serve.batching import Batcher
 from engine.serve.cache import ResultCache
+from engine.serve.memory import trim_after
 from engine.serve.metrics import ServerMetrics
 from engine.serve.registry import ModelRegistry, Served
 from engine.serve.store.predictions import PredictionRecord
@@ -63,6 +68,8 @@ class ScoringService:
         max_queue: int = 256,
         decode_threads: int = 2,
         cache_size: int = 1024,
+        max_request_pixels: int = 200_000_000,
+        max_inflight_pixels: int = 400_000_000,
         on_prediction: Callable[[PredictionRecord], None] | None = None,
         keep_images: bool = False,
     ) -> None:
@@ -70,6 +77,9 @@ class ScoringService:
         self.metrics = metrics
         self.batcher = Batcher(max_batch, max_delay, max_queue, observer=metrics.observe_batch)
         self.cache = ResultCache(cache_size)
+        self.budget = DecodeBudget(
+            max_request_pixels, max_inflight_pixels, max_queue, MAX_DECODE_BYTES
+        )
         self.on_prediction = on_prediction
         self.keep_images = keep_images
         self._decode = ThreadPoolExecutor(decode_threads, thread_name_prefix="pneumo-decode")
@@ -125,11 +135,14 @@ class ScoringService:
         served: Served,
         request_id: str,
         route: str,
+        in_waves: bool = False,
     ) -> list[Outcome]:
         """Score every item with `served`'s model: one outcome per item, in order.
 
-        A bad image is that item's outcome (ImageError); a full queue (Overloaded) or a
-        request over the size limit (UsageError) fails the whole call.
+        A bad image is that item's outcome (ImageError), refused from its header where it can
+        be. The whole call fails on a full decode budget or queue (Overloaded), or on a request
+        over the per-request limits (UsageError); `in_waves` (jobs) instead decodes a list
+        over the per-request pixel budget in consecutive waves within it.
         """
         started = time.perf_counter()
         engine = served.engine
@@ -141,7 +154,7 @@ class ScoringService:
                 f"at most {self.batcher.max_queue} images per request, got {len(items)}"
             )
         loop = asyncio.get_running_loop()
-        digests = await loop.run_in_executor(self._decode, _digests, items)
+        digests, headers = await loop.run_in_executor(self._decode, _inspect, items)
         model_key = (served.name, str(served.version), engine.model.variant)
         outcomes: list[Outcome | None] = [None] * len(items)
         for i, item in enumerate(items):
@@ -149,32 +162,76 @@ class ScoringService:
                 hit = self.cache.get((digests[i], *model_key, t))
                 self.metrics.cache.labels("hit" if hit is not None else "miss").inc()
                 outcomes[i] = hit
+            header = headers[i]
+            if outcomes[i] is None and isinstance(header, PneumoError):
+                outcomes[i] = header  # refused from its header: never decoded
         todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
-        tensors = await asyncio.gather(
-            *(self._tensor(engine, items[i]) for i in todo), return_exceptions=True
-        )
-        ready = [(i, x) for i, x in zip(todo, tensors, strict=True) if isinstance(x, np.ndarray)]
-        for i, x in zip(todo, tensors, strict=True):
-            if isinstance(x, PneumoError):
-                outcomes[i] = x
-            elif isinstance(x, BaseException):
-                raise x  # a decoder bug: the server's unexpected-error handler logs it
-        scores = await asyncio.gather(*(self.batcher.submit(engine, x) for _, x in ready))
-        for (i, _), score in zip(ready, scores, strict=True):
-            result = engine.result(score, t)
-            outcomes[i] = result
-            if items[i].data is not None:
-                self.cache.put((digests[i], *model_key, t), result)
+        pixels = {i: h.pixels if isinstance(h := headers[i], Header) else 0 for i in todo}
+        if not in_waves:
+            self.budget.check_request([pixels[i] for i in todo])
+        for wave in waves(todo, pixels, self.budget.max_request_pixels):
+            tensors = await self._decode_wave(engine, items, headers, wave, pixels)
+            ready = [
+                (i, x) for i, x in zip(wave, tensors, strict=True) if isinstance(x, np.ndarray)
+            ]
+            for i, x in zip(wave, tensors, strict=True):
+                if isinstance(x, PneumoError):
+                    outcomes[i] = x
+                elif isinstance(x, BaseException):
+                    raise x  # a decoder bug: the server's unexpected-error handler logs it
+            scores = await asyncio.gather(*(self.batcher.submit(engine, x) for _, x in ready))
+            for (i, _), score in zip(ready, scores, strict=True):
+                if not (math.isfinite(score) and 0.0 <= score <= 1.0):
+                    outcomes[i] = PneumoError(
+                        f"the model gave {score} for {items[i].name or 'this image'}, not a "
+                        "probability: no result (the model version is faulty; see the log)"
+                    )
+                    log.error("model %s/%s gave a score of %s", served.name, served.version, score)
+                    continue
+                result = engine.result(score, t)
+                outcomes[i] = result
+                if items[i].data is not None:
+                    self.cache.put((digests[i], *model_key, t), result)
         done = [o for o in outcomes if o is not None]
         self._record(served, items, done, digests, request_id, route, started)
         return done
 
-    async def _tensor(self, engine: Engine, item: Item) -> np.ndarray:
-        if item.tensor is not None:
-            return item.tensor
-        assert item.data is not None
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._decode, engine.preprocess, _named(item))
+    async def _decode_wave(
+        self,
+        engine: Engine,
+        items: Sequence[Item],
+        headers: list[Header | PneumoError | None],
+        wave: list[int],
+        pixels: dict[int, int],
+    ) -> list[np.ndarray | BaseException]:
+        """Admit a wave of images into the decode stage (or shed it: Overloaded), then decode
+        each within the decode memory budget."""
+        ticket = self.budget.admit([pixels[i] for i in wave])
+        try:
+            return await asyncio.gather(
+                *(
+                    self._tensor(engine, items[i], headers[i], ticket, k)
+                    for k, i in enumerate(wave)
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            ticket.close()
+
+    async def _tensor(
+        self, engine: Engine, item: Item, header: object, ticket: Ticket, index: int
+    ) -> np.ndarray:
+        try:
+            if item.tensor is not None:
+                return item.tensor
+            assert item.data is not None and isinstance(header, Header)
+            async with self.budget.memory(header.decode_bytes):
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(
+                    self._decode, _preprocess, engine, _named(item), header.decode_bytes
+                )
+        finally:
+            ticket.release(index)
 
     # --- what the front doors call --------------------------------------------------------
 
@@ -223,7 +280,7 @@ class ScoringService:
     async def _score_job(self, items: list[Item], threshold: float | None) -> list[Result]:
         served = self.registry.current(self.default_model)
         outcomes = await self.score(
-            items, threshold, served=served, request_id="job", route="/jobs"
+            items, threshold, served=served, request_id="job", route="/jobs", in_waves=True
         )
         return [failed(o.message) if isinstance(o, PneumoError) else o for o in outcomes]
 
@@ -242,10 +299,13 @@ class ScoringService:
         from engine.explain.overlay import overlay_png
 
         method = check_method(served.engine, "auto")
+        loop = asyncio.get_running_loop()
+        source = _named(Item(image, name=name))
+        header = await loop.run_in_executor(self._decode, read_header, image, describe(source))
         draw = functools.partial(overlay_png, method=method, negative=negative)
-        png = await asyncio.get_running_loop().run_in_executor(
-            self._decode, draw, served.engine, _named(Item(image, name=name)), result
-        )
+        async with self.budget.memory(header.decode_bytes):  # decoded again, in full
+            png = await loop.run_in_executor(self._decode, draw, served.engine, source, result)
+            await loop.run_in_executor(self._decode, trim_after, header.decode_bytes)
         return method, base64.b64encode(png).decode("ascii")
 
     # --- internals ------------------------------------------------------------------------
@@ -291,13 +351,33 @@ def _each(record: Callable[[PredictionRecord], None], records: list[PredictionRe
         record(r)
 
 
-def _digests(items: Sequence[Item]) -> list[str]:
-    """sha256 of each item's bytes (the file, or the tensor's float32 bytes)."""
-    out = []
+def _preprocess(engine: Engine, source: bytes | io.BytesIO, decode_bytes: int) -> np.ndarray:
+    """The model tensor of an image, then the memory of a large decode handed back."""
+    try:
+        return engine.preprocess(source)
+    finally:
+        trim_after(decode_bytes)
+
+
+def _inspect(items: Sequence[Item]) -> tuple[list[str], list[Header | PneumoError | None]]:
+    """For each item: the sha256 of its bytes (the file, or the tensor's float32 bytes), and
+    its image header (None for a tensor), or the error that refuses it without decoding."""
+    digests: list[str] = []
+    headers: list[Header | PneumoError | None] = []
     for item in items:
-        data = item.data if item.data is not None else np.ascontiguousarray(item.tensor).tobytes()
-        out.append(hashlib.sha256(data).hexdigest())
-    return out
+        if item.data is None:
+            digests.append(hashlib.sha256(np.ascontiguousarray(item.tensor).tobytes()).hexdigest())
+            headers.append(None)
+            continue
+        digests.append(hashlib.sha256(item.data).hexdigest())
+        name = describe(_named(item))
+        try:
+            headers.append(read_header(item.data, name))
+        except PneumoError as e:
+            headers.append(e)
+        except Exception as e:  # a header parser's own bug on a hostile file: this item only
+            headers.append(ImageError(f"{name} cannot be read: {first_line(e)}"))
+    return digests, headers
 
 
 def _named(item: Item) -> bytes | io.BytesIO:

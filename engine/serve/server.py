@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import signal
 from pathlib import Path
@@ -28,6 +29,9 @@ def run(
     ssl_certfile: Path | None = None,
     ssl_keyfile: Path | None = None,
     graceful_timeout: float = 30.0,
+    max_connections: int = 256,
+    forwarded_allow_ips: str | None = None,
+    header_timeout: float = 10.0,
 ) -> None:
     try:
         import uvicorn
@@ -40,6 +44,14 @@ def run(
             raise UsageError(f"{f.name}: no such file")
     if workers < 1:
         raise UsageError(f"workers must be at least 1, got {workers}")
+    if max_connections < 1:
+        raise UsageError(f"--max-connections must be at least 1, got {max_connections}")
+    if not (math.isfinite(header_timeout) and header_timeout > 0):
+        raise UsageError(f"--header-timeout must be positive, got {header_timeout}")
+    from engine.serve.protocol import HEADER_TIMEOUT_ENV, GuardedH11Protocol
+
+    os.environ[HEADER_TIMEOUT_ENV] = str(header_timeout)
+
     if not config.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without API keys: anyone who can reach it can use it", host)
     options: dict[str, Any] = dict(
@@ -51,6 +63,12 @@ def run(
         log_config=None,  # our JSON logging, configured by the CLI
         access_log=False,  # the Gate writes the access log, with request ids
         server_header=False,
+        http=GuardedH11Protocol,  # a deadline for request headers
+        limit_concurrency=max_connections,  # beyond: 503 at once
+        # X-Forwarded-For is believed only from the proxies named (uvicorn would trust any
+        # client on loopback, so anyone there could pick the address its rate limit counts).
+        proxy_headers=forwarded_allow_ips is not None,
+        forwarded_allow_ips=forwarded_allow_ips,
     )
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal for the handler it
     # found: make that handler a no-op, so a clean shutdown exits 0 as an orchestrator expects.
@@ -58,12 +76,12 @@ def run(
     try:
         if workers > 1:
             # Each worker process builds its own app (and loads its own model) from the env.
-            config = dataclasses.replace(config, load_before_serving=True)
+            config = dataclasses.replace(config, load_before_serving=True, host=host)
             os.environ[CONFIG_ENV] = config.to_json()
             uvicorn.run("engine.serve.app:app_from_env", factory=True, workers=workers, **options)
         else:
             from engine.serve.app import create_app
 
-            uvicorn.run(create_app(config), **options)
+            uvicorn.run(create_app(dataclasses.replace(config, host=host)), **options)
     finally:
         signal.signal(signal.SIGTERM, previous)

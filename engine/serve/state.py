@@ -25,6 +25,16 @@ class ServerState:
     runner: JobRunner
 
 
+def degraded(state: ServerState) -> list[str]:
+    """What keeps the server from doing all its job now (a full disk...), for readiness."""
+    problems = []
+    if state.prediction_log.failure:
+        problems.append(f"prediction log cannot write: {state.prediction_log.failure}")
+    if state.jobs.failure:
+        problems.append(f"job store cannot write: {state.jobs.failure}")
+    return problems
+
+
 def server(request: Request) -> ServerState:
     """The parts of the server that handles `request`."""
     state: ServerState = request.app.state.server
@@ -34,3 +44,9 @@ def server(request: Request) -> ServerState:
 def request_id(request: Request) -> str:
     """The request's id (set by the gate: the caller's X-Request-ID or a fresh one)."""
     return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+def key_id(request: Request) -> str:
+    """The fingerprint of the API key the request came with ('' when keys are off): what
+    owns the jobs it creates."""
+    return str(request.scope.get("state", {}).get("key_id", ""))

@@ -6,21 +6,25 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from engine.errors import UsageError
+from engine.errors import Overloaded, UsageError
 from engine.serve.inputs import form_threshold
-from engine.serve.state import server
+from engine.serve.state import key_id, server
 from engine.serve.store.reports import drift_report, summarize
-from engine.serve.store.uploads import items_from_upload
+from engine.serve.store.uploads import UploadBudget, items_from_upload
 
 router = APIRouter()
 T = TypeVar("T")
 MAX_HOURS = 24.0 * 366
+# Reports scan the log in SQL with bounded memory, but each takes a core for a while on a large
+# log: at most this many at once, the next ones are shed (503) rather than queued.
+REPORTS = threading.BoundedSemaphore(2)
 
 
 async def _off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -46,15 +50,20 @@ async def create_job(
     if not images:
         raise UsageError("no images provided: send files (or zips) as multipart field 'images'")
     t = form_threshold(threshold)  # None: the model's own, resolved when the job runs
-    items: list[tuple[str, bytes]] = []
-    for upload in images:
-        data = await upload.read()
-        items += await _off_loop(items_from_upload, upload.filename or "upload", data)
     state = server(request)
-    job_id = await _off_loop(state.jobs.create, items, t)
+    budget = UploadBudget(
+        max_total_bytes=int(state.config.max_job_mb * 2**20),
+        max_image_bytes=state.config.max_upload_bytes,
+    )
+
+    def items() -> Iterator[tuple[str, bytes]]:  # one image in memory at a time
+        for upload in images:
+            yield from items_from_upload(upload.filename or "upload", upload.file, budget)
+
+    job_id = await _off_loop(state.jobs.create, items(), t, key_id(request))
     state.runner.wake()
     return JSONResponse(
-        {"job_id": job_id, "status": "queued", "total": len(items), "url": f"/jobs/{job_id}"},
+        {"job_id": job_id, "status": "queued", "total": budget.images, "url": f"/jobs/{job_id}"},
         status_code=202,
         headers={"Location": f"/jobs/{job_id}"},
     )
@@ -66,16 +75,36 @@ async def job_status(
     job_id: str,
     format: Annotated[str, Query(pattern="^(json|csv)$", description="json or csv")] = "json",
 ) -> Response:
-    """Status and progress; per-image results once done (`?format=csv` for a CSV file)."""
+    """Status and progress; per-image results once done (`?format=csv` for a CSV file). Only
+    the key that created a job sees it."""
     jobs = server(request).jobs
     if format == "csv":
-        text = await _off_loop(jobs.results_csv, job_id)
+        text = await _off_loop(jobs.results_csv, job_id, key_id(request))
         return PlainTextResponse(
             text,
             media_type="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'},
+            headers={"Content-Disposition": f'attachment; filename="{job_id[:40]}.csv"'},
         )
-    return JSONResponse(await _off_loop(jobs.get, job_id))
+    return JSONResponse(await _off_loop(jobs.get, job_id, key_id(request)))
+
+
+@router.delete("/jobs/{job_id}", tags=["jobs"])
+async def delete_job(request: Request, job_id: str) -> dict[str, str]:
+    """Forget a job now, its images and results with it (jobs also expire: `--job-ttl`)."""
+    await _off_loop(server(request).jobs.delete, job_id, key_id(request))
+    return {"job_id": job_id, "status": "deleted"}
+
+
+async def _report(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def run() -> T:
+        if not REPORTS.acquire(blocking=False):
+            raise Overloaded("two monitoring reports are already running: try again shortly", 2)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            REPORTS.release()
+
+    return await _off_loop(run)
 
 
 @router.get("/monitoring/summary", tags=["monitoring"])
@@ -85,7 +114,7 @@ async def monitoring_summary(
 ) -> dict[str, Any]:
     """Counts, class rates, confidence distribution and latency percentiles."""
     path = server(request).prediction_log.path
-    return await _off_loop(summarize, path, _hours(hours, "hours"))
+    return await _report(summarize, path, _hours(hours, "hours"))
 
 
 @router.get("/monitoring/drift", tags=["monitoring"])
@@ -95,7 +124,7 @@ async def monitoring_drift(
     reference_hours: Annotated[float, Query()] = 168.0,
 ) -> dict[str, Any]:
     """Recent window against a reference window: class-rate change and score PSI."""
-    return await _off_loop(
+    return await _report(
         drift_report,
         server(request).prediction_log.path,
         recent_hours=_hours(recent_hours, "recent_hours"),

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
@@ -12,9 +11,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from engine.errors import Overloaded, UsageError
-from engine.serve.inputs import b64decode, documented_body, form_threshold, parse_json
+from engine.serve.inputs import b64decode, documented_body, form_threshold, off_loop, parse_json
 from engine.serve.scoring import ScoringService
-from engine.serve.state import request_id, server
+from engine.serve.state import degraded, request_id, server
 
 router = APIRouter(tags=["seed"])
 HeatmapFlag = Annotated[bool, Query(description="add the X-ray with its heatmap")]
@@ -48,15 +47,18 @@ async def health(request: Request) -> JSONResponse:
         state = "unloaded" if service.default_model else "loading"
         return JSONResponse({"status": state, "model_loaded": False}, status_code=503)
     served = service.registry.current(service.default_model)
+    problems = degraded(server(request))
     return JSONResponse(
         {
-            "status": "healthy",
+            "status": "degraded" if problems else "healthy",
+            **({"degraded": problems} if problems else {}),
             "model_loaded": True,
             "model": served.name,
             "version": str(served.version),
             "variant": served.engine.model.variant,
             "provider": served.engine.provider,
-        }
+        },
+        status_code=503 if problems else 200,
     )
 
 
@@ -91,7 +93,7 @@ async def predict_base64(
 ) -> JSONResponse:
     """Score one base64-encoded X-ray: JSON `{"image": ..., "threshold": ...}`."""
     raw = await request.body()
-    body, data = await asyncio.get_running_loop().run_in_executor(None, _base64_request, raw)
+    body, data = await off_loop(_base64_request, raw)
     return await _answer(request, data, body.threshold, "/predict/base64", None, heatmap, negative)
 
 

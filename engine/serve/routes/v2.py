@@ -1,49 +1,32 @@
 """The KServe V2 / Open Inference Protocol routes (what Triton and KServe speak), a thin front
 door onto `ScoringService`, the same scoring path as `/predict` (cache, batcher, prediction
-log, metrics).
+log, metrics). The wire format (JSON, the binary tensor data extension) is `v2_wire`'s job.
 
 Inputs: one tensor, either FP32 `[N, H, W, C]` already preprocessed as the model's contract
-says, or BYTES `[N]` holding encoded image files (base64 strings in JSON), which the server
-decodes exactly as `/predict` does. Output: FP32 `score` `[N, 1]`, P(positive class).
+says, or BYTES `[N]` holding encoded image files, which the server decodes exactly as
+`/predict` does. Output: FP32 `score` `[N, 1]`, P(positive class).
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
 from engine import __version__
 from engine.errors import NotFoundError, Overloaded, UsageError
-from engine.serve.inputs import b64decode, documented_body, json_body, parse_json
+from engine.serve.inputs import documented_body, json_body, off_loop
+from engine.serve.memory import trim_after
 from engine.serve.registry import Served
-from engine.serve.scoring import Item
-from engine.serve.state import request_id, server
+from engine.serve.routes.v2_wire import InferRequest, parse_infer, render, value_range
+from engine.serve.state import degraded, request_id, server
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 
-MAX_ELEMENTS = 64 * 128 * 128 * 3 * 4  # a generous cap on one request's FP32 values
 INFER_ROUTE = "/v2/models/{name}/infer"
-
-
-class InferInput(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    data: list[Any]
-    parameters: dict[str, Any] | None = None
-
-
-class InferRequest(BaseModel):
-    id: str | None = None
-    inputs: list[InferInput] = Field(min_length=1, max_length=1)
-    outputs: list[dict[str, Any]] | None = None
-    parameters: dict[str, Any] | None = None
 
 
 class RepositoryLoad(BaseModel):
@@ -52,7 +35,11 @@ class RepositoryLoad(BaseModel):
 
 @router.get("")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "pneumo-onnx", "version": __version__, "extensions": ["model_repository"]}
+    return {
+        "name": "pneumo-onnx",
+        "version": __version__,
+        "extensions": ["model_repository", "binary_tensor_data", "model_configuration"],
+    }
 
 
 @router.get("/health/live")
@@ -63,8 +50,14 @@ async def live() -> dict[str, bool]:
 
 @router.get("/health/ready")
 async def ready(request: Request) -> JSONResponse:
-    ok = server(request).service.ready
-    return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+    """Ready to serve and to keep its records: a full disk (the prediction log or the job
+    store cannot write) makes the server not ready, with the reason."""
+    problems = degraded(server(request))
+    ok = server(request).service.ready and not problems
+    body: dict[str, Any] = {"ready": ok}
+    if problems:
+        body["degraded"] = problems
+    return JSONResponse(body, status_code=200 if ok else 503)
 
 
 @router.get("/models/{name}")
@@ -75,6 +68,16 @@ async def model_metadata(request: Request, name: str) -> dict[str, Any]:
 @router.get("/models/{name}/versions/{version}")
 async def model_version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
     return _metadata(request, _served(request, name, version))
+
+
+@router.get("/models/{name}/config")
+async def model_config(request: Request, name: str) -> dict[str, Any]:
+    return _config(request, _served(request, name, None))
+
+
+@router.get("/models/{name}/versions/{version}/config")
+async def model_version_config(request: Request, name: str, version: str) -> dict[str, Any]:
+    return _config(request, _served(request, name, version))
 
 
 @router.get("/models/{name}/ready")
@@ -88,12 +91,12 @@ async def model_version_ready(request: Request, name: str, version: str) -> JSON
 
 
 @router.post("/models/{name}/infer", openapi_extra=documented_body(InferRequest))
-async def infer(request: Request, name: str) -> dict[str, Any]:
+async def infer(request: Request, name: str) -> Response:
     return await _infer(request, name, None)
 
 
 @router.post("/models/{name}/versions/{version}/infer", openapi_extra=documented_body(InferRequest))
-async def infer_version(request: Request, name: str, version: str) -> dict[str, Any]:
+async def infer_version(request: Request, name: str, version: str) -> Response:
     return await _infer(request, name, version)
 
 
@@ -169,86 +172,67 @@ def _metadata(request: Request, served: Served) -> dict[str, Any]:
             "scaling": c.input.scaling,
             "pipeline": c.input.describe(),
             "preprocessing": served.engine.preprocessing,
+            "value_range": list(value_range(c)),
             "variant": served.engine.model.variant,
         },
     }
 
 
-async def _infer(request: Request, name: str, version: str | None) -> dict[str, Any]:
-    service = server(request).service
+def _config(request: Request, served: Served) -> dict[str, Any]:
+    """Triton's model configuration (what `tritonclient` `get_model_config` reads)."""
+    c, config = served.engine.contract, server(request).config
+    return {
+        "name": served.name,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "max_batch_size": config.max_batch,
+        "input": [
+            {
+                "name": c.input.name,
+                "data_type": "TYPE_FP32",
+                "format": f"FORMAT_{c.input.layout}",
+                "dims": list(c.input_shape),
+            },
+            {
+                "name": "image_bytes",
+                "data_type": "TYPE_STRING",
+                "dims": [1],
+                "reshape": {"shape": []},
+            },
+        ],
+        "output": [{"name": "score", "data_type": "TYPE_FP32", "dims": [1]}],
+        "dynamic_batching": {"max_queue_delay_microseconds": int(config.max_delay_ms * 1000)},
+        "version_policy": {"specific": {"versions": [served.version]}},
+        "parameters": {
+            "labels": {"string_value": f"{c.negative_label},{c.positive_label}"},
+            "threshold": {"string_value": str(c.threshold)},
+            "scaling": {"string_value": c.input.scaling},
+        },
+    }
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    state = server(request)
+    service = state.service
     if not service.default_model:
         raise Overloaded("the model is still loading", retry_after=2)
     served = _served(request, name, version)
     raw = await request.body()
-    expected = served.engine.contract.input_shape
-    body, items = await asyncio.get_running_loop().run_in_executor(
-        None, _parse_infer, raw, expected
+    parsed = await off_loop(
+        parse_infer,
+        raw,
+        request.headers.get("inference-header-content-length"),
+        request.headers.get("content-encoding"),
+        served.engine.contract,
+        service.batcher.max_queue,
+        state.config.max_upload_bytes,
     )
-    scores = await service.infer(served, items, request_id(request), INFER_ROUTE)
-    response: dict[str, Any] = {
-        "model_name": served.name,
-        "model_version": str(served.version),
-        "outputs": [
-            {
-                "name": "score",
-                "datatype": "FP32",
-                "shape": [len(scores), 1],
-                "data": scores.tolist(),
-            }
-        ],
-    }
-    if body.id is not None:
-        response["id"] = body.id
-    return response
-
-
-def _parse_infer(raw: bytes, expected: tuple[int, ...]) -> tuple[InferRequest, list[Item]]:
-    """The request and its images as scoring items, parsed on a thread (JSON of an FP32 batch
-    runs to many MB)."""
-    body = parse_json(raw, InferRequest)
-    tensor = body.inputs[0]
-    if tensor.datatype == "FP32":
-        return body, [Item(tensor=x) for x in _fp32(tensor, expected)]
-    if tensor.datatype == "BYTES":
-        return body, [Item(data=b) for b in _bytes(tensor)]
-    raise UsageError(f"input datatype must be FP32 or BYTES, got {tensor.datatype[:20]!r}")
-
-
-def _fp32(tensor: InferInput, expected: tuple[int, ...]) -> np.ndarray:
-    shape = tensor.shape
-    if len(shape) != 4 or any(d < 1 for d in shape):
-        raise UsageError(f"FP32 input must have shape [N, H, W, C], got {shape}")
-    count = math.prod(shape)
-    if count > MAX_ELEMENTS:
-        raise UsageError(f"input too large: {count} values, at most {MAX_ELEMENTS}")
-    if tuple(shape[1:]) != expected:
-        raise UsageError(f"expected shape [N, {', '.join(map(str, expected))}], got {list(shape)}")
-    try:
-        array = np.asarray(tensor.data, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise UsageError("FP32 input data must be numbers, flat or nested as the shape") from None
-    if array.size != count:
-        raise UsageError(f"shape {shape} needs {count} values, got {array.size}")
-    if not np.isfinite(array).all():
-        raise UsageError("input holds NaN or infinite values")
-    return array.reshape(shape)
-
-
-def _bytes(tensor: InferInput) -> list[bytes]:
-    if len(tensor.shape) != 1 or tensor.shape[0] != len(tensor.data):
-        raise UsageError(
-            f"BYTES input must have shape [N] matching its {len(tensor.data)} elements, "
-            f"got {tensor.shape}"
-        )
-    images = []
-    for i, item in enumerate(tensor.data):
-        if not isinstance(item, str):
-            raise UsageError(f"BYTES element {i} must be a base64 string")
-        try:
-            images.append(b64decode(item))
-        except UsageError:
-            raise UsageError(f"BYTES element {i} is not valid base64") from None
-    return images
+    await off_loop(trim_after, 8 * len(raw))  # parsed JSON took ~8x its size in objects
+    scores = await service.infer(served, parsed.items, request_id(request), INFER_ROUTE)
+    body, headers = render(
+        served.name, str(served.version), parsed.request.id, scores, parsed.binary_output
+    )
+    return Response(body, headers=headers, media_type=headers["Content-Type"])
 
 
 def _version_param(value: Any) -> int | None:

@@ -1,79 +1,39 @@
 """The server's prediction log: one SQLite row per scored image (reports: `reports.py`).
 
 Request threads never touch SQLite: `PredictionLog.record` only enqueues, and one background
-thread commits batches (one transaction per batch of up to 500 rows or 50 ms). A full queue
-makes `record` wait (backpressure) instead of dropping rows; `close()` writes everything still
-queued, so a SIGTERM loses nothing. Reports open their own read-only connection: WAL lets them
-read while the writer commits. The database is plain SQLite, readable by any tool.
+thread commits batches (one transaction per batch of up to 500 rows or 50 ms). While the
+writer is healthy a full queue makes `record` wait (backpressure) instead of dropping rows;
+while it cannot write (a full disk), the queue holds what it can and further rows are counted
+as lost rather than piling up in memory, the failure is logged once per change of state and
+shown by `state()` (readiness reports it). `close_within(t)` writes everything still queued,
+giving up after `t` seconds of failing writes and saying how many rows it could not write, so
+a SIGTERM never hangs on a full disk. Rows older than the retention are deleted by the writer.
+Reports open their own read-only connection: WAL lets them read while the writer commits.
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import logging
 import queue
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from engine.errors import PneumoError, UsageError
 from engine.serve.store import schema
+from engine.serve.store.record import PredictionRecord
 from engine.serve.store.reports import drift_report, summarize
 
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 500
 BATCH_SECONDS = 0.05
-
-
-@dataclass(frozen=True)
-class PredictionRecord:
-    """One scored (or failed) image. `score`/`label`/`threshold` are None when `error` is set."""
-
-    time: float  # unix seconds
-    request_id: str
-    route: str
-    model_name: str
-    model_version: str
-    score: float | None
-    label: str | None
-    threshold: float | None
-    latency_ms: float
-    image_sha256: str
-    image: bytes | None = None  # stored only by a log opened with store_images=True
-    error: str | None = None
-
-    @classmethod
-    def from_result(
-        cls,
-        result: dict[str, Any],
-        *,
-        image: bytes,
-        request_id: str,
-        route: str,
-        model_name: str,
-        model_version: str,
-        latency_ms: float,
-        at: float | None = None,
-    ) -> PredictionRecord:
-        """A record from one `Engine.predict_batch` result dict and the image bytes it scored."""
-        return cls(
-            time=time.time() if at is None else at,
-            request_id=request_id,
-            route=route,
-            model_name=model_name,
-            model_version=model_version,
-            score=result.get("raw_score"),
-            label=result.get("prediction"),
-            threshold=result.get("threshold"),
-            latency_ms=latency_ms,
-            image_sha256=hashlib.sha256(image).hexdigest(),
-            image=image,
-            error=result.get("error"),
-        )
+PRUNE_EVERY = 600.0  # seconds between two retention passes of the writer
+PRUNE_ROWS = 5000  # rows deleted per transaction (short, so inserts keep flowing)
 
 
 COLUMNS = tuple(f.name for f in fields(PredictionRecord))
@@ -91,19 +51,28 @@ class PredictionLog:
     """
 
     def __init__(
-        self, path: str | Path, *, store_images: bool = False, max_queue: int = 10_000
+        self,
+        path: str | Path,
+        *,
+        store_images: bool = False,
+        max_queue: int = 10_000,
+        retention_days: float = 0.0,
     ) -> None:
         if max_queue < 1:
             raise UsageError(f"max_queue must be at least 1, got {max_queue}")
         self.path = Path(path)
         self.store_images = store_images
+        self.retention_days = retention_days
         conn = _open_writer(self.path)
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
         self._state = threading.Lock()
         self._closed = False
         self._putting = 0  # record()/flush() calls between their closed check and their put
         self._written = 0
+        self._lost = 0  # rows dropped while the writer could not write, or left at shutdown
         self._failure: str | None = None
+        self._give_up_at: float | None = None  # set by close_within: stop retrying then
+        self._next_prune = 0.0
         self._thread = threading.Thread(
             target=self._run, args=(conn,), name="pneumo-prediction-log", daemon=True
         )
@@ -112,11 +81,28 @@ class PredictionLog:
     # --- writing (any thread) --------------------------------------------------------------
 
     def record(self, rec: PredictionRecord) -> None:
-        """Queue one record; blocks while the queue is full. Raises UsageError once closed."""
+        """Queue one record; blocks while the queue is full and the writer healthy, drops
+        (and counts) it while the writer cannot write. Raises UsageError once closed."""
         row = tuple(getattr(rec, c) for c in COLUMNS)  # dataclasses.astuple deep-copies: slow
         if not self.store_images:
             row = (*row[:-2], None, row[-1])
-        self._put(row)
+        self._put(row, drop_when_failing=True)
+
+    @property
+    def failure(self) -> str | None:
+        """Why the writer cannot write now (None while healthy)."""
+        return self._failure
+
+    def close_within(self, timeout: float | None) -> int:
+        """Write what is queued, retrying failed writes for at most `timeout` seconds, then
+        stop. Returns the rows that could not be written (0: everything is on disk)."""
+        with self._state:
+            if self._give_up_at is None and timeout is not None:
+                self._give_up_at = time.monotonic() + timeout
+        with contextlib.suppress(PneumoError):  # still alive after the grace period: counted
+            self.close(None if timeout is None else timeout + 5.0)
+        with self._state:
+            return self._lost + (self._queue.qsize() if self._thread.is_alive() else 0)
 
     def flush(self, timeout: float | None = None) -> None:
         """Return once every record queued before this call is committed."""
@@ -155,12 +141,15 @@ class PredictionLog:
     def stats(self) -> dict[str, Any]:
         """For a health endpoint: rows written so far, rows queued, the last write failure."""
         with self._state:
-            return {
+            stats = {
                 "written": self._written,
                 "queued": self._queue.qsize(),
                 "closed": self._closed,
                 "failure": self._failure,
             }
+            if self._lost:
+                stats["lost"] = self._lost
+            return stats
 
     def __enter__(self) -> PredictionLog:
         return self
@@ -180,7 +169,7 @@ class PredictionLog:
 
     # --- internals -------------------------------------------------------------------------
 
-    def _put(self, item: object) -> None:
+    def _put(self, item: object, drop_when_failing: bool = False) -> None:
         with self._state:
             if self._closed:
                 raise UsageError(f"prediction log {self.path} is closed")
@@ -188,27 +177,32 @@ class PredictionLog:
                 raise PneumoError(f"prediction log {self.path}: the writer stopped (see the log)")
             self._putting += 1
         try:
-            self._put_checked(item)
+            self._put_checked(item, drop_when_failing)
         finally:
             with self._state:
                 self._putting -= 1
 
-    def _put_checked(self, item: object) -> None:
+    def _put_checked(self, item: object, drop_when_failing: bool = False) -> None:
         while True:  # a writer that died would otherwise leave a full queue blocking forever
             try:
-                self._queue.put(item, timeout=1.0)
+                self._queue.put(item, timeout=0.2 if drop_when_failing else 1.0)
                 return
             except queue.Full:
                 if not self._thread.is_alive():
                     raise PneumoError(f"prediction log {self.path}: the writer stopped") from None
+                if drop_when_failing and self._failure is not None:
+                    with self._state:
+                        self._lost += 1
+                    return
 
     def _run(self, conn: sqlite3.Connection) -> None:
         stopping = False
         try:
             while True:
                 rows, markers, stop = self._collect()
-                if rows:
-                    self._write(conn, rows)
+                if rows and not self._write(conn, rows):
+                    self._give_up(len(rows), markers)
+                    return
                 for marker in markers:
                     marker.set()
                 stopping = stopping or stop
@@ -216,6 +210,9 @@ class PredictionLog:
                     with self._state:
                         if self._putting == 0 and self._queue.empty():
                             return
+                elif self.retention_days > 0 and time.monotonic() >= self._next_prune:
+                    self._next_prune = time.monotonic() + PRUNE_EVERY
+                    self._prune(conn)
         except Exception:
             log.exception("prediction log %s: the writer failed", self.path)
             raise
@@ -255,28 +252,85 @@ class PredictionLog:
                 break
         return rows, markers, stop
 
-    def _write(self, conn: sqlite3.Connection, rows: list[tuple]) -> None:
+    def _write(self, conn: sqlite3.Connection, rows: list[tuple]) -> bool:
+        """Commit `rows`, retrying while it fails (disk full, locked by another process);
+        False once close_within's deadline passed without success."""
         delay = 0.05
         while True:
             try:
                 with conn:  # one transaction per batch
                     conn.executemany(_INSERT, rows)
                 break
-            except sqlite3.Error as e:  # disk full, locked by another process: keep the rows
-                log.error(
-                    "prediction log %s: cannot write %d rows (%s); retrying in %.2f s",
-                    self.path,
-                    len(rows),
-                    e,
-                    delay,
-                )
+            except sqlite3.Error as e:
+                failure = f"{type(e).__name__}: {e}"
+                if self._failure is None:  # logged once per change of state, not per retry
+                    log.error(
+                        "prediction log %s: cannot write (%s); keeping up to %d rows and "
+                        "retrying, further rows are lost until it can write again",
+                        self.path.name,
+                        failure,
+                        self._queue.maxsize,
+                    )
                 with self._state:
-                    self._failure = f"{type(e).__name__}: {e}"
+                    self._failure = failure
+                    give_up = self._give_up_at is not None and time.monotonic() >= self._give_up_at
+                if give_up:
+                    return False
                 time.sleep(delay)
                 delay = min(1.0, delay * 2)
         with self._state:
             self._written += len(rows)
-            self._failure = None
+            recovered, self._failure = self._failure is not None, None
+        if recovered:
+            log.warning(
+                "prediction log %s: writing again (%d rows lost meanwhile)",
+                self.path.name,
+                self._lost,
+            )
+        return True
+
+    def _give_up(self, in_hand: int, markers: list[threading.Event]) -> None:
+        """Shutdown while the writer cannot write: count what is left as lost, then stop."""
+        left = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, threading.Event):
+                markers.append(item)
+            elif item is not _STOP:
+                left += 1
+        with self._state:
+            self._lost += in_hand + left
+        for marker in markers:
+            marker.set()
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        """Delete rows older than the retention, a few thousand per transaction, and give
+        the space back to the file system."""
+        cutoff = time.time() - self.retention_days * 86400.0
+        deleted = 0
+        try:
+            while True:
+                with conn:
+                    n = conn.execute(
+                        "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions "
+                        "WHERE time < ? ORDER BY time LIMIT ?)",
+                        (cutoff, PRUNE_ROWS),
+                    ).rowcount
+                deleted += n
+                if n < PRUNE_ROWS:
+                    break
+            if deleted:
+                schema.reclaim(conn)
+                log.info(
+                    "prediction log: %d rows older than %g days deleted",
+                    deleted,
+                    self.retention_days,
+                )
+        except sqlite3.Error as e:
+            log.error("prediction log %s: retention pass failed (%s)", self.path.name, e)
 
 
 def _open_writer(path: Path) -> sqlite3.Connection:
@@ -285,6 +339,7 @@ def _open_writer(path: Path) -> sqlite3.Connection:
     except sqlite3.Error as e:
         raise UsageError(f"cannot open prediction log {path.name}: {e}") from e
     try:
+        schema.prepare(conn)
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode != "wal":
             raise UsageError(f"prediction log {path.name}: SQLite refused WAL mode ({mode})")

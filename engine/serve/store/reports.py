@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ PSI_MODERATE = 0.1
 PSI_SIGNIFICANT = 0.25
 CLASS_RATE_THRESHOLD = 0.1  # an absolute change in a class's share of predictions
 MIN_ROWS = 30  # fewer scored rows than this in a window: no drift verdict
+READER_CACHE_KB = 16 * 1024  # a report's SQLite page cache (and sort memory) at most
 
 
 def _open_reader(path: str | Path) -> sqlite3.Connection:
@@ -37,6 +38,7 @@ def _open_reader(path: str | Path) -> sqlite3.Connection:
         raise UsageError(f"cannot open prediction log {p.name}: {e}") from e
     try:
         check_columns(conn, p)
+        conn.execute(f"PRAGMA cache_size=-{READER_CACHE_KB}")  # the sorter spills past this
     except sqlite3.DatabaseError as e:
         conn.close()
         raise UsageError(f"{p.name} is not a pneumo prediction log: {e}") from e
@@ -49,48 +51,117 @@ def _open_reader(path: str | Path) -> sqlite3.Connection:
 # --- reports --------------------------------------------------------------------------------
 
 
+_EDGES = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1).tolist()
+_OK = "(error IS NULL AND score IS NOT NULL)"
+_CONFIDENCE = "(CASE WHEN score > threshold THEN score ELSE 1.0 - score END)"
+# Latency percentiles come from buckets of 1% relative width (ln(ms) * 100), read in the same
+# bounded way as everything else: within 1% of the exact value, whatever the log's size.
+LATENCY_BUCKETS_PER_E = 100
+
+
 @dataclass
 class _Window:
-    """The rows of one time window, as arrays."""
+    """What a report needs of one time window, aggregated in SQL: one grouped scan (plus one
+    for latency), so memory does not grow with the number of rows."""
 
     start: float
     end: float
-    score: np.ndarray  # scored rows only
-    label: list[str]  # scored rows only
-    threshold: np.ndarray  # scored rows only
-    latency: np.ndarray  # every row
-    errors: int
-    versions: list[tuple[str, str, str | None, float | None]]  # every row
-
-    @property
-    def total(self) -> int:
-        return len(self.latency)
+    total: int = 0
+    scored: int = 0
+    errors: int = 0
+    classes: dict[str, int] = field(default_factory=dict)
+    score_sum: float = 0.0
+    score_histogram: list[int] = field(default_factory=lambda: [0] * HISTOGRAM_BINS)
+    confidence_sum: float = 0.0
+    confidence_histogram: list[int] = field(default_factory=lambda: [0] * HISTOGRAM_BINS)
+    latency: dict[str, float | None] | None = None
+    versions: list[dict[str, Any]] = field(default_factory=list)
 
     def class_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for label in self.label:
-            counts[label] = counts.get(label, 0) + 1
-        return dict(sorted(counts.items()))
+        return dict(sorted(self.classes.items()))
 
 
-def _read_window(conn: sqlite3.Connection, start: float, end: float, closed: bool) -> _Window:
-    op = "<=" if closed else "<"
-    rows = conn.execute(
-        "SELECT model_name, model_version, score, label, threshold, latency_ms, error "
-        f"FROM predictions WHERE time >= ? AND time {op} ? ORDER BY time",
-        (start, end),
-    ).fetchall()
-    scored = [r for r in rows if r[6] is None and r[2] is not None]
-    return _Window(
-        start=start,
-        end=end,
-        score=np.array([r[2] for r in scored], dtype=np.float64),
-        label=[str(r[3]) for r in scored],
-        threshold=np.array([r[4] for r in scored], dtype=np.float64),
-        latency=np.array([r[5] for r in rows], dtype=np.float64),
-        errors=len(rows) - len(scored),
-        versions=[(r[0], r[1], r[6], r[2]) for r in rows],
+def _bin(expr: str) -> str:
+    """SQL for the histogram bin of `expr` clipped into [0, 1]: floor(10 x), 1.0 in the last."""
+    return (
+        f"MIN(CAST(MIN(MAX({expr}, 0.0), 1.0) * {HISTOGRAM_BINS} AS INTEGER), {HISTOGRAM_BINS - 1})"
     )
+
+
+def _read_window(
+    conn: sqlite3.Connection, start: float, end: float, closed: bool, full: bool = False
+) -> _Window:
+    """Counts, class counts, score and confidence histograms and per-version figures of
+    [start, end] (closed) or [start, end); with `full`, also the latency figures."""
+    where = f"time >= ? AND time {'<=' if closed else '<'} ?"
+    span = (start, end)
+    w = _Window(start=start, end=end)
+    versions: dict[tuple[str, str], dict[str, Any]] = {}
+    groups = conn.execute(
+        f"SELECT model_name, model_version, {_OK} AS ok, label, "
+        f"CASE WHEN {_OK} THEN {_bin('score')} END AS sbin, "
+        f"CASE WHEN {_OK} THEN {_bin(_CONFIDENCE)} END AS cbin, "
+        f"COUNT(*), SUM(CASE WHEN {_OK} THEN score END), "
+        f"SUM(CASE WHEN {_OK} THEN {_CONFIDENCE} END), MIN(time) "
+        f"FROM predictions WHERE {where} "
+        "GROUP BY model_name, model_version, ok, label, sbin, cbin ORDER BY MIN(time)",
+        span,
+    )
+    for name, version, ok, label, sbin, cbin, n, score_sum, confidence_sum, _ in groups:
+        v = versions.setdefault(
+            (name, version),
+            {"model_name": name, "model_version": version, "total": 0, "errors": 0, "_s": 0.0},
+        )
+        v["total"] += n
+        w.total += n
+        if not ok:
+            v["errors"] += n
+            w.errors += n
+            continue
+        w.scored += n
+        w.classes[str(label)] = w.classes.get(str(label), 0) + n
+        w.score_histogram[sbin] += n
+        w.confidence_histogram[cbin] += n
+        w.score_sum += score_sum
+        w.confidence_sum += confidence_sum
+        v["_s"] += score_sum
+    for v in versions.values():
+        total = v.pop("_s")
+        scored = v["total"] - v["errors"]
+        w.versions.append({**v, "mean_score": total / scored if scored else None})
+    if full:
+        w.latency = _latency(conn, where, span)
+    return w
+
+
+def _latency(conn: sqlite3.Connection, where: str, span: tuple) -> dict[str, float | None]:
+    """Mean, p50/p95/p99 (numpy's linear interpolation between ranks, read from 1%-wide
+    buckets) and max of the window's latencies."""
+    buckets = conn.execute(
+        f"SELECT CAST(ln(MAX(latency_ms, 0.001)) * {LATENCY_BUCKETS_PER_E} AS INTEGER) AS b, "
+        "COUNT(*), MIN(latency_ms), MAX(latency_ms), SUM(latency_ms) "
+        f"FROM predictions WHERE {where} GROUP BY b ORDER BY b",
+        span,
+    ).fetchall()
+    n = sum(b[1] for b in buckets)
+    if not n:
+        return {"mean": None, "p50": None, "p95": None, "p99": None, "max": None}
+
+    def at(rank: int) -> float:  # the rank-th smallest latency, within its bucket's width
+        seen = 0
+        for _, count, low, high, _ in buckets:
+            if rank < seen + count:
+                return low if count == 1 else low + (high - low) * (rank - seen) / (count - 1)
+            seen += count
+        return float(buckets[-1][3])
+
+    out: dict[str, float | None] = {"mean": sum(b[4] for b in buckets) / n}
+    for q in (50, 95, 99):
+        r = q / 100 * (n - 1)
+        lo = int(np.floor(r))
+        out[f"p{q}"] = at(lo) + (at(min(lo + 1, n - 1)) - at(lo)) * (r - lo)
+    out["max"] = float(buckets[-1][3])
+    return out
 
 
 def histogram(values: np.ndarray | Sequence[float]) -> list[int]:
@@ -140,25 +211,8 @@ def summarize(path: str | Path, hours: float = 24.0, now: float | None = None) -
     end = time.time() if now is None else now
     start = end - hours * 3600.0
     with _closing(_open_reader(path)) as conn:
-        w = _read_window(conn, start, end, closed=True)
-    classes = w.class_counts()
-    scored = len(w.score)
-    confidence = np.where(w.score > w.threshold, w.score, 1.0 - w.score)
-    by_version: dict[tuple[str, str], dict[str, Any]] = {}
-    for name, version, error, score in w.versions:
-        v = by_version.setdefault(
-            (name, version),
-            {"model_name": name, "model_version": version, "total": 0, "errors": 0, "_s": []},
-        )
-        v["total"] += 1
-        if error is not None or score is None:
-            v["errors"] += 1
-        else:
-            v["_s"].append(score)
-    versions = []
-    for v in by_version.values():
-        s = v.pop("_s")
-        versions.append({**v, "mean_score": float(np.mean(s)) if s else None})
+        w = _read_window(conn, start, end, closed=True, full=True)
+    scored = w.scored
     return {
         "db": Path(path).name,  # a name, never the server's absolute path
         "window": {"hours": hours, "start": _iso(start), "end": _iso(end)},
@@ -166,11 +220,11 @@ def summarize(path: str | Path, hours: float = 24.0, now: float | None = None) -
         "scored": scored,
         "errors": w.errors,
         "per_hour": w.total / hours,
-        "classes": {k: {"count": n, "rate": n / scored} for k, n in classes.items()},
-        "score": _distribution(w.score),
-        "confidence": _distribution(confidence),
-        "latency_ms": _percentiles(w.latency),
-        "by_model_version": versions,
+        "classes": {k: {"count": n, "rate": n / scored} for k, n in w.class_counts().items()},
+        "score": _distribution(w.score_sum, w.score_histogram, scored),
+        "confidence": _distribution(w.confidence_sum, w.confidence_histogram, scored),
+        "latency_ms": w.latency,
+        "by_model_version": w.versions,
     }
 
 
@@ -227,9 +281,9 @@ def drift_report(
         "messages": [],
     }
     short = [
-        f"the {name} window has {len(w.score)} scored predictions, fewer than {min_rows}"
+        f"the {name} window has {w.scored} scored predictions, fewer than {min_rows}"
         for name, w in (("recent", recent), ("reference", ref))
-        if len(w.score) < min_rows
+        if w.scored < min_rows
     ]
     if short:
         report["messages"] = [*short, "no drift verdict: too few predictions to compare"]
@@ -270,37 +324,22 @@ def drift_report(
 
 
 def _window_info(w: _Window) -> dict[str, Any]:
-    counts = w.class_counts()
-    n = len(w.score)
+    n = w.scored
     return {
         "start": _iso(w.start),
         "end": _iso(w.end),
         "rows": w.total,
         "scored": n,
-        "class_rates": {k: c / n for k, c in counts.items()},
-        "score_histogram": histogram(w.score),
-        "mean_score": float(w.score.mean()) if n else None,
+        "class_rates": {k: c / n for k, c in w.class_counts().items()},
+        "score_histogram": w.score_histogram,
+        "mean_score": w.score_sum / n if n else None,
     }
 
 
-def _distribution(values: np.ndarray) -> dict[str, Any]:
-    edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+def _distribution(total: float, counts: list[int], n: int) -> dict[str, Any]:
     return {
-        "mean": float(values.mean()) if len(values) else None,
-        "histogram": {"edges": [round(float(e), 6) for e in edges], "counts": histogram(values)},
-    }
-
-
-def _percentiles(values: np.ndarray) -> dict[str, float | None]:
-    if not len(values):
-        return {"mean": None, "p50": None, "p95": None, "p99": None, "max": None}
-    p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return {
-        "mean": float(values.mean()),
-        "p50": float(p50),
-        "p95": float(p95),
-        "p99": float(p99),
-        "max": float(values.max()),
+        "mean": total / n if n else None,
+        "histogram": {"edges": [round(float(e), 6) for e in _EDGES], "counts": counts},
     }
 
 

@@ -40,7 +40,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     total INTEGER NOT NULL,
     done INTEGER NOT NULL DEFAULT 0,
     errors INTEGER NOT NULL DEFAULT 0,
-    error TEXT
+    error TEXT,
+    owner TEXT NOT NULL DEFAULT '',
+    bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, created);
 CREATE TABLE IF NOT EXISTS job_items (
@@ -54,9 +56,17 @@ CREATE TABLE IF NOT EXISTS job_items (
     raw_score REAL,
     threshold REAL,
     error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, idx)
 );
 """
+# Columns added since the first layout: (table, column, definition), added to older files.
+JOB_COLUMNS = (
+    ("jobs", "owner", "TEXT NOT NULL DEFAULT ''"),
+    ("jobs", "bytes", "INTEGER NOT NULL DEFAULT 0"),
+    ("job_items", "attempts", "INTEGER NOT NULL DEFAULT 0"),
+)
+WAL_LIMIT_BYTES = 64 * 2**20  # the WAL file is truncated to this after each checkpoint
 # What the reports read: a log written by an older or newer writer only needs these.
 READ_COLUMNS = (
     "time",
@@ -68,6 +78,28 @@ READ_COLUMNS = (
     "latency_ms",
     "error",
 )
+
+
+def prepare(conn: sqlite3.Connection) -> None:
+    """Before the first table of a new file: free pages go back to the file system on
+    `reclaim` (incremental vacuum), and the WAL never stays larger than WAL_LIMIT_BYTES."""
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes effect on a new, empty file
+    conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+
+
+def reclaim(conn: sqlite3.Connection) -> None:
+    """Give the space of deleted rows back to the file system: free pages (files created with
+    `prepare`), and the WAL, checkpointed and truncated."""
+    # executescript steps the pragma to its end: execute() would free one page per call.
+    conn.executescript("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")
+
+
+def add_columns(conn: sqlite3.Connection, columns: Sequence[tuple[str, str, str]]) -> None:
+    """Bring a file written by an older layout up to date (columns with defaults only)."""
+    for table, column, definition in columns:
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
 def check_columns(

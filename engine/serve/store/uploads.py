@@ -1,72 +1,110 @@
-"""What a job upload may hold: one image, or a .zip of images, unpacked with bounds (member
-count, unpacked bytes, compression ratio) so an archive can never exhaust memory or disk."""
+"""What a job upload may hold: images, or .zip archives of images, unpacked one member at a
+time within the bounds of the whole request (entries, unpacked bytes, bytes per image,
+compression ratio of each member and of each archive), so that no request can exhaust memory
+or disk, whatever it splits its content into."""
 
 from __future__ import annotations
 
 import io
 import zipfile
 import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import BinaryIO
 
 from engine.errors import UsageError
 from engine.runtime.listing import IMAGE_SUFFIXES
 
 MAX_MEMBERS = 10_000
-MAX_TOTAL_BYTES = 512 * 2**20
-# X-rays barely compress (JPEG, PNG) or compress a few times (BMP, DICOM): a member that
-# shrank more than 100x and is over 1 MB unpacked is a decompression bomb, not a scan.
+MAX_TOTAL_BYTES = 256 * 2**20
+MAX_IMAGE_BYTES = 16 * 2**20
+# X-rays barely compress (JPEG, PNG) or compress a few times (BMP, DICOM): a member, or an
+# archive, that shrank more than 100x and is 1 MB or more unpacked is a decompression bomb.
 MAX_RATIO = 100
 RATIO_MIN_BYTES = 2**20
 UPLOAD_SUFFIXES = IMAGE_SUFFIXES
 
 
+@dataclass
+class UploadBudget:
+    """The bounds of one request, shared by all its files: images, unpacked bytes, and the
+    size of any one image."""
+
+    max_images: int = MAX_MEMBERS
+    max_total_bytes: int = MAX_TOTAL_BYTES
+    max_image_bytes: int = MAX_IMAGE_BYTES
+    images: int = 0
+    total_bytes: int = 0
+
+    def take(self, label: str, size: int) -> None:
+        self.images += 1
+        self.total_bytes += size
+        if self.images > self.max_images:
+            raise UsageError(f"a job request holds at most {self.max_images} images")
+        if size > self.max_image_bytes:
+            raise UsageError(
+                f"{label} is {_mb(size)}; one image may be at most {_mb(self.max_image_bytes)}"
+            )
+        if self.total_bytes > self.max_total_bytes:
+            raise UsageError(
+                f"the images of this job request unpack to more than "
+                f"{_mb(self.max_total_bytes)}: split it into several jobs"
+            )
+
+
 def items_from_upload(
     filename: str,
-    data: bytes,
-    *,
-    max_members: int = MAX_MEMBERS,
-    max_total_bytes: int = MAX_TOTAL_BYTES,
-) -> list[tuple[str, bytes]]:
-    """An uploaded file as job items: the images of a .zip archive, or the one image.
+    data: bytes | BinaryIO,
+    budget: UploadBudget | None = None,
+) -> Iterator[tuple[str, bytes]]:
+    """An uploaded file as job items, one at a time: the images of a .zip archive, or the one
+    image. `budget` (default: a fresh one) bounds the whole request across its files.
 
     Archive members that are folders, macOS metadata or not image files are skipped; names
-    keep their folders but lose any '..', drive or leading '/'. Refused with a UsageError:
-    an empty upload, a corrupt or encrypted archive, more than `max_members` entries, more
-    than `max_total_bytes` unpacked, or a member compressed over MAX_RATIO times (a bomb).
+    keep their folders but lose any '..', drive or leading '/'. Refused with a UsageError: an
+    empty upload, a corrupt or encrypted archive, a request over its budget, or a member or
+    archive compressed more than MAX_RATIO times (a bomb).
     """
+    budget = budget or UploadBudget()
+    stream = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     label = safe_name(filename) or "upload"
-    if not data:
+    stream.seek(0, io.SEEK_END)
+    size = stream.tell()
+    stream.seek(0)
+    if not size:
         raise UsageError(f"expected an image or a .zip archive, got 0 bytes from {label}")
-    if not (filename.lower().endswith(".zip") or data[:4] in (b"PK\x03\x04", b"PK\x05\x06")):
-        return [(label, data)]
+    head = stream.read(4)
+    stream.seek(0)
+    if not (filename.lower().endswith(".zip") or head in (b"PK\x03\x04", b"PK\x05\x06")):
+        budget.take(label, size)
+        yield label, stream.read()
+        return
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(stream)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as e:
         raise UsageError(f"{label} is not a readable zip archive: {e}") from e
     with archive:
         infos = archive.infolist()
-        if len(infos) > max_members:
+        if len(infos) > budget.max_images:
             raise UsageError(
-                f"{label} has {len(infos)} entries; at most {max_members} are accepted"
+                f"{label} has {len(infos)} entries; at most {budget.max_images} are accepted"
             )
         members = [i for i in infos if _is_image_member(i)]
         if not members:
             raise UsageError(
                 f"{label} holds no images (expected {', '.join(sorted(UPLOAD_SUFFIXES))} files)"
             )
-        _check_sizes(label, members, max_total_bytes)
-        items, total = [], 0
+        _check_sizes(label, members, size, budget)
         for info in members:
+            name = safe_name(info.filename)
             try:
                 with archive.open(info) as f:
-                    blob = f.read(max_total_bytes - total + 1)
+                    blob = f.read(budget.max_image_bytes + 1)
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
                 raise UsageError(f"{label}: cannot read {info.filename!r}: {e}") from e
-            total += len(blob)
-            if total > max_total_bytes:  # the headers lied about the sizes
-                raise UsageError(f"{label} unpacks to more than {_mb(max_total_bytes)}")
-            items.append((safe_name(info.filename), blob))
-    return items
+            budget.take(f"{label}: {name}", len(blob))  # the headers may have lied
+            yield name, blob
 
 
 def safe_name(name: str) -> str:
@@ -85,11 +123,15 @@ def _is_image_member(info: zipfile.ZipInfo) -> bool:
     return PurePosixPath(parts[-1]).suffix.lower() in UPLOAD_SUFFIXES
 
 
-def _check_sizes(label: str, members: list[zipfile.ZipInfo], max_total_bytes: int) -> None:
+def _check_sizes(
+    label: str, members: list[zipfile.ZipInfo], archive_bytes: int, budget: UploadBudget
+) -> None:
+    """Refuse from the central directory, before inflating anything: encryption, bombs, and
+    what would not fit in the request's budget."""
     for info in members:
         if info.flag_bits & 0x1:
             raise UsageError(f"{label}: {info.filename!r} is encrypted; upload it unencrypted")
-        if info.file_size > RATIO_MIN_BYTES and info.file_size > MAX_RATIO * max(
+        if info.file_size >= RATIO_MIN_BYTES and info.file_size > MAX_RATIO * max(
             info.compress_size, 1
         ):
             raise UsageError(
@@ -98,9 +140,20 @@ def _check_sizes(label: str, members: list[zipfile.ZipInfo], max_total_bytes: in
                 "zip bomb"
             )
     declared = sum(i.file_size for i in members)
-    if declared > max_total_bytes:
+    if declared >= RATIO_MIN_BYTES and declared > MAX_RATIO * archive_bytes:
         raise UsageError(
-            f"{label} unpacks to {_mb(declared)}, more than the {_mb(max_total_bytes)} accepted"
+            f"{label} expands {declared // archive_bytes} times ({_mb(archive_bytes)} -> "
+            f"{_mb(declared)}): refused as a zip bomb"
+        )
+    if budget.total_bytes + declared > budget.max_total_bytes:
+        raise UsageError(
+            f"{label} unpacks to {_mb(declared)}, more than the {_mb(budget.max_total_bytes)} "
+            "a job request may hold"
+            + (
+                f" ({_mb(budget.total_bytes)} already in this request)"
+                if budget.total_bytes
+                else ""
+            )
         )
 
 

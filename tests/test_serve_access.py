@@ -1,0 +1,172 @@
+"""Who may do what on `pneumo serve`, and how long a client may hold it: admin keys for the
+repository, user keys for scoring, jobs that belong to their key, rate limits that key
+guessing and forged X-Forwarded-For cannot escape, and deadlines for slow clients (real slow
+sockets)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from engine.runtime.samples import sample_images
+from engine.serve.security import RateLimiter
+from tests.server_process import ServerProcess
+
+USER_A = "user-a-0123456789abcdef"
+USER_B = "user-b-0123456789abcdef"
+ADMIN = "admin-0123456789abcdef"
+SAMPLE = sample_images()[0]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = ServerProcess(
+        tmp_path_factory.mktemp("access"),
+        "--state-dir",
+        "state",
+        "--header-timeout",
+        "1",
+        "--body-timeout",
+        "2",
+        env={"PNEUMO_API_KEYS": f"{USER_A},{USER_B}", "PNEUMO_ADMIN_KEYS": ADMIN},
+    ).start()
+    yield srv
+    assert srv.stop() == 0
+
+
+def key(k: str) -> dict[str, str]:
+    return {"X-API-Key": k}
+
+
+def test_repository_control_needs_an_admin_key(server: ServerProcess) -> None:
+    admin = f"{server.url}/v2/repository/models/pneumonia"
+    r = httpx.post(f"{admin}/unload", headers=key(USER_A))
+    assert r.status_code == 403
+    assert r.json() == {"error": "repository control needs an admin key"}
+    assert httpx.post(f"{admin}/load", headers=key(USER_A)).status_code == 403
+    assert httpx.post(f"{server.url}/v2/repository/index", headers=key(USER_A)).status_code == 200
+    r = httpx.post(f"{admin}/load", headers=key(ADMIN), timeout=60)
+    assert r.status_code == 200 and r.json()["state"] == "READY"
+    r = httpx.post(
+        f"{admin}/load", json={"parameters": {"version": int("9" * 4000)}}, headers=key(ADMIN)
+    )
+    assert r.status_code == 400 and "version must be a positive integer" in r.json()["error"]
+    r = httpx.post(f"{server.url}/predict", files={"image": ("a.jpeg", SAMPLE.read_bytes())},
+                   headers=key(ADMIN))  # fmt: skip
+    assert r.status_code == 200  # an admin key scores too
+
+
+def test_jobs_belong_to_the_key_that_created_them(server: ServerProcess) -> None:
+    files = [("images", ("a.jpeg", SAMPLE.read_bytes()))]
+    r = httpx.post(f"{server.url}/jobs", files=files, headers=key(USER_A), timeout=30)
+    assert r.status_code == 202, r.text
+    url = f"{server.url}{r.json()['url']}"
+    job_id = r.json()["job_id"]
+    for method in ("GET", "DELETE"):
+        r = httpx.request(method, url, headers=key(USER_B))
+        assert r.status_code == 404 and r.json() == {"error": f"no job with id {job_id!r}"}
+    assert httpx.get(f"{url}?format=csv", headers=key(USER_B)).status_code == 404
+    assert httpx.get(url, headers=key(USER_A)).status_code == 200
+    r = httpx.delete(url, headers=key(USER_A))
+    assert r.status_code == 200 and r.json() == {"job_id": job_id, "status": "deleted"}
+    assert httpx.get(url, headers=key(USER_A)).status_code == 404
+
+
+def test_key_guessing_is_rate_limited_whatever_x_forwarded_for_says(server: ServerProcess) -> None:
+    """Wrong keys cost tokens of the client's address; a forged X-Forwarded-For does not give
+    a fresh address (it is believed only from --forwarded-allow-ips)."""
+    with httpx.Client() as client:
+        statuses = [
+            client.get(
+                f"{server.url}/v2/models/pneumonia",
+                headers={"X-API-Key": f"guess-{i:020d}", "X-Forwarded-For": f"10.0.{i}.1"},
+            ).status_code
+            for i in range(40)
+        ]
+        assert statuses[0] == 401 and statuses[-1] == 429, statuses
+        r = client.get(f"{server.url}/v2/models/pneumonia", headers={"X-API-Key": "x" * 20})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"] == "rate limit exceeded: at most 2 requests/s"
+        # A right key has its own bucket: guessing from the same address does not lock it out.
+        assert (
+            client.get(f"{server.url}/v2/models/pneumonia", headers=key(USER_B)).status_code == 200
+        )
+
+
+def test_slow_clients_are_disconnected(server: ServerProcess) -> None:
+    """Sockets that send nothing, or trickle their headers, are closed after the header
+    deadline; one that stops in the middle of its body gets 408; meanwhile others are served."""
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(10)]
+    trickle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(10)]
+    stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(5)]
+    for s in stalled:
+        s.sendall(
+            b"POST /predict/base64 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: " + USER_A.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"image\": "
+        )  # fmt: skip
+    request = b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    deadline = time.monotonic() + 4.0
+    sent = 0
+    while time.monotonic() < deadline:  # one header byte per socket every 0.2 s
+        for s in trickle:
+            with contextlib.suppress(OSError):
+                s.sendall(request[sent % len(request) : sent % len(request) + 1])
+        sent += 1
+        time.sleep(0.2)
+    try:
+        for s in idle + trickle:
+            s.settimeout(2.0)
+            with contextlib.suppress(ConnectionResetError):  # closed, nothing answered
+                assert s.recv(1024) == b""
+        for s in stalled:
+            s.settimeout(5.0)
+            answer = s.recv(4096).decode()
+            assert answer.startswith("HTTP/1.1 408"), answer[:200]
+            assert '"request body not received within 2 s"' in answer
+    finally:
+        for s in idle + trickle + stalled:
+            s.close()
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+
+
+def test_rate_limiter_forgets_the_least_recently_seen_clients() -> None:
+    limiter = RateLimiter(rate=1.0, burst=1, max_clients=100)
+    for i in range(10_000):
+        limiter.acquire(f"client-{i}")
+    assert len(limiter) == 100
+    assert limiter.acquire("client-9999") >= 1  # the most recent ones are remembered
+    assert limiter.acquire("client-0") == 0  # the oldest was forgotten: a fresh bucket
+
+
+def test_bodies_in_flight_are_budgeted(server: ServerProcess) -> None:
+    """16 clients announce 16 MB bodies and send nothing more: the 256 MB of bodies in flight
+    are taken, the next request is shed at once (503), and once the stalled ones time out
+    (408) the server serves again."""
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {USER_A}\r\nContent-Type: "
+        f"multipart/form-data; boundary=x\r\nContent-Length: {16 * 2**20}\r\n\r\n--x\r\n"
+    )
+    stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(16)]
+    try:
+        for s in stalled:
+            s.sendall(head.encode())
+        time.sleep(0.3)
+        files = {"image": ("a.jpeg", SAMPLE.read_bytes())}
+        r = httpx.post(f"{server.url}/predict", files=files, headers=key(USER_B))
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"] == (
+            "server busy: 256 MB of requests already being received or handled"
+        )
+        for s in stalled:
+            s.settimeout(5.0)
+            assert s.recv(4096).startswith(b"HTTP/1.1 408")
+    finally:
+        for s in stalled:
+            s.close()
+    r = httpx.post(f"{server.url}/predict", files=files, headers=key(USER_B))
+    assert r.status_code == 200, r.text

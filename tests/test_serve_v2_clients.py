@@ -1,0 +1,183 @@
+"""The V2 routes as real clients speak them: the stock `tritonclient[http]` with its default
+settings (binary tensor data extension, no Content-Type, binary outputs), its JSON mode, and
+plain HTTP as curl sends it; every score checked against `/predict`."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from engine import Engine
+from engine.runtime.samples import sample_images
+from tests.server_process import ServerProcess
+
+IMAGES = sample_images()[2:5]  # a NORMAL and two PNEUMONIA X-rays
+HEAD = json.dumps(
+    {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES", "data": ["aGk="]}]}
+).encode()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path_factory.mktemp("v2"), "--state-dir", "state").start()
+    yield srv
+    assert srv.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
+    c = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def expected(server: ServerProcess) -> np.ndarray:
+    """What /predict says of IMAGES: the V2 routes must agree."""
+    scores = []
+    for p in IMAGES:
+        r = httpx.post(f"{server.url}/predict", files={"image": (p.name, p.read_bytes())})
+        assert r.status_code == 200, r.text
+        scores.append(r.json()["raw_score"])
+    return np.asarray(scores, dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def tensors() -> np.ndarray:
+    engine = Engine.load()
+    return np.stack([engine.preprocess(p) for p in IMAGES])
+
+
+def test_server_and_model_metadata(client: triton.InferenceServerClient) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("pneumonia") and client.is_model_ready("pneumonia", "1")
+    assert not client.is_model_ready("pneumonia", "7")
+    server = client.get_server_metadata()
+    assert server["name"] == "pneumo-onnx" and "binary_tensor_data" in server["extensions"]
+    meta = client.get_model_metadata("pneumonia")
+    assert meta["inputs"][0] == {"name": "image", "datatype": "FP32", "shape": [-1, 128, 128, 3]}
+    assert meta["outputs"] == [{"name": "score", "datatype": "FP32", "shape": [-1, 1]}]
+    config = client.get_model_config("pneumonia")
+    assert config["max_batch_size"] == 32 and config["input"][0]["dims"] == [128, 128, 3]
+    assert config["output"] == [{"name": "score", "data_type": "TYPE_FP32", "dims": [1]}]
+    assert client.get_model_config("pneumonia", "1")["name"] == "pneumonia"
+    with pytest.raises(InferenceServerException, match="no model named 'nothing'") as e:
+        client.get_model_metadata("nothing")
+    assert e.value.status() == "404"
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_fp32_with_default_settings_and_json(
+    client: triton.InferenceServerClient,
+    tensors: np.ndarray,
+    expected: np.ndarray,
+    binary: bool,
+) -> None:
+    tensor = triton.InferInput("image", list(tensors.shape), "FP32")
+    tensor.set_data_from_numpy(tensors, binary_data=binary)
+    default = client.infer("pneumonia", [tensor], request_id="r-1")  # outputs binary by default
+    assert default.get_response()["id"] == "r-1"
+    np.testing.assert_allclose(default.as_numpy("score").ravel(), expected, atol=1e-5)
+    asked = triton.InferRequestedOutput("score", binary_data=binary)
+    result = client.infer("pneumonia", [tensor], outputs=[asked], model_version="1")
+    assert result.as_numpy("score").shape == (3, 1)
+    np.testing.assert_allclose(result.as_numpy("score").ravel(), expected, atol=1e-5)
+
+
+def test_bytes_raw_images_in_binary_and_base64_in_json(
+    client: triton.InferenceServerClient, expected: np.ndarray
+) -> None:
+    raw = np.array([p.read_bytes() for p in IMAGES], dtype=np.object_)
+    tensor = triton.InferInput("image_bytes", [len(IMAGES)], "BYTES")
+    tensor.set_data_from_numpy(raw)  # binary: 4-byte length + the JPEG's own bytes
+    result = client.infer("pneumonia", [tensor])
+    np.testing.assert_allclose(result.as_numpy("score").ravel(), expected, atol=1e-6)
+
+    b64 = np.array([[base64.b64encode(p.read_bytes())] for p in IMAGES], dtype=np.object_)
+    tensor = triton.InferInput("image_bytes", [len(IMAGES), 1], "BYTES")
+    tensor.set_data_from_numpy(b64, binary_data=False)
+    asked = triton.InferRequestedOutput("score", binary_data=False)
+    result = client.infer("pneumonia", [tensor], outputs=[asked])
+    np.testing.assert_allclose(result.as_numpy("score").ravel(), expected, atol=1e-6)
+
+
+def test_compressed_request_and_errors_reach_the_client(
+    client: triton.InferenceServerClient, tensors: np.ndarray, expected: np.ndarray
+) -> None:
+    tensor = triton.InferInput("image", list(tensors.shape), "FP32")
+    tensor.set_data_from_numpy(tensors)
+    result = client.infer("pneumonia", [tensor], request_compression_algorithm="gzip")
+    np.testing.assert_allclose(result.as_numpy("score").ravel(), expected, atol=1e-5)
+    bad = triton.InferInput("image", [1, 128, 128, 3], "FP32")
+    bad.set_data_from_numpy(np.full((1, 128, 128, 3), 200.0, np.float32))
+    with pytest.raises(InferenceServerException, match=r"must lie in \[0, 1\]") as e:
+        client.infer("pneumonia", [bad])
+    assert e.value.status() == "400"
+    with pytest.raises(InferenceServerException, match="unknown output 'prob'"):
+        client.infer("pneumonia", [tensor], outputs=[triton.InferRequestedOutput("prob")])
+
+
+def test_plain_json_as_curl_sends_it(server: ServerProcess, expected: np.ndarray) -> None:
+    """No Content-Type, flat data, the KServe spec's JSON only."""
+    blobs = [base64.b64encode(p.read_bytes()).decode() for p in IMAGES]
+    body = {"inputs": [{"name": "image_bytes", "shape": [3], "datatype": "BYTES", "data": blobs}]}
+    url = f"{server.url}/v2/models/pneumonia/infer"
+    r = httpx.post(url, content=json.dumps(body).encode(), headers={"content-type": ""})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/json"
+    out = r.json()
+    assert out["model_name"] == "pneumonia" and out["model_version"] == "1"
+    assert out["outputs"][0]["shape"] == [3, 1] and out["outputs"][0]["datatype"] == "FP32"
+    np.testing.assert_allclose(out["outputs"][0]["data"], expected, atol=1e-6)
+    r = httpx.post(
+        url,
+        content=gzip.compress(json.dumps(body).encode()),
+        headers={"content-encoding": "gzip"},
+    )
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == out["outputs"][0]["data"]
+
+
+@pytest.mark.parametrize(
+    "header, body, message",
+    [
+        ("5000", b"{}", "must be a byte count within the body"),
+        (
+            str(len(HEAD)),
+            HEAD + b"\x00\x00\x00",
+            "the body holds binary data but no input has binary_data_size",
+        ),
+        (
+            None,
+            json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "image",
+                            "shape": [1, 128, 128, 3],
+                            "datatype": "FP32",
+                            "parameters": {"shared_memory_region": "r0"},
+                        }
+                    ]
+                }
+            ).encode(),
+            "'shared_memory_region' is not supported",
+        ),
+    ],
+    ids=["header past the body", "binary without size", "shared memory"],
+)
+def test_malformed_binary_requests_get_400(
+    server: ServerProcess, header: str | None, body: bytes, message: str
+) -> None:
+    headers = {"Inference-Header-Content-Length": header} if header else {}
+    r = httpx.post(f"{server.url}/v2/models/pneumonia/infer", content=body, headers=headers)
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]
+    assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
