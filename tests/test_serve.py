@@ -230,7 +230,7 @@ def test_unknown_route_is_json_404(server: ServerProcess) -> None:
 # --- KServe V2 ---------------------------------------------------------------------------------
 
 
-def test_v2_health_and_metadata(server: ServerProcess) -> None:
+def test_v2_health_and_metadata(server: ServerProcess, engine: Engine) -> None:
     assert httpx.get(f"{server.url}/v2").json()["name"] == "pneumo-onnx"
     assert httpx.get(f"{server.url}/v2/health/live").json() == {"live": True}
     assert httpx.get(f"{server.url}/v2/health/ready").json() == {"ready": True}
@@ -238,7 +238,7 @@ def test_v2_health_and_metadata(server: ServerProcess) -> None:
     assert meta["inputs"][0] == {"name": "image", "datatype": "FP32", "shape": [-1, 128, 128, 3]}
     assert meta["outputs"] == [{"name": "score", "datatype": "FP32", "shape": [-1, 1]}]
     assert meta["parameters"]["pipeline"] == "rgb, bicubic stretch, scaling unit"
-    assert meta["parameters"]["preprocessing"] == "fast"  # auto: the manifest's measured verdict
+    assert meta["parameters"]["preprocessing"] == engine.preprocessing  # the manifest's verdict
     assert httpx.get(f"{server.url}/v2/models/pneumonia/versions/1").status_code == 200
     assert httpx.get(f"{server.url}/v2/models/pneumonia/ready").json()["ready"] is True
     assert httpx.get(f"{server.url}/v2/models/pneumonia/versions/9/ready").status_code == 404

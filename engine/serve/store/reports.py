@@ -6,6 +6,7 @@ Read-only: each report opens its own `mode=ro` connection, so it runs beside a l
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -39,6 +40,9 @@ def _open_reader(path: str | Path) -> sqlite3.Connection:
     try:
         check_columns(conn, p)
         conn.execute(f"PRAGMA cache_size=-{READER_CACHE_KB}")  # the sorter spills past this
+        # SQLite's own ln() exists only in builds with SQLITE_ENABLE_MATH_FUNCTIONS, and a
+        # process that loaded another libsqlite3 (Ray's, TensorFlow's) may get one without it.
+        conn.create_function("pneumo_ln", 1, _ln, deterministic=True)
     except sqlite3.DatabaseError as e:
         conn.close()
         raise UsageError(f"{p.name} is not a pneumo prediction log: {e}") from e
@@ -46,6 +50,10 @@ def _open_reader(path: str | Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _ln(x: float) -> float:
+    return math.log(x)
 
 
 # --- reports --------------------------------------------------------------------------------
@@ -138,7 +146,8 @@ def _latency(conn: sqlite3.Connection, where: str, span: tuple) -> dict[str, flo
     """Mean, p50/p95/p99 (numpy's linear interpolation between ranks, read from 1%-wide
     buckets) and max of the window's latencies."""
     buckets = conn.execute(
-        f"SELECT CAST(ln(MAX(latency_ms, 0.001)) * {LATENCY_BUCKETS_PER_E} AS INTEGER) AS b, "
+        f"SELECT CAST(pneumo_ln(MAX(latency_ms, 0.001)) * {LATENCY_BUCKETS_PER_E} AS INTEGER) "
+        "AS b, "
         "COUNT(*), MIN(latency_ms), MAX(latency_ms), SUM(latency_ms) "
         f"FROM predictions WHERE {where} GROUP BY b ORDER BY b",
         span,
