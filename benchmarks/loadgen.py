@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from benchmarks.timing import summary_ms
+from engine.offline.timing import summary_ms
 
 FIELDS = {"prediction", "confidence", "raw_score", "threshold"}
 

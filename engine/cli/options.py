@@ -48,13 +48,17 @@ def add_model_options(p: argparse.ArgumentParser, device: bool = True) -> None:
         p.set_defaults(device="cpu", preprocessing="fast", threads=None)
         return
     add_device_option(p)
+    add_preprocessing_option(p)
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: cores)")
+
+
+def add_preprocessing_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preprocessing",
         default=PREPROCESSING[0],
         choices=PREPROCESSING,
         help="fast: reduced-scale JPEG decoding; reference: exactly as in training",
     )
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime threads (default: cores)")
 
 
 def add_variant_option(p: argparse.ArgumentParser) -> None:
