@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -185,8 +186,8 @@ def render(r: dict[str, Any]) -> str:
     lines += table(["device", "variant", "threads", *(f"batch {b}" for b in batches)], rows)
     lines += [
         "",
-        "pipeline: image files to results through Engine.stream (what pneumo batch runs), "
-        "images/s; one image: Engine.predict, ms",
+        "pipeline: files to results through Engine.stream, as pneumo batch, images/s; "
+        "one image: Engine.predict, ms",
     ]
     rows = [
         [
@@ -203,8 +204,7 @@ def render(r: dict[str, Any]) -> str:
     ]
     header = ["device", "variant", "decode only", f"model @{s['batch_size']}", "ideal"]
     lines += table([*header, "pipeline", "of ideal", "one image p50/p95/p99"], rows)
-    for run in ok:
-        lines += ["", *explain(run)]
+    lines += explain(ok)
     for run in r["runs"]:
         if "error" in run:
             lines.append(f"{run['device']} {run['variant']}: error: {run['error']}")
@@ -212,29 +212,37 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def explain(run: dict[str, Any]) -> list[str]:
-    """The ceiling's formula with this run's numbers, then what it means."""
-    c, label = run["ceiling"], f"{run['device']} {run['variant']}"
-    decode = run["decode_only"]
-    d = c["decode_core_ms_per_image"]
-    rate = next(x for x in run["model_only"] if x["batch"] == run["pipeline"]["batch_size"])
-    if run["device"] == "cpu":
-        m = c["model_core_ms_per_image"]
-        why = (
-            f"{label}: ideal = c / (d + m) = {c['cores']} / ({d:.2f} + {m:.2f} ms) = "
-            f"{c['ideal_images_per_second']:.1f} img/s, with c cores, d the decode core-time "
-            f"per image ({decode['workers']} threads / {decode['images_per_second']:.1f} img/s "
-            f"decode only) and m the model's ({run['threads']} threads / "
-            f"{rate['images_per_second']:.1f} img/s model only): both share the cores"
-        )
-    else:
-        why = (
-            f"{label}: ideal = min(c / d, model rate) = min({c['cores']} / {d:.2f} ms, "
-            f"{rate['images_per_second']:.1f} img/s) = "
-            f"{c['ideal_images_per_second']:.1f} img/s: decoding on the cores, the model "
-            "beside them"
-        )
-    return [why, *(f"  {line}" for line in c["advice"])]
+WIDTH = 100  # terminal columns for the prose under the tables
+FORMULAS = {
+    "cpu": "ideal = c / (d + m): c cores; d = decode threads / decode-only img/s, the "
+    "core-seconds decoding takes per image; m = onnxruntime threads / model-only img/s at the "
+    "pipeline's batch, the model's core-seconds per image; decoding and the model share the "
+    "cores. Above 100%: overlapping them did better than each stage alone on all cores.",
+    "cuda": "ideal = min(c / d, model img/s): decoding on the c cores, the model beside them "
+    "on the GPU.",
+}
+
+
+def explain(runs: list[dict[str, Any]]) -> list[str]:
+    """The ceiling's formula once per kind of device, then each run's numbers and what they
+    mean."""
+    lines: list[str] = []
+    for device in dict.fromkeys(run["device"] for run in runs):
+        lines += ["", *textwrap.wrap(FORMULAS["cpu" if device == "cpu" else "cuda"], WIDTH)]
+        for run in (r for r in runs if r["device"] == device):
+            c = run["ceiling"]
+            d, ideal = c["decode_core_ms_per_image"], c["ideal_images_per_second"]
+            if device == "cpu":
+                sums = f"{c['cores']} / ({d:.2f} + {c['model_core_ms_per_image']:.2f} ms)"
+            else:
+                rate = next(
+                    x for x in run["model_only"] if x["batch"] == run["pipeline"]["batch_size"]
+                )
+                sums = f"min({c['cores']} / {d:.2f} ms, {rate['images_per_second']:.1f} img/s)"
+            lines.append(f"{device} {run['variant']}: ideal = {sums} = {ideal:.1f} img/s")
+            for line in c["advice"]:
+                lines += textwrap.wrap(line, WIDTH, initial_indent="  ", subsequent_indent="    ")
+    return lines
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
