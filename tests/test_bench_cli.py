@@ -90,6 +90,8 @@ def test_report_and_table_on_a_tiny_model(
     assert run["one_image_latency_ms"]["p50"] > 0
     c = run["ceiling"]
     assert c["formula"] == "c / (d + m)"
+    assert set(c["cpu_ms_per_image"]) == {"decode", "model", "pipeline"}
+    assert c["pipeline_cores_busy"] > 0 and c["pipeline_cpu_percent_of_stages"] > 0
     assert c["ideal_images_per_second"] > 0 and c["pipeline_percent_of_ideal"] > 0
     # The table: the model-only pivot, the pipeline against its ideal, the formula spelled out.
     assert "model only: images/s" in out and "batch 1" in out and "batch 2" in out
@@ -97,6 +99,7 @@ def test_report_and_table_on_a_tiny_model(
     assert f"{c['pipeline_percent_of_ideal']:.1f}%" in out
     assert "ideal = c / (d + m): c cores; d = decode threads / decode-only img/s" in out
     assert "cpu fp32: ideal = " in out and "decoding is" in out
+    assert "CPU time per image: decoding " in out and "ms in the pipeline" in out
     assert f"wrote {out_json}" in out
 
 
@@ -216,6 +219,19 @@ def test_ceiling_arithmetic(device: str, model_rate: float, ideal: float, advice
         assert c["model_core_ms_per_image"] == 10.0 and c["decode_share"] == 0.667
         assert c["per_extra_core_images_per_second"] == 33.3
         assert c["without_model_on_the_cores_images_per_second"] == 100.0
+
+
+def test_cpu_time_says_whether_the_cores_were_ours() -> None:
+    """A shared machine: the pipeline kept 0.72 of 2 cores busy (18 ms of CPU per image at
+    40 img/s), and ran the stages for 120% of their CPU time alone."""
+    cpu_ms = {"decode": 10.0, "model": 5.0, "pipeline": 18.0}
+    c = ceiling("cpu", 2, 100.0, 2, 200.0, 2, pipeline_rate=40.0, cpu_ms=cpu_ms)
+    assert c["cpu_ms_per_image"] == cpu_ms
+    assert c["pipeline_cpu_percent_of_stages"] == 120.0 and c["pipeline_cores_busy"] == 0.72
+    assert "kept 0.72 of 2 cores busy: other work shares this machine" in c["advice"][0]
+    quiet = ceiling("cpu", 2, 100.0, 2, 200.0, 2, pipeline_rate=110.0, cpu_ms=cpu_ms)
+    assert quiet["pipeline_cores_busy"] == 1.98
+    assert not any("cores busy" in line for line in quiet["advice"])
 
 
 def test_a_well_used_pipeline_gets_no_tuning_advice() -> None:

@@ -240,6 +240,18 @@ def explain(runs: list[dict[str, Any]]) -> list[str]:
                 )
                 sums = f"min({c['cores']} / {d:.2f} ms, {rate['images_per_second']:.1f} img/s)"
             lines.append(f"{device} {run['variant']}: ideal = {sums} = {ideal:.1f} img/s")
+            if "cpu_ms_per_image" in c:
+                ms = c["cpu_ms_per_image"]
+                lines += textwrap.wrap(
+                    f"CPU time per image: decoding {ms['decode']:.2f} + the model "
+                    f"{ms['model']:.2f} = {ms['decode'] + ms['model']:.2f} ms alone, "
+                    f"{ms['pipeline']:.2f} ms in the pipeline "
+                    f"({c['pipeline_cpu_percent_of_stages']:.0f}%), which kept "
+                    f"{c['pipeline_cores_busy']:.2f} of {c['cores']} cores busy",
+                    WIDTH,
+                    initial_indent="  ",
+                    subsequent_indent="    ",
+                )
             for line in c["advice"]:
                 lines += textwrap.wrap(line, WIDTH, initial_indent="  ", subsequent_indent="    ")
     return lines

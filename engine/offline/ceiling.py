@@ -19,6 +19,7 @@ CUDA_FORMULA = "min(c / d, model rate)"
 # Below this share of the ideal, the pipeline itself (threads, batching, overlap) is what a
 # user should look at before buying hardware.
 WELL_USED = 85.0
+BUSY = 0.9  # below this share of the cores busy, the rates are not the machine's
 
 
 def ceiling(
@@ -29,8 +30,14 @@ def ceiling(
     model_rate: float,
     model_threads: int,
     pipeline_rate: float,
+    cpu_ms: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The ideal pipeline rate, the pipeline's percentage of it, and what would raise it."""
+    """The ideal pipeline rate, the pipeline's percentage of it, and what would raise it.
+
+    `cpu_ms`: the process's CPU milliseconds per image of decoding alone, the model alone and
+    the pipeline. They move less than rates when other work shares the machine: the pipeline's
+    CPU time against the two stages' (above 100%: overhead of running them together) and the
+    cores it kept busy say whether a rate is the machine's or the neighbours'."""
     d = min(decode_threads, cores) / decode_rate
     out: dict[str, Any] = {"cores": cores, "decode_core_ms_per_image": round(1000 * d, 2)}
     if device == "cpu":
@@ -52,6 +59,11 @@ def ceiling(
             "bound": "model" if model_rate < cores / d else "decode",
         }
     out["pipeline_percent_of_ideal"] = round(100 * pipeline_rate / ideal, 1)
+    if cpu_ms is not None:
+        out["cpu_ms_per_image"] = {k: round(v, 3) for k, v in cpu_ms.items()}
+        work = cpu_ms["decode"] + cpu_ms["model"]
+        out["pipeline_cpu_percent_of_stages"] = round(100 * cpu_ms["pipeline"] / work, 1)
+        out["pipeline_cores_busy"] = round(cpu_ms["pipeline"] * pipeline_rate / 1000, 2)
     out["advice"] = advice(device, out)
     return out
 
@@ -60,6 +72,14 @@ def advice(device: str, c: dict[str, Any]) -> list[str]:
     """What the ceiling says, in a few sentences a user can act on."""
     pct, ideal = c["pipeline_percent_of_ideal"], c["ideal_images_per_second"]
     lines = []
+    busy = c.get("pipeline_cores_busy")
+    if busy is not None and busy < BUSY * c["cores"]:
+        lines.append(
+            f"the pipeline kept {busy:.2f} of {c['cores']} cores busy: other work shares this "
+            "machine (or the pipeline stalls), so every rate here is below what the cores can "
+            "do, and the pipeline, with more threads, may get a larger share than each stage "
+            "alone (above 100%)"
+        )
     if pct < WELL_USED:
         lines.append(
             f"the pipeline reaches {pct:.0f}% of its ideal {ideal:.0f} img/s: the hardware is "

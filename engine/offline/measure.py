@@ -52,13 +52,14 @@ def decode_rate(
 ) -> dict[str, Any]:
     """Images/s of `prepare` (decode + preprocess to the tensor) on `workers` threads, with
     2 x workers images in flight so that no thread waits: what the pipeline's decoding could
-    reach if the model took no time. Every image must be readable (see `Bench.check`)."""
+    reach if the model took no time; and the process's CPU time per image. Every image must be
+    readable (`engine.offline.bench.prepare` checks them)."""
     source = itertools.cycle(images)
     with ThreadPoolExecutor(workers, thread_name_prefix="pneumo-bench-decode") as pool:
         list(pool.map(prepare, images[:workers]))  # warm-up: the threads exist, files cached
         inflight: deque[Future[np.ndarray]] = deque()
         done = 0
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         deadline = start + seconds
         while True:
             while len(inflight) < 2 * workers and (
@@ -69,9 +70,10 @@ def decode_rate(
                 break
             inflight.popleft().result()
             done += 1
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     return {
         "images_per_second": round(done / elapsed, 1),
+        "cpu_ms_per_image": round(1000 * cpu / done, 3),
         "images": done,
         "seconds": round(elapsed, 3),
         "workers": workers,
