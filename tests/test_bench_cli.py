@@ -20,7 +20,7 @@ from PIL import Image
 from engine.cli import main
 from engine.cli.bench import StepProgress
 from engine.contract import Contract, InputSpec
-from engine.offline.bench import MIN_PASS_BATCHES, pass_images
+from engine.offline.bench_images import MIN_PASS_BATCHES, pass_images
 from engine.offline.ceiling import ceiling
 from engine.offline.timing import timed_calls
 from engine.repository.manifest import sha256_file
