@@ -31,6 +31,7 @@ from benchmarks import environment, report
 from benchmarks.suites import Context, Skip
 from benchmarks.timing import ProcessFailed
 from engine.errors import PneumoError
+from engine.offline.machine import machine
 
 DEFAULT_SUITES = ("model", "pipeline", "serve", "startup")
 ALL_SUITES = (*DEFAULT_SUITES, "conversion", "ray", "limits")
@@ -180,7 +181,7 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
             "label": label,
             "started": started.isoformat(timespec="seconds"),
             "command": "python -m benchmarks " + shlex.join(argv),
-            "machine": environment.machine(),
+            "machine": machine(),
             "versions": environment.versions(),
             "model": environment.model_facts(),
             "images": {

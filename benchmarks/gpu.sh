@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # One-command GPU benchmark: a venv with the engine on onnxruntime-gpu (the `gpu` extra) plus
 # the Keras baselines (`convert`, CPU-only TensorFlow) and the harness's extras (`bench`),
-# then the model and pipeline suites with the engine rows on CUDA.
+# then `pneumo bench --device cuda` and the model and pipeline suites with the engine rows on
+# CUDA.
 #
 #   bash benchmarks/gpu.sh [more python -m benchmarks options, e.g. --images DIR]
 #
-# Needs an NVIDIA GPU with its driver (nvidia-smi). Results: build/bench/bench-gpu-*.{json,md,png}
+# Needs an NVIDIA GPU with its driver (nvidia-smi). Results: build/bench/pneumo-bench-cuda.{json,txt}
+# and build/bench/bench-gpu-*.{json,md,png}
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -36,4 +38,12 @@ if "CUDAExecutionProvider" not in providers:
     sys.exit(f"error: onnxruntime {ort.__version__} offers {providers}, no CUDAExecutionProvider")
 print(f"onnxruntime {ort.__version__}: {providers}")
 PY
+# `pneumo bench` (the wheel's own benchmark) on CUDA, every variant, on the development X-rays
+# when present (IMAGES=DIR to choose), then the harness's suites.
+mkdir -p build/bench
+IMAGES=${IMAGES:-../shared/data/fullres}
+BENCH_IMAGES=()
+[ -d "$IMAGES" ] && BENCH_IMAGES=(--images "$IMAGES")
+"$VENV/bin/pneumo" bench --device cuda --variant all ${BENCH_IMAGES[@]+"${BENCH_IMAGES[@]}"} \
+    --json build/bench/pneumo-bench-cuda.json | tee build/bench/pneumo-bench-cuda.txt
 exec "$VENV/bin/python" -m benchmarks --suite model,pipeline --device cuda --label gpu "$@"

@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from benchmarks.timing import summary_ms
+from engine.offline.timing import summary_ms
 
 FIELDS = {"prediction", "confidence", "raw_score", "threshold"}
 SERIAL = itertools.count()  # across warm-up and run: no two requests carry the same bytes

@@ -6,7 +6,8 @@ process so that start-up, imports and peak memory are its own:
 - `keras-batch`: a typical Keras batch pipeline: `keras.utils.load_img(target_size=...)` per
   image, `model.predict` per batch of 32;
 - `engine-reference` / `engine-fast`: `Engine.stream` (what `pneumo batch` runs) with each
-  preprocessing, and `Engine.predict` per image for latency.
+  preprocessing, and `Engine.predict` per image for latency, timed by `pneumo bench`'s own
+  code (`engine.offline.measure`).
 
     python -m benchmarks.pipelines MODE FOLDER [--repeats 3] [--threads N] [--device cpu]
 
@@ -68,24 +69,50 @@ def keras_scorers(mode: str, threads: int) -> tuple[Scorer, Callable[[Path], flo
     return (loop, one) if mode == "keras-loop" else (batch, None)
 
 
-def engine_scorers(
-    mode: str, threads: int, device: str
-) -> tuple[Scorer, Callable[[Path], float], Any]:
+def engine_report(mode: str, paths: list[Path], repeats: int, threads: int, device: str) -> dict:
+    """The engine rows, measured by `pneumo bench`'s own code (engine.offline.measure): the
+    cold pass, `repeats` warm passes of `Engine.stream`, then `Engine.predict` per image."""
     from engine import Engine
+    from engine.offline.measure import pipeline_passes, predict_calls
 
-    if device == "cuda":
-        from benchmarks.environment import prepare_cuda
-
-        prepare_cuda()
     engine = Engine.load(preprocessing=mode.removeprefix("engine-"), threads=threads, device=device)
+    report: dict[str, Any] = {"ready_at": time.time()}
+    report["scores"] = [r["raw_score"] for _, r in engine.stream(paths, batch_size=BATCH)]
+    report["cold_done_at"] = time.time()
+    report["pass_seconds"] = pipeline_passes(engine, paths, 0, BATCH, min_passes=repeats)
+    report["latency_seconds"] = predict_calls(engine, paths, 0, 0, repeats * len(paths))
+    report["preprocess_ms_per_image_1_thread"] = preprocess_ms(engine, paths)
+    return report
 
-    def stream(paths: list[Path]) -> list[float]:
-        return [r["raw_score"] for _, r in engine.stream(paths, batch_size=BATCH)]
 
-    def one(path: Path) -> float:
-        return float(engine.predict(path)["raw_score"])
-
-    return stream, one, engine
+def keras_report(mode: str, paths: list[Path], repeats: int, threads: int) -> dict:
+    """The Keras rows: the cold pass, `repeats` warm passes, per-image (loop) or per-batch
+    latencies."""
+    folder_pass, single = keras_scorers(mode, threads)
+    report: dict[str, Any] = {"ready_at": time.time()}
+    report["scores"] = folder_pass(paths)  # cold: what a user waits for
+    report["cold_done_at"] = time.time()
+    passes: list[float] = []
+    latencies: list[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        if single is not None:  # the loop is single calls: time each as it goes
+            for p in paths:
+                t = time.perf_counter()
+                single(p)
+                latencies.append(time.perf_counter() - t)
+        else:
+            folder_pass(paths)
+        passes.append(time.perf_counter() - start)
+    if single is None:  # the batch pipeline has no per-image call: time each warm batch
+        for i in range(0, len(paths), BATCH):
+            start = time.perf_counter()
+            folder_pass(paths[i : i + BATCH])
+            latencies.append(time.perf_counter() - start)
+        report["latency_unit"] = f"one batch of up to {BATCH}"
+    report["pass_seconds"] = passes
+    report["latency_seconds"] = latencies
+    return report
 
 
 def preprocess_ms(engine: Any, paths: list[Path]) -> float:
@@ -107,44 +134,11 @@ def main() -> None:
     from engine.runtime.listing import list_images
 
     paths = list_images(args.folder)
-    report: dict[str, Any] = {"mode": args.mode, "images": len(paths)}
-    engine = None
     if args.mode.startswith("keras"):
-        folder_pass, single = keras_scorers(args.mode, args.threads)
+        report = keras_report(args.mode, paths, args.repeats, args.threads)
     else:
-        folder_pass, single, engine = engine_scorers(args.mode, args.threads, args.device)
-    report["ready_at"] = time.time()
-    report["scores"] = folder_pass(paths)  # cold: what a user waits for
-    report["cold_done_at"] = time.time()
-    passes: list[float] = []
-    latencies: list[float] = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        if args.mode == "keras-loop":  # the loop is single calls: time each as it goes
-            for p in paths:
-                t = time.perf_counter()
-                single(p)  # type: ignore[misc]
-                latencies.append(time.perf_counter() - t)
-        else:
-            folder_pass(paths)
-        passes.append(time.perf_counter() - start)
-    if single is not None and args.mode != "keras-loop":
-        for _ in range(args.repeats):
-            for p in paths:
-                start = time.perf_counter()
-                single(p)
-                latencies.append(time.perf_counter() - start)
-    elif single is None:  # the batch pipeline has no per-image call: time each warm batch
-        for i in range(0, len(paths), BATCH):
-            start = time.perf_counter()
-            folder_pass(paths[i : i + BATCH])
-            latencies.append(time.perf_counter() - start)
-        report["latency_unit"] = f"one batch of up to {BATCH}"
-    report["pass_seconds"] = passes
-    report["latency_seconds"] = latencies
-    if engine is not None:
-        report["preprocess_ms_per_image_1_thread"] = preprocess_ms(engine, paths)
-    print(json.dumps(report))
+        report = engine_report(args.mode, paths, args.repeats, args.threads, args.device)
+    print(json.dumps({"mode": args.mode, "images": len(paths), **report}))
 
 
 if __name__ == "__main__":

@@ -1,59 +1,24 @@
-"""Timing primitives shared by every suite: warm-up excluded, repeats summarised as min and
-median (and percentiles for latencies), whole processes timed with their peak RSS."""
+"""Timing for the suites: calls through the engine's own timing (`engine.offline.timing`, as
+`pneumo bench`: warm-up excluded, min/median/percentiles), whole processes with their peak
+RSS."""
 
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-
-def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
-    """Milliseconds: min, median, p95, p99, max of a list of durations in seconds."""
-    ms = np.asarray(seconds, dtype=np.float64) * 1000.0
-    return {
-        "n": int(ms.size),
-        "min": round(float(ms.min()), 3),
-        "p50": round(float(np.percentile(ms, 50)), 3),
-        "p95": round(float(np.percentile(ms, 95)), 3),
-        "p99": round(float(np.percentile(ms, 99)), 3),
-        "max": round(float(ms.max()), 3),
-    }
-
-
-def time_calls(fn: Callable[[], object], warmup: int, repeats: int, calls: int) -> list[float]:
-    """Per-call seconds of `fn` over `repeats` rounds of `calls` calls, after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeats * calls):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
-
-
-def throughput_row(call_seconds: Sequence[float], batch: int) -> dict[str, Any]:
-    """Images/s from per-call times of a batch: median (typical) and best (min time)."""
-    median = statistics.median(call_seconds)
-    return {
-        "batch": batch,
-        "images_per_second": round(batch / median, 1),
-        "images_per_second_best": round(batch / min(call_seconds), 1),
-        "latency_ms": summary_ms(call_seconds),
-    }
+from engine.offline.timing import throughput_row, timed_calls
 
 
 def measure(fn: Callable[[], object], batch: int, warmup: int, repeats: int) -> dict[str, Any]:
-    """A throughput row for `fn` running one batch: each repeat covers at least 32 images."""
-    return throughput_row(time_calls(fn, warmup, repeats, max(1, 32 // batch)), batch)
+    """A throughput row for `fn` running one batch: each repeat covers at least 32 images
+    (a fixed count of calls, where `pneumo bench` gives each figure a time box)."""
+    return throughput_row(timed_calls(fn, 0, warmup, repeats * max(1, 32 // batch)), batch)
 
 
 def ratio(value: float | None, baseline: float | None) -> float | None:

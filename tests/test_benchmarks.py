@@ -17,7 +17,8 @@ from onnx import TensorProto, helper, numpy_helper
 from benchmarks import flops
 from benchmarks.__main__ import main
 from benchmarks.suites import has
-from benchmarks.timing import ratio, summary_ms
+from benchmarks.timing import ratio
+from engine.offline.timing import summary_ms
 
 KERAS = has("keras") and has("tensorflow")
 

@@ -112,6 +112,15 @@ def test_plain_install_is_tensorflow_free_and_names_the_extra(tmp_path: Path) ->
         cwd=tmp_path,
     )
     assert monitor.returncode == 2 and "error: no prediction log at none.db" in monitor.stderr
+    # `pneumo bench` ships in the wheel and measures the shipped model on the shipped samples.
+    measured = subprocess.run(
+        [bin_dir / "pneumo", "bench", "--seconds", "0.1", "--batch-sizes", "1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert measured.returncode == 0, measured.stderr
+    assert "ideal = c / (d + m)" in measured.stdout and "cpu fp32: ideal = " in measured.stdout
 
     # The benchmark harness (checkout only) runs its engine rows on the installed engine
     # without TensorFlow, and says why the rest (Keras baselines, FLOP count, chart) is skipped.

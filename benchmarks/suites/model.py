@@ -2,9 +2,10 @@
 
 Rows: Keras `predict` (the baseline: what the seed code calls), a direct Keras call, TFLite
 fp32 and dynamic-range (built from the Keras model by the conversion stage into a temp dir),
-onnxruntime fp32, int8, int8-full on CPU and, with `--device cuda`, fp32 and fp16 on CUDA with
-the input and output bound on the device (IOBinding). Also the FLOP/s achieved by onnxruntime
-fp32 at batch 32 against the CPU's peak.
+onnxruntime fp32, int8, int8-full on CPU and, with `--device cuda`, fp32 and fp16 on CUDA
+with IOBinding; the onnxruntime rows are timed by the engine's own `pneumo bench` code
+(engine.offline.measure). Also the FLOP/s achieved by onnxruntime fp32 at batch 32 against the
+CPU's peak.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from typing import Any
 import numpy as np
 
 from benchmarks import flops
-from benchmarks.environment import KERAS_MODEL, MODEL_DIR, cpu, prepare_cuda
+from benchmarks.environment import KERAS_MODEL, MODEL_DIR
 from benchmarks.suites import NO_KERAS, Context, has
-from benchmarks.timing import ProcessFailed, json_from_stdout, measure, ratio, run_process
+from benchmarks.timing import ProcessFailed, json_from_stdout, ratio, run_process
 from engine.contract import Contract
 from engine.errors import PneumoError
+from engine.offline.machine import cpu
+from engine.offline.measure import model_calls
+from engine.offline.timing import throughput_row
 from engine.repository.variants import VARIANT_FILES
 from engine.runtime.preprocess import reference_batch
 from engine.runtime.session import create_session, session_options
@@ -38,40 +42,31 @@ def inputs(images: list[Path], n: int) -> np.ndarray:
     return np.ascontiguousarray(np.resize(x, (n, *x.shape[1:])), dtype=np.float32)
 
 
+def engine_row(session: Any, x: np.ndarray, batch: int, ctx: Context) -> dict[str, Any]:
+    """One onnxruntime row, timed as `pneumo bench` times the model (engine.offline.measure:
+    THE `run` of the engine, score output only, IOBinding on CUDA), for a fixed call count."""
+    calls = model_calls(session, x, batch, 0, ctx.warmup, ctx.repeats * max(1, 32 // batch))
+    return throughput_row(calls, batch)
+
+
 def ort_cpu_rows(ctx: Context, x: np.ndarray) -> dict[str, dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     opts = session_options(ctx.threads, spinning=True)  # back-to-back runs: spinning pays
     for variant in CPU_VARIANTS:
         session = create_session(MODEL_DIR / VARIANT_FILES[variant], options=opts)
-        rows[f"ort-{variant}"] = {
-            str(b): measure(
-                lambda xb=x[:b], s=session: s.run(None, {"image": xb}), b, ctx.warmup, ctx.repeats
-            )
-            for b in ctx.batches
-        }
+        rows[f"ort-{variant}"] = {str(b): engine_row(session, x, b, ctx) for b in ctx.batches}
     return rows
 
 
 def ort_cuda_rows(ctx: Context, x: np.ndarray) -> dict[str, dict[str, Any]]:
-    """Model-only CUDA: the batch is copied to the GPU once, the output stays there; each
-    timed call is one `run_with_iobinding` plus its synchronisation."""
-    import onnxruntime as ort
-
-    prepare_cuda()
+    """Model-only CUDA with IOBinding, as the engine runs it: each call copies the batch to
+    the GPU and the score back."""
     rows: dict[str, dict[str, Any]] = {}
     for variant in CUDA_VARIANTS:
         session = create_session(MODEL_DIR / VARIANT_FILES[variant], device="cuda")
-        rows[f"cuda-{variant}-iobinding"] = {}
-        for b in ctx.batches:
-            binding = session.io_binding()
-            binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(x[:b], "cuda", 0))
-            binding.bind_output("score", "cuda")
-
-            def run(s: Any = session, bind: Any = binding) -> None:
-                s.run_with_iobinding(bind)
-                bind.synchronize_outputs()
-
-            rows[f"cuda-{variant}-iobinding"][str(b)] = measure(run, b, ctx.warmup, ctx.repeats)
+        rows[f"cuda-{variant}-iobinding"] = {
+            str(b): engine_row(session, x, b, ctx) for b in ctx.batches
+        }
     return rows
 
 

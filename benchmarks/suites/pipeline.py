@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.suites import NO_KERAS, Context, has
-from benchmarks.timing import ProcessFailed, json_from_stdout, ratio, run_process, summary_ms
+from benchmarks.timing import ProcessFailed, json_from_stdout, ratio, run_process
+from engine.offline.timing import summary_ms
 
 BASELINE = "keras-batch"
 LOOP = "keras-loop"

@@ -15,11 +15,21 @@ import sys
 from collections.abc import Sequence
 
 from engine import __version__
-from engine.cli import batch, convert, evaluate, info, monitor, predict, serve, validate
+from engine.cli import (
+    batch,
+    bench,
+    convert,
+    evaluate,
+    info,
+    monitor,
+    predict,
+    serve,
+    validate,
+)
 from engine.cli.options import HelpFormatter
 from engine.errors import PneumoError
 
-COMMANDS = (predict, batch, evaluate, info, convert, validate, serve, monitor)
+COMMANDS = (predict, batch, evaluate, info, bench, convert, validate, serve, monitor)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, as `yes | head -1` ends
 

@@ -71,9 +71,9 @@ def add_preprocessing_option(p: argparse.ArgumentParser) -> None:
         "--preprocessing",
         default=PREPROCESSING[0],
         choices=PREPROCESSING,
-        help="auto: fast where the model's conversion measured it within 0.02 of the model's "
-        "own pipeline, else reference (`pneumo info` says which and why); fast: reduced-scale "
-        "JPEG decoding; reference: exactly the model's own pipeline",
+        help="auto: fast where the model's conversion measured it within 0.01 of the model's "
+        "own pipeline on its probe X-rays, else reference (`pneumo info` says which and why); "
+        "fast: reduced-scale JPEG decoding; reference: exactly the model's own pipeline",
     )
 
 

@@ -43,6 +43,11 @@ def check_batch_options(batch_size: int, workers: int | None) -> None:
         raise UsageError(f"workers must be at least 1, got {workers}")
 
 
+def decode_workers(workers: int | None = None) -> int:
+    """The decode threads `Engine.stream` runs: the caller's number, else one per core."""
+    return workers or os.cpu_count() or 1
+
+
 class Engine:
     """A loaded model plus its contract and preprocessing. Build it with `Engine.load`."""
 
@@ -133,7 +138,7 @@ class Engine:
         """
         t = self.resolve_threshold(threshold)
         check_batch_options(batch_size, workers)
-        workers = workers or os.cpu_count() or 1
+        workers = decode_workers(workers)
         items = iter(enumerate(images))
         with ThreadPoolExecutor(workers, thread_name_prefix="pneumo-decode") as pool:
             ahead: deque[tuple[int, Future[np.ndarray | str]]] = deque()

@@ -55,6 +55,8 @@ def create_session(
             f"device '{device}' needs onnxruntime's {wanted}, but this onnxruntime offers "
             f"{available}: install the 'gpu' extra (see README, CUDA)"
         )
+    if device == "cuda":
+        load_cuda_libraries()
     providers = [wanted, "CPUExecutionProvider"] if device == "cuda" else [wanted]
     path = None if isinstance(model, bytes) else os.fspath(model)
     name = "<bytes>" if path is None else Path(path).name
@@ -74,6 +76,14 @@ def create_session(
         raise UsageError(f"asked for {wanted} but onnxruntime runs {name} on {actual}")
     log.debug("loaded %s on %s", name, actual)
     return session
+
+
+def load_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that pip wheels provide (`onnxruntime-gpu[cuda,cudnn]`,
+    onnxruntime >= 1.21), so that a CUDA session finds them without LD_LIBRARY_PATH; libraries
+    already loaded stay as they are; a no-op on older onnxruntime."""
+    if hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
 
 
 def run(
