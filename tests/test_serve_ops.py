@@ -136,7 +136,8 @@ def test_a_job_survives_a_restart(tmp_path: Path) -> None:
         done = wait_for_job(f"{second.url}/jobs/{job['job_id']}")
     finally:
         assert second.stop() == 0
-    assert done["status"] == "done" and done["done"] == 240 and done["errors"] == 0
+    assert done["status"] == "done", done.get("error")  # a SIGTERM mid-chunk must not fail it
+    assert done["done"] == 240 and done["errors"] == 0
     assert [r["image_path"] for r in done["results"]] == [f"img{i:03d}.jpeg" for i in range(240)]
 
 

@@ -52,10 +52,12 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         finally:
             if loading is not None:
                 loading.cancel()
+            # The job chunk in hand is scored through the batcher and decode pool: let it
+            # finish (and the runner stop) before they close, or the job would fail.
             state.runner.request_stop()
-            await state.service.close()
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, state.runner.stop, SHUTDOWN_SECONDS)
+            await state.service.close()
             unwritten = await loop.run_in_executor(
                 None, state.prediction_log.close_within, SHUTDOWN_SECONDS
             )

@@ -14,18 +14,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
-import hashlib
 import io
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 
-from engine.errors import ImageError, ModelLoadError, PneumoError, UsageError, first_line
+from engine.errors import (
+    ModelLoadError,
+    Overloaded,
+    PneumoError,
+    UsageError,
+)
 from engine.runtime.decoders import Header, describe, read_header
 from engine.runtime.engine import Engine
 from engine.runtime.limits import MAX_DECODE_BYTES
@@ -33,6 +36,7 @@ from engine.runtime.results import Result, Scored, failed
 from engine.serve.admission import DecodeBudget, Ticket, waves
 from engine.serve.batching import Batcher
 from engine.serve.cache import ResultCache
+from engine.serve.items import Item, inspect_items, named
 from engine.serve.memory import trim_after
 from engine.serve.metrics import ServerMetrics
 from engine.serve.registry import ModelRegistry, Served
@@ -43,16 +47,6 @@ log = logging.getLogger(__name__)
 # What scoring one item gives: its result, or the error that image got (the caller decides
 # whether one bad image fails the request or becomes an error row).
 Outcome = Scored | PneumoError
-
-
-@dataclass(frozen=True)
-class Item:
-    """One image to score: an encoded file (`data`, called `name` in error messages) or a
-    tensor already in the model's input layout (`tensor`, from V2 FP32)."""
-
-    data: bytes | None = None
-    tensor: np.ndarray | None = None
-    name: str | None = None
 
 
 class ScoringService:
@@ -87,6 +81,7 @@ class ScoringService:
         # its own, never the event loop.
         self._log = ThreadPoolExecutor(1, thread_name_prefix="pneumo-log")
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
         self.default_model = ""
 
     @property
@@ -120,7 +115,9 @@ class ScoringService:
         self.metrics.serving(served.name, str(served.version), e.model.variant, served.sha256)
 
     async def close(self) -> None:
-        """Score everything already queued, then stop the pools."""
+        """Score everything already queued, then stop the pools (scoring after this point is
+        Overloaded: the server is shutting down)."""
+        self._closing = True
         await self.batcher.close()
         self._decode.shutdown(wait=True)
         self._log.shutdown(wait=True)
@@ -144,6 +141,8 @@ class ScoringService:
         over the per-request limits (UsageError); `in_waves` (jobs) instead decodes a list
         over the per-request pixel budget in consecutive waves within it.
         """
+        if self._closing:
+            raise Overloaded("the server is shutting down", retry_after=5)
         started = time.perf_counter()
         engine = served.engine
         t = engine.resolve_threshold(threshold)
@@ -154,7 +153,7 @@ class ScoringService:
                 f"at most {self.batcher.max_queue} images per request, got {len(items)}"
             )
         loop = asyncio.get_running_loop()
-        digests, headers = await loop.run_in_executor(self._decode, _inspect, items)
+        digests, headers = await loop.run_in_executor(self._decode, inspect_items, items)
         model_key = (served.name, str(served.version), engine.model.variant)
         outcomes: list[Outcome | None] = [None] * len(items)
         for i, item in enumerate(items):
@@ -228,7 +227,7 @@ class ScoringService:
             async with self.budget.memory(header.decode_bytes):
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(
-                    self._decode, _preprocess, engine, _named(item), header.decode_bytes
+                    self._decode, _preprocess, engine, named(item), header.decode_bytes
                 )
         finally:
             ticket.release(index)
@@ -300,7 +299,7 @@ class ScoringService:
 
         method = check_method(served.engine, "auto")
         loop = asyncio.get_running_loop()
-        source = _named(Item(image, name=name))
+        source = named(Item(image, name=name))
         header = await loop.run_in_executor(self._decode, read_header, image, describe(source))
         draw = functools.partial(overlay_png, method=method, negative=negative)
         async with self.budget.memory(header.decode_bytes):  # decoded again, in full
@@ -357,34 +356,3 @@ def _preprocess(engine: Engine, source: bytes | io.BytesIO, decode_bytes: int) -
         return engine.preprocess(source)
     finally:
         trim_after(decode_bytes)
-
-
-def _inspect(items: Sequence[Item]) -> tuple[list[str], list[Header | PneumoError | None]]:
-    """For each item: the sha256 of its bytes (the file, or the tensor's float32 bytes), and
-    its image header (None for a tensor), or the error that refuses it without decoding."""
-    digests: list[str] = []
-    headers: list[Header | PneumoError | None] = []
-    for item in items:
-        if item.data is None:
-            digests.append(hashlib.sha256(np.ascontiguousarray(item.tensor).tobytes()).hexdigest())
-            headers.append(None)
-            continue
-        digests.append(hashlib.sha256(item.data).hexdigest())
-        name = describe(_named(item))
-        try:
-            headers.append(read_header(item.data, name))
-        except PneumoError as e:
-            headers.append(e)
-        except Exception as e:  # a header parser's own bug on a hostile file: this item only
-            headers.append(ImageError(f"{name} cannot be read: {first_line(e)}"))
-    return digests, headers
-
-
-def _named(item: Item) -> bytes | io.BytesIO:
-    """Bytes that error messages call by the client's file name (its last part, shortened)."""
-    assert item.data is not None
-    if not item.name:
-        return item.data
-    stream = io.BytesIO(item.data)
-    stream.name = item.name.replace("\\", "/").rsplit("/", 1)[-1][:80] or "upload"
-    return stream

@@ -27,7 +27,7 @@ from engine.contract import Contract
 from engine.errors import UsageError
 from engine.runtime.decoders import format_of
 from engine.serve.inputs import b64decode, parse_json
-from engine.serve.scoring import Item
+from engine.serve.items import Item
 
 MAX_ELEMENTS = 64 * 128 * 128 * 3 * 4  # a generous cap on one request's FP32 values
 RANGE_MARGIN = 0.1  # FP32 inputs may stray this fraction of the scaling's range outside it
