@@ -2,10 +2,11 @@
 
 External pediatric X-rays differ from this train split mostly in exposure, contrast, processing
 (sharpening, blur), noise and framing, so the augmentation draws each of those per image:
-a small affine (rotation, zoom, aspect, shift), gamma, contrast, brightness, a blur/sharpen mix
-and Gaussian noise. It acts on one gray channel and repeats it, so the three channels stay equal
-as in real grayscale X-rays. Every draw comes from stateless ops seeded by a per-batch seed from
-tf.data.Dataset.random: the same run gives the same batches, even with parallel map calls.
+a small affine (rotation, zoom, aspect, shift), gamma, a random monotone tone curve, contrast,
+brightness, a blur/sharpen mix and Gaussian noise. It acts on one gray channel and repeats it,
+so the three channels stay equal as in real grayscale X-rays. Every draw comes from stateless
+ops seeded by a per-batch seed from tf.data.Dataset.random: the same run gives the same
+batches, even with parallel map calls.
 Augmentation lives only here, never in the model.
 """
 
@@ -27,7 +28,7 @@ class Augment:
     aspect: float = 0.06  # relative stretch of one axis against the other
     shift: float = 0.06  # fraction of the side
     gamma: tuple[float, float] = (0.7, 1.45)
-    tone: float = 0.0  # log-slope range of a random monotone 4-segment tone curve; 0: off
+    tone: float = 0.6  # log-slope range of a random monotone 4-segment tone curve; 0: off
     contrast: tuple[float, float] = (0.7, 1.4)
     brightness: float = 0.1
     blur: tuple[float, float] = (-0.6, 1.0)  # weight of a Gaussian blur; < 0 sharpens

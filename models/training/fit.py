@@ -78,7 +78,9 @@ def train(
     """A trained model (batch-norm statistics still those of augmented batches) and its
     history: loss and, when validation data is given, exact AUC per epoch."""
     import keras
+    import tensorflow as tf
 
+    tf.config.experimental.enable_op_determinism()  # same seed, same weights
     keras.utils.set_random_seed(seed)
     model = build(seed)
     steps = int(np.ceil(len(x_train) / recipe.batch_size))
