@@ -23,7 +23,7 @@ from models.training.augment import Augment, make_dataset
 class Recipe:
     """Everything a run depends on besides the data and the seed."""
 
-    epochs: int = 30
+    epochs: int = 20
     batch_size: int = 32
     learning_rate: float = 2e-3
     warmup_epochs: int = 1
