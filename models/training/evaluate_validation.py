@@ -2,9 +2,10 @@
 
     python models/training/evaluate_validation.py --data ../shared/data/kermany224/train
 
-Reads models/validation_split.txt (written by models/training/train.py), scores those images
-with the engine exactly as `pneumo evaluate` does (reference preprocessing: the training-time
-tensors), and writes models/validation_metrics.json, the source of the model card's figures.
+Reads models/validation_split.txt (written by v1's models/training/train.py), scores those
+images with the engine exactly as `pneumo evaluate` does (reference preprocessing: the
+training-time tensors), and writes models/validation_metrics.json, the source of the model
+card's figures.
 """
 
 from __future__ import annotations

@@ -1,234 +1,283 @@
-"""Train the reference PneumoniaCNN on Kermany et al.'s chest X-rays (a developer tool, never CI).
+"""Train PneumoniaCNN v2 on Kermany et al.'s chest X-rays (a developer tool, never CI).
 
-    python models/training/train.py --data ../shared/data/kermany224/train \\
-        --out models/pneumonia_cnn.keras
-    # smoke test, leaving the repository's split and report alone:
-    python models/training/train.py --data ../shared/data/kermany224/train --out /tmp/smoke.keras \\
-        --limit 300 --epochs 1 --split-file /tmp/split.txt --report /tmp/report.json
+    # 1. patient-grouped 5-fold cross-validation (74 min on the shared 2-core machine); fold 0
+    #    is the final validation split, so its run is the final model (build/model-v2/fold-0.keras):
+    python models/training/train.py cv --data ../shared/data/kermany224/train \\
+        --fullres ../shared/data/fullres
+    # 2. the final model, its validation split and the report, from those runs (about 1 min):
+    python models/training/train.py report --data ../shared/data/kermany224/train \\
+        --fullres ../shared/data/fullres
+    # smoke test, leaving models/ alone:
+    python models/training/train.py cv --data ../shared/data/kermany224/train \\
+        --fullres ../shared/data/fullres --epochs 1 --folds 0 --work /tmp/v2-smoke
 
-`--data` holds one folder per label of the model contract (NORMAL/, PNEUMONIA/). Every image
-goes through engine.runtime.preprocess.reference_pixels, the serving-time tensor. The stratified
-validation split is written to --split-file on the first run and read back on later runs, so
-runs stay comparable; --limit subsamples both parts of that split and never changes it.
-Augmentation lives only in the tf.data pipeline, so the saved model is the plain architecture.
+Folds are whole patients (id from the file name), stratified by class, seeded; the patients of
+the full-resolution subset (`--fullres`, train-split images also in `--data`) are put in fold
+0, so the final validation split has a full-resolution subset. The recipe is in fit.Recipe and
+augment.Augment; every fold runs it whole (crossval.run_fold). v1 was trained by commit 353b756
+(models/training/train.py there; random split over images, 18 epochs, no calibration).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from engine.contract import Contract
-from engine.runtime.listing import list_images
-from engine.runtime.metrics import evaluate
-from engine.runtime.preprocess import reference_pixels
-
 REPO = Path(__file__).resolve().parents[2]
-VAL_FRACTION = 0.15
-Item = tuple[str, int]  # (path relative to --data, label 0/1)
+if str(REPO) not in sys.path:  # run as a script: make `engine` and `models` importable
+    sys.path.insert(0, str(REPO))
+
+from engine.contract import Contract  # noqa: E402
+from engine.runtime.listing import list_images  # noqa: E402
+from models.training.data import (  # noqa: E402
+    Item,
+    cached_pixels,
+    grouped_folds,
+    list_items,
+    patient_id,
+    split_counts,
+)
+
+SEED = 20180222  # Kermany et al., Cell, published 2018-02-22
+FOLDS = 5
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("stage", choices=("cv", "report"))
     p.add_argument("--data", type=Path, required=True, help="folder with NORMAL/, PNEUMONIA/")
-    p.add_argument("--out", type=Path, required=True, help="where to save the .keras model")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=20180222)
-    p.add_argument("--limit", type=int, help="use about N images in all (smoke tests)")
-    p.add_argument("--split-file", type=Path, default=REPO / "models" / "validation_split.txt")
-    p.add_argument("--report", type=Path, default=REPO / "models" / "training_report.json")
+    p.add_argument("--fullres", type=Path, required=True, help="full-resolution subset of --data")
+    p.add_argument("--folds", type=int, nargs="+", default=list(range(FOLDS)), help="cv: which")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs (smoke tests)")
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--work", type=Path, default=REPO / "build" / "model-v2", help="fold runs")
+    p.add_argument("--cache", type=Path, default=REPO / "build" / "cache", help="decoded images")
+    p.add_argument("--out", type=Path, default=REPO / "models" / "pneumonia_cnn_v2.keras")
+    p.add_argument("--report", type=Path, default=REPO / "models" / "training_report_v2.json")
+    p.add_argument("--split-file", type=Path, default=REPO / "models" / "validation_split_v2.txt")
     return p.parse_args(argv)
 
 
-def list_items(data: Path, contract: Contract) -> list[Item]:
-    """Every image under data/<negative label>/ and data/<positive label>/, labelled 0 and 1."""
-    items = []
-    for label, name in enumerate((contract.negative_label, contract.positive_label)):
-        paths = list_images(data / name, recursive=False)
-        if not paths:
-            raise SystemExit(f"expected images in {data / name}, found none")
-        items += [(f"{name}/{p.name}", label) for p in paths]
-    return items
+class Data:
+    """The items, their grouped folds and their cached reference tensors."""
 
-
-def validation_paths(split_file: Path, items: list[Item], seed: int) -> tuple[set[str], bool]:
-    """The validation paths and whether they were reused: read from `split_file` if it
-    exists, else drawn (VAL_FRACTION of each class) and written there, sorted."""
-    known = {path for path, _ in items}
-    if split_file.exists():
-        val = {line.strip() for line in split_file.read_text().splitlines() if line.strip()}
-        missing = sorted(val - known)
+    def __init__(self, args: argparse.Namespace, contract: Contract) -> None:
+        self.contract = contract
+        self.names = (contract.negative_label, contract.positive_label)
+        self.items: list[Item] = list_items(args.data, contract)
+        self.fullres = [
+            f"{name}/{p.name}"
+            for name in self.names
+            for p in list_images(args.fullres / name, recursive=False)
+        ]
+        known = {item.path for item in self.items}
+        missing = [path for path in self.fullres if path not in known]
         if missing:
-            raise SystemExit(
-                f"{split_file} lists {len(missing)} image(s) not in the data folder, "
-                f"e.g. {missing[0]}: delete it to draw a new split"
-            )
-        return val, True
-    val = {path for path, _ in per_class_sample(items, VAL_FRACTION, np.random.default_rng(seed))}
-    split_file.parent.mkdir(parents=True, exist_ok=True)
-    split_file.write_text("".join(f"{path}\n" for path in sorted(val)))
-    return val, False
+            raise SystemExit(f"{len(missing)} --fullres image(s) not in --data, e.g. {missing[0]}")
+        fullres_patients = {patient_id(Path(path).name) for path in self.fullres}
+        self.folds = grouped_folds(self.items, FOLDS, args.seed, fullres_patients)
+        cache = args.cache
+        start = time.perf_counter()
+        self.x = cached_pixels(args.data, [item.path for item in self.items], contract, cache)
+        self.x_fullres = {
+            way: cached_pixels(args.fullres, self.fullres, contract, cache, way)
+            for way in ("reference", "fast")
+        }
+        self.load_seconds = round(time.perf_counter() - start, 1)
+        self.y = np.array([item.label for item in self.items])
 
 
-def per_class_sample(items: list[Item], fraction: float, rng: np.random.Generator) -> list[Item]:
-    """A random `fraction` of each class, at least one of each class present, in input order."""
-    kept: list[Item] = []
-    for label in (0, 1):
-        group = [item for item in items if item[1] == label]
-        k = min(len(group), max(1, round(fraction * len(group))))
-        kept += [group[i] for i in sorted(rng.permutation(len(group))[:k])] if group else []
-    return kept
+def run_cv(args: argparse.Namespace, data: Data) -> None:
+    import keras
+
+    from models.training.crossval import run_fold
+    from models.training.fit import Recipe
+    from models.training.pneumonia_cnn import build_model_v2
+
+    recipe = Recipe() if args.epochs is None else replace(Recipe(), epochs=args.epochs)
+    args.work.mkdir(parents=True, exist_ok=True)
+    for fold in args.folds:
+        model, result = run_fold(
+            build_model_v2, recipe, data.items, data.x, data.folds, fold, args.seed + fold,
+            data.names, lambda line, f=fold: print(f"[fold {f}] {line}", flush=True),
+        )  # fmt: skip
+        result["versions"] = versions()
+        model.save(args.work / f"fold-{fold}.keras")
+        (args.work / f"fold-{fold}.json").write_text(json.dumps(jsonable(result), indent=2))
+        keras.backend.clear_session()
 
 
-def load_pixels(data: Path, items: list[Item], contract: Contract) -> np.ndarray:
-    """All images as one uint8 NHWC array: a quarter of the float32 memory, and exact, since
-    the reference tensor is a uint8 image divided by 255."""
+def run_report(args: argparse.Namespace, data: Data) -> None:
+    import keras
 
-    def one(item: Item) -> np.ndarray:
-        return np.rint(reference_pixels(data / item[0], contract) * 255).astype(np.uint8)
+    from models.training.fit import predict
+    from models.training.pneumonia_cnn import build_model
+    from models.training.robustness import fullres_figures
+    from models.training.throughput import measure
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return np.stack(list(pool.map(one, items)))
+    if 0 not in args.folds:
+        raise SystemExit("report: the final model is fold 0's run; include 0 in --folds")
+    runs = [json.loads((args.work / f"fold-{k}.json").read_text()) for k in sorted(args.folds)]
+    if any(run["recipe"] != runs[0]["recipe"] for run in runs):
+        raise SystemExit(f"the fold runs in {args.work} used different recipes: rerun `cv`")
+    final = runs[0]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    # Without the optimizer's state (a third of the size); reloaded to check what was written.
+    keras.models.load_model(args.work / "fold-0.keras", compile=False).save(args.out)
+    model = keras.models.load_model(args.out, compile=False)
+    val = data.folds == 0
+    scores = predict(model, data.x[val])
+    drift = float(np.max(np.abs(scores - final["validation_scores"])))
+    if drift > 1e-6:
+        raise SystemExit(f"{args.out} scores differ from its fold run by {drift:.2e}")
+    threshold = final["validation"]["recommended_threshold"]
+    by_path = {item.path: i for i, item in enumerate(data.items)}
+    index = np.array([by_path[path] for path in data.fullres])
+    val_paths = sorted(item.path for item, v in zip(data.items, val, strict=True) if v)
+    args.split_file.write_text("".join(f"{path}\n" for path in val_paths))
+
+    aucs = [run["val_auc"] for run in runs]
+    report = {
+        "model": args.out.name,
+        "model_sha256": hashlib.sha256(args.out.read_bytes()).hexdigest(),
+        "architecture": architecture(model),
+        "architecture_v1": {k: v for k, v in architecture(build_model()).items() if k != "layers"},
+        "data": {
+            "train_folder": relative(args.data),
+            "fullres_folder": relative(args.fullres),
+            "licence": "CC BY 4.0, Kermany et al., Mendeley Data v2, doi:10.17632/rscbjbr9sj.2",
+            "images": len(data.items),
+            "per_class": split_counts(data.items, data.names),
+            "decode_seconds_or_cache": data.load_seconds,
+        },
+        "split": {
+            "kind": f"{FOLDS}-fold, grouped by patient (id from the file name), stratified by "
+            "class, seeded; the full-resolution subset's patients forced into fold 0",
+            "seed": args.seed,
+            "final_validation_fold": 0,
+            "validation_file": args.split_file.name,
+            "folds": {str(run["fold"]): run["split"]["val"] for run in runs},
+            "final": final["split"],
+        },
+        "recipe": final["recipe"],
+        "fold_seeds": [run["seed"] for run in runs],
+        "epochs": final["recipe"]["epochs"],
+        "cross_validation": {
+            "val_auc_per_fold": aucs,
+            "val_auc_mean": float(np.mean(aucs)),
+            "val_auc_sd": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else None,
+            "val_auc_mean_curve": np.mean([r["history"]["val_auc"] for r in runs], 0).tolist(),
+            "per_fold": [fold_summary(run) for run in runs],
+        },
+        "final": {
+            "batchnorm": final["batchnorm"],
+            "calibration": final["calibration"],
+            "threshold": threshold,
+            "validation": final["validation"],
+            "robustness": final["robustness"],
+            "history": final["history"],
+        },
+        "fullres_subset": {
+            "note": "validation-side images (fold 0 patients): used to calibrate and choose "
+            "the threshold, never unseen data",
+            **fullres_figures(
+                lambda a: predict(model, a),
+                data.x[index],
+                data.x_fullres,
+                data.y[index],
+                threshold,
+            ),
+        },
+        "throughput": measure(args.out),
+        "versions": final["versions"],
+    }
+    args.report.write_text(json.dumps(jsonable(report), indent=2) + "\n")
+    print(
+        f"saved {args.out}, {args.split_file.name}, {args.report.name}: CV AUC "
+        f"{report['cross_validation']['val_auc_mean']:.4f} +- "
+        f"{report['cross_validation']['val_auc_sd'] or 0:.4f} ({len(runs)} folds); "
+        f"threshold {threshold:.4f}; "
+        f"throughput {report['throughput']['ratio_v2_over_v1_2_threads_median']}x v1"
+    )
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch: int, seed: int, train: bool):
-    """A tf.data pipeline of float32 [0, 1] batches; random augmentation only when `train`."""
+def fold_summary(run: dict[str, Any]) -> dict[str, Any]:
+    at = run["validation"]["at_recommended"]
+    return {
+        "fold": run["fold"],
+        "val_auc": run["val_auc"],
+        "val_auc_before_bn_reestimation": run["val_auc_before_bn_reestimation"],
+        "temperature": run["calibration"]["temperature"],
+        "ece_before": run["calibration"]["before"]["ece_10_bins"],
+        "ece_after": run["calibration"]["after"]["ece_10_bins"],
+        "threshold": run["validation"]["recommended_threshold"],
+        "sensitivity": at["sensitivity"],
+        "specificity": at["specificity"],
+        "robustness_summary": run["robustness"]["summary"],
+        "train_seconds": run["history"]["train_seconds"],
+    }
+
+
+def architecture(model: Any) -> dict[str, Any]:
+    """Parameters, multiply-add FLOPs of the convolutions and the head, and the layer list."""
+    import keras
+
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D | keras.layers.Dense):
+            out = layer.output.shape
+            spatial = out[1] * out[2] if len(out) == 4 else 1
+            flops += 2 * spatial * int(np.prod(layer.kernel.shape))
+    return {
+        "name": model.name,
+        "parameters": model.count_params(),
+        "gflop_per_image": round(flops / 1e9, 4),
+        "layers": [f"{layer.name}: {type(layer).__name__}" for layer in model.layers],
+        "last_conv_output": list(model.get_layer("last_conv").output.shape[1:]),
+    }
+
+
+def relative(path: Path) -> str:
+    """A path as the report may show it: relative as typed, else its last two parts."""
+    return str(path) if not path.is_absolute() else "/".join(path.parts[-2:])
+
+
+def versions() -> dict[str, str]:
     import keras
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.float32)[:, None]))
-    if train:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch).map(lambda im, lab: (tf.cast(im, tf.float32) / 255.0, lab))
-    if train:
-        # Distinct seeds, so that the layers' random draws are not correlated.
-        fill = {"fill_mode": "constant", "fill_value": 0.0}  # black, like collimated borders
-        augment = [
-            keras.layers.RandomRotation(7 / 360, seed=seed + 1, **fill),
-            keras.layers.RandomTranslation(0.08, 0.08, seed=seed + 2, **fill),
-            keras.layers.RandomZoom(0.1, seed=seed + 3, **fill),
-            keras.layers.RandomBrightness(0.1, value_range=(0.0, 1.0), seed=seed + 4),
-            keras.layers.RandomContrast(0.1, value_range=(0.0, 1.0), seed=seed + 5),
-        ]
-
-        def apply(im: Any, lab: Any) -> tuple[Any, Any]:
-            for layer in augment:
-                im = layer(im, training=True)
-            return tf.clip_by_value(im, 0.0, 1.0), lab
-
-        ds = ds.map(apply)  # sequential: parallel calls would race for the layers' seed state
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return {"keras": keras.__version__, "tensorflow": tf.__version__, "numpy": np.__version__}
 
 
 def jsonable(value: Any) -> Any:
-    """Valid JSON: non-finite floats (a -inf threshold, a NaN loss) become strings like '-inf'."""
+    """Valid JSON: numpy scalars as numbers, non-finite floats as strings like '-inf'."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | np.ndarray):
         return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
     return str(value) if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if str(REPO) not in sys.path:  # run as a script: make `models` importable
-        sys.path.insert(0, str(REPO))
-    import keras
-    import tensorflow as tf
-
-    from models.training.pneumonia_cnn import build_model
-
-    contract = Contract()
-    items = list_items(args.data, contract)
-    val_paths, reused = validation_paths(args.split_file, items, args.seed)
-    train_items = [item for item in items if item[0] not in val_paths]
-    val_items = [item for item in items if item[0] in val_paths]
-    if args.limit:
-        rng, fraction = np.random.default_rng(args.seed), args.limit / len(items)
-        train_items = per_class_sample(train_items, fraction, rng)
-        val_items = per_class_sample(val_items, fraction, rng)
-    y_train = np.array([label for _, label in train_items])
-    y_val = np.array([label for _, label in val_items])
-    names = (contract.negative_label, contract.positive_label)
-    counts = {
-        part: dict(zip(names, np.bincount(y, minlength=2).tolist(), strict=True))
-        for part, y in (("train", y_train), ("val", y_val))
-    }
-    print(f"split {'read from' if reused else 'drawn and written to'} {args.split_file}: {counts}")
-
-    start = time.perf_counter()
-    x_train, x_val = (load_pixels(args.data, part, contract) for part in (train_items, val_items))
-    load_seconds = time.perf_counter() - start
-    print(f"loaded {len(x_train) + len(x_val)} images in {load_seconds:.1f} s")
-
-    keras.utils.set_random_seed(args.seed)
-    # "Balanced" weights: each class contributes half of the loss, whatever its share.
-    class_weight = {
-        c: len(y_train) / (2 * max(1, n)) for c, n in enumerate(np.bincount(y_train, minlength=2))
-    }
-    train_ds = make_dataset(x_train, y_train, args.batch_size, args.seed, train=True)
-    val_ds = make_dataset(x_val, y_val, args.batch_size, args.seed, train=False)
-    model = build_model(args.seed)
-    auc = keras.metrics.AUC(name="auc")
-    model.compile(keras.optimizers.Adam(learning_rate=1e-3), "binary_crossentropy", metrics=[auc])
-    callbacks = [
-        keras.callbacks.EarlyStopping("val_auc", patience=4, mode="max", restore_best_weights=True),
-        keras.callbacks.ReduceLROnPlateau("val_auc", factor=0.3, patience=2, mode="max"),
-    ]
-    start = time.perf_counter()
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=args.epochs,
-        class_weight=class_weight,
-        callbacks=callbacks,
-        shuffle=False,  # make_dataset shuffles; Keras would only warn that it cannot
-        verbose=2,
-    ).history
-    train_seconds = time.perf_counter() - start
-
-    scores = model.predict(val_ds, verbose=0).ravel()
-    validation = evaluate(y_val, scores)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    model.save(args.out)
-    report = {
-        **{k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "split_reused": reused,
-        "counts": counts,
-        "class_weight": class_weight,
-        "epochs_run": len(history["loss"]),
-        "best_epoch": int(np.argmax(history["val_auc"])) + 1,
-        "load_seconds": round(load_seconds, 1),
-        "train_seconds": round(train_seconds, 1),
-        "versions": {"keras": keras.__version__, "tensorflow": tf.__version__},
-        "history": history,
-        "validation": validation,
-    }
-    args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(json.dumps(jsonable(report), indent=2) + "\n")
-
-    print(
-        f"saved {args.out}: {report['epochs_run']} epoch(s), best {report['best_epoch']}, "
-        f"{train_seconds:.0f} s; report in {args.report}\n"
-        f"validation, {validation['n']} images: ROC AUC {validation['roc_auc']:.4f}, "
-        f"Brier {validation['brier']:.4f}"
-    )
-    for m in (validation["at_threshold"], validation["at_recommended"]):
-        print(
-            f"  score > {m['threshold']:.4f}: sensitivity {m['sensitivity']:.3f}, "
-            f"specificity {m['specificity']:.3f}"
-        )
+    data = Data(args, Contract())
+    fold0 = [item for item, f in zip(data.items, data.folds, strict=True) if f == 0]
+    counts = split_counts(fold0, data.names)
+    print(f"{len(data.items)} images; fold 0 (final validation): {counts}", flush=True)
+    (run_cv if args.stage == "cv" else run_report)(args, data)
 
 
 if __name__ == "__main__":
