@@ -110,6 +110,9 @@ def write_version(
     try:
         model_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".staging-{version}-", dir=model_dir))
+        # mkdtemp makes the folder private (0700); the version is renamed into place as is, and
+        # a server or Triton running as another user must be able to read it: umask's mode.
+        staging.chmod(0o777 & ~_umask())
     except OSError as e:
         raise RepositoryError(
             f"cannot write to model repository {repo.name}: {e.strerror or e}"
@@ -158,3 +161,10 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

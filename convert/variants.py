@@ -186,7 +186,7 @@ def build_and_check(
                 raise broken[v.key]
             data = built[v.key]
             figures = score_agreement(
-                scores[v.key], scores[v.compare_to], inputs.contract.threshold
+                scores[v.key], scores[v.compare_to], inputs.contract.threshold, v.gate.margin
             )
             figures.update(
                 bytes=len(data), reference=v.compare_to, about=v.about, gate=v.gate.describe()
@@ -194,7 +194,8 @@ def build_and_check(
             holder.append(figures)
             text = (
                 f"{figures['label_agreement']:.2%} label agreement (95% lower bound "
-                f"{figures['agreement_lower_95']:.1%}), score diff p99 "
+                f"{figures['agreement_lower_95']:.1%}; {figures['near_threshold']} within "
+                f"{v.gate.margin:g} of the threshold not judged), score diff p99 "
                 f"{figures['p99_score_diff']:.2e}, max {figures['max_score_diff']:.2e} vs "
                 f"{v.compare_to} on {figures['images']} images, {len(data) / 1e6:.2f} MB"
             )

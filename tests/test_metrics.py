@@ -287,6 +287,21 @@ def test_score_agreement_distribution_by_hand() -> None:
     # numpy's linear percentile: position 0.99 * (5 - 1) = 3.96 in the sorted differences.
     assert got["p99_score_diff"] == pytest.approx(0.07 + 0.96 * (0.2 - 0.07))
     assert got["agreement_lower_95"] == pytest.approx(wilson_lower(4, 5))
+    assert got["near_threshold"] == 0
+
+
+def test_score_agreement_judges_labels_only_away_from_the_threshold() -> None:
+    """A reference score within `margin` of the threshold may change label under a re-encoding
+    allowed to move it by `margin`: counted as near, not as a disagreement."""
+    reference = np.array([0.1, 0.5 + 1e-8, 0.45, 0.9])
+    scores = np.array([0.1, 0.5 - 1e-8, 0.52, 0.9])  # two flips: one by 2e-8, one by 0.07
+    exact = score_agreement(scores, reference, threshold=0.5, margin=1e-5)
+    assert (exact["near_threshold"], exact["label_agreement"]) == (1, pytest.approx(2 / 3))
+    loose = score_agreement(scores, reference, threshold=0.5, margin=0.05)
+    assert (loose["near_threshold"], loose["label_agreement"]) == (2, 1.0)
+    assert loose["agreement_lower_95"] == pytest.approx(wilson_lower(2, 2))
+    none_away = score_agreement([0.5], [0.5], threshold=0.5, margin=0.1)
+    assert (none_away["label_agreement"], none_away["agreement_lower_95"]) == (1.0, 0.0)
 
 
 @pytest.mark.parametrize(

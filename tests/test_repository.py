@@ -87,3 +87,17 @@ def test_manifest_errors(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(RepositoryError, match="is not a pneumo-model-repository/1 manifest"):
         read_manifest(tmp_path)
+
+
+def test_a_version_folder_is_readable_by_others_as_umask_allows(tmp_path: Path) -> None:
+    """The staging folder is private while it is written (mkdtemp); the version it becomes must
+    not be, or a server or Triton running as another user cannot read it."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        version_dir = write(tmp_path, 1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(version_dir.stat().st_mode) == 0o755

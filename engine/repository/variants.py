@@ -32,6 +32,12 @@ class Gate:
     min_agreement: float  # smallest share of images given the reference's label
     max_score_diff: float | None = None  # bound on every image (exact re-encodings only)
 
+    @property
+    def margin(self) -> float:
+        """How near the threshold a reference score may lie and still change label legally:
+        the score difference this gate allows."""
+        return self.max_score_diff if self.max_score_diff is not None else self.p99_score_diff
+
     def misses(self, figures: Mapping[str, Any]) -> list[str]:
         """Each way `figures` (score_agreement's) falls short of this gate; empty: it passes."""
         found = []

@@ -193,14 +193,18 @@ def evaluate(
 
 
 def score_agreement(
-    scores: ArrayLike, reference: ArrayLike, threshold: float = 0.5
+    scores: ArrayLike, reference: ArrayLike, threshold: float = 0.5, margin: float = 0.0
 ) -> dict[str, Any]:
     """How closely one pipeline's scores follow a reference's on the same images: the
     distribution of |difference| (median, p99, max) and the share given the same label, with
     its one-sided 95% lower confidence bound (Wilson), which says what the share can promise
     for new images: 100% on 70 images bounds it only to >= 96.3%.
 
-    Variants are gated on these figures (engine.repository.variants.Gate)."""
+    Labels are compared on the images whose reference score is more than `margin` from the
+    threshold: a score the other pipeline may move by `margin` can cross it there without
+    anything being wrong (a score 1e-7 from the threshold flips under any re-encoding). Those
+    images are counted (`near_threshold`), not judged. Variants are gated on these figures
+    (engine.repository.variants.Gate)."""
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     r = np.asarray(reference, dtype=np.float64).reshape(-1)
     if s.shape != r.shape or s.size == 0:
@@ -209,11 +213,14 @@ def score_agreement(
         )
     t = _checked_threshold(threshold)
     diff = np.abs(s - r)
-    same = int(np.sum((s > t) == (r > t)))
+    away = np.abs(r - t) > margin
+    judged = int(away.sum())
+    same = int(np.sum(((s > t) == (r > t)) & away))
     return {
         "images": int(s.size),
-        "label_agreement": same / s.size,
-        "agreement_lower_95": wilson_lower(same, s.size),
+        "near_threshold": int(s.size - judged),
+        "label_agreement": same / judged if judged else 1.0,
+        "agreement_lower_95": wilson_lower(same, judged) if judged else 0.0,
         "median_score_diff": float(np.median(diff)),
         "p99_score_diff": float(np.percentile(diff, 99)),
         "max_score_diff": float(diff.max()),
