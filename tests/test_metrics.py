@@ -322,3 +322,18 @@ def test_score_agreement_refuses_mismatched_inputs() -> None:
     with pytest.raises(UsageError) as e:
         wilson_lower(0, 0)
     assert e.value.message == "a proportion needs at least one trial, got 0"
+
+
+def test_confident_threshold_keeps_the_target_at_its_lower_bound() -> None:
+    """20 positives scored 0.05 .. 1.0 and 20 negatives below: the plain threshold stops where
+    19 of 20 positives are above it (0.95 exactly, on the edge); the confident one goes down
+    until the Wilson lower bound of the sensitivity reaches 0.8."""
+    positives = np.linspace(0.05, 1.0, 20)
+    labels = np.array([1] * 20 + [0] * 20)
+    scores = np.concatenate([positives, np.full(20, 0.01)])
+    assert threshold_for_sensitivity(labels, scores, 0.95) == pytest.approx(0.05)
+    assert threshold_for_sensitivity(labels, scores, 0.8) == pytest.approx(0.2)
+    confident = threshold_for_sensitivity(labels, scores, 0.8, confident=True)
+    called = int((positives > confident).sum())
+    assert wilson_lower(called, 20) >= 0.8 > wilson_lower(called - 1, 20)
+    assert threshold_for_sensitivity(labels, scores, 0.99, confident=True) == float("-inf")

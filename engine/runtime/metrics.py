@@ -129,9 +129,13 @@ def brier(labels: ArrayLike, scores: ArrayLike) -> float:
     return float(np.mean((s - y) ** 2))
 
 
-def threshold_for_sensitivity(labels: ArrayLike, scores: ArrayLike, target: float) -> float:
+def threshold_for_sensitivity(
+    labels: ArrayLike, scores: ArrayLike, target: float, confident: bool = False
+) -> float:
     """The highest threshold on the ROC curve (an observed score, or -inf) at which
-    `score > threshold` reaches sensitivity >= `target`.
+    `score > threshold` reaches sensitivity >= `target`; with `confident`, at which even the
+    sensitivity's one-sided 95% lower confidence bound (Wilson, over the positives) reaches it:
+    the threshold a model can ship with, where the plain one sits on the edge of the target.
 
     Any threshold between it and the next higher score gives the same calls on these data;
     the observed score is the most sensitive of them. -inf means only calling every image
@@ -144,6 +148,11 @@ def threshold_for_sensitivity(labels: ArrayLike, scores: ArrayLike, target: floa
     if not 0 < goal <= 1:  # also false for NaN
         raise UsageError(f"target sensitivity must be a number in (0, 1], got {target!r}")
     _, tpr, thresholds = roc_curve(labels, scores)
+    if confident:
+        positives = int(np.asarray(labels).astype(bool).sum())
+        tpr = np.array([wilson_lower(round(r * positives), positives) for r in tpr])
+        if tpr[-1] < goal - _RATE_EPS:  # even calling everything positive cannot promise it
+            return float("-inf")
     # tpr rises as the threshold falls, and reaches 1 at -inf, so a first match always exists.
     first = int(np.argmax(tpr >= goal - _RATE_EPS))
     return float(thresholds[first])
