@@ -38,16 +38,16 @@ demo: setup
 	$(BIN)/pneumo predict engine/samples/PNEUMONIA/*.jpeg --heatmap $(DEMO)/heatmaps
 	$(BIN)/pneumo evaluate engine/samples --plots $(DEMO)/plots
 	rm -rf $(DEMO)/repo
-	$(BIN)/pneumo convert models/pneumonia_cnn.keras -o $(DEMO)/repo
+	$(BIN)/pneumo convert models/pneumonia_cnn_v2.keras -o $(DEMO)/repo
 	$(BIN)/pneumo validate $(DEMO)/repo/pneumonia/1/model.onnx \
-		--against models/pneumonia_cnn.keras --report $(DEMO)/validate.xml
+		--against models/pneumonia_cnn_v2.keras --report $(DEMO)/validate.xml
 	@echo
 	@echo "demo outputs in $(DEMO)/:"
 	@echo "  results.csv       scores of the sample X-rays"
 	@echo "  report.html       the batch report (open it in a browser)"
 	@echo "  heatmaps/         where the model looked, one PNG per PNEUMONIA sample"
 	@echo "  plots/            ROC, precision-recall, confusion, calibration, histogram (on 6"
-	@echo "                    training images: a look at the plots, not a measure of the model)"
+	@echo "                    sample X-rays: a look at the plots, not a measure of the model)"
 	@echo "  repo/             the reference model converted with every variant"
 	@echo "  validate.xml      its validation report (JUnit)"
 

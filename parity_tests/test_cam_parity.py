@@ -15,6 +15,7 @@ from convert.pipeline import ConvertOptions, convert_loaded
 from convert.source import from_keras_model
 from engine.explain.heatmap import cam_spec, class_activation_map
 from engine.repository.cam import CAM_KEY, FEATURE_OUTPUT, measure_scale
+from engine.repository.resolve import default_model_dir
 from engine.repository.variants import OPTIONAL_VARIANTS
 from engine.runtime.engine import Engine
 from engine.runtime.samples import sample_images
@@ -32,10 +33,15 @@ def keras_cam(
 
 
 @pytest.mark.parametrize("preprocessing", ["reference", "fast"])
-def test_shipped_model_cam_equals_keras(real_images: list[Path], preprocessing: str) -> None:
-    model = keras.saving.load_model(MODELS / "pneumonia_cnn.keras", compile=False)
+@pytest.mark.parametrize(
+    ("version", "keras_file"), [(2, "pneumonia_cnn_v2.keras"), (1, "pneumonia_cnn.keras")]
+)
+def test_shipped_model_cam_equals_keras(
+    real_images: list[Path], preprocessing: str, version: int, keras_file: str
+) -> None:
+    model = keras.saving.load_model(MODELS / keras_file, compile=False)
     kernel, bias = model.get_layer("pneumonia").get_weights()
-    engine = Engine.load(preprocessing=preprocessing)
+    engine = Engine.load(default_model_dir() / str(version), preprocessing=preprocessing)
     spec = cam_spec(engine)
     assert spec is not None and spec.layer == "last_conv"
     worst = 0.0

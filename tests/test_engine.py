@@ -47,7 +47,8 @@ def test_default_model_loads_and_scores_samples(samples: list[Path]) -> None:
     assert engine.contract.input.height == 128
     result = engine.predict(samples[0])
     assert set(result) == {"prediction", "confidence", "raw_score", "threshold"}
-    assert result["prediction"] in ("NORMAL", "PNEUMONIA") and result["threshold"] == 0.5
+    assert result["prediction"] in ("NORMAL", "PNEUMONIA")
+    assert result["threshold"] == engine.contract.threshold == 0.71  # version 2's stored one
     assert 0.5 <= result["confidence"] <= 1.0
 
 

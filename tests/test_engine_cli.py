@@ -147,7 +147,7 @@ def test_info_text_and_json(capsys, model: str) -> None:
     info = json.loads(capsys.readouterr().out)
     assert info["variant"] == "int8" and info["model"].endswith("model.int8.onnx")
     assert (
-        info["contract"]["threshold"] == 0.5
+        info["contract"]["threshold"] == 0.71
         and "CPUExecutionProvider" in info["providers_available"]
     )
     assert info["preprocessing"] == shipped.preprocessing

@@ -18,6 +18,7 @@ from engine.contract import Contract, InputSpec
 from engine.errors import RepositoryError, UsageError
 from engine.explain.plots import PLOTS
 from engine.repository.manifest import parse_training_list, read_manifest, training_list
+from engine.repository.resolve import default_model_dir
 from engine.runtime.samples import SAMPLES_DIR
 
 CONTRACT = Contract(input=InputSpec(height=32, width=32))
@@ -53,10 +54,12 @@ def version_with_list(tmp_path: Path, write_model, names: list[str]) -> Path:
 def test_evaluate_on_the_samples_says_why_there_is_no_threshold(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The shipped samples are 6 training images of the shipped model: `make demo`'s case."""
+    """The shipped samples are 6 training images of shipped version 1: both reasons (too few,
+    and the model's own training data), in text, JSON and on every plot."""
     out, plots = tmp_path / "m.json", tmp_path / "plots"
+    v1 = str(default_model_dir() / "1")
     args = ["evaluate", str(SAMPLES_DIR), "--json", str(out), "--plots", str(plots)]
-    assert main([*args, "--threads", "2"]) == 0
+    assert main([*args, "--model", v1, "--threads", "2"]) == 0
     text = capsys.readouterr().out
     assert f"note: {TOO_FEW}" in text and f"note: {SEEN}" in text
     assert "no recommended threshold (see the notes above)" in text
@@ -70,6 +73,22 @@ def test_evaluate_on_the_samples_says_why_there_is_no_threshold(
         with Image.open(plots / f"{name}.png") as png:
             note = png.text["Description"]
         assert note.startswith("No recommended threshold: ") and TOO_FEW in note and SEEN in note
+
+
+def test_evaluate_on_the_samples_with_the_default_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make demo`'s case: version 2 kept the samples' patients on its validation side, so
+    they are not its training images; 3 per class are still too few to recommend anything."""
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(SAMPLES_DIR), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"note: {TOO_FEW}" in text and f"note: {SEEN}" not in text
+    assert "none of these images is among the 4172 training images this model lists" in text
+    metrics = json.loads(out.read_text())
+    assert metrics["recommended_threshold"] is None
+    assert metrics["training_images"] == {"listed": 4172, "evaluated": 6, "matched": 0}
+    assert [c[: len(TOO_FEW)] for c in metrics["caveats"]] == [TOO_FEW]
 
 
 def test_evaluate_recommends_on_enough_unseen_images(

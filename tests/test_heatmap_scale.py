@@ -78,7 +78,7 @@ def test_measure_scale_needs_one_score_per_map() -> None:
 
 def test_older_metadata_without_a_scale_still_reads() -> None:
     """The shipped version 1 was converted before scales were stored."""
-    engine = Engine.load(threads=2)
+    engine = Engine.load(default_model_dir() / "1", threads=2)
     spec = cam_spec(engine)
     assert spec is not None and spec.scale is None
     raw = json.loads(engine.session.get_modelmeta().custom_metadata_map[CAM_KEY])
@@ -130,7 +130,7 @@ def test_a_stored_scale_is_the_one_used(tmp_path: Path, samples: list[Path]) -> 
 def test_without_a_stored_scale_the_samples_give_it(samples: list[Path]) -> None:
     """The fallback: the same rule on the 6 shipped samples, once per engine; for v1 about
     +24 to +36 logit (the validation split gives +21 to +37)."""
-    engine = Engine.load(threads=2)
+    engine = Engine.load(default_model_dir() / "1", threads=2)
     heatmap, _, _ = heatmap_for(engine, samples[0])
     assert heatmap.scale_source == "from 6 sample X-rays (none stored)"
     assert heatmap.unit == "logit (class activation)"

@@ -102,7 +102,7 @@ def test_plain_install_is_tensorflow_free_and_names_the_extra(tmp_path: Path) ->
         [bin_dir / "pneumo", "info"], capture_output=True, text=True, cwd=tmp_path
     )
     assert (
-        info.returncode == 0 and "site-packages/engine/models/pneumonia/1/model.onnx" in info.stdout
+        info.returncode == 0 and "site-packages/engine/models/pneumonia/2/model.onnx" in info.stdout
     )
     # engine.serve's protocol-free helpers are in the wheel and need no extra.
     monitor = subprocess.run(

@@ -166,7 +166,7 @@ def test_report_says_when_no_image_is_called_pneumonia(tmp_path: Path) -> None:
     args = ["batch", str(SAMPLES_DIR / "NORMAL"), "-o", str(csv_path), "--report", str(html_path)]
     assert main([*args, "--threads", "2"]) == 0
     page = html_path.read_text()
-    assert "No image was called PNEUMONIA at threshold 0.5: no heatmaps." in page
+    assert "No image was called PNEUMONIA at threshold 0.71: no heatmaps." in page
     assert "<figure>" not in page and "highest scores" not in page
     assert main([*args, "--overwrite", "--report-heatmaps", "0"]) == 0
     assert "Where the model looked" not in html_path.read_text()  # none asked for: no section

@@ -57,7 +57,7 @@ def assert_healthy(server: ServerProcess) -> None:
 def test_health_reports_the_served_model(server: ServerProcess) -> None:
     body = httpx.get(f"{server.url}/health").json()
     assert body["status"] == "healthy"
-    assert (body["model"], body["version"], body["variant"]) == ("pneumonia", "1", "fp32")
+    assert (body["model"], body["version"], body["variant"]) == ("pneumonia", "2", "fp32")
 
 
 def test_predict_matches_the_engine(server: ServerProcess, engine: Engine) -> None:
@@ -69,13 +69,13 @@ def test_predict_matches_the_engine(server: ServerProcess, engine: Engine) -> No
     assert body["prediction"] == expected["prediction"]
     assert body["raw_score"] == pytest.approx(expected["raw_score"], abs=1e-6)
     assert body["threshold"] == 0.7
-    assert r.headers["x-model-version"] == "pneumonia/1"
+    assert r.headers["x-model-version"] == "pneumonia/2"
     assert r.headers["x-request-id"]
 
 
 def test_predict_base64_matches_predict(server: ServerProcess) -> None:
     b64 = base64.b64encode(SAMPLE.read_bytes()).decode()
-    a = httpx.post(f"{server.url}/predict/base64", json={"image": b64, "threshold": 0.5}).json()
+    a = httpx.post(f"{server.url}/predict/base64", json={"image": b64, "threshold": 0.71}).json()
     b = post_image(server, SAMPLE.read_bytes()).json()
     assert a == b
 
@@ -91,7 +91,8 @@ def test_repeated_image_is_answered_from_the_cache(server: ServerProcess) -> Non
     def hits() -> float:
         text = httpx.get(f"{server.url}/metrics").text
         line = next(
-            x for x in text.splitlines() if x.startswith('pneumo_cache_total{result="hit"}')
+            (x for x in text.splitlines() if x.startswith('pneumo_cache_total{result="hit"}')),
+            "none yet 0",  # the counter's line appears with its first hit
         )
         return float(line.split()[-1])
 
@@ -101,7 +102,7 @@ def test_repeated_image_is_answered_from_the_cache(server: ServerProcess) -> Non
     assert hits() == before + 1
     # A different threshold is a different answer, never served from the cache.
     other = post_image(server, data, threshold="0.01").json()
-    assert other["threshold"] == 0.01 and first["threshold"] == 0.5
+    assert other["threshold"] == 0.01 and first["threshold"] == 0.71
 
 
 # --- bad input: a clear 4xx each, and the server still healthy after --------------------------
@@ -239,7 +240,8 @@ def test_v2_health_and_metadata(server: ServerProcess, engine: Engine) -> None:
     assert meta["outputs"] == [{"name": "score", "datatype": "FP32", "shape": [-1, 1]}]
     assert meta["parameters"]["pipeline"] == "rgb, bicubic stretch, scaling unit"
     assert meta["parameters"]["preprocessing"] == engine.preprocessing  # the manifest's verdict
-    assert httpx.get(f"{server.url}/v2/models/pneumonia/versions/1").status_code == 200
+    assert httpx.get(f"{server.url}/v2/models/pneumonia/versions/2").status_code == 200
+    assert httpx.get(f"{server.url}/v2/models/pneumonia/versions/1").status_code == 404
     assert httpx.get(f"{server.url}/v2/models/pneumonia/ready").json()["ready"] is True
     assert httpx.get(f"{server.url}/v2/models/pneumonia/versions/9/ready").status_code == 404
     assert httpx.get(f"{server.url}/v2/models/nothing").status_code == 404
@@ -263,13 +265,13 @@ def test_v2_infer_fp32_and_bytes_match_the_engine(server: ServerProcess, engine:
     r = httpx.post(f"{server.url}/v2/models/pneumonia/infer", json=body, timeout=30)
     assert r.status_code == 200, r.text
     out = r.json()
-    assert out["id"] == "req-1" and out["model_version"] == "1"
+    assert out["id"] == "req-1" and out["model_version"] == "2"
     assert out["outputs"][0]["shape"] == [3, 1]
     np.testing.assert_allclose(out["outputs"][0]["data"], expected, atol=1e-6)
 
     blobs = [base64.b64encode(p.read_bytes()).decode() for p in images]
     body = {"inputs": [{"name": "image_bytes", "shape": [3], "datatype": "BYTES", "data": blobs}]}
-    r = httpx.post(f"{server.url}/v2/models/pneumonia/versions/1/infer", json=body, timeout=30)
+    r = httpx.post(f"{server.url}/v2/models/pneumonia/versions/2/infer", json=body, timeout=30)
     assert r.status_code == 200, r.text
     np.testing.assert_allclose(r.json()["outputs"][0]["data"], expected, atol=1e-6)
 

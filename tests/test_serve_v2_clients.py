@@ -58,7 +58,7 @@ def tensors() -> np.ndarray:
 
 def test_server_and_model_metadata(client: triton.InferenceServerClient) -> None:
     assert client.is_server_live() and client.is_server_ready()
-    assert client.is_model_ready("pneumonia") and client.is_model_ready("pneumonia", "1")
+    assert client.is_model_ready("pneumonia") and client.is_model_ready("pneumonia", "2")
     assert not client.is_model_ready("pneumonia", "7")
     server = client.get_server_metadata()
     assert server["name"] == "pneumo-onnx" and "binary_tensor_data" in server["extensions"]
@@ -68,7 +68,7 @@ def test_server_and_model_metadata(client: triton.InferenceServerClient) -> None
     config = client.get_model_config("pneumonia")
     assert config["max_batch_size"] == 32 and config["input"][0]["dims"] == [128, 128, 3]
     assert config["output"] == [{"name": "score", "data_type": "TYPE_FP32", "dims": [1]}]
-    assert client.get_model_config("pneumonia", "1")["name"] == "pneumonia"
+    assert client.get_model_config("pneumonia", "2")["name"] == "pneumonia"
     with pytest.raises(InferenceServerException, match="no model named 'nothing'") as e:
         client.get_model_metadata("nothing")
     assert e.value.status() == "404"
@@ -87,7 +87,7 @@ def test_fp32_with_default_settings_and_json(
     assert default.get_response()["id"] == "r-1"
     np.testing.assert_allclose(default.as_numpy("score").ravel(), expected, atol=1e-5)
     asked = triton.InferRequestedOutput("score", binary_data=binary)
-    result = client.infer("pneumonia", [tensor], outputs=[asked], model_version="1")
+    result = client.infer("pneumonia", [tensor], outputs=[asked], model_version="2")
     assert result.as_numpy("score").shape == (3, 1)
     np.testing.assert_allclose(result.as_numpy("score").ravel(), expected, atol=1e-5)
 
@@ -134,7 +134,7 @@ def test_plain_json_as_curl_sends_it(server: ServerProcess, expected: np.ndarray
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/json"
     out = r.json()
-    assert out["model_name"] == "pneumonia" and out["model_version"] == "1"
+    assert out["model_name"] == "pneumonia" and out["model_version"] == "2"
     assert out["outputs"][0]["shape"] == [3, 1] and out["outputs"][0]["datatype"] == "FP32"
     np.testing.assert_allclose(out["outputs"][0]["data"], expected, atol=1e-6)
     r = httpx.post(

@@ -7,6 +7,13 @@ heatmap's scale, fixed per model (engine.explain.heatmap): no colour up to the s
 then yellow to red at its full value, so the same colour means the same evidence in every
 picture of one model and a quiet map stays quiet. Evidence against PNEUMONIA (blue, the same
 scale mirrored) is drawn only when asked (`negative=True`).
+
+A class activation map shows where each location pushed the score, whatever the score became:
+an X-ray the model calls NORMAL with P(PNEUMONIA) 0.009 can still hold a local patch above the
+scale's floor, and a red patch there reads as a finding. So the evidence for the positive class
+is drawn at P / threshold of its strength below the threshold (full strength only on images
+called positive), and the evidence against it at (1 - P) / (1 - threshold) above; the panel says
+when a map is drawn faded.
 """
 
 from __future__ import annotations
@@ -55,17 +62,34 @@ def ramp(t: np.ndarray, negative: bool = False) -> np.ndarray:
     return np.stack([np.interp(t, _STOPS, colours[:, i]) for i in range(3)], axis=-1)
 
 
-def blend(grey: np.ndarray, heatmap: Heatmap, negative: bool = False) -> np.ndarray:
-    """The grey X-ray (h, w) with the heatmap's colours: uint8 RGB (h, w, 3)."""
+def weights(result: Scored) -> tuple[float, float]:
+    """How strongly to draw the evidence for and against the positive class on this X-ray:
+    full on the side the model called, faded by how far the score stayed from the threshold
+    on the other."""
+    p, t = result["raw_score"], result["threshold"]
+    called = p > t
+    towards = 1.0 if called or t <= 0.0 else p / t
+    against = 1.0 if not called or t >= 1.0 else (1.0 - p) / (1.0 - t)
+    return float(towards), float(against)
+
+
+def blend(
+    grey: np.ndarray,
+    heatmap: Heatmap,
+    negative: bool = False,
+    weight: tuple[float, float] = (1.0, 1.0),
+) -> np.ndarray:
+    """The grey X-ray (h, w) with the heatmap's colours, each side's opacity scaled by its
+    `weight` (for, against): uint8 RGB (h, w, 3)."""
     height, width = grey.shape
     field = Image.fromarray(heatmap.values.astype(np.float32), "F")
     v = np.asarray(field.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float64)
     rgb = np.repeat(grey[..., None].astype(np.float64), 3, axis=2)
-    sides = [(strength(v, heatmap), False)]
+    sides = [(strength(v, heatmap), False, weight[0])]
     if negative:
-        sides.append((strength(-v, heatmap), True))
-    for t, is_negative in sides:
-        alpha = (MAX_ALPHA * t**0.8)[..., None]
+        sides.append((strength(-v, heatmap), True, weight[1]))
+    for t, is_negative, w in sides:
+        alpha = (w * MAX_ALPHA * t**0.8)[..., None]
         rgb = rgb * (1.0 - alpha) + ramp(t, is_negative) * alpha
     return np.clip(rgb, 0, 255).round().astype(np.uint8)
 
@@ -82,9 +106,10 @@ def render(
     base = grey_picture(image, side)
     size = fit(base.size, side)
     grey = np.asarray(base.resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
-    xray = Image.fromarray(blend(grey, heatmap, negative), "RGB")
+    weight = weights(result)
+    xray = Image.fromarray(blend(grey, heatmap, negative, weight), "RGB")
     unit = max(14, round(side / 42))  # text readable when the picture is shown small
-    panel = _panel(heatmap, result, contract, unit, negative)
+    panel = _panel(heatmap, result, contract, unit, negative, weight)
     picture = Image.new(
         "RGB", (size[0] + panel.width, max(size[1], panel.height)), PANEL_BACKGROUND
     )
@@ -108,7 +133,12 @@ def font(size: int) -> Font:
 
 
 def _panel(
-    heatmap: Heatmap, result: Scored, contract: Contract, unit: int, negative: bool
+    heatmap: Heatmap,
+    result: Scored,
+    contract: Contract,
+    unit: int,
+    negative: bool,
+    weight: tuple[float, float],
 ) -> Image.Image:
     """The result (label, score, threshold, method) above the legend (bar, values, unit, where
     the scale comes from), as an image of its own: it never overlaps the X-ray."""
@@ -135,6 +165,12 @@ def _panel(
         ("scale fixed per model:", small, dim),
         (heatmap.scale_source, small, dim),
     ]
+    if weight[0] < 1.0:
+        bottom.append((f"{pos} evidence drawn at {weight[0]:.0%}:", small, white))
+        bottom.append((f"P({pos}) / threshold", small, white))
+    if negative and weight[1] < 1.0:
+        bottom.append((f"{neg} evidence drawn at {weight[1]:.0%}:", small, white))
+        bottom.append(("(1 - P) / (1 - threshold)", small, white))
     pad = unit // 2
     bar_w, bar_h = unit, unit * 9
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
