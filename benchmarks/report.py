@@ -100,6 +100,13 @@ def model_tables(result: dict[str, Any]) -> list[str]:
     lines += table(["row"] + [f"batch {b}" for b in batches], ips)
     lines += ["", "per-call latency, p50 ms:", ""]
     lines += table(["row"] + [f"batch {b}" for b in batches], lat)
+    v1 = result.get("default_over_v1_fp32") or {}
+    if v1.get("ratio"):
+        lines += [
+            "",
+            f"Default model v2 over v1, onnxruntime fp32, batch {v1['batch']}: "
+            f"**{_x(v1['ratio'])}** images/s (same inputs, same run).",
+        ]
     peak = result.get("peak", {})
     if "achieved_gflops_median" in peak:
         lines += [
@@ -163,8 +170,9 @@ def markdown(run: dict[str, Any]) -> str:
         "",
         "Versions: " + ", ".join(f"{k} {v}" for k, v in run["versions"].items()) + ".",
         "",
-        f"Model sha256: model.onnx {run['model']['sha256'].get('model.onnx', '?')[:16]}..., "
-        f"pneumonia_cnn.keras {run['model']['sha256'].get('pneumonia_cnn.keras', '?')[:16]}....",
+        f"Model `{run['model']['dir']}`, sha256: "
+        + ", ".join(f"{k} {v[:16]}..." for k, v in run["model"]["sha256"].items())
+        + ".",
         f"Images: {run['images']['count']} from `{run['images']['folder']}`.",
         "",
     ]

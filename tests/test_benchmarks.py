@@ -146,6 +146,9 @@ def test_model_suite_smoke(tmp_path: Path) -> None:
         for batch in (1, 2):
             row = rows[(f"ort-{variant}", batch)]
             assert row["images_per_second"] > 0 and row["latency_ms"]["n"] >= 1
+    assert rows[("ort-fp32-v1", 2)]["images_per_second"] > 0  # the model v2 replaced
+    assert result["default_over_v1_fp32"]["batch"] == 2
+    assert result["default_over_v1_fp32"]["ratio"] > 0
     if KERAS:
         assert {"keras-predict", "keras-call", "tflite-fp32", "tflite-dynamic"} <= names(result)
         assert rows[("keras-predict", 1)]["ratio_to_baseline"] == 1.0

@@ -2,7 +2,8 @@
 
 Rows: Keras `predict` (the baseline: what the seed code calls), a direct Keras call, TFLite
 fp32 and dynamic-range (built from the Keras model by the conversion stage into a temp dir),
-onnxruntime fp32, int8, int8-full on CPU and, with `--device cuda`, fp32 and fp16 on CUDA
+onnxruntime fp32, int8, int8-full on CPU (and fp32 of model v1, which v2 replaced) and, with
+`--device cuda`, fp32 and fp16 on CUDA
 with IOBinding; the onnxruntime rows are timed by the engine's own `pneumo bench` code
 (engine.offline.measure). Also the FLOP/s achieved by onnxruntime fp32 at batch 32 against the
 CPU's peak.
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import flops
-from benchmarks.environment import KERAS_MODEL, MODEL_DIR
+from benchmarks.environment import KERAS_MODEL, MODEL_DIR, PREVIOUS_MODEL_DIR
 from benchmarks.suites import NO_KERAS, Context, has
 from benchmarks.timing import ProcessFailed, json_from_stdout, ratio, run_process
 from engine.contract import Contract
@@ -55,6 +56,10 @@ def ort_cpu_rows(ctx: Context, x: np.ndarray) -> dict[str, dict[str, Any]]:
     for variant in CPU_VARIANTS:
         session = create_session(MODEL_DIR / VARIANT_FILES[variant], options=opts)
         rows[f"ort-{variant}"] = {str(b): engine_row(session, x, b, ctx) for b in ctx.batches}
+    previous = PREVIOUS_MODEL_DIR / VARIANT_FILES["fp32"]
+    if previous.is_file():  # the model v2 replaced, on the same inputs
+        session = create_session(previous, options=opts)
+        rows["ort-fp32-v1"] = {str(b): engine_row(session, x, b, ctx) for b in ctx.batches}
     return rows
 
 
@@ -183,9 +188,18 @@ def run(ctx: Context) -> dict[str, Any]:
         )
         for v in ("int8", "int8-full")
     }
+    largest = str(max(ctx.batches))
+    v2_over_v1 = {
+        "batch": int(largest),
+        "ratio": ratio(
+            ort_rows["ort-fp32"].get(largest, {}).get("images_per_second"),
+            ort_rows.get("ort-fp32-v1", {}).get(largest, {}).get("images_per_second"),
+        ),
+    }
     return {
         "baseline": BASELINE,
         "threads": ctx.threads,
+        "default_over_v1_fp32": v2_over_v1,
         "input": f"{len(x)} real X-rays, reference preprocessing, NHWC 128x128x3 float32",
         "rows": rows,
         "skipped": [{"name": k, "reason": v} for k, v in skipped.items()],

@@ -275,17 +275,20 @@ class JobStore:
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         """A connection; SQLite failures (a full disk, an I/O error) become Overloaded (503),
-        logged once per change of state."""
+        logged once per change of state. Only a successful write ends a failure: reads still
+        work on a full disk, and counting them would log the same failure again and again."""
+        wrote = False
         try:
             with self._raw() as conn:
                 yield conn
+                wrote = conn.total_changes > 0
         except sqlite3.OperationalError as e:
             reason = f"{type(e).__name__}: {e}"
             if self._failing is None:
                 log.error("job store %s: cannot read or write (%s)", self.path.name, reason)
             self._failing = reason
             raise Overloaded(f"the job store cannot be used now ({e}): try again later", 30) from e
-        if self._failing is not None:
+        if self._failing is not None and wrote:
             log.warning("job store %s: working again", self.path.name)
             self._failing = None
 
