@@ -9,11 +9,13 @@ import contextlib
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
 from engine.runtime.samples import sample_images
+from engine.serve.protocol import OVER_CAPACITY
 from engine.serve.security import RateLimiter
 from tests.server_process import ServerProcess
 
@@ -170,3 +172,26 @@ def test_bodies_in_flight_are_budgeted(server: ServerProcess) -> None:
             s.close()
     r = httpx.post(f"{server.url}/predict", files=files, headers=key(USER_B))
     assert r.status_code == 200, r.text
+
+
+def test_connections_past_the_limit_get_the_api_json_503(tmp_path: Path) -> None:
+    """Past `--max-connections` uvicorn refuses the request itself; the answer is the API's
+    JSON error with Retry-After, and the server serves again once connections close."""
+    srv = ServerProcess(tmp_path, "--max-connections", "3").start()
+    try:
+        held = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(3)]
+        time.sleep(0.2)  # the server has accepted them
+        try:
+            r = httpx.get(f"{srv.url}/v2/health/live")
+            assert r.status_code == 503, r.text
+            assert r.json() == {"error": OVER_CAPACITY}
+            assert r.headers["retry-after"] == "1"
+        finally:
+            for s in held:
+                s.close()
+        deadline = time.monotonic() + 10
+        while (r := httpx.get(f"{srv.url}/v2/health/live")).status_code != 200:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.1)
+    finally:
+        assert srv.stop() == 0
