@@ -50,6 +50,10 @@ class ConflictError(UsageError):
     done (HTTP 409)."""
 
 
+class TooLarge(UsageError):
+    """A request over the upload limit, also once its compressed body is inflated (HTTP 413)."""
+
+
 class FileAccessError(UsageError):
     """A file or folder the user named cannot be read or written: "cannot write NAME: reason".
 

@@ -1,12 +1,15 @@
 """The V2 routes as real clients speak them: the stock `tritonclient[http]` with its default
-settings (binary tensor data extension, no Content-Type, binary outputs), its JSON mode, and
-plain HTTP as curl sends it; every score checked against `/predict`."""
+settings (binary tensor data extension, no Content-Type, binary outputs), its JSON mode, its
+compression options both ways, and plain HTTP as curl sends it; every score checked against
+`/predict`."""
 
 from __future__ import annotations
 
 import base64
 import gzip
 import json
+import time
+import zlib
 from collections.abc import Iterator
 
 import httpx
@@ -181,3 +184,82 @@ def test_malformed_binary_requests_get_400(
     assert r.status_code == 400, r.text
     assert message in r.json()["error"]
     assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_compression_both_ways(
+    client: triton.InferenceServerClient,
+    tensors: np.ndarray,
+    expected: np.ndarray,
+    algorithm: str,
+    binary: bool,
+) -> None:
+    """A compressed request is inflated; asked for a compressed answer (Accept-Encoding), the
+    server answers uncompressed, which the client takes as it is."""
+    tensor = triton.InferInput("image", list(tensors.shape), "FP32")
+    tensor.set_data_from_numpy(tensors, binary_data=binary)
+    result = client.infer(
+        "pneumonia",
+        [tensor],
+        outputs=[triton.InferRequestedOutput("score", binary_data=binary)],
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,
+    )
+    np.testing.assert_allclose(result.as_numpy("score").ravel(), expected, atol=1e-5)
+
+
+def test_answers_are_not_compressed(server: ServerProcess) -> None:
+    url = f"{server.url}/v2/models/pneumonia/infer"
+    body = {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                        "data": [base64.b64encode(IMAGES[0].read_bytes()).decode()]}]}  # fmt: skip
+    r = httpx.post(url, json=body, headers={"Accept-Encoding": "gzip, deflate"})
+    assert r.status_code == 200 and "content-encoding" not in r.headers
+
+
+def bomb(algorithm: str, size: int) -> bytes:
+    data = b"\0" * size
+    return gzip.compress(data, 9) if algorithm == "gzip" else zlib.compress(data, 9)
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_a_compression_bomb_gets_413_without_inflating(
+    server: ServerProcess, algorithm: str
+) -> None:
+    """200 KB that inflate to 256 MB: refused with the upload limit's 413 once 16 MB came out,
+    without the server's memory growing by anything like the 256 MB."""
+    body = bomb(algorithm, 256 * 2**20)
+    assert len(body) < 300_000
+    server.reset_peak_rss()
+    before = server.peak_rss_mb()
+    started = time.monotonic()
+    r = httpx.post(
+        f"{server.url}/v2/models/pneumonia/infer",
+        content=body,
+        headers={"Content-Encoding": algorithm},
+        timeout=20,
+    )
+    assert r.status_code == 413, r.text
+    assert r.json() == {
+        "error": f"request too large: the {algorithm} body inflates past the limit of 16 MB"
+    }
+    assert time.monotonic() - started < 5
+    assert server.peak_rss_mb() - before < 100
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (gzip.compress(b'{"inputs": []}')[:-6], "ends before its compressed stream does"),
+        (gzip.compress(b"{}") * 2, "holds data after its compressed stream"),
+        (b"{}", "cannot be inflated"),
+    ],
+    ids=["truncated", "two members", "not gzip"],
+)
+def test_broken_gzip_bodies_get_400(server: ServerProcess, body: bytes, message: str) -> None:
+    r = httpx.post(
+        f"{server.url}/v2/models/pneumonia/infer",
+        content=body,
+        headers={"Content-Encoding": "gzip"},
+    )
+    assert r.status_code == 400 and message in r.json()["error"], r.text

@@ -24,6 +24,7 @@ from engine.errors import (
     Overloaded,
     PneumoError,
     RepositoryError,
+    TooLarge,
     UsageError,
 )
 from engine.serve.security import API_KEY_HEADER
@@ -35,6 +36,7 @@ STATUS: list[tuple[type[PneumoError], int]] = [
     (Overloaded, 503),
     (NotFoundError, 404),
     (ConflictError, 409),
+    (TooLarge, 413),
     (MissingExtraError, 501),
     (ImageError, 400),
     (InferenceError, 400),

@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from engine.contract import Contract
-from engine.errors import UsageError
+from engine.errors import TooLarge, UsageError
 from engine.runtime.decoders import format_of
 from engine.serve.inputs import b64decode, parse_json
 from engine.serve.items import Item
@@ -141,9 +141,14 @@ def _decoded(raw: bytes, encoding: str | None, max_bytes: int) -> bytes:
     except zlib.error as e:
         raise UsageError(f"the {encoding} request body cannot be inflated: {e}") from None
     if len(out) > max_bytes or inflater.unconsumed_tail:
-        raise UsageError(
-            f"the {encoding} request body inflates to more than {max_bytes / 2**20:g} MB"
+        raise TooLarge(
+            f"request too large: the {encoding} body inflates past the limit of "
+            f"{max_bytes / 2**20:g} MB"
         )
+    if not inflater.eof:
+        raise UsageError(f"the {encoding} request body ends before its compressed stream does")
+    if inflater.unused_data:  # a second gzip member would be dropped silently
+        raise UsageError(f"the {encoding} request body holds data after its compressed stream")
     return out
 
 
