@@ -257,9 +257,10 @@ def test_odd_version_strings(server: ServerProcess, path: str, status: int, mess
     ],
     ids=["5000-digit number", "deep nesting"],
 )
-def test_hostile_json_is_a_422(server: ServerProcess, content: bytes, message: str) -> None:
+def test_hostile_json_is_a_400(server: ServerProcess, content: bytes, message: str) -> None:
+    """The V2 protocol answers a request it cannot read with 400."""
     r = infer_raw(server, content)
-    assert r.status_code == 422 and message in r.json()["error"], r.text
+    assert r.status_code == 400 and message in r.json()["error"], r.text
 
 
 @pytest.mark.parametrize(

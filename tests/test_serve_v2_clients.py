@@ -1,7 +1,7 @@
 """The V2 routes as real clients speak them: the stock `tritonclient[http]` with its default
 settings (binary tensor data extension, no Content-Type, binary outputs), its JSON mode, its
-compression options both ways, and plain HTTP as curl sends it; every score checked against
-`/predict`."""
+compression options both ways, and plain HTTP as curl and a KServe V2 spec client send it;
+every score checked against `/predict`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 import time
 import zlib
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import numpy as np
@@ -263,3 +264,52 @@ def test_broken_gzip_bodies_get_400(server: ServerProcess, body: bytes, message:
         headers={"Content-Encoding": "gzip"},
     )
     assert r.status_code == 400 and message in r.json()["error"], r.text
+
+
+# --- a client written from the KServe V2 REST spec alone ---------------------------------------
+
+
+def test_spec_parameters_id_and_outputs(server: ServerProcess, expected: np.ndarray) -> None:
+    """`parameters` at request and input level are accepted, `id` is echoed, and the answer is
+    the same whether `outputs` is omitted, empty, or lists `score`."""
+    url = f"{server.url}/v2/models/pneumonia/versions/2/infer"
+    tensor = {"name": "image_bytes", "shape": [3], "datatype": "BYTES",
+              "data": [base64.b64encode(p.read_bytes()).decode() for p in IMAGES],
+              "parameters": {"content_type": "base64"}}  # fmt: skip
+    for outputs in (None, [], [{"name": "score"}], [{"name": "score", "parameters": {}}]):
+        body: dict[str, Any] = {"id": "spec-1", "parameters": {"priority": 1}, "inputs": [tensor]}
+        if outputs is not None:
+            body["outputs"] = outputs
+        r = httpx.post(url, json=body)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["id"] == "spec-1" and out["model_name"] == "pneumonia"
+        assert [o["name"] for o in out["outputs"]] == ["score"]
+        np.testing.assert_allclose(out["outputs"][0]["data"], expected, atol=1e-6)
+    del body["id"]
+    assert "id" not in httpx.post(url, json=body).json()
+
+
+FP32 = {"name": "image", "shape": [1, 128, 128, 3], "datatype": "FP32", "data": [0.5] * 49152}
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"inputs": [{**FP32, "shape": [1, 128, 128]}]}, "FP32 input must have shape [N, H, W, C]"),
+        ({"inputs": [{**FP32, "shape": [2, 128, 128, 3]}]}, "needs 98304 values, got 49152"),
+        ({"inputs": [{**FP32, "datatype": "INT32"}]}, "input datatype must be FP32 or BYTES"),
+        ({"inputs": [{k: v for k, v in FP32.items() if k != "datatype"}]},
+         "inputs.0.datatype: Field required"),
+        ({"inputs": [{**FP32, "shape": ["a"]}]}, "inputs.0.shape.0: Input should be a valid"),
+        ({"inputs": []}, "inputs: List should have at least 1 item"),
+        ({"id": 5, "inputs": [FP32]}, "id: Input should be a valid string"),
+        (["not", "an", "object"], "request: Input should be a valid dictionary"),
+    ],
+    ids=["rank", "count", "datatype", "no datatype", "shape type", "no inputs", "id type", "list"],
+)  # fmt: skip
+def test_spec_errors_are_json_400(server: ServerProcess, body: Any, message: str) -> None:
+    r = httpx.post(f"{server.url}/v2/models/pneumonia/infer", json=body)
+    assert r.status_code == 400, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert list(r.json()) == ["error"] and message in r.json()["error"]

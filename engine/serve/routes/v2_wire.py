@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
 from engine.contract import Contract
 from engine.errors import TooLarge, UsageError
 from engine.runtime.decoders import format_of
+from engine.serve.http_errors import validation_message
 from engine.serve.inputs import b64decode, parse_json
 from engine.serve.items import Item
 
@@ -81,7 +83,10 @@ def parse_infer(
                 f"{len(raw)} bytes, got {header_length[:20]!r}"
             )
         head, binary = raw[: int(header_length)], raw[int(header_length) :]
-    body = parse_json(head, InferRequest)
+    try:
+        body = parse_json(head, InferRequest)
+    except RequestValidationError as e:  # the V2 protocol answers a malformed request with 400
+        raise UsageError(validation_message(e)) from None
     tensor = body.inputs[0]
     blob = _binary_part(tensor, binary)
     if tensor.datatype == "FP32":
