@@ -1,7 +1,7 @@
 """The V2 routes as real clients speak them: the stock `tritonclient[http]` with its default
 settings (binary tensor data extension, no Content-Type, binary outputs), its JSON mode, its
-compression options both ways, and plain HTTP as curl and a KServe V2 spec client send it;
-every score checked against `/predict`."""
+compression options both ways and classification, and plain HTTP as curl and a KServe V2 spec
+client send it; every score checked against `/predict`."""
 
 from __future__ import annotations
 
@@ -264,6 +264,38 @@ def test_broken_gzip_bodies_get_400(server: ServerProcess, body: bytes, message:
         headers={"Content-Encoding": "gzip"},
     )
     assert r.status_code == 400 and message in r.json()["error"], r.text
+
+
+@pytest.mark.parametrize("class_count", [1, 3])
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_classification_extension(
+    client: triton.InferenceServerClient,
+    tensors: np.ndarray,
+    expected: np.ndarray,
+    class_count: int,
+    binary: bool,
+) -> None:
+    """class_count=k: Triton's "score:index:label" strings, clamped to the one class `score`
+    holds per image (P(PNEUMONIA))."""
+    tensor = triton.InferInput("image", list(tensors.shape), "FP32")
+    tensor.set_data_from_numpy(tensors)
+    asked = triton.InferRequestedOutput("score", binary_data=binary, class_count=class_count)
+    result = client.infer("pneumonia", [tensor], outputs=[asked])
+    classes = result.as_numpy("score")
+    assert classes.shape == (3, 1)
+    assert [c[0].decode() if binary else c[0] for c in classes] == [
+        f"{s:f}:0:PNEUMONIA" for s in expected
+    ]
+
+
+def test_classification_count_must_be_a_count(server: ServerProcess) -> None:
+    body = {"inputs": json.loads(HEAD)["inputs"],
+            "outputs": [{"name": "score", "parameters": {"classification": "two"}}]}  # fmt: skip
+    r = httpx.post(f"{server.url}/v2/models/pneumonia/infer", json=body)
+    assert r.status_code == 400
+    assert r.json()["error"] == (
+        "output parameter 'classification' must be a class count >= 0, got 'two'"
+    )
 
 
 # --- a client written from the KServe V2 REST spec alone ---------------------------------------

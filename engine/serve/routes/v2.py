@@ -38,7 +38,12 @@ async def server_metadata() -> dict[str, Any]:
     return {
         "name": "pneumo-onnx",
         "version": __version__,
-        "extensions": ["model_repository", "binary_tensor_data", "model_configuration"],
+        "extensions": [
+            "classification",
+            "model_repository",
+            "binary_tensor_data",
+            "model_configuration",
+        ],
     }
 
 
@@ -230,7 +235,12 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     await off_loop(trim_after, 8 * len(raw))  # parsed JSON took ~8x its size in objects
     scores = await service.infer(served, parsed.items, request_id(request), INFER_ROUTE)
     body, headers = render(
-        served.name, str(served.version), parsed.request.id, scores, parsed.binary_output
+        served.name,
+        str(served.version),
+        parsed.request.id,
+        scores,
+        parsed.wanted,
+        served.engine.contract.positive_label,
     )
     return Response(body, headers=headers, media_type=headers["Content-Type"])
 

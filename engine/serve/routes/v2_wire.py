@@ -2,8 +2,9 @@
 extensions that stock clients use by default), parsed on a thread: JSON tensors, the binary
 tensor data extension (`Inference-Header-Content-Length`: a JSON header, then each input's
 raw bytes; BYTES elements as a 4-byte little-endian length and the bytes), gzip/deflate request
-bodies, and binary outputs on request (`parameters.binary_data` of an output, or
-`binary_data_output` of the request).
+bodies, binary outputs on request (`parameters.binary_data` of an output, or
+`binary_data_output` of the request), and Triton's classification extension
+(`parameters.classification` of an output: "score:index:label" strings instead of numbers).
 
 Inputs: one tensor, FP32 `[N, H, W, C]` already preprocessed as the model's contract says
 (values within its scaling range), or BYTES `[N]` (or `[N, 1]`) of encoded image files: raw
@@ -34,7 +35,7 @@ from engine.serve.items import Item
 MAX_ELEMENTS = 64 * 128 * 128 * 3 * 4  # a generous cap on one request's FP32 values
 RANGE_MARGIN = 0.1  # FP32 inputs may stray this fraction of the scaling's range outside it
 OUTPUT = "score"
-UNSUPPORTED_PARAMETERS = ("shared_memory_region", "classification")
+UNSUPPORTED_PARAMETERS = ("shared_memory_region", "classification")  # on an input
 
 
 class InferInput(BaseModel):
@@ -58,10 +59,18 @@ class InferRequest(BaseModel):
 
 
 @dataclass(frozen=True)
+class Wanted:
+    """How the client wants the output: raw bytes or JSON, scores or top-k class strings."""
+
+    binary: bool = False
+    class_count: int = 0  # 0: the scores themselves
+
+
+@dataclass(frozen=True)
 class Parsed:
     request: InferRequest
     items: list[Item]
-    binary_output: bool
+    wanted: Wanted
 
 
 def parse_infer(
@@ -96,24 +105,41 @@ def parse_infer(
     else:
         raise UsageError(f"input datatype must be FP32 or BYTES, got {tensor.datatype[:20]!r}")
     tensor.data = None  # millions of Python floats: not kept while the request is scored
-    return Parsed(body, items, _binary_output(body))
+    return Parsed(body, items, _wanted(body))
 
 
 def render(
-    name: str, version: str, request_id: str | None, scores: np.ndarray, binary: bool
+    name: str,
+    version: str,
+    request_id: str | None,
+    scores: np.ndarray,
+    wanted: Wanted,
+    label: str,
 ) -> tuple[bytes, dict[str, str]]:
-    """The response body and its headers: JSON, or a JSON header then the raw FP32 scores."""
+    """The response body and its headers: JSON, or a JSON header then the raw output.
+
+    With `class_count`, the output is Triton's classification: BYTES `[N, 1]` of
+    "score:0:label" (`score` `[N, 1]` has one class per row, P(`label`); Triton clamps
+    class_count to the classes there are and prints the float as C's `%f`)."""
     output: dict[str, Any] = {"name": OUTPUT, "datatype": "FP32", "shape": [len(scores), 1]}
-    raw = np.asarray(scores, dtype="<f4").tobytes()
-    if binary:
+    values: list[Any]
+    if wanted.class_count:
+        output["datatype"] = "BYTES"
+        classes = [f"{float(s):f}:0:{label}".encode() for s in scores]
+        raw = b"".join(struct.pack("<I", len(c)) + c for c in classes)
+        values = [c.decode() for c in classes]
+    else:
+        raw = np.asarray(scores, dtype="<f4").tobytes()
+        values = [float(s) for s in scores]
+    if wanted.binary:
         output["parameters"] = {"binary_data_size": len(raw)}
     else:
-        output["data"] = [float(s) for s in scores]
+        output["data"] = values
     answer: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": [output]}
     if request_id is not None:
         answer["id"] = request_id
     head = json.dumps(answer, separators=(",", ":")).encode()
-    if not binary:
+    if not wanted.binary:
         return head, {"Content-Type": "application/json"}
     return head + raw, {
         "Content-Type": "application/octet-stream",
@@ -283,16 +309,23 @@ def _image(index: int, element: bytes, from_json: bool) -> bytes:
         raise UsageError(f"BYTES element {index} is not valid base64") from None
 
 
-def _binary_output(body: InferRequest) -> bool:
-    if body.outputs:
-        wanted = False
-        for output in body.outputs:
-            if output.name != OUTPUT:
-                raise UsageError(f"unknown output {output.name[:40]!r}: this model has '{OUTPUT}'")
-            params = output.parameters or {}
-            for name in UNSUPPORTED_PARAMETERS:
-                if name in params and params[name] not in (None, 0, False):
-                    raise UsageError(f"output parameter {name!r} is not supported by this server")
-            wanted = wanted or params.get("binary_data") is True
-        return wanted
-    return (body.parameters or {}).get("binary_data_output") is True
+def _wanted(body: InferRequest) -> Wanted:
+    """The output as asked: per output (the one there is), else by the request's parameters."""
+    if not body.outputs:
+        return Wanted(binary=(body.parameters or {}).get("binary_data_output") is True)
+    binary, class_count = False, 0
+    for output in body.outputs:
+        if output.name != OUTPUT:
+            raise UsageError(f"unknown output {output.name[:40]!r}: this model has '{OUTPUT}'")
+        params = output.parameters or {}
+        if params.get("shared_memory_region") is not None:
+            raise UsageError("output parameter 'shared_memory_region' is not supported")
+        count = params.get("classification") or 0
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise UsageError(
+                f"output parameter 'classification' must be a class count >= 0, got "
+                f"{str(count)[:20]!r}"
+            )
+        binary = binary or params.get("binary_data") is True
+        class_count = max(class_count, count)
+    return Wanted(binary, class_count)
