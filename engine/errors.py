@@ -54,6 +54,11 @@ class TooLarge(UsageError):
     """A request over the upload limit, also once its compressed body is inflated (HTTP 413)."""
 
 
+class NotSupported(UsageError):
+    """A protocol feature this server does not serve (Triton's statistics, shared memory):
+    HTTP 501, so a client says "not implemented" rather than "no such model"."""
+
+
 class FileAccessError(UsageError):
     """A file or folder the user named cannot be read or written: "cannot write NAME: reason".
 

@@ -1,22 +1,25 @@
 """The V2 routes as real clients speak them: the stock `tritonclient[http]` with its default
 settings (binary tensor data extension, no Content-Type, binary outputs), its JSON mode, its
-compression options both ways and classification, and plain HTTP as curl and a KServe V2 spec
-client send it; every score checked against `/predict`."""
+options (compression both ways, classification, explicit versions), its asyncio client, and
+plain HTTP as curl and a KServe V2 spec client send it; every score checked against
+`/predict`."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gzip
 import json
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+import tritonclient.http.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from engine import Engine
@@ -73,6 +76,9 @@ def test_server_and_model_metadata(client: triton.InferenceServerClient) -> None
     assert config["max_batch_size"] == 32 and config["input"][0]["dims"] == [128, 128, 3]
     assert config["output"] == [{"name": "score", "data_type": "TYPE_FP32", "dims": [1]}]
     assert client.get_model_config("pneumonia", "2")["name"] == "pneumonia"
+    assert {"name": "pneumonia", "version": "2", "state": "READY"} in (
+        client.get_model_repository_index()
+    )
     with pytest.raises(InferenceServerException, match="no model named 'nothing'") as e:
         client.get_model_metadata("nothing")
     assert e.value.status() == "404"
@@ -296,6 +302,58 @@ def test_classification_count_must_be_a_count(server: ServerProcess) -> None:
     assert r.json()["error"] == (
         "output parameter 'classification' must be a class count >= 0, got 'two'"
     )
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda c: c.get_inference_statistics(), "inference statistics are not served"),
+        (lambda c: c.get_inference_statistics("pneumonia"), "inference statistics are not"),
+        (lambda c: c.get_inference_statistics("pneumonia", "2"), "inference statistics are"),
+        (lambda c: c.get_system_shared_memory_status(), "shared memory is not supported"),
+        (lambda c: c.get_cuda_shared_memory_status(), "shared memory is not supported"),
+        (lambda c: c.get_trace_settings(), "trace and log settings are not served"),
+        (lambda c: c.get_log_settings(), "trace and log settings are not served"),
+    ],
+    ids=["stats", "model stats", "version stats", "shm", "cuda shm", "trace", "log"],
+)
+def test_extensions_not_served_are_a_clean_501(
+    client: triton.InferenceServerClient,
+    call: Callable[[triton.InferenceServerClient], Any],
+    message: str,
+) -> None:
+    with pytest.raises(InferenceServerException, match=message) as e:
+        call(client)
+    assert e.value.status() == "501"
+    assert client.is_server_ready()
+
+
+def test_asyncio_client(server: ServerProcess, tensors: np.ndarray, expected: np.ndarray) -> None:
+    async def session() -> None:
+        client = triton_aio.InferenceServerClient(f"127.0.0.1:{server.port}")
+        try:
+            assert await client.is_server_live() and await client.is_server_ready()
+            assert await client.is_model_ready("pneumonia", "2")
+            assert (await client.get_model_config("pneumonia"))["name"] == "pneumonia"
+            tensor = triton_aio.InferInput("image", list(tensors.shape), "FP32")
+            tensor.set_data_from_numpy(tensors)
+            result = await client.infer(
+                "pneumonia",
+                [tensor],
+                model_version="2",
+                request_compression_algorithm="gzip",
+                response_compression_algorithm="gzip",
+            )
+            np.testing.assert_allclose(result.as_numpy("score").ravel(), expected, atol=1e-5)
+            with pytest.raises(InferenceServerException, match="version 7 is not loaded"):
+                await client.infer("pneumonia", [tensor], model_version="7")
+            with pytest.raises(InferenceServerException, match="statistics") as e:
+                await client.get_inference_statistics("pneumonia")
+            assert e.value.status() == "501"
+        finally:
+            await client.close()
+
+    asyncio.run(asyncio.wait_for(session(), 20))
 
 
 # --- a client written from the KServe V2 REST spec alone ---------------------------------------

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from engine import __version__
-from engine.errors import NotFoundError, Overloaded, UsageError
+from engine.errors import NotFoundError, NotSupported, Overloaded, UsageError
 from engine.serve.inputs import documented_body, json_body, off_loop
 from engine.serve.memory import trim_after
 from engine.serve.registry import Served
@@ -27,6 +27,7 @@ from engine.serve.state import degraded, request_id, server
 router = APIRouter(prefix="/v2", tags=["v2"])
 
 INFER_ROUTE = "/v2/models/{name}/infer"
+BOTH = ["GET", "POST"]
 
 
 class RepositoryLoad(BaseModel):
@@ -63,6 +64,32 @@ async def ready(request: Request) -> JSONResponse:
     if problems:
         body["degraded"] = problems
     return JSONResponse(body, status_code=200 if ok else 503)
+
+
+# Triton's extensions that are not served: 501 with what to use instead, not a 404 that reads
+# as "no model named 'stats'". Declared before /models/{name}, which would take /models/stats;
+# left out of the OpenAPI spec, which lists what is served.
+@router.get("/models/stats", include_in_schema=False)
+@router.get("/models/{name}/stats", include_in_schema=False)
+@router.get("/models/{name}/versions/{version}/stats", include_in_schema=False)
+async def statistics() -> None:
+    raise NotSupported(
+        "inference statistics are not served: GET /metrics (Prometheus) has requests, "
+        "latency, queue time and batch sizes"
+    )
+
+
+@router.api_route("/systemsharedmemory/{rest:path}", methods=BOTH, include_in_schema=False)
+@router.api_route("/cudasharedmemory/{rest:path}", methods=BOTH, include_in_schema=False)
+async def shared_memory() -> None:
+    raise NotSupported("shared memory is not supported: send tensors in the request body")
+
+
+@router.api_route("/trace/setting", methods=BOTH, include_in_schema=False)
+@router.api_route("/models/{name}/trace/setting", methods=BOTH, include_in_schema=False)
+@router.api_route("/logging", methods=BOTH, include_in_schema=False)
+async def trace_and_logging() -> None:
+    raise NotSupported("trace and log settings are not served: the log is JSON lines on stderr")
 
 
 @router.get("/models/{name}")
