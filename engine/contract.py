@@ -72,7 +72,10 @@ COLORS = ("rgb", "grayscale", "bgr")
 # with libjpeg's fast integer IDCT) then tf.image.resize without antialiasing.
 PIL_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 TF_FILTERS = ("tf-bilinear", "tf-nearest")
-RESIZE_FILTERS = PIL_FILTERS + TF_FILTERS
+# OpenCV's cv2.resize(img, (W, H), interpolation=INTER_LINEAR | INTER_AREA | INTER_NEAREST) on
+# the uint8 image of cv2.imread (libjpeg's accurate IDCT, like Pillow's; libjpeg's own grayscale).
+CV2_FILTERS = ("cv2-linear", "cv2-area", "cv2-nearest")
+RESIZE_FILTERS = PIL_FILTERS + TF_FILTERS + CV2_FILTERS
 # stretch: to the input size, aspect ratio lost; center-crop: the centred largest box of the
 # input's aspect ratio, in whole pixels (load_img keep_aspect_ratio, crop_to_aspect_ratio);
 # fit: the same box in fractional pixels (PIL ImageOps.fit); pad: the whole image, centred,
@@ -293,6 +296,11 @@ def _pipeline_problems(i: InputSpec) -> list[str]:
         p.append(f"resize filter must be one of {RESIZE_FILTERS}, got {i.resize_filter!r}")
     if i.resize_mode not in RESIZE_MODES:
         p.append(f"resize mode must be one of {RESIZE_MODES}, got {i.resize_mode!r}")
+    elif i.resize_mode != "stretch" and i.resize_filter in CV2_FILTERS:
+        p.append(
+            f"resize filter {i.resize_filter!r} is cv2.resize(img, (width, height)), which "
+            f"stretches: it takes resize mode 'stretch', not {i.resize_mode!r}"
+        )
     elif i.resize_mode == "fit" and i.resize_filter in TF_FILTERS:
         p.append(
             f"resize mode 'fit' is PIL's ImageOps.fit: it takes a PIL filter, not "

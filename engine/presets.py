@@ -53,6 +53,21 @@ PRESETS: dict[str, Preset] = {
         "bilinear without antialiasing, stretched",
         {"resize_filter": "tf-bilinear", "resize_mode": "stretch"},
     ),
+    # cv2.imread applies EXIF orientation and gives BGR (IMREAD_COLOR) or libjpeg's grayscale;
+    # the interpolation is cv2.resize's default, INTER_LINEAR (--resize-filter cv2-area or
+    # cv2-nearest for the others); the scaling stays a separate field (default x / 255).
+    "opencv": Preset(
+        "cv2.imread(path) (BGR), cv2.resize(img, (W, H)): INTER_LINEAR, stretched",
+        {"resize_filter": "cv2-linear", "resize_mode": "stretch", "color": "bgr"},
+    ),
+    "opencv-rgb": Preset(
+        "cv2.imread(path), cv2.cvtColor(img, cv2.COLOR_BGR2RGB), cv2.resize(img, (W, H))",
+        {"resize_filter": "cv2-linear", "resize_mode": "stretch", "color": "rgb"},
+    ),
+    "opencv-gray": Preset(
+        "cv2.imread(path, cv2.IMREAD_GRAYSCALE), cv2.resize(img, (W, H))",
+        {"resize_filter": "cv2-linear", "resize_mode": "stretch", "color": "grayscale"},
+    ),
     "teachable-machine": Preset(
         "Teachable Machine's Keras export: ImageOps.fit(image, size, LANCZOS), x / 127.5 - 1",
         {"resize_filter": "lanczos", "resize_mode": "fit", "color": "rgb", "scaling": "symmetric"},

@@ -315,7 +315,17 @@ def keras_scores(model: keras.Model, x: np.ndarray, positive_index: int) -> np.n
 def test_default_batch_matches_the_users_pipeline(
     name: str, folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    case = CASES[name]
+    check_case(name, CASES[name], folders, tmp_path, capsys)
+
+
+def check_case(
+    name: str,
+    case: Case,
+    folders: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Calibrate, convert with the case's flags, `pneumo batch` with defaults, compare."""
     probes, scored = folders
     probe_paths, scored_paths = sorted(probes.iterdir()), sorted(scored.iterdir())
     positive = 1 if "--labels" in case.flags else 0

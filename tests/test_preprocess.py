@@ -231,14 +231,19 @@ def test_fit_and_pad_are_pils_imageops(samples: list[Path], size: tuple[int, int
 MODES = ["stretch", "center-crop", "fit", "pad"]
 
 
-@pytest.mark.parametrize("filt", ["nearest", "tf-bilinear", "tf-nearest"])
+@pytest.mark.parametrize(
+    "filt", ["nearest", "tf-bilinear", "tf-nearest", "cv2-linear", "cv2-area", "cv2-nearest"]
+)
 def test_fast_path_is_exact_for_single_pixel_filters(samples: list[Path], filt: str) -> None:
-    """nearest and TensorFlow's filters sample single pixels: no reduced-scale shortcut is
-    faithful, so their fast path is the reference pipeline, pixel for pixel."""
+    """nearest, TensorFlow's and OpenCV's filters sample single pixels (or, INTER_AREA, must
+    give cv2.resize's very pixels): no reduced-scale shortcut is faithful, so their fast path is
+    the reference pipeline, pixel for pixel."""
     from engine.runtime.preprocess import fast_pixels
 
     for mode in MODES:
-        if mode == "fit" and filt.startswith("tf-"):
+        if (mode == "fit" and filt.startswith("tf-")) or (
+            mode != "stretch" and filt.startswith("cv2-")
+        ):
             continue
         c = Contract(input=InputSpec(height=40, width=56, resize_filter=filt, resize_mode=mode))
         for path in samples:

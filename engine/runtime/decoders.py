@@ -128,7 +128,9 @@ def open_image(
     """Decode any supported source to a fully loaded, upright PIL image (any mode).
 
     `reduce`: for JPEGs, the DCT-domain scale libjpeg may decode at (the fast path and
-    thumbnails); `gray` also skips colour decoding. `tf_decoding`: JPEGs decoded as
+    thumbnails); `gray` also skips colour decoding: libjpeg's own grayscale (its luma channel,
+    as cv2.imread(path, IMREAD_GRAYSCALE) and decode_image(channels=1) give it) for a JPEG
+    decoded without `reduce`. `tf_decoding`: JPEGs decoded as
     `tf.io.decode_image` does (libjpeg's fast integer IDCT, not Pillow's accurate one), for
     models trained on TensorFlow's input pipeline. Raises ImageError with a specific message
     for every kind of bad input.
@@ -167,9 +169,9 @@ def _pillow(
         img: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
         check_size(img.size, name)
         scale = reduce(img.size) if reduce is not None and img.format == "JPEG" else 1
+        if gray and reduce is None and img.format == "JPEG":
+            img.draft("L", None)  # libjpeg's own grayscale output, its accurate IDCT
         if tf_decoding and img.format == "JPEG":
-            if gray:
-                img.draft("L", None)  # libjpeg's own grayscale output, as decode_image(channels=1)
             # Pillow's JPEG decoder config is (scale, draft); its draft flag selects libjpeg's
             # fast integer IDCT (JDCT_IFAST), the IDCT tf.io.decode_image uses by default. The
             # pixels equal TensorFlow's on every X-ray tested (parity_tests/test_pipelines.py).

@@ -1,15 +1,16 @@
 """The two preprocessing paths, `reference` and `fast`: decoded image -> the model's tensor.
 
 `reference` is the pipeline the model's contract states, exactly as the user's own code runs
-it: the decoding (Pillow's, or TensorFlow's for `tf-*` filters), the colour (RGB, grayscale,
-BGR), the resize filter and mode (`resize.py`), then the scaling. It is the ground truth for
-parity; the training script, the parity tests and the conversion stage's probes all call it, so
-there is one implementation of decode/resize/scale.
+it: the decoding (Pillow's, TensorFlow's for `tf-*` filters, cv2.imread's for `cv2-*`), the
+colour (RGB, grayscale, BGR), the resize filter and mode (`resize.py`), then the scaling. It is
+the ground truth for parity; the training script, the parity tests and the conversion stage's
+probes all call it, so there is one implementation of decode/resize/scale.
 
 `fast` produces the same layout sooner. For Pillow's antialiasing filters it decodes JPEGs at
 reduced scale in the DCT domain and box-reduces before the final filter: an approximation,
 whose distance from `reference` `pneumo convert` measures per model (`fidelity.py`). For
-`nearest` and TensorFlow's filters, which sample single source pixels, no such shortcut is
+`nearest`, TensorFlow's and OpenCV's filters, which sample single source pixels without
+antialiasing (INTER_AREA is exact block arithmetic, kept exact too), no such shortcut is
 faithful: there the fast path is exact (the full decode, grayscale kept single-channel).
 """
 
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from engine.contract import TF_FILTERS, Contract, InputSpec
+from engine.contract import CV2_FILTERS, TF_FILTERS, Contract, InputSpec
 from engine.runtime.decoders import ImageSource, open_image
 from engine.runtime.resize import resize
 
@@ -33,8 +34,9 @@ from engine.runtime.resize import resize
 DRAFT_FACTOR = 3
 HALF_DRAFT_FACTOR = 5
 REDUCING_GAP = 4.0
-# Filters that sample single source pixels: a reduced-scale decode would change which pixels.
-EXACT_ONLY_FILTERS = ("nearest", *TF_FILTERS)
+# Filters that sample single source pixels (and OpenCV's, whose users expect cv2.resize's very
+# pixels): a reduced-scale decode would change which pixels.
+EXACT_ONLY_FILTERS = ("nearest", *TF_FILTERS, *CV2_FILTERS)
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
@@ -153,9 +155,12 @@ def draft_scale(size: tuple[int, int], draft: tuple[int, int]) -> int:
 
 def _decode_full(source: ImageSource, spec: InputSpec) -> Image.Image:
     """The full-scale decode a pipeline starts from: TensorFlow's for `tf-*` filters (its IDCT;
-    libjpeg's own grayscale for a grayscale model, as decode_image(channels=1)), else Pillow's."""
+    libjpeg's own grayscale for a grayscale model, as decode_image(channels=1)); Pillow's
+    otherwise, which is cv2.imread's for `cv2-*` filters (libjpeg's accurate IDCT, EXIF
+    orientation applied, libjpeg's own grayscale as IMREAD_GRAYSCALE)."""
     tf_decoding = spec.resize_filter in TF_FILTERS
-    gray = tf_decoding and spec.color == "grayscale"
+    libjpeg_gray = tf_decoding or spec.resize_filter in CV2_FILTERS
+    gray = libjpeg_gray and spec.color == "grayscale"
     return open_image(source, gray=gray, tf_decoding=tf_decoding)
 
 

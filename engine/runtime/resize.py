@@ -1,6 +1,6 @@
 """Resize a decoded image to the model's input the way the user's own code did: the contract's
-filter (Pillow's, or TensorFlow's without antialiasing) and mode (stretch, center-crop, fit,
-pad), each computed as its library computes it.
+filter (Pillow's, TensorFlow's without antialiasing, or OpenCV's) and mode (stretch,
+center-crop, fit, pad), each computed as its library computes it.
 
 - Pillow: `Image.resize(size, filter, box=...)`; center-crop is keras.utils.load_img's
   `keep_aspect_ratio` box (whole pixels), fit is ImageOps.fit's box (fractional pixels), pad is
@@ -9,6 +9,9 @@ pad), each computed as its library computes it.
   antialiasing, in float32 as its CPU kernel computes it (numpy here, no TensorFlow);
   center-crop is keras' smart_resize (crop_to_aspect_ratio), pad is tf.image.resize_with_pad
   (pad_to_aspect_ratio).
+- OpenCV (`cv2-linear`, `cv2-area`, `cv2-nearest`): cv2.resize(img, (width, height),
+  interpolation=INTER_LINEAR | INTER_AREA | INTER_NEAREST) on uint8, stretch only, in OpenCV's
+  own integer and float32 arithmetic (numpy here: the engine never imports cv2), bit-exact.
 
 The fast path may hand over an image decoded at 1/`scale` of its size: every box is computed on
 the full-size image and divided by `scale`, so the geometry stays that of the reference.
@@ -19,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from engine.contract import TF_FILTERS, InputSpec
+from engine.contract import CV2_FILTERS, TF_FILTERS, InputSpec
 
 PIL_RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,
@@ -47,6 +50,10 @@ def resize(
         if scale != 1:
             raise ValueError("TensorFlow resizing needs the full-size image")
         return _tf_resize(np.asarray(img), spec)
+    if spec.resize_filter in CV2_FILTERS:
+        if scale != 1:
+            raise ValueError("OpenCV resizing needs the full-size image")
+        return cv2_resize(np.asarray(img), spec.height, spec.width, spec.resize_filter)
     out = (spec.width, spec.height)
     filt = PIL_RESAMPLING[spec.resize_filter]
     if spec.resize_mode == "pad":
@@ -182,3 +189,144 @@ def _nearest_index(in_size: int, out_size: int) -> np.ndarray:
     scale = np.float32(in_size) / np.float32(out_size)
     x = np.floor((np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale)
     return np.minimum(x.astype(np.int64), in_size - 1)
+
+
+# --- OpenCV ----------------------------------------------------------------------------------
+# modules/imgproc/src/resize.cpp: cv::resize -> hal::resize -> resizeNN, resizeAreaFast_,
+# resizeArea_ or resizeGeneric_ (linear). Checked bit for bit against cv2.resize on random 1-
+# and 3-channel images of many sizes, up and down (tests/test_resize_cv2.py).
+
+_COEF_SCALE = 1 << 11  # INTER_RESIZE_COEF_BITS: the 8-bit linear path's fixed-point weights
+
+
+def cv2_resize(a: np.ndarray, out_h: int, out_w: int, method: str) -> np.ndarray:
+    """cv2.resize(a, (out_w, out_h), interpolation=...) for uint8 HxW or HxWxC; same shape
+    kind out. The dispatch of hal::resize: same size copies, an exact 2x linear reduction is
+    INTER_AREA, INTER_AREA reducing by whole factors averages blocks, reducing otherwise
+    weighs fractional coverage, and enlarging is bilinear with area weights."""
+    gray = a.ndim == 2
+    x = a[:, :, None] if gray else a
+    h, w = x.shape[:2]
+    # scale = 1 / inv_scale, inv_scale = dst / src: doubles, as OpenCV computes them
+    inv_x, inv_y = out_w / w, out_h / h
+    scale_x, scale_y = 1.0 / inv_x, 1.0 / inv_y
+    ix, iy = round(scale_x), round(scale_y)
+    whole = abs(scale_x - ix) < _DBL_EPSILON and abs(scale_y - iy) < _DBL_EPSILON
+    if (h, w) == (out_h, out_w):
+        out = x.copy()
+    elif method == "cv2-nearest":
+        out = x[_cv2_nearest_index(h, out_h, scale_y)][:, _cv2_nearest_index(w, out_w, scale_x)]
+    elif (method == "cv2-area" or (whole and ix == iy == 2)) and scale_x >= 1 and scale_y >= 1:
+        out = _cv2_area_whole(x, ix, iy) if whole else _cv2_area(x, out_h, out_w, scale_x, scale_y)
+    else:
+        area = method == "cv2-area"
+        out = _cv2_linear(
+            x,
+            _cv2_axis(w, out_w, scale_x, inv_x, area, True),
+            _cv2_axis(h, out_h, scale_y, inv_y, area, False),
+        )
+    return out[:, :, 0] if gray else out
+
+
+_DBL_EPSILON = float(np.finfo(np.float64).eps)
+_Axis = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _cv2_nearest_index(in_size: int, out_size: int, scale: float) -> np.ndarray:
+    """resizeNN: floor(dst * scale), clamped to the last pixel (no half-pixel shift)."""
+    x = np.floor(np.arange(out_size, dtype=np.float64) * scale).astype(np.int64)
+    return np.minimum(x, in_size - 1)
+
+
+def _cv2_axis(
+    in_size: int, out_size: int, scale: float, inv_scale: float, area: bool, clamp: bool
+) -> _Axis:
+    """resizeGeneric_'s two taps per output pixel and their 11-bit weights: half-pixel
+    centres, or INTER_AREA's coverage when enlarging. Columns (`clamp`) past an edge take the
+    edge pixel at full weight; rows keep their weights over the clipped rows, as OpenCV does."""
+    d = np.arange(out_size, dtype=np.float64)
+    if area:
+        lower = np.floor(d * scale)
+        f = ((d + 1) - (lower + 1) * inv_scale).astype(np.float32)
+        f = np.where(f <= 0, np.float32(0), f - np.floor(f)).astype(np.float32)
+    else:
+        f = ((d + 0.5) * scale - 0.5).astype(np.float32)  # (float)((dx+0.5)*scale_x - 0.5)
+        lower = np.floor(f)
+        f = (f - lower).astype(np.float32)
+    first = lower.astype(np.int64)
+    if clamp:
+        edge = (first < 0) | (first >= in_size - 1)
+        f = np.where(edge, np.float32(0), f).astype(np.float32)
+        first = np.clip(first, 0, in_size - 1)
+    w0 = np.rint((np.float32(1) - f) * np.float32(_COEF_SCALE)).astype(np.int64)
+    w1 = np.rint(f * np.float32(_COEF_SCALE)).astype(np.int64)  # saturate_cast<short>: cvRound
+    return np.clip(first, 0, in_size - 1), np.clip(first + 1, 0, in_size - 1), w0, w1
+
+
+def _cv2_linear(a: np.ndarray, cols: _Axis, rows: _Axis) -> np.ndarray:
+    """HResizeLinear (integer taps x 11-bit weights), then VResizeLinearVec_32s8u's rounding:
+    each row >> 4, times its weight, high 16 bits, summed, then (+2) >> 2 (not the scalar
+    (sum + 2^21) >> 22, which differs by 1 at times: cv2 5.0 uses the vector rounding on every
+    pixel, tails included, as the tests confirm)."""
+    x0, x1, a0, a1 = cols
+    y0, y1, b0, b1 = rows
+    src = a.astype(np.int64)
+    across = src[:, x0] * a0[None, :, None] + src[:, x1] * a1[None, :, None]
+    top = ((across[y0] >> 4) * b0[:, None, None]) >> 16
+    bottom = ((across[y1] >> 4) * b1[:, None, None]) >> 16
+    return np.clip((top + bottom + 2) >> 2, 0, 255).astype(np.uint8)
+
+
+def _cv2_area_whole(a: np.ndarray, ix: int, iy: int) -> np.ndarray:
+    """resizeAreaFast_: the mean of each ix x iy block; 2x2 rounds (sum + 2) >> 2 (its vector
+    code), other factors sum * (1.f / area) rounded half to even (cvRound)."""
+    h, w, cn = a.shape
+    blocks = a[: h // iy * iy, : w // ix * ix].astype(np.int64)
+    total = blocks.reshape(h // iy, iy, w // ix, ix, cn).sum(axis=(1, 3))
+    if ix == iy == 2:
+        return ((total + 2) >> 2).astype(np.uint8)
+    mean = total.astype(np.float32) * np.float32(1.0 / (ix * iy))
+    return np.clip(np.rint(mean), 0, 255).astype(np.uint8)
+
+
+def _cv2_area(a: np.ndarray, out_h: int, out_w: int, sx: float, sy: float) -> np.ndarray:
+    """resizeArea_: each output pixel the coverage-weighted mean of the source pixels its cell
+    overlaps, accumulated in float32 in OpenCV's order (along rows, then down), rounded."""
+    h, w = a.shape[:2]
+    xi, xw = _cv2_area_table(w, out_w, sx)
+    yi, yw = _cv2_area_table(h, out_h, sy)
+    src = a.astype(np.float32)
+    across = np.zeros((h, out_w, a.shape[2]), np.float32)
+    for k in range(xi.shape[1]):  # padding taps weigh 0: adding 0.0 changes nothing
+        across += src[:, xi[:, k]] * xw[None, :, k, None]
+    total = np.zeros((out_h, out_w, a.shape[2]), np.float32)
+    for k in range(yi.shape[1]):
+        total += yw[:, k, None, None] * across[yi[:, k]]
+    return np.clip(np.rint(total), 0, 255).astype(np.uint8)
+
+
+def _cv2_area_table(in_size: int, out_size: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """computeResizeAreaTab: per output pixel, the source pixels its cell covers and the share
+    of the cell each covers (float32), as out_size x taps arrays padded with weight 0."""
+    taps: list[list[tuple[int, float]]] = []
+    for d in range(out_size):
+        start = d * scale
+        end = start + scale
+        cell = min(scale, in_size - start)
+        first = min(int(np.ceil(start)), in_size - 1)
+        last = min(int(np.floor(end)), in_size - 1)
+        first = min(first, last)
+        row = []
+        if first - start > 1e-3:
+            row.append((first - 1, (first - start) / cell))
+        row.extend((s, 1.0 / cell) for s in range(first, last))
+        if end - last > 1e-3:
+            row.append((last, min(end - last, 1.0, cell) / cell))
+        taps.append(row)
+    width = max(len(row) for row in taps)
+    index = np.zeros((out_size, width), np.int64)
+    weight = np.zeros((out_size, width), np.float32)
+    for d, row in enumerate(taps):
+        for k, (s, share) in enumerate(row):
+            index[d, k], weight[d, k] = s, share
+    return index, weight
