@@ -12,8 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from engine.contract import IMAGENET_CAFFE_MEAN
 from engine.errors import UsageError
 
+FLIPPED = {"rgb": "bgr", "bgr": "rgb"}  # grayscale has no order to flip
 # The InputSpec fields a preset or a flag may set.
 PIPELINE_FIELDS = ("resize_filter", "resize_mode", "color", "scaling", "mean", "std")
 
@@ -25,9 +27,9 @@ class Preset:
 
 
 _CAFFE = Preset(
-    "their keras.applications preprocess_input, 'caffe' mode: RGB->BGR, minus the ImageNet "
-    "means, no scaling",
-    {"color": "bgr", "scaling": "caffe"},
+    "their keras.applications preprocess_input, 'caffe' mode: flips the channel order it is "
+    "given (RGB->BGR), minus the ImageNet means, no scaling",
+    {"scaling": "caffe"},
 )
 _TF = Preset(
     "their keras.applications preprocess_input, 'tf' mode: x / 127.5 - 1",
@@ -111,8 +113,15 @@ def pipeline_fields(presets: Sequence[str], flags: Mapping[str, Any]) -> dict[st
     fields.update({k: v for k, v in flags.items() if v is not None})
     if flags.get("scaling") is None and (flags.get("mean") or flags.get("std")):
         fields["scaling"] = "custom"  # --input-mean/--input-std say it
-    if fields.get("scaling") == "caffe":
-        fields.setdefault("color", "bgr")  # 'caffe' mode always flips RGB to BGR
+    if fields.get("scaling") == "caffe" and flags.get("color") is None:
+        # 'caffe' mode flips whatever order it is handed: PIL and Keras loaders give RGB, so
+        # the model sees BGR; cv2.imread gives BGR, so the model sees RGB (an explicit --color
+        # states what the model sees and is kept as it is).
+        fields["color"] = FLIPPED.get(fields.get("color", "rgb"), fields.get("color", "rgb"))
+        if fields["color"] == "rgb":  # the B, G, R means land on R, G, B: 'custom' says so
+            fields["scaling"] = "custom"
+            fields["mean"] = tuple(m / 255 for m in IMAGENET_CAFFE_MEAN)
+            fields["std"] = (1 / 255,) * 3
     return fields
 
 

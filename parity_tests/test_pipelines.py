@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from engine.contract import Contract, InputSpec
-from engine.presets import PRESETS
+from engine.presets import PRESETS, pipeline_fields
 from engine.runtime.preprocess import fast_pixels, reference_pixels
 from engine.runtime.samples import sample_images
 
@@ -78,7 +78,7 @@ def test_keras_load_img_grayscale(xrays: list[Path]) -> None:
 def test_preprocess_input(xrays: list[Path], preset: str, module: Any) -> None:
     """load_img (nearest) then the module's preprocess_input, as the keras.applications docs
     show it, against the preset."""
-    fields = {**PRESETS[preset].fields, "resize_filter": "nearest"}
+    fields = pipeline_fields([preset], {"resize_filter": "nearest"})
     worst = 0.0
     for path in xrays:
         x = keras.utils.img_to_array(keras.utils.load_img(path, target_size=(64, 64)))
@@ -86,6 +86,32 @@ def test_preprocess_input(xrays: list[Path], preset: str, module: Any) -> None:
         worst = max(worst, float(np.max(np.abs(ours(path, 64, 64, **fields) - theirs))))
     print(f"{preset}: max abs diff {worst:.2e}")
     assert worst <= 2e-5  # float32 rounding: caffe values reach 150, torch divides twice
+
+
+@pytest.mark.parametrize(("loader", "to_rgb"), [("opencv", False), ("opencv-rgb", True)])
+def test_opencv_then_caffe_preprocess_input(
+    tmp_path: Path, xrays: list[Path], loader: str, to_rgb: bool
+) -> None:
+    """cv2.imread (BGR), optionally cvtColor to RGB, cv2.resize, then vgg16's preprocess_input,
+    which flips whatever order it is handed: --preset LOADER --preset vgg16 gives the same
+    tensor. Tinted colour JPEGs, so that a wrong channel order shows."""
+    cv2 = pytest.importorskip("cv2")
+    worst = 0.0
+    for i, path in enumerate(xrays[:6]):
+        grey = Image.open(path).convert("L")
+        tinted = Image.merge(
+            "RGB", (grey, grey.point(lambda v: v * 3 // 4), grey.point(lambda v: v // 2))
+        )
+        colour = tmp_path / f"tinted{i}.jpeg"
+        tinted.save(colour, quality=95)
+        img = cv2.imread(str(colour))
+        if to_rgb:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        img = cv2.resize(img, (64, 64))
+        theirs = keras.applications.vgg16.preprocess_input(img.astype(np.float32)[None])[0]
+        mine = ours(colour, 64, 64, **pipeline_fields([loader, "vgg16"], {}))
+        worst = max(worst, float(np.max(np.abs(mine - theirs))))
+    assert worst <= 2e-5, worst
 
 
 def test_teachable_machine_snippet(xrays: list[Path]) -> None:
