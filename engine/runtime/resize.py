@@ -270,10 +270,15 @@ def _cv2_linear(a: np.ndarray, cols: _Axis, rows: _Axis) -> np.ndarray:
     pixel, tails included, as the tests confirm)."""
     x0, x1, a0, a1 = cols
     y0, y1, b0, b1 = rows
-    src = a.astype(np.int64)
-    across = src[:, x0] * a0[None, :, None] + src[:, x1] * a1[None, :, None]
-    top = ((across[y0] >> 4) * b0[:, None, None]) >> 16
-    bottom = ((across[y1] >> 4) * b1[:, None, None]) >> 16
+
+    def across(lines: np.ndarray) -> np.ndarray:  # the taps only, widened: never the whole image
+        return (
+            lines[:, x0].astype(np.int64) * a0[None, :, None]
+            + lines[:, x1].astype(np.int64) * a1[None, :, None]
+        )
+
+    top = ((across(a[y0]) >> 4) * b0[:, None, None]) >> 16
+    bottom = ((across(a[y1]) >> 4) * b1[:, None, None]) >> 16
     return np.clip((top + bottom + 2) >> 2, 0, 255).astype(np.uint8)
 
 
@@ -281,8 +286,8 @@ def _cv2_area_whole(a: np.ndarray, ix: int, iy: int) -> np.ndarray:
     """resizeAreaFast_: the mean of each ix x iy block; 2x2 rounds (sum + 2) >> 2 (its vector
     code), other factors sum * (1.f / area) rounded half to even (cvRound)."""
     h, w, cn = a.shape
-    blocks = a[: h // iy * iy, : w // ix * ix].astype(np.int64)
-    total = blocks.reshape(h // iy, iy, w // ix, ix, cn).sum(axis=(1, 3))
+    blocks = a[: h // iy * iy, : w // ix * ix].reshape(h // iy, iy, w // ix, ix, cn)
+    total = blocks.sum(axis=(1, 3), dtype=np.int64)  # accumulated wide, not copied wide
     if ix == iy == 2:
         return ((total + 2) >> 2).astype(np.uint8)
     mean = total.astype(np.float32) * np.float32(1.0 / (ix * iy))
@@ -295,10 +300,9 @@ def _cv2_area(a: np.ndarray, out_h: int, out_w: int, sx: float, sy: float) -> np
     h, w = a.shape[:2]
     xi, xw = _cv2_area_table(w, out_w, sx)
     yi, yw = _cv2_area_table(h, out_h, sy)
-    src = a.astype(np.float32)
     across = np.zeros((h, out_w, a.shape[2]), np.float32)
     for k in range(xi.shape[1]):  # padding taps weigh 0: adding 0.0 changes nothing
-        across += src[:, xi[:, k]] * xw[None, :, k, None]
+        across += a[:, xi[:, k]].astype(np.float32) * xw[None, :, k, None]
     total = np.zeros((out_h, out_w, a.shape[2]), np.float32)
     for k in range(yi.shape[1]):
         total += yw[:, k, None, None] * across[yi[:, k]]
