@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from engine.runtime.samples import sample_images
-from engine.serve.protocol import OVER_CAPACITY
+from engine.serve.protocol import OVER_CAPACITY, TOO_MANY_FROM_YOU
 from engine.serve.security import RateLimiter
 from tests.server_process import ServerProcess
 
@@ -145,42 +145,80 @@ def test_rate_limiter_forgets_the_least_recently_seen_clients() -> None:
     assert limiter.acquire("client-0") == 0  # the oldest was forgotten: a fresh bucket
 
 
-def test_bodies_in_flight_are_budgeted(server: ServerProcess) -> None:
-    """16 clients announce 16 MB bodies and send nothing more: the 256 MB of bodies in flight
-    are taken, the next request is shed at once (503), and once the stalled ones time out
-    (408) the server serves again."""
+def test_bodies_in_flight_charge_the_bytes_received(tmp_path: Path) -> None:
+    """What a body announces costs nothing, what it sends does: 16 clients that announce 16
+    MB and send nothing leave room for everyone; clients that really send 12 MB each and
+    stall fill the 32 MB budget, the one that would pass it gets 503 mid-body and its
+    connection closed, a small request is still served, and the stalled ones get 408."""
+    srv = ServerProcess(
+        tmp_path, "--max-inflight-mb", "32", "--body-timeout", "3", "--header-timeout", "2"
+    ).start()
     head = (
-        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {USER_A}\r\nContent-Type: "
-        f"multipart/form-data; boundary=x\r\nContent-Length: {16 * 2**20}\r\n\r\n--x\r\n"
-    )
-    stalled = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(16)]
+        "POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+        f"boundary=x\r\nContent-Length: {16 * 2**20}\r\n\r\n--x\r\nContent-Disposition: "
+        'form-data; name="image"; filename="a.png"\r\n\r\n'
+    ).encode()
+    files = {"image": ("a.jpeg", SAMPLE.read_bytes())}
+    announcing = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(16)]
+    sending = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(3)]
     try:
-        for s in stalled:
-            s.sendall(head.encode())
+        for s in announcing:
+            s.sendall(head)
         time.sleep(0.3)
-        files = {"image": ("a.jpeg", SAMPLE.read_bytes())}
-        r = httpx.post(f"{server.url}/predict", files=files, headers=key(USER_B))
-        assert r.status_code == 503 and r.headers["retry-after"] == "1"
-        assert r.json()["error"] == (
-            "server busy: 256 MB of requests already being received or handled"
-        )
-        for s in stalled:
-            s.settimeout(5.0)
-            assert s.recv(4096).startswith(b"HTTP/1.1 408")
+        assert httpx.post(f"{srv.url}/predict", files=files).status_code == 200
+        answers = []
+        for s in sending:
+            with contextlib.suppress(OSError):  # the refused one may be closed mid-send
+                s.sendall(head + b"--x\r\n" + b"x" * (12 * 2**20))
+            time.sleep(0.3)
+        for s in sending:
+            s.settimeout(6.0)
+            answers.append(s.recv(4096).decode(errors="replace"))
+        busy = [a for a in answers if a.startswith("HTTP/1.1 503")]
+        assert len(busy) == 1, [a[:60] for a in answers]
+        assert "MB of requests already being received or handled" in busy[0]
+        assert "connection: close" in busy[0].lower()
+        assert sum(a.startswith("HTTP/1.1 408") for a in answers) == 2, answers
+        r = httpx.post(f"{srv.url}/predict", files=files)
+        assert r.status_code == 200, r.text
     finally:
-        for s in stalled:
+        for s in announcing + sending:
             s.close()
-    r = httpx.post(f"{server.url}/predict", files=files, headers=key(USER_B))
-    assert r.status_code == 200, r.text
+        assert srv.stop() == 0
 
 
-def test_connections_past_the_limit_get_the_api_json_503(tmp_path: Path) -> None:
-    """Past `--max-connections` uvicorn refuses the request itself; the answer is the API's
-    JSON error with Retry-After, and the server serves again once connections close."""
-    srv = ServerProcess(tmp_path, "--max-connections", "3").start()
+def test_idle_connections_make_room_for_new_clients(tmp_path: Path) -> None:
+    """300 sockets that connect and send nothing (the limit is 256): the oldest idle ones are
+    closed to make room, and a new client is served at once."""
+    srv = ServerProcess(tmp_path, "--max-connections-per-client", "0").start()
+    idle = []
+    try:
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", srv.port)))
+        time.sleep(0.3)
+        started = time.monotonic()
+        r = httpx.post(f"{srv.url}/predict", files={"image": ("a.jpeg", SAMPLE.read_bytes())})
+        assert r.status_code == 200, r.text
+        assert time.monotonic() - started < 1.0
+    finally:
+        for s in idle:
+            s.close()
+        assert srv.stop() == 0
+
+
+def test_busy_connections_past_the_limit_get_the_api_json_503(tmp_path: Path) -> None:
+    """Past `--max-connections` of connections in the middle of a request, uvicorn refuses
+    the request itself; the answer is the API's JSON error with Retry-After, and the server
+    serves again once they end."""
+    srv = ServerProcess(tmp_path, "--max-connections", "3", "--body-timeout", "30").start()
     try:
         held = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(3)]
-        time.sleep(0.2)  # the server has accepted them
+        for s in held:  # each in the middle of its body: busy, not idle
+            s.sendall(
+                b"POST /predict/base64 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n"
+                b"Content-Type: application/json\r\n\r\n{"
+            )
+        time.sleep(0.3)
         try:
             r = httpx.get(f"{srv.url}/v2/health/live")
             assert r.status_code == 503, r.text
@@ -193,5 +231,27 @@ def test_connections_past_the_limit_get_the_api_json_503(tmp_path: Path) -> None
         while (r := httpx.get(f"{srv.url}/v2/health/live")).status_code != 200:
             assert time.monotonic() < deadline, r.text
             time.sleep(0.1)
+    finally:
+        assert srv.stop() == 0
+
+
+def test_one_address_cannot_hold_every_connection(tmp_path: Path) -> None:
+    """Past `--max-connections-per-client` connections from one address, a new one gets the
+    API's JSON 503 at once; another address (127.0.0.2 is loopback too) is served."""
+    srv = ServerProcess(tmp_path, "--max-connections-per-client", "4", "--host", "0.0.0.0").start()
+    try:
+        held = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(4)]
+        time.sleep(0.2)
+        extra = socket.create_connection(("127.0.0.1", srv.port))
+        extra.settimeout(5.0)
+        answer = extra.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 503"), answer
+        assert TOO_MANY_FROM_YOU in answer
+        other = socket.create_connection(("127.0.0.1", srv.port), source_address=("127.0.0.2", 0))
+        other.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        other.settimeout(5.0)
+        assert other.recv(4096).startswith(b"HTTP/1.1 200")
+        for s in [*held, extra, other]:
+            s.close()
     finally:
         assert srv.stop() == 0

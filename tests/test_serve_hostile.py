@@ -82,35 +82,41 @@ def test_deflated_dicom_bomb_is_refused_before_inflating(server: ServerProcess) 
     }
     r = infer(server, body)
     assert r.status_code == 400 and "Deflated" in r.json()["error"]
-    assert server.peak_rss_mb() < 600
+    assert server.tree_peak_mb() < 600
     assert_ready(server)
 
 
 def test_largest_allowed_images_stay_under_1_gb(server: ServerProcess) -> None:
-    """An 80 Mpx RGB PNG and a 79 Mpx 16-bit RLE DICOM (each within the limits, each a few
-    hundred KB) are scored; an 80 Mpx RGBA PNG would need ~1.6 GB to decode and a 20 Mpx
-    16-bit PNG ~650 MB: both are refused from their headers."""
+    """An 80 Mpx RGB PNG, a 59 Mpx 16-bit RLE DICOM and a 20 Mpx 16-bit PNG (each within the
+    limits, each a few hundred KB) are scored, decoded in the memory-capped workers; an 80
+    Mpx RGBA PNG would need ~1.8 GB to decode and an 80 Mpx 16-bit PNG ~670 MB: both are
+    refused from their headers. The server and its workers together stay under 1 GB."""
     rgb = png("RGB", 8944, (90, 100, 110))
     server.reset_peak_rss()
-    for data, name in ((rgb, "rgb.png"), (rle_dicom(8900), "rle.dcm")):
+    for data, name in (
+        (rgb, "rgb.png"),
+        (rle_dicom(7700), "rle.dcm"),
+        (png("I;16", 4472, 1000), "gray16.png"),
+    ):
         r = predict(server, data, name)
         assert r.status_code == 200, r.text
         assert 0.0 <= r.json()["raw_score"] <= 1.0
     # Two of them in one V2 request (160 Mpx, within the 200 Mpx per request): decoded one
-    # after the other within the memory budget, and what the first freed is handed back.
+    # after the other, each within the decode memory budget.
     blobs = [base64.b64encode(rgb + bytes([i])).decode() for i in range(2)]
     r = infer(server, {"inputs": [{"name": "b", "shape": [2], "datatype": "BYTES", "data": blobs}]})
     assert r.status_code == 200 and len(r.json()["outputs"][0]["data"]) == 2
     r = predict(server, png("RGBA", 8944, (1, 2, 3, 4)), "rgba.png")
     assert r.status_code == 400
     assert r.json()["error"] == (
-        "rgba.png (8944x8944 px RGBA) would take about 1602 MB to decode, over the 640 MB "
+        "rgba.png (8944x8944 px RGBA) would take about 1840 MB to decode, over the 512 MB "
         "limit: send it as 8-bit grayscale or smaller"
     )
-    r = predict(server, png("I;16", 4472, 1000), "gray16.png")
+    r = predict(server, png("I;16", 8944, 1000), "big16.png")
     assert r.status_code == 400
-    assert "(4472x4472 px I;16) would take about 648 MB to decode" in r.json()["error"]
-    assert server.peak_rss_mb() < RSS_LIMIT_MB
+    assert "(8944x8944 px I;16) would take about 641 MB to decode" in r.json()["error"]
+    assert server.tree_peak_mb() < RSS_LIMIT_MB
+    assert server.peak_rss_mb() < 400  # the server itself decodes nothing
     assert_ready(server)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from engine.cli.options import Subparsers, add_model_options, command, load_engine, unit_float
 from engine.errors import EXIT_FAILED, EXIT_OK, UsageError
+from engine.runtime.engine import check_batch_options
 
 
 def add(sub: Subparsers) -> None:
@@ -23,7 +24,9 @@ def add(sub: Subparsers) -> None:
     p.add_argument("-o", "--output", required=True, metavar="results.csv|results.jsonl")
     p.add_argument("--recursive", action="store_true", help="include subfolders")
     p.add_argument("--batch-size", type=int, default=32, help="images per model run")
-    p.add_argument("--workers", type=int, default=None, help="decode threads (default: cores)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="decode worker processes (default: cores)"
+    )
     p.add_argument("--threshold", type=unit_float, default=None, help="decision threshold")
     p.add_argument("--resume", action="store_true", help="skip images already in the output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
@@ -65,19 +68,24 @@ def run(args: argparse.Namespace) -> int:
     if args.ray is not None:
         return _run_on_ray(args)
     from engine.offline.batch import run_batch
+    from engine.runtime.engine import decode_workers
+    from engine.runtime.isolated import decode_sandbox
 
-    engine = load_engine(args)
-    summary = run_batch(
-        engine,
-        Path(args.folder),
-        Path(args.output),
-        recursive=args.recursive,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        threshold=args.threshold,
-        resume=args.resume,
-        overwrite=args.overwrite,
-    )
+    check_batch_options(args.batch_size, args.workers)
+    with decode_sandbox(decode_workers(args.workers)) as sandbox:  # starts while the model loads
+        engine = load_engine(args)
+        summary = run_batch(
+            engine,
+            Path(args.folder),
+            Path(args.output),
+            recursive=args.recursive,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            threshold=args.threshold,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            sandbox=sandbox,
+        )
     counts = ", ".join(f"{label} {n}" for label, n in sorted(summary.counts.items())) or "none"
     print(
         f"scored {summary.total - len(summary.errors)} of {summary.total} images in "

@@ -40,7 +40,32 @@ def add(sub: Subparsers) -> None:
     p.add_argument("--max-batch", type=int, default=32, help="dynamic batch size")
     p.add_argument("--max-delay-ms", type=float, default=5.0, help="batch wait")
     p.add_argument("--max-queue", type=int, default=256, help="queued images before 503")
-    p.add_argument("--decode-threads", type=int, default=2, help="image decoding threads")
+    p.add_argument(
+        "--decode-workers",
+        "--decode-threads",  # its name before decoding moved to worker processes
+        dest="decode_workers",
+        type=int,
+        default=2,
+        help="processes that decode images and parse large bodies, each memory-capped",
+    )
+    p.add_argument(
+        "--decode-memory-mb",
+        type=float,
+        default=512.0,
+        help="memory the decodes of all decode workers may hold at once",
+    )
+    p.add_argument(
+        "--decode-timeout",
+        type=float,
+        default=10.0,
+        help="seconds an image's header, or its decode, may take (beyond: killed, 400)",
+    )
+    p.add_argument(
+        "--max-queue-delay",
+        type=float,
+        default=2.0,
+        help="seconds images may wait for a decoder before new requests get 503",
+    )
     p.add_argument("--cache-size", type=int, default=1024, help="cached results (0: off)")
     p.add_argument("--max-upload-mb", type=float, default=16.0, help="request size limit")
     p.add_argument(
@@ -59,7 +84,16 @@ def add(sub: Subparsers) -> None:
         help="request bodies being received or handled at once (beyond: 503)",
     )
     p.add_argument(
-        "--max-connections", type=int, default=256, help="open connections (beyond: 503)"
+        "--max-connections",
+        type=int,
+        default=256,
+        help="open connections (idle ones are closed to make room; beyond: 503)",
+    )
+    p.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=64,
+        help="open connections from one address, trusted proxies excepted (0: no limit)",
     )
     p.add_argument(
         "--header-timeout", type=float, default=10.0, help="seconds request headers may take"
@@ -133,7 +167,10 @@ def run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_delay_ms=args.max_delay_ms,
         max_queue=args.max_queue,
-        decode_threads=args.decode_threads,
+        decode_workers=args.decode_workers,
+        decode_memory_mb=args.decode_memory_mb,
+        decode_timeout_s=args.decode_timeout,
+        max_queue_delay_s=args.max_queue_delay,
         cache_size=args.cache_size,
         max_upload_mb=args.max_upload_mb,
         max_request_mpx=args.max_request_mpx,
@@ -165,5 +202,6 @@ def run(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
         forwarded_allow_ips=args.forwarded_allow_ips,
         header_timeout=args.header_timeout,
+        max_connections_per_client=args.max_connections_per_client,
     )
     return EXIT_OK

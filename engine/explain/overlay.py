@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from engine.contract import Contract
 from engine.errors import FileAccessError
 from engine.explain import DEFAULT_GRID
-from engine.explain.heatmap import Heatmap, heatmap_for
+from engine.explain.heatmap import Heatmap, compute, heatmap_for
 from engine.runtime.decoders import ImageSource
 from engine.runtime.engine import Engine
 from engine.runtime.preprocess import grey_picture
@@ -243,6 +243,26 @@ def overlay_png(
     """
     heatmap, own, data = heatmap_for(engine, image, method, grid, threshold)
     picture = render(data, heatmap, result or own, engine.contract, negative=negative)
+    return to_png(picture)
+
+
+def overlay_png_of(
+    engine: Engine,
+    x: np.ndarray,
+    grey: np.ndarray,
+    result: Scored | None = None,
+    method: str = "cam",
+    grid: int = DEFAULT_GRID,
+    negative: bool = False,
+) -> bytes:
+    """`overlay_png` of an image already decoded elsewhere (a decode worker): its model
+    tensor `x` and its grey picture `grey` (uint8, long side at least DISPLAY_SIDE where the
+    image has it). Nothing here parses the image's bytes."""
+    heatmap = compute(engine, x, method, grid)
+    own = engine.result(heatmap.score, engine.contract.threshold)
+    picture = render(
+        Image.fromarray(grey, "L"), heatmap, result or own, engine.contract, negative=negative
+    )
     return to_png(picture)
 
 

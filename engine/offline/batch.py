@@ -22,6 +22,7 @@ from engine.errors import FileAccessError, UsageError
 from engine.runtime.engine import Engine, check_batch_options
 from engine.runtime.listing import find_images
 from engine.runtime.results import ROW_COLUMNS, Result, Row, to_row
+from engine.runtime.sandbox import Sandbox
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 
@@ -116,7 +117,10 @@ def run_batch(
     threshold: float | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    sandbox: Sandbox | None = None,
 ) -> Summary:
+    """Score the images of `folder` into `output`; with a `sandbox`, decoded in its worker
+    processes (a poison file is an error row, never the end of the run)."""
     check_batch_options(batch_size, workers)
     images = find_images(folder, recursive=recursive)
     writer = ResultWriter(output, resume, overwrite)
@@ -126,7 +130,7 @@ def run_batch(
     start = time.perf_counter()
     try:
         for count, (path, result) in enumerate(
-            _rows(engine, todo, threshold, batch_size, workers), 1
+            _rows(engine, todo, threshold, batch_size, workers, sandbox), 1
         ):
             writer.write(to_row(str(path), result))
             if "error" in result:
@@ -146,9 +150,14 @@ def run_batch(
 
 
 def _rows(
-    engine: Engine, paths: list[Path], threshold: float | None, batch_size: int, workers: int | None
+    engine: Engine,
+    paths: list[Path],
+    threshold: float | None,
+    batch_size: int,
+    workers: int | None,
+    sandbox: Sandbox | None,
 ) -> Iterator[tuple[Path, Result]]:
-    for index, result in engine.stream(paths, threshold, batch_size, workers):
+    for index, result in engine.stream(paths, threshold, batch_size, workers, sandbox):
         yield paths[index], result
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,9 +22,13 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from engine.errors import ImageError
 from engine.runtime.dicom import dicom_header, dicom_image
-from engine.runtime.limits import check_decode_bytes, check_size, decode_bytes
+from engine.runtime.limits import (
+    check_decode_bytes,
+    check_size,
+    decode_bytes,
+    dicom_decode_bytes,
+)
 
-ImageSource = str | os.PathLike[str] | bytes | bytearray | BinaryIO | Image.Image | np.ndarray
 # For JPEGs: the DCT-domain reduction (1, 2, 4 or 8) libjpeg may use for an image of this size.
 Reduction = Callable[[tuple[int, int]], int]
 
@@ -47,6 +52,8 @@ FORMATS = (
     Format("DICOM", (b"DICM",), offset=128),
 )
 EXPECTED = "JPEG, PNG, BMP, TIFF or DICOM"
+PEEK_SEGMENTS = 64  # a JPEG's frame header comes after a few APPn and DQT segments
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
 def describe(source: object) -> str:
@@ -63,6 +70,18 @@ def describe(source: object) -> str:
     if isinstance(name, str) and name:
         return Path(name).name
     return f"<{type(source).__name__}>"
+
+
+def client_name(name: str) -> str:
+    """What error messages call a file a client named `name`: its last part, shortened."""
+    return name.replace("\\", "/").rsplit("/", 1)[-1][:80] or "upload"
+
+
+def named_bytes(data: bytes, name: str) -> io.BytesIO:
+    """`data` as a file object that error messages call `client_name(name)`."""
+    stream = io.BytesIO(data)
+    stream.name = client_name(name)
+    return stream
 
 
 def format_of(data: bytes, name: str) -> Format | None:
@@ -83,27 +102,84 @@ class Header:
     decode_bytes: int  # expected peak memory of decoding and preprocessing it
 
 
+def peek_pixels(data: bytes) -> int | None:
+    """The pixel count a PNG, JPEG or BMP header announces, read at fixed places (PNG, BMP) or
+    by a walk of at most PEEK_SEGMENTS JPEG segments: no parser runs and nothing is allocated,
+    so a server may do it on any bytes, before admitting them to a decoder. None for other
+    formats, or when the header is not where it should be (a decoder reads it then)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+        width, height = struct.unpack_from(">II", data, 16)
+        return int(width * height)
+    if data.startswith(b"BM") and len(data) >= 26:
+        (size,) = struct.unpack_from("<I", data, 14)
+        if size == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sides
+            width, height = struct.unpack_from("<HH", data, 18)
+        else:
+            width, height = struct.unpack_from("<ii", data, 18)
+        return abs(width * height)
+    if data.startswith(b"\xff\xd8"):
+        at = 2
+        for _ in range(PEEK_SEGMENTS):
+            while (
+                at < len(data) and data[at] == 0xFF and at + 1 < len(data) and data[at + 1] == 0xFF
+            ):
+                at += 1  # fill bytes
+            if at + 4 > len(data) or data[at] != 0xFF:
+                return None
+            marker = data[at + 1]
+            if marker in _SOF and at + 9 <= len(data):
+                height, width = struct.unpack_from(">HH", data, at + 5)
+                return int(width * height)
+            if 0xD0 <= marker <= 0xD9 or marker == 0x01:
+                at += 2
+                continue
+            at += 2 + struct.unpack_from(">H", data, at + 2)[0]
+    return None
+
+
 def read_header(data: bytes, name: str) -> Header:
     """The format, pixel count and decode memory of an encoded image, from its header only
     (Pillow's `open` and pydicom without pixel data read no pixels). Raises ImageError, with
     the same messages as `open_image`, for anything `open_image` would refuse up front: an
     unknown format, too many pixels, or a decode needing more than the memory limit."""
+    return inspect(data, name).header
+
+
+class Opened:
+    """An image whose header is parsed (`inspect`) and whose pixels are not read yet: decoding
+    it (`open_image`) does not parse the header again. Decode it once."""
+
+    def __init__(self, data: bytes, name: str, header: Header, image: Image.Image | None):
+        self.data = data
+        self.name = name
+        self.header = header
+        self.image = image  # Pillow's, opened lazily; None for DICOM (pydicom reads it again)
+
+
+ImageSource = (
+    str | os.PathLike[str] | bytes | bytearray | BinaryIO | Image.Image | np.ndarray | Opened
+)
+
+
+def inspect(data: bytes, name: str) -> Opened:
+    """`data` opened as far as its header: the Header a server budgets, and the image ready to
+    decode. Raises ImageError as `read_header` does."""
     fmt = _recognised(data, name)
     if fmt.name == "DICOM":
         h = dicom_header(data, name)
-        needed = decode_bytes(h.rows * h.columns, h.samples, stored_bytes=h.bytes_per_sample)
+        needed = dicom_decode_bytes(h.rows * h.columns, h.samples, h.bytes_per_sample)
         what = f"{h.columns}x{h.rows} px, {h.samples} x {8 * h.bytes_per_sample} bit"
         check_decode_bytes(needed, what, name)
-        return Header(fmt.name, h.values, needed)
-    with _pillow_errors(name, fmt.name), Image.open(io.BytesIO(data), formats=[fmt.name]) as img:
+        return Opened(data, name, Header(fmt.name, h.values, needed), None)
+    with _pillow_errors(name, fmt.name):
+        img = Image.open(io.BytesIO(data), formats=[fmt.name])
         check_size(img.size, name)
-        size, mode, bands = img.size, img.mode, len(img.getbands())
+        size, mode = img.size, img.mode
         alpha = "A" in mode or (mode in ("P", "L", "RGB") and "transparency" in img.info)
     pixels = size[0] * size[1]
-    wide = mode.startswith("I") or mode == "F"
-    needed = decode_bytes(pixels, 3 if mode == "P" else bands, alpha=alpha, wide=wide)
+    needed = decode_bytes(pixels, mode, alpha=alpha)
     check_decode_bytes(needed, f"{size[0]}x{size[1]} px {mode}", name)
-    return Header(fmt.name, pixels, needed)
+    return Opened(data, name, Header(fmt.name, pixels, needed), img)
 
 
 def _recognised(data: bytes, name: str) -> Format:
@@ -140,11 +216,19 @@ def open_image(
     if isinstance(source, np.ndarray):
         return _from_array(source)
     name = describe(source)
+    if isinstance(source, Opened):
+        if source.image is None:
+            return _checked(dicom_image(source.data, name), name)
+        fmt, opened = source.header.format, source.image
+        source.image = None  # a Pillow image loads once
+        with _pillow_errors(name, fmt):
+            return _loaded(opened, name, reduce, gray, tf_decoding)
     data = read_bytes(source, name)
-    fmt = _recognised(data, name)
-    if fmt.name == "DICOM":
+    fmt = _recognised(data, name).name
+    if fmt == "DICOM":
         return _checked(dicom_image(data, name), name)
-    return _pillow(data, name, fmt.name, reduce, gray, tf_decoding)
+    with _pillow_errors(name, fmt):
+        return _loaded(Image.open(io.BytesIO(data), formats=[fmt]), name, reduce, gray, tf_decoding)
 
 
 @contextmanager
@@ -162,26 +246,25 @@ def _pillow_errors(name: str, fmt: str) -> Iterator[None]:
         raise ImageError(f"{name} is truncated or corrupt: {e}") from e
 
 
-def _pillow(
-    data: bytes, name: str, fmt: str, reduce: Reduction | None, gray: bool, tf_decoding: bool
+def _loaded(
+    img: Image.Image, name: str, reduce: Reduction | None, gray: bool, tf_decoding: bool
 ) -> Image.Image:
-    with _pillow_errors(name, fmt):
-        img: Image.Image = Image.open(io.BytesIO(data), formats=[fmt])
-        check_size(img.size, name)
-        scale = reduce(img.size) if reduce is not None and img.format == "JPEG" else 1
-        if gray and reduce is None and img.format == "JPEG":
-            img.draft("L", None)  # libjpeg's own grayscale output, its accurate IDCT
-        if tf_decoding and img.format == "JPEG":
-            # Pillow's JPEG decoder config is (scale, draft); its draft flag selects libjpeg's
-            # fast integer IDCT (JDCT_IFAST), the IDCT tf.io.decode_image uses by default. The
-            # pixels equal TensorFlow's on every X-ray tested (parity_tests/test_pipelines.py).
-            if isinstance(img, ImageFile.ImageFile):
-                img.decoderconfig = (1, 1)
-        elif scale > 1:
-            target = (img.size[0] // scale, img.size[1] // scale)  # Pillow then picks `scale`
-            img.draft("L" if gray or img.mode == "L" else "RGB", target)
-        img.load()
-        img = ImageOps.exif_transpose(img)
+    """An opened Pillow image decoded (within `_pillow_errors`), upright."""
+    check_size(img.size, name)
+    scale = reduce(img.size) if reduce is not None and img.format == "JPEG" else 1
+    if gray and reduce is None and img.format == "JPEG":
+        img.draft("L", None)  # libjpeg's own grayscale output, its accurate IDCT
+    if tf_decoding and img.format == "JPEG":
+        # Pillow's JPEG decoder config is (scale, draft); its draft flag selects libjpeg's
+        # fast integer IDCT (JDCT_IFAST), the IDCT tf.io.decode_image uses by default. The
+        # pixels equal TensorFlow's on every X-ray tested (parity_tests/test_pipelines.py).
+        if isinstance(img, ImageFile.ImageFile):
+            img.decoderconfig = (1, 1)
+    elif scale > 1:
+        target = (img.size[0] // scale, img.size[1] // scale)  # Pillow then picks `scale`
+        img.draft("L" if gray or img.mode == "L" else "RGB", target)
+    img.load()
+    ImageOps.exif_transpose(img, in_place=True)  # not in place, it copies even upright images
     return _checked(img, name)
 
 
@@ -197,6 +280,8 @@ def read_bytes(source: ImageSource, name: str) -> bytes:
     """The bytes of a path, bytes-like or file object (ImageError naming `name` otherwise)."""
     if isinstance(source, bytes | bytearray):
         return bytes(source)
+    if isinstance(source, Opened):
+        return source.data
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         try:

@@ -14,6 +14,9 @@ rows, so its float temporaries stay small whatever the image size.
 from __future__ import annotations
 
 import io
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,12 +53,17 @@ def dicom_header(data: bytes, name: str) -> DicomHeader:
 def dicom_image(data: bytes, name: str) -> Image.Image:
     ds = _read(data, name, stop_before_pixels=False)
     _checked(ds, name)
-    try:
-        from pydicom.pixels import pixel_array
+    with _decoder_failures() as failures:
+        try:
+            from pydicom.pixels import pixel_array
 
-        pixels = pixel_array(ds, index=0)  # the first frame only: the radiograph
-    except Exception as e:  # pydicom raises many kinds: missing tags, unsupported compression
-        raise ImageError(f"{name} is not a readable DICOM image: {first_line(e)}") from e
+            pixels = pixel_array(ds, index=0)  # the first frame only: the radiograph
+        except MemoryError:
+            raise
+        except Exception as e:  # pydicom raises many kinds: missing tags, unsupported codecs
+            if failures.memory:  # a codec ran out of memory: say so, not "unreadable"
+                raise MemoryError(f"decoding {name}") from e
+            raise ImageError(f"{name} is not a readable DICOM image: {first_line(e)}") from e
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") or pixels.ndim == 3:
         if photometric.startswith("YBR"):
@@ -67,6 +75,31 @@ def dicom_image(data: bytes, name: str) -> Image.Image:
     if photometric == "MONOCHROME1":
         np.subtract(255, gray, out=gray)
     return Image.fromarray(gray, "L")
+
+
+class _Failures(logging.Handler):
+    """Whether a pydicom decoder ran out of memory: pydicom tries each decoder in turn and
+    raises one RuntimeError that names none of their exceptions (a MemoryError's text is
+    empty), but it logs each of them, with its exception, first."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.memory = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and isinstance(record.exc_info[1], MemoryError):
+            self.memory = True
+
+
+@contextmanager
+def _decoder_failures() -> Iterator[_Failures]:
+    handler = _Failures()
+    logger = logging.getLogger("pydicom")
+    logger.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
 
 
 def _read(data: bytes, name: str, stop_before_pixels: bool) -> Any:

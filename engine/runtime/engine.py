@@ -16,6 +16,7 @@ import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -24,10 +25,12 @@ import onnxruntime as ort
 from engine.contract import Contract, check_threshold
 from engine.errors import PneumoError, UsageError, first_line
 from engine.repository.resolve import ResolvedModel, resolve
+from engine.runtime import isolated
 from engine.runtime.decoders import ImageSource, describe
 from engine.runtime.fidelity import MANIFEST_KEY, choose
 from engine.runtime.preprocess import PREPROCESSORS
 from engine.runtime.results import Result, Scored, failed, scored
+from engine.runtime.sandbox import Sandbox
 from engine.runtime.session import create_session, run, session_options
 
 log = logging.getLogger(__name__)
@@ -130,15 +133,20 @@ class Engine:
         threshold: float | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         workers: int | None = None,
+        sandbox: Sandbox | None = None,
     ) -> Iterator[tuple[int, Result]]:
         """Yield (index, result) in input order while decoding runs ahead in a thread pool.
 
         At most 2 x batch_size images are decoded ahead, so memory stays bounded for any
-        number of inputs; the model runs on one batch while the pool decodes the next.
+        number of inputs; the model runs on one batch while the pool decodes the next. With a
+        `sandbox` (engine.runtime.isolated.decode_sandbox), images are decoded in its worker
+        processes: a file that would exhaust memory, hang or crash a decoder is that image's
+        error row, and the run goes on.
         """
         t = self.resolve_threshold(threshold)
         check_batch_options(batch_size, workers)
-        workers = decode_workers(workers)
+        workers = sandbox.size if sandbox is not None else decode_workers(workers)
+        prepare = self._prepare_safely if sandbox is None else partial(self._isolated, sandbox)
         items = iter(enumerate(images))
         with ThreadPoolExecutor(workers, thread_name_prefix="pneumo-decode") as pool:
             ahead: deque[tuple[int, Future[np.ndarray | str]]] = deque()
@@ -148,7 +156,7 @@ class Engine:
                     nxt = next(items, None)
                     if nxt is None:
                         return
-                    ahead.append((nxt[0], pool.submit(self._prepare_safely, nxt[1])))
+                    ahead.append((nxt[0], pool.submit(prepare, nxt[1])))
 
             fill()
             done: list[tuple[int, np.ndarray | str]] = []
@@ -207,6 +215,13 @@ class Engine:
         except Exception as e:  # a decoder bug on a hostile file: report it for this item only
             log.exception("unexpected error preprocessing %s", describe(image))
             return f"cannot process {describe(image)}: {type(e).__name__}: {first_line(e)}"
+
+    def _isolated(self, sandbox: Sandbox, image: ImageSource) -> np.ndarray | str:
+        """The tensor decoded in `sandbox`, or the error message."""
+        try:
+            return isolated.tensor(sandbox, image, self.contract, self.preprocessing)[0]
+        except PneumoError as e:
+            return e.message
 
     def _score_ready(
         self, done: list[tuple[int, np.ndarray | str]], threshold: float

@@ -7,17 +7,37 @@ from engine.errors import ImageError
 
 MAX_PIXELS = 80_000_000  # the largest real X-rays are ~ 4k x 5k; 80 Mpx of RGB is 240 MB
 MIN_SIDE = 32  # smaller than this is not a radiograph
-# Peak memory of decoding and preprocessing one image, in bytes per pixel, by the kind of
-# pixels its header announces (VmHWM of the fast path on 16 Mpx images of each Pillow mode:
-# L 2.0, RGB 7.9, CMYK 8.0, LA 20.1, RGBA 18.8 (80 Mpx), I;16 28, I 32, F 33; alpha is
-# composited on black at full size in RGBA, 16/32-bit gray is scaled in float64). Rounded up.
-BYTES_PER_BAND = 2.75  # 8-bit bands: L, RGB, CMYK, YCbCr, a palette without transparency
-ALPHA_BYTES = 21.0  # any mode with transparency
-WIDE_BYTES = 34.0  # 16-bit, 32-bit integer and float grayscale
-# One image that would need more than this to decode is refused, whatever its pixel count:
-# with the server's base (~250 MB) it keeps any single request under 1 GB. In pixels: 8-bit
-# gray and RGB up to the 80 Mpx limit, transparency up to 31 Mpx, 16-bit gray up to 19 Mpx.
-MAX_DECODE_BYTES = 640 * 2**20
+# Memory that decoding and preprocessing one image takes, per pixel, by the Pillow mode its
+# header announces: the smallest RLIMIT_DATA allowance above a decode worker's resting size
+# under which a 16 Mpx image of that mode decodes, on the worse of the fast and reference
+# paths (`python -m benchmarks.decode_memory`): L 5.2 (to RGB for an RGB model), P 5.2, RGB
+# 4.2, CMYK 8.2, RGBA and LA 20.0 (composited on black at full size), I;16 7.0, I and F 9.1.
+# Modes not listed are budgeted as the most expensive ones.
+BYTES_PER_PIXEL = {
+    "1": 5.2,
+    "L": 5.2,
+    "P": 5.2,
+    "RGB": 4.2,
+    "YCbCr": 4.2,
+    "CMYK": 8.2,
+    "I;16": 7.0,
+    "I;16B": 7.0,
+    "I;16L": 7.0,
+    "I;16N": 7.0,
+    "I": 9.1,
+    "F": 9.1,
+}
+ALPHA_BYTES = 20.1  # any mode with transparency
+# DICOM, per sample and byte stored: 16-bit mono measured 4.1 uncompressed, 6.4 RLE (pydicom's
+# decoders hold the frame as it comes and as an array).
+DICOM_BYTES_PER_STORED_BYTE = 3.0
+DICOM_BYTES = 1.0
+MARGIN = 1.2  # between a measured 16 Mpx decode and any other
+# One image may never need more than this, whatever its kind: the default memory budget of
+# the decode workers (engine.runtime.sandbox.Limits.memory), within which they all decode.
+# In pixels: 8-bit gray and RGB up to the 80 Mpx limit, 16-bit gray ~60 Mpx, a 16-bit DICOM
+# ~60 Mpx, images with transparency ~21 Mpx.
+MAX_DECODE_BYTES = 512 * 2**20
 
 
 def check_size(size: tuple[int, int], name: str) -> None:
@@ -32,24 +52,18 @@ def check_size(size: tuple[int, int], name: str) -> None:
         raise ImageError(f"{name} is {w}x{h} px: expected at least {MIN_SIDE} px on each side")
 
 
-def decode_bytes(
-    pixels: int,
-    bands: int = 1,
-    *,
-    alpha: bool = False,
-    wide: bool = False,
-    stored_bytes: int | None = None,
-) -> int:
-    """The expected peak memory of decoding and preprocessing an image of `pixels` pixels of
-    `bands` 8-bit bands (or with transparency, or wide grayscale). `stored_bytes`: a DICOM
-    image, decoded as stored (that many bytes per sample) then windowed block by block into
-    8 bits: (stored + 2) bytes per sample, with a 25% margin (3.9 B/px measured for 16-bit
-    gray at 79 Mpx)."""
-    if stored_bytes is not None:
-        per_pixel = bands * (stored_bytes + 2) * 1.25
-    else:
-        per_pixel = ALPHA_BYTES if alpha else WIDE_BYTES if wide else bands * BYTES_PER_BAND
-    return int(pixels * per_pixel)
+def decode_bytes(pixels: int, mode: str, *, alpha: bool = False) -> int:
+    """The memory decoding and preprocessing an image of `pixels` pixels in Pillow mode
+    `mode` takes (with transparency: composited first), with a margin."""
+    per_pixel = ALPHA_BYTES if alpha else BYTES_PER_PIXEL.get(mode, ALPHA_BYTES)
+    return int(pixels * per_pixel * MARGIN)
+
+
+def dicom_decode_bytes(pixels: int, samples: int, stored_bytes: int) -> int:
+    """The memory a DICOM image of `pixels` pixels of `samples` samples of `stored_bytes`
+    bytes takes to decode as stored and window into 8 bits, with a margin."""
+    per_sample = DICOM_BYTES_PER_STORED_BYTE * stored_bytes + DICOM_BYTES
+    return int(pixels * samples * per_sample * MARGIN)
 
 
 def check_decode_bytes(needed: int, what: str, name: str) -> None:

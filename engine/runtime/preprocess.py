@@ -38,6 +38,7 @@ REDUCING_GAP = 4.0
 # pixels): a reduced-scale decode would change which pixels.
 EXACT_ONLY_FILTERS = ("nearest", *TF_FILTERS, *CV2_FILTERS)
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+GRAY_BLOCK_PIXELS = 1 << 20  # 16-bit and float images are scaled to 8 bits this much at a time
 
 
 def to_mode(img: Image.Image, color: str, keep_gray: bool = False) -> Image.Image:
@@ -53,29 +54,39 @@ def to_mode(img: Image.Image, color: str, keep_gray: bool = False) -> Image.Imag
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, rgba)
-    if color == "grayscale" or (keep_gray and img.mode in ("L", "1")):
-        return img.convert("L")
-    return img.convert("RGB")
+    target = "L" if color == "grayscale" or (keep_gray and img.mode in ("L", "1")) else "RGB"
+    return img if img.mode == target else img.convert(target)  # convert() would copy it
 
 
 def reference_pixels(source: ImageSource, contract: Contract) -> np.ndarray:
     """One image as the model's input tensor (no batch dimension), reference path: the
     contract's whole pipeline at full resolution. The ground truth for parity."""
-    spec = contract.input
-    img = _decode_full(source, spec)
-    return finish(resize(to_mode(img, spec.color), spec), contract)
+    return finish(reference_resized(source, contract), contract)
 
 
 def fast_pixels(source: ImageSource, contract: Contract) -> np.ndarray:
-    """The same output as `reference_pixels`, sooner. Antialiasing filters: JPEGs decoded at
-    reduced scale in the DCT domain (never below DRAFT_FACTOR x the model size, so the final
-    resize still low-pass filters), grayscale kept single-channel, a box pre-reduction before
-    the declared filter, the crop or pad box of the full-size image. Filters that sample single
-    pixels (`EXACT_ONLY_FILTERS`): the reference pipeline, grayscale kept single-channel."""
+    """The same output as `reference_pixels`, sooner (see `fast_resized`)."""
+    return finish(fast_resized(source, contract), contract)
+
+
+def reference_resized(source: ImageSource, contract: Contract) -> np.ndarray:
+    """The reference path up to the model's size: pixels 0-255 that `finish` scales (uint8,
+    or float32 from TensorFlow's filters), HxW or HxWxC."""
+    spec = contract.input
+    img = _decode_full(source, spec)
+    return resize(to_mode(img, spec.color), spec)
+
+
+def fast_resized(source: ImageSource, contract: Contract) -> np.ndarray:
+    """The fast path up to the model's size (what `finish` scales; grayscale stays one
+    channel). Antialiasing filters: JPEGs decoded at reduced scale in the DCT domain (never
+    below DRAFT_FACTOR x the model size, so the final resize still low-pass filters), a box
+    pre-reduction before the declared filter, the crop or pad box of the full-size image.
+    Filters that sample single pixels (`EXACT_ONLY_FILTERS`): the reference pipeline."""
     spec = contract.input
     if is_exact(spec):
         img = _decode_full(source, spec)
-        return finish(resize(to_mode(img, spec.color, keep_gray=True), spec), contract)
+        return resize(to_mode(img, spec.color, keep_gray=True), spec)
     side = DRAFT_FACTOR * max(spec.width, spec.height)
     seen: list[tuple[tuple[int, int], int]] = []
 
@@ -86,7 +97,7 @@ def fast_pixels(source: ImageSource, contract: Contract) -> np.ndarray:
     img = open_image(source, reduce, gray=spec.color == "grayscale")
     img = to_mode(img, spec.color, keep_gray=True)
     full, factor = _full_size(img, seen)
-    return finish(resize(img, spec, full, factor, REDUCING_GAP), contract)
+    return resize(img, spec, full, factor, REDUCING_GAP)
 
 
 def is_exact(spec: InputSpec) -> bool:
@@ -95,6 +106,9 @@ def is_exact(spec: InputSpec) -> bool:
 
 
 PREPROCESSORS = {"fast": fast_pixels, "reference": reference_pixels}
+# The same paths up to the model's size, before `finish`: what a decode worker hands back
+# (an 8-bit grey 128 x 128 image is 16 KB; its float32 RGB tensor, 196 KB).
+RESIZERS = {"fast": fast_resized, "reference": reference_resized}
 
 
 def grey_picture(source: ImageSource, side: int) -> Image.Image:
@@ -177,12 +191,23 @@ def _full_size(
 
 
 def _to_8bit_gray(img: Image.Image) -> Image.Image:
-    """16-bit and float grayscale: map the type's full range onto 0-255 (Pillow would clip)."""
-    a = np.asarray(img)
+    """16-bit and float grayscale: map the type's full range onto 0-255 (Pillow would clip).
+    Row block by row block: the float64 arithmetic never holds more than a block."""
+    rows = max(1, GRAY_BLOCK_PIXELS // img.size[0])
+    blocks = range(0, img.size[1], rows)
+
+    def values(top: int) -> np.ndarray:
+        a = np.asarray(img.crop((0, top, img.size[0], min(top + rows, img.size[1]))))
+        if img.mode == "F":
+            return np.clip(np.nan_to_num(a.astype(np.float64)), 0.0, None)
+        return a.astype(np.float64)
+
+    peak = max(float(values(top).max()) for top in blocks)
     if img.mode == "F":
-        a = np.clip(np.nan_to_num(a.astype(np.float64)), 0.0, None)
-        top = 1.0 if a.max() <= 1.0 else 255.0 if a.max() <= 255.0 else 65535.0
+        scale = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else 65535.0
     else:
-        a = a.astype(np.float64)
-        top = 65535.0 if a.max() > 255 else 255.0
-    return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+        scale = 65535.0 if peak > 255 else 255.0
+    out = np.empty((img.size[1], img.size[0]), np.uint8)
+    for top in blocks:
+        out[top : top + rows] = np.clip(np.rint(values(top) * (255.0 / scale)), 0, 255)
+    return Image.fromarray(out, "L")

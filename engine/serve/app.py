@@ -115,10 +115,12 @@ def _build(config: ServeConfig) -> ServerState:
         max_batch=config.max_batch,
         max_delay=config.max_delay_ms / 1000.0,
         max_queue=config.max_queue,
-        decode_threads=config.decode_threads,
+        decode_workers=config.decode_workers,
+        decode_limits=config.decode_limits,
         cache_size=config.cache_size,
         max_request_pixels=int(config.max_request_mpx * 1e6),
         max_inflight_pixels=int(config.max_decode_mpx * 1e6),
+        max_queue_delay=config.max_queue_delay_s,
         keep_images=config.log_images,
         on_prediction=prediction_log.record,
     )

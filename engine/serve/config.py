@@ -12,6 +12,7 @@ from typing import Any
 from engine.errors import UsageError
 from engine.runtime.choices import PREPROCESSING
 from engine.runtime.limits import MAX_PIXELS
+from engine.runtime.sandbox import Limits
 
 CONFIG_ENV = "PNEUMO_SERVE_CONFIG"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -29,7 +30,10 @@ class ServeConfig:
     max_batch: int = 32
     max_delay_ms: float = 5.0
     max_queue: int = 256
-    decode_threads: int = 2
+    decode_workers: int = 2  # processes that parse untrusted bytes (engine.runtime.sandbox)
+    decode_memory_mb: float = 512.0  # what their decodes may hold at once, all together
+    decode_timeout_s: float = 10.0  # a header read, or a decode, that takes longer is killed
+    max_queue_delay_s: float = 2.0  # images waiting this long for a decoder: new ones get 503
     cache_size: int = 1024
     max_upload_mb: float = 16.0
     max_request_mpx: float = 200.0  # decoded pixels per request
@@ -59,8 +63,10 @@ class ServeConfig:
             problems.append("--max-batch must be at least 1")
         if self.max_queue < 1:
             problems.append("--max-queue must be at least 1")
-        if self.decode_threads < 1:
-            problems.append("--decode-threads must be at least 1")
+        if self.decode_workers < 1:
+            problems.append("--decode-workers must be at least 1")
+        if not (math.isfinite(self.decode_memory_mb) and self.decode_memory_mb >= 64):
+            problems.append("--decode-memory-mb must be at least 64")
         if not (math.isfinite(self.max_delay_ms) and 0 <= self.max_delay_ms <= 1000):
             problems.append("--max-delay-ms must be between 0 and 1000")
         if not (math.isfinite(self.max_upload_mb) and self.max_upload_mb > 0):
@@ -74,6 +80,8 @@ class ServeConfig:
         for name, value in (
             ("--max-inflight-mb", self.max_inflight_mb),
             ("--body-timeout", self.body_timeout_s),
+            ("--decode-timeout", self.decode_timeout_s),
+            ("--max-queue-delay", self.max_queue_delay_s),
             ("--max-job-mb", self.max_job_mb),
             ("--job-store-mb", self.job_store_mb),
         ):
@@ -102,6 +110,15 @@ class ServeConfig:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def decode_limits(self) -> Limits:
+        """The decode workers' limits: one input at most an upload."""
+        return Limits(
+            memory=int(self.decode_memory_mb * 2**20),
+            max_input=self.max_upload_bytes,
+            seconds=self.decode_timeout_s,
+        )
 
     @property
     def loopback_only(self) -> bool:

@@ -1,8 +1,14 @@
-"""The ASGI middleware every request passes first: request id, Host and cross-site checks,
-upload size limit and the budget of request bodies in flight, the body read timeout, API and
-admin keys, rate limits (refused keys included), metrics and the access log, and the last word
-on unexpected errors (500 with the request id, logged once). Pure ASGI (no
-BaseHTTPMiddleware), so an oversized body is refused before anything buffers it."""
+"""The ASGI middleware every request passes first: request id, ambiguous framing, Host and
+cross-site checks, upload size limit and the budget of request bodies in flight, the body read
+timeout, API and admin keys, rate limits (refused keys included), metrics and the access log,
+and the last word on unexpected errors (500 with the request id, logged once). Pure ASGI (no
+BaseHTTPMiddleware), so an oversized body is refused before anything buffers it.
+
+Bodies are metered as they arrive, whatever their framing (Content-Length or chunked): each
+chunk counts against the upload limit, the bytes in flight of all requests and the body
+deadline. What a request announces costs nothing; what it sends does. A request with both
+Content-Length and Transfer-Encoding is refused (400) and its connection closed (RFC 9112,
+6.1): two parsers could cut it differently, and the rest of its body read as a request."""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from engine.serve import http_errors
+from engine.serve.bodies import is_byte_count
 from engine.serve.metrics import ServerMetrics
 from engine.serve.security import API_KEY_HEADER, ApiKeys, RateLimiter
 
@@ -37,12 +44,12 @@ LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
 REFUSED_RATE, REFUSED_BURST = 2.0, 10
 
 
-class _TooLarge(Exception):
-    pass
+class _Refused(Exception):
+    """Raised inside the app's `receive`: the body broke a limit; `answer` says which."""
 
-
-class _TooSlow(Exception):
-    pass
+    def __init__(self, answer: ASGIApp) -> None:
+        super().__init__()
+        self.answer = answer
 
 
 class Gate:
@@ -82,7 +89,7 @@ class Gate:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = _request_id(headers.get("x-request-id"))
         scope.setdefault("state", {})["request_id"] = request_id
-        status: dict[str, Any] = {"code": 500, "started": False, "too_slow": False}
+        status: dict[str, Any] = {"code": 500, "started": False, "refused": None}
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -93,39 +100,24 @@ class Gate:
             await send(message)
 
         async def send_from_app(message: Message) -> None:
-            # A body that timed out may surface in the app as some parse error of its own
-            # (a form parser's 400): the client gets the 408 that says what happened.
-            if not status["too_slow"]:
+            # A body refused while the app read it may surface in the app as some parse
+            # error of its own (a form parser's 400): the client gets the answer that says
+            # what happened.
+            refused = status["refused"]
+            if refused is None:
                 await send_with_id(message)
             elif message["type"] == "http.response.start" and not status["started"]:
-                await self._too_slow()(scope, receive, send_with_id)
+                await refused(scope, receive, send_with_id)
 
-        reserved = 0
+        meter = _Meter(self)
         try:
             refusal = self._refusal(scope, headers)
-            if refusal is None:
-                reserved = self._body_size(headers)
-                if (
-                    self.inflight_bytes > 0
-                    and self.inflight_bytes + reserved > self.max_inflight_bytes
-                ):
-                    refusal = http_errors.busy(
-                        f"server busy: {self.inflight_bytes / 2**20:.0f} MB of requests already "
-                        "being received or handled"
-                    )
-                    reserved = 0
-                self.inflight_bytes += reserved
-            if refusal is None and reserved:
-                receive = self._timed(receive, status)
-                if "content-length" not in headers:
-                    # Chunked upload: read it here, up to the limit, before the app sees it.
-                    receive = await _buffered(receive, self.max_body)
+            if refusal is None and _has_body(headers):
+                receive = meter.wrap(receive, status)
             await (refusal or self.app)(scope, receive, send_from_app)
-        except _TooLarge:
-            await http_errors.too_large(self.max_body)(scope, receive, send_with_id)
-        except _TooSlow:
+        except _Refused as e:
             if not status["started"]:
-                await self._too_slow()(scope, receive, send_with_id)
+                await e.answer(scope, receive, send_with_id)
         except Exception:
             # Nothing handled it: log it once with the request id, answer 500 (if the response
             # has not begun), and keep serving.
@@ -133,7 +125,7 @@ class Gate:
             if not status["started"]:
                 await http_errors.internal_error(request_id)(scope, receive, send_with_id)
         finally:
-            self.inflight_bytes -= reserved
+            meter.close()
             route = _route_of(scope)
             elapsed = time.perf_counter() - started
             self.metrics.requests.labels(route, str(status["code"])).inc()
@@ -155,6 +147,12 @@ class Gate:
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> ASGIApp | None:
         """A response that ends the request here, or None to let it through."""
         path = scope["path"]
+        if "transfer-encoding" in headers and "content-length" in headers:
+            return http_errors.error_response(
+                400,
+                "a request may not carry both Content-Length and Transfer-Encoding",
+                {"Connection": "close"},
+            )
         host = _hostname(headers.get("host", ""))
         if self.loopback_only and host not in LOOPBACK_NAMES:
             return http_errors.forbidden(
@@ -165,7 +163,7 @@ class Gate:
                 "cross-site request refused: its Origin is not this server"
             )
         length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
+        if length is not None and is_byte_count(length) and int(length) > self.max_body:
             return http_errors.too_large(self.max_body)
         if path in self.open or path.startswith(DOCS_ASSETS):
             return None
@@ -191,37 +189,63 @@ class Gate:
             return http_errors.rate_limited(self.limiter.rate, wait)
         return None
 
-    def _body_size(self, headers: dict[str, str]) -> int:
-        """The bytes this request's body will hold (the limit for a chunked one)."""
-        length = headers.get("content-length")
-        if length is not None:
-            return int(length) if length.isdigit() else 0
-        return self.max_body if headers.get("transfer-encoding") else 0
-
     def _too_slow(self) -> ASGIApp:
         message = f"request body not received within {self.body_timeout:g} s"
         return http_errors.error_response(408, message, {"Connection": "close"})
 
-    def _timed(self, receive: Receive, status: dict[str, Any]) -> Receive:
-        """`receive`, failing with _TooSlow once the body takes longer than body_timeout
-        (and marking `status` so, whatever the app makes of it)."""
-        deadline = time.monotonic() + self.body_timeout
+
+class _Meter:
+    """One request's body as it arrives: its size against the upload limit, the bytes in
+    flight of all requests, its deadline. What it charged is given back by `close`."""
+
+    def __init__(self, gate: Gate) -> None:
+        self.gate = gate
+        self.size = 0  # bytes received
+        self.charged = 0  # of them, in the gate's bytes in flight
+
+    def wrap(self, receive: Receive, status: dict[str, Any]) -> Receive:
+        gate = self.gate
+        deadline = time.monotonic() + gate.body_timeout
         done = False
 
-        async def timed() -> Message:
+        def refuse(answer: ASGIApp) -> _Refused:
+            status["refused"] = answer
+            return _Refused(answer)
+
+        async def metered() -> Message:
             nonlocal done
             if done:
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
-                status["too_slow"] = True
-                raise _TooSlow from None
-            if message["type"] != "http.request" or not message.get("more_body", False):
+                raise refuse(gate._too_slow()) from None
+            if message["type"] != "http.request":
+                return message
+            chunk = len(message.get("body", b""))
+            self.size += chunk
+            if self.size > gate.max_body:
+                raise refuse(http_errors.too_large(gate.max_body, close=True))
+            others = gate.inflight_bytes - self.charged
+            if others > 0 and gate.inflight_bytes + chunk > gate.max_inflight_bytes:
+                raise refuse(
+                    http_errors.busy(
+                        f"server busy: {gate.inflight_bytes / 2**20:.0f} MB of requests "
+                        "already being received or handled",
+                        close=True,
+                    )
+                )
+            gate.inflight_bytes += chunk
+            self.charged += chunk
+            if not message.get("more_body", False):
                 done = True
             return message
 
-        return timed
+        return metered
+
+    def close(self) -> None:
+        self.gate.inflight_bytes -= self.charged
+        self.charged = 0
 
 
 def _hostname(host: str) -> str:
@@ -246,6 +270,11 @@ def _cross_site(headers: dict[str, str]) -> bool:
     return urlsplit(origin).netloc.lower() != headers.get("host", "").strip().lower()
 
 
+def _has_body(headers: dict[str, str]) -> bool:
+    length = headers.get("content-length")
+    return "transfer-encoding" in headers or (length is not None and length not in ("", "0"))
+
+
 def _request_id(given: str | None) -> str:
     """The caller's X-Request-ID when it is sane, else a fresh one."""
     if given and len(given) <= 128 and given.isascii() and given.isprintable():
@@ -257,30 +286,3 @@ def _route_of(scope: Scope) -> str:
     """The route template (bounded label values), not the raw path."""
     route = scope.get("route")
     return getattr(route, "path", None) or "unmatched"
-
-
-async def _buffered(receive: Receive, max_body: int) -> Receive:
-    """The whole body, read now (raises _TooLarge past `max_body`), replayed to the app."""
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return _replay([message], receive)
-        chunks.append(message.get("body", b""))
-        size += len(chunks[-1])
-        if size > max_body:
-            raise _TooLarge
-        if not message.get("more_body", False):
-            break
-    body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-    return _replay([body], receive)
-
-
-def _replay(messages: list[Message], receive: Receive) -> Receive:
-    """The buffered messages first, then the live channel (for disconnect notices)."""
-    pending = list(messages)
-
-    async def replay() -> Message:
-        return pending.pop(0) if pending else await receive()
-
-    return replay

@@ -28,6 +28,7 @@ from engine.errors import (
     TooLarge,
     UsageError,
 )
+from engine.serve.bodies import InvalidBody
 from engine.serve.security import API_KEY_HEADER
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 # The one table from error class to HTTP status (most specific class first).
 STATUS: list[tuple[type[PneumoError], int]] = [
     (Overloaded, 503),
+    (InvalidBody, 422),
     (NotFoundError, 404),
     (ConflictError, 409),
     (TooLarge, 413),
@@ -75,12 +77,15 @@ def forbidden(message: str) -> JSONResponse:
     return error_response(403, message)
 
 
-def too_large(max_body: int) -> JSONResponse:
-    return error_response(413, f"request too large: the limit is {max_body / 2**20:g} MB")
+def too_large(max_body: int, close: bool = False) -> JSONResponse:
+    """413; `close`: refused while its body arrived, so the connection ends with it."""
+    message = f"request too large: the limit is {max_body / 2**20:g} MB"
+    return error_response(413, message, {"Connection": "close"} if close else None)
 
 
-def busy(message: str, retry_after: int = 1) -> JSONResponse:
-    return error_response(503, message, {"Retry-After": str(retry_after)})
+def busy(message: str, retry_after: int = 1, close: bool = False) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after), **({"Connection": "close"} if close else {})}
+    return error_response(503, message, headers)
 
 
 def rate_limited(rate: float, wait: int) -> JSONResponse:

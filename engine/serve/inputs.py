@@ -1,30 +1,25 @@
-"""Parsing of what requests carry besides files: JSON bodies (off the event loop), thresholds
-sent as text, base64 images.
+"""Where request bodies are parsed (the parsers themselves: `bodies`): a small JSON document
+on ONE thread of the server's own (`off_loop`), a large one in a decode worker (`parsed`).
 
-Parsing runs on ONE thread of its own (`off_loop`): CPython's JSON parser holds the GIL for a
-whole document, so parsing many large bodies at once on several threads would still stall the
-event loop (health checks included) for the sum of their times, and hold all their Python
-objects at once. One at a time, the loop waits at most one parse, and memory holds one.
+CPython's JSON parser holds the GIL for a whole document, so parsing many bodies at once on
+several threads would still stall the event loop (health checks included) for the sum of their
+times: one at a time, the loop waits at most one small parse. A large one would also make up
+to 25 times its size in objects: it is parsed where the OS bounds memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from fastapi import Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
-from pydantic import ValidationError as PydanticValidationError
 
-from engine.contract import check_threshold
 from engine.errors import UsageError
+from engine.serve.bodies import SMALL_JSON, parse_json
 
 Model = TypeVar("Model", bound=BaseModel)
 T = TypeVar("T")
@@ -42,46 +37,12 @@ async def off_loop(fn: Callable[..., T], *args: Any) -> T:
 
 
 async def json_body(request: Request, model: type[Model]) -> Model:
-    """The request's JSON body validated as `model`, parsed off the event loop. Any
-    Content-Type is accepted: some clients send none."""
+    """The request's small JSON body (an admin call's) validated as `model`, parsed off the
+    event loop. Any Content-Type is accepted: some clients send none."""
     body = await request.body()
+    if len(body) > SMALL_JSON:
+        raise UsageError(f"expected a JSON body of at most {SMALL_JSON} bytes, got {len(body)}")
     return await off_loop(parse_json, body, model)
-
-
-def parse_json(body: bytes, model: type[Model]) -> Model:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, a 5000-digit number
-        message = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise RequestValidationError(
-            [{"loc": ("body",), "msg": f"invalid JSON: {message}", "type": "json_invalid"}]
-        ) from None
-    try:
-        return model.model_validate(data)
-    except PydanticValidationError as e:
-        errors = [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
-        raise RequestValidationError(errors) from None
-
-
-def form_threshold(text: str | None) -> float | None:
-    """A threshold sent as a form field: None when absent, else a finite number in [0, 1]."""
-    if text is None or text == "":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"threshold must be a number in [0, 1], got {text[:40]!r}") from None
-    return check_threshold(value)
-
-
-def b64decode(text: str) -> bytes:
-    """Strict base64 (a `data:` URI prefix is accepted): garbage is a 400, not a bad image."""
-    if text.startswith("data:") and "," in text:
-        text = text.split(",", 1)[1]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise UsageError("invalid base64 image data") from None
 
 
 def documented_body(model: type[BaseModel]) -> dict[str, object]:

@@ -1,12 +1,20 @@
-"""uvicorn's h11 protocol with a deadline for request headers: a client that connects and
-sends nothing, or trickles its headers, is disconnected after HEADER_TIMEOUT seconds instead
-of holding a connection for ever (uvicorn's own keep-alive timeout only runs between requests,
-and the body has its own deadline in the gate). Past `--max-connections` it answers the API's
-JSON 503, not uvicorn's plain text."""
+"""uvicorn's h11 protocol with what a server facing the open network needs beyond it:
+
+- a deadline for request headers: a client that connects and sends nothing, or trickles its
+  headers, is disconnected after HEADER_TIMEOUT seconds instead of holding a connection for
+  ever (uvicorn's keep-alive timeout only runs between requests; the body's deadline is the
+  gate's);
+- at most `--max-connections-per-client` connections from one address (the proxies trusted
+  with X-Forwarded-For excepted): past it, a new one gets the API's JSON 503 and is closed;
+- before a new connection would go past `--max-connections`, the connections that wait for a
+  request the longest (nothing sent, or headers trickling) are closed to make room, so that
+  idle sockets cannot lock clients out; only busy ones can, and they get the API's JSON 503.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 from starlette.types import Receive, Scope, Send
@@ -16,15 +24,28 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from engine.serve.http_errors import error_response
 
 HEADER_TIMEOUT = 10.0
-# `pneumo serve --header-timeout` reaches every worker process through the environment.
+PER_CLIENT = 64
+# `pneumo serve --header-timeout`, `--max-connections-per-client` and `--forwarded-allow-ips`
+# reach every worker process through the environment.
 HEADER_TIMEOUT_ENV = "PNEUMO_HEADER_TIMEOUT"
+PER_CLIENT_ENV = "PNEUMO_MAX_CONNECTIONS_PER_CLIENT"
+TRUSTED_ENV = "PNEUMO_TRUSTED_PROXIES"
 
 
 def header_timeout() -> float:
     return float(os.environ.get(HEADER_TIMEOUT_ENV, HEADER_TIMEOUT))
 
 
+def per_client() -> int:
+    return int(os.environ.get(PER_CLIENT_ENV, PER_CLIENT))
+
+
+def trusted() -> set[str]:
+    return {a.strip() for a in os.environ.get(TRUSTED_ENV, "").split(",") if a.strip()}
+
+
 OVER_CAPACITY = "the server has too many connections open: try again later"
+TOO_MANY_FROM_YOU = "too many connections from your address: close some, then try again"
 
 
 async def over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
@@ -41,9 +62,15 @@ h11_impl.service_unavailable = over_capacity  # type: ignore[assignment]
 
 class GuardedH11Protocol(H11Protocol):
     _header_timer: asyncio.TimerHandle | None = None
+    _waiting_since = 0.0  # when it last began to wait for a request
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._waiting_since = self.loop.time()
+        if self._over_client_limit():
+            _refuse(transport, TOO_MANY_FROM_YOU)
+            return
+        self._make_room()
         self._arm()
 
     def data_received(self, data: bytes) -> None:
@@ -52,6 +79,34 @@ class GuardedH11Protocol(H11Protocol):
         super().data_received(data)
         if not self._awaiting_headers():
             self._disarm()
+
+    def on_response_complete(self) -> None:
+        self._waiting_since = self.loop.time()
+        super().on_response_complete()
+
+    def _over_client_limit(self) -> bool:
+        limit = per_client()
+        address = self.client[0] if self.client else None
+        if limit <= 0 or address is None or address in trusted() or "*" in trusted():
+            return False
+        same = sum(1 for p in self._ours() if p.client and p.client[0] == address)
+        return same > limit
+
+    def _make_room(self) -> None:
+        """Close the connections waiting longest for a request until this one fits within
+        `--max-connections` (uvicorn answers 503 at that limit)."""
+        limit = self.limit_concurrency
+        if limit is None or len(self.connections) < limit:
+            return
+        idle = sorted(
+            (p for p in self._ours() if p is not self and p._awaiting_headers()),
+            key=lambda p: p._waiting_since,
+        )
+        for p in idle[: len(self.connections) - limit + 1]:
+            p.transport.close()
+
+    def _ours(self) -> list[GuardedH11Protocol]:
+        return [p for p in self.connections if isinstance(p, GuardedH11Protocol)]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -73,3 +128,15 @@ class GuardedH11Protocol(H11Protocol):
         self._header_timer = None
         if self._awaiting_headers() and not self.transport.is_closing():
             self.transport.close()
+
+
+def _refuse(transport: asyncio.BaseTransport, message: str) -> None:
+    """Answer a connection we will not serve with the API's JSON 503, then close it."""
+    body = json.dumps({"error": message}).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
+        f"retry-after: 1\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.write(head.encode() + body)
+    transport.close()

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
-import io
 import logging
 import math
 import time
@@ -29,15 +27,13 @@ from engine.errors import (
     PneumoError,
     UsageError,
 )
-from engine.runtime.decoders import Header, describe, read_header
-from engine.runtime.engine import Engine
-from engine.runtime.limits import MAX_DECODE_BYTES
 from engine.runtime.results import Result, Scored, failed
-from engine.serve.admission import DecodeBudget, Ticket, waves
+from engine.runtime.sandbox import Limits
+from engine.serve.admission import DecodeBudget
 from engine.serve.batching import Batcher
 from engine.serve.cache import ResultCache
-from engine.serve.items import Item, inspect_items, named
-from engine.serve.memory import trim_after
+from engine.serve.decoding import Decoders
+from engine.serve.items import Item, digests_of
 from engine.serve.metrics import ServerMetrics
 from engine.serve.registry import ModelRegistry, Served
 from engine.serve.store.predictions import PredictionRecord
@@ -50,7 +46,7 @@ Outcome = Scored | PneumoError
 
 
 class ScoringService:
-    """Owns the model registry, the batcher, the result cache and the decode pool."""
+    """Owns the model registry, the batcher, the result cache and the decode workers."""
 
     def __init__(
         self,
@@ -60,10 +56,12 @@ class ScoringService:
         max_batch: int = 32,
         max_delay: float = 0.005,
         max_queue: int = 256,
-        decode_threads: int = 2,
+        decode_workers: int = 2,
+        decode_limits: Limits | None = None,
         cache_size: int = 1024,
         max_request_pixels: int = 200_000_000,
         max_inflight_pixels: int = 400_000_000,
+        max_queue_delay: float = 2.0,
         on_prediction: Callable[[PredictionRecord], None] | None = None,
         keep_images: bool = False,
     ) -> None:
@@ -71,12 +69,10 @@ class ScoringService:
         self.metrics = metrics
         self.batcher = Batcher(max_batch, max_delay, max_queue, observer=metrics.observe_batch)
         self.cache = ResultCache(cache_size)
-        self.budget = DecodeBudget(
-            max_request_pixels, max_inflight_pixels, max_queue, MAX_DECODE_BYTES
-        )
+        budget = DecodeBudget(max_request_pixels, max_inflight_pixels, max_queue, max_queue_delay)
+        self.decoders = Decoders(decode_workers, decode_limits or Limits(), budget)
         self.on_prediction = on_prediction
         self.keep_images = keep_images
-        self._decode = ThreadPoolExecutor(decode_threads, thread_name_prefix="pneumo-decode")
         # The log may apply back-pressure when its queue is full: that must block a thread of
         # its own, never the event loop.
         self._log = ThreadPoolExecutor(1, thread_name_prefix="pneumo-log")
@@ -89,10 +85,11 @@ class ScoringService:
         return bool(self.default_model) and bool(self.registry.served())
 
     async def start(self, model: str | None = None) -> None:
-        """Start batching, then load and warm up the model (the server is live meanwhile,
-        and ready once this returns). The newest version that passes every gate is served:
-        a broken newest version is logged and skipped, never served."""
+        """Start the decode workers and batching, then load and warm up the model (the
+        server is live meanwhile, and ready once this returns). The newest version that
+        passes every gate is served: a broken newest version is logged and skipped."""
         self._loop = asyncio.get_running_loop()
+        self.decoders.start()
         self.batcher.start()
         name = model or self.registry.default_name()
         failures = []
@@ -103,6 +100,7 @@ class ScoringService:
                 log.error("not serving %s/%s: %s", name, version, e.message)
                 failures.append(e.message)
                 continue
+            await self.decoders.check(served.engine)
             self.announce(served)
             self.default_model = name
             return
@@ -119,7 +117,7 @@ class ScoringService:
         Overloaded: the server is shutting down)."""
         self._closing = True
         await self.batcher.close()
-        self._decode.shutdown(wait=True)
+        self.decoders.close()
         self._log.shutdown(wait=True)
 
     # --- the one path ---------------------------------------------------------------------
@@ -132,14 +130,14 @@ class ScoringService:
         served: Served,
         request_id: str,
         route: str,
-        in_waves: bool = False,
+        job: bool = False,
     ) -> list[Outcome]:
         """Score every item with `served`'s model: one outcome per item, in order.
 
         A bad image is that item's outcome (ImageError), refused from its header where it can
-        be. The whole call fails on a full decode budget or queue (Overloaded), or on a request
-        over the per-request limits (UsageError); `in_waves` (jobs) instead decodes a list
-        over the per-request pixel budget in consecutive waves within it.
+        be. The whole call fails on a full queue or a long wait for the decoders (Overloaded),
+        or on a request over the per-request limits (UsageError); a `job` chunk has no pixel
+        limit of its own (its images are each within the per-image limits).
         """
         if self._closing:
             raise Overloaded("the server is shutting down", retry_after=5)
@@ -152,8 +150,7 @@ class ScoringService:
             raise UsageError(
                 f"at most {self.batcher.max_queue} images per request, got {len(items)}"
             )
-        loop = asyncio.get_running_loop()
-        digests, headers = await loop.run_in_executor(self._decode, inspect_items, items)
+        digests = await self.decoders.run(digests_of, items)
         model_key = (served.name, str(served.version), engine.model.variant)
         outcomes: list[Outcome | None] = [None] * len(items)
         for i, item in enumerate(items):
@@ -161,23 +158,17 @@ class ScoringService:
                 hit = self.cache.get((digests[i], *model_key, t))
                 self.metrics.cache.labels("hit" if hit is not None else "miss").inc()
                 outcomes[i] = hit
-            header = headers[i]
-            if outcomes[i] is None and isinstance(header, PneumoError):
-                outcomes[i] = header  # refused from its header: never decoded
         todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
-        pixels = {i: h.pixels if isinstance(h := headers[i], Header) else 0 for i in todo}
-        if not in_waves:
-            self.budget.check_request([pixels[i] for i in todo])
-        for wave in waves(todo, pixels, self.budget.max_request_pixels):
-            tensors = await self._decode_wave(engine, items, headers, wave, pixels)
+        if todo:
+            tensors = await self.decoders.tensors(engine, items, todo, job)
             ready = [
-                (i, x) for i, x in zip(wave, tensors, strict=True) if isinstance(x, np.ndarray)
+                (i, x) for i, x in zip(todo, tensors, strict=True) if isinstance(x, np.ndarray)
             ]
-            for i, x in zip(wave, tensors, strict=True):
+            for i, x in zip(todo, tensors, strict=True):
                 if isinstance(x, PneumoError):
                     outcomes[i] = x
                 elif isinstance(x, BaseException):
-                    raise x  # a decoder bug: the server's unexpected-error handler logs it
+                    raise x  # a bug: the server's unexpected-error handler logs it
             scores = await asyncio.gather(*(self.batcher.submit(engine, x) for _, x in ready))
             for (i, _), score in zip(ready, scores, strict=True):
                 if not (math.isfinite(score) and 0.0 <= score <= 1.0):
@@ -194,43 +185,6 @@ class ScoringService:
         done = [o for o in outcomes if o is not None]
         self._record(served, items, done, digests, request_id, route, started)
         return done
-
-    async def _decode_wave(
-        self,
-        engine: Engine,
-        items: Sequence[Item],
-        headers: list[Header | PneumoError | None],
-        wave: list[int],
-        pixels: dict[int, int],
-    ) -> list[np.ndarray | BaseException]:
-        """Admit a wave of images into the decode stage (or shed it: Overloaded), then decode
-        each within the decode memory budget."""
-        ticket = self.budget.admit([pixels[i] for i in wave])
-        try:
-            return await asyncio.gather(
-                *(
-                    self._tensor(engine, items[i], headers[i], ticket, k)
-                    for k, i in enumerate(wave)
-                ),
-                return_exceptions=True,
-            )
-        finally:
-            ticket.close()
-
-    async def _tensor(
-        self, engine: Engine, item: Item, header: object, ticket: Ticket, index: int
-    ) -> np.ndarray:
-        try:
-            if item.tensor is not None:
-                return item.tensor
-            assert item.data is not None and isinstance(header, Header)
-            async with self.budget.memory(header.decode_bytes):
-                loop = asyncio.get_running_loop()
-                return await loop.run_in_executor(
-                    self._decode, _preprocess, engine, named(item), header.decode_bytes
-                )
-        finally:
-            ticket.release(index)
 
     # --- what the front doors call --------------------------------------------------------
 
@@ -279,7 +233,7 @@ class ScoringService:
     async def _score_job(self, items: list[Item], threshold: float | None) -> list[Result]:
         served = self.registry.current(self.default_model)
         outcomes = await self.score(
-            items, threshold, served=served, request_id="job", route="/jobs", in_waves=True
+            items, threshold, served=served, request_id="job", route="/jobs", job=True
         )
         return [failed(o.message) if isinstance(o, PneumoError) else o for o in outcomes]
 
@@ -295,16 +249,13 @@ class ScoringService:
         else occlusion sensitivity (64 batched runs); evidence against PNEUMONIA too only with
         `negative`. Runs on the decode pool."""
         from engine.explain.heatmap import check_method
-        from engine.explain.overlay import overlay_png
+        from engine.explain.overlay import DISPLAY_SIDE, overlay_png_of
 
         method = check_method(served.engine, "auto")
-        loop = asyncio.get_running_loop()
-        source = named(Item(image, name=name))
-        header = await loop.run_in_executor(self._decode, read_header, image, describe(source))
-        draw = functools.partial(overlay_png, method=method, negative=negative)
-        async with self.budget.memory(header.decode_bytes):  # decoded again, in full
-            png = await loop.run_in_executor(self._decode, draw, served.engine, source, result)
-            await loop.run_in_executor(self._decode, trim_after, header.decode_bytes)
+        x, grey = await self.decoders.picture(served.engine, image, DISPLAY_SIDE, name)
+        png = await self.decoders.run(
+            overlay_png_of, served.engine, x, grey, result, method=method, negative=negative
+        )
         return method, base64.b64encode(png).decode("ascii")
 
     # --- internals ------------------------------------------------------------------------
@@ -348,11 +299,3 @@ class ScoringService:
 def _each(record: Callable[[PredictionRecord], None], records: list[PredictionRecord]) -> None:
     for r in records:
         record(r)
-
-
-def _preprocess(engine: Engine, source: bytes | io.BytesIO, decode_bytes: int) -> np.ndarray:
-    """The model tensor of an image, then the memory of a large decode handed back."""
-    try:
-        return engine.preprocess(source)
-    finally:
-        trim_after(decode_bytes)

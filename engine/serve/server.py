@@ -32,6 +32,7 @@ def run(
     max_connections: int = 256,
     forwarded_allow_ips: str | None = None,
     header_timeout: float = 10.0,
+    max_connections_per_client: int = 64,
 ) -> None:
     try:
         import uvicorn
@@ -48,9 +49,21 @@ def run(
         raise UsageError(f"--max-connections must be at least 1, got {max_connections}")
     if not (math.isfinite(header_timeout) and header_timeout > 0):
         raise UsageError(f"--header-timeout must be positive, got {header_timeout}")
-    from engine.serve.protocol import HEADER_TIMEOUT_ENV, GuardedH11Protocol
+    if max_connections_per_client < 0:
+        raise UsageError(
+            f"--max-connections-per-client must be >= 0 (0: no limit), got "
+            f"{max_connections_per_client}"
+        )
+    from engine.serve.protocol import (
+        HEADER_TIMEOUT_ENV,
+        PER_CLIENT_ENV,
+        TRUSTED_ENV,
+        GuardedH11Protocol,
+    )
 
     os.environ[HEADER_TIMEOUT_ENV] = str(header_timeout)
+    os.environ[PER_CLIENT_ENV] = str(max_connections_per_client)
+    os.environ[TRUSTED_ENV] = forwarded_allow_ips or ""
 
     if not config.api_keys and host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s without API keys: anyone who can reach it can use it", host)

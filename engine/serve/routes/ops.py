@@ -14,10 +14,16 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from engine.errors import Overloaded, UsageError
-from engine.serve.inputs import form_threshold
+from engine.serve.bodies import form_threshold
 from engine.serve.state import key_id, server
 from engine.serve.store.reports import drift_report, summarize
-from engine.serve.store.uploads import UploadBudget, items_from_upload
+from engine.serve.store.uploads import (
+    UploadBudget,
+    is_archive,
+    items_from_upload,
+    safe_name,
+    unpack_task,
+)
 
 router = APIRouter()
 T = TypeVar("T")
@@ -56,9 +62,24 @@ async def create_job(
         max_image_bytes=state.config.max_upload_bytes,
     )
 
+    decoders = state.service.decoders
+
     def items() -> Iterator[tuple[str, bytes]]:  # one image in memory at a time
         for upload in images:
-            yield from items_from_upload(upload.filename or "upload", upload.file, budget)
+            filename = upload.filename or "upload"
+            head = upload.file.read(4)
+            upload.file.seek(0)
+            if not is_archive(filename, head):
+                yield from items_from_upload(filename, upload.file, budget)
+                continue
+            data = upload.file.read()
+            label = safe_name(filename) or "upload"
+            members = decoders.stream(
+                unpack_task, filename, data, budget, name=label, input_bytes=len(data)
+            )
+            for name, blob in members:  # unpacked in a worker, counted here too
+                budget.take(f"{label}: {name}", len(blob))
+                yield name, blob
 
     job_id = await _off_loop(state.jobs.create, items(), t, key_id(request))
     state.runner.wake()

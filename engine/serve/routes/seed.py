@@ -11,7 +11,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from engine.errors import Overloaded, UsageError
-from engine.serve.inputs import b64decode, documented_body, form_threshold, off_loop, parse_json
+from engine.serve.bodies import (
+    SMALL_JSON,
+    Base64Request,
+    base64_image,
+    base64_image_task,
+    form_threshold,
+)
+from engine.serve.inputs import documented_body, off_loop
 from engine.serve.scoring import ScoringService
 from engine.serve.state import degraded, request_id, server
 
@@ -23,11 +30,6 @@ NegativeFlag = Annotated[
 ERRORS: dict[int | str, dict[str, str]] = {
     code: {"description": "JSON {error}"} for code in (400, 401, 413, 422, 429, 503)
 }
-
-
-class Base64Request(BaseModel):
-    image: str = Field(description="the image file, base64-encoded (a data: URI prefix is ok)")
-    threshold: float | None = Field(None, description="decision threshold in [0, 1]")
 
 
 class PredictResponse(BaseModel):
@@ -73,6 +75,8 @@ async def predict(
     """Score one uploaded X-ray (multipart field `image`)."""
     if image is None:
         raise UsageError("no image file provided: send it as multipart field 'image'")
+    if len((await request.form()).getlist("image")) > 1:  # FastAPI would score one silently
+        raise UsageError("expected one multipart field 'image', got several: send one image")
     if not image.filename:
         raise UsageError("no image file selected: the 'image' field has no file name")
     data = await image.read()
@@ -93,14 +97,12 @@ async def predict_base64(
 ) -> JSONResponse:
     """Score one base64-encoded X-ray: JSON `{"image": ..., "threshold": ...}`."""
     raw = await request.body()
-    body, data = await off_loop(_base64_request, raw)
-    return await _answer(request, data, body.threshold, "/predict/base64", None, heatmap, negative)
-
-
-def _base64_request(raw: bytes) -> tuple[Base64Request, bytes]:
-    """Parse and decode on a thread: both take long enough on a 16 MB body to stall the loop."""
-    body = parse_json(raw, Base64Request)
-    return body, b64decode(body.image)
+    if len(raw) <= SMALL_JSON:
+        data, threshold = await off_loop(base64_image, raw)
+    else:  # parsed in a decode worker, where the OS bounds what the objects take
+        service = server(request).service
+        data, threshold = await service.decoders.parse(len(raw), base64_image_task, raw)
+    return await _answer(request, data, threshold, "/predict/base64", None, heatmap, negative)
 
 
 async def _answer(

@@ -19,9 +19,16 @@ from pydantic import BaseModel
 from engine import __version__
 from engine.errors import NotFoundError, NotSupported, Overloaded, UsageError
 from engine.serve.inputs import documented_body, json_body, off_loop
-from engine.serve.memory import trim_after
 from engine.serve.registry import Served
-from engine.serve.routes.v2_wire import InferRequest, parse_infer, render, value_range
+from engine.serve.routes.v2_wire import (
+    InferRequest,
+    Parsed,
+    parse_infer,
+    parse_infer_task,
+    render,
+    small_json,
+    value_range,
+)
 from engine.serve.state import degraded, request_id, server
 
 router = APIRouter(prefix="/v2", tags=["v2"])
@@ -250,21 +257,25 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         raise Overloaded("the model is still loading", retry_after=2)
     served = _served(request, name, version)
     raw = await request.body()
-    parsed = await off_loop(
-        parse_infer,
+    header_length = request.headers.get("inference-header-content-length")
+    encoding = request.headers.get("content-encoding")
+    args = (
         raw,
-        request.headers.get("inference-header-content-length"),
-        request.headers.get("content-encoding"),
+        header_length,
+        encoding,
         served.engine.contract,
         service.batcher.max_queue,
         state.config.max_upload_bytes,
     )
-    await off_loop(trim_after, 8 * len(raw))  # parsed JSON took ~8x its size in objects
+    if small_json(raw, header_length, encoding):
+        parsed = await off_loop(parse_infer, *args)
+    else:  # parsed in a decode worker, where the OS bounds what the objects take
+        parsed = Parsed.from_plain(await service.decoders.parse(len(raw), parse_infer_task, *args))
     scores = await service.infer(served, parsed.items, request_id(request), INFER_ROUTE)
     body, headers = render(
         served.name,
         str(served.version),
-        parsed.request.id,
+        parsed.request_id,
         scores,
         parsed.wanted,
         served.engine.contract.positive_label,

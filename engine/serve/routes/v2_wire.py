@@ -22,14 +22,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
 from engine.contract import Contract
 from engine.errors import TooLarge, UsageError
 from engine.runtime.decoders import format_of
-from engine.serve.http_errors import validation_message
-from engine.serve.inputs import b64decode, parse_json
+from engine.runtime.sandbox import TaskContext
+from engine.serve.bodies import (
+    SMALL_JSON,
+    InvalidBody,
+    b64decode,
+    is_byte_count,
+    json_grant,
+    parse_json,
+)
 from engine.serve.items import Item
 
 MAX_ELEMENTS = 64 * 128 * 128 * 3 * 4  # a generous cap on one request's FP32 values
@@ -68,9 +74,53 @@ class Wanted:
 
 @dataclass(frozen=True)
 class Parsed:
-    request: InferRequest
+    request_id: str | None
     items: list[Item]
     wanted: Wanted
+
+    def plain(self) -> tuple[Any, ...]:
+        """What crosses back from a decode worker: builtins and one array or byte strings."""
+        if self.items and self.items[0].tensor is not None:
+            payload: Any = np.stack([i.tensor for i in self.items])  # type: ignore[misc]
+        else:
+            payload = [i.data for i in self.items]
+        return self.request_id, payload, self.wanted.binary, self.wanted.class_count
+
+    @classmethod
+    def from_plain(cls, plain: tuple[Any, ...]) -> Parsed:
+        request_id, payload, binary, class_count = plain
+        if isinstance(payload, np.ndarray):
+            items = [Item(tensor=x) for x in payload]
+        else:
+            items = [Item(data=b) for b in payload]
+        return cls(request_id, items, Wanted(binary, class_count))
+
+
+def small_json(raw: bytes, header_length: str | None, encoding: str | None) -> bool:
+    """Whether the JSON `parse_infer` would parse is small enough to parse in the server
+    (SMALL_JSON): the whole body, or its JSON header. A compressed body is not: it may
+    inflate to the upload limit."""
+    if (encoding or "identity").strip().lower() != "identity":
+        return False
+    if header_length is not None and is_byte_count(header_length.strip()):
+        return min(int(header_length), len(raw)) <= SMALL_JSON
+    return len(raw) <= SMALL_JSON
+
+
+def parse_infer_task(
+    ctx: TaskContext,
+    raw: bytes,
+    header_length: str | None,
+    encoding: str | None,
+    contract: Contract,
+    max_items: int,
+    max_bytes: int,
+) -> tuple[Any, ...]:
+    """`parse_infer` in a decode worker, the parse granted the memory its JSON may take:
+    what comes back is `Parsed.plain()`."""
+    head, binary = _split(raw, header_length, encoding, max_bytes)
+    json_grant(ctx, head)
+    return _parse(head, binary, contract, max_items).plain()
 
 
 def parse_infer(
@@ -82,20 +132,30 @@ def parse_infer(
     max_bytes: int,
 ) -> Parsed:
     """The request, its images or tensors as scoring items, and whether the answer is binary."""
+    head, binary = _split(raw, header_length, encoding, max_bytes)
+    return _parse(head, binary, contract, max_items)
+
+
+def _split(
+    raw: bytes, header_length: str | None, encoding: str | None, max_bytes: int
+) -> tuple[bytes, bytes]:
+    """The body inflated, then cut into its JSON and its binary part."""
     raw = _decoded(raw, encoding, max_bytes)
     if header_length is None:
-        head, binary = raw, b""
-    else:
-        if not header_length.strip().isdigit() or int(header_length) > len(raw):
-            raise UsageError(
-                f"Inference-Header-Content-Length must be a byte count within the body's "
-                f"{len(raw)} bytes, got {header_length[:20]!r}"
-            )
-        head, binary = raw[: int(header_length)], raw[int(header_length) :]
+        return raw, b""
+    if not is_byte_count(header_length.strip()) or int(header_length) > len(raw):
+        raise UsageError(
+            f"Inference-Header-Content-Length must be a byte count within the body's "
+            f"{len(raw)} bytes, got {header_length[:20]!r}"
+        )
+    return raw[: int(header_length)], raw[int(header_length) :]
+
+
+def _parse(head: bytes, binary: bytes, contract: Contract, max_items: int) -> Parsed:
     try:
         body = parse_json(head, InferRequest)
-    except RequestValidationError as e:  # the V2 protocol answers a malformed request with 400
-        raise UsageError(validation_message(e)) from None
+    except InvalidBody as e:  # the V2 protocol answers a malformed request with 400
+        raise UsageError(e.message) from None
     tensor = body.inputs[0]
     blob = _binary_part(tensor, binary)
     if tensor.datatype == "FP32":
@@ -105,7 +165,7 @@ def parse_infer(
     else:
         raise UsageError(f"input datatype must be FP32 or BYTES, got {tensor.datatype[:20]!r}")
     tensor.data = None  # millions of Python floats: not kept while the request is scored
-    return Parsed(body, items, _wanted(body))
+    return Parsed(body.id, items, _wanted(body))
 
 
 def render(
@@ -228,7 +288,7 @@ def _fp32(tensor: InferInput, blob: bytes | None, contract: Contract) -> np.ndar
     else:
         try:
             array = np.asarray(tensor.data, dtype=np.float32)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a 4000-digit integer
             raise UsageError(
                 "FP32 input data must be numbers, flat or nested as the shape"
             ) from None

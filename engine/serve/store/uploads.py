@@ -1,7 +1,9 @@
 """What a job upload may hold: images, or .zip archives of images, unpacked one member at a
 time within the bounds of the whole request (entries, unpacked bytes, bytes per image,
 compression ratio of each member and of each archive), so that no request can exhaust memory
-or disk, whatever it splits its content into."""
+or disk, whatever it splits its content into. An archive is opened in a decode worker
+(`unpack_task`, engine.runtime.sandbox): reading its central directory builds one object per
+entry, however many its header admits to."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import BinaryIO
 
 from engine.errors import UsageError
 from engine.runtime.listing import IMAGE_SUFFIXES
+from engine.runtime.sandbox import TaskContext
 
 MAX_MEMBERS = 10_000
 MAX_TOTAL_BYTES = 256 * 2**20
@@ -76,7 +79,7 @@ def items_from_upload(
         raise UsageError(f"expected an image or a .zip archive, got 0 bytes from {label}")
     head = stream.read(4)
     stream.seek(0)
-    if not (filename.lower().endswith(".zip") or head in (b"PK\x03\x04", b"PK\x05\x06")):
+    if not is_archive(filename, head):
         budget.take(label, size)
         yield label, stream.read()
         return
@@ -105,6 +108,22 @@ def items_from_upload(
                 raise UsageError(f"{label}: cannot read {info.filename!r}: {e}") from e
             budget.take(f"{label}: {name}", len(blob))  # the headers may have lied
             yield name, blob
+
+
+def is_archive(filename: str, head: bytes) -> bool:
+    """An upload to unpack: named .zip, or starting as a zip does."""
+    return filename.lower().endswith(".zip") or head[:4] in (b"PK\x03\x04", b"PK\x05\x06")
+
+
+# What reading an archive may take beyond its own bytes (its directory, one member at a time).
+UNPACK_BYTES = 64 * 2**20
+
+
+def unpack_task(ctx: TaskContext, filename: str, data: bytes, budget: UploadBudget) -> None:
+    """In a decode worker: the images of an archive, each handed back with `ctx.emit`."""
+    ctx.need(UNPACK_BYTES + budget.max_image_bytes)
+    for item in items_from_upload(filename, data, budget):
+        ctx.emit(item)
 
 
 def safe_name(name: str) -> str:

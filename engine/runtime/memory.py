@@ -1,12 +1,13 @@
-"""Memory the server frees after a large request goes back to the operating system.
+"""Memory a process frees after a large decode or parse goes back to the operating system.
 
 glibc serves large allocations with mmap, but raises that threshold (up to 32 MB) each time
 such a block is freed: after one large image, the buffers of the next ones come from the heap
-arenas (one per decode thread) and stay in the process once freed. A server that decodes an
-80 Mpx image now and then would hold GBs it no longer uses (measured: 1.3 GB after a few of
-the largest allowed requests, against 0.13 GB idle). After a large decode or parse, free
-memory is handed back with malloc_trim; ordinary requests never pay for it (a fixed mmap
-threshold instead cost ~8% more CPU per ordinary request).
+arenas and stay in the process once freed. A process that decodes an 80 Mpx image now and then
+would hold GBs it no longer uses (measured: 1.3 GB after a few of the largest allowed requests,
+against 0.13 GB idle). After a large decode or parse, free memory is handed back with
+malloc_trim; ordinary work never pays for it (a fixed mmap threshold instead cost ~8% more CPU
+per ordinary request). Decode workers trim after every task: their memory limit counts what
+they hold, not what they use.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ def _malloc_trim() -> Callable[[int], int] | None:
 _TRIM = _malloc_trim()
 
 
+def trim() -> None:
+    """Hand free memory back to the OS now (glibc only; elsewhere nothing happens)."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
 def trim_after(nbytes: int) -> None:
     """Hand free memory back to the OS if the work just done needed `nbytes` or more."""
-    if _TRIM is not None and nbytes >= TRIM_ABOVE:
-        _TRIM(0)
+    if nbytes >= TRIM_ABOVE:
+        trim()

@@ -1,0 +1,132 @@
+"""Images decoded in a `Sandbox` (engine.runtime.sandbox): what its workers run, and the calls
+that hand them an image.
+
+In the worker, an image is read (a path is opened there, so its bytes never cross the pipe),
+its header is parsed within the task's small allowance, the decode its header announces is
+asked for (`TaskContext.need`: the parent's admission check and memory budget), and only then
+are its pixels decoded, within exactly that grant. What comes back is small: the model's
+tensor (and for pictures, a grey image of bounded size) and the pixel count its header gave.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from engine.contract import Contract
+from engine.runtime.decoders import (
+    ImageSource,
+    Opened,
+    describe,
+    inspect,
+    named_bytes,
+    read_bytes,
+)
+from engine.runtime.preprocess import PREPROCESSORS, RESIZERS, finish, grey_picture
+from engine.runtime.sandbox import Admit, Limits, Sandbox, TaskContext
+
+MB = 2**20
+# What a decode worker imports before its first task.
+PRELOAD = ("engine.runtime.isolated",)
+# Inputs the batch tools may hand a worker (an uncompressed 80 Mpx 16-bit DICOM is 160 MB).
+MAX_FILE_BYTES = 256 * MB
+
+
+def decode_sandbox(workers: int, limits: Limits | None = None) -> Sandbox:
+    """A sandbox of `workers` image decoders (batch tools: files up to MAX_FILE_BYTES)."""
+    return Sandbox(workers, limits or Limits(max_input=MAX_FILE_BYTES), PRELOAD)
+
+
+def tensor(
+    sandbox: Sandbox,
+    source: ImageSource,
+    contract: Contract,
+    path: str,
+    admit: Admit | None = None,
+    name: str | None = None,
+) -> tuple[np.ndarray, int]:
+    """The model's input tensor of an image, decoded in `sandbox` through preprocessing path
+    `path` ('fast' or 'reference'), and the pixel count its header announced. `admit(pixels)`
+    may refuse the image from its header, before its pixels are decoded. `name`: what error
+    messages call it (default: `describe(source)`)."""
+    name = name or describe(source)
+    if not _is_encoded(source):
+        return PREPROCESSORS[path](source, contract), 0  # pixels already: nothing to parse
+    wire, size = _wire(source, name)
+    pixels, count = sandbox.call(
+        tensor_task, wire, name, contract, path, name=name, input_bytes=size, admit=admit
+    )
+    return finish(pixels, contract), count
+
+
+def picture(
+    sandbox: Sandbox,
+    source: ImageSource,
+    contract: Contract,
+    path: str,
+    side: int,
+    name: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model's tensor of an image and its grey picture for people (long side >= `side`
+    where the image has it, reduced-scale decoding), both decoded in `sandbox`."""
+    name = name or describe(source)
+    if not _is_encoded(source):
+        x = PREPROCESSORS[path](source, contract)
+        return x, np.asarray(grey_picture(source, side))
+    wire, size = _wire(source, name)
+    pixels, grey = sandbox.call(
+        picture_task, wire, name, contract, path, side, name=name, input_bytes=size
+    )
+    return finish(pixels, contract), grey
+
+
+# --- in the worker --------------------------------------------------------------------------
+
+
+def tensor_task(
+    ctx: TaskContext, wire: bytes | str, name: str, contract: Contract, path: str
+) -> tuple[np.ndarray, int]:
+    opened = _admitted(ctx, wire, name)
+    return RESIZERS[path](opened, contract), opened.header.pixels
+
+
+def picture_task(
+    ctx: TaskContext, wire: bytes | str, name: str, contract: Contract, path: str, side: int
+) -> tuple[np.ndarray, np.ndarray]:
+    opened = _admitted(ctx, wire, name)
+    pixels = RESIZERS[path](opened, contract)
+    return pixels, np.asarray(grey_picture(named_bytes(opened.data, name), side))
+
+
+def _admitted(ctx: TaskContext, wire: bytes | str, name: str) -> Opened:
+    """The image's bytes (as sent, or read from the path sent: the allowance grew by twice
+    the file's size) opened as far as its header, once the decode the header announces is
+    granted."""
+    data = wire if isinstance(wire, bytes) else read_bytes(Path(wire), name)
+    opened = inspect(data, name)
+    ctx.need(opened.header.decode_bytes, opened.header.pixels)
+    return opened
+
+
+# --- in the parent --------------------------------------------------------------------------
+
+
+def _is_encoded(source: ImageSource) -> bool:
+    """Bytes, a path or a file object: something a decoder must parse (not pixels already)."""
+    from PIL import Image
+
+    return not isinstance(source, Image.Image | np.ndarray)
+
+
+def _wire(source: ImageSource, name: str) -> tuple[bytes | str, int]:
+    """What crosses the pipe for `source` (a path stays a path), and its size in bytes."""
+    if isinstance(source, str | os.PathLike):
+        path = os.fspath(source)
+        try:
+            return path, os.stat(path).st_size
+        except OSError:
+            return path, 0  # the worker's read says what is wrong with it
+    data = read_bytes(source, name)
+    return data, len(data)

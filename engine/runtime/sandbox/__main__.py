@@ -1,0 +1,7 @@
+"""`python -m engine.runtime.sandbox REQUESTS REPLIES HARD ALLOWANCE PRELOAD`: a worker."""
+
+import sys
+
+from engine.runtime.sandbox.worker import main
+
+main(sys.argv[1:])

@@ -1,0 +1,388 @@
+"""The parent side of a sandbox: `Sandbox`, a pool of worker processes, the memory it grants
+them from one budget, the deadlines it kills them at, and their replacements (the design:
+engine.runtime.sandbox)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import closing, suppress
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ImageError, Overloaded, PneumoError
+from engine.runtime.sandbox.wire import (
+    MB,
+    AllowListUnpickler,
+    Limits,
+    memory_error,
+    out_of_band,
+    receive,
+    send,
+    unpack,
+)
+
+log = logging.getLogger(__name__)
+START_SECONDS = 60.0  # a worker not ready by then is broken (a missing module, no memory)
+PIPE_BYTES = 2**20
+# Threads in a worker would each reserve memory (OpenBLAS buffers, malloc arenas): one each.
+WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"}
+
+Task = Callable[..., Any]
+Admit = Callable[[Any], None]
+
+
+class Sandbox:
+    """`workers` worker processes; `call` runs one task in one of them and returns its result
+    (or raises the task's PneumoError, or the ImageError of a breached limit). Thread-safe:
+    a call waits for a free worker. Close it (or use `with`) to stop the workers.
+
+    `preload`: modules each worker imports before its first task (what its tasks need).
+    """
+
+    def __init__(
+        self, workers: int, limits: Limits | None = None, preload: Sequence[str] = ()
+    ) -> None:
+        if workers < 1:
+            raise PneumoError(f"a sandbox needs at least one worker, got {workers}")
+        self.size = workers
+        self.limits = limits or Limits()
+        self.preload = tuple(preload)
+        self._idle: queue.Queue[_Worker | None] = queue.Queue()
+        self._lock = threading.Condition()
+        self._granted = 0
+        self._waiting: dict[int, float] = {}  # calls waiting for a worker: thread -> since
+        self._closed = False
+        self._failures = 0  # starts that failed in a row
+        self.replaced = 0  # workers killed or lost, and replaced
+        self._starts: queue.Queue[bool] = queue.Queue()
+        threading.Thread(target=self._starter, name="pneumo-sandbox", daemon=True).start()
+        for _ in range(workers):
+            self._start_in_background()
+
+    # --- calls ----------------------------------------------------------------------------
+
+    def call(
+        self,
+        task: Task,
+        *args: Any,
+        name: str = "input",
+        input_bytes: int = 0,
+        admit: Admit | None = None,
+    ) -> Any:
+        """`task(ctx, *args)` in a worker: its return value. `name` is what error messages
+        call the input; `input_bytes` its size (the allowance grows by twice that); `admit`
+        sees the `info` of each grant first and may raise to refuse it."""
+        with closing(self._converse(task, args, name, input_bytes, admit)) as talk:
+            for kind, value in talk:
+                if kind == "ok":
+                    return value
+        raise AssertionError("a worker ended a call without an answer")
+
+    def stream(
+        self, task: Task, *args: Any, name: str = "input", input_bytes: int = 0
+    ) -> Iterator[Any]:
+        """The items `task(ctx, *args)` emits, as it emits them (the worker waits while the
+        caller handles each). The worker is held until the iterator ends or is closed."""
+        with closing(self._converse(task, args, name, input_bytes, None)) as talk:
+            for kind, value in talk:
+                if kind == "item":
+                    yield value
+
+    def queue_delay(self) -> float:
+        """How long the oldest call still waiting for a worker has waited (s)."""
+        with self._lock:
+            oldest = min(self._waiting.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
+
+    def close(self) -> None:
+        """Stop the idle workers now, the busy ones when their call ends."""
+        with self._lock:
+            self._closed = True
+        self._starts.put(False)
+        while True:
+            try:
+                worker = self._idle.get_nowait()
+            except queue.Empty:
+                return
+            if worker is not None:
+                worker.stop()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _converse(
+        self, task: Task, args: tuple[Any, ...], name: str, input_bytes: int, admit: Admit | None
+    ) -> Generator[tuple[str, Any], None, None]:
+        """One call, message by message: ('item', x) for each emitted item, then ('ok', x)."""
+        if input_bytes > self.limits.max_input:
+            raise ImageError(
+                f"{name} is {input_bytes / MB:.1f} MB, over the {self.limits.max_input / MB:g} "
+                "MB limit for one input"
+            )
+        worker = self._checkout()
+        granted = self._pregrant()
+        healthy = False  # the worker answered its last message and may take the next call
+        seconds = self.limits.seconds
+        try:
+            worker.send(("call", task, out_of_band(args), input_bytes, granted))
+            deadline = time.monotonic() + seconds
+            while True:
+                kind, value = worker.receive(deadline, name, seconds)
+                if kind == "need":
+                    nbytes, info = value
+                    refusal = self._refusal(nbytes, info, admit, name)
+                    if refusal is not None:
+                        worker.send("refuse")
+                        worker.receive(time.monotonic() + seconds, name, seconds)
+                        healthy = True
+                        raise refusal
+                    granted = self._grant(granted, nbytes)
+                    worker.send("grant")
+                    deadline = time.monotonic() + seconds  # the decode has its own deadline
+                elif kind == "item":
+                    yield kind, value
+                    worker.send("next")
+                    deadline = time.monotonic() + seconds
+                else:
+                    healthy = True
+                    if kind == "error":
+                        raise unpack(value)
+                    if kind == "memory":
+                        raise memory_error(name, value)
+                    result, admitted = value
+                    if admit is not None and admitted is not None:
+                        admit(admitted)  # decoded within the pregrant: admitted afterwards
+                    yield kind, result
+                    return
+        finally:
+            if granted:
+                with self._lock:
+                    self._granted -= granted
+                    self._lock.notify_all()
+            self._checkin(worker, healthy)
+
+    def _pregrant(self) -> int:
+        """`Limits.pregrant` of the budget if it is free now, else nothing (no waiting)."""
+        with self._lock:
+            if self._granted + self.limits.pregrant > self.limits.memory:
+                return 0
+            self._granted += self.limits.pregrant
+            return self.limits.pregrant
+
+    def _refusal(
+        self, nbytes: int, info: object, admit: Admit | None, name: str
+    ) -> PneumoError | None:
+        """Why a need of `nbytes` is refused (the caller's admission check, or the budget
+        itself), or None."""
+        if admit is not None:
+            try:
+                admit(info)
+            except PneumoError as e:
+                return e
+        if nbytes > self.limits.memory:
+            return ImageError(
+                f"{name} would take about {nbytes / MB:.0f} MB to decode, over the "
+                f"{self.limits.memory // MB} MB limit: send it smaller or as 8-bit grayscale"
+            )
+        return None
+
+    def _grant(self, held: int, nbytes: int) -> int:
+        """Trade the `held` pregrant for `nbytes`, waiting until they fit (alone they do)."""
+        with self._lock:
+            self._granted -= held
+            self._lock.notify_all()
+            self._lock.wait_for(lambda: self._granted + nbytes <= self.limits.memory)
+            self._granted += nbytes
+        return nbytes
+
+    def _checkout(self) -> _Worker:
+        key = threading.get_ident()
+        with self._lock:
+            if self._closed:
+                raise Overloaded("the decoders are shutting down", retry_after=5)
+            self._waiting[key] = time.monotonic()
+        try:
+            while True:
+                try:
+                    worker = self._idle.get(timeout=START_SECONDS)
+                except queue.Empty:
+                    raise Overloaded("no image decoder is available: try again", 5) from None
+                if worker is None:  # closed meanwhile
+                    self._idle.put(None)
+                    raise Overloaded("the decoders are shutting down", retry_after=5)
+                if worker.alive():
+                    return worker
+                self.replaced += 1  # killed from outside while idle
+                self._start_in_background()
+        finally:
+            with self._lock:
+                self._waiting.pop(key, None)
+
+    def _checkin(self, worker: _Worker, healthy: bool) -> None:
+        if self._closed:
+            worker.stop()
+            self._idle.put(None)
+        elif healthy and worker.alive():
+            self._idle.put(worker)
+        else:
+            worker.kill()
+            self.replaced += 1
+            self._start_in_background()
+
+    def _start_in_background(self) -> None:
+        """Ask the starter thread for a new worker: its slot is idle once it is ready."""
+        self._starts.put(True)
+
+    def _starter(self) -> None:
+        """Starts every worker. One long-lived thread: a worker dies with the thread that
+        started it (PR_SET_PDEATHSIG follows the thread), so not with a short-lived one."""
+        while self._starts.get():
+            while not self._closed:
+                try:
+                    worker = _Worker.start(self.limits, self.preload)
+                except PneumoError as e:
+                    self._failures += 1
+                    log.error("decode worker not started (%d in a row): %s", self._failures, e)
+                    time.sleep(min(30.0, 0.5 * 2**self._failures))
+                    continue
+                self._failures = 0
+                if self._closed:
+                    worker.stop()
+                    break
+                self._idle.put(worker)
+                break
+            else:
+                self._idle.put(None)
+
+
+class _Worker:
+    """One worker process and the two pipes to it (parent side)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], to: Connection, back: Connection) -> None:
+        self.proc = proc
+        self._to = to
+        self._back = back
+
+    @classmethod
+    def start(cls, limits: Limits, preload: Sequence[str]) -> _Worker:
+        to_r, to_w = os.pipe()
+        back_r, back_w = os.pipe()
+        for fd in (to_w, back_w):
+            _widen(fd)
+        env = {**os.environ, **WORKER_ENV, "PYTHONPATH": _python_path()}
+        hard = limits.per_worker
+        cmd = [sys.executable, "-m", "engine.runtime.sandbox", str(to_r), str(back_w)]
+        cmd += [str(hard), str(limits.allowance), ",".join(preload)]
+        try:
+            proc = subprocess.Popen(cmd, pass_fds=(to_r, back_w), env=env, stdin=subprocess.DEVNULL)
+        except OSError as e:
+            for fd in (to_r, to_w, back_r, back_w):
+                os.close(fd)
+            raise PneumoError(f"cannot start {sys.executable}: {e}") from e
+        finally:
+            for fd in (to_r, back_w):
+                with suppress(OSError):
+                    os.close(fd)
+        worker = cls(proc, Connection(to_w, readable=False), Connection(back_r, writable=False))
+        try:
+            ready = worker.receive(time.monotonic() + START_SECONDS, "start", START_SECONDS)
+        except ImageError as e:
+            worker.kill()
+            raise PneumoError(e.message) from None
+        if ready != ("ready", None):
+            worker.kill()
+            raise PneumoError(f"it answered {str(ready)[:80]} instead of ready")
+        return worker
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def send(self, message: object) -> None:
+        try:
+            send(self._to, message)
+        except OSError as e:  # the worker died while we wrote (BrokenPipeError)
+            raise ImageError(f"the image decoder stopped ({self._death()})") from e
+
+    def receive(self, deadline: float, name: str, seconds: float) -> tuple[str, Any]:
+        """The worker's next message; the worker is killed past `deadline`."""
+        if not self._back.poll(max(0.0, deadline - time.monotonic())):
+            self.kill()
+            raise ImageError(f"{name} took more than {seconds:g} s to decode: refused")
+        try:
+            message = receive(self._back, AllowListUnpickler)
+        except (EOFError, OSError):
+            raise ImageError(
+                f"{name} could not be decoded: the decoder stopped ({self._death()})"
+            ) from None
+        except pickle.UnpicklingError as e:
+            self.kill()
+            raise ImageError(f"{name} could not be decoded: the decoder answered {e}") from None
+        if not (isinstance(message, tuple) and len(message) == 2 and isinstance(message[0], str)):
+            self.kill()
+            raise ImageError(f"{name} could not be decoded: the decoder answered nonsense")
+        return message
+
+    def stop(self) -> None:
+        """Ask the worker to exit (its pipe closes), then make sure it has."""
+        self._to.close()
+        try:
+            self.proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        if not self._back.closed:
+            self._back.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for conn in (self._to, self._back):
+            if not conn.closed:
+                conn.close()
+
+    def _death(self) -> str:
+        """How the worker ended, in words."""
+        try:
+            code = self.proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            code = self.proc.returncode
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit status {code}"
+
+
+def _widen(fd: int) -> None:
+    """A pipe that holds a whole X-ray (1 MB, the default most a user may ask) instead of
+    64 KB: a message then crosses in one write, not in a dozen hand-offs between processes."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except (ImportError, OSError):
+        pass  # not Linux, or a lower pipe-max-size: smaller pipes work too, a little slower
+
+
+def _python_path() -> str:
+    """The worker imports engine from where this process did."""
+    root = str(Path(__file__).resolve().parents[2])
+    rest = os.environ.get("PYTHONPATH", "")
+    return os.pathsep.join([root, rest]) if rest else root

@@ -1,0 +1,106 @@
+"""Request bodies as data: JSON validated by a pydantic model, base64 images, thresholds sent as
+text. No FastAPI here, so a decode worker can run these parsers too.
+
+A JSON document takes up to ~25 times its size in Python objects (16 MB of `[],[],...` is 400
+MB of lists). So a body of more than SMALL_JSON bytes is parsed in a decode worker
+(engine.runtime.sandbox), within a grant of JSON_BYTES_PER_BYTE times its size, and only what
+the route needs comes back (an image's bytes, a tensor): the objects a hostile body would
+make are made, and freed, in a process whose memory the OS bounds.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from engine.contract import check_threshold
+from engine.errors import UsageError
+from engine.runtime.sandbox import TaskContext
+
+Model = TypeVar("Model", bound=BaseModel)
+SMALL_JSON = 64 * 2**10  # parsed in the server itself: at most ~2 MB of objects
+JSON_BYTES_PER_BYTE = 25  # the memory a parse may take, per byte of JSON (measured: <= 25.3)
+
+
+class InvalidBody(UsageError):
+    """A body that is not the JSON a route expects (HTTP 422 on the seed routes, 400 on V2);
+    `errors` lists each problem as pydantic does (loc, msg, type)."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        parts = []
+        for err in errors[:5]:
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        super().__init__("; ".join(parts) or "invalid request")
+        self.errors = errors
+
+
+def parse_json(body: bytes, model: type[Model]) -> Model:
+    """`body` as `model`, or InvalidBody saying why not."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, a 5000-digit number
+        message = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise InvalidBody([{"loc": ("body",), "msg": f"invalid JSON: {message}"}]) from None
+    try:
+        return model.model_validate(data)
+    except PydanticValidationError as e:
+        raise InvalidBody(
+            [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        ) from None
+
+
+def json_grant(ctx: TaskContext, body: bytes) -> None:
+    """In a decode worker: the memory a parse of `body` may take, asked for before it starts."""
+    ctx.need(JSON_BYTES_PER_BYTE * len(body))
+
+
+def form_threshold(text: str | None) -> float | None:
+    """A threshold sent as a form field: None when absent, else a finite number in [0, 1]."""
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"threshold must be a number in [0, 1], got {text[:40]!r}") from None
+    return check_threshold(value)
+
+
+def b64decode(text: str) -> bytes:
+    """Strict base64 (a `data:` URI prefix is accepted): garbage is a 400, not a bad image."""
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise UsageError("invalid base64 image data") from None
+
+
+def is_byte_count(text: str) -> bool:
+    """A header value that is a plain decimal byte count ('²' and '٣' are digits to
+    str.isdigit, and int() refuses the first)."""
+    return text.isascii() and text.isdecimal() and len(text) <= 15
+
+
+# --- the seed route's base64 body -----------------------------------------------------------
+
+
+class Base64Request(BaseModel):
+    image: str = Field(description="the image file, base64-encoded (a data: URI prefix is ok)")
+    threshold: float | None = Field(None, description="decision threshold in [0, 1]")
+
+
+def base64_image(raw: bytes) -> tuple[bytes, float | None]:
+    """`/predict/base64`'s body: the image's bytes and the threshold asked for."""
+    body = parse_json(raw, Base64Request)
+    return b64decode(body.image), body.threshold
+
+
+def base64_image_task(ctx: TaskContext, raw: bytes) -> tuple[bytes, float | None]:
+    json_grant(ctx, raw)
+    return base64_image(raw)
