@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from engine.runtime.limits import (
     decode_bytes,
     dicom_decode_bytes,
 )
+from engine.runtime.structure import check_tiff
 
 # For JPEGs: the DCT-domain reduction (1, 2, 4 or 8) libjpeg may use for an image of this size.
 Reduction = Callable[[tuple[int, int]], int]
@@ -52,8 +52,6 @@ FORMATS = (
     Format("DICOM", (b"DICM",), offset=128),
 )
 EXPECTED = "JPEG, PNG, BMP, TIFF or DICOM"
-PEEK_SEGMENTS = 64  # a JPEG's frame header comes after a few APPn and DQT segments
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
 def describe(source: object) -> str:
@@ -102,41 +100,6 @@ class Header:
     decode_bytes: int  # expected peak memory of decoding and preprocessing it
 
 
-def peek_pixels(data: bytes) -> int | None:
-    """The pixel count a PNG, JPEG or BMP header announces, read at fixed places (PNG, BMP) or
-    by a walk of at most PEEK_SEGMENTS JPEG segments: no parser runs and nothing is allocated,
-    so a server may do it on any bytes, before admitting them to a decoder. None for other
-    formats, or when the header is not where it should be (a decoder reads it then)."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
-        width, height = struct.unpack_from(">II", data, 16)
-        return int(width * height)
-    if data.startswith(b"BM") and len(data) >= 26:
-        (size,) = struct.unpack_from("<I", data, 14)
-        if size == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sides
-            width, height = struct.unpack_from("<HH", data, 18)
-        else:
-            width, height = struct.unpack_from("<ii", data, 18)
-        return abs(width * height)
-    if data.startswith(b"\xff\xd8"):
-        at = 2
-        for _ in range(PEEK_SEGMENTS):
-            while (
-                at < len(data) and data[at] == 0xFF and at + 1 < len(data) and data[at + 1] == 0xFF
-            ):
-                at += 1  # fill bytes
-            if at + 4 > len(data) or data[at] != 0xFF:
-                return None
-            marker = data[at + 1]
-            if marker in _SOF and at + 9 <= len(data):
-                height, width = struct.unpack_from(">HH", data, at + 5)
-                return int(width * height)
-            if 0xD0 <= marker <= 0xD9 or marker == 0x01:
-                at += 2
-                continue
-            at += 2 + struct.unpack_from(">H", data, at + 2)[0]
-    return None
-
-
 def read_header(data: bytes, name: str) -> Header:
     """The format, pixel count and decode memory of an encoded image, from its header only
     (Pillow's `open` and pydicom without pixel data read no pixels). Raises ImageError, with
@@ -167,10 +130,12 @@ def inspect(data: bytes, name: str) -> Opened:
     fmt = _recognised(data, name)
     if fmt.name == "DICOM":
         h = dicom_header(data, name)
-        needed = dicom_decode_bytes(h.rows * h.columns, h.samples, h.bytes_per_sample)
+        needed = dicom_decode_bytes(h.rows * h.columns, h.samples, h.bytes_per_sample, h.codec)
         what = f"{h.columns}x{h.rows} px, {h.samples} x {8 * h.bytes_per_sample} bit"
         check_decode_bytes(needed, what, name)
         return Opened(data, name, Header(fmt.name, h.values, needed), None)
+    if fmt.name == "TIFF":
+        check_tiff(data, name)
     with _pillow_errors(name, fmt.name):
         img = Image.open(io.BytesIO(data), formats=[fmt.name])
         check_size(img.size, name)
@@ -242,7 +207,11 @@ def _pillow_errors(name: str, fmt: str) -> Iterator[None]:
         raise ImageError(f"{name} is too large to decode safely: {e}") from e
     except UnidentifiedImageError as e:
         raise ImageError(f"{name} starts like a {fmt} file but is not a readable one") from e
-    except (OSError, SyntaxError, ValueError) as e:
+    except OSError as e:
+        if "out of memory" in str(e):  # a codec's failed allocation, as Pillow reports it
+            raise MemoryError(f"decoding {name}") from e
+        raise ImageError(f"{name} is truncated or corrupt: {e}") from e
+    except (SyntaxError, ValueError) as e:
         raise ImageError(f"{name} is truncated or corrupt: {e}") from e
 
 

@@ -25,8 +25,12 @@ from PIL import Image
 
 from engine.errors import ImageError, MissingExtraError, first_line
 from engine.runtime.limits import MAX_PIXELS, check_size
+from engine.runtime.structure import check_dicom, frame_size
 
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+IMPLICIT = "1.2.840.10008.1.2"  # Implicit VR Little Endian
+BIG_ENDIAN = "1.2.840.10008.1.2.2"  # Explicit VR Big Endian (retired)
+RLE = "1.2.840.10008.1.2.5"  # RLE Lossless: pydicom's own decoder, no codec library
 BLOCK_ROWS = 256  # rows per block of the display pipeline (float64 temporaries)
 
 
@@ -37,6 +41,7 @@ class DicomHeader:
     frames: int
     samples: int
     bytes_per_sample: int
+    codec: bool = False  # a compressed transfer syntax a codec library decodes (not RLE)
 
     @property
     def values(self) -> int:
@@ -52,7 +57,8 @@ def dicom_header(data: bytes, name: str) -> DicomHeader:
 
 def dicom_image(data: bytes, name: str) -> Image.Image:
     ds = _read(data, name, stop_before_pixels=False)
-    _checked(ds, name)
+    header = _checked(ds, name)
+    _check_frame(ds, header, name)
     with _decoder_failures() as failures:
         try:
             from pydicom.pixels import pixel_array
@@ -112,6 +118,9 @@ def _read(data: bytes, name: str, stop_before_pixels: bool) -> Any:
         fp = io.BytesIO(data)
         read_preamble(fp, True)
         syntax = str(_read_file_meta_info(fp).get("TransferSyntaxUID", ""))
+        start = fp.tell()
+    except MemoryError:
+        raise
     except Exception as e:
         raise ImageError(f"{name} is not a readable DICOM image: {first_line(e)}") from e
     if syntax == DEFLATED:
@@ -120,8 +129,12 @@ def _read(data: bytes, name: str, stop_before_pixels: bool) -> Any:
             "accepted (it inflates without a bound before its size can be checked): save it "
             "uncompressed, RLE or JPEG"
         )
+    if syntax:  # without a file meta, pydicom guesses the encoding: so would a check
+        check_dicom(data, start, syntax != BIG_ENDIAN, syntax != IMPLICIT, name)
     try:
         return pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=stop_before_pixels)
+    except MemoryError:
+        raise
     except Exception as e:
         raise ImageError(f"{name} is not a readable DICOM image: {first_line(e)}") from e
 
@@ -134,6 +147,7 @@ def _checked(ds: Any, name: str) -> DicomHeader:
             frames=max(1, int(ds.get("NumberOfFrames", 1) or 1)),
             samples=max(1, int(ds.get("SamplesPerPixel", 1) or 1)),
             bytes_per_sample=max(1, (int(ds.get("BitsAllocated", 8) or 8) + 7) // 8),
+            codec=_codec(ds),
         )
     except (TypeError, ValueError) as e:
         raise ImageError(f"{name} is not a readable DICOM image: {first_line(e)}") from e
@@ -147,6 +161,31 @@ def _checked(ds: Any, name: str) -> DicomHeader:
         )
     check_size((header.columns, header.rows), name)
     return header
+
+
+def _codec(ds: Any) -> bool:
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    return bool(getattr(syntax, "is_encapsulated", False)) and str(syntax) != RLE
+
+
+def _check_frame(ds: Any, header: DicomHeader, name: str) -> None:
+    """Refuse a compressed first frame whose own codec header is another size than Rows x
+    Columns: pydicom hands it to a codec that allocates what the frame says."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or not getattr(syntax, "is_encapsulated", False) or "PixelData" not in ds:
+        return
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=header.frames))
+    except Exception:  # malformed encapsulation: pydicom's decoding says what is wrong
+        return
+    size = frame_size(frame)
+    if size is not None and size != (header.columns, header.rows):
+        raise ImageError(
+            f"{name}: its compressed frame is {size[0]}x{size[1]} px, its header says "
+            f"{header.columns}x{header.rows}: refused"
+        )
 
 
 def _display(pixels: np.ndarray, ds: Any) -> np.ndarray:

@@ -29,14 +29,16 @@ BYTES_PER_PIXEL = {
 }
 ALPHA_BYTES = 20.1  # any mode with transparency
 # DICOM, per sample and byte stored: 16-bit mono measured 4.1 uncompressed, 6.4 RLE (pydicom's
-# decoders hold the frame as it comes and as an array).
+# decoders hold the frame as it comes and as an array); a codec library (JPEG 2000, JPEG-LS,
+# JPEG) adds its own buffer: 8-bit mono JPEG 2000 7.4, JPEG 5.1.
 DICOM_BYTES_PER_STORED_BYTE = 3.0
 DICOM_BYTES = 1.0
+DICOM_CODEC_BYTES = 3.5
 MARGIN = 1.2  # between a measured 16 Mpx decode and any other
 # One image may never need more than this, whatever its kind: the default memory budget of
 # the decode workers (engine.runtime.sandbox.Limits.memory), within which they all decode.
 # In pixels: 8-bit gray and RGB up to the 80 Mpx limit, 16-bit gray ~60 Mpx, a 16-bit DICOM
-# ~60 Mpx, images with transparency ~21 Mpx.
+# ~60 Mpx (~40 Mpx through a codec library), images with transparency ~21 Mpx.
 MAX_DECODE_BYTES = 512 * 2**20
 
 
@@ -59,10 +61,12 @@ def decode_bytes(pixels: int, mode: str, *, alpha: bool = False) -> int:
     return int(pixels * per_pixel * MARGIN)
 
 
-def dicom_decode_bytes(pixels: int, samples: int, stored_bytes: int) -> int:
+def dicom_decode_bytes(pixels: int, samples: int, stored_bytes: int, codec: bool) -> int:
     """The memory a DICOM image of `pixels` pixels of `samples` samples of `stored_bytes`
-    bytes takes to decode as stored and window into 8 bits, with a margin."""
+    bytes takes to decode as stored (through a `codec` library or not) and window into 8
+    bits, with a margin."""
     per_sample = DICOM_BYTES_PER_STORED_BYTE * stored_bytes + DICOM_BYTES
+    per_sample += DICOM_CODEC_BYTES if codec else 0.0
     return int(pixels * samples * per_sample * MARGIN)
 
 

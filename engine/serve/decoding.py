@@ -16,10 +16,11 @@ import numpy as np
 
 from engine.errors import ModelLoadError, Overloaded, PneumoError
 from engine.runtime import isolated
-from engine.runtime.decoders import client_name, peek_pixels
+from engine.runtime.decoders import client_name
 from engine.runtime.engine import Engine
 from engine.runtime.samples import sample_images
 from engine.runtime.sandbox import Limits, Sandbox, Task
+from engine.runtime.structure import peek_pixels
 from engine.serve.admission import DecodeBudget, Ticket
 from engine.serve.items import Item
 

@@ -21,8 +21,8 @@ happened, and the other workers, the parent and its event loop go on. What a wor
 is unpickled with an allow-list (builtins and numpy arrays): a decoder exploited into running
 code still cannot run any in the parent.
 
-The pool is `pool` (in the parent), the worker `worker` (`python -m engine.runtime.sandbox`),
-what crosses the pipes between them `wire`.
+The pool is `pool` (in the parent), one worker as the parent sees it `process`, the worker
+itself `worker` (`python -m engine.runtime.sandbox`), what crosses the pipes `wire`.
 """
 
 from engine.runtime.sandbox.pool import Admit, Sandbox, Task

@@ -5,37 +5,24 @@ engine.runtime.sandbox)."""
 from __future__ import annotations
 
 import logging
-import os
-import pickle
 import queue
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
-from contextlib import closing, suppress
-from multiprocessing.connection import Connection
-from pathlib import Path
+from contextlib import closing
 from typing import Any
 
 from engine.errors import ImageError, Overloaded, PneumoError
+from engine.runtime.sandbox.process import START_SECONDS, WorkerProcess
 from engine.runtime.sandbox.wire import (
     MB,
-    AllowListUnpickler,
     Limits,
     memory_error,
     out_of_band,
-    receive,
-    send,
     unpack,
 )
 
 log = logging.getLogger(__name__)
-START_SECONDS = 60.0  # a worker not ready by then is broken (a missing module, no memory)
-PIPE_BYTES = 2**20
-# Threads in a worker would each reserve memory (OpenBLAS buffers, malloc arenas): one each.
-WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"}
 
 Task = Callable[..., Any]
 Admit = Callable[[Any], None]
@@ -57,7 +44,7 @@ class Sandbox:
         self.size = workers
         self.limits = limits or Limits()
         self.preload = tuple(preload)
-        self._idle: queue.Queue[_Worker | None] = queue.Queue()
+        self._idle: queue.Queue[WorkerProcess | None] = queue.Queue()
         self._lock = threading.Condition()
         self._granted = 0
         self._waiting: dict[int, float] = {}  # calls waiting for a worker: thread -> since
@@ -210,7 +197,7 @@ class Sandbox:
             self._granted += nbytes
         return nbytes
 
-    def _checkout(self) -> _Worker:
+    def _checkout(self) -> WorkerProcess:
         key = threading.get_ident()
         with self._lock:
             if self._closed:
@@ -233,7 +220,7 @@ class Sandbox:
             with self._lock:
                 self._waiting.pop(key, None)
 
-    def _checkin(self, worker: _Worker, healthy: bool) -> None:
+    def _checkin(self, worker: WorkerProcess, healthy: bool) -> None:
         if self._closed:
             worker.stop()
             self._idle.put(None)
@@ -254,7 +241,7 @@ class Sandbox:
         while self._starts.get():
             while not self._closed:
                 try:
-                    worker = _Worker.start(self.limits, self.preload)
+                    worker = WorkerProcess.start(self.limits, self.preload)
                 except PneumoError as e:
                     self._failures += 1
                     log.error("decode worker not started (%d in a row): %s", self._failures, e)
@@ -268,121 +255,3 @@ class Sandbox:
                 break
             else:
                 self._idle.put(None)
-
-
-class _Worker:
-    """One worker process and the two pipes to it (parent side)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], to: Connection, back: Connection) -> None:
-        self.proc = proc
-        self._to = to
-        self._back = back
-
-    @classmethod
-    def start(cls, limits: Limits, preload: Sequence[str]) -> _Worker:
-        to_r, to_w = os.pipe()
-        back_r, back_w = os.pipe()
-        for fd in (to_w, back_w):
-            _widen(fd)
-        env = {**os.environ, **WORKER_ENV, "PYTHONPATH": _python_path()}
-        hard = limits.per_worker
-        cmd = [sys.executable, "-m", "engine.runtime.sandbox", str(to_r), str(back_w)]
-        cmd += [str(hard), str(limits.allowance), ",".join(preload)]
-        try:
-            proc = subprocess.Popen(cmd, pass_fds=(to_r, back_w), env=env, stdin=subprocess.DEVNULL)
-        except OSError as e:
-            for fd in (to_r, to_w, back_r, back_w):
-                os.close(fd)
-            raise PneumoError(f"cannot start {sys.executable}: {e}") from e
-        finally:
-            for fd in (to_r, back_w):
-                with suppress(OSError):
-                    os.close(fd)
-        worker = cls(proc, Connection(to_w, readable=False), Connection(back_r, writable=False))
-        try:
-            ready = worker.receive(time.monotonic() + START_SECONDS, "start", START_SECONDS)
-        except ImageError as e:
-            worker.kill()
-            raise PneumoError(e.message) from None
-        if ready != ("ready", None):
-            worker.kill()
-            raise PneumoError(f"it answered {str(ready)[:80]} instead of ready")
-        return worker
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def send(self, message: object) -> None:
-        try:
-            send(self._to, message)
-        except OSError as e:  # the worker died while we wrote (BrokenPipeError)
-            raise ImageError(f"the image decoder stopped ({self._death()})") from e
-
-    def receive(self, deadline: float, name: str, seconds: float) -> tuple[str, Any]:
-        """The worker's next message; the worker is killed past `deadline`."""
-        if not self._back.poll(max(0.0, deadline - time.monotonic())):
-            self.kill()
-            raise ImageError(f"{name} took more than {seconds:g} s to decode: refused")
-        try:
-            message = receive(self._back, AllowListUnpickler)
-        except (EOFError, OSError):
-            raise ImageError(
-                f"{name} could not be decoded: the decoder stopped ({self._death()})"
-            ) from None
-        except pickle.UnpicklingError as e:
-            self.kill()
-            raise ImageError(f"{name} could not be decoded: the decoder answered {e}") from None
-        if not (isinstance(message, tuple) and len(message) == 2 and isinstance(message[0], str)):
-            self.kill()
-            raise ImageError(f"{name} could not be decoded: the decoder answered nonsense")
-        return message
-
-    def stop(self) -> None:
-        """Ask the worker to exit (its pipe closes), then make sure it has."""
-        self._to.close()
-        try:
-            self.proc.wait(2.0)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        if not self._back.closed:
-            self._back.close()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for conn in (self._to, self._back):
-            if not conn.closed:
-                conn.close()
-
-    def _death(self) -> str:
-        """How the worker ended, in words."""
-        try:
-            code = self.proc.wait(2.0)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            code = self.proc.returncode
-        if code < 0:
-            try:
-                return f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                return f"killed by signal {-code}"
-        return f"exit status {code}"
-
-
-def _widen(fd: int) -> None:
-    """A pipe that holds a whole X-ray (1 MB, the default most a user may ask) instead of
-    64 KB: a message then crosses in one write, not in a dozen hand-offs between processes."""
-    try:
-        import fcntl
-
-        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
-    except (ImportError, OSError):
-        pass  # not Linux, or a lower pipe-max-size: smaller pipes work too, a little slower
-
-
-def _python_path() -> str:
-    """The worker imports engine from where this process did."""
-    root = str(Path(__file__).resolve().parents[2])
-    rest = os.environ.get("PYTHONPATH", "")
-    return os.pathsep.join([root, rest]) if rest else root

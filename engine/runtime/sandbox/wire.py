@@ -85,15 +85,16 @@ def out_of_band(args: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def memory_error(name: str, value: dict[str, Any]) -> ImageError:
+    """What a caller is told of a task that hit its memory limit."""
     allowed = value["allowed"] / MB
     if value["phase"] == "header":
         return ImageError(
-            f"{name} needs more than {allowed:.0f} MB of memory before its pixels are read "
-            "(its header or structure is far larger than an X-ray's): refused"
+            f"{name} needs more than {allowed:.0f} MB of memory before its content is even "
+            "decoded (its structure is far larger than its size suggests): refused"
         )
     return ImageError(
-        f"{name} needs more than the {allowed:.0f} MB of memory its header announces to "
-        "decode it (the limit for this image): refused"
+        f"{name} needs more memory to decode than its header announces (it was allowed "
+        f"{allowed:.0f} MB): refused"
     )
 
 

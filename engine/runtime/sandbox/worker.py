@@ -5,8 +5,10 @@ within the memory its parent granted (`TaskContext`)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -63,11 +65,6 @@ class TaskContext:
         resource.setrlimit(resource.RLIMIT_DATA, (min(data_bytes() + allowed, hard), hard))
 
 
-def _is_memory_failure(e: BaseException) -> bool:
-    """A failed allocation, as Python raises it or as Pillow's decoders report it."""
-    return isinstance(e, MemoryError) or (isinstance(e, OSError) and "out of memory" in str(e))
-
-
 def _serve(requests: Connection, replies: Connection, allowance: int) -> None:
     """The worker's loop: one task at a time until the parent closes the pipe."""
     from engine.runtime.memory import trim
@@ -79,31 +76,45 @@ def _serve(requests: Connection, replies: Connection, allowance: int) -> None:
         except EOFError:
             return
         ctx = TaskContext(requests, replies, allowance + 2 * input_bytes, pregranted)
-        reply: tuple[str, Any]
-        try:
-            reply = ("ok", (task(ctx, *args), ctx.admitted))
-        except Refused:
-            reply = ("refused", None)
-        except BaseException as e:  # the task's own errors, and any parser's failure
-            if _is_memory_failure(e):
-                reply = ("memory", {"phase": ctx.phase, "allowed": ctx.allowed})
-            else:
-                reply = ("error", pack(e))
+        reply = _run(ctx, task, args)
         del task, args
-        _reset_limit()
-        send(replies, reply)
+        try:
+            send(replies, reply)
+        except MemoryError:  # the answer itself is too large for what is left
+            _unlimit()
+            send(replies, ("memory", {"phase": ctx.phase, "allowed": ctx.allowed}))
         del reply
+        _unlimit()
         if data_bytes() > resting + TRIM_ABOVE:
             trim()  # after large tasks only: trimming after each costs the next page faults
             if data_bytes() > resting + RESTING_SLACK:
                 return  # what it holds no longer goes back: the parent starts a fresh worker
 
 
-def _reset_limit() -> None:
-    import resource
+def _run(ctx: TaskContext, task: Any, args: tuple[Any, ...]) -> tuple[str, Any]:
+    """The task's answer as a message. A task that ran out of memory still holds it, in the
+    frames its exception refers to: the limit is lifted before anything else is allocated,
+    and the frames are let go before the answer is made."""
+    try:
+        return ("ok", (task(ctx, *args), ctx.admitted))
+    except Refused:
+        return ("refused", None)
+    except MemoryError:
+        _unlimit()
+    except BaseException as e:  # the task's own errors, and any parser's failure
+        _unlimit()
+        if not (isinstance(e, OSError) and "out of memory" in str(e)):  # Pillow's codecs' way
+            return ("error", pack(e))
+    return ("memory", {"phase": ctx.phase, "allowed": ctx.allowed})
 
-    hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
-    resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
+
+def _unlimit() -> None:
+    """Lift the task's soft limit to the worker's hard one. Its call is made in advance
+    (`_confine`), so this allocates nothing: it works when the last allocation failed."""
+    _UNLIMIT()
+
+
+_UNLIMIT: Callable[[], None] = lambda: None  # noqa: E731 (set by _confine)
 
 
 def _confine(extra: int) -> None:
@@ -111,8 +122,10 @@ def _confine(extra: int) -> None:
     files, no file writes; and it dies with its parent."""
     import resource
 
+    global _UNLIMIT
     hard = data_bytes() + extra + RESTING_SLACK
     resource.setrlimit(resource.RLIMIT_DATA, (hard, hard))
+    _UNLIMIT = functools.partial(resource.setrlimit, resource.RLIMIT_DATA, (hard, hard))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     try:
