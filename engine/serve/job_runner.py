@@ -96,6 +96,7 @@ class JobRunner:
                 self._wake.wait(self.poll_seconds)
                 continue
             try:
+                self.store.probe()
                 self._expire()
                 job = self.store.claim_next()
                 if job is not None:

@@ -7,9 +7,15 @@ together with the progress and dropping the scored images' bytes. An item is mar
 the same transaction that stores its result, so no result is ever written twice. An item is
 counted as in hand before it is scored: one that was in hand during MAX_ATTEMPTS crashes of
 the process is marked failed instead of crashing it again. Jobs belong to the key that created
-them; finished ones expire, and deleted space goes back to the file system. A store that
-cannot write (a full disk) answers Overloaded (503), logged once per change of state. Results
-come back in the one row schema (engine.runtime.results.ROW_COLUMNS).
+them; finished ones expire, and deleted space goes back to the file system.
+
+A job is created in one write transaction taken before the store's pending bytes are read, so
+concurrent uploads cannot all pass `max_pending_bytes`. A store that cannot write (a full
+disk, a corrupt or deleted file) answers Overloaded (503) and says why in `failure` (readiness
+reports it), logged once per change of state; `probe` (the job runner calls it) writes a row
+now and then meanwhile, so that the store recovers by itself once the disk has room again. A
+deleted file is recreated, empty, and said so. Results come back in the one row schema
+(engine.runtime.results.ROW_COLUMNS).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,7 @@ log = logging.getLogger(__name__)
 
 RESULT_FIELDS = ("prediction", "confidence", "raw_score", "threshold")
 MAX_ATTEMPTS = 3  # crashes of the process with an item in hand before that item is failed
+PROBE_SECONDS = 5.0  # a failing store tries a write this often (job runner's pace)
 CRASHED = (
     f"skipped: the server stopped unexpectedly {MAX_ATTEMPTS} times while scoring this image "
     "(it may crash the decoder or exhaust memory)"
@@ -48,12 +55,9 @@ class JobStore:
         self.path = Path(path)
         self.max_pending_bytes = max_pending_bytes
         self._failing: str | None = None
+        self._next_probe = 0.0
         try:
-            with self._raw() as conn:
-                schema.prepare(conn)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.executescript(schema.JOBS)
-                schema.add_columns(conn, schema.JOB_COLUMNS)
+            self._inode = self._create()
         except sqlite3.Error as e:
             raise UsageError(f"cannot open job store {self.path.name}: {e}") from e
 
@@ -76,6 +80,7 @@ class JobStore:
         job_id = uuid.uuid4().hex
         now = time.time()
         with self._db() as conn, conn:
+            conn.execute("BEGIN IMMEDIATE")  # the write lock first: then the total is ours
             pending = conn.execute(
                 "SELECT COALESCE(SUM(bytes), 0) FROM jobs WHERE status IN ('queued', 'running')"
             ).fetchone()[0]
@@ -261,7 +266,25 @@ class JobStore:
         with self._db() as conn:
             schema.reclaim(conn)
 
+    def probe(self) -> None:
+        """While the store is failing, write one row now and then (every PROBE_SECONDS): the
+        failure ends as soon as a write succeeds, whether or not a job arrives."""
+        if self._failing is None or time.monotonic() < self._next_probe:
+            return
+        self._next_probe = time.monotonic() + PROBE_SECONDS
+        with suppress(Overloaded), self._db() as conn, conn:
+            conn.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)", (time.time(),))
+
     # --- internals -----------------------------------------------------------------------------
+
+    def _create(self) -> int:
+        """The file and its tables (for a new, older or deleted file): its inode."""
+        with self._raw() as conn:
+            schema.prepare(conn)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(schema.JOBS)
+            schema.add_columns(conn, schema.JOB_COLUMNS)
+        return self.path.stat().st_ino
 
     @contextmanager
     def _raw(self) -> Iterator[sqlite3.Connection]:
@@ -274,15 +297,19 @@ class JobStore:
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        """A connection; SQLite failures (a full disk, an I/O error) become Overloaded (503),
-        logged once per change of state. Only a successful write ends a failure: reads still
-        work on a full disk, and counting them would log the same failure again and again."""
+        """A connection; SQLite failures (a full disk, an I/O error, a corrupt file) become
+        Overloaded (503), logged once per change of state. Only a successful write ends a
+        failure: reads still work on a full disk, and counting them would log the same
+        failure again and again."""
         wrote = False
         try:
+            self._recreate_if_deleted()
             with self._raw() as conn:
                 yield conn
                 wrote = conn.total_changes > 0
-        except sqlite3.OperationalError as e:
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+            raise  # our bug, not the store's state
+        except (sqlite3.DatabaseError, OSError) as e:  # OperationalError, "not a database"
             reason = f"{type(e).__name__}: {e}"
             if self._failing is None:
                 log.error("job store %s: cannot read or write (%s)", self.path.name, reason)
@@ -291,6 +318,25 @@ class JobStore:
         if self._failing is not None and wrote:
             log.warning("job store %s: working again", self.path.name)
             self._failing = None
+
+    def _recreate_if_deleted(self) -> None:
+        """A store whose file was deleted (or replaced) under it starts again, empty, and the
+        log says so; SQLite would otherwise create a file without tables, or write on."""
+        try:
+            inode = self.path.stat().st_ino
+        except FileNotFoundError:
+            inode = None
+        if inode == self._inode:
+            return
+        log.error(
+            "job store %s was deleted or replaced while the server ran: the jobs it held are "
+            "lost; a new, empty store is in its place",
+            self.path.name,
+        )
+        if inode is None:
+            for stale in ("-wal", "-shm"):  # the old file's journal must not meet a new file
+                self.path.with_name(self.path.name + stale).unlink(missing_ok=True)
+        self._inode = self._create()
 
     def _job(self, conn: sqlite3.Connection, job_id: str, owner: str = "") -> dict[str, Any]:
         row = conn.execute(

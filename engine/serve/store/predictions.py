@@ -7,8 +7,15 @@ while it cannot write (a full disk), the queue holds what it can and further row
 as lost rather than piling up in memory, the failure is logged once per change of state and
 shown by `state()` (readiness reports it). `close_within(t)` writes everything still queued,
 giving up after `t` seconds of failing writes and saying how many rows it could not write, so
-a SIGTERM never hangs on a full disk. Rows older than the retention are deleted by the writer.
+a SIGTERM never hangs on a full disk. Rows older than the retention are deleted by the writer,
+a few thousand per transaction, pausing while the WAL is over its limit (a report reading the
+log keeps SQLite from resetting it: deleting on would grow it without bound). A log file
+deleted or replaced under the server is noticed at the next batch, logged, and recreated.
 Reports open their own read-only connection: WAL lets them read while the writer commits.
+
+What a kill -9 can lose: rows are committed in batches, so at most the predictions answered in
+the last BATCH_SECONDS (and at most BATCH_ROWS of them), plus, while the disk cannot be
+written, the rows waiting in the queue (at most `max_queue`).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ BATCH_ROWS = 500
 BATCH_SECONDS = 0.05
 PRUNE_EVERY = 600.0  # seconds between two retention passes of the writer
 PRUNE_ROWS = 5000  # rows deleted per transaction (short, so inserts keep flowing)
+PRUNE_RETRY = 5.0  # a pass paused by a large WAL goes on this much later
 
 
 COLUMNS = tuple(f.name for f in fields(PredictionRecord))
@@ -64,6 +72,7 @@ class PredictionLog:
         self.store_images = store_images
         self.retention_days = retention_days
         conn = _open_writer(self.path)
+        self._inode = self.path.stat().st_ino
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
         self._state = threading.Lock()
         self._closed = False
@@ -200,6 +209,8 @@ class PredictionLog:
         try:
             while True:
                 rows, markers, stop = self._collect()
+                if rows:
+                    conn = self._same_file(conn)
                 if rows and not self._write(conn, rows):
                     self._give_up(len(rows), markers)
                     return
@@ -211,8 +222,8 @@ class PredictionLog:
                         if self._putting == 0 and self._queue.empty():
                             return
                 elif self.retention_days > 0 and time.monotonic() >= self._next_prune:
-                    self._next_prune = time.monotonic() + PRUNE_EVERY
-                    self._prune(conn)
+                    paused = self._prune(conn)
+                    self._next_prune = time.monotonic() + (PRUNE_RETRY if paused else PRUNE_EVERY)
         except Exception:
             log.exception("prediction log %s: the writer failed", self.path)
             raise
@@ -306,13 +317,36 @@ class PredictionLog:
         for marker in markers:
             marker.set()
 
-    def _prune(self, conn: sqlite3.Connection) -> None:
+    def _same_file(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        """The writer's connection, to a new file if the log's was deleted or replaced (SQLite
+        would write on into the deleted inode, and every row would be lost)."""
+        try:
+            inode: int | None = self.path.stat().st_ino
+        except FileNotFoundError:
+            inode = None
+        if inode == self._inode:
+            return conn
+        log.error(
+            "prediction log %s was deleted or replaced while the server ran: the rows it held "
+            "are gone from it; a new log is in its place",
+            self.path.name,
+        )
+        conn.close()
+        if inode is None:
+            for stale in ("-wal", "-shm"):  # the old file's journal must not meet a new file
+                self.path.with_name(self.path.name + stale).unlink(missing_ok=True)
+        conn = _open_writer(self.path)
+        self._inode = self.path.stat().st_ino
+        return conn
+
+    def _prune(self, conn: sqlite3.Connection) -> bool:
         """Delete rows older than the retention, a few thousand per transaction, and give
-        the space back to the file system."""
+        the space back to the file system. Pauses (True) while the WAL is over its limit."""
         cutoff = time.time() - self.retention_days * 86400.0
         deleted = 0
+        paused = False
         try:
-            while True:
+            while not (paused := schema.wal_too_large(conn, self.path)):
                 with conn:
                     n = conn.execute(
                         "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions "
@@ -322,15 +356,18 @@ class PredictionLog:
                 deleted += n
                 if n < PRUNE_ROWS:
                     break
+            if deleted and not paused:
+                paused = not schema.reclaim(conn, self.path)
             if deleted:
-                schema.reclaim(conn)
                 log.info(
-                    "prediction log: %d rows older than %g days deleted",
+                    "prediction log: %d rows older than %g days deleted%s",
                     deleted,
                     self.retention_days,
+                    " (paused while reports read the log)" if paused else "",
                 )
         except sqlite3.Error as e:
             log.error("prediction log %s: retention pass failed (%s)", self.path.name, e)
+        return paused
 
 
 def _open_writer(path: Path) -> sqlite3.Connection:

@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS job_items (
     attempts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (job_id, idx)
 );
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY, at REAL NOT NULL);
 """
 # Columns added since the first layout: (table, column, definition), added to older files.
 JOB_COLUMNS = (
@@ -67,6 +68,7 @@ JOB_COLUMNS = (
     ("job_items", "attempts", "INTEGER NOT NULL DEFAULT 0"),
 )
 WAL_LIMIT_BYTES = 64 * 2**20  # the WAL file is truncated to this after each checkpoint
+VACUUM_PAGES = 2048  # free pages given back per step (8 MB of 4 KB pages)
 # What the reports read: a log written by an older or newer writer only needs these.
 READ_COLUMNS = (
     "time",
@@ -87,11 +89,31 @@ def prepare(conn: sqlite3.Connection) -> None:
     conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
 
 
-def reclaim(conn: sqlite3.Connection) -> None:
+def reclaim(conn: sqlite3.Connection, path: Path | None = None) -> bool:
     """Give the space of deleted rows back to the file system: free pages (files created with
-    `prepare`), and the WAL, checkpointed and truncated."""
-    # executescript steps the pragma to its end: execute() would free one page per call.
-    conn.executescript("PRAGMA incremental_vacuum; PRAGMA wal_checkpoint(TRUNCATE);")
+    `prepare`), VACUUM_PAGES at a time, and the WAL, checkpointed and truncated. With the
+    database's `path`, stops (False) while the WAL is over WAL_LIMIT_BYTES: moving pages
+    writes them to the WAL, and while a reader holds it SQLite cannot reset it."""
+    incremental = conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # older files: no
+    while incremental and conn.execute("PRAGMA freelist_count").fetchone()[0] > 0:
+        if path is not None and wal_too_large(conn, path):
+            return False
+        # executescript steps the pragma to its end: execute() would free one page per call.
+        conn.executescript(f"PRAGMA incremental_vacuum({VACUUM_PAGES});")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return True
+
+
+def wal_too_large(conn: sqlite3.Connection, path: Path) -> bool:
+    """Checkpoint what readers allow; True if the WAL file is over WAL_LIMIT_BYTES and still
+    holds frames a reader keeps from being copied back (it would grow with each write). Once
+    every frame is copied back, the next write starts the WAL over and truncates it."""
+    _, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    wal = path.with_name(path.name + "-wal")
+    try:
+        return frames > copied and wal.stat().st_size > WAL_LIMIT_BYTES
+    except FileNotFoundError:
+        return False
 
 
 def add_columns(conn: sqlite3.Connection, columns: Sequence[tuple[str, str, str]]) -> None:
