@@ -94,6 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=400, help="serve suite: requests per server")
     p.add_argument("--concurrency", type=int, default=16, help="serve suite: concurrent clients")
     p.add_argument("--serve-targets", default=",".join(SERVE_TARGETS), help="pneumo, flask-keras")
+    p.add_argument(
+        "--compare-checkout",
+        default=None,
+        metavar="DIR",
+        help="another pneumo-onnx checkout (a commit before a change, e.g. from git worktree): "
+        "serve and pipeline also run its server and its pneumo batch, in the same run",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="serve and pneumo batch rows: runs of each, in alternating order (median kept)",
+    )
     p.add_argument("--out", default="build/bench", help="folder for the JSON, Markdown and PNG")
     p.add_argument(
         "--label", default=None, help="names the run in files and titles (default: the device)"
@@ -150,7 +163,10 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
     suites = _list(args.suite, ALL_SUITES, "--suite")
     targets = _list(args.serve_targets, SERVE_TARGETS, "--serve-targets")
     batches = _positive_ints(args.batch_sizes, "--batch-sizes")
-    for opt in ("threads", "requests", "concurrency", "repeats"):
+    compare = Path(args.compare_checkout).resolve() if args.compare_checkout else None
+    if compare is not None and not (compare / "engine" / "cli").is_dir():
+        raise BenchUsageError(f"--compare-checkout: {compare} is not a pneumo-onnx checkout")
+    for opt in ("threads", "requests", "concurrency", "repeats", "rounds"):
         value = getattr(args, opt)
         if value is not None and value < 1:
             raise BenchUsageError(f"--{opt} must be at least 1, got {value}")
@@ -175,6 +191,8 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
             requests=args.requests,
             concurrency=args.concurrency,
             serve_targets=targets,
+            compare=compare,
+            rounds=args.rounds,
         )
         run: dict[str, Any] = {
             "schema": "pneumo-bench/1",
@@ -196,6 +214,8 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
                 "batch_sizes": batches,
                 "requests": ctx.requests,
                 "concurrency": ctx.concurrency,
+                "rounds": ctx.rounds,
+                "compared_checkout": str(compare) if compare else None,
             },
             "suites": {},
         }

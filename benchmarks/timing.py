@@ -26,15 +26,45 @@ def ratio(value: float | None, baseline: float | None) -> float | None:
 
 
 # Runs the command as a child of a small wrapper: a child forked from this (large) harness
-# process would report the harness's pages in its peak RSS.
-_WRAPPER = (
-    "import json, resource, subprocess, sys, time\n"
-    "start = time.perf_counter()\n"
-    "p = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)\n"
-    "wall = time.perf_counter() - start\n"
-    "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
-    "sys.stdout.write(json.dumps([wall, rss, p.returncode, p.stdout, p.stderr[-3000:]]))\n"
-)
+# process would report the harness's pages in its peak RSS. The wrapper also adds up the RSS
+# of the command's whole process tree (its decode workers too), sampled every 10 ms.
+_WRAPPER = """
+import json, os, resource, subprocess, sys, threading, time
+def tree(pid):
+    found, todo = [pid], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                kids = [int(c) for c in open(f"/proc/{p}/task/{t}/children").read().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+def rss_kb(pid):
+    try:
+        return int(open(f"/proc/{pid}/statm").read().split()[1]) * PAGE_KB
+    except OSError:
+        return 0
+peak = [0]
+start = time.perf_counter()
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def watch():
+    while p.poll() is None:
+        peak[0] = max(peak[0], sum(rss_kb(q) for q in tree(p.pid)))
+        time.sleep(0.01)
+threading.Thread(target=watch, daemon=True).start()
+out, err = p.communicate()
+wall = time.perf_counter() - start
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+sys.stdout.write(json.dumps([wall, rss, max(peak[0], rss), p.returncode, out, err[-3000:]]))
+"""
 
 
 class ProcessFailed(RuntimeError):
@@ -42,9 +72,14 @@ class ProcessFailed(RuntimeError):
 
 
 def run_process(
-    argv: list[str], cwd: Path | None = None, ok: tuple[int, ...] = (0,), timeout: float = 1800
+    argv: list[str],
+    cwd: Path | None = None,
+    ok: tuple[int, ...] = (0,),
+    timeout: float = 1800,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run one command as its own process: wall seconds, peak RSS (MB), stdout, start time.
+    """Run one command as its own process: wall seconds, peak RSS (MB) of its largest process
+    and of its whole tree, stdout, start time.
 
     `started` is the wall clock just before the wrapper spawns it, so a child that prints
     `time.time()` at some point can be timed from process start to that point.
@@ -55,16 +90,18 @@ def run_process(
         capture_output=True,
         text=True,
         cwd=cwd,
+        env=env,
         check=True,
         timeout=timeout,
     ).stdout
-    wall, rss_kb, code, stdout, stderr = json.loads(raw)
+    wall, rss_kb, tree_kb, code, stdout, stderr = json.loads(raw)
     if code not in ok:
         tail = stderr.strip().splitlines()[-1:] or ["(no stderr)"]
         raise ProcessFailed(f"{' '.join(map(str, argv[:4]))} exited {code}: {tail[0]}")
     return {
         "wall_seconds": wall,
         "peak_rss_mb": round(rss_kb / 1024, 1),
+        "peak_tree_rss_mb": round(tree_kb / 1024, 1),
         "stdout": stdout,
         "started": started,
     }

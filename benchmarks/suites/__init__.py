@@ -28,6 +28,23 @@ class Context:
     requests: int = 400
     concurrency: int = 16
     serve_targets: list[str] = field(default_factory=lambda: ["pneumo", "flask-keras"])
+    # Another checkout of pneumo-onnx (a commit before a change): `serve` and `pipeline` run
+    # its server and its `pneumo batch` too, `rounds` times in alternation with this one's.
+    compare: Path | None = None
+    rounds: int = 1
+
+
+COMPARED = "before"  # the row name suffix of the compared checkout's rows
+
+
+def checkout_env(checkout: Path | None) -> tuple[Path | None, dict[str, str] | None]:
+    """The working folder and environment that make `python -m engine.cli` run `checkout`'s
+    code (its `engine` first on the path), or (None, None) for this one's."""
+    import os
+
+    if checkout is None:
+        return None, None
+    return checkout, {**os.environ, "PYTHONPATH": str(checkout)}
 
 
 def has(module: str) -> bool:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import statistics
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.suites import NO_KERAS, Context, has
+from benchmarks.suites import COMPARED, NO_KERAS, Context, checkout_env, has
 from benchmarks.timing import ProcessFailed, json_from_stdout, ratio, run_process
 from engine.offline.timing import summary_ms
 
@@ -57,19 +58,44 @@ def pipeline_row(ctx: Context, mode: str) -> tuple[dict[str, Any], dict[str, Any
     return row, report
 
 
-def pneumo_batch(ctx: Context, n: int) -> dict[str, Any]:
-    """The product command, whole process: start, score, write the CSV, exit."""
-    out = ctx.workdir / "pneumo-batch.csv"
+def pneumo_batch(ctx: Context, n: int, checkout: Path | None = None) -> dict[str, Any]:
+    """The product command, whole process: start, score, write the CSV, exit (`checkout`'s
+    code instead of this one's, if given)."""
+    name = "pneumo-batch-cli" + (f"@{COMPARED}" if checkout else "")
+    out = ctx.workdir / f"{name}.csv"
     argv = [sys.executable, "-m", "engine.cli", "batch", str(ctx.folder), "--recursive"]
     argv += ["--device", ctx.device, "-o", str(out), "--overwrite"]
-    proc = run_process(argv, ok=(0, 1))
+    cwd, env = checkout_env(checkout)
+    proc = run_process(argv, ok=(0, 1), cwd=cwd, env=env)
     return {
-        "name": "pneumo-batch-cli",
+        "name": name,
         "images": n,
         "cold_seconds": round(proc["wall_seconds"], 2),
         "cold_images_per_second": round(n / proc["wall_seconds"], 1),
         "peak_rss_mb": proc["peak_rss_mb"],
+        "peak_tree_rss_mb": proc["peak_tree_rss_mb"],
     }
+
+
+def pneumo_batches(ctx: Context, n: int) -> list[dict[str, Any]]:
+    """`pneumo batch` rows: this checkout's, and the compared one's, `rounds` times each in
+    alternation; each row is the median round, every round's seconds beside it."""
+    checkouts: list[Path | None] = [None] + ([ctx.compare] if ctx.compare else [])
+    runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(checkouts))}
+    for r in range(ctx.rounds):
+        order = list(range(len(checkouts)))
+        for i in order if r % 2 == 0 else order[::-1]:
+            runs[i].append(pneumo_batch(ctx, n, checkouts[i]))
+    rows = []
+    for measured in runs.values():
+        ordered = sorted(measured, key=lambda m: m["cold_seconds"])
+        row = dict(ordered[len(ordered) // 2])
+        if len(measured) > 1:
+            row["rounds_seconds"] = [m["cold_seconds"] for m in measured]
+        rows.append(row)
+    if len(rows) == 2:
+        rows[0]["ratio_to_before"] = ratio(rows[1]["cold_seconds"], rows[0]["cold_seconds"])
+    return rows
 
 
 def fast_vs_reference(fast: list[float], reference: list[float]) -> dict[str, Any]:
@@ -104,7 +130,8 @@ def run(ctx: Context) -> dict[str, Any]:
             skipped[mode] = str(e)
     n = len(ctx.images)
     try:
-        rows["pneumo-batch-cli"] = pneumo_batch(ctx, n)
+        for row in pneumo_batches(ctx, n):
+            rows[row["name"]] = row
     except ProcessFailed as e:
         skipped["pneumo-batch-cli"] = str(e)
     base, loop = rows.get(BASELINE, {}), rows.get(LOOP, {})

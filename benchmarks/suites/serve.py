@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.suites import NO_KERAS, Context, has
+from benchmarks.suites import COMPARED, NO_KERAS, Context, checkout_env, has
 from benchmarks.timing import ProcessFailed, json_from_stdout, ratio, run_process
 
 BASELINE = "flask-keras"
@@ -43,7 +43,7 @@ def pneumo_serve_missing() -> str | None:
 def server_argv(target: str, port: int, workdir: Path) -> list[str]:
     """The command line of each server: `pneumo serve` with its defaults (every upload of the
     load generator is a different file, so its result cache never answers)."""
-    if target == "pneumo":
+    if target.startswith("pneumo"):
         return [
             sys.executable,
             "-m",
@@ -54,7 +54,7 @@ def server_argv(target: str, port: int, workdir: Path) -> list[str]:
             "--port",
             str(port),
             "--state-dir",
-            str(workdir / "pneumo-state"),
+            str(workdir / f"{target}-state"),
         ]
     return [sys.executable, "-m", "benchmarks.seed_server", "--port", str(port)]
 
@@ -80,12 +80,19 @@ def wait_ready(proc: subprocess.Popen, port: int, log: Path) -> float:
 
 
 @contextlib.contextmanager
-def server(target: str, workdir: Path) -> Iterator[tuple[subprocess.Popen, int, float]]:
+def server(
+    target: str, workdir: Path, checkout: Path | None = None
+) -> Iterator[tuple[subprocess.Popen, int, float]]:
     port = free_port()
     log = workdir / f"server-{target}.log"
+    cwd, env = checkout_env(checkout)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            server_argv(target, port, workdir), stdout=out, stderr=subprocess.STDOUT
+            server_argv(target, port, workdir),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
         )
     try:
         yield proc, port, wait_ready(proc, port, log)
@@ -99,7 +106,8 @@ def server(target: str, workdir: Path) -> Iterator[tuple[subprocess.Popen, int, 
 
 
 def load(ctx: Context, target: str) -> dict[str, Any]:
-    with server(target, ctx.workdir) as (proc, port, ready):
+    checkout = ctx.compare if target.endswith(f"@{COMPARED}") else None
+    with server(target, ctx.workdir, checkout) as (proc, port, ready):
         argv = [
             sys.executable,
             "-m",
@@ -117,30 +125,66 @@ def load(ctx: Context, target: str) -> dict[str, Any]:
 def run(ctx: Context) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
-    for target in ctx.serve_targets:
-        if target == "pneumo":
-            reason = pneumo_serve_missing()
-        elif not (has("keras") and has("tensorflow")):
-            reason = NO_KERAS
-        elif not has("flask"):
-            reason = "Flask not installed: pip install 'pneumo-onnx[bench]'"
-        else:
-            reason = None
-        if reason:
-            skipped[target] = reason
-            continue
-        try:
-            rows[target] = load(ctx, target)
-        except ProcessFailed as e:
-            skipped[target] = str(e)
+    targets = list(ctx.serve_targets)
+    if ctx.compare is not None and "pneumo" in targets:
+        targets.insert(targets.index("pneumo") + 1, f"pneumo@{COMPARED}")
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    for r in range(ctx.rounds):
+        order = targets if r % 2 == 0 else targets[::-1]  # alternate, so drift evens out
+        for target in order:
+            if target in skipped:
+                continue
+            try:
+                rounds.setdefault(target, []).append(_measure(ctx, target))
+            except _Skipped as e:
+                skipped[target] = str(e)
+    for target, measured in rounds.items():
+        rows[target] = _median_round(measured)
     base = rows.get(BASELINE, {}).get("requests_per_second")
     for row in rows.values():
         row["ratio_to_baseline"] = ratio(row["requests_per_second"], base)
+    if f"pneumo@{COMPARED}" in rows and "pneumo" in rows:
+        before = rows[f"pneumo@{COMPARED}"]["requests_per_second"]
+        rows["pneumo"]["ratio_to_before"] = ratio(rows["pneumo"]["requests_per_second"], before)
     return {
         "baseline": BASELINE,
         "baseline_server": "Flask threaded development server (app.run, as the seed guide runs it)",
         "requests": ctx.requests,
         "concurrency": ctx.concurrency,
+        "rounds": ctx.rounds,
+        "compared_checkout": str(ctx.compare) if ctx.compare else None,
         "rows": list(rows.values()),
         "skipped": [{"name": k, "reason": v} for k, v in skipped.items()],
     }
+
+
+class _Skipped(Exception):
+    pass
+
+
+def _measure(ctx: Context, target: str) -> dict[str, Any]:
+    """One run of the load against `target`, or _Skipped with why it cannot run here."""
+    if target.startswith("pneumo"):
+        reason = pneumo_serve_missing()
+    elif not (has("keras") and has("tensorflow")):
+        reason = NO_KERAS
+    elif not has("flask"):
+        reason = "Flask not installed: pip install 'pneumo-onnx[bench]'"
+    else:
+        reason = None
+    if reason:
+        raise _Skipped(reason)
+    try:
+        return load(ctx, target)
+    except ProcessFailed as e:
+        raise _Skipped(str(e)) from e
+
+
+def _median_round(measured: list[dict[str, Any]]) -> dict[str, Any]:
+    """The round with the median requests/s, with every round's requests/s and p99 beside."""
+    ordered = sorted(measured, key=lambda m: m["requests_per_second"])
+    row = dict(ordered[len(ordered) // 2])
+    if len(measured) > 1:
+        row["rounds_requests_per_second"] = [m["requests_per_second"] for m in measured]
+        row["rounds_p99_ms"] = [(m.get("latency_ms") or {}).get("p99") for m in measured]
+    return row

@@ -1,0 +1,83 @@
+"""Tasks for the sandbox tests to run in real worker processes (a worker imports them by name,
+so they live in a module of their own, free of test-time side effects)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ImageError
+from engine.runtime.sandbox import TaskContext
+
+
+def echo(ctx: TaskContext, value: Any) -> Any:
+    return value
+
+
+def allocate(ctx: TaskContext, announced_mb: int, used_mb: int) -> int:
+    """Ask for `announced_mb`, then fill `used_mb`: past the grant, a MemoryError."""
+    ctx.need(announced_mb * 2**20)
+    block = np.ones(used_mb * 2**20, np.uint8)
+    return int(block[-1])
+
+
+def allocate_before_asking(ctx: TaskContext, used_mb: int) -> int:
+    block = np.ones(used_mb * 2**20, np.uint8)
+    return int(block[-1])
+
+
+def sleep(ctx: TaskContext, seconds: float) -> str:
+    time.sleep(seconds)
+    return "woke"
+
+
+def crash(ctx: TaskContext) -> None:
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def refuse_bad(ctx: TaskContext, what: str) -> None:
+    raise ImageError(f"{what} is not an image")
+
+
+def write_file(ctx: TaskContext, path: str) -> str:
+    with open(path, "w") as f:
+        f.write("x" * 10)
+    return "written"
+
+
+def pid(ctx: TaskContext) -> int:
+    return os.getpid()
+
+
+def granted(ctx: TaskContext, mb: int, info: Any) -> str:
+    ctx.need(mb * 2**20, info)
+    return "granted"
+
+
+def emit(ctx: TaskContext, n: int) -> None:
+    for i in range(n):
+        ctx.emit(i)
+
+
+class Evil:
+    """An answer whose unpickling would run code in the parent."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def evil(ctx: TaskContext) -> Evil:
+    return Evil()
+
+
+def swallow_memory_errors(ctx: TaskContext) -> None:
+    """Fill memory, and carry on past each MemoryError, as some parsers do per entry."""
+    blocks = []
+    while True:
+        with contextlib.suppress(MemoryError):
+            blocks.append(bytearray(2**20))
