@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from engine.runtime.isolated import decode_sandbox
 
     check_batch_options(args.batch_size, args.workers)
-    with decode_sandbox(decode_workers(args.workers)) as sandbox:  # starts while the model loads
+    # Forked before the model loads (its threads would make forking unsafe): ready at once.
+    with decode_sandbox(decode_workers(args.workers), fork=True) as sandbox:
         engine = load_engine(args)
         summary = run_batch(
             engine,

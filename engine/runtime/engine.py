@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from engine.runtime.session import create_session, run, session_options
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 32
+ISOLATED_PER_CALL = 4  # images per call to a decode worker in `stream`
 
 
 def check_batch_options(batch_size: int, workers: int | None) -> None:
@@ -146,30 +148,37 @@ class Engine:
         t = self.resolve_threshold(threshold)
         check_batch_options(batch_size, workers)
         workers = sandbox.size if sandbox is not None else decode_workers(workers)
-        prepare = self._prepare_safely if sandbox is None else partial(self._isolated, sandbox)
+        # A worker process decodes a few images per call: one round trip, not one each.
+        per_call = 1 if sandbox is None else ISOLATED_PER_CALL
+        prepare = self._prepare_many if sandbox is None else partial(self._isolated, sandbox)
         items = iter(enumerate(images))
         with ThreadPoolExecutor(workers, thread_name_prefix="pneumo-decode") as pool:
-            ahead: deque[tuple[int, Future[np.ndarray | str]]] = deque()
+            ahead: deque[tuple[list[int], Future[list[np.ndarray | str]]]] = deque()
+            queued = 0
 
             def fill() -> None:
-                while len(ahead) < 2 * batch_size:
-                    nxt = next(items, None)
-                    if nxt is None:
+                nonlocal queued
+                while queued < 2 * batch_size:
+                    taken = list(islice(items, per_call))
+                    if not taken:
                         return
-                    ahead.append((nxt[0], pool.submit(prepare, nxt[1])))
+                    indices, sources = zip(*taken, strict=True)
+                    ahead.append((list(indices), pool.submit(prepare, list(sources))))
+                    queued += len(taken)
 
             fill()
             done: list[tuple[int, np.ndarray | str]] = []
             tensors = 0
             while ahead:
-                index, future = ahead.popleft()
+                indices, future = ahead.popleft()
+                queued -= len(indices)
                 fill()
-                value = future.result()
-                done.append((index, value))
-                tensors += not isinstance(value, str)
-                if tensors == batch_size:
-                    yield from self._score_ready(done, t)
-                    done, tensors = [], 0
+                for index, value in zip(indices, future.result(), strict=True):
+                    done.append((index, value))
+                    tensors += not isinstance(value, str)
+                    if tensors == batch_size:
+                        yield from self._score_ready(done, t)
+                        done, tensors = [], 0
             yield from self._score_ready(done, t)
 
     def scores(self, x: np.ndarray) -> np.ndarray:
@@ -216,12 +225,12 @@ class Engine:
             log.exception("unexpected error preprocessing %s", describe(image))
             return f"cannot process {describe(image)}: {type(e).__name__}: {first_line(e)}"
 
-    def _isolated(self, sandbox: Sandbox, image: ImageSource) -> np.ndarray | str:
-        """The tensor decoded in `sandbox`, or the error message."""
-        try:
-            return isolated.tensor(sandbox, image, self.contract, self.preprocessing)[0]
-        except PneumoError as e:
-            return e.message
+    def _prepare_many(self, images: list[ImageSource]) -> list[np.ndarray | str]:
+        return [self._prepare_safely(image) for image in images]
+
+    def _isolated(self, sandbox: Sandbox, images: list[ImageSource]) -> list[np.ndarray | str]:
+        """The tensors decoded in `sandbox`, each bad image's error message in its place."""
+        return isolated.tensors(sandbox, images, self.contract, self.preprocessing)
 
     def _score_ready(
         self, done: list[tuple[int, np.ndarray | str]], threshold: float

@@ -11,11 +11,14 @@ tensor (and for pictures, a grey image of bounded size) and the pixel count its 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from engine.contract import Contract
+from engine.errors import PneumoError
 from engine.runtime.decoders import (
     ImageSource,
     Opened,
@@ -26,6 +29,7 @@ from engine.runtime.decoders import (
 )
 from engine.runtime.preprocess import PREPROCESSORS, RESIZERS, finish, grey_picture
 from engine.runtime.sandbox import Admit, Limits, Sandbox, TaskContext
+from engine.runtime.sandbox.wire import pack, unpack
 
 MB = 2**20
 # What a decode worker imports before its first task.
@@ -34,9 +38,10 @@ PRELOAD = ("engine.runtime.isolated",)
 MAX_FILE_BYTES = 256 * MB
 
 
-def decode_sandbox(workers: int, limits: Limits | None = None) -> Sandbox:
-    """A sandbox of `workers` image decoders (batch tools: files up to MAX_FILE_BYTES)."""
-    return Sandbox(workers, limits or Limits(max_input=MAX_FILE_BYTES), PRELOAD)
+def decode_sandbox(workers: int, limits: Limits | None = None, fork: bool = False) -> Sandbox:
+    """A sandbox of `workers` image decoders (batch tools: files up to MAX_FILE_BYTES);
+    `fork`: see `Sandbox` (a command line tool, before it loads its model)."""
+    return Sandbox(workers, limits or Limits(max_input=MAX_FILE_BYTES), PRELOAD, fork)
 
 
 def tensor(
@@ -59,6 +64,36 @@ def tensor(
         tensor_task, wire, name, contract, path, name=name, input_bytes=size, admit=admit
     )
     return finish(pixels, contract), count
+
+
+def tensors(
+    sandbox: Sandbox, sources: Sequence[ImageSource], contract: Contract, path: str
+) -> list[np.ndarray | str]:
+    """The model tensors of several images decoded in one call of `sandbox` (one worker, one
+    round trip: what batch scoring sends), each bad image's error message in its place. If
+    the call itself fails (an image exhausted memory, hung or crashed its decoder), each
+    image is decoded again alone, so that the failure is pinned on its image only."""
+    names = [describe(s) for s in sources]
+    if not all(_is_encoded(s) for s in sources):
+        return [_or_message(tensor, sandbox, s, contract, path) for s in sources]
+    wires = [_wire(s, n) for s, n in zip(sources, names, strict=True)]
+    size = sum(n for _, n in wires)
+    try:
+        answers = sandbox.call(
+            tensors_task,
+            [w for w, _ in wires],
+            names,
+            contract,
+            path,
+            name=", ".join(names),
+            input_bytes=size,
+        )
+    except PneumoError:
+        return [_or_message(tensor, sandbox, s, contract, path) for s in sources]
+    return [
+        finish(value, contract) if kind == "ok" else unpack(value).message
+        for kind, value in answers
+    ]
 
 
 def picture(
@@ -92,6 +127,30 @@ def tensor_task(
     return RESIZERS[path](opened, contract), opened.header.pixels
 
 
+def tensors_task(
+    ctx: TaskContext, wires: list[bytes | str], names: list[str], contract: Contract, path: str
+) -> list[tuple[str, Any]]:
+    """Every header first (within the allowance), then one grant for the largest decode,
+    then each image in turn: ('ok', pixels) or ('error', the packed error)."""
+    opened: list[Opened | PneumoError] = []
+    for wire, name in zip(wires, names, strict=True):
+        try:
+            data = wire if isinstance(wire, bytes) else read_bytes(Path(wire), name)
+            opened.append(inspect(data, name))
+        except PneumoError as e:
+            opened.append(e)
+    ctx.need(max((o.header.decode_bytes for o in opened if isinstance(o, Opened)), default=0))
+    answers: list[tuple[str, Any]] = []
+    for o in opened:
+        try:
+            if isinstance(o, PneumoError):
+                raise o
+            answers.append(("ok", RESIZERS[path](o, contract)))
+        except PneumoError as e:
+            answers.append(("error", pack(e)))
+    return answers
+
+
 def picture_task(
     ctx: TaskContext, wire: bytes | str, name: str, contract: Contract, path: str, side: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -111,6 +170,13 @@ def _admitted(ctx: TaskContext, wire: bytes | str, name: str) -> Opened:
 
 
 # --- in the parent --------------------------------------------------------------------------
+
+
+def _or_message(decode: Callable[..., tuple[np.ndarray, int]], *args: Any) -> np.ndarray | str:
+    try:
+        return decode(*args)[0]
+    except PneumoError as e:
+        return e.message
 
 
 def _is_encoded(source: ImageSource) -> bool:

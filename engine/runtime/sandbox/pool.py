@@ -8,12 +8,13 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
 from typing import Any
 
 from engine.errors import ImageError, Overloaded, PneumoError
-from engine.runtime.sandbox.process import START_SECONDS, WorkerProcess
+from engine.runtime.sandbox.process import START_SECONDS, WorkerProcess, may_fork
 from engine.runtime.sandbox.wire import (
     MB,
     Limits,
@@ -34,10 +35,17 @@ class Sandbox:
     a call waits for a free worker. Close it (or use `with`) to stop the workers.
 
     `preload`: modules each worker imports before its first task (what its tasks need).
+    `fork`: start the first workers as copies of this process, here and now (they start at
+    once, having imported everything already), where that is safe (`may_fork`); workers
+    that replace them later are fresh interpreters.
     """
 
     def __init__(
-        self, workers: int, limits: Limits | None = None, preload: Sequence[str] = ()
+        self,
+        workers: int,
+        limits: Limits | None = None,
+        preload: Sequence[str] = (),
+        fork: bool = False,
     ) -> None:
         if workers < 1:
             raise PneumoError(f"a sandbox needs at least one worker, got {workers}")
@@ -47,13 +55,19 @@ class Sandbox:
         self._idle: queue.Queue[WorkerProcess | None] = queue.Queue()
         self._lock = threading.Condition()
         self._granted = 0
+        self._queue: deque[object] = deque()  # grants waiting for room, in order
         self._waiting: dict[int, float] = {}  # calls waiting for a worker: thread -> since
         self._closed = False
         self._failures = 0  # starts that failed in a row
         self.replaced = 0  # workers killed or lost, and replaced
         self._starts: queue.Queue[bool] = queue.Queue()
+        forked = 0
+        if fork and may_fork():  # before any thread of ours exists
+            for _ in range(workers):
+                self._idle.put(WorkerProcess.start(self.limits, self.preload, fork=True))
+                forked += 1
         threading.Thread(target=self._starter, name="pneumo-sandbox", daemon=True).start()
-        for _ in range(workers):
+        for _ in range(workers - forked):
             self._start_in_background()
 
     # --- calls ----------------------------------------------------------------------------
@@ -164,9 +178,10 @@ class Sandbox:
             self._checkin(worker, healthy)
 
     def _pregrant(self) -> int:
-        """`Limits.pregrant` of the budget if it is free now, else nothing (no waiting)."""
+        """`Limits.pregrant` of the budget if it is free now and no grant waits, else
+        nothing (no waiting)."""
         with self._lock:
-            if self._granted + self.limits.pregrant > self.limits.memory:
+            if self._queue or self._granted + self.limits.pregrant > self.limits.memory:
                 return 0
             self._granted += self.limits.pregrant
             return self.limits.pregrant
@@ -189,12 +204,20 @@ class Sandbox:
         return None
 
     def _grant(self, held: int, nbytes: int) -> int:
-        """Trade the `held` pregrant for `nbytes`, waiting until they fit (alone they do)."""
+        """Trade the `held` pregrant for `nbytes`, waiting until they fit (alone they do).
+        Grants are served in the order they were asked for: a large one is never passed by a
+        stream of small ones."""
+        turn = object()
         with self._lock:
             self._granted -= held
+            self._queue.append(turn)
             self._lock.notify_all()
-            self._lock.wait_for(lambda: self._granted + nbytes <= self.limits.memory)
+            self._lock.wait_for(
+                lambda: self._queue[0] is turn and self._granted + nbytes <= self.limits.memory
+            )
+            self._queue.popleft()
             self._granted += nbytes
+            self._lock.notify_all()
         return nbytes
 
     def _checkout(self) -> WorkerProcess:

@@ -9,12 +9,13 @@ import pickle
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from contextlib import suppress
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from engine.errors import ImageError, PneumoError
 from engine.runtime.sandbox.wire import AllowListUnpickler, Limits, receive, send
@@ -31,27 +32,28 @@ WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MALLOC_ARENA
 class WorkerProcess:
     """One worker process and the two pipes to it (parent side)."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], to: Connection, back: Connection) -> None:
+    def __init__(self, proc: Child, to: Connection, back: Connection) -> None:
         self.proc = proc
         self._to = to
         self._back = back
 
     @classmethod
-    def start(cls, limits: Limits, preload: Sequence[str]) -> WorkerProcess:
+    def start(cls, limits: Limits, preload: Sequence[str], fork: bool = False) -> WorkerProcess:
+        """A new worker, ready: a fresh interpreter (`python -m engine.runtime.sandbox`), or
+        with `fork` (the caller made sure this process may fork) a copy of this one, which
+        has imported everything already and starts at once."""
         to_r, to_w = os.pipe()
         back_r, back_w = os.pipe()
         for fd in (to_w, back_w):
             _widen(fd)
-        env = {**os.environ, **WORKER_ENV, "PYTHONPATH": _python_path()}
-        hard = limits.per_worker
-        cmd = [sys.executable, "-m", "engine.runtime.sandbox", str(to_r), str(back_w)]
-        cmd += [str(hard), str(limits.allowance), ",".join(preload)]
+        argv = [str(to_r), str(back_w), str(limits.per_worker), str(limits.allowance)]
+        argv.append(",".join(preload))
         try:
-            proc = subprocess.Popen(cmd, pass_fds=(to_r, back_w), env=env, stdin=subprocess.DEVNULL)
+            proc = _forked(argv, keep=(to_r, back_w)) if fork else _spawned(argv, (to_r, back_w))
         except OSError as e:
-            for fd in (to_r, to_w, back_r, back_w):
+            for fd in (to_w, back_r):
                 os.close(fd)
-            raise PneumoError(f"cannot start {sys.executable}: {e}") from e
+            raise PneumoError(f"cannot start a decode worker: {e}") from e
         finally:
             for fd in (to_r, back_w):
                 with suppress(OSError):
@@ -147,13 +149,81 @@ class WorkerProcess:
             code = self.proc.wait(2.0)
         except subprocess.TimeoutExpired:
             self.kill()
-            code = self.proc.returncode
+            code = self.proc.wait()
         if code < 0:
             try:
                 return f"killed by {signal.Signals(-code).name}"
             except ValueError:
                 return f"killed by signal {-code}"
         return f"exit status {code}"
+
+
+def _spawned(argv: list[str], fds: tuple[int, int]) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **WORKER_ENV, "PYTHONPATH": _python_path()}
+    cmd = [sys.executable, "-m", "engine.runtime.sandbox", *argv]
+    return subprocess.Popen(cmd, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
+
+
+def _forked(argv: list[str], keep: tuple[int, int]) -> Forked:
+    pid = os.fork()
+    if pid:
+        return Forked(pid)
+    code = 1  # the child: become a worker, and never return into the parent's code
+    try:
+        highest = max(keep)
+        os.closerange(3, min(keep))
+        os.closerange(min(keep) + 1, highest)
+        os.closerange(highest + 1, 1 << 16)
+        from engine.runtime.sandbox.worker import main
+
+        main(argv)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+class Forked:
+    """A forked worker as `subprocess.Popen` shows a spawned one: poll, wait, kill."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            time.sleep(0.005)
+        assert self.returncode is not None
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+
+
+Child: TypeAlias = subprocess.Popen[bytes] | Forked
+
+
+def may_fork() -> bool:
+    """Whether this process may start workers by forking: Linux, and no thread of Python's
+    running (Python 3.12 and later also want no thread at all; a numpy import starts one)."""
+    if not sys.platform.startswith("linux") or threading.active_count() > 1:
+        return False
+    if sys.version_info < (3, 12):
+        return True
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
 
 
 def _widen(fd: int) -> None:

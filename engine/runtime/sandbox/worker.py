@@ -144,8 +144,9 @@ def main(argv: list[str]) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     # What goes wrong in a task is the parent's to report: libraries that log the failures
-    # they raise (pydicom logs each decoder's traceback) print nothing here.
-    logging.getLogger().addHandler(logging.NullHandler())
+    # they raise (pydicom logs each decoder's traceback) print nothing here, also in a worker
+    # forked from a process whose logging prints.
+    logging.getLogger().handlers[:] = [logging.NullHandler()]
     requests = Connection(int(argv[0]), writable=False)
     replies = Connection(int(argv[1]), readable=False)
     for module in filter(None, argv[4].split(",")):
