@@ -22,6 +22,12 @@ def _x(value: float | None) -> str:
     return f"{value:.2f}x" if value else ""
 
 
+def _tree(row: Row, single: str, tree: str) -> str:
+    """A process's peak RSS, and its tree's where it differs (decode workers)."""
+    one, all_ = row.get(single, ""), row.get(tree)
+    return f"{one} ({all_})" if all_ is not None and all_ != one else str(one)
+
+
 def _lat(row: Row) -> str:
     lat = row.get("latency_ms")
     return f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f}" if lat else ""
@@ -37,19 +43,23 @@ COLUMNS: dict[str, list[Column]] = {
         ("cold s", lambda r: r.get("cold_seconds", "")),
         ("cold x baseline", lambda r: _x(r.get("cold_ratio_to_baseline"))),
         ("cold x keras-loop", lambda r: _x(r.get("cold_ratio_to_keras_loop"))),
-        ("peak RSS MB", lambda r: r.get("peak_rss_mb", "")),
+        ("cold x before", lambda r: _x(r.get("ratio_to_before"))),
+        ("peak RSS MB (tree)", lambda r: _tree(r, "peak_rss_mb", "peak_tree_rss_mb")),
     ],
     "serve": [
         ("requests/s", lambda r: r["requests_per_second"]),
         ("x baseline", lambda r: _x(r.get("ratio_to_baseline"))),
         ("latency p50/p95/p99 ms", _lat),
+        ("x before", lambda r: _x(r.get("ratio_to_before"))),
         ("errors", lambda r: f"{r['errors']} of {r['requests']}"),
-        ("server peak RSS MB", lambda r: r.get("server_peak_rss_mb", "")),
+        ("server + workers peak RSS MB", lambda r: r.get("server_peak_rss_mb", "")),
         ("ready s", lambda r: r.get("ready_seconds", "")),
     ],
     "limits": [
         ("status", lambda r: r["status"]),
+        ("s", lambda r: r.get("seconds", "")),
         ("server peak RSS MB", lambda r: r["peak_rss_mb"]),
+        ("server + workers peak RSS MB", lambda r: r.get("peak_tree_rss_mb", "")),
     ],
     "startup": [
         ("start to first prediction, median s", lambda r: r["seconds_median"]),

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
+
+from benchmarks.memory import TreeMemory, descendants, status_kb
 
 
 def free_port() -> int:
@@ -100,7 +100,7 @@ class ServerProcess:
     def peak_rss_mb(self) -> float:
         """The server process's peak RSS since start or the last reset_peak_rss (MB)."""
         assert self.proc is not None
-        return _kb(self.proc.pid, "VmHWM") / 1024
+        return status_kb(self.proc.pid, "VmHWM") / 1024
 
     def tree_peak_mb(self) -> float:
         """The peak of the RSS of the server and every process under it, added up, since the
@@ -113,68 +113,8 @@ class ServerProcess:
         return self.log.read_text(errors="replace")
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process under `pid` (children, their children...), from /proc/PID/task/*/children."""
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        try:
-            tasks = list(Path(f"/proc/{parent}/task").iterdir())
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                children = [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-            found += children
-            todo += children
-    return found
-
-
-def _kb(pid: int, field: str) -> int:
-    """A VmXXX line of /proc/PID/status in KB (0 once the process is gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    line = next((x for x in status.splitlines() if x.startswith(f"{field}:")), None)
-    return int(line.split()[1]) if line else 0
-
-
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-class TreeMemory:
-    """The peak of the summed RSS of a process and its descendants, sampled on a thread."""
-
-    def __init__(self, pid: int, interval: float = 0.01) -> None:
-        self.pid = pid
-        self.interval = interval
-        self.peak_kb = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> TreeMemory:
-        for pid in descendants(self.pid):
-            with contextlib.suppress(OSError):
-                Path(f"/proc/{pid}/clear_refs").write_text("5")
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def peak_mb(self) -> float:
-        tree = [self.pid, *descendants(self.pid)]
-        return max(self.peak_kb, sum(_kb(p, "VmHWM") for p in tree)) / 1024
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            total = sum(_kb(p, "VmRSS") for p in [self.pid, *descendants(self.pid)])
-            self.peak_kb = max(self.peak_kb, total)

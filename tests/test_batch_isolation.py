@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.memory import TreeMemory
 from benchmarks.payloads import dicom_sequence_bomb, j2k_dicom_bomb, png, tiff_strip_bomb
 from engine.runtime.engine import Engine
 from engine.runtime.isolated import decode_sandbox
 from engine.runtime.sandbox import Limits
-from tests.server_process import TreeMemory
 
 MB = 2**20
 

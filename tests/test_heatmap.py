@@ -16,11 +16,11 @@ from convert.validate import validate_file
 from engine.cli import main
 from engine.errors import UsageError
 from engine.explain.heatmap import cam_spec, compute, heatmap_for
-from engine.explain.overlay import DISPLAY_SIDE, blend, fit, overlay_png, render, weights
+from engine.explain.overlay import DISPLAY_SIDE, blend, overlay_png, render, weights
 from engine.repository.cam import CAM_KEY, FEATURE_OUTPUT
 from engine.repository.resolve import default_model_dir
 from engine.runtime.engine import Engine
-from engine.runtime.preprocess import grey_picture
+from engine.runtime.preprocess import fit, grey_picture
 from engine.runtime.session import create_session, run_batched
 
 
@@ -74,7 +74,7 @@ def test_scoring_fetches_only_the_score(engine: Engine) -> None:
 
 def xray_size(data: bytes | Image.Image | np.ndarray) -> tuple[int, int]:
     """Where render puts the X-ray: (0, 0) to this size."""
-    return fit(grey_picture(data, DISPLAY_SIDE).size)
+    return fit(grey_picture(data, DISPLAY_SIDE).size, DISPLAY_SIDE)
 
 
 def red_and_blue(picture: Image.Image, size: tuple[int, int]) -> tuple[float, float]:
@@ -98,7 +98,7 @@ def test_overlay_keeps_the_aspect_ratio(engine: Engine, size: tuple[int, int]) -
     png = overlay_png(engine, pixels)
     picture = Image.open(io.BytesIO(png))
     assert picture.format == "PNG" and picture.mode == "RGB"
-    xray = fit(size)
+    xray = fit(size, DISPLAY_SIDE)
     assert max(xray) == DISPLAY_SIDE
     assert xray[0] / xray[1] == pytest.approx(width / height, rel=0.01)
     assert picture.width > xray[0] + 200 and picture.height >= xray[1]  # the panel, beside
@@ -111,7 +111,7 @@ def test_label_and_legend_lie_outside_the_xray(engine: Engine, samples: list[Pat
     for negative in (False, True):
         picture = render(data, heatmap, result, engine.contract, negative=negative)
         grey = grey_picture(data, DISPLAY_SIDE)
-        size = fit(grey.size)
+        size = fit(grey.size, DISPLAY_SIDE)
         expected = blend(np.asarray(grey.resize(size, Image.Resampling.LANCZOS)), heatmap, negative)
         assert np.array_equal(np.asarray(picture.crop((0, 0, *size))), expected)
         panel = np.asarray(picture.crop((size[0], 0, picture.width, picture.height)), np.int16)

@@ -16,11 +16,11 @@ from PIL import Image
 from engine.cli import main
 from engine.errors import ContractError
 from engine.explain.heatmap import cam_spec, compute, heatmap_for, samples_scale
-from engine.explain.overlay import DISPLAY_SIDE, fit
+from engine.explain.overlay import DISPLAY_SIDE
 from engine.repository.cam import CAM_KEY, CamSpec, EvidenceScale, measure_scale
 from engine.repository.resolve import default_model_dir
 from engine.runtime.engine import Engine
-from engine.runtime.preprocess import grey_picture
+from engine.runtime.preprocess import fit, grey_picture
 
 SHIPPED = default_model_dir() / "1" / "model.onnx"
 
@@ -156,7 +156,7 @@ def test_cli_heatmap_negative(
     for flag, name in (([], "plain"), (["--heatmap-negative"], "negative")):
         code = main(["predict", str(normal), "--heatmap", str(tmp_path / name), *flag])
         assert code == 0 and "wrote 1 heatmaps" in capsys.readouterr().err
-    width, height = fit(grey_picture(normal, DISPLAY_SIDE).size)
+    width, height = fit(grey_picture(normal, DISPLAY_SIDE).size, DISPLAY_SIDE)
     blue = []
     for name in ("plain", "negative"):
         with Image.open(tmp_path / name / f"{normal.stem}.heatmap.png") as picture:

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from engine import Engine
-from engine.explain.overlay import fit
+from engine.explain.overlay import DISPLAY_SIDE
+from engine.runtime.preprocess import fit
 from engine.runtime.samples import sample_images
 from tests.server_process import ServerProcess
 
@@ -373,13 +374,13 @@ def test_predict_with_heatmap_returns_an_overlay_png(server: ServerProcess) -> N
     overlay = Image.open(io.BytesIO(base64.b64decode(body["heatmap"])))
     assert overlay.format == "PNG"
     with Image.open(SAMPLE) as original:
-        width, height = fit(original.size)  # the X-ray, at the top left; the legend beside it
+        width, height = fit(original.size, DISPLAY_SIDE)  # the X-ray at the top left, legend beside
     assert overlay.width > width and overlay.height >= height
     plain = post_image(server, SAMPLE.read_bytes()).json()
     assert "heatmap" not in plain and plain["raw_score"] == body["raw_score"]
     normal = sample_images()[2]  # P(PNEUMONIA) 0.012: evidence against it, in blue if asked
     with Image.open(normal) as original:
-        box = (0, 0, *fit(original.size))
+        box = (0, 0, *fit(original.size, DISPLAY_SIDE))
     pictures = []
     for query in ("heatmap=true", "heatmap=true&negative=true"):
         r = httpx.post(

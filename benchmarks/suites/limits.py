@@ -1,7 +1,8 @@
 """`limits`: the memory of `pneumo serve`, with its shipped limits, under the largest single
-requests those limits allow (and a few they refuse): one server, one request at a time, the
-server's peak RSS (VmHWM, reset before each request) per row. The target: every row under
-1 GB. No baseline: the seed-style server has no such limits to measure against."""
+requests those limits allow, the attacks its decode workers bound, and a few requests it
+refuses: one server, one request at a time, per row the peak RSS of the server process and of
+the server with its decode workers (summed, sampled), and how long the answer took. The
+target: every row under 1 GB. No baseline: the seed-style server has no such limits."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import base64
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,15 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.payloads import deflated_dicom_bomb, png, rle_dicom
+from benchmarks.memory import TreeMemory, status_kb
+from benchmarks.payloads import (
+    deflated_dicom_bomb,
+    dicom_sequence_bomb,
+    j2k_dicom_bomb,
+    png,
+    rle_dicom,
+    tiff_strip_bomb,
+)
 from benchmarks.suites import Context, Skip, has
 from benchmarks.suites.serve import free_port, pneumo_serve_missing, wait_ready
 from benchmarks.timing import ProcessFailed
@@ -24,18 +34,30 @@ from benchmarks.timing import ProcessFailed
 TARGET_MB = 1024
 
 
-def requests() -> list[tuple[str, Callable[[str], httpx.Response]]]:
-    """(what, send(base url)) for each request, built lazily: some take a second to build."""
+Send = Callable[[str], httpx.Response]
 
-    def predict(make: Callable[[], bytes], name: str, query: str = "") -> Callable:
-        return lambda url: httpx.post(
-            f"{url}/predict{query}", files={"image": (name, make())}, timeout=600
-        )
 
-    def infer(body: Callable[[], bytes]) -> Callable:
-        return lambda url: httpx.post(
-            f"{url}/v2/models/pneumonia/infer", content=body(), timeout=600
-        )
+def requests() -> list[tuple[str, Callable[[], Send]]]:
+    """(what, prepare) for each request: prepare() builds its body (some take a second) and
+    returns send(base url), so that only the sending is timed."""
+
+    def predict(make: Callable[[], bytes], name: str, query: str = "") -> Callable[[], Send]:
+        def prepare() -> Send:
+            data = make()
+            return lambda url: httpx.post(
+                f"{url}/predict{query}", files={"image": (name, data)}, timeout=600
+            )
+
+        return prepare
+
+    def infer(make: Callable[[], bytes]) -> Callable[[], Send]:
+        def prepare() -> Send:
+            body = make()
+            return lambda url: httpx.post(
+                f"{url}/v2/models/pneumonia/infer", content=body, timeout=600
+            )
+
+        return prepare
 
     def rgb(extra: bytes = b"") -> bytes:
         return png("RGB", 8944, (90, 100, 110), extra)
@@ -52,11 +74,12 @@ def requests() -> list[tuple[str, Callable[[str], httpx.Response]]]:
         body = {"inputs": [{**tensor, "data": x.ravel().tolist()}]}
         return json.dumps(body, separators=(",", ":")).encode()
 
+    near = 16 * 2**20 - 2**16  # fits a 16 MB upload with its multipart framing
     return [
         ("80 Mpx 8-bit RGB PNG, /predict", predict(rgb, "a.png")),
-        ("79 Mpx 16-bit RLE DICOM, /predict", predict(lambda: rle_dicom(8900), "a.dcm")),
-        ("19.6 Mpx 16-bit PNG, /predict", predict(lambda: png("I;16", 4420, 1000), "b.png")),
-        ("30 Mpx RGBA PNG, /predict", predict(lambda: png("RGBA", 5470, (1, 2, 3, 200)), "c.png")),
+        ("59 Mpx 16-bit RLE DICOM, /predict", predict(lambda: rle_dicom(7700), "a.dcm")),
+        ("20 Mpx 16-bit PNG, /predict", predict(lambda: png("I;16", 4472, 1000), "b.png")),
+        ("21 Mpx RGBA PNG, /predict", predict(lambda: png("RGBA", 4580, (1, 2, 3, 200)), "c.png")),
         ("80 Mpx RGB PNG, /predict?heatmap=true",
          predict(lambda: rgb(b"h"), "h.png", "?heatmap=true")),
         ("2 x 80 Mpx RGB PNG in one V2 BYTES request", infer(two_rgb)),
@@ -65,12 +88,17 @@ def requests() -> list[tuple[str, Callable[[str], httpx.Response]]]:
          predict(lambda: deflated_dicom_bomb(1024), "d.dcm")),
         ("80 Mpx RGBA PNG (refused from its header)",
          predict(lambda: png("RGBA", 8944, (1, 2, 3, 4)), "e.png")),
+        ("JPEG 2000 frame of 13000 px in a 64 px DICOM (refused)",
+         predict(j2k_dicom_bomb, "f.dcm")),
+        ("TIFF listing 4 M strips for 64 rows (refused)",
+         predict(lambda: tiff_strip_bomb(near), "g.tif")),
+        ("TIFF of 4 M consistent strips, a 1.3 GB strip table (refused)",
+         predict(lambda: tiff_strip_bomb(near, consistent=True), "h.tif")),
+        ("DICOM sequence of 2 M empty items (refused)",
+         predict(lambda: dicom_sequence_bomb(near), "i.dcm")),
+        ("DICOM of 2 M zero-length elements (refused)",
+         predict(lambda: dicom_sequence_bomb(near, zero_length_elements=True), "j.dcm")),
     ]  # fmt: skip
-
-
-def vmhwm_mb(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(x for x in status.splitlines() if x.startswith("VmHWM:")).split()[1]) / 1024
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -91,20 +119,38 @@ def run(ctx: Context) -> dict[str, Any]:
     try:
         wait_ready(proc, port, log)
         url = f"http://127.0.0.1:{port}"
+        idle = TreeMemory(proc.pid).start()
+        idle.stop()
         rows.append(
-            {"name": "idle, after start-up", "status": 200, "peak_rss_mb": vmhwm_mb(proc.pid)}
+            {
+                "name": "idle, after start-up",
+                "status": 200,
+                "peak_rss_mb": round(status_kb(proc.pid, "VmHWM") / 1024, 1),
+                "peak_tree_rss_mb": round(idle.peak_mb(), 1),
+            }
         )
-        for name, send in requests():
-            Path(f"/proc/{proc.pid}/clear_refs").write_text("5")
+        for name, prepare in requests():
+            send = prepare()
+            tree = TreeMemory(proc.pid).start()
+            started = time.perf_counter()
             try:
-                status = send(url).status_code
+                answer = send(url)
             except httpx.HTTPError as e:
                 raise ProcessFailed(f"{name}: {type(e).__name__}: {e}") from e
+            finally:
+                tree.stop()
             rows.append(
-                {"name": name, "status": status, "peak_rss_mb": round(vmhwm_mb(proc.pid), 1)}
+                {
+                    "name": name,
+                    "status": answer.status_code,
+                    "seconds": round(time.perf_counter() - started, 2),
+                    "peak_rss_mb": round(status_kb(proc.pid, "VmHWM") / 1024, 1),
+                    "peak_tree_rss_mb": round(tree.peak_mb(), 1),
+                    **({"error": answer.json().get("error")} if answer.status_code >= 400 else {}),
+                }
             )
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    worst = max(r["peak_rss_mb"] for r in rows)
-    return {"target_mb": TARGET_MB, "worst_peak_rss_mb": worst, "rows": rows, "skipped": []}
+    worst = max(r["peak_tree_rss_mb"] for r in rows)
+    return {"target_mb": TARGET_MB, "worst_peak_tree_rss_mb": worst, "rows": rows, "skipped": []}

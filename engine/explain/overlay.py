@@ -30,7 +30,7 @@ from engine.explain import DEFAULT_GRID
 from engine.explain.heatmap import Heatmap, compute, heatmap_for
 from engine.runtime.decoders import ImageSource
 from engine.runtime.engine import Engine
-from engine.runtime.preprocess import grey_picture
+from engine.runtime.preprocess import display_picture
 from engine.runtime.results import Scored
 
 DISPLAY_SIDE = 1024
@@ -42,12 +42,6 @@ _POSITIVE = np.array([[255, 225, 60], [255, 140, 0], [220, 20, 20]], dtype=np.fl
 _NEGATIVE = np.array([[120, 220, 255], [40, 150, 255], [30, 60, 210]], dtype=np.float64)
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
-
-
-def fit(size: tuple[int, int], side: int = DISPLAY_SIDE) -> tuple[int, int]:
-    """The X-ray's size in the picture: its aspect ratio, long side `side`."""
-    scale = side / max(size)
-    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
 
 
 def strength(values: np.ndarray, heatmap: Heatmap) -> np.ndarray:
@@ -103,9 +97,9 @@ def render(
     negative: bool = False,
 ) -> Image.Image:
     """The X-ray with the heatmap blended in at (0, 0), the result and legend to its right."""
-    base = grey_picture(image, side)
-    size = fit(base.size, side)
-    grey = np.asarray(base.resize(size, Image.Resampling.LANCZOS), dtype=np.uint8)
+    shown = display_picture(image, side)
+    size = shown.size
+    grey = np.asarray(shown, dtype=np.uint8)
     weight = weights(result)
     xray = Image.fromarray(blend(grey, heatmap, negative, weight), "RGB")
     unit = max(14, round(side / 42))  # text readable when the picture is shown small
@@ -256,8 +250,8 @@ def overlay_png_of(
     negative: bool = False,
 ) -> bytes:
     """`overlay_png` of an image already decoded elsewhere (a decode worker): its model
-    tensor `x` and its grey picture `grey` (uint8, long side at least DISPLAY_SIDE where the
-    image has it). Nothing here parses the image's bytes."""
+    tensor `x` and its `display_picture` `grey` (uint8, long side DISPLAY_SIDE). Nothing here
+    parses the image's bytes."""
     heatmap = compute(engine, x, method, grid)
     own = engine.result(heatmap.score, engine.contract.threshold)
     picture = render(

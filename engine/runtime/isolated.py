@@ -27,7 +27,7 @@ from engine.runtime.decoders import (
     named_bytes,
     read_bytes,
 )
-from engine.runtime.preprocess import PREPROCESSORS, RESIZERS, finish, grey_picture
+from engine.runtime.preprocess import PREPROCESSORS, RESIZERS, display_picture, finish
 from engine.runtime.sandbox import Admit, Limits, Sandbox, TaskContext
 from engine.runtime.sandbox.wire import pack, unpack
 
@@ -104,12 +104,12 @@ def picture(
     side: int,
     name: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The model's tensor of an image and its grey picture for people (long side >= `side`
-    where the image has it, reduced-scale decoding), both decoded in `sandbox`."""
+    """The model's tensor of an image and its grey picture for people as it is shown (long
+    side `side`: `display_picture`), both decoded in `sandbox`."""
     name = name or describe(source)
     if not _is_encoded(source):
         x = PREPROCESSORS[path](source, contract)
-        return x, np.asarray(grey_picture(source, side))
+        return x, np.asarray(display_picture(source, side))
     wire, size = _wire(source, name)
     pixels, grey = sandbox.call(
         picture_task, wire, name, contract, path, side, name=name, input_bytes=size
@@ -135,8 +135,7 @@ def tensors_task(
     opened: list[Opened | PneumoError] = []
     for wire, name in zip(wires, names, strict=True):
         try:
-            data = wire if isinstance(wire, bytes) else read_bytes(Path(wire), name)
-            opened.append(inspect(data, name))
+            opened.append(_opened(wire, name))
         except PneumoError as e:
             opened.append(e)
     ctx.need(max((o.header.decode_bytes for o in opened if isinstance(o, Opened)), default=0))
@@ -156,17 +155,21 @@ def picture_task(
 ) -> tuple[np.ndarray, np.ndarray]:
     opened = _admitted(ctx, wire, name)
     pixels = RESIZERS[path](opened, contract)
-    return pixels, np.asarray(grey_picture(named_bytes(opened.data, name), side))
+    return pixels, np.asarray(display_picture(named_bytes(opened.data, name), side))
 
 
 def _admitted(ctx: TaskContext, wire: bytes | str, name: str) -> Opened:
-    """The image's bytes (as sent, or read from the path sent: the allowance grew by twice
-    the file's size) opened as far as its header, once the decode the header announces is
+    """The image opened as far as its header, once the decode the header announces is
     granted."""
-    data = wire if isinstance(wire, bytes) else read_bytes(Path(wire), name)
-    opened = inspect(data, name)
+    opened = _opened(wire, name)
     ctx.need(opened.header.decode_bytes, opened.header.pixels)
     return opened
+
+
+def _opened(wire: bytes | str, name: str) -> Opened:
+    """The image's bytes (as sent, or read from the path sent: the allowance grew by twice
+    the file's size) opened as far as its header."""
+    return inspect(wire if isinstance(wire, bytes) else read_bytes(Path(wire), name), name)
 
 
 # --- in the parent --------------------------------------------------------------------------

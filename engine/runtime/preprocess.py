@@ -117,6 +117,18 @@ def grey_picture(source: ImageSource, side: int) -> Image.Image:
     return to_mode(open_image(source, lambda size: draft_scale(size, (side, side))), "grayscale")
 
 
+def display_picture(source: ImageSource, side: int) -> Image.Image:
+    """`grey_picture` at the size it is shown: `fit` (Lanczos)."""
+    base = grey_picture(source, side)
+    return base.resize(fit(base.size, side), Image.Resampling.LANCZOS)
+
+
+def fit(size: tuple[int, int], side: int) -> tuple[int, int]:
+    """An image's size when shown: its aspect ratio, long side `side`."""
+    scale = side / max(size)
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
 def reference_batch(sources: Sequence[ImageSource], contract: Contract) -> np.ndarray:
     """A batch through the reference path; any bad image raises (use per-item calls to skip)."""
     return np.stack([reference_pixels(s, contract) for s in sources])

@@ -78,17 +78,19 @@ def _serve(requests: Connection, replies: Connection, allowance: int) -> None:
         ctx = TaskContext(requests, replies, allowance + 2 * input_bytes, pregranted)
         reply = _run(ctx, task, args)
         del task, args
+        _unlimit()
+        # Memory goes back before the answer does: the parent gives the task's grant to the
+        # next decode as soon as it has the answer. After large tasks only: trimming after
+        # each would cost the next one its page faults.
+        if data_bytes() > resting + TRIM_ABOVE:
+            trim()
         try:
             send(replies, reply)
         except MemoryError:  # the answer itself is too large for what is left
-            _unlimit()
             send(replies, ("memory", {"phase": ctx.phase, "allowed": ctx.allowed}))
         del reply
-        _unlimit()
-        if data_bytes() > resting + TRIM_ABOVE:
-            trim()  # after large tasks only: trimming after each costs the next page faults
-            if data_bytes() > resting + RESTING_SLACK:
-                return  # what it holds no longer goes back: the parent starts a fresh worker
+        if data_bytes() > resting + RESTING_SLACK:
+            return  # what it holds no longer goes back: the parent starts a fresh worker
 
 
 def _run(ctx: TaskContext, task: Any, args: tuple[Any, ...]) -> tuple[str, Any]:
