@@ -56,6 +56,7 @@ COLUMNS: dict[str, list[Column]] = {
         ("ready s", lambda r: r.get("ready_seconds", "")),
     ],
     "limits": [
+        ("server", lambda r: r.get("server", "pneumo")),
         ("status", lambda r: r["status"]),
         ("s", lambda r: r.get("seconds", "")),
         ("server peak RSS MB", lambda r: r["peak_rss_mb"]),

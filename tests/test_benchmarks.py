@@ -202,3 +202,17 @@ def test_serve_suite_smoke(tmp_path: Path) -> None:
         assert "'serve'" in skipped["pneumo"]
     if KERAS and has("flask"):
         assert "flask-keras" in names(result)
+
+
+@pytest.mark.slow
+def test_a_checkout_compared_in_the_same_run(tmp_path: Path) -> None:
+    """`--compare-checkout` (here this very checkout) adds its server and its `pneumo batch`
+    beside ours, `--rounds` times in alternation, with the ratio between them."""
+    here = str(Path(__file__).resolve().parents[1])
+    extra = ("--compare-checkout", here, "--rounds", "2", "--serve-targets", "pneumo")
+    result = smoke(tmp_path, "serve", "--requests", "4", "--concurrency", "2", *extra)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert set(rows) == {"pneumo", "pneumo@before"} and result["rounds"] == 2
+    assert len(rows["pneumo"]["rounds_requests_per_second"]) == 2
+    assert rows["pneumo"]["ratio_to_before"] > 0
+    assert main(["--compare-checkout", str(tmp_path), "--out", str(tmp_path / "o")]) == 2

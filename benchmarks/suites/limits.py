@@ -7,7 +7,9 @@ target: every row under 1 GB. No baseline: the seed-style server has no such lim
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ import numpy as np
 
 from benchmarks.memory import TreeMemory, status_kb
 from benchmarks.payloads import (
+    chunked_with_length,
     deflated_dicom_bomb,
     dicom_sequence_bomb,
     j2k_dicom_bomb,
@@ -27,25 +30,28 @@ from benchmarks.payloads import (
     rle_dicom,
     tiff_strip_bomb,
 )
-from benchmarks.suites import Context, Skip, has
+from benchmarks.suites import COMPARED, Context, Skip, checkout_env, has
 from benchmarks.suites.serve import free_port, pneumo_serve_missing, wait_ready
-from benchmarks.timing import ProcessFailed
 
 TARGET_MB = 1024
 
 
-Send = Callable[[str], httpx.Response]
+Answer = tuple[int, str | None]  # status, and the error message of a refusal
+Send = Callable[[str], Answer]
 
 
 def requests() -> list[tuple[str, Callable[[], Send]]]:
     """(what, prepare) for each request: prepare() builds its body (some take a second) and
     returns send(base url), so that only the sending is timed."""
 
+    def answer(r: httpx.Response) -> Answer:
+        return r.status_code, (r.json().get("error") if r.status_code >= 400 else None)
+
     def predict(make: Callable[[], bytes], name: str, query: str = "") -> Callable[[], Send]:
         def prepare() -> Send:
             data = make()
-            return lambda url: httpx.post(
-                f"{url}/predict{query}", files={"image": (name, data)}, timeout=600
+            return lambda url: answer(
+                httpx.post(f"{url}/predict{query}", files={"image": (name, data)}, timeout=600)
             )
 
         return prepare
@@ -53,11 +59,14 @@ def requests() -> list[tuple[str, Callable[[], Send]]]:
     def infer(make: Callable[[], bytes]) -> Callable[[], Send]:
         def prepare() -> Send:
             body = make()
-            return lambda url: httpx.post(
-                f"{url}/v2/models/pneumonia/infer", content=body, timeout=600
+            return lambda url: answer(
+                httpx.post(f"{url}/v2/models/pneumonia/infer", content=body, timeout=600)
             )
 
         return prepare
+
+    def framing() -> Send:
+        return lambda url: chunked_against(url, 600)
 
     def rgb(extra: bytes = b"") -> bytes:
         return png("RGB", 8944, (90, 100, 110), extra)
@@ -98,7 +107,33 @@ def requests() -> list[tuple[str, Callable[[], Send]]]:
          predict(lambda: dicom_sequence_bomb(near), "i.dcm")),
         ("DICOM of 2 M zero-length elements (refused)",
          predict(lambda: dicom_sequence_bomb(near, zero_length_elements=True), "j.dcm")),
+        ("Content-Length: 0 and Transfer-Encoding: chunked, 600 MB body (refused)", framing),
     ]  # fmt: skip
+
+
+def chunked_against(url: str, megabytes: int) -> Answer:
+    """`chunked_with_length` sent over a raw socket (an HTTP client would not send it): the
+    status of the answer and its error, or what the server did instead."""
+    host, port = url.removeprefix("http://").split(":")
+    head, chunk = chunked_with_length("/v2/models/pneumonia/infer")
+    answer = b""
+    with socket.create_connection((host, int(port))) as s:
+        with contextlib.suppress(OSError):  # a server that refuses closes on us
+            s.sendall(head)
+            for _ in range(megabytes):
+                s.sendall(chunk)
+            s.sendall(b"0\r\n\r\n")
+        s.settimeout(600)
+        with contextlib.suppress(OSError):
+            while part := s.recv(65536):
+                answer += part
+    if not answer.startswith(b"HTTP/1.1 "):
+        return 0, "connection closed without an answer"
+    status = int(answer[9:12])
+    body = answer.split(b"\r\n\r\n", 1)[-1]
+    with contextlib.suppress(ValueError):
+        return status, json.loads(body).get("error") if status >= 400 else None
+    return status, body[:200].decode(errors="replace")
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -109,12 +144,22 @@ def run(ctx: Context) -> dict[str, Any]:
         raise Skip("pydicom not installed: pip install 'pneumo-onnx[dicom]'")
     if not Path("/proc/self/clear_refs").exists():
         raise Skip("needs Linux /proc to reset and read the server's peak RSS")
+    rows = measure(ctx, "pneumo", None)
+    if ctx.compare is not None:  # the same requests against the compared checkout's server
+        rows += measure(ctx, f"pneumo@{COMPARED}", ctx.compare)
+    worst = max(r["peak_tree_rss_mb"] for r in rows if r["server"] == "pneumo")
+    return {"target_mb": TARGET_MB, "worst_peak_tree_rss_mb": worst, "rows": rows, "skipped": []}
+
+
+def measure(ctx: Context, server: str, checkout: Path | None) -> list[dict[str, Any]]:
+    """Every request against one server, one at a time, each with its own memory window."""
     port = free_port()
-    log = ctx.workdir / "server-limits.log"
+    log = ctx.workdir / f"server-limits-{server}.log"
     argv = [sys.executable, "-m", "engine.cli", "serve", "--port", str(port),
-            "--state-dir", str(ctx.workdir / "limits-state")]  # fmt: skip
+            "--state-dir", str(ctx.workdir / f"limits-state-{server}")]  # fmt: skip
+    cwd, env = checkout_env(checkout)
     with log.open("wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     rows = []
     try:
         wait_ready(proc, port, log)
@@ -124,6 +169,7 @@ def run(ctx: Context) -> dict[str, Any]:
         rows.append(
             {
                 "name": "idle, after start-up",
+                "server": server,
                 "status": 200,
                 "peak_rss_mb": round(status_kb(proc.pid, "VmHWM") / 1024, 1),
                 "peak_tree_rss_mb": round(idle.peak_mb(), 1),
@@ -134,23 +180,23 @@ def run(ctx: Context) -> dict[str, Any]:
             tree = TreeMemory(proc.pid).start()
             started = time.perf_counter()
             try:
-                answer = send(url)
+                status, error = send(url)
             except httpx.HTTPError as e:
-                raise ProcessFailed(f"{name}: {type(e).__name__}: {e}") from e
+                status, error = 0, f"{type(e).__name__}: {e}"
             finally:
                 tree.stop()
             rows.append(
                 {
                     "name": name,
-                    "status": answer.status_code,
+                    "server": server,
+                    "status": status,
                     "seconds": round(time.perf_counter() - started, 2),
                     "peak_rss_mb": round(status_kb(proc.pid, "VmHWM") / 1024, 1),
                     "peak_tree_rss_mb": round(tree.peak_mb(), 1),
-                    **({"error": answer.json().get("error")} if answer.status_code >= 400 else {}),
+                    **({"error": error} if error else {}),
                 }
             )
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    worst = max(r["peak_tree_rss_mb"] for r in rows)
-    return {"target_mb": TARGET_MB, "worst_peak_tree_rss_mb": worst, "rows": rows, "skipped": []}
+    return rows
