@@ -9,8 +9,8 @@ Each of `concurrency` threads keeps one HTTP/1.1 connection and POSTs full-resol
 request is a different file: the JPEG with the request's number appended after its end marker
 (decoders ignore it), so no server can answer from a result cache. Prints one
 JSON line: requests/s, latency p50/p95/p99, errors (non-200 answers, bad JSON, broken
-connections) with a few examples, and the server's peak RSS (VmHWM of the process and its
-children, read from /proc after the run).
+connections) with a few examples, the server's peak RSS (VmHWM of the process and its
+children, read from /proc after the run) and the CPU time its processes spent per request.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from benchmarks.memory import tree_cpu_seconds
 from engine.offline.timing import summary_ms
 
 FIELDS = {"prediction", "confidence", "raw_score", "threshold"}
@@ -153,7 +154,11 @@ def main() -> None:
     images = [(p.name, p.read_bytes()) for p in files]
     if args.warmup > 0:  # excluded from the figures
         run(args.url, images, args.warmup, min(args.concurrency, args.warmup))
+    cpu = tree_cpu_seconds(args.pid) if args.pid else 0.0
     report = run(args.url, images, args.requests, args.concurrency)
+    if args.pid:  # the server's processes, its decode workers included
+        spent = tree_cpu_seconds(args.pid) - cpu
+        report["server_cpu_ms_per_request"] = round(1000 * spent / args.requests, 2)
     report["upload_mb_mean"] = round(sum(len(b) for _, b in images) / len(images) / 1e6, 2)
     report["distinct_uploads"] = True
     if args.pid:

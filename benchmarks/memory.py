@@ -1,5 +1,6 @@
-"""The memory of a process and everything under it (a server and its decode workers), from
-/proc: the peak of their summed RSS, sampled on a thread, for tests and benchmarks."""
+"""The memory and CPU time of a process and everything under it (a server and its decode
+workers), from /proc: the peak of their summed RSS, sampled on a thread, and their CPU
+seconds, for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -35,6 +36,20 @@ def status_kb(pid: int, field: str) -> int:
         return 0
     line = next((x for x in status.splitlines() if x.startswith(f"{field}:")), None)
     return int(line.split()[1]) if line else 0
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and of its descendants alive now."""
+    import os
+
+    ticks = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 class TreeMemory:

@@ -53,6 +53,7 @@ COLUMNS: dict[str, list[Column]] = {
         ("x before", lambda r: _x(r.get("ratio_to_before"))),
         ("errors", lambda r: f"{r['errors']} of {r['requests']}"),
         ("server + workers peak RSS MB", lambda r: r.get("server_peak_rss_mb", "")),
+        ("server CPU ms/request", lambda r: r.get("server_cpu_ms_per_request", "")),
         ("ready s", lambda r: r.get("ready_seconds", "")),
     ],
     "limits": [

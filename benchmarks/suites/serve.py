@@ -187,4 +187,8 @@ def _median_round(measured: list[dict[str, Any]]) -> dict[str, Any]:
     if len(measured) > 1:
         row["rounds_requests_per_second"] = [m["requests_per_second"] for m in measured]
         row["rounds_p99_ms"] = [(m.get("latency_ms") or {}).get("p99") for m in measured]
+        cpu = [m["server_cpu_ms_per_request"] for m in measured if "server_cpu_ms_per_request" in m]
+        if cpu:  # steadier than throughput on a shared machine
+            row["server_cpu_ms_per_request"] = sorted(cpu)[len(cpu) // 2]
+            row["rounds_server_cpu_ms_per_request"] = cpu
     return row

@@ -16,6 +16,7 @@ from engine.runtime.sandbox.wire import data_bytes, pack, receive, send
 
 MB = 2**20
 TRIM_ABOVE = 16 * MB  # a worker holding this much more than at rest hands it back
+KEEP_BUFFERS = 16 * MB  # allocations up to this come from (and go back to) the heap
 RESTING_SLACK = 64 * MB  # a worker that stays this far above its resting size is replaced
 
 
@@ -133,7 +134,13 @@ def _confine(extra: int) -> None:
     try:
         import ctypes
 
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+        libc = ctypes.CDLL(None)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+        # One image's buffers are reused by the next instead of being mapped, faulted in and
+        # handed back each time (half the page faults of a batch); the worker hands memory
+        # back itself after large tasks (`trim`), and its limit counts the heap as it grows.
+        libc.mallopt(-3, KEEP_BUFFERS)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 2 * KEEP_BUFFERS)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         pass
 
