@@ -25,11 +25,12 @@ from convert.cam import add_cam_output, with_scale
 from convert.detect import Overrides, detect_contract
 from convert.export import DEFAULT_OPSET, to_onnx
 from convert.labelled import labelled_check
+from convert.noise import fp32_noise, tolerance_for
 from convert.probes import gather_images, probe_batch, spread
 from convert.report import Report
 from convert.repository import check_target, read_training_list, write_version
 from convert.source import LoadedSource, load_source
-from convert.validate import FP32_TOLERANCE, parity_check, runtime_checks, structure_checks
+from convert.validate import parity_check, runtime_checks, structure_checks
 from convert.variants import Inputs, build_and_check
 from engine.contract import PROVENANCE_KEY, Contract
 from engine.repository.variants import OPTIONAL_VARIANTS
@@ -54,7 +55,7 @@ class ConvertOptions:
     variants: Sequence[str] | None = None
     overrides: Overrides = field(default_factory=Overrides)
     image_folders: Sequence[str] = ()
-    tolerance: float = FP32_TOLERANCE
+    tolerance: float | None = None  # None: from the model's own fp32 noise (convert.noise)
     custom_objects: str | None = None
     training_list: str | None = None  # copied into the version (training_images.txt[.gz])
 
@@ -102,11 +103,13 @@ def convert_loaded(
 
     probes = probe_batch(contract, subset)
     reference = src.predict(probes)
+    noise = fp32_noise(model.SerializeToString(), probes, reference, src.predict)
+    tolerance = opts.tolerance if opts.tolerance is not None else tolerance_for(noise)
     report = Report(subject=src.name)
     structure_checks(report, model)
-    session = runtime_checks(report, model.SerializeToString(), contract, probes)
+    session = runtime_checks(report, model.SerializeToString(), contract, probes, tolerance)
     if session is not None:
-        parity_check(report, session, reference, probes, opts.tolerance)
+        parity_check(report, session, reference, probes, tolerance, noise=noise)
     report.raise_if_failed(src.name)
     assert session is not None  # runtime_checks failed the report otherwise
 
@@ -134,7 +137,9 @@ def convert_loaded(
             report, fp32_path, contract, opts.image_folders, preprocessing=fidelity["verdict"]
         )
         report.raise_if_failed(src.name)
-        inputs = Inputs(model, fp32_path, src, contract, probes[-len(subset) :], Path(tmp))
+        inputs = Inputs(
+            model, fp32_path, src, contract, probes[-len(subset) :], Path(tmp), tolerance
+        )
         built = build_and_check(
             keys, inputs, images, session, report, optional=opts.variants is None
         )

@@ -6,13 +6,14 @@ CI pipelines). Every check runs and is recorded; failures are collected, never d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from convert.noise import describe, fp32_noise, tolerance_for
 from convert.report import CheckFailed, Figures, Report
 from engine.contract import Contract
 from engine.errors import ContractError, RepositoryError, UsageError, first_line
@@ -20,7 +21,7 @@ from engine.repository.cam import CamSpec
 from engine.repository.manifest import MANIFEST_NAME, read_manifest, sha256_file
 from engine.runtime.session import create_session, run_batched
 
-FP32_TOLERANCE = 1e-5
+FP32_TOLERANCE = 1e-5  # the floor of a model's fp32 parity bound (convert.noise)
 CAM_TOLERANCE = 1e-4  # score rebuilt from the CAM output vs the score, fp32
 PARITY_BATCH_SIZES = (1, 7, 64)
 
@@ -89,9 +90,15 @@ def structure_checks(report: Report, model: onnx.ModelProto) -> Contract | None:
 
 
 def runtime_checks(
-    report: Report, model_bytes: bytes, contract: Contract, probes: np.ndarray
+    report: Report,
+    model_bytes: bytes,
+    contract: Contract,
+    probes: np.ndarray,
+    tolerance: float = FP32_TOLERANCE,
 ) -> ort.InferenceSession | None:
-    """Loads in onnxruntime; one batch and one-by-one runs agree and give scores in [0, 1]."""
+    """Loads in onnxruntime; one batch and one-by-one runs agree within the model's fp32
+    `tolerance` (a graph that mixes the images of a batch is far off it) and give scores in
+    [0, 1]."""
     sessions: list[ort.InferenceSession] = []
 
     def load() -> tuple[str, Figures]:
@@ -114,10 +121,10 @@ def runtime_checks(
             raise CheckFailed(
                 f"scores {scores.min():.3g}..{scores.max():.3g} outside [0, 1]", figures
             )
-        if diff > FP32_TOLERANCE:
+        if diff > tolerance:
             raise CheckFailed(
                 f"batch of {len(probes)} and one-by-one runs differ by {diff:.2e} "
-                f"(tolerance {FP32_TOLERANCE:.0e})",
+                f"(tolerance {tolerance:.1e})",
                 figures,
             )
         return f"batch {len(probes)} == batch 1 (max diff {diff:.2e}), scores in [0, 1]", figures
@@ -173,8 +180,10 @@ def parity_check(
     tolerance: float = FP32_TOLERANCE,
     batch_sizes: Sequence[int] = PARITY_BATCH_SIZES,
     name: str = "parity_keras",
+    noise: Mapping[str, float] | None = None,
 ) -> None:
-    """ONNX outputs equal the original model's outputs within `tolerance`, at every batch size."""
+    """ONNX outputs equal the original model's outputs within `tolerance`, at every batch size
+    (`noise`: the model's own fp32 noise the tolerance was derived from, for the record)."""
 
     def parity() -> tuple[str, Figures]:
         diffs = {}
@@ -189,18 +198,16 @@ def parity_check(
             "max_abs_diff_by_batch": {str(b): d for b, d in diffs.items()},
             "tolerance": tolerance,
             "probes": len(probes),
+            **({"fp32_noise": dict(noise)} if noise is not None else {}),
         }
         text = ", ".join(f"batch {b}: {d:.2e}" for b, d in diffs.items())
+        bound = describe(tolerance, noise) if noise is not None else f"tolerance {tolerance:.1e}"
         if worst > tolerance:
             raise CheckFailed(
-                f"max abs difference {worst:.2e} > tolerance {tolerance:.0e} ({text}); "
-                "--tolerance sets the limit",
+                f"max abs difference {worst:.2e} > {bound} ({text}); --tolerance sets the limit",
                 figures,
             )
-        return (
-            f"max abs diff {worst:.2e} <= {tolerance:.0e} on {len(probes)} probes ({text})",
-            figures,
-        )
+        return f"max abs diff {worst:.2e} <= {bound} on {len(probes)} probes ({text})", figures
 
     report.run(name, parity)
 
@@ -227,7 +234,7 @@ def validate_file(
     path: str | Path,
     against: str | None = None,
     image_folders: Sequence[str] = (),
-    tolerance: float = FP32_TOLERANCE,
+    tolerance: float | None = None,
     custom_objects: str | None = None,
     min_auc: float | None = None,
 ) -> Report:
@@ -235,7 +242,8 @@ def validate_file(
 
     With labelled images (an `--images` folder holding one subfolder per label of the model),
     the model's ROC AUC on them through the engine's own preprocessing must reach 0.5, or
-    `min_auc` when given."""
+    `min_auc` when given. The fp32 bounds: `tolerance` if given, else the one the model's
+    conversion recorded in its manifest, else one measured from its own noise here."""
     from convert.labelled import labelled_check
     from convert.probes import gather_images, probe_batch, spread
 
@@ -262,7 +270,9 @@ def validate_file(
     if contract is None:
         return report
     probes = probe_batch(contract, spread(gather_images(image_folders)))
-    session = runtime_checks(report, data, contract, probes)
+    recorded = tolerance if tolerance is not None else recorded_tolerance(p)
+    bound = recorded if recorded is not None else tolerance_for(fp32_noise(data, probes))
+    session = runtime_checks(report, data, contract, probes, bound)
     if session is None:
         return report
     labelled_check(report, p, contract, image_folders, min_auc)
@@ -274,8 +284,26 @@ def validate_file(
     from convert.source import load_source
 
     src = load_source(against, custom_objects)
-    parity_check(report, session, src.predict(probes), probes, tolerance)
+    reference = src.predict(probes)
+    if recorded is not None:
+        parity_check(report, session, reference, probes, recorded)
+    else:
+        noise = fp32_noise(data, probes, reference, src.predict)
+        parity_check(report, session, reference, probes, tolerance_for(noise), noise=noise)
     return report
+
+
+def recorded_tolerance(p: Path) -> float | None:
+    """The fp32 parity bound the conversion of the model at `p` recorded, if it sits in a
+    repository version folder whose manifest has one."""
+    if not (p.parent / MANIFEST_NAME).is_file():
+        return None
+    try:
+        parity = read_manifest(p.parent).get("parity") or {}
+    except RepositoryError:
+        return None
+    value = parity.get("tolerance")
+    return float(value) if isinstance(value, int | float) else None
 
 
 def subject(p: Path) -> str:

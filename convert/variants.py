@@ -40,6 +40,7 @@ class Inputs:
     contract: Contract
     calibration: np.ndarray  # real X-rays, reference-preprocessed: int8 calibration
     workdir: Path
+    tolerance: float = 1e-5  # this model's fp32 parity bound: the gate of exact re-encodings
 
 
 def _int8(i: Inputs, keep_first_conv: bool) -> bytes:
@@ -185,23 +186,24 @@ def build_and_check(
             if v.key in broken:
                 raise broken[v.key]
             data = built[v.key]
+            gate = v.gate.for_model(inputs.tolerance)
             figures = score_agreement(
-                scores[v.key], scores[v.compare_to], inputs.contract.threshold, v.gate.margin
+                scores[v.key], scores[v.compare_to], inputs.contract.threshold, gate.margin
             )
             figures.update(
-                bytes=len(data), reference=v.compare_to, about=v.about, gate=v.gate.describe()
+                bytes=len(data), reference=v.compare_to, about=v.about, gate=gate.describe()
             )
             holder.append(figures)
             text = (
                 f"{figures['label_agreement']:.2%} label agreement (95% lower bound "
                 f"{figures['agreement_lower_95']:.1%}; {figures['near_threshold']} within "
-                f"{v.gate.margin:g} of the threshold not judged), score diff p99 "
+                f"{gate.margin:g} of the threshold not judged), score diff p99 "
                 f"{figures['p99_score_diff']:.2e}, max {figures['max_score_diff']:.2e} vs "
                 f"{v.compare_to} on {figures['images']} images, {len(data) / 1e6:.2f} MB"
             )
-            misses = v.gate.misses(figures)
+            misses = gate.misses(figures)
             if misses:
-                raise CheckFailed(f"{text}: {'; '.join(misses)} ({v.gate.describe()})", figures)
+                raise CheckFailed(f"{text}: {'; '.join(misses)} ({gate.describe()})", figures)
             return text, figures
 
         if report.run(f"variant_{key}", check, optional=optional):

@@ -75,4 +75,9 @@ def _source_line(source: dict[str, Any] | None) -> str:
 def _parity_line(parity: dict[str, Any] | None) -> str:
     if not parity:
         return "- (not recorded)"
-    return f"max abs diff {parity['max_abs_diff']:.2e} vs the source on {parity['probes']} probes"
+    line = f"max abs diff {parity['max_abs_diff']:.2e} vs the source on {parity['probes']} probes"
+    if isinstance(parity.get("tolerance"), int | float):
+        noise = max((parity.get("fp32_noise") or {}).values(), default=None)
+        line += f" (tolerance {parity['tolerance']:.1e}"
+        line += f", from its fp32 noise {noise:.1e})" if noise is not None else ")"
+    return line
