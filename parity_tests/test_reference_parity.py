@@ -137,4 +137,4 @@ def test_validate_against_a_different_model_fails(
     )
     assert code == 1
     out = capsys.readouterr().out
-    assert "FAIL  parity_keras: max abs difference" in out and "> tolerance 1e-05" in out
+    assert "FAIL  parity_keras: max abs difference" in out and "> tolerance 1.0e-05" in out
