@@ -81,6 +81,8 @@ def _keras_head(src: LoadedSource, contract: Contract) -> tuple[np.ndarray, floa
     """The positive-class logit weights of a GAP -> Dense head, or why there is none."""
     if src.model is None or not _is_graph_model(src.model):
         return "not a Keras graph model: cannot read its classifier"
+    if contract.output.kind == "sigmoid2":  # o_pos / (o_0 + o_1) is no sigmoid of one logit
+        return "two sigmoid units read by argmax: the score is not one logit's sigmoid"
     layers = [
         layer for layer in _walk_layers(src.model) if type(layer).__name__ not in _PASS_THROUGH
     ]

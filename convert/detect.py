@@ -13,7 +13,7 @@ import numpy as np
 from convert.applications import input_scaling
 from convert.probes import real_batch
 from convert.source import LoadedSource
-from engine.contract import Contract, InputSpec, OutputSpec
+from engine.contract import OUTPUT_KINDS, Contract, InputSpec, OutputSpec
 from engine.errors import ContractError, UsageError
 from engine.presets import pipeline_fields
 from engine.runtime.preprocess import finish
@@ -38,6 +38,7 @@ class Overrides:
     presets: tuple[str, ...] = ()
     labels: tuple[str, ...] | None = None  # in output-index order for softmax2; (neg, pos) else
     positive_index: int | None = None
+    output_kind: str | None = None  # one of OUTPUT_KINDS, where the final activation is hidden
     threshold: float = 0.5
 
 
@@ -123,9 +124,10 @@ def _output_spec(
     layers: list[Any],
     real: np.ndarray | None = None,
 ) -> OutputSpec:
-    """One sigmoid unit, or two softmax units, judged from the final activation where the
-    layers are visible and from outputs on uniform noise and on real X-rays (`real`): a
-    saturated model sums to 1 on noise whatever its activation."""
+    """One sigmoid unit, two softmax units or two sigmoid units (or what --output-kind says),
+    judged from the final activation where the layers are visible and from outputs on uniform
+    noise and on real X-rays (`real`): a saturated model sums to 1 on noise whatever its
+    activation."""
     rng = np.random.default_rng(0)  # noise pixels, scaled as the contract scales real ones
     pixels = rng.random((4, spec.height, spec.width, spec.channels), dtype=np.float32) * 255.0
     probe = np.stack([finish(p, Contract(input=spec)) for p in pixels])
@@ -136,7 +138,13 @@ def _output_spec(
     both = np.concatenate([flat, on_real])
     in_unit_range = bool(np.all((both >= 0.0) & (both <= 1.0)))
     activation = _final_activation(layers)
+    if o.output_kind is not None and o.output_kind not in OUTPUT_KINDS:
+        raise UsageError(f"--output-kind must be one of {', '.join(OUTPUT_KINDS)}")
     if units == 1:
+        if o.output_kind not in (None, "sigmoid"):
+            raise ContractError(
+                f"--output-kind {o.output_kind}: {src.name} outputs one value per image"
+            )
         if activation not in (None, "sigmoid") or not in_unit_range:
             raise ContractError(
                 f"unknown output kind: {src.name} has one output unit but its final activation "
@@ -148,27 +156,30 @@ def _output_spec(
         sums = _sums(flat, "uniform noise") + (
             f" and {_sums(on_real, f'{len(on_real)} real X-rays')}" if len(on_real) else ""
         )
-        if activation == "sigmoid":
+        stated = o.output_kind
+        if stated == "sigmoid2" or (stated is None and activation == "sigmoid"):
+            if not in_unit_range:
+                raise ContractError(
+                    f"unknown output kind: {src.name} has two output units said to be sigmoids "
+                    f"but it produced {both.min():.3g}..{both.max():.3g}, not probabilities"
+                )
+            return OutputSpec(kind="sigmoid2", positive_index=_positive_index(src, o))
+        if stated == "sigmoid":
             raise ContractError(
-                f"unknown output kind: {src.name} ends in two sigmoid units "
-                "(Dense(2, activation='sigmoid')): two independent probabilities, not a softmax "
-                f"(they sum to {sums}), so no one score with a threshold gives the label an "
-                "argmax over them gives. Save the model with one P(PNEUMONIA) output and convert "
-                "that, e.g. keras.Model(model.input, model.output[:, i:i + 1]) with i the "
-                "PNEUMONIA unit if your application thresholds that unit; or retrain it with a "
-                "softmax output"
+                f"--output-kind sigmoid: {src.name} outputs 2 values per image, a sigmoid "
+                "output has one (use softmax2 or sigmoid2)"
             )
         if not in_unit_range or not np.allclose(both.sum(axis=1), 1.0, atol=1e-3):
             raise ContractError(
                 f"unknown output kind: {src.name} has two output units that are not softmax "
                 f"probabilities (final activation {activation or 'unknown'}; rows must sum to 1, "
-                f"they sum to {sums}): add a softmax to the model, or save it with one sigmoid "
-                "P(PNEUMONIA) output"
+                f"they sum to {sums}): add a softmax to the model, or if they are two sigmoids "
+                "your application reads by argmax, pass --output-kind sigmoid2"
             )
         return OutputSpec(kind="softmax2", positive_index=_positive_index(src, o))
     raise ContractError(
         f"unknown output kind: {src.name} outputs {units} values per image (shape "
-        f"{out.shape[1:]}): expected one sigmoid unit or two softmax units"
+        f"{out.shape[1:]}): expected one sigmoid unit or two (softmax or sigmoid) units"
     )
 
 
@@ -191,7 +202,7 @@ def _positive_index(src: LoadedSource, o: Overrides) -> int:
             f"{POSITIVE_LABEL} or pass --positive-index"
         )
     raise UsageError(
-        f"{src.name} has a 2-unit softmax output: say which unit is P({POSITIVE_LABEL}) with "
+        f"{src.name} has a 2-unit output: say which unit is P({POSITIVE_LABEL}) with "
         "--positive-index 0|1, or --labels in output order (e.g. --labels NORMAL,PNEUMONIA)"
     )
 
@@ -201,7 +212,7 @@ def _labels(output: OutputSpec, o: Overrides) -> tuple[str, str]:
         return ("NORMAL", POSITIVE_LABEL)
     if len(o.labels) != 2:
         raise UsageError(f"--labels needs exactly two names, got {len(o.labels)}")
-    if output.kind == "softmax2":
+    if output.kind != "sigmoid":  # two units: the labels name them in output order
         return (o.labels[1 - output.positive_index], o.labels[output.positive_index])
     return (o.labels[0], o.labels[1])
 

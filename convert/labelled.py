@@ -222,7 +222,7 @@ def _spread(indices: np.ndarray, limit: int) -> np.ndarray:
 
 def _swapped_labels(c: Contract) -> str:
     """The `--labels` value that reads the model's output the other way round: for one
-    sigmoid unit NEGATIVE,POSITIVE swapped; for a 2-unit softmax, output order with the other
+    sigmoid unit NEGATIVE,POSITIVE swapped; for two units, output order with the other
     unit positive (which is the current output order, reversed)."""
     if c.output.kind == "sigmoid":
         return f"{c.positive_label},{c.negative_label}"

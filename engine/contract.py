@@ -81,7 +81,11 @@ RESIZE_FILTERS = PIL_FILTERS + TF_FILTERS + CV2_FILTERS
 # fit: the same box in fractional pixels (PIL ImageOps.fit); pad: the whole image, centred,
 # black borders (ImageOps.pad, or tf.image.resize_with_pad / pad_to_aspect_ratio).
 RESIZE_MODES = ("stretch", "center-crop", "fit", "pad")
-OUTPUT_KINDS = ("sigmoid", "softmax2")
+# sigmoid: one unit, P(positive). softmax2: two units summing to 1, P(positive) at an index.
+# sigmoid2: two independent sigmoid units (Dense(2, sigmoid) trained on one-hot labels) whose
+# author reads argmax: the score o_pos / (o_0 + o_1) is above 0.5 exactly when o_pos is the
+# larger, so threshold 0.5 gives argmax's label.
+OUTPUT_KINDS = ("sigmoid", "softmax2", "sigmoid2")
 LAYOUTS = ("NHWC", "NCHW")
 
 
@@ -129,7 +133,8 @@ class InputSpec:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """One score tensor: a sigmoid unit, or two softmax units (positive class at an index)."""
+    """One score tensor: a sigmoid unit, or two units (softmax, or independent sigmoids read
+    by argmax) with the positive class at an index."""
 
     name: str = "score"
     kind: str = "sigmoid"
@@ -220,7 +225,13 @@ class Contract:
                 f"model output has {out.shape[1]} values per image, "
                 f"the contract's '{self.output.kind}' output has {expected}"
             )
-        return out[:, self.output.positive_index]
+        positive = out[:, self.output.positive_index]
+        if self.output.kind != "sigmoid2":
+            return positive
+        # In float64: units one float32 step apart give a ratio float32 would round to 0.5.
+        total = out.sum(axis=1, dtype=np.float64)
+        # Both units 0 (saturated sigmoids): a tie, scored 0.5 as a tie of equal units is.
+        return np.divide(positive, total, out=np.full(len(out), 0.5), where=total > 0)
 
     def label(self, score: float, threshold: float | None = None) -> str:
         """Label for a score; a score exactly at the threshold is negative, as in the seed."""
@@ -274,8 +285,8 @@ def _problems(c: Contract) -> list[str]:
         p.append(f"output kind must be one of {OUTPUT_KINDS}, got {o.kind!r}")
     elif o.kind == "sigmoid" and o.positive_index != 0:
         p.append("a sigmoid output has one unit: positive_index must be 0")
-    elif o.kind == "softmax2" and o.positive_index not in (0, 1):
-        p.append(f"a softmax2 output's positive_index must be 0 or 1, got {o.positive_index!r}")
+    elif o.kind != "sigmoid" and o.positive_index not in (0, 1):
+        p.append(f"a {o.kind} output's positive_index must be 0 or 1, got {o.positive_index!r}")
     if not c.negative_label or not c.positive_label or c.negative_label == c.positive_label:
         p.append("labels must be two different non-empty names")
     if not isinstance(c.threshold, float | int) or not (

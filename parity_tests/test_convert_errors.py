@@ -84,11 +84,11 @@ CASES = {
         1,
         "variables.data-00000-of-00001 is a Git LFS pointer, not part of the SavedModel exported",
     ),
-    "two-sigmoid-units": (
+    "two-sigmoid-units-without-labels": (
         lambda t: saved(head(2, "sigmoid"), t / "two_sigmoid.keras"),
-        1,
-        "unknown output kind: two_sigmoid.keras ends in two sigmoid units (Dense(2, "
-        "activation='sigmoid')): two independent probabilities, not a softmax (they sum to ",
+        2,
+        "two_sigmoid.keras has a 2-unit output: say which unit is P(PNEUMONIA) with "
+        "--positive-index",
     ),
     "two-units-no-softmax-savedmodel": (
         lambda t: _exported(t, model=head(2, "sigmoid")),
@@ -137,12 +137,21 @@ def test_convert_failures(tmp_path: Path, capsys, make, code: int, message: str)
 
 
 def test_real_xrays_are_in_the_output_detection(tmp_path: Path, capsys) -> None:
-    """Sum-to-one is checked on the shipped X-rays too, and the message says so."""
+    """Sum-to-one is checked on the shipped X-rays too, and the message says so (two sigmoid
+    units said to be a softmax)."""
     source = saved(head(2, "sigmoid"), tmp_path / "two.keras")
-    assert main(["convert", source, "-o", str(tmp_path / "repo"), "--variants", "none"]) == 1
+    argv = ["convert", source, "-o", str(tmp_path / "repo"), "--variants", "none"]
+    assert main([*argv, "--output-kind", "softmax2", "--positive-index", "1"]) == 1
     err = capsys.readouterr().err
     assert " on uniform noise and " in err and " on 6 real X-rays)" in err
-    assert "keras.Model(model.input, model.output[:, i:i + 1])" in err
+    assert "if they are two sigmoids your application reads by argmax, pass --output-kind" in err
+
+
+def test_output_kind_that_does_not_fit_the_units_is_refused(tmp_path: Path, capsys) -> None:
+    source = saved(head(1, "sigmoid"), tmp_path / "one.keras")
+    argv = ["convert", source, "-o", str(tmp_path / "repo"), "--variants", "none"]
+    assert main([*argv, "--output-kind", "sigmoid2"]) == 1
+    assert "--output-kind sigmoid2: one.keras outputs one value per image" in capsys.readouterr().err
 
 
 def test_failure_keeps_an_existing_repository_as_it_was(tmp_path: Path, capsys) -> None:

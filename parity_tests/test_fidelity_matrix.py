@@ -108,13 +108,15 @@ def raw(x: np.ndarray) -> np.ndarray:
 # --- the models --------------------------------------------------------------------------------
 
 
-def small_cnn(size: int, channels: int = 3, rescaling: bool = False, units: int = 1) -> keras.Model:
+def small_cnn(
+    size: int, channels: int = 3, rescaling: bool = False, units: int = 1, activation: str = ""
+) -> keras.Model:
     inputs = keras.Input((size, size, channels))
     x = L.Rescaling(1 / 255)(inputs) if rescaling else inputs
     for filters in (16, 32, 32):
         x = L.Conv2D(filters, 3, strides=2, activation="relu")(x)
         x = L.BatchNormalization()(x)
-    return _with_head(inputs, x, units)
+    return _with_head(inputs, x, units, activation)
 
 
 def application(
@@ -126,10 +128,27 @@ def application(
     return _with_head(inputs, features, units)
 
 
-def _with_head(inputs: Any, x: Any, units: int) -> keras.Model:
+def _with_head(inputs: Any, x: Any, units: int, activation: str = "") -> keras.Model:
     x = L.GlobalAveragePooling2D()(x)
-    activation = "sigmoid" if units == 1 else "softmax"
+    activation = activation or ("sigmoid" if units == 1 else "softmax")
     return keras.Model(inputs, L.Dense(units, activation=activation, name="head")(x))
+
+
+def positive_unit(outputs: np.ndarray, positive_index: int) -> np.ndarray:
+    """What most authors read: P(positive) is the positive unit's output."""
+    return outputs[:, positive_index]
+
+
+def normalised_two_sigmoids(outputs: np.ndarray, positive_index: int) -> np.ndarray:
+    """The score the contract gives a Dense(2, sigmoid) head read by argmax."""
+    return outputs[:, positive_index] / outputs.sum(axis=1)
+
+
+def argmax_of_two_sigmoids(outputs: np.ndarray, positive_index: int) -> np.ndarray:
+    """An author of a Dense(2, sigmoid) head reads `argmax`: 1.0 where it picks the positive
+    unit, else 0.0 (the test compares labels away from a tie; scores are compared to the
+    normalised o_pos / (o_0 + o_1) separately)."""
+    return (np.argmax(outputs, axis=1) == positive_index).astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -142,6 +161,10 @@ class Case:
     # A plausible mistake, as InputSpec fields over pneumo's defaults (bicubic, stretched,
     # [0, 1]): the comparison must be able to catch it.
     wrong: tuple[tuple[str, str], ...] = ()
+    # The score the engine must reproduce, from the model's outputs and the positive unit.
+    score: Callable[[np.ndarray, int], np.ndarray] = positive_unit
+    # Where the author's application decides by something other than that score > 0.5.
+    decide: Callable[[np.ndarray, int], np.ndarray] | None = None
 
 
 RAW = (("scaling", "raw"),)  # models that rescale inside: pneumo detects 0-255 by itself
@@ -185,6 +208,15 @@ CASES = {
         image_dataset(64, apps.resnet50.preprocess_input, pad_to_aspect_ratio=True),
         ("--preset", "keras-image-dataset", "--preset", "resnet50", "--resize-mode", "pad"),
         64,
+    ),
+    "two-sigmoids-argmax-label-0-pneumonia": Case(
+        lambda: small_cnn(96, units=2, activation="sigmoid"),
+        load_img(96, rescale),
+        ("--preset", "keras-load-img", "--labels", "PNEUMONIA,NORMAL"),
+        96,
+        wrong=(("resize_filter", "bicubic"),),
+        score=normalised_two_sigmoids,
+        decide=argmax_of_two_sigmoids,
     ),
     "teachable-machine": Case(
         lambda: application(apps.MobileNet, 96, units=2, alpha=0.25),
@@ -291,6 +323,9 @@ def calibrate(model: keras.Model, x: np.ndarray, positive_index: int) -> None:
     if kernel.shape[1] == 2:
         kernel[:, 1 - positive_index] = -kernel[:, positive_index]
         bias[1 - positive_index] = -bias[positive_index]
+        if head.activation.__name__ == "sigmoid":  # two independent units: not summing to 1
+            kernel[:, 1 - positive_index] *= 0.6
+            bias[1 - positive_index] = 0.6 * bias[1 - positive_index] + 0.3
     head.set_weights([kernel, bias])
 
 
@@ -301,11 +336,10 @@ def _all_layers(model: keras.Model) -> list[Any]:
     return out
 
 
-def keras_scores(model: keras.Model, x: np.ndarray, positive_index: int) -> np.ndarray:
-    out = np.concatenate(
+def keras_outputs(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    return np.concatenate(
         [np.asarray(model(x[i : i + 32], training=False)) for i in range(0, len(x), 32)]
     )
-    return out[:, positive_index]
 
 
 # --- the test ----------------------------------------------------------------------------------
@@ -328,7 +362,9 @@ def check_case(
     """Calibrate, convert with the case's flags, `pneumo batch` with defaults, compare."""
     probes, scored = folders
     probe_paths, scored_paths = sorted(probes.iterdir()), sorted(scored.iterdir())
-    positive = 1 if "--labels" in case.flags else 0
+    flags = list(case.flags)
+    labels = flags[flags.index("--labels") + 1].split(",") if "--labels" in flags else []
+    positive = labels.index("PNEUMONIA") if labels else 0
     model = case.model()
     calibrate(model, case.user(probe_paths), positive)
     source = tmp_path / f"{name}.keras"
@@ -340,19 +376,22 @@ def check_case(
     results = tmp_path / "results.csv"
     assert main(["batch", str(scored), "-o", str(results), "--model", str(repo)]) == 0
     with results.open() as f:
-        ours_by_name = {
-            Path(r["image_path"]).name: float(r["raw_score"]) for r in csv.DictReader(f)
-        }
-    ours = np.array([ours_by_name[p.name] for p in scored_paths])
+        rows = {Path(r["image_path"]).name: r for r in csv.DictReader(f)}
+    ours = np.array([float(rows[p.name]["raw_score"]) for p in scored_paths])
+    our_labels = np.array([rows[p.name]["prediction"] == "PNEUMONIA" for p in scored_paths])
 
-    theirs = keras_scores(model, case.user(scored_paths), positive)
+    outputs = keras_outputs(model, case.user(scored_paths))
+    theirs = case.score(outputs, positive)
     diff = np.abs(ours - theirs)
     away = np.abs(theirs - 0.5) >= BOUND
     flips = int(np.sum(((ours > 0.5) != (theirs > 0.5)) & away))
+    if case.decide is not None:  # the author's own decision rule, not a threshold on a score
+        flips += int(np.sum((our_labels != case.decide(outputs, positive).astype(bool)) & away))
     mistake = InputSpec(
         height=case.size, width=case.size, channels=case.channels, **dict(case.wrong)
     )
-    wrong = keras_scores(model, reference_batch(scored_paths, Contract(input=mistake)), positive)
+    wrong_input = reference_batch(scored_paths, Contract(input=mistake))
+    wrong = case.score(keras_outputs(model, wrong_input), positive)
     manifest = json.loads(next(repo.rglob("manifest.json")).read_text())
     FIGURES[name] = {
         "flags": " ".join(case.flags),

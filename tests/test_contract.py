@@ -160,3 +160,20 @@ def test_scores_and_labels() -> None:
     assert sigmoid.label(0.5) == "NORMAL"
     assert sigmoid.label(0.5000001) == "PNEUMONIA"
     assert sigmoid.label(0.4, threshold=0.3) == "PNEUMONIA"
+
+
+def test_two_sigmoid_units_score_gives_the_argmax_label() -> None:
+    """A Dense(2, sigmoid) head read by argmax: o_pos / (o_0 + o_1) > 0.5 exactly when the
+    positive unit is the larger, even a float32 step apart; two saturated zeros are a tie."""
+    two = Contract(output=OutputSpec(kind="sigmoid2", positive_index=1))
+    rng = np.random.default_rng(0)
+    outputs = rng.random((10_000, 2), dtype=np.float32)
+    outputs[:100, 1] = np.nextafter(outputs[:100, 0], np.float32(2))  # one step above
+    scores = two.scores(outputs)
+    labels = np.array([two.label(float(s)) for s in scores])
+    argmax = np.where(np.argmax(outputs, axis=1) == 1, "PNEUMONIA", "NORMAL")
+    assert (labels == argmax).all()
+    assert two.scores(np.array([[0.2, 0.6]])).tolist() == pytest.approx([0.75])
+    assert two.scores(np.array([[0.0, 0.0]])).tolist() == [0.5]
+    with pytest.raises(ContractError, match="positive_index must be 0 or 1"):
+        Contract(output=OutputSpec(kind="sigmoid2", positive_index=2))

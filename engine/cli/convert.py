@@ -15,6 +15,7 @@ from engine.cli.options import (
     unit_float,
     variant_list_help,
 )
+from engine.contract import OUTPUT_KINDS
 from engine.errors import EXIT_OK
 
 
@@ -54,13 +55,22 @@ def add(sub: Subparsers) -> None:
         type=labels,
         default=None,
         metavar="A,B",
-        help="class names: NEGATIVE,POSITIVE; for a 2-unit softmax in output order",
+        help="class names: NEGATIVE,POSITIVE; for a 2-unit output in output order",
     )
     p.add_argument(
         "--positive-index",
         type=int,
         default=None,
-        help="2-unit softmax: index of the PNEUMONIA unit",
+        help="2-unit output: index of the PNEUMONIA unit",
+    )
+    p.add_argument(
+        "--output-kind",
+        choices=OUTPUT_KINDS,
+        default=None,
+        help="what the output units are, where the model hides its final activation (default: "
+        "detected): sigmoid (one unit), softmax2, or sigmoid2 (two sigmoid units your "
+        "application reads by argmax; scored o_pos / (o_0 + o_1), above 0.5 exactly when argmax "
+        "picks the positive unit)",
     )
     p.add_argument("--threshold", type=unit_float, default=0.5, help="default threshold")
     p.add_argument(
@@ -110,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             presets=tuple(args.preset),
             labels=args.labels,
             positive_index=args.positive_index,
+            output_kind=args.output_kind,
             threshold=args.threshold,
         ),
         image_folders=args.images,
