@@ -151,7 +151,8 @@ def test_output_kind_that_does_not_fit_the_units_is_refused(tmp_path: Path, caps
     source = saved(head(1, "sigmoid"), tmp_path / "one.keras")
     argv = ["convert", source, "-o", str(tmp_path / "repo"), "--variants", "none"]
     assert main([*argv, "--output-kind", "sigmoid2"]) == 1
-    assert "--output-kind sigmoid2: one.keras outputs one value per image" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--output-kind sigmoid2: one.keras outputs one value per image" in err
 
 
 def test_failure_keeps_an_existing_repository_as_it_was(tmp_path: Path, capsys) -> None:
