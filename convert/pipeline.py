@@ -23,6 +23,7 @@ import onnx
 import engine
 from convert.cam import add_cam_output, with_scale
 from convert.detect import Overrides, detect_contract
+from convert.expected import expected_scores_check, read_expected
 from convert.export import DEFAULT_OPSET, to_onnx
 from convert.labelled import labelled_check
 from convert.noise import fp32_noise, tolerance_for
@@ -58,6 +59,7 @@ class ConvertOptions:
     tolerance: float | None = None  # None: from the model's own fp32 noise (convert.noise)
     custom_objects: str | None = None
     training_list: str | None = None  # copied into the version (training_images.txt[.gz])
+    expected_scores: str | None = None  # the application's own scores (convert.expected)
 
 
 @dataclass
@@ -93,6 +95,9 @@ def convert_loaded(
 ) -> ConvertResult:
     start = time.perf_counter() if start is None else start
     listed = read_training_list(opts.training_list) if opts.training_list else None
+    expected = (
+        read_expected(opts.expected_scores, opts.image_folders) if opts.expected_scores else None
+    )
     images = gather_images(opts.image_folders)  # every probe image: variant gates, labels
     subset = spread(images)  # parity probes, int8 calibration
     contract = detect_contract(src, opts.overrides, spread(images, DETECTION_IMAGES))
@@ -136,6 +141,8 @@ def convert_loaded(
         labelled_check(
             report, fp32_path, contract, opts.image_folders, preprocessing=fidelity["verdict"]
         )
+        if expected is not None:
+            expected_scores_check(report, fp32_path, expected, preprocessing=fidelity["verdict"])
         report.raise_if_failed(src.name)
         inputs = Inputs(
             model, fp32_path, src, contract, probes[-len(subset) :], Path(tmp), tolerance
@@ -195,6 +202,9 @@ def convert_loaded(
         ],
         "probe_images": {"gates": len(images), "parity_and_calibration": len(subset)},
         "labelled": next((c.figures for c in report.checks if c.name == "labelled_auc"), None),
+        "expected_scores": next(
+            (c.figures for c in report.checks if c.name == "expected_scores"), None
+        ),
         "skipped_variants": skipped,
     }
     seconds = round(time.perf_counter() - start, 2)

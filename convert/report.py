@@ -33,6 +33,7 @@ class Check:
     seconds: float = 0.0
     figures: Figures = field(default_factory=dict)
     skipped: bool = False  # an optional check the model failed: recorded, not fatal
+    row: bool = False  # one item (an image) of a larger check: the text shows the first few
 
 
 @dataclass
@@ -44,9 +45,16 @@ class Report:
     def ok(self) -> bool:
         return all(c.passed or c.skipped for c in self.checks)
 
-    def run(self, name: str, fn: Callable[[], tuple[str, Figures]], optional: bool = False) -> bool:
+    def run(
+        self,
+        name: str,
+        fn: Callable[[], tuple[str, Figures]],
+        optional: bool = False,
+        row: bool = False,
+    ) -> bool:
         """Run one check, record pass or fail (never raise for a model's failure). An
-        `optional` check that fails is recorded as skipped and does not fail the report."""
+        `optional` check that fails is recorded as skipped and does not fail the report; a
+        `row` is one item of a larger check (JUnit and JSON list them all, the text a few)."""
         start = time.perf_counter()
         try:
             detail, figures = fn()
@@ -58,7 +66,8 @@ class Report:
         except PneumoError as e:
             detail, figures, passed = e.message, {}, False
         seconds = round(time.perf_counter() - start, 4)
-        self.checks.append(Check(name, passed, detail, seconds, figures, optional and not passed))
+        skipped = optional and not passed
+        self.checks.append(Check(name, passed, detail, seconds, figures, skipped, row))
         return passed
 
     def failures(self) -> list[str]:
@@ -118,8 +127,17 @@ class Report:
                 ET.SubElement(case, "failure", message=c.detail).text = json.dumps(c.figures)
         return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
-    def summary_lines(self) -> list[str]:
-        return [f"{_status(c)}  {c.name}: {c.detail}" for c in self.checks]
+    def summary_lines(self, rows_shown: int = 20) -> list[str]:
+        """One line per check, in order; of the rows, the first `rows_shown` and a count."""
+        lines, rows = [], 0
+        for c in self.checks:
+            rows += c.row
+            if not c.row or rows <= rows_shown:
+                lines.append(f"{_status(c)}  {c.name}: {c.detail}")
+            elif rows == rows_shown + 1:
+                hidden = sum(c.row for c in self.checks) - rows_shown
+                lines.append(f"...   {hidden} more rows like these (--report lists them all)")
+        return lines
 
 
 def _status(c: Check) -> str:

@@ -237,13 +237,17 @@ def validate_file(
     tolerance: float | None = None,
     custom_objects: str | None = None,
     min_auc: float | None = None,
+    expected_scores: str | None = None,
 ) -> Report:
     """`pneumo validate`: every check on one ONNX file; TensorFlow only with `against`.
 
     With labelled images (an `--images` folder holding one subfolder per label of the model),
     the model's ROC AUC on them through the engine's own preprocessing must reach 0.5, or
     `min_auc` when given. The fp32 bounds: `tolerance` if given, else the one the model's
-    conversion recorded in its manifest, else one measured from its own noise here."""
+    conversion recorded in its manifest, else one measured from its own noise here. With
+    `expected_scores` (a CSV of the user's own application's scores on image files), the
+    engine must give each file the same score within 0.02 (convert.expected)."""
+    from convert.expected import expected_scores_check, read_expected
     from convert.labelled import labelled_check
     from convert.probes import gather_images, probe_batch, spread
 
@@ -252,6 +256,7 @@ def validate_file(
         raise UsageError(f"{path}: no such ONNX file")
     if min_auc is not None and not 0.0 <= min_auc <= 1.0:
         raise UsageError(f"--min-auc must be a number in [0, 1], got {min_auc}")
+    expected = read_expected(expected_scores, image_folders) if expected_scores else None
     report = Report(subject=subject(p))
     data = p.read_bytes()
     parsed: list[onnx.ModelProto] = []
@@ -276,6 +281,8 @@ def validate_file(
     if session is None:
         return report
     labelled_check(report, p, contract, image_folders, min_auc)
+    if expected is not None:
+        expected_scores_check(report, p, expected)
     if against is None:
         return report
     from convert.extra import require

@@ -8,6 +8,7 @@ import argparse
 from engine.cli.options import (
     Subparsers,
     add_contract_options,
+    add_expected_scores_option,
     add_images_option,
     command,
     labels,
@@ -42,6 +43,7 @@ def add(sub: Subparsers) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset")
     p.add_argument("--variants", default="all", help=variant_list_help())
     add_images_option(p)
+    add_expected_scores_option(p)
     p.add_argument(
         "--input-size",
         type=size,
@@ -127,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         custom_objects=args.custom_objects,
         training_list=args.training_list,
+        expected_scores=args.expected_scores,
     )
     result = convert(args.source, args.output, opts)
     for line in result.report.summary_lines():

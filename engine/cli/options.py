@@ -88,6 +88,18 @@ def add_images_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_expected_scores_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--expected-scores",
+        default=None,
+        metavar="FILE.csv",
+        help="what your own application computes: a CSV with the columns image (a file name, or "
+        "a path relative to the --images folder; the CSV's folder without --images) and score "
+        "(P(positive)); fails where the engine, with its defaults, differs by more than 0.02 or "
+        "gives another label",
+    )
+
+
 def add_contract_options(p: argparse.ArgumentParser) -> None:
     """The options of `pneumo convert` that state the model's input pipeline: presets, each
     field overridable by its own flag."""

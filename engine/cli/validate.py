@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli.options import Subparsers, add_images_option, command, unit_float
+from engine.cli.options import (
+    Subparsers,
+    add_expected_scores_option,
+    add_images_option,
+    command,
+    unit_float,
+)
 from engine.errors import EXIT_FAILED, EXIT_OK
 
 
@@ -16,8 +22,9 @@ def add(sub: Subparsers) -> None:
         help="check an ONNX model: structure, contract, runtime, parity (needs 'convert' extra)",
         description="Validate an ONNX model for CI pipelines: onnx.checker, shape inference, "
         "contract metadata, onnxruntime load, dynamic batch, manifest hash, ROC AUC on labelled "
-        "--images (a folder with NORMAL/ and PNEUMONIA/), and (with --against) parity with the "
-        "original Keras model. Exit 1 if any check fails.",
+        "--images (a folder with NORMAL/ and PNEUMONIA/), the scores your own application "
+        "computed (--expected-scores), and (with --against) parity with the original Keras "
+        "model. Exit 1 if any check fails.",
     )
     p.add_argument("model", help="an .onnx file")
     p.add_argument(
@@ -48,6 +55,7 @@ def add(sub: Subparsers) -> None:
         help="fail below this ROC AUC on labelled --images (NORMAL/, PNEUMONIA/ subfolders); "
         "without it, below 0.5 fails",
     )
+    add_expected_scores_option(p)
     p.add_argument("--custom-objects", metavar="FILE.py", default=None)
     p.set_defaults(handler=run)
 
@@ -65,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         custom_objects=args.custom_objects,
         min_auc=args.min_auc,
+        expected_scores=args.expected_scores,
     )
     for line in report.summary_lines():
         print(line)
