@@ -99,6 +99,7 @@ def _input_spec(src: LoadedSource, o: Overrides, layers: list[Any]) -> InputSpec
             "std": o.input_std,
         },
     )
+    _check_mean_std(stated, o, int(c))
     if stated.get("scaling") is None and not layers:
         log.warning(
             "%s: cannot see the model's layers (plain SavedModel); assuming inputs in [0, 1]."
@@ -114,6 +115,40 @@ def _input_spec(src: LoadedSource, o: Overrides, layers: list[Any]) -> InputSpec
         channels=int(c),
         resizes_inside=bool(resizing),
         **stated,
+    )
+
+
+def _check_mean_std(stated: dict[str, Any], o: Overrides, channels: int) -> None:
+    """--input-mean/--input-std: both given (or one over a preset's pair), one value or one per
+    channel. Values in pixel units (any above 1: an author who subtracts 123.68 from 0-255
+    pixels, or divides by 58.4) are divided by 255, to the contract's [0, 1] scale."""
+    if stated.get("scaling") != "custom":
+        return
+    for flag, name in (("--input-mean", "mean"), ("--input-std", "std")):
+        other = "--input-std" if name == "mean" else "--input-mean"
+        values = stated.get(name)
+        if values is None:
+            raise UsageError(
+                f"{other} needs {flag} too: the scaling is (x / 255 - mean) / std per channel; "
+                "pass both (e.g. --input-mean 0.485,0.456,0.406 --input-std 0.229,0.224,0.225)"
+            )
+        if len(values) not in (1, channels):
+            raise UsageError(
+                f"{flag} has {len(values)} values but the model takes {channels} channel"
+                f"{'s' if channels > 1 else ''} per pixel: give 1 value"
+                + (f" or {channels}" if channels > 1 else "")
+            )
+    given = {"mean": o.input_mean, "std": o.input_std}
+    if max((abs(v) for values in given.values() for v in values or ()), default=0.0) <= 1.0:
+        return
+    for name, values in given.items():  # a preset's values are on [0, 1] already
+        if values is not None:
+            stated[name] = tuple(v / 255.0 for v in values)
+    log.info(
+        "--input-mean/--input-std in pixel units (0-255, a value above 1): read as mean %s, "
+        "std %s on the [0, 1] scale",
+        [round(v, 6) for v in stated["mean"]],
+        [round(v, 6) for v in stated["std"]],
     )
 
 

@@ -21,11 +21,15 @@ LFS_MAX_BYTES = 1024  # the Git LFS spec: pointer files are under 1024 bytes
 _LFS_FIELD = re.compile(rb"^(oid sha256:[0-9a-f]+|size \d+)$", re.M)
 _SHARD = re.compile(r"^variables\.data-(\d+)-of-(\d+)$")
 KERAS_MEMBERS = ("config.json", "model.weights.h5")
+HTML_SNIFF_BYTES = 4096
+_TITLE = re.compile(rb"<title[^>]*>([^<]{1,200})</title>", re.I)
 
 
 def check_file(p: Path) -> None:
-    """A model file: not a Git LFS pointer; a `.keras` (zip) file complete and readable."""
+    """A model file: not a Git LFS pointer nor a web page; a `.keras` (zip) file complete and
+    readable."""
     check_not_lfs_pointer(p, "the model")
+    check_not_web_page(p, "the model")
     with p.open("rb") as f:
         head = f.read(4)
     if p.suffix.lower() == ".keras" or head == b"PK\x03\x04":
@@ -50,6 +54,26 @@ def check_not_lfs_pointer(p: Path, what: str) -> None:
         f"{stands_for}. The repository was cloned or downloaded without Git LFS: run "
         "`git lfs install && git lfs pull` in the clone (or download the file itself), then "
         "convert again"
+    )
+
+
+def check_not_web_page(p: Path, what: str) -> None:
+    """A download link that needed a sign-in, a cookie or a virus-scan confirmation (Google
+    Drive, Kaggle, a wiki) saves the HTML page it answered with under the model's name."""
+    with p.open("rb") as f:
+        head = f.read(HTML_SNIFF_BYTES)
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if not start.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")) or (
+        start.startswith(b"<?xml") and b"<html" not in start
+    ):
+        return
+    title = _TITLE.search(head)
+    named = f", titled {title.group(1).decode('utf-8', 'replace').strip()[:80]!r}" if title else ""
+    raise ModelLoadError(
+        f"{p.name} is an HTML page ({p.stat().st_size} bytes{named}), not {what}: a download "
+        "link that needed a sign-in or a confirmation saves the web page it showed instead of "
+        "the file. Open the link in a browser (or use the site's API or CLI) and download the "
+        "file itself, then convert again"
     )
 
 
@@ -109,6 +133,7 @@ def check_savedmodel(p: Path) -> None:
         raise ModelLoadError(f"{p.name} is a folder but not a SavedModel (no saved_model.pb)")
     for f in sorted(x for x in p.rglob("*") if x.is_file()):
         check_not_lfs_pointer(f, f"part of the SavedModel {p.name}")
+        check_not_web_page(f, f"part of the SavedModel {p.name}")
     variables = p / "variables"
     shards = (
         sorted(f.name for f in variables.glob("variables.data-*")) if variables.is_dir() else []

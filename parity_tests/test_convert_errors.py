@@ -101,6 +101,11 @@ CASES = {
         1,
         "cannot load model.h5 as an .h5 model: Keras 3 said",
     ),
+    "html-named-h5": (
+        lambda t: _write(t / "model.h5", b"<!doctype html><title>Sign in - Kaggle</title>"),
+        1,
+        "model.h5 is an HTML page (46 bytes, titled 'Sign in - Kaggle'), not the model",
+    ),
     "folder-not-savedmodel": (lambda t: str(_mkdir(t / "folder")), 1, "no saved_model.pb"),
     "unsupported-op": (
         lambda t: saved(head(1, "sigmoid", Zeta()), t / "zeta.keras"),
@@ -321,3 +326,47 @@ def test_custom_objects_file_makes_a_custom_layer_loadable(tmp_path: Path) -> No
     )
     assert done.returncode == 0, done.stderr
     assert "PASS  parity_keras" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("channels", "flags", "message"),
+    [
+        (3, ["--input-std", "0.25"], "--input-std needs --input-mean too"),
+        (3, ["--input-mean", "0.5"], "--input-mean needs --input-std too"),
+        (
+            1,
+            ["--input-mean", "0.485,0.456,0.406", "--input-std", "0.229,0.224,0.225"],
+            "--input-mean has 3 values but the model takes 1 channel per pixel: give 1 value",
+        ),
+        (
+            3,
+            ["--input-mean", "0.5,0.5", "--input-std", "0.25"],
+            "--input-mean has 2 values but the model takes 3 channels per pixel: give 1 value or 3",
+        ),
+    ],
+    ids=["std-alone", "mean-alone", "three-for-gray", "two-for-rgb"],
+)
+def test_mean_and_std_flags_that_cannot_apply_are_usage_errors(
+    tmp_path: Path, capsys, channels: int, flags: list[str], message: str
+) -> None:
+    inputs = keras.Input((32, 32, channels))
+    x = L.GlobalAveragePooling2D()(L.Conv2D(4, 3)(inputs))
+    source = saved(keras.Model(inputs, L.Dense(1, activation="sigmoid")(x)), tmp_path / "m.keras")
+    argv = ["convert", source, "-o", str(tmp_path / "repo"), "--variants", "none", *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and "invalid model contract" not in err, err
+
+
+def test_mean_and_std_in_pixel_units(tmp_path: Path, capsys) -> None:
+    """An author who subtracts [123.68, 116.779, 103.939] from 0-255 pixels and divides by
+    [58.393, 57.12, 57.375] gives those numbers as they are: read on the [0, 1] scale."""
+    source = saved(head(1, "sigmoid"), tmp_path / "m.keras")
+    mean, std = (123.68, 116.779, 103.939), (58.393, 57.12, 57.375)
+    argv = ["convert", source, "-o", str(tmp_path / "repo"), "--variants", "none"]
+    flags = ["--input-mean", ",".join(map(str, mean)), "--input-std", ",".join(map(str, std))]
+    assert main([*argv, *flags]) == 0, capsys.readouterr().err
+    contract = read_manifest(tmp_path / "repo" / "pneumonia" / "1")["contract"]["input"]
+    assert contract["scaling"] == "custom"
+    assert contract["mean"] == pytest.approx([v / 255 for v in mean])
+    assert contract["std"] == pytest.approx([v / 255 for v in std])

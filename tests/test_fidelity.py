@@ -34,9 +34,10 @@ def test_measure_on_real_samples(write_model, samples: list[Path]) -> None:
     assert 0 < got["max_score_diff"] < 0.01 and got["label_changes"] == 0
     assert verdict(got, BICUBIC) == (
         "reference",
-        "fast measured on only 6 full-size X-rays (20 needed; max score diff "
-        f"{got['max_score_diff']:.4f} on 6 probe X-rays): convert with --images DIR of "
-        "full-size X-rays to measure it",
+        "fast measured on too few large X-rays: it departs from the reference only on images "
+        "of 256 px or more on a side, and 6 of the 6 probe X-rays were (20 needed; max score "
+        f"diff {got['max_score_diff']:.4f} on 6 probe X-rays): convert with --images DIR "
+        "holding at least 20 X-rays that large to measure it",
     )
     exact = measure(engine.scores, samples, NEAREST)
     assert (exact["shortcut_images"], exact["max_score_diff"]) == (0, 0.0)
@@ -59,7 +60,11 @@ def test_measure_on_real_samples(write_model, samples: list[Path]) -> None:
             "reference",
             "(1 label changes away from the threshold)",
         ),
-        ({"shortcut_images": 19}, "reference", "fast measured on only 19 full-size X-rays"),
+        (
+            {"shortcut_images": 19},
+            "reference",
+            "256 px or more on a side, and 19 of the 70 probe X-rays were (20 needed",
+        ),
         ({"max_score_diff": None}, "reference", "by up to inf"),
     ],
     ids=["within", "over", "label-change", "too-few", "no-figure"],

@@ -58,6 +58,35 @@ def test_lfs_pointer_file(tmp_path: Path, name: str) -> None:
     )
 
 
+SIGN_IN = (
+    "\n<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+    "<title>Google Drive - Virus scan warning</title></head><body>Download anyway</body></html>"
+)
+
+
+@pytest.mark.parametrize("name", ["model.h5", "model.keras", "saved_model.pb"])
+def test_a_web_page_saved_as_the_model(tmp_path: Path, name: str) -> None:
+    """What a download link answers when it needs a sign-in or a confirmation, saved under the
+    model's name (`wget`, `curl -L`, "Save link as")."""
+    path = tmp_path / name
+    path.write_text(SIGN_IN)
+    with pytest.raises(ModelLoadError) as e:
+        check_file(path)
+    assert e.value.message == (
+        f"{name} is an HTML page ({len(SIGN_IN)} bytes, titled 'Google Drive - Virus scan "
+        "warning'), not the model: a download link that needed a sign-in or a confirmation "
+        "saves the web page it showed instead of the file. Open the link in a browser (or use "
+        "the site's API or CLI) and download the file itself, then convert again"
+    )
+
+
+def test_a_web_page_inside_a_savedmodel(tmp_path: Path) -> None:
+    folder = savedmodel(tmp_path / "exported")
+    (folder / "variables" / "variables.index").write_text("<html><body>Sign in</body></html>")
+    with pytest.raises(ModelLoadError, match=r"variables\.index is an HTML page .* not part of"):
+        check_savedmodel(folder)
+
+
 def test_truncated_keras_zip(tmp_path: Path) -> None:
     whole = keras_zip(tmp_path / "whole.keras").read_bytes()
     cut = tmp_path / "model.keras"

@@ -19,7 +19,7 @@ from engine.contract import Contract
 from engine.errors import UsageError
 from engine.runtime.choices import PREPROCESSING
 from engine.runtime.decoders import ImageSource
-from engine.runtime.preprocess import fast_pixels, is_exact, reference_pixels
+from engine.runtime.preprocess import fast_pixels, is_exact, reference_pixels, shortcut_side
 
 MANIFEST_KEY = "preprocessing"
 # The promise: every score within 0.02 of the user's own pipeline, and the same label wherever
@@ -89,9 +89,12 @@ def verdict(figures: Mapping[str, Any], contract: Contract) -> tuple[str, str]:
             f"the same pixels); measured {measured}"
         )
     if shortcut < MIN_SHORTCUT_IMAGES:
+        side = shortcut_side(contract.input)
         return "reference", (
-            f"fast measured on only {shortcut} full-size X-rays ({MIN_SHORTCUT_IMAGES} needed; "
-            f"{measured}): convert with --images DIR of full-size X-rays to measure it"
+            f"fast measured on too few large X-rays: it departs from the reference only on "
+            f"images of {side} px or more on a side, and {shortcut} of the {n} probe X-rays "
+            f"were ({MIN_SHORTCUT_IMAGES} needed; {measured}): convert with --images DIR "
+            f"holding at least {MIN_SHORTCUT_IMAGES} X-rays that large to measure it"
         )
     return "fast", f"fast stays within {PROBE_MAX_SCORE_DIFF} of reference: {measured}"
 

@@ -100,6 +100,13 @@ def fast_resized(source: ImageSource, contract: Contract) -> np.ndarray:
     return resize(img, spec, full, factor, REDUCING_GAP)
 
 
+def shortcut_side(spec: InputSpec) -> int:
+    """The smallest image side (px) on which the fast path departs from the reference at all:
+    where the box pre-reduction first reduces by 2 (the DCT-domain decode needs more); smaller
+    images take the reference's very steps."""
+    return int(2 * REDUCING_GAP * max(spec.width, spec.height))
+
+
 def is_exact(spec: InputSpec) -> bool:
     """True where the fast path is the reference pipeline itself (same pixels, by construction)."""
     return spec.resize_filter in EXACT_ONLY_FILTERS
