@@ -7,7 +7,8 @@ step takes HxW uint8; `scale_abs`, `invert` and `gamma` also HxWxC (any C, as cv
 apply them per value); the PIL steps also HxWx3 (per channel, as Pillow does for mode RGB);
 `equalize_hist_cv2` and `clahe` only HxW (cv2 takes 8-bit single-channel images only).
 The declarative form (`Step`, its dict form) is in `engine.runtime.intensity_steps`, the
-command-line spelling (`clahe:2.0:8x8`) in `engine.runtime.intensity_spelling`.
+command-line spelling (`clahe:2.0:8x8`) in `engine.runtime.intensity_spelling`; `apply_steps`
+applies a list of them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ from typing import Literal
 import numpy as np
 
 from engine.errors import ImageError
+from engine.runtime.intensity_steps import (
+    Autocontrast,
+    Clahe,
+    EqualizeHist,
+    EqualizePil,
+    Gamma,
+    Invert,
+    ScaleAbs,
+    Step,
+)
 
 _INT_MIN = -(2**31)
 
@@ -276,3 +287,28 @@ def gamma(pixels: np.ndarray, exponent: float, library: Literal["cv2", "pil"]) -
     else:
         lut = np.array([min(max(round(v), 0), 255) for v in values], np.uint8)
     return lut.take(pixels)
+
+
+def apply_steps(pixels: np.ndarray, steps: Sequence[Step]) -> np.ndarray:
+    """`pixels` (uint8) through each step in order; the input is never modified."""
+    for step in steps:
+        pixels = apply_step(pixels, step)
+    return pixels
+
+
+def apply_step(pixels: np.ndarray, step: Step) -> np.ndarray:
+    if isinstance(step, ScaleAbs):
+        return scale_abs(pixels, step.alpha, step.beta, step.fma)
+    if isinstance(step, EqualizeHist):
+        return equalize_hist_cv2(pixels)
+    if isinstance(step, Clahe):
+        return clahe(pixels, step.clip_limit, step.tile_grid)
+    if isinstance(step, EqualizePil):
+        return equalize_pil(pixels)
+    if isinstance(step, Autocontrast):
+        return autocontrast_pil(pixels, step.cutoff, step.ignore or None)
+    if isinstance(step, Invert):
+        return invert(pixels)
+    if isinstance(step, Gamma):
+        return gamma(pixels, step.exponent, step.library)
+    raise TypeError(f"not an intensity step: {step!r}")

@@ -1,7 +1,10 @@
 """The declarative form of the intensity steps of `engine.runtime.intensity`: one frozen, typed
-step per library call, for the model contract (`to_dict`, `Step.from_dict`, `steps_from_list`)
-and for people (`describe()`), and `apply_steps`, which applies them in order. The command-line
-spelling (`clahe:2.0:8x8`) is in `engine.runtime.intensity_spelling`.
+step per library call, for the model contract (`to_dict`, `Step.from_dict`, `steps_from_list`,
+each reporting every problem at once) and for people (`describe()`). The command-line spelling
+(`clahe:2.0:8x8`) is in `intensity_spelling`; `intensity.apply_steps` applies steps in order.
+
+Pure data, importing only the ground floor (errors) and numpy: the contract, a layer below the
+runtime, can hold these steps once this module sits beside it.
 
 Dict form: {"name": <step name>, <parameter>: <value>, ...}, JSON-ready; a parameter left out
 takes the library's own default (cv2.createCLAHE(): clip 40, tiles 8x8; autocontrast: cutoff 0,
@@ -11,14 +14,13 @@ no level ignored), except a gamma's `gamma`, which has none.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from engine.errors import ContractError
-from engine.runtime import intensity
 
 StepName = Literal[
     "scale-abs",
@@ -55,9 +57,6 @@ class Step:
         """What is wrong with the parameters given in `values` (those left out are not
         checked), one message each."""
         return []
-
-    def apply(self, pixels: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -140,9 +139,6 @@ class ScaleAbs(Step):
             *_flag(values, "fma"),
         ]
 
-    def apply(self, pixels: np.ndarray) -> np.ndarray:
-        return intensity.scale_abs(pixels, self.alpha, self.beta, self.fma)
-
     def describe(self) -> str:
         how = "" if self.fma else ", without FMA"
         return f"cv2.convertScaleAbs alpha {self.alpha}, beta {self.beta}{how}"
@@ -153,9 +149,6 @@ class EqualizeHist(Step):
     """cv2.equalizeHist(gray)."""
 
     name: ClassVar[StepName] = "equalize-hist"
-
-    def apply(self, pixels: np.ndarray) -> np.ndarray:
-        return intensity.equalize_hist_cv2(pixels)
 
     def describe(self) -> str:
         return "histogram equalisation (cv2.equalizeHist)"
@@ -182,9 +175,6 @@ class Clahe(Step):
             problems.append(f"tile_grid must be [columns, rows], two integers >= 1, got {grid!r}")
         return problems
 
-    def apply(self, pixels: np.ndarray) -> np.ndarray:
-        return intensity.clahe(pixels, self.clip_limit, self.tile_grid)
-
     def describe(self) -> str:
         clip = f"clip {self.clip_limit}" if self.clip_limit else "no clip limit"
         return f"CLAHE {clip}, tiles {self.tile_grid[0]}x{self.tile_grid[1]} (cv2)"
@@ -195,9 +185,6 @@ class EqualizePil(Step):
     """PIL.ImageOps.equalize(image)."""
 
     name: ClassVar[StepName] = "equalize-pil"
-
-    def apply(self, pixels: np.ndarray) -> np.ndarray:
-        return intensity.equalize_pil(pixels)
 
     def describe(self) -> str:
         return "histogram equalisation (PIL ImageOps.equalize)"
@@ -238,9 +225,6 @@ class Autocontrast(Step):
             problems.append(f"ignore must be levels in 0..255, got {ignore!r}")
         return problems
 
-    def apply(self, pixels: np.ndarray) -> np.ndarray:
-        return intensity.autocontrast_pil(pixels, self.cutoff, self.ignore or None)
-
     def describe(self) -> str:
         low, high = self.cutoff
         cut = f"cutoff {low}%" if low == high else f"cutoff {low}% low, {high}% high"
@@ -253,9 +237,6 @@ class Invert(Step):
     """255 - x (PIL.ImageOps.invert, cv2.bitwise_not)."""
 
     name: ClassVar[StepName] = "invert"
-
-    def apply(self, pixels: np.ndarray) -> np.ndarray:
-        return intensity.invert(pixels)
 
     def describe(self) -> str:
         return "inverted (255 - x)"
@@ -280,9 +261,6 @@ class Gamma(Step):
     @property
     def exponent(self) -> float:
         return 1.0 / self.gamma if self.inverse else self.gamma
-
-    def apply(self, pixels: np.ndarray) -> np.ndarray:
-        return intensity.gamma(pixels, self.exponent, self.library)
 
     def _power(self) -> str:
         return f"(1 / {self.gamma})" if self.inverse else f"{self.gamma}"
@@ -340,10 +318,3 @@ def steps_from_list(data: object) -> tuple[Step, ...]:
     if problems:
         raise ContractError("; ".join(problems))
     return tuple(steps)
-
-
-def apply_steps(pixels: np.ndarray, steps: Sequence[Step]) -> np.ndarray:
-    """`pixels` (uint8) through each step in order; the input is never modified."""
-    for step in steps:
-        pixels = step.apply(pixels)
-    return pixels
