@@ -13,8 +13,9 @@ import numpy as np
 from convert.applications import input_scaling
 from convert.probes import real_batch
 from convert.source import LoadedSource
-from engine.contract import OUTPUT_KINDS, Contract, InputSpec, OutputSpec
+from engine.contract import OUTPUT_KINDS, Contract, InputSpec, OutputSpec, pipeline_problems
 from engine.errors import ContractError, UsageError
+from engine.intensity_steps import Step
 from engine.presets import pipeline_fields
 from engine.runtime.preprocess import finish
 
@@ -35,6 +36,7 @@ class Overrides:
     color: str | None = None
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
+    pre_resize: tuple[Step, ...] | None = None  # intensity steps before the resize, in order
     presets: tuple[str, ...] = ()
     labels: tuple[str, ...] | None = None  # in output-index order for softmax2; (neg, pos) else
     positive_index: int | None = None
@@ -97,6 +99,7 @@ def _input_spec(src: LoadedSource, o: Overrides, layers: list[Any]) -> InputSpec
             "scaling": o.input_scaling,
             "mean": o.input_mean,
             "std": o.input_std,
+            "pre_resize": o.pre_resize,
         },
     )
     _check_mean_std(stated, o, int(c))
@@ -109,13 +112,17 @@ def _input_spec(src: LoadedSource, o: Overrides, layers: list[Any]) -> InputSpec
     graph = _is_graph_model(src.model)
     detected = "raw" if rescaling else "unit"
     stated["scaling"] = input_scaling(src.name, src.model, graph, stated.get("scaling"), detected)
-    return InputSpec(
+    spec = InputSpec(
         height=int(h),
         width=int(w),
         channels=int(c),
         resizes_inside=bool(resizing),
         **stated,
     )
+    problems = pipeline_problems(spec)
+    if problems:  # what the presets and flags say cannot be one pipeline
+        raise UsageError(f"the input pipeline stated (--preset, flags): {'; '.join(problems)}")
+    return spec
 
 
 def _check_mean_std(stated: dict[str, Any], o: Overrides, channels: int) -> None:

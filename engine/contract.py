@@ -17,14 +17,17 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ContractError, UsageError
+from engine.intensity_steps import ONE_CHANNEL_STEPS, Step, steps_from_list
 
 CONTRACT_KEY = "pneumo.contract"
 PROVENANCE_KEY = "pneumo.provenance"
 # Schema 2 states the whole input pipeline (colour, resize filter and mode, scaling with
-# per-channel mean/std). Schema 1 files (the shipped v1 model) read with their meaning then:
-# Pillow decoding, the image stretched to the input size, RGB for 3 channels.
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+# per-channel mean/std). Schema 3 adds intensity steps before the resize (`pre_resize`) and the
+# `sigmoid2` output; a contract without them is still written as schema 2, so engines that
+# predate schema 3 keep reading it. Schema 1 files (the shipped v1 model) read with their
+# meaning then: Pillow decoding, the image stretched to the input size, RGB for 3 channels.
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,10 @@ class InputSpec:
     color: str = ""  # "" -> grayscale for 1 channel, rgb for 3
     mean: tuple[float, ...] | None = None  # scaling 'custom' only, on the [0, 1] scale
     std: tuple[float, ...] | None = None
+    # Intensity steps on the full-size 8-bit image (after the colour, before the resize), in
+    # order: what X-ray code does with cv2.convertScaleAbs, equalizeHist, CLAHE, PIL's
+    # ImageOps.equalize / autocontrast, an inversion or a gamma table.
+    pre_resize: tuple[Step, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.color:
@@ -115,6 +122,10 @@ class InputSpec:
             value = getattr(self, name)
             if isinstance(value, list | tuple):
                 object.__setattr__(self, name, tuple(value))
+        if not all(isinstance(s, Step) for s in self.pre_resize):  # the contract's dict form
+            object.__setattr__(self, "pre_resize", steps_from_list(list(self.pre_resize)))
+        else:
+            object.__setattr__(self, "pre_resize", tuple(self.pre_resize))
 
     def scaler(self) -> Scaling:
         """The scaling arithmetic, with a 'custom' mean/std filled in."""
@@ -128,7 +139,8 @@ class InputSpec:
         scaling = self.scaling
         if self.scaling == "custom":
             scaling += f" mean {list(self.mean or ())} std {list(self.std or ())}"
-        return f"{self.color}, {self.resize_filter} {self.resize_mode}, scaling {scaling}"
+        steps = "".join(f"{s.describe()}, " for s in self.pre_resize)
+        return f"{self.color}, {steps}{self.resize_filter} {self.resize_mode}, scaling {scaling}"
 
 
 @dataclass(frozen=True)
@@ -157,7 +169,13 @@ class Contract:
     # --- (de)serialisation -------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA_VERSION, **asdict(self)}
+        """The JSON form, in the oldest schema that states it (2 unless it needs 3)."""
+        data = asdict(self)
+        if self.input.pre_resize or self.output.kind == "sigmoid2":
+            data["input"]["pre_resize"] = [s.to_dict() for s in self.input.pre_resize]
+            return {"schema": SCHEMA_VERSION, **data}
+        del data["input"]["pre_resize"]
+        return {"schema": 2, **data}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Contract:
@@ -271,7 +289,7 @@ _SCHEMA_1_INPUT = {
 
 
 def _problems(c: Contract) -> list[str]:
-    p: list[str] = _pipeline_problems(c.input)
+    p: list[str] = pipeline_problems(c.input)
     i, o = c.input, c.output
     if i.layout not in LAYOUTS:
         p.append(f"input layout must be one of {LAYOUTS}, got {i.layout!r}")
@@ -296,7 +314,7 @@ def _problems(c: Contract) -> list[str]:
     return p
 
 
-def _pipeline_problems(i: InputSpec) -> list[str]:
+def pipeline_problems(i: InputSpec) -> list[str]:
     """Colour, resize and scaling: each field valid, and the fields consistent together."""
     p: list[str] = []
     if i.color not in COLORS:
@@ -316,6 +334,13 @@ def _pipeline_problems(i: InputSpec) -> list[str]:
         p.append(
             f"resize mode 'fit' is PIL's ImageOps.fit: it takes a PIL filter, not "
             f"{i.resize_filter!r} (TensorFlow's crop_to_aspect_ratio is 'center-crop')"
+        )
+    one_channel = [s.name for s in i.pre_resize if s.name in ONE_CHANNEL_STEPS]
+    if one_channel and i.color != "grayscale":
+        p.append(
+            f"pre-resize step {one_channel[0]!r} works on a grey image (cv2 takes 8-bit single-"
+            f"channel images only): it needs color 'grayscale' (the image in grey, repeated to "
+            f"the model's channels after), not {i.color!r}"
         )
     if i.scaling not in SCALINGS:
         p.append(f"input scaling must be one of {tuple(SCALINGS)}, got {i.scaling!r}")

@@ -17,7 +17,15 @@ from engine.errors import UsageError
 
 FLIPPED = {"rgb": "bgr", "bgr": "rgb"}  # grayscale has no order to flip
 # The InputSpec fields a preset or a flag may set.
-PIPELINE_FIELDS = ("resize_filter", "resize_mode", "color", "scaling", "mean", "std")
+PIPELINE_FIELDS = (
+    "resize_filter",
+    "resize_mode",
+    "color",
+    "scaling",
+    "mean",
+    "std",
+    "pre_resize",
+)
 
 
 @dataclass(frozen=True)

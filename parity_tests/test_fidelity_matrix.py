@@ -88,6 +88,24 @@ def pil_resize(size: int, then: Callable[[np.ndarray], np.ndarray]) -> Pipeline:
     )
 
 
+def pil_gray(
+    size: int,
+    steps: Callable[[Image.Image], Image.Image],
+    then: Callable[[np.ndarray], np.ndarray],
+    resample: Image.Resampling = Image.Resampling.BICUBIC,
+    channels: int = 3,
+) -> Pipeline:
+    """Image.open(p).convert("L"), `steps` (PIL.ImageOps and point tables on the full-size
+    image), resize, then RGB for a 3-channel model."""
+
+    def one(p: Path) -> np.ndarray:
+        image = steps(Image.open(p).convert("L")).resize((size, size), resample)
+        x = np.asarray(image.convert("RGB") if channels == 3 else image, np.float32)
+        return then(x if channels == 3 else x[:, :, None])
+
+    return lambda paths: np.stack([one(p) for p in paths])
+
+
 def teachable_machine(paths: list[Path]) -> np.ndarray:
     """The snippet Teachable Machine ships with its Keras export."""
     out = []
@@ -217,6 +235,27 @@ CASES = {
         wrong=(("resize_filter", "bicubic"),),
         score=normalised_two_sigmoids,
         decide=argmax_of_two_sigmoids,
+    ),
+    "pil-autocontrast-equalize": Case(
+        lambda: small_cnn(96),
+        pil_gray(96, lambda im: ImageOps.equalize(ImageOps.autocontrast(im, cutoff=1)), rescale),
+        ("--color", "grayscale", "--pre-resize", "autocontrast:1", "--pre-resize", "equalize-pil"),
+        96,
+        wrong=(("color", "grayscale"),),
+    ),
+    "pil-invert-gamma-bilinear-gray": Case(
+        lambda: small_cnn(64, channels=1),
+        pil_gray(
+            64,
+            lambda im: ImageOps.invert(im).point(lambda v: 255 * (v / 255) ** 0.8),
+            rescale,
+            Image.Resampling.BILINEAR,
+            channels=1,
+        ),
+        ("--resize-filter", "bilinear", "--pre-resize", "invert", "--pre-resize", "gamma-pil:0.8"),
+        64,
+        channels=1,
+        wrong=(("resize_filter", "bilinear"),),
     ),
     "teachable-machine": Case(
         lambda: application(apps.MobileNet, 96, units=2, alpha=0.25),

@@ -19,10 +19,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from engine.errors import ContractError, ImageError, UsageError
-from engine.runtime import intensity
-from engine.runtime.intensity import apply_steps
-from engine.runtime.intensity_spelling import parse_step, spelling
-from engine.runtime.intensity_steps import (
+from engine.intensity_spelling import parse_step, spelling
+from engine.intensity_steps import (
     Autocontrast,
     Clahe,
     EqualizeHist,
@@ -34,6 +32,8 @@ from engine.runtime.intensity_steps import (
     Step,
     steps_from_list,
 )
+from engine.runtime import intensity
+from engine.runtime.intensity import apply_steps
 from engine.runtime.samples import sample_images
 
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (the 'dev' extra) is missing")

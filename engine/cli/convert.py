@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
             color=args.color,
             input_mean=args.input_mean,
             input_std=args.input_std,
+            pre_resize=tuple(args.pre_resize) if args.pre_resize else None,
             presets=tuple(args.preset),
             labels=args.labels,
             positive_index=args.positive_index,

@@ -9,6 +9,9 @@ import math
 from typing import TYPE_CHECKING
 
 from engine.contract import COLORS, RESIZE_FILTERS, RESIZE_MODES, SCALINGS
+from engine.errors import UsageError
+from engine.intensity_spelling import parse_step
+from engine.intensity_steps import Step
 from engine.presets import PRESETS, preset_help
 from engine.repository.variants import OPTIONAL_VARIANTS, VARIANT_FILES
 from engine.runtime.choices import DEVICES, PREPROCESSING
@@ -149,6 +152,20 @@ def add_contract_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="; ".join(f"{k}: {v.what}" for k, v in SCALINGS.items() if k != "custom"),
     )
+    g.add_argument(
+        "--pre-resize",
+        action="append",
+        type=pre_resize_step,
+        default=None,
+        metavar="STEP",
+        help="an intensity step your code runs on the full-size 8-bit image before resizing, "
+        "bit-exact with the library it names; repeatable, in order: scale-abs:ALPHA[:BETA] "
+        "(cv2.convertScaleAbs), equalize-hist (cv2.equalizeHist), clahe:CLIP:COLSxROWS "
+        "(cv2.createCLAHE(clipLimit, tileGridSize).apply), equalize-pil and "
+        "autocontrast[:CUTOFF] (PIL.ImageOps), invert, gamma-cv2:1/GAMMA or gamma-pil:EXPONENT "
+        "(a gamma table). cv2's one-channel steps need --color grayscale (or a preset that "
+        "reads grey, e.g. opencv-gray)",
+    )
     for name, example in (("mean", "0.485,0.456,0.406"), ("std", "0.229,0.224,0.225")):
         g.add_argument(
             f"--input-{name}",
@@ -208,6 +225,13 @@ def size(text: str) -> tuple[int, int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW like 128x128, got {text!r}") from None
     return h, w
+
+
+def pre_resize_step(text: str) -> Step:
+    try:
+        return parse_step(text)
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(e.message) from None
 
 
 def floats(text: str) -> tuple[float, ...]:

@@ -6,8 +6,8 @@ where it computes in float32, its round-half-to-even `cvRound`, its saturation).
 step takes HxW uint8; `scale_abs`, `invert` and `gamma` also HxWxC (any C, as cv2 and Pillow
 apply them per value); the PIL steps also HxWx3 (per channel, as Pillow does for mode RGB);
 `equalize_hist_cv2` and `clahe` only HxW (cv2 takes 8-bit single-channel images only).
-The declarative form (`Step`, its dict form) is in `engine.runtime.intensity_steps`, the
-command-line spelling (`clahe:2.0:8x8`) in `engine.runtime.intensity_spelling`; `apply_steps`
+The declarative form (`Step`, its dict form) is in `engine.intensity_steps`, the
+command-line spelling (`clahe:2.0:8x8`) in `engine.intensity_spelling`; `apply_steps`
 applies a list of them.
 """
 
@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 
 from engine.errors import ImageError
-from engine.runtime.intensity_steps import (
+from engine.intensity_steps import (
     Autocontrast,
     Clahe,
     EqualizeHist,
@@ -32,6 +32,7 @@ from engine.runtime.intensity_steps import (
 )
 
 _INT_MIN = -(2**31)
+BLOCK_PIXELS = 1 << 20  # lookups and histograms a block at a time: 8 MB of indices
 
 
 def _pixels(pixels: np.ndarray, what: str, color: bool | int) -> np.ndarray:
@@ -76,7 +77,7 @@ def scale_abs(
             product = product.astype(np.float32).astype(np.float64)
         value = _sum_f32(product, b)
         lut = np.clip(np.rint(np.abs(value)), 0, 255).astype(np.uint8)
-    return lut.take(pixels)
+    return _lookup(lut, pixels)
 
 
 def _sum_f32(p: np.ndarray, b: float) -> np.ndarray:
@@ -97,14 +98,14 @@ def equalize_hist_cv2(pixels: np.ndarray) -> np.ndarray:
     0), times 255 / (pixels - that level's count) in float32, rounded half to even. An image of
     one value is returned as it is."""
     pixels = _pixels(pixels, "cv2.equalizeHist", False)
-    hist = np.bincount(pixels.ravel(), minlength=256)
+    hist = _histogram(pixels)
     first = int(np.flatnonzero(hist)[0])
     if hist[first] == pixels.size:
         return pixels.copy()
     scale = np.float32(255.0) / np.float32(pixels.size - hist[first])
     lut = np.zeros(256, np.float32)
     lut[first + 1 :] = np.cumsum(hist[first + 1 :]).astype(np.float32) * scale
-    return np.clip(np.rint(lut), 0, 255).astype(np.uint8).take(pixels)
+    return _lookup(np.clip(np.rint(lut), 0, 255).astype(np.uint8), pixels)
 
 
 def clahe(
@@ -258,8 +259,8 @@ def _autocontrast_lut(
 def _per_channel(pixels: np.ndarray, make_lut: Callable[[list[int]], list[int]]) -> np.ndarray:
     """Apply the LUT `make_lut` builds from each channel's own histogram (Pillow's RGB rule)."""
     if pixels.ndim == 2:
-        lut = make_lut(np.bincount(pixels.ravel(), minlength=256).tolist())
-        return np.asarray(lut, np.uint8).take(pixels)
+        lut = make_lut(_histogram(pixels).tolist())
+        return _lookup(np.asarray(lut, np.uint8), pixels)
     out = np.empty_like(pixels)
     for c in range(pixels.shape[2]):
         out[..., c] = _per_channel(np.ascontiguousarray(pixels[..., c]), make_lut)
@@ -286,7 +287,31 @@ def gamma(pixels: np.ndarray, exponent: float, library: Literal["cv2", "pil"]) -
         lut = np.array(values).astype(np.uint8)
     else:
         lut = np.array([min(max(round(v), 0), 255) for v in values], np.uint8)
-    return lut.take(pixels)
+    return _lookup(lut, pixels)
+
+
+def _lookup(lut: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """lut[pixels], a block of rows at a time: numpy widens the indices to intp (8 bytes a
+    pixel) before a lookup, which on a 40 Mpx X-ray would be 320 MB."""
+    out = np.empty(pixels.shape, lut.dtype)
+    for rows in _row_blocks(pixels):
+        np.take(lut, pixels[rows], out=out[rows])
+    return out
+
+
+def _histogram(pixels: np.ndarray) -> np.ndarray:
+    """The 256-level histogram of uint8 `pixels`, a block of rows at a time (bincount widens
+    to intp too)."""
+    hist = np.zeros(256, np.int64)
+    for rows in _row_blocks(pixels):
+        hist += np.bincount(pixels[rows].ravel(), minlength=256)
+    return hist
+
+
+def _row_blocks(pixels: np.ndarray) -> list[slice]:
+    per_row = max(1, pixels[:1].size)
+    step = max(1, BLOCK_PIXELS // per_row)
+    return [slice(i, i + step) for i in range(0, len(pixels), step)]
 
 
 def apply_steps(pixels: np.ndarray, steps: Sequence[Step]) -> np.ndarray:

@@ -27,6 +27,7 @@ from engine.runtime.decoders import (
     named_bytes,
     read_bytes,
 )
+from engine.runtime.limits import pre_resize_bytes
 from engine.runtime.preprocess import PREPROCESSORS, RESIZERS, display_picture, finish
 from engine.runtime.sandbox import Admit, Limits, Sandbox, TaskContext
 from engine.runtime.sandbox.wire import pack, unpack
@@ -123,7 +124,7 @@ def picture(
 def tensor_task(
     ctx: TaskContext, wire: bytes | str, name: str, contract: Contract, path: str
 ) -> tuple[np.ndarray, int]:
-    opened = _admitted(ctx, wire, name)
+    opened = _admitted(ctx, wire, name, contract)
     return RESIZERS[path](opened, contract), opened.header.pixels
 
 
@@ -138,7 +139,7 @@ def tensors_task(
             opened.append(_opened(wire, name))
         except PneumoError as e:
             opened.append(e)
-    ctx.need(max((o.header.decode_bytes for o in opened if isinstance(o, Opened)), default=0))
+    ctx.need(max((_bytes(o, contract) for o in opened if isinstance(o, Opened)), default=0))
     answers: list[tuple[str, Any]] = []
     for o in opened:
         try:
@@ -153,17 +154,26 @@ def tensors_task(
 def picture_task(
     ctx: TaskContext, wire: bytes | str, name: str, contract: Contract, path: str, side: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    opened = _admitted(ctx, wire, name)
+    opened = _admitted(ctx, wire, name, contract)
     pixels = RESIZERS[path](opened, contract)
     return pixels, np.asarray(display_picture(named_bytes(opened.data, name), side))
 
 
-def _admitted(ctx: TaskContext, wire: bytes | str, name: str) -> Opened:
-    """The image opened as far as its header, once the decode the header announces is
-    granted."""
+def _admitted(ctx: TaskContext, wire: bytes | str, name: str, contract: Contract) -> Opened:
+    """The image opened as far as its header, once the decode the header announces (and the
+    contract's pre-resize steps) is granted."""
     opened = _opened(wire, name)
-    ctx.need(opened.header.decode_bytes, opened.header.pixels)
+    ctx.need(_bytes(opened, contract), opened.header.pixels)
     return opened
+
+
+def _bytes(opened: Opened, contract: Contract) -> int:
+    """The memory the image takes through the contract's pipeline: its decode, and the
+    pre-resize steps on its 8-bit image."""
+    spec = contract.input
+    channels = 1 if spec.color == "grayscale" else 3
+    extra = pre_resize_bytes(opened.header.pixels, channels, len(spec.pre_resize))
+    return opened.header.decode_bytes + extra
 
 
 def _opened(wire: bytes | str, name: str) -> Opened:

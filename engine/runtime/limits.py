@@ -35,6 +35,9 @@ DICOM_BYTES_PER_STORED_BYTE = 3.0
 DICOM_BYTES = 1.0
 DICOM_CODEC_BYTES = 3.5
 MARGIN = 1.2  # between a measured 16 Mpx decode and any other
+# Pre-resize intensity steps, per pixel and channel: a step's peak is 1.0 (invert) to 1.9
+# (CLAHE) bytes (tracemalloc, 16 Mpx), the image's array and the Pillow image made back 2 more.
+PRE_RESIZE_BYTES = 4.0
 # One image may never need more than this, whatever its kind: the default memory budget of
 # the decode workers (engine.runtime.sandbox.Limits.memory), within which they all decode.
 # In pixels: 8-bit gray and RGB up to the 80 Mpx limit, 16-bit gray ~60 Mpx, a 16-bit DICOM
@@ -59,6 +62,13 @@ def decode_bytes(pixels: int, mode: str, *, alpha: bool = False) -> int:
     `mode` takes (with transparency: composited first), with a margin."""
     per_pixel = ALPHA_BYTES if alpha else BYTES_PER_PIXEL.get(mode, ALPHA_BYTES)
     return int(pixels * per_pixel * MARGIN)
+
+
+def pre_resize_bytes(pixels: int, channels: int, steps: int) -> int:
+    """What a contract's intensity steps add to a decode (each step's output and working
+    arrays, the numpy round trip of the Pillow image): PRE_RESIZE_BYTES per pixel and channel
+    of the 8-bit image they run on, with a margin; nothing without steps."""
+    return int(pixels * channels * PRE_RESIZE_BYTES * MARGIN) if steps else 0
 
 
 def dicom_decode_bytes(pixels: int, samples: int, stored_bytes: int, codec: bool) -> int:

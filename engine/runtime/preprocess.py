@@ -23,6 +23,7 @@ from PIL import Image
 
 from engine.contract import CV2_FILTERS, TF_FILTERS, Contract, InputSpec
 from engine.runtime.decoders import ImageSource, open_image
+from engine.runtime.intensity import apply_steps
 from engine.runtime.resize import resize
 
 # The fast path lets libjpeg decode at 1/4 or 1/8 scale while staying at least DRAFT_FACTOR x
@@ -74,7 +75,7 @@ def reference_resized(source: ImageSource, contract: Contract) -> np.ndarray:
     or float32 from TensorFlow's filters), HxW or HxWxC."""
     spec = contract.input
     img = _decode_full(source, spec)
-    return resize(to_mode(img, spec.color), spec)
+    return resize(pre_resized(to_mode(img, spec.color), spec), spec)
 
 
 def fast_resized(source: ImageSource, contract: Contract) -> np.ndarray:
@@ -82,20 +83,22 @@ def fast_resized(source: ImageSource, contract: Contract) -> np.ndarray:
     channel). Antialiasing filters: JPEGs decoded at reduced scale in the DCT domain (never
     below DRAFT_FACTOR x the model size, so the final resize still low-pass filters), a box
     pre-reduction before the declared filter, the crop or pad box of the full-size image.
-    Filters that sample single pixels (`EXACT_ONLY_FILTERS`): the reference pipeline."""
+    Filters that sample single pixels (`EXACT_ONLY_FILTERS`): the reference pipeline. With
+    pre-resize steps, no reduced-scale decode (a histogram, a CLAHE tile, is of the full-size
+    pixels): the steps run on the full decode, the box pre-reduction after them."""
     spec = contract.input
     if is_exact(spec):
         img = _decode_full(source, spec)
-        return resize(to_mode(img, spec.color, keep_gray=True), spec)
+        return resize(pre_resized(to_mode(img, spec.color, keep_gray=True), spec), spec)
     side = DRAFT_FACTOR * max(spec.width, spec.height)
     seen: list[tuple[tuple[int, int], int]] = []
 
     def reduce(size: tuple[int, int]) -> int:
-        seen.append((size, draft_scale(size, (side, side))))
+        seen.append((size, 1 if spec.pre_resize else draft_scale(size, (side, side))))
         return seen[-1][1]
 
     img = open_image(source, reduce, gray=spec.color == "grayscale")
-    img = to_mode(img, spec.color, keep_gray=True)
+    img = pre_resized(to_mode(img, spec.color, keep_gray=True), spec)
     full, factor = _full_size(img, seen)
     return resize(img, spec, full, factor, REDUCING_GAP)
 
@@ -105,6 +108,15 @@ def shortcut_side(spec: InputSpec) -> int:
     where the box pre-reduction first reduces by 2 (the DCT-domain decode needs more); smaller
     images take the reference's very steps."""
     return int(2 * REDUCING_GAP * max(spec.width, spec.height))
+
+
+def pre_resized(img: Image.Image, spec: InputSpec) -> Image.Image:
+    """The contract's intensity steps on the 8-bit image ('L' or 'RGB'), in order. A grey
+    image kept 'L' for a 3-channel model gets them once: per-channel steps on its three equal
+    channels give three equal channels."""
+    if not spec.pre_resize:
+        return img
+    return Image.fromarray(apply_steps(np.asarray(img), spec.pre_resize))
 
 
 def is_exact(spec: InputSpec) -> bool:

@@ -1,4 +1,4 @@
-"""The command-line spelling of the intensity steps (`engine.runtime.intensity_steps`), as
+"""The command-line spelling of the intensity steps (`engine.intensity_steps`), as
 `--pre-resize clahe:2.0:8x8` takes it: the step's name, then its parameters after colons.
 `parse_step(spelling(step)) == step` for every step.
 """
@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.errors import UsageError
-from engine.runtime.intensity_steps import (
+from engine.intensity_steps import (
     STEPS,
     Autocontrast,
     Clahe,

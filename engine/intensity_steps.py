@@ -4,7 +4,7 @@ each reporting every problem at once) and for people (`describe()`). The command
 (`clahe:2.0:8x8`) is in `intensity_spelling`; `intensity.apply_steps` applies steps in order.
 
 Pure data, importing only the ground floor (errors) and numpy: the contract, a layer below the
-runtime, can hold these steps once this module sits beside it.
+runtime, holds these steps.
 
 Dict form: {"name": <step name>, <parameter>: <value>, ...}, JSON-ready; a parameter left out
 takes the library's own default (cv2.createCLAHE(): clip 40, tiles 8x8; autocontrast: cutoff 0,
@@ -289,6 +289,8 @@ class GammaPil(Gamma):
         return f"gamma 255 * (x / 255) ** {self._power()}, rounded (PIL Image.point)"
 
 
+# cv2 takes 8-bit single-channel images only for these: code that ran them had a grey image.
+ONE_CHANNEL_STEPS = ("equalize-hist", "clahe")
 STEPS: dict[str, type[Step]] = {
     kind.name: kind
     for kind in (
