@@ -7,6 +7,7 @@ import pytest
 
 from engine.contract import CONTRACT_KEY, Contract, InputSpec, OutputSpec
 from engine.errors import ContractError
+from engine.intensity_spelling import parse_step
 from engine.repository.resolve import default_model_dir
 
 
@@ -177,3 +178,35 @@ def test_two_sigmoid_units_score_gives_the_argmax_label() -> None:
     assert two.scores(np.array([[0.0, 0.0]])).tolist() == [0.5]
     with pytest.raises(ContractError, match="positive_index must be 0 or 1"):
         Contract(output=OutputSpec(kind="sigmoid2", positive_index=2))
+
+
+def test_pre_resize_steps_round_trip_in_schema_3_and_plain_contracts_stay_schema_2() -> None:
+    steps = (parse_step("scale-abs:1.3"), parse_step("clahe:2.0:8x8"))
+    stepped = Contract(input=InputSpec(color="grayscale", pre_resize=steps))
+    data = stepped.to_dict()
+    assert data["schema"] == 3
+    assert data["input"]["pre_resize"] == [
+        {"name": "scale-abs", "alpha": 1.3, "beta": 0.0, "fma": True},
+        {"name": "clahe", "clip_limit": 2.0, "tile_grid": [8, 8]},
+    ]
+    assert Contract.from_metadata(stepped.to_metadata(), "x", [None, 8, 8, 3], "y") == stepped
+    assert (
+        "grayscale, convertScaleAbs" in stepped.input.describe()
+        or "1.3" in stepped.input.describe()
+    )
+    plain = Contract().to_dict()
+    assert plain["schema"] == 2 and "pre_resize" not in plain["input"]  # older engines read it
+    two = Contract(output=OutputSpec(kind="sigmoid2", positive_index=1)).to_dict()
+    assert two["schema"] == 3
+
+
+def test_bad_pre_resize_steps_are_contract_problems() -> None:
+    data = Contract(input=InputSpec(color="grayscale")).to_dict()
+    data["schema"] = 3
+    data["input"]["pre_resize"] = [{"name": "clahe", "clip_limit": -1}, {"name": "sharpen"}]
+    with pytest.raises(ContractError) as e:
+        Contract.from_dict(data)
+    assert "step 1: invalid pre-resize step 'clahe'" in e.value.message
+    assert "step 2: pre-resize step name must be one of" in e.value.message
+    with pytest.raises(ContractError, match=r"'clahe' works on a grey image .* not 'rgb'"):
+        Contract(input=InputSpec(pre_resize=(parse_step("clahe"),)))
