@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from engine.contract import SCALINGS
 from engine.errors import UsageError
 from engine.presets import PRESETS
+from engine.scaling import SCALINGS
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 
 from convert.report import CheckFailed, Figures, Report
-from engine.contract import SCALINGS, Contract
+from engine.contract import Contract
 from engine.errors import ContractError, UsageError
 from engine.runtime.engine import Engine
 from engine.runtime.listing import list_images
 from engine.runtime.metrics import metrics_at, roc_auc
+from engine.scaling import SCALINGS
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.errors import ContractError, UsageError
 from engine.intensity_steps import ONE_CHANNEL_STEPS, Step, steps_from_list
+from engine.scaling import SCALINGS, Scaling
 
 CONTRACT_KEY = "pneumo.contract"
 PROVENANCE_KEY = "pneumo.provenance"
@@ -30,45 +31,6 @@ SCHEMA_VERSION = 3
 READABLE_SCHEMAS = (1, 2, 3)
 
 
-@dataclass(frozen=True)
-class Scaling:
-    """Pixel values 0-255 -> the model's input, in the order and float32 arithmetic of the code
-    that defines it: x = pixel * multiply / divide, then (x - mean) / std per channel, in the
-    tensor's channel order (steps that change nothing are skipped)."""
-
-    multiply: float = 1.0
-    divide: float = 1.0
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    what: str = ""
-
-    def range(self) -> tuple[np.ndarray, np.ndarray]:
-        """The lowest and highest input value per channel (pixels 0 and 255)."""
-        mean, std = np.asarray(self.mean), np.asarray(self.std)
-        return (0.0 - mean) / std, (255.0 * self.multiply / self.divide - mean) / std
-
-
-IMAGENET_CAFFE_MEAN = (103.939, 116.779, 123.68)  # B, G, R: keras.applications 'caffe' mode
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # R, G, B on [0, 1]: 'torch' mode
-IMAGENET_STD = (0.229, 0.224, 0.225)
-SCALINGS: dict[str, Scaling] = {
-    # ImageDataGenerator(rescale=1/255) multiplies; preprocess_input and Teachable Machine divide.
-    "unit": Scaling(multiply=1 / 255, what="[0, 1]: x * (1/255), as rescale=1/255 outside"),
-    "raw": Scaling(what="[0, 255]: the model rescales inside (e.g. a Rescaling layer)"),
-    "symmetric": Scaling(
-        divide=127.5, mean=(1.0,), what="[-1, 1]: x / 127.5 - 1 (preprocess_input 'tf' mode)"
-    ),
-    "caffe": Scaling(
-        mean=IMAGENET_CAFFE_MEAN, what="BGR minus the ImageNet means (preprocess_input 'caffe')"
-    ),
-    "torch": Scaling(
-        divide=255.0,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        what="(x / 255 - ImageNet mean) / std (preprocess_input 'torch' mode)",
-    ),
-    "custom": Scaling(divide=255.0, what="(x / 255 - mean) / std, the mean and std you give"),
-}
 COLORS = ("rgb", "grayscale", "bgr")
 # Pillow's filters (Image.resize, as PIL code and keras.utils.load_img use them), and the
 # TensorFlow pipeline of keras.utils.image_dataset_from_directory: tf.io.decode_image (JPEG

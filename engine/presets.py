@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.contract import IMAGENET_CAFFE_MEAN
 from engine.errors import UsageError
+from engine.scaling import IMAGENET_CAFFE_MEAN
 
 FLIPPED = {"rgb": "bgr", "bgr": "rgb"}  # grayscale has no order to flip
 # The InputSpec fields a preset or a flag may set.

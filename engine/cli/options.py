@@ -8,13 +8,14 @@ import argparse
 import math
 from typing import TYPE_CHECKING
 
-from engine.contract import COLORS, RESIZE_FILTERS, RESIZE_MODES, SCALINGS
+from engine.contract import COLORS, RESIZE_FILTERS, RESIZE_MODES
 from engine.errors import UsageError
 from engine.intensity_spelling import parse_step
 from engine.intensity_steps import Step
 from engine.presets import PRESETS, preset_help
 from engine.repository.variants import OPTIONAL_VARIANTS, VARIANT_FILES
 from engine.runtime.choices import DEVICES, PREPROCESSING
+from engine.scaling import SCALINGS
 
 if TYPE_CHECKING:
     from engine.runtime.engine import Engine
