@@ -30,8 +30,8 @@ from typing import Any
 from benchmarks import environment, report
 from benchmarks.suites import Context, Skip
 from benchmarks.timing import ProcessFailed
-from engine.errors import PneumoError
-from engine.offline.machine import machine
+from pneumo_onnx.engine.errors import PneumoError
+from pneumo_onnx.engine.offline.machine import machine
 
 DEFAULT_SUITES = ("model", "pipeline", "serve", "startup")
 ALL_SUITES = (*DEFAULT_SUITES, "conversion", "ray", "limits")
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def select_images(args: argparse.Namespace, workdir: Path) -> tuple[Path, list[Path]]:
     """The folder every suite reads; with --max-images, a folder of links to the first N."""
-    from engine.runtime.listing import list_images
+    from pneumo_onnx.engine.runtime.listing import list_images
 
     folder = environment.image_folder(args.images)
     if not folder.is_dir():
@@ -164,7 +164,7 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
     targets = _list(args.serve_targets, SERVE_TARGETS, "--serve-targets")
     batches = _positive_ints(args.batch_sizes, "--batch-sizes")
     compare = Path(args.compare_checkout).resolve() if args.compare_checkout else None
-    if compare is not None and not (compare / "engine" / "cli").is_dir():
+    if compare is not None and not (compare / "engine" / "cli" / "__init__.py").is_file():
         raise BenchUsageError(f"--compare-checkout: {compare} is not a pneumo-onnx checkout")
     for opt in ("threads", "requests", "concurrency", "repeats", "rounds"):
         value = getattr(args, opt)

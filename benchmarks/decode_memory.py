@@ -36,11 +36,11 @@ TRIAL = textwrap.dedent(
     """
     import io, resource, sys
     from PIL import Image
-    from engine.contract import Contract
-    from engine.errors import ImageError
-    from engine.runtime.decoders import inspect
-    from engine.runtime.preprocess import RESIZERS
-    from engine.runtime.sandbox.wire import data_bytes
+    from pneumo_onnx.engine.contract import Contract
+    from pneumo_onnx.engine.errors import ImageError
+    from pneumo_onnx.engine.runtime.decoders import inspect
+    from pneumo_onnx.engine.runtime.preprocess import RESIZERS
+    from pneumo_onnx.engine.runtime.sandbox.wire import data_bytes
     mode, fmt, fill, side, path, allowance = sys.argv[1:7]
     if fmt == "DICOM":
         import numpy as np

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from engine.offline import machine
-from engine.repository.manifest import sha256_file
+from pneumo_onnx.engine.offline import machine
+from pneumo_onnx.engine.repository.manifest import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_FULLRES = ROOT.parent / "shared" / "data" / "fullres"

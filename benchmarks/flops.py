@@ -104,7 +104,7 @@ def onnxruntime_peak(threads: int, n: int = 2048, repeats: int = 10) -> dict[str
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from engine.runtime.session import session_options
+    from pneumo_onnx.engine.runtime.session import session_options
 
     rng = np.random.default_rng(0)
     b = numpy_helper.from_array(rng.standard_normal((n, n), dtype=np.float32), "b")

@@ -26,7 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from benchmarks.memory import tree_cpu_seconds
-from engine.offline.timing import summary_ms
+from pneumo_onnx.engine.offline.timing import summary_ms
 
 FIELDS = {"prediction", "confidence", "raw_score", "threshold"}
 SERIAL = itertools.count()  # across warm-up and run: no two requests carry the same bytes
@@ -146,7 +146,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.requests < 1 or args.concurrency < 1:
         parser.error("--requests and --concurrency must be at least 1")
-    from engine.runtime.listing import list_images
+    from pneumo_onnx.engine.runtime.listing import list_images
 
     files = [p for p in list_images(args.images) if p.suffix.lower() in (".jpg", ".jpeg")]
     if not files:

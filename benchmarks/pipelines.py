@@ -72,8 +72,8 @@ def keras_scorers(mode: str, threads: int) -> tuple[Scorer, Callable[[Path], flo
 def engine_report(mode: str, paths: list[Path], repeats: int, threads: int, device: str) -> dict:
     """The engine rows, measured by `pneumo bench`'s own code (engine.offline.measure): the
     cold pass, `repeats` warm passes of `Engine.stream`, then `Engine.predict` per image."""
-    from engine import Engine
-    from engine.offline.measure import pipeline_passes, predict_calls
+    from pneumo_onnx import Engine
+    from pneumo_onnx.engine.offline.measure import pipeline_passes, predict_calls
 
     engine = Engine.load(preprocessing=mode.removeprefix("engine-"), threads=threads, device=device)
     report: dict[str, Any] = {"ready_at": time.time()}
@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args()
-    from engine.runtime.listing import list_images
+    from pneumo_onnx.engine.runtime.listing import list_images
 
     paths = list_images(args.folder)
     if args.mode.startswith("keras"):

@@ -50,7 +50,7 @@ def tflite_rows(
     """LiteRT interpreters (XNNPACK delegate, as shipped) resized to each batch."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from convert.extra import quiet_stderr
+    from pneumo_onnx.convert.extra import quiet_stderr
 
     rows: dict[str, dict[int, Any]] = {}
     for name, path in files.items():

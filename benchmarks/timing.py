@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.offline.timing import throughput_row, timed_calls
+from pneumo_onnx.engine.offline.timing import throughput_row, timed_calls
 
 
 def measure(fn: Callable[[], object], batch: int, warmup: int, repeats: int) -> dict[str, Any]:

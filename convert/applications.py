@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import UsageError
-from engine.presets import PRESETS
-from engine.scaling import SCALINGS
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.presets import PRESETS
+from pneumo_onnx.engine.scaling import SCALINGS
 
 log = logging.getLogger(__name__)
 

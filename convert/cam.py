@@ -22,14 +22,14 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from convert.detect import _is_graph_model, _walk_layers
-from convert.source import LoadedSource
-from convert.validate import CAM_TOLERANCE
-from engine.contract import Contract
-from engine.errors import PneumoError
-from engine.repository.cam import FEATURE_OUTPUT, CamSpec, measure_scale
-from engine.runtime.preprocess import finish
-from engine.runtime.session import create_session, run
+from pneumo_onnx.convert.detect import _is_graph_model, _walk_layers
+from pneumo_onnx.convert.source import LoadedSource
+from pneumo_onnx.convert.validate import CAM_TOLERANCE
+from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.errors import PneumoError
+from pneumo_onnx.engine.repository.cam import FEATURE_OUTPUT, CamSpec, measure_scale
+from pneumo_onnx.engine.runtime.preprocess import finish
+from pneumo_onnx.engine.runtime.session import create_session, run
 
 log = logging.getLogger(__name__)
 

@@ -10,14 +10,20 @@ from typing import Any
 
 import numpy as np
 
-from convert.applications import input_scaling
-from convert.probes import real_batch
-from convert.source import LoadedSource
-from engine.contract import OUTPUT_KINDS, Contract, InputSpec, OutputSpec, pipeline_problems
-from engine.errors import ContractError, UsageError
-from engine.intensity_steps import Step
-from engine.presets import pipeline_fields
-from engine.runtime.preprocess import finish
+from pneumo_onnx.convert.applications import input_scaling
+from pneumo_onnx.convert.probes import real_batch
+from pneumo_onnx.convert.source import LoadedSource
+from pneumo_onnx.engine.contract import (
+    OUTPUT_KINDS,
+    Contract,
+    InputSpec,
+    OutputSpec,
+    pipeline_problems,
+)
+from pneumo_onnx.engine.errors import ContractError, UsageError
+from pneumo_onnx.engine.intensity_steps import Step
+from pneumo_onnx.engine.presets import pipeline_fields
+from pneumo_onnx.engine.runtime.preprocess import finish
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.report import CheckFailed, Figures, Report
-from engine.errors import UsageError
-from engine.runtime.engine import Engine
-from engine.runtime.fidelity import MAX_SCORE_DIFF
-from engine.runtime.listing import IMAGE_SUFFIXES
+from pneumo_onnx.convert.report import CheckFailed, Figures, Report
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.fidelity import MAX_SCORE_DIFF
+from pneumo_onnx.engine.runtime.listing import IMAGE_SUFFIXES
 
 MAX_ROWS = 1_000_000  # a CSV beyond this is not a list of X-rays
 WORST_SHOWN = 5  # images named in the summary line

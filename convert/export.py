@@ -15,9 +15,9 @@ import tensorflow as tf
 import tf2onnx
 from onnx import numpy_helper
 
-from convert.source import LoadedSource
-from engine.contract import Contract
-from engine.errors import ConversionError, first_line
+from pneumo_onnx.convert.source import LoadedSource
+from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.errors import ConversionError, first_line
 
 DEFAULT_OPSET = 17
 

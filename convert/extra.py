@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Iterator
 
-from engine.errors import MissingExtraError
+from pneumo_onnx.engine.errors import MissingExtraError
 
 
 def require(purpose: str, modules: tuple[str, ...]) -> None:

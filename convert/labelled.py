@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from convert.report import CheckFailed, Figures, Report
-from engine.contract import Contract
-from engine.errors import ContractError, UsageError
-from engine.runtime.engine import Engine
-from engine.runtime.listing import list_images
-from engine.runtime.metrics import metrics_at, roc_auc
-from engine.scaling import SCALINGS
+from pneumo_onnx.convert.report import CheckFailed, Figures, Report
+from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.errors import ContractError, UsageError
+from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.listing import list_images
+from pneumo_onnx.engine.runtime.metrics import metrics_at, roc_auc
+from pneumo_onnx.engine.scaling import SCALINGS
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from engine.runtime.session import create_session, run_batched, session_options
+from pneumo_onnx.engine.runtime.session import create_session, run_batched, session_options
 
 FLOOR = 1e-5
 CAP = 5e-4

@@ -20,25 +20,25 @@ from typing import Any
 
 import onnx
 
-import engine
-from convert.cam import add_cam_output, with_scale
-from convert.detect import Overrides, detect_contract
-from convert.expected import expected_scores_check, read_expected
-from convert.export import DEFAULT_OPSET, to_onnx
-from convert.labelled import labelled_check
-from convert.noise import fp32_noise, tolerance_for
-from convert.probes import gather_images, probe_batch, spread
-from convert.report import Report
-from convert.repository import check_target, read_training_list, write_version
-from convert.source import LoadedSource, load_source
-from convert.validate import parity_check, runtime_checks, structure_checks
-from convert.variants import Inputs, build_and_check
-from engine.contract import PROVENANCE_KEY, Contract
-from engine.repository.variants import OPTIONAL_VARIANTS
-from engine.runtime.fidelity import MANIFEST_KEY as PREPROCESSING_KEY
-from engine.runtime.fidelity import measure, verdict
-from engine.runtime.metrics import wilson_lower
-from engine.runtime.session import run_batched
+from pneumo_onnx import __version__
+from pneumo_onnx.convert.cam import add_cam_output, with_scale
+from pneumo_onnx.convert.detect import Overrides, detect_contract
+from pneumo_onnx.convert.expected import expected_scores_check, read_expected
+from pneumo_onnx.convert.export import DEFAULT_OPSET, to_onnx
+from pneumo_onnx.convert.labelled import labelled_check
+from pneumo_onnx.convert.noise import fp32_noise, tolerance_for
+from pneumo_onnx.convert.probes import gather_images, probe_batch, spread
+from pneumo_onnx.convert.report import Report
+from pneumo_onnx.convert.repository import check_target, read_training_list, write_version
+from pneumo_onnx.convert.source import LoadedSource, load_source
+from pneumo_onnx.convert.validate import parity_check, runtime_checks, structure_checks
+from pneumo_onnx.convert.variants import Inputs, build_and_check
+from pneumo_onnx.engine.contract import PROVENANCE_KEY, Contract
+from pneumo_onnx.engine.repository.variants import OPTIONAL_VARIANTS
+from pneumo_onnx.engine.runtime.fidelity import MANIFEST_KEY as PREPROCESSING_KEY
+from pneumo_onnx.engine.runtime.fidelity import measure, verdict
+from pneumo_onnx.engine.runtime.metrics import wilson_lower
+from pneumo_onnx.engine.runtime.session import run_batched
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def tool_versions() -> dict[str, str]:
     import tf2onnx
 
     return {
-        "pneumo-onnx": engine.__version__,
+        "pneumo-onnx": __version__,
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,

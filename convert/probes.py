@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.contract import Contract
-from engine.errors import UsageError
-from engine.runtime.listing import find_images
-from engine.runtime.preprocess import finish, reference_pixels
-from engine.runtime.samples import sample_images
+from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.runtime.listing import find_images
+from pneumo_onnx.engine.runtime.preprocess import finish, reference_pixels
+from pneumo_onnx.engine.runtime.samples import sample_images
 
 SUBSET_IMAGES = 64  # user images in the parity probes and the int8 calibration set
 CHUNK = 16  # images preprocessed and scored at a time when streaming every probe image

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import PneumoError, UsageError, ValidationError
+from pneumo_onnx.engine.errors import PneumoError, UsageError, ValidationError
 
 Figures = dict[str, Any]
 

@@ -21,9 +21,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from engine.contract import Contract
-from engine.errors import RepositoryError, UsageError
-from engine.repository.manifest import FORMAT, MANIFEST_NAME, TRAINING_LISTS, parse_training_list
+from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.errors import RepositoryError, UsageError
+from pneumo_onnx.engine.repository.manifest import (
+    FORMAT,
+    MANIFEST_NAME,
+    TRAINING_LISTS,
+    parse_training_list,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_BATCH_SIZE = 64

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from convert.source_checks import check_file, check_savedmodel, keras_version
-from engine.errors import ContractError, ModelLoadError, UsageError, first_line
+from pneumo_onnx.convert.source_checks import check_file, check_savedmodel, keras_version
+from pneumo_onnx.engine.errors import ContractError, ModelLoadError, UsageError, first_line
 
 log = logging.getLogger(__name__)
 

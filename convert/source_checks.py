@@ -14,7 +14,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from engine.errors import ModelLoadError
+from pneumo_onnx.engine.errors import ModelLoadError
 
 LFS_MAGIC = b"version https://git-lfs.github.com/spec/"
 LFS_MAX_BYTES = 1024  # the Git LFS spec: pointer files are under 1024 bytes

@@ -13,13 +13,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from convert.noise import FLOOR, describe, fp32_noise, tolerance_for
-from convert.report import CheckFailed, Figures, Report
-from engine.contract import Contract
-from engine.errors import ContractError, RepositoryError, UsageError, first_line
-from engine.repository.cam import CamSpec
-from engine.repository.manifest import MANIFEST_NAME, read_manifest, sha256_file
-from engine.runtime.session import create_session, run_batched
+from pneumo_onnx.convert.noise import FLOOR, describe, fp32_noise, tolerance_for
+from pneumo_onnx.convert.report import CheckFailed, Figures, Report
+from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.errors import ContractError, RepositoryError, UsageError, first_line
+from pneumo_onnx.engine.repository.cam import CamSpec
+from pneumo_onnx.engine.repository.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from pneumo_onnx.engine.runtime.session import create_session, run_batched
 
 FP32_TOLERANCE = 1e-5  # the floor of a model's fp32 parity bound (convert.noise)
 CAM_TOLERANCE = 1e-4  # score rebuilt from the CAM output vs the score, fp32
@@ -247,9 +247,9 @@ def validate_file(
     conversion recorded in its manifest, else one measured from its own noise here. With
     `expected_scores` (a CSV of the user's own application's scores on image files), the
     engine must give each file the same score within 0.02 (convert.expected)."""
-    from convert.expected import expected_scores_check, read_expected
-    from convert.labelled import labelled_check
-    from convert.probes import gather_images, probe_batch, spread
+    from pneumo_onnx.convert.expected import expected_scores_check, read_expected
+    from pneumo_onnx.convert.labelled import labelled_check
+    from pneumo_onnx.convert.probes import gather_images, probe_batch, spread
 
     p = Path(path)
     if not p.is_file():
@@ -285,10 +285,10 @@ def validate_file(
         expected_scores_check(report, p, expected)
     if against is None:
         return report
-    from convert.extra import require
+    from pneumo_onnx.convert.extra import require
 
     require("pneumo validate --against", ("tensorflow",))
-    from convert.source import load_source
+    from pneumo_onnx.convert.source import load_source
 
     src = load_source(against, custom_objects)
     reference = src.predict(probes)

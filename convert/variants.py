@@ -19,15 +19,15 @@ import onnx
 import onnxruntime as ort
 import tensorflow as tf
 
-from convert.extra import quiet_stderr
-from convert.probes import real_chunks
-from convert.report import CheckFailed, Figures, Report
-from convert.source import LoadedSource
-from engine.contract import Contract
-from engine.errors import UsageError, first_line
-from engine.repository.variants import OPTIONAL_VARIANTS, Variant
-from engine.runtime.metrics import score_agreement
-from engine.runtime.session import create_session, run_batched
+from pneumo_onnx.convert.extra import quiet_stderr
+from pneumo_onnx.convert.probes import real_chunks
+from pneumo_onnx.convert.report import CheckFailed, Figures, Report
+from pneumo_onnx.convert.source import LoadedSource
+from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.errors import UsageError, first_line
+from pneumo_onnx.engine.repository.variants import OPTIONAL_VARIANTS, Variant
+from pneumo_onnx.engine.runtime.metrics import score_agreement
+from pneumo_onnx.engine.runtime.session import create_session, run_batched
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import ContractError, UsageError
-from engine.intensity_steps import ONE_CHANNEL_STEPS, Step, steps_from_list
-from engine.scaling import SCALINGS, Scaling
+from pneumo_onnx.engine.errors import ContractError, UsageError
+from pneumo_onnx.engine.intensity_steps import ONE_CHANNEL_STEPS, Step, steps_from_list
+from pneumo_onnx.engine.scaling import SCALINGS, Scaling
 
 CONTRACT_KEY = "pneumo.contract"
 PROVENANCE_KEY = "pneumo.provenance"

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from engine.errors import UsageError
-from engine.intensity_steps import (
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.intensity_steps import (
     STEPS,
     Autocontrast,
     Clahe,

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from engine.errors import ContractError
+from pneumo_onnx.engine.errors import ContractError
 
 StepName = Literal[
     "scale-abs",

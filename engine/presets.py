@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.errors import UsageError
-from engine.scaling import IMAGENET_CAFFE_MEAN
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.scaling import IMAGENET_CAFFE_MEAN
 
 FLIPPED = {"rgb": "bgr", "bgr": "rgb"}  # grayscale has no order to flip
 # The InputSpec fields a preset or a flag may set.

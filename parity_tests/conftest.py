@@ -10,15 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from convert.extra import require
+from pneumo_onnx.convert.extra import require
 
 require("parity tests", ("tensorflow", "tf2onnx", "onnx"))
 
-from convert.pipeline import ConvertOptions, ConvertResult, convert  # noqa: E402
-from engine.contract import Contract  # noqa: E402
-from engine.runtime.listing import list_images  # noqa: E402
-from engine.runtime.preprocess import reference_batch  # noqa: E402
-from engine.runtime.samples import sample_images  # noqa: E402
+from pneumo_onnx.convert.pipeline import ConvertOptions, ConvertResult, convert  # noqa: E402
+from pneumo_onnx.engine.contract import Contract  # noqa: E402
+from pneumo_onnx.engine.runtime.listing import list_images  # noqa: E402
+from pneumo_onnx.engine.runtime.preprocess import reference_batch  # noqa: E402
+from pneumo_onnx.engine.runtime.samples import sample_images  # noqa: E402
 
 SHARED_FULLRES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fullres"
 TRAINED = Path(__file__).resolve().parents[1] / "models" / "pneumonia_cnn.keras"

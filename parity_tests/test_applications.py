@@ -11,8 +11,8 @@ import keras
 import pytest
 import tf_keras
 
-from convert.applications import find_family, input_scaling, preprocessing_inside
-from engine.errors import UsageError
+from pneumo_onnx.convert.applications import find_family, input_scaling, preprocessing_inside
+from pneumo_onnx.engine.errors import UsageError
 
 apps = keras.applications
 BASES = [
@@ -76,7 +76,7 @@ def test_preprocessing_inside_is_seen_in_keras_3_and_tf_keras() -> None:
 def test_input_scaling_decisions(caplog: pytest.LogCaptureFixture) -> None:
     base = apps.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), alpha=0.35)
     bare, inside = nested(base), nested(base, inside=apps.mobilenet_v2.preprocess_input)
-    with caplog.at_level(logging.INFO, logger="convert.applications"):
+    with caplog.at_level(logging.INFO, logger="pneumo_onnx.convert.applications"):
         assert input_scaling("m.keras", inside, True, None, "unit") == "raw"
         assert input_scaling("m.keras", bare, True, "symmetric", "unit") == "symmetric"
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

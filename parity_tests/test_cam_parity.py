@@ -11,14 +11,14 @@ import numpy as np
 import onnx
 import pytest
 
-from convert.pipeline import ConvertOptions, convert_loaded
-from convert.source import from_keras_model
-from engine.explain.heatmap import cam_spec, class_activation_map
-from engine.repository.cam import CAM_KEY, FEATURE_OUTPUT, measure_scale
-from engine.repository.resolve import default_model_dir
-from engine.repository.variants import OPTIONAL_VARIANTS
-from engine.runtime.engine import Engine
-from engine.runtime.samples import sample_images
+from pneumo_onnx.convert.pipeline import ConvertOptions, convert_loaded
+from pneumo_onnx.convert.source import from_keras_model
+from pneumo_onnx.engine.explain.heatmap import cam_spec, class_activation_map
+from pneumo_onnx.engine.repository.cam import CAM_KEY, FEATURE_OUTPUT, measure_scale
+from pneumo_onnx.engine.repository.resolve import default_model_dir
+from pneumo_onnx.engine.repository.variants import OPTIONAL_VARIANTS
+from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.samples import sample_images
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 CAM_TOLERANCE = 1e-4
@@ -73,7 +73,7 @@ def _softmax_gap_model() -> keras.Model:
 
 def test_softmax_model_cam_is_the_logit_difference(tmp_path: Path, real_images: list[Path]) -> None:
     model = _softmax_gap_model()
-    from convert.detect import Overrides
+    from pneumo_onnx.convert.detect import Overrides
 
     opts = ConvertOptions(variants=["int8"], overrides=Overrides(labels=("NORMAL", "PNEUMONIA")))
     result = convert_loaded(from_keras_model(model, "softmax.keras"), tmp_path, 1, opts)

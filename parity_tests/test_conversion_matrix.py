@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import tf_keras
 
-from convert.detect import Overrides
-from convert.pipeline import ConvertOptions, convert
-from convert.source import load_source
-from engine.contract import Contract
-from engine.repository.variants import OPTIONAL_VARIANTS
-from engine.runtime.preprocess import reference_batch
-from engine.runtime.session import create_session, run_batched
 from models.training.pneumonia_cnn import build_model
 from parity_tests.conftest import FP32_TOLERANCE
+from pneumo_onnx.convert.detect import Overrides
+from pneumo_onnx.convert.pipeline import ConvertOptions, convert
+from pneumo_onnx.convert.source import load_source
+from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.repository.variants import OPTIONAL_VARIANTS
+from pneumo_onnx.engine.runtime.preprocess import reference_batch
+from pneumo_onnx.engine.runtime.session import create_session, run_batched
 
 L = keras.layers
 

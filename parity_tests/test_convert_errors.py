@@ -12,8 +12,13 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from engine.cli import main
-from engine.repository.manifest import read_manifest, sha256_file, training_list, verify_files
+from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.repository.manifest import (
+    read_manifest,
+    sha256_file,
+    training_list,
+    verify_files,
+)
 from tests.conftest import unwritable_dir
 
 L = keras.layers
@@ -306,7 +311,13 @@ def test_custom_objects_file_makes_a_custom_layer_loadable(tmp_path: Path) -> No
         f".save({str(tmp_path / 'custom.keras')!r})\n"
     )
     subprocess.run([sys.executable, "-c", build], check=True, capture_output=True)
-    pneumo = [sys.executable, "-m", "engine.cli", "convert", str(tmp_path / "custom.keras")]
+    pneumo = [
+        sys.executable,
+        "-m",
+        "pneumo_onnx.engine.cli",
+        "convert",
+        str(tmp_path / "custom.keras"),
+    ]
     refused = subprocess.run(
         [*pneumo, "-o", str(tmp_path / "r1"), "--variants", "none"], capture_output=True, text=True
     )

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from keras import layers as L
 
-from engine.cli import main
-from engine.runtime.samples import sample_images
+from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.runtime.samples import sample_images
 
 apps = keras.applications
 SHARED_FULLRES = Path(__file__).resolve().parents[2] / "shared" / "data" / "fullres"

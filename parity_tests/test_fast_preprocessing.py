@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import Engine
+from pneumo_onnx import Engine
 
 MAX_SCORE_DIFF = 0.02  # measured: 0.0124 with the trained model on the 200 full-res X-rays
 NEAR_THRESHOLD = MAX_SCORE_DIFF  # labels may differ only where the reference score is this close

@@ -29,11 +29,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from engine.cli import main
-from engine.contract import Contract, InputSpec
-from engine.runtime.preprocess import reference_batch
-from engine.runtime.samples import sample_images
 from parity_tests.conftest import SHARED_FULLRES
+from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.contract import Contract, InputSpec
+from pneumo_onnx.engine.runtime.preprocess import reference_batch
+from pneumo_onnx.engine.runtime.samples import sample_images
 
 L = keras.layers
 apps = keras.applications

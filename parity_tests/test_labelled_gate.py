@@ -18,8 +18,8 @@ import keras
 import numpy as np
 import pytest
 
-from engine.cli import main
-from engine.runtime.samples import SAMPLES_DIR
+from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.runtime.samples import SAMPLES_DIR
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 TRAINED = MODELS / "pneumonia_cnn.keras"

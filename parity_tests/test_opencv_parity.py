@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.cli import main
 from parity_tests import test_fidelity_matrix as matrix
 from parity_tests.test_fidelity_matrix import Case, Pipeline, check_case, raw, rescale, small_cnn
+from pneumo_onnx.engine.cli import main
 
 folders = matrix.folders  # the matrix's probe and scored X-rays, as fixtures here
 report = matrix.report  # prints (and writes) these cases' figures too

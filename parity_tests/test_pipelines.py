@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from engine.contract import Contract, InputSpec
-from engine.presets import PRESETS, pipeline_fields
-from engine.runtime.preprocess import fast_pixels, reference_pixels
-from engine.runtime.samples import sample_images
+from pneumo_onnx.engine.contract import Contract, InputSpec
+from pneumo_onnx.engine.presets import PRESETS, pipeline_fields
+from pneumo_onnx.engine.runtime.preprocess import fast_pixels, reference_pixels
+from pneumo_onnx.engine.runtime.samples import sample_images
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,13 @@ import numpy as np
 import onnx
 import pytest
 
-from convert.pipeline import ConvertResult
-from engine.contract import CONTRACT_KEY, PROVENANCE_KEY, Contract
-from engine.repository.cam import CAM_KEY
-from engine.repository.manifest import read_manifest, sha256_file, verify_files
-from engine.repository.variants import OPTIONAL_VARIANTS
-from engine.runtime.session import create_session, run_batched
 from parity_tests.conftest import FP32_TOLERANCE
+from pneumo_onnx.convert.pipeline import ConvertResult
+from pneumo_onnx.engine.contract import CONTRACT_KEY, PROVENANCE_KEY, Contract
+from pneumo_onnx.engine.repository.cam import CAM_KEY
+from pneumo_onnx.engine.repository.manifest import read_manifest, sha256_file, verify_files
+from pneumo_onnx.engine.repository.variants import OPTIONAL_VARIANTS
+from pneumo_onnx.engine.runtime.session import create_session, run_batched
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 64])
@@ -85,7 +85,7 @@ def test_repository_layout_manifest_and_triton_config(reference_repo: ConvertRes
 def test_cli_convert_and_validate_end_to_end(reference_keras: Path, tmp_path: Path) -> None:
     """One real subprocess run of each command, as a user types them."""
     repo = tmp_path / "repo"
-    pneumo = [sys.executable, "-m", "engine.cli"]
+    pneumo = [sys.executable, "-m", "pneumo_onnx.engine.cli"]
     done = subprocess.run(
         [
             *pneumo,
@@ -127,8 +127,8 @@ def test_cli_convert_and_validate_end_to_end(reference_keras: Path, tmp_path: Pa
 def test_validate_against_a_different_model_fails(
     reference_repo: ConvertResult, tmp_path: Path, capsys
 ) -> None:
-    from engine.cli import main
     from models.training.pneumonia_cnn import build_model
+    from pneumo_onnx.engine.cli import main
 
     other = tmp_path / "other.keras"
     build_model(seed=1).save(other)

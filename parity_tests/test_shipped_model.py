@@ -11,11 +11,11 @@ import numpy as np
 import onnx
 import pytest
 
-from engine import Engine
-from engine.repository.manifest import read_manifest, sha256_file, verify_files
-from engine.repository.resolve import default_model_dir
-from engine.runtime.session import create_session, run_batched
 from parity_tests.conftest import FP32_TOLERANCE
+from pneumo_onnx import Engine
+from pneumo_onnx.engine.repository.manifest import read_manifest, sha256_file, verify_files
+from pneumo_onnx.engine.repository.resolve import default_model_dir
+from pneumo_onnx.engine.runtime.session import create_session, run_batched
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 SOURCES = {1: MODELS / "pneumonia_cnn.keras", 2: MODELS / "pneumonia_cnn_v2.keras"}

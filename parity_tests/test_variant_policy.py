@@ -21,11 +21,11 @@ import keras
 import numpy as np
 import pytest
 
-from convert.probes import real_batch
-from engine.cli import main
-from engine.contract import Contract, InputSpec
-from engine.repository.variants import GATES, OPTIONAL_VARIANTS
-from engine.runtime.samples import sample_images
+from pneumo_onnx.convert.probes import real_batch
+from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.contract import Contract, InputSpec
+from pneumo_onnx.engine.repository.variants import GATES, OPTIONAL_VARIANTS
+from pneumo_onnx.engine.runtime.samples import sample_images
 
 L = keras.layers
 
@@ -60,7 +60,15 @@ def default_run(
     """`pneumo convert` as a user types it, with the default --variants all."""
     repo = tmp_path_factory.mktemp("default") / "repo"
     done = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "convert", str(outlier_keras), "-o", str(repo)],
+        [
+            sys.executable,
+            "-m",
+            "pneumo_onnx.engine.cli",
+            "convert",
+            str(outlier_keras),
+            "-o",
+            str(repo),
+        ],
         capture_output=True,
         text=True,
     )
@@ -82,8 +90,9 @@ def test_default_variants_skip_what_misses_its_gate(default_run) -> None:
     assert {"model.onnx", "model.tflite", "model.ort"} <= set(manifest["files"])
     kept = [k for k, v in OPTIONAL_VARIANTS.items() if v.filename in manifest["files"]]
     assert (
-        f"WARNING convert.pipeline: skipped variant(s) {', '.join(skipped)}: each missed its "
-        f"gate (figures in manifest.json, 'skipped_variants'); `--variants {','.join(kept)}` "
+        "WARNING pneumo_onnx.convert.pipeline: skipped variant(s) "
+        f"{', '.join(skipped)}: each missed its gate (figures in manifest.json, "
+        f"'skipped_variants'); `--variants {','.join(kept)}` "
         "gives this same result, and naming a skipped variant in --variants makes the "
         "conversion fail instead"
     ) in done.stderr

@@ -8,14 +8,14 @@ import keras
 import numpy as np
 import pytest
 
-from convert.pipeline import ConvertResult
-from convert.probes import gather_images
-from convert.variants import run_tflite
-from engine.contract import Contract
-from engine.repository.variants import GATES, OPTIONAL_VARIANTS
-from engine.runtime.metrics import score_agreement
-from engine.runtime.session import create_session, run_batched
 from parity_tests.conftest import FP32_TOLERANCE
+from pneumo_onnx.convert.pipeline import ConvertResult
+from pneumo_onnx.convert.probes import gather_images
+from pneumo_onnx.convert.variants import run_tflite
+from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.repository.variants import GATES, OPTIONAL_VARIANTS
+from pneumo_onnx.engine.runtime.metrics import score_agreement
+from pneumo_onnx.engine.runtime.session import create_session, run_batched
 
 
 @pytest.fixture(scope="module")

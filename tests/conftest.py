@@ -11,8 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from engine.contract import Contract
-from engine.runtime.samples import sample_images
+from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.runtime.samples import sample_images
 
 
 def tiny_model(

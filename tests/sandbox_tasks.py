@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import ImageError
-from engine.runtime.sandbox import TaskContext
+from pneumo_onnx.engine.errors import ImageError
+from pneumo_onnx.engine.runtime.sandbox import TaskContext
 
 
 def echo(ctx: TaskContext, value: Any) -> Any:

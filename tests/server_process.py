@@ -44,7 +44,7 @@ class ServerProcess:
     def start(self, timeout: float = 60.0, verify: bool | ssl.SSLContext = True) -> ServerProcess:
         with self.log.open("w") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "serve", *self.args],
+                [sys.executable, "-m", "pneumo_onnx.engine.cli", "serve", *self.args],
                 cwd=self.cwd,
                 env=self.env,
                 stdout=out,
@@ -69,7 +69,11 @@ class ServerProcess:
     def workers(self) -> list[int]:
         """The pids of the server's decode worker processes."""
         assert self.proc is not None
-        return [p for p in descendants(self.proc.pid) if "engine.runtime.sandbox" in _cmdline(p)]
+        return [
+            p
+            for p in descendants(self.proc.pid)
+            if "pneumo_onnx.engine.runtime.sandbox" in _cmdline(p)
+        ]
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait: the exit status of a graceful shutdown."""

@@ -32,6 +32,34 @@ def test_every_package_says_what_it_holds() -> None:
         assert doc, f"{init.relative_to(ROOT)} has no docstring"
 
 
+def test_one_import_namespace() -> None:
+    """Everything imports our code as pneumo_onnx.*: a bare `engine`/`convert` import would load
+    a second copy of a module from the checkout's folders (and does not exist once installed)."""
+    bare = []
+    for folder in (*PACKAGES, "tests", "parity_tests", "benchmarks", "models"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom) and node.level == 0
+                    else []
+                )
+                bare += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} {n}"
+                    for n in names
+                    if n.split(".")[0] in PACKAGES
+                ]
+    assert not bare, bare
+
+
+def test_the_namespace_links_to_the_folders() -> None:
+    for name in (*PACKAGES, "models"):
+        link = ROOT / "pneumo_onnx" / name
+        assert link.is_symlink() and link.resolve() == (ROOT / name).resolve(), link
+
+
 def test_import_layers_and_no_cycles() -> None:
     """`lint-imports` keeps every contract of pyproject.toml (layers, TensorFlow-free engine,
     what convert may use, nothing imports the CLI, no cycles)."""

@@ -13,9 +13,9 @@ import pytest
 
 from benchmarks.memory import TreeMemory
 from benchmarks.payloads import dicom_sequence_bomb, j2k_dicom_bomb, png, tiff_strip_bomb
-from engine.runtime.engine import Engine
-from engine.runtime.isolated import decode_sandbox
-from engine.runtime.sandbox import Limits
+from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.isolated import decode_sandbox
+from pneumo_onnx.engine.runtime.sandbox import Limits
 
 MB = 2**20
 
@@ -43,7 +43,7 @@ def test_pneumo_batch_survives_poison_files(tmp_path: Path, samples: list[Path])
     its workers under 1 GB."""
     folder = poisoned_folder(tmp_path, samples)
     out = tmp_path / "results.csv"
-    cmd = [sys.executable, "-m", "engine.cli", "batch", str(folder), "-o", str(out)]
+    cmd = [sys.executable, "-m", "pneumo_onnx.engine.cli", "batch", str(folder), "-o", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     memory = TreeMemory(proc.pid).start()
     stdout, stderr = proc.communicate(timeout=120)

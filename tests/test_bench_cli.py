@@ -17,13 +17,13 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from engine.cli import main
-from engine.cli.bench import StepProgress
-from engine.contract import Contract, InputSpec
-from engine.offline.bench_images import MIN_PASS_BATCHES, pass_images
-from engine.offline.ceiling import ceiling
-from engine.offline.timing import timed_calls
-from engine.repository.manifest import sha256_file
+from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.cli.bench import StepProgress
+from pneumo_onnx.engine.contract import Contract, InputSpec
+from pneumo_onnx.engine.offline.bench_images import MIN_PASS_BATCHES, pass_images
+from pneumo_onnx.engine.offline.ceiling import ceiling
+from pneumo_onnx.engine.offline.timing import timed_calls
+from pneumo_onnx.engine.repository.manifest import sha256_file
 
 CONTRACT = Contract(input=InputSpec(height=32, width=32))
 QUICK = ["--seconds", "0.05", "--batch-sizes", "1,2", "--batch-size", "2"]
@@ -270,7 +270,16 @@ def test_bench_as_a_real_process(tmp_path: Path) -> None:
     """`pneumo bench` on the shipped model and samples, short figures, as a user runs it."""
     out_json = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "bench", "--seconds", "0.1", "--json", str(out_json)],
+        [
+            sys.executable,
+            "-m",
+            "pneumo_onnx.engine.cli",
+            "bench",
+            "--seconds",
+            "0.1",
+            "--json",
+            str(out_json),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -18,7 +18,7 @@ from benchmarks import flops
 from benchmarks.__main__ import main
 from benchmarks.suites import has
 from benchmarks.timing import ratio
-from engine.offline.timing import summary_ms
+from pneumo_onnx.engine.offline.timing import summary_ms
 
 KERAS = has("keras") and has("tensorflow")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
+from pneumo_onnx.engine.cli import main
 
 
 def test_help_and_version(capsys) -> None:
@@ -65,7 +65,7 @@ def test_without_the_convert_extra_the_message_names_it(tmp_path, command) -> No
     # A fresh interpreter where importing tensorflow/onnx fails exactly as when not installed.
     code = (
         "import sys; sys.modules['tensorflow'] = None; sys.modules['onnx'] = None\n"
-        "from engine.cli import main\n"
+        "from pneumo_onnx.engine.cli import main\n"
         f"extra = ['-o', 'r'] if {command!r} == 'convert' else []\n"
         f"sys.exit(main([{command!r}, 'x.keras'] + extra))"
     )
@@ -79,11 +79,11 @@ def test_without_the_convert_extra_the_message_names_it(tmp_path, command) -> No
 
 
 def test_ray_without_the_ray_extra_names_it(tmp_path) -> None:
-    from engine.runtime.samples import SAMPLES_DIR
+    from pneumo_onnx.engine.runtime.samples import SAMPLES_DIR
 
     code = (
         "import sys; sys.modules['ray'] = None\n"
-        "from engine.cli import main\n"
+        "from pneumo_onnx.engine.cli import main\n"
         f"sys.exit(main(['batch', {str(SAMPLES_DIR)!r}, '-o', 'r.parquet', '--ray']))"
     )
     proc = subprocess.run(
@@ -113,13 +113,14 @@ def test_help_shows_the_defaults(capsys, command: str, shown: list[str]) -> None
 
 def test_a_closed_pipe_ends_quietly(tmp_path: Path, write_model) -> None:
     """`pneumo predict ... | head -1`: the reader leaves early; no traceback, no noise."""
-    from engine.runtime.samples import sample_images
+    from pneumo_onnx.engine.runtime.samples import sample_images
 
     image = str(sample_images()[0])
     args = " ".join([image] * 2000)  # ~200 KB of output: more than a pipe buffer holds
     model = write_model()
     script = (
-        f"{sys.executable} -m engine.cli predict --model {model} {args} 2> err.txt | head -1; "
+        f"{sys.executable} -m pneumo_onnx.engine.cli predict --model {model} {args} 2> err.txt "
+        "| head -1; "
         "echo ${PIPESTATUS[0]} > status.txt"
     )
     done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True)

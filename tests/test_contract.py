@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from engine.contract import CONTRACT_KEY, Contract, InputSpec, OutputSpec
-from engine.errors import ContractError
-from engine.intensity_spelling import parse_step
-from engine.repository.resolve import default_model_dir
+from pneumo_onnx.engine.contract import CONTRACT_KEY, Contract, InputSpec, OutputSpec
+from pneumo_onnx.engine.errors import ContractError
+from pneumo_onnx.engine.intensity_spelling import parse_step
+from pneumo_onnx.engine.repository.resolve import default_model_dir
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from benchmarks.payloads import make_dicom
-from engine.errors import ImageError
-from engine.runtime.decoders import open_image
+from pneumo_onnx.engine.errors import ImageError
+from pneumo_onnx.engine.runtime.decoders import open_image
 
 RAMP12 = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (64, 1))  # a 12-bit ramp
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +15,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import Engine
-from engine.contract import Contract, InputSpec
-from engine.errors import ImageError, InferenceError, ModelLoadError, RepositoryError, UsageError
-from engine.repository.manifest import FORMAT, MANIFEST_NAME, sha256_file
-from engine.runtime.limits import MAX_PIXELS
-from engine.runtime.session import create_session, run
+import pneumo_onnx
+from pneumo_onnx import Engine
+from pneumo_onnx.engine.contract import Contract, InputSpec
+from pneumo_onnx.engine.errors import (
+    ImageError,
+    InferenceError,
+    ModelLoadError,
+    RepositoryError,
+    UsageError,
+)
+from pneumo_onnx.engine.repository.manifest import FORMAT, MANIFEST_NAME, sha256_file
+from pneumo_onnx.engine.runtime.limits import MAX_PIXELS
+from pneumo_onnx.engine.runtime.samples import sample_images
+from pneumo_onnx.engine.runtime.session import create_session, run
 from tests.conftest import tiny_model
 
 CONTRACT = Contract(input=InputSpec(height=32, width=32, resize_filter="bilinear"))
@@ -267,3 +277,17 @@ def test_load_errors_name_the_file_never_its_folders(tmp_path: Path) -> None:
         create_session(broken)
     assert "model.onnx" in caught.value.message
     assert str(folder) not in caught.value.message and "internal" not in caught.value.message
+
+
+def test_the_package_door_and_closing() -> None:
+    """`from pneumo_onnx import Engine` (importing pneumo_onnx alone loads no onnxruntime), and
+    `with Engine.load() as engine:` frees the model at the end."""
+    probe = "import sys, pneumo_onnx\nprint('onnxruntime' in sys.modules, pneumo_onnx.__version__)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.stdout.split() == ["False", pneumo_onnx.__version__], done.stderr
+    sample = sample_images()[0]
+    with pneumo_onnx.Engine.load() as engine:
+        assert engine.predict(sample)["prediction"] == "NORMAL"
+    with pytest.raises(UsageError, match=r"this engine \(model.onnx\) is closed: load it again"):
+        engine.predict(sample)
+    engine.close()  # twice is fine

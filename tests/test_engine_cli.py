@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.cli import main
-from engine.contract import Contract, InputSpec
-from engine.runtime.results import ROW_COLUMNS
+from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.contract import Contract, InputSpec
+from pneumo_onnx.engine.runtime.results import ROW_COLUMNS
 
 CONTRACT = Contract(input=InputSpec(height=32, width=32))
 
@@ -127,7 +127,7 @@ def test_batch_resume_rejects_a_foreign_file(
 
 
 def test_info_text_and_json(capsys, model: str) -> None:
-    from engine import Engine
+    from pneumo_onnx import Engine
 
     shipped = Engine.load()  # its preprocessing path: the verdict of its manifest's figures
     assert main(["info"]) == 0
@@ -159,11 +159,11 @@ def test_info_text_and_json(capsys, model: str) -> None:
 
 
 def test_predict_as_a_real_process(tmp_path: Path) -> None:
-    from engine.runtime.samples import sample_images
+    from pneumo_onnx.engine.runtime.samples import sample_images
 
     image = sample_images()[0]
     done = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "predict", str(image), "--json"],
+        [sys.executable, "-m", "pneumo_onnx.engine.cli", "predict", str(image), "--json"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -173,7 +173,7 @@ def test_predict_as_a_real_process(tmp_path: Path) -> None:
 
 
 def test_predict_reads_every_supported_format(model: str, tmp_path: Path) -> None:
-    from engine import Engine
+    from pneumo_onnx import Engine
 
     engine = Engine.load(model)
     for fmt, suffix in (("PNG", "png"), ("JPEG", "jpg"), ("BMP", "bmp"), ("TIFF", "tif")):
@@ -237,7 +237,7 @@ def test_evaluate_errors(model: str, tmp_path: Path, capsys, layout, message) ->
 
 
 def test_progress_bar_only_on_a_terminal() -> None:
-    from engine.offline.batch import Progress
+    from pneumo_onnx.engine.offline.batch import Progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

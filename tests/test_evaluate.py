@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from convert.repository import read_training_list, write_version
-from engine.cli import main
-from engine.contract import Contract, InputSpec
-from engine.errors import RepositoryError, UsageError
-from engine.explain.plots import PLOTS
-from engine.repository.manifest import parse_training_list, read_manifest, training_list
-from engine.repository.resolve import default_model_dir
-from engine.runtime.samples import SAMPLES_DIR
+from pneumo_onnx.convert.repository import read_training_list, write_version
+from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.contract import Contract, InputSpec
+from pneumo_onnx.engine.errors import RepositoryError, UsageError
+from pneumo_onnx.engine.explain.plots import PLOTS
+from pneumo_onnx.engine.repository.manifest import parse_training_list, read_manifest, training_list
+from pneumo_onnx.engine.repository.resolve import default_model_dir
+from pneumo_onnx.engine.runtime.samples import SAMPLES_DIR
 
 CONTRACT = Contract(input=InputSpec(height=32, width=32))
 TOO_FEW = "only 3 NORMAL and 3 PNEUMONIA images (under 50 of a class"
@@ -139,7 +139,7 @@ def test_training_images_are_matched_by_file_name(
 
 
 def test_the_shipped_model_lists_its_training_images() -> None:
-    from engine.repository.resolve import default_model_dir
+    from pneumo_onnx.engine.repository.resolve import default_model_dir
 
     version = default_model_dir() / "1"
     names = training_list(version, read_manifest(version))

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.cli import main
-from engine.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from engine.runtime.samples import sample_images
-from engine.runtime.session import create_session
+from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from pneumo_onnx.engine.runtime.samples import sample_images
+from pneumo_onnx.engine.runtime.session import create_session
 
 MODEL = Path(__file__).resolve().parents[1] / "models" / "pneumonia" / "2" / "model.onnx"
 

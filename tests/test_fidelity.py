@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from engine import Engine
-from engine.contract import Contract, InputSpec
-from engine.errors import UsageError
-from engine.runtime.fidelity import choose, measure, verdict
+from pneumo_onnx import Engine
+from pneumo_onnx.engine.contract import Contract, InputSpec
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.runtime.fidelity import choose, measure, verdict
 
 BICUBIC = Contract(input=InputSpec(height=32, width=32))
 NEAREST = Contract(input=InputSpec(height=32, width=32, resize_filter="nearest"))

@@ -12,16 +12,16 @@ import onnx
 import pytest
 from PIL import Image
 
-from convert.validate import validate_file
-from engine.cli import main
-from engine.errors import UsageError
-from engine.explain.heatmap import cam_spec, compute, heatmap_for
-from engine.explain.overlay import DISPLAY_SIDE, blend, overlay_png, render, weights
-from engine.repository.cam import CAM_KEY, FEATURE_OUTPUT
-from engine.repository.resolve import default_model_dir
-from engine.runtime.engine import Engine
-from engine.runtime.preprocess import fit, grey_picture
-from engine.runtime.session import create_session, run_batched
+from pneumo_onnx.convert.validate import validate_file
+from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.explain.heatmap import cam_spec, compute, heatmap_for
+from pneumo_onnx.engine.explain.overlay import DISPLAY_SIDE, blend, overlay_png, render, weights
+from pneumo_onnx.engine.repository.cam import CAM_KEY, FEATURE_OUTPUT
+from pneumo_onnx.engine.repository.resolve import default_model_dir
+from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.preprocess import fit, grey_picture
+from pneumo_onnx.engine.runtime.session import create_session, run_batched
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,14 @@ import onnx
 import pytest
 from PIL import Image
 
-from engine.cli import main
-from engine.errors import ContractError
-from engine.explain.heatmap import cam_spec, compute, heatmap_for, samples_scale
-from engine.explain.overlay import DISPLAY_SIDE
-from engine.repository.cam import CAM_KEY, CamSpec, EvidenceScale, measure_scale
-from engine.repository.resolve import default_model_dir
-from engine.runtime.engine import Engine
-from engine.runtime.preprocess import fit, grey_picture
+from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.errors import ContractError
+from pneumo_onnx.engine.explain.heatmap import cam_spec, compute, heatmap_for, samples_scale
+from pneumo_onnx.engine.explain.overlay import DISPLAY_SIDE
+from pneumo_onnx.engine.repository.cam import CAM_KEY, CamSpec, EvidenceScale, measure_scale
+from pneumo_onnx.engine.repository.resolve import default_model_dir
+from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.preprocess import fit, grey_picture
 
 SHIPPED = default_model_dir() / "1" / "model.onnx"
 

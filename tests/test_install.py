@@ -56,7 +56,8 @@ def test_plain_install_is_tensorflow_free_and_names_the_extra(tmp_path: Path) ->
         [
             bin_dir / "python",
             "-c",
-            "from engine.runtime.samples import sample_images; print(len(sample_images()))",
+            "from pneumo_onnx.engine.runtime.samples import sample_images\n"
+            "print(len(sample_images()))",
         ],
         capture_output=True,
         text=True,
@@ -64,14 +65,16 @@ def test_plain_install_is_tensorflow_free_and_names_the_extra(tmp_path: Path) ->
     )
     assert samples.stdout.strip() == "6", samples.stderr  # package data made it into the wheel
     site = next((venv / "lib").glob("python3*/site-packages"))
-    assert not (site / "engine" / "models" / "training").exists()  # training code stays home
-    assert not list((site / "engine" / "models").glob("*.py"))[1:]  # only its __init__
+    assert not (site / "pneumo_onnx" / "models" / "training").exists()  # stays in the checkout
+    assert not list((site / "pneumo_onnx" / "models").glob("*.py"))[1:]  # only its __init__
+    assert (site / "pneumo_onnx" / "py.typed").is_file()
+    assert not (site / "engine").exists() and not (site / "convert").exists()  # one namespace
     version = subprocess.run(
         [
             bin_dir / "python",
             "-c",
-            "import importlib.metadata as m, engine; "
-            "print(m.version('pneumo-onnx'), engine.__version__)",
+            "import importlib.metadata as m, pneumo_onnx; "
+            "print(m.version('pneumo-onnx'), pneumo_onnx.__version__)",
         ],
         capture_output=True,
         text=True,
@@ -87,7 +90,7 @@ def test_plain_install_is_tensorflow_free_and_names_the_extra(tmp_path: Path) ->
         assert f"pneumo {argv[0]} needs the 'convert' extra" in run.stderr
         assert "pip install 'pneumo-onnx[convert]'" in run.stderr
     # The default model travels as package data: score a shipped sample from an empty folder.
-    from engine.runtime.samples import sample_images
+    from pneumo_onnx.engine.runtime.samples import sample_images
 
     image = sample_images()[-1]
     scored = subprocess.run(
@@ -102,7 +105,8 @@ def test_plain_install_is_tensorflow_free_and_names_the_extra(tmp_path: Path) ->
         [bin_dir / "pneumo", "info"], capture_output=True, text=True, cwd=tmp_path
     )
     assert (
-        info.returncode == 0 and "site-packages/engine/models/pneumonia/2/model.onnx" in info.stdout
+        info.returncode == 0
+        and "site-packages/pneumo_onnx/models/pneumonia/2/model.onnx" in info.stdout
     )
     # engine.serve's protocol-free helpers are in the wheel and need no extra.
     monitor = subprocess.run(

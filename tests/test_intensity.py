@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from engine.errors import ContractError, ImageError, UsageError
-from engine.intensity_spelling import parse_step, spelling
-from engine.intensity_steps import (
+from pneumo_onnx.engine.errors import ContractError, ImageError, UsageError
+from pneumo_onnx.engine.intensity_spelling import parse_step, spelling
+from pneumo_onnx.engine.intensity_steps import (
     Autocontrast,
     Clahe,
     EqualizeHist,
@@ -32,9 +32,9 @@ from engine.intensity_steps import (
     Step,
     steps_from_list,
 )
-from engine.runtime import intensity
-from engine.runtime.intensity import apply_steps
-from engine.runtime.samples import sample_images
+from pneumo_onnx.engine.runtime import intensity
+from pneumo_onnx.engine.runtime.intensity import apply_steps
+from pneumo_onnx.engine.runtime.samples import sample_images
 
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (the 'dev' extra) is missing")
 

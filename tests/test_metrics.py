@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from engine.errors import UsageError
-from engine.runtime.metrics import (
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.runtime.metrics import (
     MIN_PER_CLASS,
     brier,
     confusion,

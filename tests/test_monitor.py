@@ -15,9 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import NotFoundError, UsageError
-from engine.serve.store.predictions import PredictionLog, PredictionRecord
-from engine.serve.store.reports import PSI_EPSILON, drift_report, psi, psi_level, summarize
+from pneumo_onnx.engine.errors import NotFoundError, UsageError
+from pneumo_onnx.engine.serve.store.predictions import PredictionLog, PredictionRecord
+from pneumo_onnx.engine.serve.store.reports import (
+    PSI_EPSILON,
+    drift_report,
+    psi,
+    psi_level,
+    summarize,
+)
 
 NOW = 1_700_000_000.0
 HOUR = 3600.0
@@ -345,8 +351,10 @@ def test_serve_helpers_import_neither_tensorflow_nor_the_server_stack(tmp_path: 
     """The helpers are protocol-free: no TensorFlow, no FastAPI, no onnxruntime."""
     code = (
         "import sys\n"
-        "import engine.serve.store.predictions, engine.serve.store.reports\n"
-        "import engine.serve.store.jobs, engine.serve.store.uploads, engine.serve.logs\n"
+        "import pneumo_onnx.engine.serve.store.predictions\n"
+        "import pneumo_onnx.engine.serve.store.reports\n"
+        "import pneumo_onnx.engine.serve.store.jobs, pneumo_onnx.engine.serve.store.uploads\n"
+        "import pneumo_onnx.engine.serve.logs\n"
         "print('\\n'.join(sys.modules))\n"
     )
     done = subprocess.run(
@@ -354,6 +362,6 @@ def test_serve_helpers_import_neither_tensorflow_nor_the_server_stack(tmp_path: 
     )
     assert done.returncode == 0, done.stderr
     loaded = {m.split(".")[0] for m in done.stdout.split()}
-    assert "engine" in loaded and "numpy" in loaded
+    assert "pneumo_onnx" in loaded and "numpy" in loaded
     forbidden = {"tensorflow", "keras", "tf_keras", "tf2onnx", "fastapi", "uvicorn", "onnxruntime"}
     assert loaded.isdisjoint(forbidden), loaded & forbidden

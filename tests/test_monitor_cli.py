@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
-from engine.serve.store.predictions import PredictionLog, PredictionRecord
-from engine.serve.store.reports import summarize
+from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.serve.store.predictions import PredictionLog, PredictionRecord
+from pneumo_onnx.engine.serve.store.reports import summarize
 
 HOUR = 3600.0
 
@@ -113,7 +113,16 @@ def test_not_a_prediction_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_summary_as_a_real_process(db: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "monitor", "summary", "--db", str(db), "--json"],
+        [
+            sys.executable,
+            "-m",
+            "pneumo_onnx.engine.cli",
+            "monitor",
+            "summary",
+            "--db",
+            str(db),
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.errors import Overloaded
-from engine.serve.routes.ops import _report
-from engine.serve.store.predictions import COLUMNS, PredictionLog
-from engine.serve.store.reports import drift_report, summarize
+from pneumo_onnx.engine.errors import Overloaded
+from pneumo_onnx.engine.serve.routes.ops import _report
+from pneumo_onnx.engine.serve.store.predictions import COLUMNS, PredictionLog
+from pneumo_onnx.engine.serve.store.reports import drift_report, summarize
 from tests.test_monitor import NOW, rec, rows
 
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.cli import main
-from engine.errors import MissingExtraError
-from engine.explain.plots import DPI, FIGSIZE, PLOTS, figure, pyplot
-from engine.explain.report import write_report
-from engine.runtime.engine import Engine
-from engine.runtime.metrics import calibration_bins, precision_recall_curve
-from engine.runtime.samples import SAMPLES_DIR
+from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.errors import MissingExtraError
+from pneumo_onnx.engine.explain.plots import DPI, FIGSIZE, PLOTS, figure, pyplot
+from pneumo_onnx.engine.explain.report import write_report
+from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.metrics import calibration_bins, precision_recall_curve
+from pneumo_onnx.engine.runtime.samples import SAMPLES_DIR
 
 CHROMIUM_FLAGS = [
     "--headless",

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from engine.contract import Contract, InputSpec
-from engine.errors import ImageError
-from engine.runtime.decoders import open_image
-from engine.runtime.limits import MAX_PIXELS
-from engine.runtime.preprocess import reference_batch, reference_pixels
+from pneumo_onnx.engine.contract import Contract, InputSpec
+from pneumo_onnx.engine.errors import ImageError
+from pneumo_onnx.engine.runtime.decoders import open_image
+from pneumo_onnx.engine.runtime.limits import MAX_PIXELS
+from pneumo_onnx.engine.runtime.preprocess import reference_batch, reference_pixels
 
 CONTRACT = Contract(input=InputSpec(height=32, width=24))
 
@@ -141,7 +141,7 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
     ids=["quarter", "eighth", "half", "half too small", "smaller"],
 )
 def test_draft_scale_matches_pillows_choice(size: tuple[int, int], scale: int) -> None:
-    from engine.runtime.preprocess import draft_scale
+    from pneumo_onnx.engine.runtime.preprocess import draft_scale
 
     assert draft_scale(size, (384, 384)) == scale
     img = Image.new("L", size).resize(size)
@@ -238,7 +238,7 @@ def test_fast_path_is_exact_for_single_pixel_filters(samples: list[Path], filt: 
     """nearest, TensorFlow's and OpenCV's filters sample single pixels (or, INTER_AREA, must
     give cv2.resize's very pixels): no reduced-scale shortcut is faithful, so their fast path is
     the reference pipeline, pixel for pixel."""
-    from engine.runtime.preprocess import fast_pixels
+    from pneumo_onnx.engine.runtime.preprocess import fast_pixels
 
     for mode in MODES:
         if (mode == "fit" and filt.startswith("tf-")) or (
@@ -254,7 +254,7 @@ def test_fast_path_is_exact_for_single_pixel_filters(samples: list[Path], filt: 
 def test_fast_path_keeps_the_geometry_of_every_mode(mode: str) -> None:
     """A large JPEG decoded at 1/8 scale, EXIF-rotated: the crop or pad box of the full-size
     image, so the fast tensor stays close to the reference one."""
-    from engine.runtime.preprocess import fast_pixels
+    from pneumo_onnx.engine.runtime.preprocess import fast_pixels
 
     yy, xx = np.mgrid[0:1800, 0:3000]
     wide = ((np.sin(xx / 97.0) + np.cos(yy / 61.0)) * 60 + 128).astype(np.uint8)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.contract import Contract, InputSpec
-from engine.errors import UsageError
-from engine.presets import PRESETS, pipeline_fields, preset_help
+from pneumo_onnx.engine.contract import Contract, InputSpec
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.presets import PRESETS, pipeline_fields, preset_help
 
 
 @pytest.mark.parametrize("name", PRESETS)

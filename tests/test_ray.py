@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.cli import main
-from engine.runtime.samples import sample_images
+from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.runtime.samples import sample_images
 
 ray = pytest.importorskip("ray", reason="the 'ray' extra is not installed")
 
@@ -66,7 +66,7 @@ def test_ray_batch_equals_local_batch(local_ray, folder: Path, tmp_path: Path, c
 
 
 def test_score_dataset_library_api_and_csv(local_ray, folder: Path, tmp_path: Path) -> None:
-    from engine.offline.ray import score_dataset
+    from pneumo_onnx.engine.offline.ray import score_dataset
 
     ds = ray.data.read_binary_files(str(folder), include_paths=True)
     rows = score_dataset(ds, variant="int8", threshold=0.3, batch_size=8).take_all()

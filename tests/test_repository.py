@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from convert.repository import check_target, triton_config, write_version
-from engine.contract import Contract, OutputSpec
-from engine.errors import RepositoryError, UsageError
-from engine.repository.manifest import read_manifest, verify_files
+from pneumo_onnx.convert.repository import check_target, triton_config, write_version
+from pneumo_onnx.engine.contract import Contract, OutputSpec
+from pneumo_onnx.engine.errors import RepositoryError, UsageError
+from pneumo_onnx.engine.repository.manifest import read_manifest, verify_files
 from tests.conftest import unwritable_dir
 
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.contract import Contract, InputSpec
-from engine.errors import ContractError
-from engine.runtime.preprocess import fast_pixels, reference_pixels
-from engine.runtime.resize import cv2_resize
+from pneumo_onnx.engine.contract import Contract, InputSpec
+from pneumo_onnx.engine.errors import ContractError
+from pneumo_onnx.engine.runtime.preprocess import fast_pixels, reference_pixels
+from pneumo_onnx.engine.runtime.resize import cv2_resize
 
 cv2 = pytest.importorskip("cv2", reason="opencv-python-headless (the 'dev' extra) is missing")
 

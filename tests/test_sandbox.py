@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import ImageError, UsageError
-from engine.runtime.sandbox import Limits, Sandbox
+from pneumo_onnx.engine.errors import ImageError, UsageError
+from pneumo_onnx.engine.runtime.sandbox import Limits, Sandbox
 from tests import sandbox_tasks as tasks
 
 MB = 2**20

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine import Engine
-from engine.explain.overlay import DISPLAY_SIDE
-from engine.runtime.preprocess import fit
-from engine.runtime.samples import sample_images
+from pneumo_onnx import Engine
+from pneumo_onnx.engine.explain.overlay import DISPLAY_SIDE
+from pneumo_onnx.engine.runtime.preprocess import fit
+from pneumo_onnx.engine.runtime.samples import sample_images
 from tests.server_process import ServerProcess
 
 SAMPLE = sample_images()[-1]  # a PNEUMONIA X-ray
@@ -402,8 +402,8 @@ def test_predict_with_heatmap_returns_an_overlay_png(server: ServerProcess) -> N
 
 
 def test_config_refuses_an_unknown_preprocessing() -> None:
-    from engine.errors import UsageError
-    from engine.serve.config import ServeConfig
+    from pneumo_onnx.engine.errors import UsageError
+    from pneumo_onnx.engine.serve.config import ServeConfig
 
     assert ServeConfig().preprocessing == "auto"
     with pytest.raises(UsageError, match="--preprocessing must be one of auto, fast, reference"):

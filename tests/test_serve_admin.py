@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.repository.manifest import sha256_file
-from engine.repository.resolve import default_model_dir
-from engine.runtime.samples import sample_images
+from pneumo_onnx.engine.repository.manifest import sha256_file
+from pneumo_onnx.engine.repository.resolve import default_model_dir
+from pneumo_onnx.engine.runtime.samples import sample_images
 from tests.server_process import ServerProcess
 
 KEY = "admin-key-0123456789abcdef"
@@ -209,7 +209,7 @@ def test_tls(tmp_path: Path) -> None:
 
 
 def test_bad_serve_options_are_usage_errors(tmp_path: Path) -> None:
-    from engine.cli import main
+    from pneumo_onnx.engine.cli import main
 
     assert main(["serve", "--model-repo", str(tmp_path / "missing")]) == 2
     assert main(["serve", "--max-batch", "0"]) == 2
@@ -245,6 +245,6 @@ def test_several_worker_processes(tmp_path: Path) -> None:
         assert srv.stop() == 0
     # Each worker process logs JSON access lines, as one process does.
     lines = [json.loads(x) for x in srv.log_text().splitlines() if x.startswith("{")]
-    access = [x for x in lines if x["logger"] == "engine.serve.access"]
+    access = [x for x in lines if x["logger"] == "pneumo_onnx.engine.serve.access"]
     assert {x["request_id"] for x in access} >= {f"worker-{i}" for i in range(6)}
     assert all(x["status"] == 200 for x in access if x["request_id"].startswith("worker-"))

@@ -27,7 +27,7 @@ from benchmarks.payloads import (
     png,
     tiff_strip_bomb,
 )
-from engine.runtime.samples import sample_images
+from pneumo_onnx.engine.runtime.samples import sample_images
 from tests.server_process import ServerProcess
 
 RSS_LIMIT_MB = 1024

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from engine.errors import (
+from pneumo_onnx.engine.errors import (
     ConflictError,
     ImageError,
     ModelLoadError,
@@ -20,10 +20,10 @@ from engine.errors import (
     PneumoError,
     UsageError,
 )
-from engine.serve import http_errors
-from engine.serve.gate import Gate
-from engine.serve.metrics import ServerMetrics
-from engine.serve.security import ApiKeys, RateLimiter
+from pneumo_onnx.engine.serve import http_errors
+from pneumo_onnx.engine.serve.gate import Gate
+from pneumo_onnx.engine.serve.metrics import ServerMetrics
+from pneumo_onnx.engine.serve.security import ApiKeys, RateLimiter
 
 
 def gated_app() -> FastAPI:

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.payloads import deflated_dicom_bomb, make_dicom, png, rle_dicom
-from engine.runtime.samples import sample_images
+from pneumo_onnx.engine.runtime.samples import sample_images
 from tests.server_process import ServerProcess
 from tests.test_pictures_report import _run_chromium
 

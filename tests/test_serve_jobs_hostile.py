@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.runtime.samples import sample_images
-from engine.serve.store.jobs import CRASHED
+from pneumo_onnx.engine.runtime.samples import sample_images
+from pneumo_onnx.engine.serve.store.jobs import CRASHED
 from tests.server_process import ServerProcess
 
 TTL_HOURS = 0.001  # 3.6 s

@@ -7,7 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-from engine.serve.logs import JsonFormatter, configure
+from pneumo_onnx.engine.serve.logs import JsonFormatter, configure
 
 
 def test_json_lines_with_extra_fields_and_exceptions() -> None:

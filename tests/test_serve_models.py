@@ -15,9 +15,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from engine.repository.manifest import sha256_file
-from engine.repository.resolve import default_model_dir
-from engine.runtime.samples import sample_images
+from pneumo_onnx.engine.repository.manifest import sha256_file
+from pneumo_onnx.engine.repository.resolve import default_model_dir
+from pneumo_onnx.engine.runtime.samples import sample_images
 from tests.server_process import ServerProcess
 
 ADMIN = "admin-0123456789abcdef"

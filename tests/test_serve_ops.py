@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.runtime.samples import sample_images
+from pneumo_onnx.engine.runtime.samples import sample_images
 from tests.server_process import ServerProcess
 
 
@@ -127,7 +127,7 @@ def test_a_job_survives_a_restart(tmp_path: Path) -> None:
     files = [("images", (f"img{i:03d}.jpeg", data)) for i, data in enumerate(images)]
     job = httpx.post(f"{first.url}/jobs", files=files, timeout=60).json()
     assert first.stop() == 0  # SIGTERM while the job runs: the chunk in hand finishes, then exit
-    from engine.serve.store.jobs import JobStore
+    from pneumo_onnx.engine.serve.store.jobs import JobStore
 
     interrupted = JobStore(tmp_path / "state" / "jobs.db").get(job["job_id"])
     assert interrupted["status"] != "done", "the job finished before the restart: test too easy"

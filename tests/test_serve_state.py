@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from benchmarks.payloads import png
-from engine.runtime.samples import sample_images
-from engine.serve.store import predictions, schema
-from engine.serve.store.predictions import PredictionLog
-from engine.serve.store.reports import summarize
+from pneumo_onnx.engine.runtime.samples import sample_images
+from pneumo_onnx.engine.serve.store import predictions, schema
+from pneumo_onnx.engine.serve.store.predictions import PredictionLog
+from pneumo_onnx.engine.serve.store.reports import summarize
 from tests.server_process import ServerProcess
 
 JPEG = sample_images()[0].read_bytes()

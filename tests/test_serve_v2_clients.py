@@ -22,8 +22,8 @@ import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
-from engine import Engine
-from engine.runtime.samples import sample_images
+from pneumo_onnx import Engine
+from pneumo_onnx.engine.runtime.samples import sample_images
 from tests.server_process import ServerProcess
 
 IMAGES = sample_images()[2:5]  # a NORMAL and two PNEUMONIA X-rays

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from convert.source_checks import check_file, check_savedmodel, keras_version
-from engine.errors import ModelLoadError
+from pneumo_onnx.convert.source_checks import check_file, check_savedmodel, keras_version
+from pneumo_onnx.engine.errors import ModelLoadError
 
 OID = "4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393"
 POINTER = f"version https://git-lfs.github.com/spec/v1\noid sha256:{OID}\nsize 23456789\n"

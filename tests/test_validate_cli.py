@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from convert.report import CheckFailed, Report
-from engine.cli import main
-from engine.contract import Contract, InputSpec
-from engine.repository.manifest import FORMAT, MANIFEST_NAME, sha256_file
+from pneumo_onnx.convert.report import CheckFailed, Report
+from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.contract import Contract, InputSpec
+from pneumo_onnx.engine.repository.manifest import FORMAT, MANIFEST_NAME, sha256_file
 from tests.conftest import tiny_model
 
 CONTRACT = Contract(input=InputSpec(height=32, width=32))

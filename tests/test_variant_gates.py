@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.repository.variants import GATES, OPTIONAL_VARIANTS, VARIANTS, Gate
+from pneumo_onnx.engine.repository.variants import GATES, OPTIONAL_VARIANTS, VARIANTS, Gate
 
 
 def test_one_gate_per_kind() -> None:

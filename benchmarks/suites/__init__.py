@@ -5,6 +5,7 @@ reason, and suite-level figures; a suite that cannot run at all raises `Skip`.""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,9 +38,16 @@ class Context:
 COMPARED = "before"  # the row name suffix of the compared checkout's rows
 
 
+def pneumo_argv(checkout: Path | None = None) -> list[str]:
+    """`pneumo` as a Python command line, for this checkout or `checkout` (one from before the
+    pneumo_onnx namespace runs as `python -m engine.cli`)."""
+    old = checkout is not None and not (checkout / "pneumo_onnx").is_dir()
+    return [sys.executable, "-m", "engine.cli" if old else "pneumo_onnx.engine.cli"]
+
+
 def checkout_env(checkout: Path | None) -> tuple[Path | None, dict[str, str] | None]:
-    """The working folder and environment that make `python -m engine.cli` run `checkout`'s
-    code (its `engine` first on the path), or (None, None) for this one's."""
+    """The working folder and environment that make `pneumo_argv(checkout)` run `checkout`'s
+    code (it first on the path), or (None, None) for this one's."""
     import os
 
     if checkout is None:

@@ -15,8 +15,8 @@ from benchmarks.environment import KERAS_MODEL, SAMPLES_DIR
 from benchmarks.suites import NO_KERAS, Context, Skip, has
 from benchmarks.suites.model import inputs
 from benchmarks.timing import ratio, run_process
-from engine.repository.variants import VARIANT_FILES
-from engine.runtime.session import create_session, session_options
+from pneumo_onnx.engine.repository.variants import VARIANT_FILES
+from pneumo_onnx.engine.runtime.session import create_session, session_options
 
 BATCH = 32
 KINDS = ("fp32", "int8", "int8-full")
@@ -24,7 +24,15 @@ KINDS = ("fp32", "int8", "int8-full")
 
 def time_conversion(ctx: Context) -> tuple[dict[str, Any], Path]:
     repo = ctx.workdir / "converted"
-    argv = [sys.executable, "-m", "engine.cli", "convert", str(KERAS_MODEL), "-o", str(repo)]
+    argv = [
+        sys.executable,
+        "-m",
+        "pneumo_onnx.engine.cli",
+        "convert",
+        str(KERAS_MODEL),
+        "-o",
+        str(repo),
+    ]
     if ctx.folder.resolve() != SAMPLES_DIR.resolve():  # the samples are always probes
         argv += ["--images", str(ctx.folder)]
     proc = run_process(argv)

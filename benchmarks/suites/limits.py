@@ -11,7 +11,6 @@ import contextlib
 import json
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +29,7 @@ from benchmarks.payloads import (
     rle_dicom,
     tiff_strip_bomb,
 )
-from benchmarks.suites import COMPARED, Context, Skip, checkout_env, has
+from benchmarks.suites import COMPARED, Context, Skip, checkout_env, has, pneumo_argv
 from benchmarks.suites.serve import free_port, pneumo_serve_missing, wait_ready
 
 TARGET_MB = 1024
@@ -155,7 +154,7 @@ def measure(ctx: Context, server: str, checkout: Path | None) -> list[dict[str, 
     """Every request against one server, one at a time, each with its own memory window."""
     port = free_port()
     log = ctx.workdir / f"server-limits-{server}.log"
-    argv = [sys.executable, "-m", "engine.cli", "serve", "--port", str(port),
+    argv = [*pneumo_argv(checkout), "serve", "--port", str(port),
             "--state-dir", str(ctx.workdir / f"limits-state-{server}")]  # fmt: skip
     cwd, env = checkout_env(checkout)
     with log.open("wb") as out:

@@ -22,14 +22,14 @@ from benchmarks import flops
 from benchmarks.environment import KERAS_MODEL, MODEL_DIR, PREVIOUS_MODEL_DIR
 from benchmarks.suites import NO_KERAS, Context, has
 from benchmarks.timing import ProcessFailed, json_from_stdout, ratio, run_process
-from engine.contract import Contract
-from engine.errors import PneumoError
-from engine.offline.machine import cpu
-from engine.offline.measure import model_calls
-from engine.offline.timing import throughput_row
-from engine.repository.variants import VARIANT_FILES
-from engine.runtime.preprocess import reference_batch
-from engine.runtime.session import create_session, session_options
+from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.errors import PneumoError
+from pneumo_onnx.engine.offline.machine import cpu
+from pneumo_onnx.engine.offline.measure import model_calls
+from pneumo_onnx.engine.offline.timing import throughput_row
+from pneumo_onnx.engine.repository.variants import VARIANT_FILES
+from pneumo_onnx.engine.runtime.preprocess import reference_batch
+from pneumo_onnx.engine.runtime.session import create_session, session_options
 
 BASELINE = "keras-predict"
 CPU_VARIANTS = ("fp32", "int8", "int8-full")
@@ -78,7 +78,15 @@ def ort_cuda_rows(ctx: Context, x: np.ndarray) -> dict[str, dict[str, Any]]:
 def build_tflite(ctx: Context) -> dict[str, Path]:
     """TFLite fp32 and dynamic-range files from the Keras model, by `pneumo convert`."""
     repo = ctx.workdir / "tflite-repo"
-    argv = [sys.executable, "-m", "engine.cli", "convert", str(KERAS_MODEL), "-o", str(repo)]
+    argv = [
+        sys.executable,
+        "-m",
+        "pneumo_onnx.engine.cli",
+        "convert",
+        str(KERAS_MODEL),
+        "-o",
+        str(repo),
+    ]
     subprocess.run([*argv, "--variants", "tflite,tflite-dynamic"], check=True, capture_output=True)
     version = repo / "pneumonia" / "1"
     return {name: version / file for name, file in TFLITE_FILES.items()}

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.suites import COMPARED, NO_KERAS, Context, checkout_env, has
+from benchmarks.suites import COMPARED, NO_KERAS, Context, checkout_env, has, pneumo_argv
 from benchmarks.timing import ProcessFailed, json_from_stdout, ratio, run_process
-from engine.offline.timing import summary_ms
+from pneumo_onnx.engine.offline.timing import summary_ms
 
 BASELINE = "keras-batch"
 LOOP = "keras-loop"
@@ -63,7 +63,7 @@ def pneumo_batch(ctx: Context, n: int, checkout: Path | None = None) -> dict[str
     code instead of this one's, if given)."""
     name = "pneumo-batch-cli" + (f"@{COMPARED}" if checkout else "")
     out = ctx.workdir / f"{name}.csv"
-    argv = [sys.executable, "-m", "engine.cli", "batch", str(ctx.folder), "--recursive"]
+    argv = [*pneumo_argv(checkout), "batch", str(ctx.folder), "--recursive"]
     argv += ["--device", ctx.device, "-o", str(out), "--overwrite"]
     cwd, env = checkout_env(checkout)
     proc = run_process(argv, ok=(0, 1), cwd=cwd, env=env)

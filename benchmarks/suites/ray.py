@@ -17,7 +17,14 @@ def run(ctx: Context) -> dict[str, Any]:
     if not has("ray"):
         raise Skip("Ray not installed: pip install 'pneumo-onnx[ray]'")
     n = len(ctx.images)
-    pneumo = [sys.executable, "-m", "engine.cli", "batch", str(ctx.folder), "--recursive"]
+    pneumo = [
+        sys.executable,
+        "-m",
+        "pneumo_onnx.engine.cli",
+        "batch",
+        str(ctx.folder),
+        "--recursive",
+    ]
     times: dict[str, list[float]] = {BASELINE: [], "pneumo-batch-ray": []}
     rss: dict[str, float] = {}
     for i in range(ctx.repeats):  # interleaved, so that noise hits both alike

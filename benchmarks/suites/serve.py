@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.suites import COMPARED, NO_KERAS, Context, checkout_env, has
+from benchmarks.suites import COMPARED, NO_KERAS, Context, checkout_env, has, pneumo_argv
 from benchmarks.timing import ProcessFailed, json_from_stdout, ratio, run_process
 
 BASELINE = "flask-keras"
@@ -32,22 +32,22 @@ def free_port() -> int:
 def pneumo_serve_missing() -> str | None:
     """Why `pneumo serve` cannot be benchmarked here, or None if the command exists."""
     done = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "serve", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "pneumo_onnx.engine.cli", "serve", "--help"],
+        capture_output=True,
+        text=True,
     )
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return f"this engine.cli has no 'serve' command (`pneumo serve --help`: {tail})"
+        return f"this pneumo_onnx.engine.cli has no 'serve' command (`pneumo serve --help`: {tail})"
     return None
 
 
-def server_argv(target: str, port: int, workdir: Path) -> list[str]:
+def server_argv(target: str, port: int, workdir: Path, checkout: Path | None = None) -> list[str]:
     """The command line of each server: `pneumo serve` with its defaults (every upload of the
     load generator is a different file, so its result cache never answers)."""
     if target.startswith("pneumo"):
         return [
-            sys.executable,
-            "-m",
-            "engine.cli",
+            *pneumo_argv(checkout),
             "serve",
             "--host",
             "127.0.0.1",
@@ -88,7 +88,7 @@ def server(
     cwd, env = checkout_env(checkout)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            server_argv(target, port, workdir),
+            server_argv(target, port, workdir, checkout),
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=cwd,

@@ -114,7 +114,11 @@ def run(ctx: Context) -> dict[str, Any]:
     rows, skipped = [], []
     runs = max(1, ctx.repeats)
     rows.append(
-        cold([sys.executable, "-m", "engine.cli", "predict", str(image)], runs, "pneumo-predict")
+        cold(
+            [sys.executable, "-m", "pneumo_onnx.engine.cli", "predict", str(image)],
+            runs,
+            "pneumo-predict",
+        )
     )
     if has("keras") and has("tensorflow"):
         argv = [sys.executable, "-m", "benchmarks.pipelines", "keras-loop", str(one)]

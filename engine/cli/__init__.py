@@ -14,8 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from engine import __version__
-from engine.cli import (
+from pneumo_onnx import __version__
+from pneumo_onnx.engine.cli import (
     batch,
     bench,
     convert,
@@ -26,8 +26,8 @@ from engine.cli import (
     serve,
     validate,
 )
-from engine.cli.options import HelpFormatter
-from engine.errors import PneumoError
+from pneumo_onnx.engine.cli.options import HelpFormatter
+from pneumo_onnx.engine.errors import PneumoError
 
 COMMANDS = (predict, batch, evaluate, info, bench, convert, validate, serve, monitor)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C

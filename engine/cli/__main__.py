@@ -2,6 +2,6 @@
 
 import sys
 
-from engine.cli import main
+from pneumo_onnx.engine.cli import main
 
 sys.exit(main())

@@ -7,9 +7,15 @@ import argparse
 import time
 from pathlib import Path
 
-from engine.cli.options import Subparsers, add_model_options, command, load_engine, unit_float
-from engine.errors import EXIT_FAILED, EXIT_OK, UsageError
-from engine.runtime.engine import check_batch_options
+from pneumo_onnx.engine.cli.options import (
+    Subparsers,
+    add_model_options,
+    command,
+    load_engine,
+    unit_float,
+)
+from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK, UsageError
+from pneumo_onnx.engine.runtime.engine import check_batch_options
 
 
 def add(sub: Subparsers) -> None:
@@ -62,14 +68,14 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--report works on local runs only, not with --ray")
         if not 0 <= args.report_heatmaps <= 100:
             raise UsageError(f"--report-heatmaps must be 0-100, got {args.report_heatmaps}")
-        from engine.explain.plots import pyplot
+        from pneumo_onnx.engine.explain.plots import pyplot
 
         pyplot()  # a missing 'report' extra fails before any scoring
     if args.ray is not None:
         return _run_on_ray(args)
-    from engine.offline.batch import run_batch
-    from engine.runtime.engine import decode_workers
-    from engine.runtime.isolated import decode_sandbox
+    from pneumo_onnx.engine.offline.batch import run_batch
+    from pneumo_onnx.engine.runtime.engine import decode_workers
+    from pneumo_onnx.engine.runtime.isolated import decode_sandbox
 
     check_batch_options(args.batch_size, args.workers)
     # Forked before the model loads (its threads would make forking unsafe): ready at once.
@@ -96,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     for path, message in summary.errors:
         print(f"  unreadable: {path}: {message}")
     if args.report is not None:
-        from engine.explain.report import write_report
+        from pneumo_onnx.engine.explain.report import write_report
 
         held = write_report(
             engine,
@@ -114,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_on_ray(args: argparse.Namespace) -> int:
-    from engine.offline.ray import run_ray_batch
+    from pneumo_onnx.engine.offline.ray import run_ray_batch
 
     if args.resume:
         raise UsageError("--resume works on local runs only; with --ray, rerun with --overwrite")

@@ -10,10 +10,15 @@ import textwrap
 from pathlib import Path
 from typing import Any, TextIO
 
-from engine.cli.options import Subparsers, add_preprocessing_option, command, positive_float
-from engine.errors import EXIT_FAILED, EXIT_OK, FileAccessError, UsageError
-from engine.repository.variants import VARIANT_FILES
-from engine.runtime.choices import DEVICES
+from pneumo_onnx.engine.cli.options import (
+    Subparsers,
+    add_preprocessing_option,
+    command,
+    positive_float,
+)
+from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK, FileAccessError, UsageError
+from pneumo_onnx.engine.repository.variants import VARIANT_FILES
+from pneumo_onnx.engine.runtime.choices import DEVICES
 
 
 def add(sub: Subparsers) -> None:
@@ -80,7 +85,7 @@ def batch_sizes(text: str) -> tuple[int, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.offline.bench import Plan, run_bench
+    from pneumo_onnx.engine.offline.bench import Plan, run_bench
 
     out = Path(args.json) if args.json else None
     if out is not None and not out.parent.is_dir():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli.options import (
+from pneumo_onnx.engine.cli.options import (
     Subparsers,
     add_contract_options,
     add_expected_scores_option,
@@ -16,8 +16,8 @@ from engine.cli.options import (
     unit_float,
     variant_list_help,
 )
-from engine.contract import OUTPUT_KINDS
-from engine.errors import EXIT_OK
+from pneumo_onnx.engine.contract import OUTPUT_KINDS
+from pneumo_onnx.engine.errors import EXIT_OK
 
 
 def add(sub: Subparsers) -> None:
@@ -99,12 +99,12 @@ def add(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convert.extra import require
+    from pneumo_onnx.convert.extra import require
 
     require("pneumo convert", ("tensorflow", "tf2onnx", "onnx"))
-    from convert.detect import Overrides
-    from convert.pipeline import ConvertOptions, convert
-    from convert.variants import parse_variants
+    from pneumo_onnx.convert.detect import Overrides
+    from pneumo_onnx.convert.pipeline import ConvertOptions, convert
+    from pneumo_onnx.convert.variants import parse_variants
 
     opts = ConvertOptions(
         name=args.name,

@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.cli.options import Subparsers, add_model_options, command, load_engine, unit_float
-from engine.errors import EXIT_FAILED, EXIT_OK
+from pneumo_onnx.engine.cli.options import (
+    Subparsers,
+    add_model_options,
+    command,
+    load_engine,
+    unit_float,
+)
+from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK
 
 
 def add(sub: Subparsers) -> None:
@@ -40,10 +46,10 @@ def add(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.offline.evaluate import evaluate_folder, report_lines, write_json
+    from pneumo_onnx.engine.offline.evaluate import evaluate_folder, report_lines, write_json
 
     if args.plots:
-        from engine.explain.plots import pyplot
+        from pneumo_onnx.engine.explain.plots import pyplot
 
         pyplot()  # a missing 'report' extra fails before any scoring
     engine = load_engine(args)
@@ -52,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         write_json(result, Path(args.json))
     if args.plots:
-        from engine.explain.plots import evaluation_plots
+        from pneumo_onnx.engine.explain.plots import evaluation_plots
 
         c = engine.contract
         assert result.labels is not None and result.scores is not None

@@ -7,9 +7,9 @@ import json
 import platform
 from typing import Any
 
-from engine import __version__
-from engine.cli.options import Subparsers, add_variant_option, command, load_engine
-from engine.errors import EXIT_OK
+from pneumo_onnx import __version__
+from pneumo_onnx.engine.cli.options import Subparsers, add_variant_option, command, load_engine
+from pneumo_onnx.engine.errors import EXIT_OK
 
 
 def add(sub: Subparsers) -> None:

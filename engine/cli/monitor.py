@@ -7,8 +7,8 @@ import argparse
 import json
 from typing import Any
 
-from engine.cli.options import Subparsers, command, positive_float
-from engine.errors import EXIT_FAILED, EXIT_OK
+from pneumo_onnx.engine.cli.options import Subparsers, command, positive_float
+from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK
 
 
 def add(sub: Subparsers) -> None:
@@ -48,7 +48,7 @@ def add(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.serve.store import reports
+    from pneumo_onnx.engine.serve.store import reports
 
     if args.monitor_command == "summary":
         report = reports.summarize(args.db, hours=args.hours)
@@ -101,7 +101,7 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
 
 def drift_lines(d: dict[str, Any]) -> list[str]:
     """A drift report as a few human-readable lines."""
-    from engine.serve.store import reports
+    from pneumo_onnx.engine.serve.store import reports
 
     rec, ref = d["recent"], d["reference"]
     lines = [

@@ -8,17 +8,17 @@ import argparse
 import math
 from typing import TYPE_CHECKING
 
-from engine.contract import COLORS, RESIZE_FILTERS, RESIZE_MODES
-from engine.errors import UsageError
-from engine.intensity_spelling import parse_step
-from engine.intensity_steps import Step
-from engine.presets import PRESETS, preset_help
-from engine.repository.variants import OPTIONAL_VARIANTS, VARIANT_FILES
-from engine.runtime.choices import DEVICES, PREPROCESSING
-from engine.scaling import SCALINGS
+from pneumo_onnx.engine.contract import COLORS, RESIZE_FILTERS, RESIZE_MODES
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.intensity_spelling import parse_step
+from pneumo_onnx.engine.intensity_steps import Step
+from pneumo_onnx.engine.presets import PRESETS, preset_help
+from pneumo_onnx.engine.repository.variants import OPTIONAL_VARIANTS, VARIANT_FILES
+from pneumo_onnx.engine.runtime.choices import DEVICES, PREPROCESSING
+from pneumo_onnx.engine.scaling import SCALINGS
 
 if TYPE_CHECKING:
-    from engine.runtime.engine import Engine
+    from pneumo_onnx.engine.runtime.engine import Engine
 
 Subparsers = argparse._SubParsersAction  # argparse exposes no public name for it
 
@@ -188,7 +188,7 @@ def variant_list_help() -> str:
 def load_engine(args: argparse.Namespace) -> Engine:
     """The engine the model options name. No spinning even for batch: on few cores, spinning
     onnxruntime threads starve the decode threads (150 vs 199 img/s on 2 cores)."""
-    from engine.runtime.engine import Engine
+    from pneumo_onnx.engine.runtime.engine import Engine
 
     return Engine.load(
         args.model,

@@ -7,10 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-from engine.cli.options import Subparsers, add_model_options, command, load_engine, unit_float
-from engine.errors import EXIT_FAILED, EXIT_OK, UsageError
-from engine.explain import DEFAULT_GRID, MAX_GRID, METHODS
-from engine.runtime.results import Row, Scored, to_row
+from pneumo_onnx.engine.cli.options import (
+    Subparsers,
+    add_model_options,
+    command,
+    load_engine,
+    unit_float,
+)
+from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK, UsageError
+from pneumo_onnx.engine.explain import DEFAULT_GRID, MAX_GRID, METHODS
+from pneumo_onnx.engine.runtime.results import Row, Scored, to_row
 
 
 def add(sub: Subparsers) -> None:
@@ -69,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("name at least one image: pneumo predict IMAGE...")
     engine = load_engine(args)
     if args.heatmap is not None:
-        from engine.explain.heatmap import check_method
+        from pneumo_onnx.engine.explain.heatmap import check_method
 
         check_method(engine, args.heatmap_method, args.occlusion_grid)
     rows: list[Row] = []
@@ -89,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
     if args.heatmap is not None:
-        from engine.explain.overlay import write_overlays
+        from pneumo_onnx.engine.explain.overlay import write_overlays
 
         written = write_overlays(
             engine,

@@ -7,14 +7,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from engine.cli.options import (
+from pneumo_onnx.engine.cli.options import (
     Subparsers,
     add_device_option,
     add_preprocessing_option,
     add_variant_option,
     command,
 )
-from engine.errors import EXIT_OK, UsageError
+from pneumo_onnx.engine.errors import EXIT_OK, UsageError
 
 
 def add(sub: Subparsers) -> None:
@@ -146,10 +146,10 @@ def add(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.serve import server
-    from engine.serve.config import ServeConfig
-    from engine.serve.logs import configure
-    from engine.serve.security import ADMIN_KEY_ENV, load_api_keys
+    from pneumo_onnx.engine.serve import server
+    from pneumo_onnx.engine.serve.config import ServeConfig
+    from pneumo_onnx.engine.serve.logs import configure
+    from pneumo_onnx.engine.serve.security import ADMIN_KEY_ENV, load_api_keys
 
     # A server logs structured JSON lines (access log with request ids included) at INFO.
     for handler in list(logging.getLogger().handlers):

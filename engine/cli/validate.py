@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli.options import (
+from pneumo_onnx.engine.cli.options import (
     Subparsers,
     add_expected_scores_option,
     add_images_option,
     command,
     unit_float,
 )
-from engine.errors import EXIT_FAILED, EXIT_OK
+from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK
 
 
 def add(sub: Subparsers) -> None:
@@ -61,10 +61,10 @@ def add(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convert.extra import require
+    from pneumo_onnx.convert.extra import require
 
     require("pneumo validate", ("onnx",))
-    from convert.validate import validate_file
+    from pneumo_onnx.convert.validate import validate_file
 
     report = validate_file(
         args.model,

@@ -29,14 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from engine.errors import UsageError
-from engine.explain import DEFAULT_GRID, MAX_GRID, METHODS
-from engine.repository.cam import CamSpec, EvidenceScale, measure_scale
-from engine.runtime.decoders import ImageSource, read_once
-from engine.runtime.engine import Engine
-from engine.runtime.results import Scored
-from engine.runtime.samples import sample_images
-from engine.runtime.session import run, run_batched
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.explain import DEFAULT_GRID, MAX_GRID, METHODS
+from pneumo_onnx.engine.repository.cam import CamSpec, EvidenceScale, measure_scale
+from pneumo_onnx.engine.runtime.decoders import ImageSource, read_once
+from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.results import Scored
+from pneumo_onnx.engine.runtime.samples import sample_images
+from pneumo_onnx.engine.runtime.session import run, run_batched
 
 UNITS = {"cam": "logit (class activation)", "occlusion": "logit drop when hidden"}
 

@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from engine.contract import Contract
-from engine.errors import FileAccessError
-from engine.explain import DEFAULT_GRID
-from engine.explain.heatmap import Heatmap, compute, heatmap_for
-from engine.runtime.decoders import ImageSource
-from engine.runtime.engine import Engine
-from engine.runtime.preprocess import display_picture
-from engine.runtime.results import Scored
+from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.errors import FileAccessError
+from pneumo_onnx.engine.explain import DEFAULT_GRID
+from pneumo_onnx.engine.explain.heatmap import Heatmap, compute, heatmap_for
+from pneumo_onnx.engine.runtime.decoders import ImageSource
+from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.preprocess import display_picture
+from pneumo_onnx.engine.runtime.results import Scored
 
 DISPLAY_SIDE = 1024
 MAX_ALPHA = 0.6

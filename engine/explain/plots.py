@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from engine.errors import FileAccessError, MissingExtraError
-from engine.runtime.metrics import (
+from pneumo_onnx.engine.errors import FileAccessError, MissingExtraError
+from pneumo_onnx.engine.runtime.metrics import (
     calibration_bins,
     confusion,
     metrics_at,

@@ -26,12 +26,12 @@ from typing import Any
 
 from PIL import Image
 
-from engine.errors import FileAccessError, PneumoError
-from engine.explain.heatmap import cam_spec, heatmap_for
-from engine.explain.overlay import render
-from engine.explain.plots import histogram_png
-from engine.runtime.engine import Engine
-from engine.runtime.preprocess import grey_picture
+from pneumo_onnx.engine.errors import FileAccessError, PneumoError
+from pneumo_onnx.engine.explain.heatmap import cam_spec, heatmap_for
+from pneumo_onnx.engine.explain.overlay import render
+from pneumo_onnx.engine.explain.plots import histogram_png
+from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.preprocess import grey_picture
 
 THUMB_SIDE = 96
 HEATMAP_SIDE = 480

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from engine.errors import FileAccessError, UsageError
-from engine.runtime.engine import Engine, check_batch_options
-from engine.runtime.listing import find_images
-from engine.runtime.results import ROW_COLUMNS, Result, Row, to_row
-from engine.runtime.sandbox import Sandbox
+from pneumo_onnx.engine.errors import FileAccessError, UsageError
+from pneumo_onnx.engine.runtime.engine import Engine, check_batch_options
+from pneumo_onnx.engine.runtime.listing import find_images
+from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, Result, Row, to_row
+from pneumo_onnx.engine.runtime.sandbox import Sandbox
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 

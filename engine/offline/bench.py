@@ -21,16 +21,26 @@ from typing import Any
 
 import onnxruntime as ort
 
-from engine.errors import PneumoError, UsageError
-from engine.offline.bench_images import Prepared, bench_images, pass_images, prepare
-from engine.offline.ceiling import ceiling
-from engine.offline.machine import load_average, machine, usable_cores, versions
-from engine.offline.measure import decode_rate, model_calls, pipeline_passes, predict_calls
-from engine.offline.timing import summary_ms, throughput_row
-from engine.repository.manifest import sha256_file
-from engine.repository.resolve import resolve
-from engine.runtime.choices import DEVICES, PREPROCESSING, PROVIDERS
-from engine.runtime.engine import DEFAULT_BATCH_SIZE, Engine, check_batch_options, decode_workers
+from pneumo_onnx.engine.errors import PneumoError, UsageError
+from pneumo_onnx.engine.offline.bench_images import Prepared, bench_images, pass_images, prepare
+from pneumo_onnx.engine.offline.ceiling import ceiling
+from pneumo_onnx.engine.offline.machine import load_average, machine, usable_cores, versions
+from pneumo_onnx.engine.offline.measure import (
+    decode_rate,
+    model_calls,
+    pipeline_passes,
+    predict_calls,
+)
+from pneumo_onnx.engine.offline.timing import summary_ms, throughput_row
+from pneumo_onnx.engine.repository.manifest import sha256_file
+from pneumo_onnx.engine.repository.resolve import resolve
+from pneumo_onnx.engine.runtime.choices import DEVICES, PREPROCESSING, PROVIDERS
+from pneumo_onnx.engine.runtime.engine import (
+    DEFAULT_BATCH_SIZE,
+    Engine,
+    check_batch_options,
+    decode_workers,
+)
 
 SCHEMA = "pneumo-bench-report/1"
 DEFAULT_BATCH_SIZES = (1, 8, 32)

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import PneumoError, UsageError
-from engine.runtime.engine import Engine
-from engine.runtime.listing import find_images
-from engine.runtime.samples import SAMPLES_DIR, sample_images
+from pneumo_onnx.engine.errors import PneumoError, UsageError
+from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.listing import find_images
+from pneumo_onnx.engine.runtime.samples import SAMPLES_DIR, sample_images
 
 MAX_IMAGES = 200  # a larger folder is sampled evenly: a pass must fit in a few seconds
 MIN_PASS_BATCHES = 4  # a smaller folder is repeated within a pass, so batches stay full

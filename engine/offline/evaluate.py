@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import FileAccessError, UsageError
-from engine.repository.manifest import training_list
-from engine.runtime.engine import Engine
-from engine.runtime.listing import find_images
-from engine.runtime.metrics import evaluate, too_few
+from pneumo_onnx.engine.errors import FileAccessError, UsageError
+from pneumo_onnx.engine.repository.manifest import training_list
+from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.listing import find_images
+from pneumo_onnx.engine.runtime.metrics import evaluate, too_few
 
 
 @dataclass

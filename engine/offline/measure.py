@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from engine.offline.timing import timed_calls
-from engine.runtime.engine import Engine
-from engine.runtime.session import run
+from pneumo_onnx.engine.offline.timing import timed_calls
+from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.session import run
 
 
 def batch_of(x: np.ndarray, batch: int) -> np.ndarray:

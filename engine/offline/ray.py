@@ -19,10 +19,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from engine.errors import MissingExtraError, UsageError, first_line
-from engine.runtime.engine import Engine
-from engine.runtime.listing import find_images
-from engine.runtime.results import ROW_COLUMNS, to_row
+from pneumo_onnx.engine.errors import MissingExtraError, UsageError, first_line
+from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.listing import find_images
+from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, to_row
 
 OUTPUT_FORMATS = (".parquet", ".csv")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import ContractError
+from pneumo_onnx.engine.errors import ContractError
 
 CAM_KEY = "pneumo.cam"
 CAM_SCHEMA = 1  # `scale` is optional, so adding it kept the schema: old readers ignore it

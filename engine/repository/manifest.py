@@ -20,7 +20,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from engine.errors import RepositoryError
+from pneumo_onnx.engine.errors import RepositoryError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "pneumo-model-repository/1"

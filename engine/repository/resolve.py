@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import RepositoryError, UsageError
-from engine.repository.manifest import MANIFEST_NAME, read_manifest, sha256_file
-from engine.repository.variants import FP32, VARIANT_FILES, variant_of
+from pneumo_onnx.engine.errors import RepositoryError, UsageError
+from pneumo_onnx.engine.repository.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from pneumo_onnx.engine.repository.variants import FP32, VARIANT_FILES, variant_of
 
 DEFAULT_MODEL_NAME = "pneumonia"
 
@@ -37,7 +37,7 @@ class ResolvedModel:
 
 def default_model_dir() -> Path:
     """The model folder shipped as package data (`models/pneumonia` in a checkout)."""
-    return Path(str(importlib.resources.files("engine.models"))) / DEFAULT_MODEL_NAME
+    return Path(str(importlib.resources.files("pneumo_onnx.models"))) / DEFAULT_MODEL_NAME
 
 
 def resolve(model: str | os.PathLike | None = None, variant: str | None = None) -> ResolvedModel:

@@ -19,15 +19,15 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from engine.errors import ImageError
-from engine.runtime.dicom import dicom_header, dicom_image
-from engine.runtime.limits import (
+from pneumo_onnx.engine.errors import ImageError
+from pneumo_onnx.engine.runtime.dicom import dicom_header, dicom_image
+from pneumo_onnx.engine.runtime.limits import (
     check_decode_bytes,
     check_size,
     decode_bytes,
     dicom_decode_bytes,
 )
-from engine.runtime.structure import check_tiff
+from pneumo_onnx.engine.runtime.structure import check_tiff
 
 # For JPEGs: the DCT-domain reduction (1, 2, 4 or 8) libjpeg may use for an image of this size.
 Reduction = Callable[[tuple[int, int]], int]

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine.errors import ImageError, MissingExtraError, first_line
-from engine.runtime.limits import MAX_PIXELS, check_size
-from engine.runtime.structure import check_dicom, frame_size
+from pneumo_onnx.engine.errors import ImageError, MissingExtraError, first_line
+from pneumo_onnx.engine.runtime.limits import MAX_PIXELS, check_size
+from pneumo_onnx.engine.runtime.structure import check_dicom, frame_size
 
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 IMPLICIT = "1.2.840.10008.1.2"  # Implicit VR Little Endian

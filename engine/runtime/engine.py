@@ -1,6 +1,6 @@
 """`Engine`: load a converted model once, score chest X-rays from any thread.
 
-    from engine import Engine
+    from pneumo_onnx import Engine
     engine = Engine.load()                      # the default model shipped with the package
     engine.predict("xray.jpeg")                 # {'prediction': 'PNEUMONIA', 'confidence': ...}
     engine.predict_batch(paths, threshold=0.3)  # input order kept, per-item 'error'
@@ -23,16 +23,16 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from engine.contract import Contract, check_threshold
-from engine.errors import PneumoError, UsageError, first_line
-from engine.repository.resolve import ResolvedModel, resolve
-from engine.runtime import isolated
-from engine.runtime.decoders import ImageSource, describe
-from engine.runtime.fidelity import MANIFEST_KEY, choose
-from engine.runtime.preprocess import PREPROCESSORS
-from engine.runtime.results import Result, Scored, failed, scored
-from engine.runtime.sandbox import Sandbox
-from engine.runtime.session import create_session, run, session_options
+from pneumo_onnx.engine.contract import Contract, check_threshold
+from pneumo_onnx.engine.errors import PneumoError, UsageError, first_line
+from pneumo_onnx.engine.repository.resolve import ResolvedModel, resolve
+from pneumo_onnx.engine.runtime import isolated
+from pneumo_onnx.engine.runtime.decoders import ImageSource, describe
+from pneumo_onnx.engine.runtime.fidelity import MANIFEST_KEY, choose
+from pneumo_onnx.engine.runtime.preprocess import PREPROCESSORS
+from pneumo_onnx.engine.runtime.results import Result, Scored, failed, scored
+from pneumo_onnx.engine.runtime.sandbox import Sandbox
+from pneumo_onnx.engine.runtime.session import create_session, run, session_options
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,12 @@ def decode_workers(workers: int | None = None) -> int:
 
 
 class Engine:
-    """A loaded model plus its contract and preprocessing. Build it with `Engine.load`."""
+    """A loaded model plus its contract and preprocessing. Build it with `Engine.load`; use it
+    as a context manager (or call `close()`) to free the model's memory when done:
+
+        with Engine.load() as engine:
+            engine.predict("xray.jpeg")
+    """
 
     def __init__(
         self,
@@ -65,7 +70,7 @@ class Engine:
         preprocessing: str = "auto",
     ) -> None:
         path, why = choose(preprocessing, contract, model.manifest)
-        self.session = session
+        self._session: ort.InferenceSession | None = session
         self.contract = contract
         self.model = model
         self.device = device
@@ -99,6 +104,23 @@ class Engine:
             "loaded %s (%s) on %s", resolved.path.name, resolved.variant, session.get_providers()[0]
         )
         return cls(session, contract, resolved, device, preprocessing)
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The onnxruntime session; a UsageError once the engine is closed."""
+        if self._session is None:
+            raise UsageError(f"this engine ({self.model.path.name}) is closed: load it again")
+        return self._session
+
+    def close(self) -> None:
+        """Free the model (onnxruntime's session and its memory). Idempotent."""
+        self._session = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def provider(self) -> str:

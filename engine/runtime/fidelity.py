@@ -15,11 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from engine.contract import Contract
-from engine.errors import UsageError
-from engine.runtime.choices import PREPROCESSING
-from engine.runtime.decoders import ImageSource
-from engine.runtime.preprocess import fast_pixels, is_exact, reference_pixels, shortcut_side
+from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.runtime.choices import PREPROCESSING
+from pneumo_onnx.engine.runtime.decoders import ImageSource
+from pneumo_onnx.engine.runtime.preprocess import (
+    fast_pixels,
+    is_exact,
+    reference_pixels,
+    shortcut_side,
+)
 
 MANIFEST_KEY = "preprocessing"
 # The promise: every score within 0.02 of the user's own pipeline, and the same label wherever

@@ -19,8 +19,8 @@ from typing import Literal
 
 import numpy as np
 
-from engine.errors import ImageError
-from engine.intensity_steps import (
+from pneumo_onnx.engine.errors import ImageError
+from pneumo_onnx.engine.intensity_steps import (
     Autocontrast,
     Clahe,
     EqualizeHist,

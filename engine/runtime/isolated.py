@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.contract import Contract
-from engine.errors import PneumoError
-from engine.runtime.decoders import (
+from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.errors import PneumoError
+from pneumo_onnx.engine.runtime.decoders import (
     ImageSource,
     Opened,
     describe,
@@ -27,14 +27,14 @@ from engine.runtime.decoders import (
     named_bytes,
     read_bytes,
 )
-from engine.runtime.limits import pre_resize_bytes
-from engine.runtime.preprocess import PREPROCESSORS, RESIZERS, display_picture, finish
-from engine.runtime.sandbox import Admit, Limits, Sandbox, TaskContext
-from engine.runtime.sandbox.wire import pack, unpack
+from pneumo_onnx.engine.runtime.limits import pre_resize_bytes
+from pneumo_onnx.engine.runtime.preprocess import PREPROCESSORS, RESIZERS, display_picture, finish
+from pneumo_onnx.engine.runtime.sandbox import Admit, Limits, Sandbox, TaskContext
+from pneumo_onnx.engine.runtime.sandbox.wire import pack, unpack
 
 MB = 2**20
 # What a decode worker imports before its first task.
-PRELOAD = ("engine.runtime.isolated",)
+PRELOAD = ("pneumo_onnx.engine.runtime.isolated",)
 # Inputs the batch tools may hand a worker (an uncompressed 80 Mpx 16-bit DICOM is 160 MB).
 MAX_FILE_BYTES = 256 * MB
 

@@ -3,7 +3,7 @@ the memory a decode is expected to take (what a server budgets before it decodes
 
 from __future__ import annotations
 
-from engine.errors import ImageError
+from pneumo_onnx.engine.errors import ImageError
 
 MAX_PIXELS = 80_000_000  # the largest real X-rays are ~ 4k x 5k; 80 Mpx of RGB is 240 MB
 MIN_SIDE = 32  # smaller than this is not a radiograph

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from engine.errors import UsageError
+from pneumo_onnx.engine.errors import UsageError
 
 # Tolerance when comparing a rate such as 19/20 with a target typed as 0.95.
 _RATE_EPS = 1e-12

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from engine.contract import CV2_FILTERS, TF_FILTERS, Contract, InputSpec
-from engine.runtime.decoders import ImageSource, open_image
-from engine.runtime.intensity import apply_steps
-from engine.runtime.resize import resize
+from pneumo_onnx.engine.contract import CV2_FILTERS, TF_FILTERS, Contract, InputSpec
+from pneumo_onnx.engine.runtime.decoders import ImageSource, open_image
+from pneumo_onnx.engine.runtime.intensity import apply_steps
+from pneumo_onnx.engine.runtime.resize import resize
 
 # The fast path lets libjpeg decode at 1/4 or 1/8 scale while staying at least DRAFT_FACTOR x
 # the model's size, at 1/2 scale only while staying HALF_DRAFT_FACTOR x; its final resize

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from engine.contract import CV2_FILTERS, TF_FILTERS, InputSpec
+from pneumo_onnx.engine.contract import CV2_FILTERS, TF_FILTERS, InputSpec
 
 PIL_RESAMPLING = {
     "nearest": Image.Resampling.NEAREST,

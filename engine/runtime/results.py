@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Final, TypedDict, final
 
-from engine.contract import Contract
+from pneumo_onnx.engine.contract import Contract
 
 
 @final

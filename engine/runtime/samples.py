@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.runtime.listing import list_images
+from pneumo_onnx.engine.runtime.listing import list_images
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"  # engine/samples, package data
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from engine.errors import InferenceError, ModelLoadError, UsageError, first_line
-from engine.runtime.choices import DEVICES, PROVIDERS
+from pneumo_onnx.engine.errors import InferenceError, ModelLoadError, UsageError, first_line
+from pneumo_onnx.engine.runtime.choices import DEVICES, PROVIDERS
 
 log = logging.getLogger(__name__)
 

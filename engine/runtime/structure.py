@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import struct
 
-from engine.errors import ImageError
+from pneumo_onnx.engine.errors import ImageError
 
 PEEK_SEGMENTS = 64  # a JPEG's frame header comes after a few APPn and DQT segments
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}

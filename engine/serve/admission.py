@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
-from engine.errors import Overloaded, PneumoError, UsageError
+from pneumo_onnx.engine.errors import Overloaded, PneumoError, UsageError
 
 MPX = 1_000_000
 

@@ -13,21 +13,21 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from engine import __version__
-from engine.errors import FileAccessError, PneumoError
-from engine.repository.resolve import default_model_dir
-from engine.serve import http_errors
-from engine.serve.config import ServeConfig
-from engine.serve.gate import Gate
-from engine.serve.job_runner import JobRunner
-from engine.serve.metrics import ServerMetrics
-from engine.serve.registry import ModelRegistry
-from engine.serve.routes import docs, ops, seed, v2
-from engine.serve.scoring import ScoringService
-from engine.serve.security import ApiKeys, RateLimiter
-from engine.serve.state import ServerState
-from engine.serve.store.jobs import JobStore
-from engine.serve.store.predictions import PredictionLog
+from pneumo_onnx import __version__
+from pneumo_onnx.engine.errors import FileAccessError, PneumoError
+from pneumo_onnx.engine.repository.resolve import default_model_dir
+from pneumo_onnx.engine.serve import http_errors
+from pneumo_onnx.engine.serve.config import ServeConfig
+from pneumo_onnx.engine.serve.gate import Gate
+from pneumo_onnx.engine.serve.job_runner import JobRunner
+from pneumo_onnx.engine.serve.metrics import ServerMetrics
+from pneumo_onnx.engine.serve.registry import ModelRegistry
+from pneumo_onnx.engine.serve.routes import docs, ops, seed, v2
+from pneumo_onnx.engine.serve.scoring import ScoringService
+from pneumo_onnx.engine.serve.security import ApiKeys, RateLimiter
+from pneumo_onnx.engine.serve.state import ServerState
+from pneumo_onnx.engine.serve.store.jobs import JobStore
+from pneumo_onnx.engine.serve.store.predictions import PredictionLog
 
 log = logging.getLogger(__name__)
 # How long shutdown waits for the job chunk in hand and for the prediction log's writer (a
@@ -157,8 +157,8 @@ def app_from_env() -> FastAPI:
     """uvicorn factory for `--workers N`: each worker process reads the config from the env."""
     import os
 
-    from engine.serve.config import CONFIG_ENV
-    from engine.serve.logs import configure
+    from pneumo_onnx.engine.serve.config import CONFIG_ENV
+    from pneumo_onnx.engine.serve.logs import configure
 
     configure("INFO")  # a worker process starts with no logging: the same JSON lines as one
     logging.getLogger("python_multipart").setLevel(logging.ERROR)

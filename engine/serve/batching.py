@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from engine.errors import Overloaded
+from pneumo_onnx.engine.errors import Overloaded
 
 
 class Scorer(Protocol):

@@ -18,9 +18,9 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from engine.contract import check_threshold
-from engine.errors import UsageError
-from engine.runtime.sandbox import TaskContext
+from pneumo_onnx.engine.contract import check_threshold
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.runtime.sandbox import TaskContext
 
 Model = TypeVar("Model", bound=BaseModel)
 SMALL_JSON = 64 * 2**10  # parsed in the server itself: at most ~2 MB of objects

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from engine.runtime.results import Scored
+from pneumo_onnx.engine.runtime.results import Scored
 
 CacheKey = tuple[str, str, str, str, float]
 

@@ -9,10 +9,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from engine.errors import UsageError
-from engine.runtime.choices import PREPROCESSING
-from engine.runtime.limits import MAX_PIXELS
-from engine.runtime.sandbox import Limits
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.runtime.choices import PREPROCESSING
+from pneumo_onnx.engine.runtime.limits import MAX_PIXELS
+from pneumo_onnx.engine.runtime.sandbox import Limits
 
 CONFIG_ENV = "PNEUMO_SERVE_CONFIG"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -14,24 +14,24 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from engine.errors import ModelLoadError, Overloaded, PneumoError
-from engine.runtime import isolated
-from engine.runtime.decoders import client_name
-from engine.runtime.engine import Engine
-from engine.runtime.samples import sample_images
-from engine.runtime.sandbox import Limits, Sandbox, Task
-from engine.runtime.structure import peek_pixels
-from engine.serve.admission import DecodeBudget, Ticket
-from engine.serve.items import Item
+from pneumo_onnx.engine.errors import ModelLoadError, Overloaded, PneumoError
+from pneumo_onnx.engine.runtime import isolated
+from pneumo_onnx.engine.runtime.decoders import client_name
+from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.samples import sample_images
+from pneumo_onnx.engine.runtime.sandbox import Limits, Sandbox, Task
+from pneumo_onnx.engine.runtime.structure import peek_pixels
+from pneumo_onnx.engine.serve.admission import DecodeBudget, Ticket
+from pneumo_onnx.engine.serve.items import Item
 
 T = TypeVar("T")
 # What a decode worker of the server imports before its first task: the image decoders, and
 # the parsers of large request bodies and archives.
 SERVER_PRELOAD = (
     *isolated.PRELOAD,
-    "engine.serve.bodies",
-    "engine.serve.routes.v2_wire",
-    "engine.serve.store.uploads",
+    "pneumo_onnx.engine.serve.bodies",
+    "pneumo_onnx.engine.serve.routes.v2_wire",
+    "pneumo_onnx.engine.serve.store.uploads",
 )
 
 

@@ -20,12 +20,12 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from engine.serve import http_errors
-from engine.serve.bodies import is_byte_count
-from engine.serve.metrics import ServerMetrics
-from engine.serve.security import API_KEY_HEADER, ApiKeys, RateLimiter
+from pneumo_onnx.engine.serve import http_errors
+from pneumo_onnx.engine.serve.bodies import is_byte_count
+from pneumo_onnx.engine.serve.metrics import ServerMetrics
+from pneumo_onnx.engine.serve.security import API_KEY_HEADER, ApiKeys, RateLimiter
 
-log = logging.getLogger("engine.serve.access")
+log = logging.getLogger("pneumo_onnx.engine.serve.access")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

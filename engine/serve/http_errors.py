@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.errors import (
+from pneumo_onnx.engine.errors import (
     ConflictError,
     ContractError,
     ImageError,
@@ -28,8 +28,8 @@ from engine.errors import (
     TooLarge,
     UsageError,
 )
-from engine.serve.bodies import InvalidBody
-from engine.serve.security import API_KEY_HEADER
+from pneumo_onnx.engine.serve.bodies import InvalidBody
+from pneumo_onnx.engine.serve.security import API_KEY_HEADER
 
 log = logging.getLogger(__name__)
 

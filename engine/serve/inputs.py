@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 from fastapi import Request
 from pydantic import BaseModel
 
-from engine.errors import UsageError
-from engine.serve.bodies import SMALL_JSON, parse_json
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.serve.bodies import SMALL_JSON, parse_json
 
 Model = TypeVar("Model", bound=BaseModel)
 T = TypeVar("T")

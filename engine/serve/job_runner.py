@@ -17,9 +17,9 @@ try:
 except ImportError:  # Windows has no flock: one job runner per process, as configured
     fcntl = None  # type: ignore[assignment]
 
-from engine.errors import Overloaded, PneumoError, UsageError
-from engine.runtime.results import Result
-from engine.serve.store.jobs import RESULT_FIELDS, JobStore
+from pneumo_onnx.engine.errors import Overloaded, PneumoError, UsageError
+from pneumo_onnx.engine.runtime.results import Result
+from pneumo_onnx.engine.serve.store.jobs import RESULT_FIELDS, JobStore
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import ModelLoadError, NotFoundError, PneumoError, RepositoryError, UsageError
-from engine.repository.manifest import MANIFEST_NAME
-from engine.repository.variants import VARIANT_FILES
-from engine.runtime.engine import Engine
-from engine.runtime.samples import sample_images
+from pneumo_onnx.engine.errors import (
+    ModelLoadError,
+    NotFoundError,
+    PneumoError,
+    RepositoryError,
+    UsageError,
+)
+from pneumo_onnx.engine.repository.manifest import MANIFEST_NAME
+from pneumo_onnx.engine.repository.variants import VARIANT_FILES
+from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.samples import sample_images
 
 log = logging.getLogger(__name__)
 

@@ -21,22 +21,22 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from engine.errors import (
+from pneumo_onnx.engine.errors import (
     ModelLoadError,
     Overloaded,
     PneumoError,
     UsageError,
 )
-from engine.runtime.results import Result, Scored, failed
-from engine.runtime.sandbox import Limits
-from engine.serve.admission import DecodeBudget
-from engine.serve.batching import Batcher
-from engine.serve.cache import ResultCache
-from engine.serve.decoding import Decoders
-from engine.serve.items import Item, digests_of
-from engine.serve.metrics import ServerMetrics
-from engine.serve.registry import ModelRegistry, Served
-from engine.serve.store.predictions import PredictionRecord
+from pneumo_onnx.engine.runtime.results import Result, Scored, failed
+from pneumo_onnx.engine.runtime.sandbox import Limits
+from pneumo_onnx.engine.serve.admission import DecodeBudget
+from pneumo_onnx.engine.serve.batching import Batcher
+from pneumo_onnx.engine.serve.cache import ResultCache
+from pneumo_onnx.engine.serve.decoding import Decoders
+from pneumo_onnx.engine.serve.items import Item, digests_of
+from pneumo_onnx.engine.serve.metrics import ServerMetrics
+from pneumo_onnx.engine.serve.registry import ModelRegistry, Served
+from pneumo_onnx.engine.serve.store.predictions import PredictionRecord
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +248,8 @@ class ScoringService:
         """(method, base64 PNG) of the X-ray with its heatmap: CAM when the model carries it,
         else occlusion sensitivity (64 batched runs); evidence against PNEUMONIA too only with
         `negative`. Runs on the decode pool."""
-        from engine.explain.heatmap import check_method
-        from engine.explain.overlay import DISPLAY_SIDE, overlay_png_of
+        from pneumo_onnx.engine.explain.heatmap import check_method
+        from pneumo_onnx.engine.explain.overlay import DISPLAY_SIDE, overlay_png_of
 
         method = check_method(served.engine, "auto")
         x, grey = await self.decoders.picture(served.engine, image, DISPLAY_SIDE, name)

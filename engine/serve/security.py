@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from engine.errors import UsageError
+from pneumo_onnx.engine.errors import UsageError
 
 API_KEY_ENV = "PNEUMO_API_KEYS"
 ADMIN_KEY_ENV = "PNEUMO_ADMIN_KEYS"

@@ -15,8 +15,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from engine.errors import MissingExtraError, UsageError
-from engine.serve.config import CONFIG_ENV, ServeConfig
+from pneumo_onnx.engine.errors import MissingExtraError, UsageError
+from pneumo_onnx.engine.serve.config import CONFIG_ENV, ServeConfig
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def run(
             f"--max-connections-per-client must be >= 0 (0: no limit), got "
             f"{max_connections_per_client}"
         )
-    from engine.serve.protocol import (
+    from pneumo_onnx.engine.serve.protocol import (
         HEADER_TIMEOUT_ENV,
         PER_CLIENT_ENV,
         TRUSTED_ENV,
@@ -91,9 +91,14 @@ def run(
             # Each worker process builds its own app (and loads its own model) from the env.
             config = dataclasses.replace(config, load_before_serving=True, host=host)
             os.environ[CONFIG_ENV] = config.to_json()
-            uvicorn.run("engine.serve.app:app_from_env", factory=True, workers=workers, **options)
+            uvicorn.run(
+                "pneumo_onnx.engine.serve.app:app_from_env",
+                factory=True,
+                workers=workers,
+                **options,
+            )
         else:
-            from engine.serve.app import create_app
+            from pneumo_onnx.engine.serve.app import create_app
 
             uvicorn.run(create_app(dataclasses.replace(config, host=host)), **options)
     finally:

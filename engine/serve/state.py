@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from engine.serve.config import ServeConfig
-from engine.serve.job_runner import JobRunner
-from engine.serve.metrics import ServerMetrics
-from engine.serve.scoring import ScoringService
-from engine.serve.store.jobs import JobStore
-from engine.serve.store.predictions import PredictionLog
+from pneumo_onnx.engine.serve.config import ServeConfig
+from pneumo_onnx.engine.serve.job_runner import JobRunner
+from pneumo_onnx.engine.serve.metrics import ServerMetrics
+from pneumo_onnx.engine.serve.scoring import ScoringService
+from pneumo_onnx.engine.serve.store.jobs import JobStore
+from pneumo_onnx.engine.serve.store.predictions import PredictionLog
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from engine.runtime.metrics import evaluate, roc_auc
 from models.training.data import Item, split_counts
 from models.training.finish import (
     batchnorm_agreement,
@@ -28,6 +27,7 @@ from models.training.finish import (
 )
 from models.training.fit import Recipe, predict, train
 from models.training.robustness import robustness
+from pneumo_onnx.engine.runtime.metrics import evaluate, roc_auc
 
 TARGET_SENSITIVITY = 0.95
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.contract import Contract
-from engine.runtime.listing import list_images
-from engine.runtime.preprocess import PREPROCESSORS
+from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.runtime.listing import list_images
+from pneumo_onnx.engine.runtime.preprocess import PREPROCESSORS
 
 # person1000_bacteria_2931.jpeg, person447_virus_921_1.jpeg -> person1000, person447;
 # IM-0125-0001.jpeg, IM-0429-0001-0002.jpeg -> IM-0125, IM-0429;

@@ -18,9 +18,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from engine import Engine
-from engine.offline.evaluate import evaluate_folder
-from engine.repository.resolve import default_model_dir
+from pneumo_onnx import Engine
+from pneumo_onnx.engine.offline.evaluate import evaluate_folder
+from pneumo_onnx.engine.repository.resolve import default_model_dir
 
 MODELS = Path(__file__).resolve().parents[1]
 # Each version's validation split and figures (v1: a split over images; v2: over patients).

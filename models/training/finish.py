@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.runtime.metrics import calibration_bins
+from pneumo_onnx.engine.runtime.metrics import calibration_bins
 
 HEAD = "pneumonia"  # the final Dense(1, sigmoid) layer of build_model_v2
 POOL = "gap"

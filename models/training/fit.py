@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.runtime.metrics import roc_auc
 from models.training.augment import Augment, make_dataset
+from pneumo_onnx.engine.runtime.metrics import roc_auc
 
 
 @dataclass(frozen=True)

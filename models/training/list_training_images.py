@@ -25,15 +25,15 @@ import hashlib
 import json
 from pathlib import Path
 
-from engine.contract import Contract
-from engine.repository.manifest import (
+from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.repository.manifest import (
     MANIFEST_NAME,
     TRAINING_LISTS,
     parse_training_list,
     read_manifest,
     verify_files,
 )
-from engine.runtime.listing import list_images
+from pneumo_onnx.engine.runtime.listing import list_images
 
 MODELS = Path(__file__).resolve().parents[1]
 

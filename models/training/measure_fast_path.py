@@ -18,11 +18,11 @@ import argparse
 import json
 from pathlib import Path
 
-from convert.probes import gather_images
-from engine import Engine
-from engine.repository.manifest import MANIFEST_NAME, verify_files
-from engine.repository.resolve import default_model_dir
-from engine.runtime.fidelity import MANIFEST_KEY, measure, verdict
+from pneumo_onnx import Engine
+from pneumo_onnx.convert.probes import gather_images
+from pneumo_onnx.engine.repository.manifest import MANIFEST_NAME, verify_files
+from pneumo_onnx.engine.repository.resolve import default_model_dir
+from pneumo_onnx.engine.runtime.fidelity import MANIFEST_KEY, measure, verdict
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps
 
-from engine.runtime.metrics import metrics_at, roc_auc
+from pneumo_onnx.engine.runtime.metrics import metrics_at, roc_auc
 
 
 def _gray(x: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ V1_ONNX = MODELS / "pneumonia" / "1" / "model.onnx"
 
 def to_onnx(keras_file: Path, workdir: Path) -> Path:
     """The fp32 ONNX file the project's converter makes (no variants), under workdir."""
-    from convert.pipeline import ConvertOptions, convert
+    from pneumo_onnx.convert.pipeline import ConvertOptions, convert
 
     result = convert(keras_file, workdir, ConvertOptions(variants=()))
     return result.version_dir / "model.onnx"

@@ -37,9 +37,6 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script: make `engine` and `models` importable
     sys.path.insert(0, str(REPO))
 
-from engine.contract import Contract  # noqa: E402
-from engine.runtime.listing import list_images  # noqa: E402
-from engine.runtime.metrics import metrics_at, threshold_for_sensitivity  # noqa: E402
 from models.training.crossval import TARGET_SENSITIVITY  # noqa: E402
 from models.training.data import (  # noqa: E402
     Item,
@@ -49,6 +46,9 @@ from models.training.data import (  # noqa: E402
     patient_id,
     split_counts,
 )
+from pneumo_onnx.engine.contract import Contract  # noqa: E402
+from pneumo_onnx.engine.runtime.listing import list_images  # noqa: E402
+from pneumo_onnx.engine.runtime.metrics import metrics_at, threshold_for_sensitivity  # noqa: E402
 
 SEED = 20180222  # Kermany et al., Cell, published 2018-02-22
 FOLDS = 5

@@ -25,8 +25,8 @@ The pool is `pool` (in the parent), one worker as the parent sees it `process`, 
 itself `worker` (`python -m engine.runtime.sandbox`), what crosses the pipes `wire`.
 """
 
-from engine.runtime.sandbox.pool import Admit, Sandbox, Task
-from engine.runtime.sandbox.wire import Limits
-from engine.runtime.sandbox.worker import Refused, TaskContext
+from pneumo_onnx.engine.runtime.sandbox.pool import Admit, Sandbox, Task
+from pneumo_onnx.engine.runtime.sandbox.wire import Limits
+from pneumo_onnx.engine.runtime.sandbox.worker import Refused, TaskContext
 
 __all__ = ["Admit", "Limits", "Refused", "Sandbox", "Task", "TaskContext"]

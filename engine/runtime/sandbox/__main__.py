@@ -2,6 +2,6 @@
 
 import sys
 
-from engine.runtime.sandbox.worker import main
+from pneumo_onnx.engine.runtime.sandbox.worker import main
 
 main(sys.argv[1:])

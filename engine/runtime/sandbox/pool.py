@@ -13,9 +13,9 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import closing
 from typing import Any
 
-from engine.errors import ImageError, Overloaded, PneumoError
-from engine.runtime.sandbox.process import START_SECONDS, WorkerProcess, may_fork
-from engine.runtime.sandbox.wire import (
+from pneumo_onnx.engine.errors import ImageError, Overloaded, PneumoError
+from pneumo_onnx.engine.runtime.sandbox.process import START_SECONDS, WorkerProcess, may_fork
+from pneumo_onnx.engine.runtime.sandbox.wire import (
     MB,
     Limits,
     memory_error,

@@ -17,8 +17,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from engine.errors import ImageError, PneumoError
-from engine.runtime.sandbox.wire import AllowListUnpickler, Limits, receive, send
+from pneumo_onnx.engine.errors import ImageError, PneumoError
+from pneumo_onnx.engine.runtime.sandbox.wire import AllowListUnpickler, Limits, receive, send
 
 START_SECONDS = 60.0  # a worker not ready by then is broken (a missing module, no memory)
 PIPE_BYTES = 2**20
@@ -160,7 +160,7 @@ class WorkerProcess:
 
 def _spawned(argv: list[str], fds: tuple[int, int]) -> subprocess.Popen[bytes]:
     env = {**os.environ, **WORKER_ENV, "PYTHONPATH": _python_path()}
-    cmd = [sys.executable, "-m", "engine.runtime.sandbox", *argv]
+    cmd = [sys.executable, "-m", "pneumo_onnx.engine.runtime.sandbox", *argv]
     return subprocess.Popen(cmd, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
 
 
@@ -174,7 +174,7 @@ def _forked(argv: list[str], keep: tuple[int, int]) -> Forked:
         os.closerange(3, min(keep))
         os.closerange(min(keep) + 1, highest)
         os.closerange(highest + 1, 1 << 16)
-        from engine.runtime.sandbox.worker import main
+        from pneumo_onnx.engine.runtime.sandbox.worker import main
 
         main(argv)
         code = 0

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from engine.errors import ImageError, PneumoError, first_line
+from pneumo_onnx.engine.errors import ImageError, PneumoError, first_line
 
 MB = 2**20
 
@@ -107,7 +107,7 @@ def pack(error: BaseException) -> tuple[str, str, dict[str, Any]]:
 
 
 def unpack(packed: tuple[str, str, dict[str, Any]]) -> PneumoError:
-    from engine import errors
+    from pneumo_onnx.engine import errors
 
     name, message, attributes = packed
     cls = getattr(errors, name, None) if name else None

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from engine.runtime.sandbox.wire import data_bytes, pack, receive, send
+from pneumo_onnx.engine.runtime.sandbox.wire import data_bytes, pack, receive, send
 
 MB = 2**20
 TRIM_ABOVE = 16 * MB  # a worker holding this much more than at rest hands it back
@@ -68,7 +68,7 @@ class TaskContext:
 
 def _serve(requests: Connection, replies: Connection, allowance: int) -> None:
     """The worker's loop: one task at a time until the parent closes the pipe."""
-    from engine.runtime.memory import trim
+    from pneumo_onnx.engine.runtime.memory import trim
 
     resting = data_bytes()
     while True:

@@ -13,11 +13,11 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from engine.errors import Overloaded, UsageError
-from engine.serve.bodies import form_threshold
-from engine.serve.state import key_id, server
-from engine.serve.store.reports import drift_report, summarize
-from engine.serve.store.uploads import (
+from pneumo_onnx.engine.errors import Overloaded, UsageError
+from pneumo_onnx.engine.serve.bodies import form_threshold
+from pneumo_onnx.engine.serve.state import key_id, server
+from pneumo_onnx.engine.serve.store.reports import drift_report, summarize
+from pneumo_onnx.engine.serve.store.uploads import (
     UploadBudget,
     is_archive,
     items_from_upload,

@@ -10,17 +10,17 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from engine.errors import Overloaded, UsageError
-from engine.serve.bodies import (
+from pneumo_onnx.engine.errors import Overloaded, UsageError
+from pneumo_onnx.engine.serve.bodies import (
     SMALL_JSON,
     Base64Request,
     base64_image,
     base64_image_task,
     form_threshold,
 )
-from engine.serve.inputs import documented_body, off_loop
-from engine.serve.scoring import ScoringService
-from engine.serve.state import degraded, request_id, server
+from pneumo_onnx.engine.serve.inputs import documented_body, off_loop
+from pneumo_onnx.engine.serve.scoring import ScoringService
+from pneumo_onnx.engine.serve.state import degraded, request_id, server
 
 router = APIRouter(tags=["seed"])
 HeatmapFlag = Annotated[bool, Query(description="add the X-ray with its heatmap")]

@@ -16,11 +16,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from engine import __version__
-from engine.errors import NotFoundError, NotSupported, Overloaded, UsageError
-from engine.serve.inputs import documented_body, json_body, off_loop
-from engine.serve.registry import Served
-from engine.serve.routes.v2_wire import (
+from pneumo_onnx import __version__
+from pneumo_onnx.engine.errors import NotFoundError, NotSupported, Overloaded, UsageError
+from pneumo_onnx.engine.serve.inputs import documented_body, json_body, off_loop
+from pneumo_onnx.engine.serve.registry import Served
+from pneumo_onnx.engine.serve.routes.v2_wire import (
     InferRequest,
     Parsed,
     parse_infer,
@@ -29,7 +29,7 @@ from engine.serve.routes.v2_wire import (
     small_json,
     value_range,
 )
-from engine.serve.state import degraded, request_id, server
+from pneumo_onnx.engine.serve.state import degraded, request_id, server
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 

@@ -31,10 +31,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from engine.contract import check_threshold
-from engine.errors import ConflictError, NotFoundError, Overloaded, UsageError
-from engine.runtime.results import ROW_COLUMNS, Result, Row
-from engine.serve.store import schema
+from pneumo_onnx.engine.contract import check_threshold
+from pneumo_onnx.engine.errors import ConflictError, NotFoundError, Overloaded, UsageError
+from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, Result, Row
+from pneumo_onnx.engine.serve.store import schema
 
 log = logging.getLogger(__name__)
 

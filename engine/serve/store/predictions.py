@@ -30,10 +30,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from engine.errors import PneumoError, UsageError
-from engine.serve.store import schema
-from engine.serve.store.record import PredictionRecord
-from engine.serve.store.reports import drift_report, summarize
+from pneumo_onnx.engine.errors import PneumoError, UsageError
+from pneumo_onnx.engine.serve.store import schema
+from pneumo_onnx.engine.serve.store.record import PredictionRecord
+from pneumo_onnx.engine.serve.store.reports import drift_report, summarize
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.errors import NotFoundError, UsageError
-from engine.serve.store.schema import check_columns
+from pneumo_onnx.engine.errors import NotFoundError, UsageError
+from pneumo_onnx.engine.serve.store.schema import check_columns
 
 HISTOGRAM_BINS = 10  # fixed bins on [0, 1]: the same for every report, so reports compare
 PSI_EPSILON = 1e-4  # an empty bin's proportion, so that log(p/q) stays finite

@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from engine.errors import UsageError
+from pneumo_onnx.engine.errors import UsageError
 
 PREDICTIONS = """
 CREATE TABLE IF NOT EXISTS predictions (

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import BinaryIO
 
-from engine.errors import UsageError
-from engine.runtime.listing import IMAGE_SUFFIXES
-from engine.runtime.sandbox import TaskContext
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.runtime.listing import IMAGE_SUFFIXES
+from pneumo_onnx.engine.runtime.sandbox import TaskContext
 
 MAX_MEMBERS = 10_000
 MAX_TOTAL_BYTES = 256 * 2**20
