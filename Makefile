@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := build/demo
 
-.PHONY: setup chromium demo test lint clean
+.PHONY: setup chromium demo test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -56,9 +56,14 @@ demo: setup
 test: setup chromium lint
 	$(BIN)/python -m pytest
 
+# The loop while changing code (a few minutes): the rules, then every test not marked slow
+# (unit tests, the data plane and real servers on loopback; no TensorFlow, no fresh installs).
+test-fast: setup lint
+	$(BIN)/python -m pytest tests -m "not slow" -q
+
 # ruff (bugbear, pyupgrade, simplify, ruff's rules), mypy, and the import layers (import-linter).
 lint: setup
-	$(BIN)/ruff check engine convert models tests parity_tests benchmarks
+	$(BIN)/ruff check pneumo_onnx engine convert models tests parity_tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
