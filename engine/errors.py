@@ -2,7 +2,7 @@
 
 Every error a user can cause carries a message meant for that user and an exit code. The CLI
 turns them into `message + exit code` in exactly one place (`engine.cli.main`), the server into
-an HTTP status in exactly one place (`engine.serve.http_errors`); nothing else catches them to
+an HTTP status in exactly one place (`engine.serve.front.errors`); nothing else catches them to
 print or answer.
 """
 

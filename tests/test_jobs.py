@@ -18,9 +18,9 @@ from pneumo_onnx import Engine
 from pneumo_onnx.engine.errors import ConflictError, InferenceError, NotFoundError, UsageError
 from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, Result, to_row
 from pneumo_onnx.engine.runtime.samples import sample_images
-from pneumo_onnx.engine.serve.job_runner import JobRunner
+from pneumo_onnx.engine.serve.dataplane.job_runner import JobRunner
+from pneumo_onnx.engine.serve.front.uploads import UploadBudget, items_from_upload, safe_name
 from pneumo_onnx.engine.serve.store.jobs import JobStore
-from pneumo_onnx.engine.serve.store.uploads import UploadBudget, items_from_upload, safe_name
 
 
 def unpack(filename: str, data: bytes, **budget: int) -> list[tuple[str, bytes]]:

@@ -353,7 +353,7 @@ def test_serve_helpers_import_neither_tensorflow_nor_the_server_stack(tmp_path: 
         "import sys\n"
         "import pneumo_onnx.engine.serve.store.predictions\n"
         "import pneumo_onnx.engine.serve.store.reports\n"
-        "import pneumo_onnx.engine.serve.store.jobs, pneumo_onnx.engine.serve.store.uploads\n"
+        "import pneumo_onnx.engine.serve.store.jobs, pneumo_onnx.engine.serve.front.uploads\n"
         "import pneumo_onnx.engine.serve.logs\n"
         "print('\\n'.join(sys.modules))\n"
     )

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pneumo_onnx.engine.errors import Overloaded
-from pneumo_onnx.engine.serve.routes.ops import _report
+from pneumo_onnx.engine.serve.front.routes.ops import _report
 from pneumo_onnx.engine.serve.store.predictions import COLUMNS, PredictionLog
 from pneumo_onnx.engine.serve.store.reports import drift_report, summarize
 from tests.test_monitor import NOW, rec, rows

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from pneumo_onnx.engine.runtime.samples import sample_images
-from pneumo_onnx.engine.serve.protocol import OVER_CAPACITY, TOO_MANY_FROM_YOU
-from pneumo_onnx.engine.serve.security import RateLimiter
+from pneumo_onnx.engine.serve.front.protocol import OVER_CAPACITY, TOO_MANY_FROM_YOU
+from pneumo_onnx.engine.serve.front.security import RateLimiter
 from tests.server_process import ServerProcess
 
 USER_A = "user-a-0123456789abcdef"

@@ -20,10 +20,10 @@ from pneumo_onnx.engine.errors import (
     PneumoError,
     UsageError,
 )
-from pneumo_onnx.engine.serve import http_errors
-from pneumo_onnx.engine.serve.gate import Gate
+from pneumo_onnx.engine.serve.front import errors as http_errors
+from pneumo_onnx.engine.serve.front.gate import Gate
+from pneumo_onnx.engine.serve.front.security import ApiKeys, RateLimiter
 from pneumo_onnx.engine.serve.metrics import ServerMetrics
-from pneumo_onnx.engine.serve.security import ApiKeys, RateLimiter
 
 
 def gated_app() -> FastAPI:

@@ -29,7 +29,7 @@ def test_importing_every_engine_module_stays_tensorflow_free(tmp_path: Path) -> 
     ]
     assert (
         "pneumo_onnx.engine.runtime.engine" in modules
-        and "pneumo_onnx.engine.serve.routes.v2" in modules
+        and "pneumo_onnx.engine.serve.front.routes.v2" in modules
     )
     loaded = run_and_list_modules("import " + ", ".join(modules), tmp_path)
     assert loaded.isdisjoint(FORBIDDEN), loaded & set(FORBIDDEN)

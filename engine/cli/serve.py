@@ -148,8 +148,8 @@ def add(sub: Subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pneumo_onnx.engine.serve import server
     from pneumo_onnx.engine.serve.config import ServeConfig
+    from pneumo_onnx.engine.serve.front.security import ADMIN_KEY_ENV, load_api_keys
     from pneumo_onnx.engine.serve.logs import configure
-    from pneumo_onnx.engine.serve.security import ADMIN_KEY_ENV, load_api_keys
 
     # A server logs structured JSON lines (access log with request ids included) at INFO.
     for handler in list(logging.getLogger().handlers):

@@ -1,15 +1,19 @@
-"""`pneumo serve`: the HTTP server, in three layers as in KServe's Python SDK.
+"""`pneumo serve`: the HTTP server, in three layers (as in KServe's Python SDK), each a folder,
+each importing only the ones below it (an import-linter contract):
 
-- front doors: `routes/` (seed, v2 with its wire format `v2_wire`, ops, docs), thin; `gate`
-  (request id, Host/Origin, body budget and deadline, keys, rate limits, access log),
-  `protocol` (the header deadline) and `http_errors` (the one error -> status table) around
-  them; `inputs` parses bodies on one thread; `app` wires it all;
-- the protocol-free scoring layer: `scoring` (cache -> decode -> batcher -> prediction log ->
-  metrics, one path for every route and the batch jobs), `admission` (the decode budgets it
-  checks from image headers), `batching`, `cache`, `job_runner`;
-- the models: `registry` (load, unload, rollback, warm-up gate) over the engine.
+- `front/`: the front doors, what speaks HTTP: `routes/` (seed, v2, ops, docs), thin; the wire
+  codecs they use (`v2_wire`, `bodies`, `inputs`, job `uploads`); around them the `gate`
+  (request id, Host/Origin, body budget and deadline, keys and rate limits from `security`,
+  access log), `protocol` (h11's header deadline) and `errors` (the one error -> status table);
+- `dataplane/`: protocol-free and testable without HTTP: `scoring` (cache -> admission ->
+  decoding -> batcher -> prediction log -> metrics, one path for every route and the batch
+  jobs), the models (`registry`: load, unload, rollback, warm-up gate), `job_runner`;
+- `store/`: the state on disk (SQLite: prediction log, reports, jobs), which needs neither
+  FastAPI nor onnxruntime, so `pneumo monitor` and tests use it without the 'serve' extra.
 
-`store/` (SQLite: prediction log, reports, jobs, uploads) and `logs` need neither FastAPI nor
-onnxruntime, so `pneumo monitor` and tests use them without the 'serve' extra. Nothing is
-imported here: importing `engine.serve` stays free.
+Beside them: `config` (every setting), `state` (the parts of a running server, as routes reach
+them), `app` (wiring), `server` (uvicorn, TLS, workers), `logs` and `metrics`. A new V2
+extension goes in `front/` (its route and codec) over `dataplane/scoring`; a new table in
+`store/schema` with its module in `store/`. Nothing is imported here: importing
+`pneumo_onnx.engine.serve` stays free.
 """

@@ -16,15 +16,15 @@ from fastapi import FastAPI
 from pneumo_onnx import __version__
 from pneumo_onnx.engine.errors import FileAccessError, PneumoError
 from pneumo_onnx.engine.repository.resolve import default_model_dir
-from pneumo_onnx.engine.serve import http_errors
 from pneumo_onnx.engine.serve.config import ServeConfig
-from pneumo_onnx.engine.serve.gate import Gate
-from pneumo_onnx.engine.serve.job_runner import JobRunner
+from pneumo_onnx.engine.serve.dataplane.job_runner import JobRunner
+from pneumo_onnx.engine.serve.dataplane.registry import ModelRegistry
+from pneumo_onnx.engine.serve.dataplane.scoring import ScoringService
+from pneumo_onnx.engine.serve.front import errors as http_errors
+from pneumo_onnx.engine.serve.front.gate import Gate
+from pneumo_onnx.engine.serve.front.routes import docs, ops, seed, v2
+from pneumo_onnx.engine.serve.front.security import ApiKeys, RateLimiter
 from pneumo_onnx.engine.serve.metrics import ServerMetrics
-from pneumo_onnx.engine.serve.registry import ModelRegistry
-from pneumo_onnx.engine.serve.routes import docs, ops, seed, v2
-from pneumo_onnx.engine.serve.scoring import ScoringService
-from pneumo_onnx.engine.serve.security import ApiKeys, RateLimiter
 from pneumo_onnx.engine.serve.state import ServerState
 from pneumo_onnx.engine.serve.store.jobs import JobStore
 from pneumo_onnx.engine.serve.store.predictions import PredictionLog

@@ -54,7 +54,7 @@ def run(
             f"--max-connections-per-client must be >= 0 (0: no limit), got "
             f"{max_connections_per_client}"
         )
-    from pneumo_onnx.engine.serve.protocol import (
+    from pneumo_onnx.engine.serve.front.protocol import (
         HEADER_TIMEOUT_ENV,
         PER_CLIENT_ENV,
         TRUSTED_ENV,

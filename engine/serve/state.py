@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from pneumo_onnx.engine.serve.config import ServeConfig
-from pneumo_onnx.engine.serve.job_runner import JobRunner
+from pneumo_onnx.engine.serve.dataplane.job_runner import JobRunner
+from pneumo_onnx.engine.serve.dataplane.scoring import ScoringService
 from pneumo_onnx.engine.serve.metrics import ServerMetrics
-from pneumo_onnx.engine.serve.scoring import ScoringService
 from pneumo_onnx.engine.serve.store.jobs import JobStore
 from pneumo_onnx.engine.serve.store.predictions import PredictionLog
 

@@ -238,7 +238,9 @@ def _widen(fd: int) -> None:
 
 
 def _python_path() -> str:
-    """The worker imports engine from where this process did."""
-    root = str(Path(__file__).resolve().parents[2])
+    """The worker imports pneumo_onnx from where this process did."""
+    import pneumo_onnx
+
+    root = str(Path(pneumo_onnx.__file__).resolve().parents[1])
     rest = os.environ.get("PYTHONPATH", "")
     return os.pathsep.join([root, rest]) if rest else root

@@ -2,7 +2,7 @@
 
 `JobStore.create` stores a job and its images, one at a time from any iterable (an upload is
 never held whole in memory), in one transaction before the job id is returned; the job runner
-(engine.serve.job_runner) scores queued jobs in chunks, committing each chunk's results
+(engine.serve.dataplane.job_runner) scores queued jobs in chunks, committing each chunk's results
 together with the progress and dropping the scored images' bytes. An item is marked scored in
 the same transaction that stores its result, so no result is ever written twice. An item is
 counted as in hand before it is scored: one that was in hand during MAX_ATTEMPTS crashes of

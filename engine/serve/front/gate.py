@@ -20,10 +20,10 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from pneumo_onnx.engine.serve import http_errors
-from pneumo_onnx.engine.serve.bodies import is_byte_count
+from pneumo_onnx.engine.serve.front import errors as http_errors
+from pneumo_onnx.engine.serve.front.bodies import is_byte_count
+from pneumo_onnx.engine.serve.front.security import API_KEY_HEADER, ApiKeys, RateLimiter
 from pneumo_onnx.engine.serve.metrics import ServerMetrics
-from pneumo_onnx.engine.serve.security import API_KEY_HEADER, ApiKeys, RateLimiter
 
 log = logging.getLogger("pneumo_onnx.engine.serve.access")
 

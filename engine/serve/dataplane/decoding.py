@@ -21,17 +21,17 @@ from pneumo_onnx.engine.runtime.engine import Engine
 from pneumo_onnx.engine.runtime.samples import sample_images
 from pneumo_onnx.engine.runtime.sandbox import Limits, Sandbox, Task
 from pneumo_onnx.engine.runtime.structure import peek_pixels
-from pneumo_onnx.engine.serve.admission import DecodeBudget, Ticket
-from pneumo_onnx.engine.serve.items import Item
+from pneumo_onnx.engine.serve.dataplane.admission import DecodeBudget, Ticket
+from pneumo_onnx.engine.serve.dataplane.items import Item
 
 T = TypeVar("T")
 # What a decode worker of the server imports before its first task: the image decoders, and
 # the parsers of large request bodies and archives.
 SERVER_PRELOAD = (
     *isolated.PRELOAD,
-    "pneumo_onnx.engine.serve.bodies",
-    "pneumo_onnx.engine.serve.routes.v2_wire",
-    "pneumo_onnx.engine.serve.store.uploads",
+    "pneumo_onnx.engine.serve.front.bodies",
+    "pneumo_onnx.engine.serve.front.v2_wire",
+    "pneumo_onnx.engine.serve.front.uploads",
 )
 
 

@@ -28,7 +28,8 @@ from pneumo_onnx.engine.contract import Contract
 from pneumo_onnx.engine.errors import TooLarge, UsageError
 from pneumo_onnx.engine.runtime.decoders import format_of
 from pneumo_onnx.engine.runtime.sandbox import TaskContext
-from pneumo_onnx.engine.serve.bodies import (
+from pneumo_onnx.engine.serve.dataplane.items import Item
+from pneumo_onnx.engine.serve.front.bodies import (
     SMALL_JSON,
     InvalidBody,
     b64decode,
@@ -36,7 +37,6 @@ from pneumo_onnx.engine.serve.bodies import (
     json_grant,
     parse_json,
 )
-from pneumo_onnx.engine.serve.items import Item
 
 MAX_ELEMENTS = 64 * 128 * 128 * 3 * 4  # a generous cap on one request's FP32 values
 RANGE_MARGIN = 0.1  # FP32 inputs may stray this fraction of the scaling's range outside it

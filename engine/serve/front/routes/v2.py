@@ -18,9 +18,9 @@ from pydantic import BaseModel
 
 from pneumo_onnx import __version__
 from pneumo_onnx.engine.errors import NotFoundError, NotSupported, Overloaded, UsageError
-from pneumo_onnx.engine.serve.inputs import documented_body, json_body, off_loop
-from pneumo_onnx.engine.serve.registry import Served
-from pneumo_onnx.engine.serve.routes.v2_wire import (
+from pneumo_onnx.engine.serve.dataplane.registry import Served
+from pneumo_onnx.engine.serve.front.inputs import documented_body, json_body, off_loop
+from pneumo_onnx.engine.serve.front.v2_wire import (
     InferRequest,
     Parsed,
     parse_infer,

@@ -28,8 +28,8 @@ from pneumo_onnx.engine.errors import (
     TooLarge,
     UsageError,
 )
-from pneumo_onnx.engine.serve.bodies import InvalidBody
-from pneumo_onnx.engine.serve.security import API_KEY_HEADER
+from pneumo_onnx.engine.serve.front.bodies import InvalidBody
+from pneumo_onnx.engine.serve.front.security import API_KEY_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def internal_error(request_id: str) -> JSONResponse:
 
 def add_handlers(app: FastAPI) -> None:
     """Our errors, request validation and Starlette's HTTP errors as JSON. Anything else is
-    caught by the gate (engine.serve.gate), outside every handler, and answered with 500."""
+    caught by the gate (engine.serve.front.gate), outside every handler, and answered with 500."""
 
     @app.exception_handler(PneumoError)
     async def pneumo_error(request: Request, e: PneumoError) -> JSONResponse:

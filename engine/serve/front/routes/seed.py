@@ -11,15 +11,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from pneumo_onnx.engine.errors import Overloaded, UsageError
-from pneumo_onnx.engine.serve.bodies import (
+from pneumo_onnx.engine.serve.dataplane.scoring import ScoringService
+from pneumo_onnx.engine.serve.front.bodies import (
     SMALL_JSON,
     Base64Request,
     base64_image,
     base64_image_task,
     form_threshold,
 )
-from pneumo_onnx.engine.serve.inputs import documented_body, off_loop
-from pneumo_onnx.engine.serve.scoring import ScoringService
+from pneumo_onnx.engine.serve.front.inputs import documented_body, off_loop
 from pneumo_onnx.engine.serve.state import degraded, request_id, server
 
 router = APIRouter(tags=["seed"])

@@ -19,7 +19,7 @@ from fastapi import Request
 from pydantic import BaseModel
 
 from pneumo_onnx.engine.errors import UsageError
-from pneumo_onnx.engine.serve.bodies import SMALL_JSON, parse_json
+from pneumo_onnx.engine.serve.front.bodies import SMALL_JSON, parse_json
 
 Model = TypeVar("Model", bound=BaseModel)
 T = TypeVar("T")

@@ -29,13 +29,13 @@ from pneumo_onnx.engine.errors import (
 )
 from pneumo_onnx.engine.runtime.results import Result, Scored, failed
 from pneumo_onnx.engine.runtime.sandbox import Limits
-from pneumo_onnx.engine.serve.admission import DecodeBudget
-from pneumo_onnx.engine.serve.batching import Batcher
-from pneumo_onnx.engine.serve.cache import ResultCache
-from pneumo_onnx.engine.serve.decoding import Decoders
-from pneumo_onnx.engine.serve.items import Item, digests_of
+from pneumo_onnx.engine.serve.dataplane.admission import DecodeBudget
+from pneumo_onnx.engine.serve.dataplane.batching import Batcher
+from pneumo_onnx.engine.serve.dataplane.cache import ResultCache
+from pneumo_onnx.engine.serve.dataplane.decoding import Decoders
+from pneumo_onnx.engine.serve.dataplane.items import Item, digests_of
+from pneumo_onnx.engine.serve.dataplane.registry import ModelRegistry, Served
 from pneumo_onnx.engine.serve.metrics import ServerMetrics
-from pneumo_onnx.engine.serve.registry import ModelRegistry, Served
 from pneumo_onnx.engine.serve.store.predictions import PredictionRecord
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http import h11_impl
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from pneumo_onnx.engine.serve.http_errors import error_response
+from pneumo_onnx.engine.serve.front.errors import error_response
 
 HEADER_TIMEOUT = 10.0
 PER_CLIENT = 64

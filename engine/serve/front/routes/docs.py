@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from pneumo_onnx.engine.errors import NotFoundError
 
 router = APIRouter(include_in_schema=False)
-STATIC = Path(__file__).resolve().parent.parent / "static"
+STATIC = Path(__file__).resolve().parents[2] / "static"
 ASSETS = {
     "swagger-ui-bundle.js": "text/javascript",
     "swagger-ui.css": "text/css",

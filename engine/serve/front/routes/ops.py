@@ -14,16 +14,16 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from pneumo_onnx.engine.errors import Overloaded, UsageError
-from pneumo_onnx.engine.serve.bodies import form_threshold
-from pneumo_onnx.engine.serve.state import key_id, server
-from pneumo_onnx.engine.serve.store.reports import drift_report, summarize
-from pneumo_onnx.engine.serve.store.uploads import (
+from pneumo_onnx.engine.serve.front.bodies import form_threshold
+from pneumo_onnx.engine.serve.front.uploads import (
     UploadBudget,
     is_archive,
     items_from_upload,
     safe_name,
     unpack_task,
 )
+from pneumo_onnx.engine.serve.state import key_id, server
+from pneumo_onnx.engine.serve.store.reports import drift_report, summarize
 
 router = APIRouter()
 T = TypeVar("T")

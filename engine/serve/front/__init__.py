@@ -1,0 +1,5 @@
+"""The server's front doors: what speaks HTTP. The gate every request passes first (`gate`,
+with its keys and rate limits in `security`, h11's header deadline in `protocol`), the routes
+of each protocol (`routes/`), the wire codecs they read and write (`v2_wire`, request `bodies`
+and where they are parsed, `inputs`, job `uploads`), and the one table from errors to HTTP
+statuses (`errors`). Everything here is thin onto the data plane (`serve.dataplane`)."""
