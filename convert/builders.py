@@ -31,6 +31,7 @@ from pneumo_onnx.convert.precision import (
     fp16_nodes,
     grey_level_sensitivity,
     int8_nodes,
+    mac_share,
     prefixes,
     worst_nodes,
 )
@@ -130,6 +131,7 @@ def _int8(i: Inputs, v: Variant, keep_first_conv: bool) -> Built:
 
     target = v.gate.p99_score_diff * TARGET_SHARE
     data, figures = fallback(build, prefixes(pre_model, skip=standing), i.scorer, target)
+    figures["fp32_mac_share"] = mac_share(pre_model, [*standing, *figures["fp32_nodes"]])
 
     def diagnose() -> dict[str, Any]:
         qdq = onnx.ModelProto.FromString(data)
@@ -157,6 +159,7 @@ def _fp16(i: Inputs, v: Variant) -> Built:
 
     target = v.gate.p99_score_diff * TARGET_SHARE
     data, figures = fallback(build, prefixes(base), i.scorer, target)
+    figures["fp32_mac_share"] = mac_share(base, figures["fp32_nodes"])
     return Built(data, figures, lambda: _diagnosis(fp16_nodes(base), i.scorer))
 
 

@@ -123,6 +123,25 @@ def fallback(
     }
 
 
+def mac_share(model: onnx.ModelProto, names: Sequence[str]) -> float:
+    """The share of the graph's multiply-adds per image (Conv, Gemm and MatMul with a weight)
+    that the nodes `names` do: what keeping them in fp32 costs a variant's speed. The first
+    layers of a MobileNet run at the highest resolution: a few nodes can be half the work."""
+    g = onnx.shape_inference.infer_shapes(model).graph
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in g.value_info}
+    dims.update({v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in g.output})
+    weights = {i.name: list(i.dims) for i in g.initializer}
+    macs: dict[str, int] = {}
+    for n in g.node:
+        w = weights.get(n.input[1]) if len(n.input) > 1 else None
+        if w is None or n.op_type not in ("Conv", "Gemm", "MatMul"):
+            continue
+        spatial = dims.get(n.output[0], [])[2:] if n.op_type == "Conv" else []
+        macs[n.name] = int(np.prod(w)) * int(np.prod(spatial))
+    total = sum(macs.values())
+    return sum(macs.get(name, 0) for name in set(names)) / total if total else 0.0
+
+
 def worst_nodes(
     reduced: Iterator[tuple[onnx.NodeProto, str, bytes]], scorer: Scorer
 ) -> list[Figures]:

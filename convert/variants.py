@@ -88,6 +88,11 @@ def build_and_check(
                 f"{figures['p99_score_diff']:.2e}, max {figures['max_score_diff']:.2e} vs "
                 f"{v.compare_to} on {figures['images']} images, {len(b.data) / 1e6:.2f} MB"
             )
+            if b.precision is not None and b.precision["fp32_nodes"]:
+                text += (
+                    f", {len(b.precision['fp32_nodes'])} node(s) kept in fp32 "
+                    f"({b.precision['fp32_mac_share']:.0%} of the multiply-adds run in fp32)"
+                )
             misses = gate.misses(figures)
             if misses:
                 why = ""
@@ -106,8 +111,7 @@ def _why(precision: dict[str, Any]) -> str:
     """The gate miss in words: the node whose reduced precision alone costs most, and the fp32
     model's own sensitivity to half a grey level of noise."""
     worst = precision["worst_nodes"]
-    kept = precision["fp32_nodes"]
-    text = f"; {len(kept)} node(s) kept in fp32" if kept else ""
+    text = ""
     if worst:
         w = worst[0]
         text += (

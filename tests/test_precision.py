@@ -14,6 +14,7 @@ from pneumo_onnx.convert.precision import (
     fp16_nodes,
     grey_level_sensitivity,
     int8_nodes,
+    mac_share,
     prefixes,
 )
 from pneumo_onnx.engine.contract import Contract, InputSpec
@@ -88,6 +89,37 @@ def test_prefixes_count_arithmetic_nodes_and_take_what_follows_them() -> None:
         "matmul1",
         "relu1",
     ]
+
+
+def test_mac_share_is_the_share_of_weighted_multiply_adds() -> None:
+    """Eight 4x4 MatMuls and a 4x1 head: 132 multiply-adds per row, 16 in each MatMul."""
+    assert mac_share(mlp(), []) == 0.0
+    assert mac_share(mlp(), ["transpose", "matmul0", "relu0"]) == pytest.approx(16 / 132)
+    assert mac_share(mlp(), [n.name for n in mlp().graph.node]) == pytest.approx(1.0)
+
+
+def conv_pair() -> onnx.ModelProto:
+    """image[N, 3, 16, 16] -> Conv 3x3 stride 2 to 8 channels (8x8) -> Conv 1x1 to 4 (8x8)."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "a"], ["y"], name="wide", strides=[2, 2], pads=[1] * 4),
+            helper.make_node("Conv", ["y", "b"], ["z"], name="point"),
+        ],
+        "convs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [
+            numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "a"),
+            numpy_helper.from_array(rng.standard_normal((4, 8, 1, 1)).astype(np.float32), "b"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_mac_share_of_a_convolution_counts_its_output_positions() -> None:
+    """8x8 outputs x (8 x 3 x 3 x 3) = 13824 against 8x8 x (4 x 8) = 2048."""
+    assert mac_share(conv_pair(), ["wide"]) == pytest.approx(13824 / (13824 + 2048))
 
 
 def test_fallback_stops_at_the_first_build_within_target() -> None:
