@@ -26,12 +26,18 @@ class ServerProcess:
     """`python -m engine.cli serve ...` started in `cwd`, ready when /v2/health/ready says so."""
 
     def __init__(
-        self, cwd: Path, *args: str, env: dict[str, str] | None = None, tls: bool = False
+        self,
+        cwd: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        tls: bool = False,
+        port_by_env: bool = False,
     ) -> None:
         self.port = free_port()
         self.cwd = cwd
-        self.args = ["--port", str(self.port), *args]
-        self.env = {**os.environ, **(env or {})}
+        port = {"PNEUMO_PORT": str(self.port)} if port_by_env else {}
+        self.args = [*args] if port_by_env else ["--port", str(self.port), *args]
+        self.env = {**os.environ, **(env or {}), **port}
         self.scheme = "https" if tls else "http"
         self.proc: subprocess.Popen[str] | None = None
         self.log = cwd / f"server-{self.port}.log"

@@ -204,7 +204,7 @@ def test_a_failing_scorer_fails_the_job_and_the_runner_goes_on(
             raise InferenceError("onnxruntime refused the batch")
         return engine.predict_batch(blobs, threshold=t)
 
-    runner = JobRunner(store, score, poll_seconds=0.01).start()
+    runner = JobRunner(store, score, chunk=2, poll_seconds=0.01).start()
     try:
         failed = wait_for(store, doomed, "failed")
         wait_for(store, fine, "done")

@@ -14,7 +14,7 @@ from pneumo_onnx.engine.intensity_spelling import parse_step
 from pneumo_onnx.engine.intensity_steps import Step
 from pneumo_onnx.engine.presets import PRESETS, preset_help
 from pneumo_onnx.engine.repository.variants import OPTIONAL_VARIANTS, VARIANT_FILES
-from pneumo_onnx.engine.runtime.choices import DEVICES, PREPROCESSING
+from pneumo_onnx.engine.runtime.choices import DEVICES, PREPROCESSING, PREPROCESSING_HELP
 from pneumo_onnx.engine.scaling import SCALINGS
 
 if TYPE_CHECKING:
@@ -75,9 +75,7 @@ def add_preprocessing_option(p: argparse.ArgumentParser) -> None:
         "--preprocessing",
         default=PREPROCESSING[0],
         choices=PREPROCESSING,
-        help="auto: fast where the model's conversion measured it within 0.01 of the model's "
-        "own pipeline on its probe X-rays, else reference (`pneumo info` says which and why); "
-        "fast: reduced-scale JPEG decoding; reference: exactly the model's own pipeline",
+        help=PREPROCESSING_HELP,
     )
 
 

@@ -42,7 +42,7 @@ class JobRunner:
         self,
         store: JobStore,
         score: Score,
-        chunk: int = 32,
+        chunk: int,  # images scored at once: the server's --max-batch
         poll_seconds: float = 1.0,
         ttl_hours: float = 0.0,
     ) -> None:

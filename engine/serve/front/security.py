@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 from pneumo_onnx.engine.errors import UsageError
@@ -27,7 +28,7 @@ MAX_BUCKETS = 10_000  # clients the rate limiter remembers; the least recently s
 
 def load_api_keys(
     key_file: Path | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
     variable: str = API_KEY_ENV,
 ) -> list[str]:
     """Every key configured in `variable` and `key_file`; an empty list means none."""
