@@ -31,6 +31,7 @@ DERIVED = {"api_keys", "admin_keys", "load_before_serving"}  # by `pneumo serve`
 TLS_PAIR = {"ssl_certfile": "ssl_keyfile", "ssl_keyfile": "ssl_certfile"}
 USER_KEY = "user-0123456789abcdef"
 ADMIN_KEY = "admin-0123456789abcdef"
+SECRET = "secret-0123456789abcdef"
 
 
 @pytest.fixture(autouse=True)
@@ -152,8 +153,32 @@ def test_every_setting_has_a_flag_a_variable_and_a_file_key(
             "--max-inflight-mb must be at least --max-upload-mb (from PNEUMO_MAX_INFLIGHT_MB)",
         ),
         ({"PNEUMO_SSL_KEYFILE": "k.pem"}, "--ssl-keyfile is given without --ssl-certfile"),
+        (
+            {"PNEUMO_MAX_BATH": "8"},
+            "PNEUMO_MAX_BATH is not a setting (did you mean PNEUMO_MAX_BATCH?)",
+        ),
+        (
+            {"PNEUMO_API_KEY": SECRET},
+            "PNEUMO_API_KEY is not a setting (did you mean PNEUMO_API_KEYS?)",
+        ),
+        (
+            {"PNEUMO_DECODE_THREADS": "4"},
+            "PNEUMO_DECODE_THREADS is not a setting (did you mean PNEUMO_DECODE_WORKERS?)",
+        ),
     ],
-    ids=["not-int", "not-bool", "empty", "range", "choice", "nan", "pair", "tls"],
+    ids=[
+        "not-int",
+        "not-bool",
+        "empty",
+        "range",
+        "choice",
+        "nan",
+        "pair",
+        "tls",
+        "typo",
+        "key",
+        "old",
+    ],
 )
 def test_bad_environment_values_exit_2_naming_the_variable(
     environ: dict[str, str],
@@ -165,10 +190,7 @@ def test_bad_environment_values_exit_2_naming_the_variable(
         monkeypatch.setenv(variable, value)
     assert main(["serve", "--print-config"]) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
-
-
-SECRET = "secret-0123456789abcdef"
+    assert message in err and "Traceback" not in err and SECRET not in err
 
 
 @pytest.mark.parametrize(
@@ -185,6 +207,10 @@ SECRET = "secret-0123456789abcdef"
         (f'api_key = "{SECRET}"\n', "'api_key' is not a setting"),
         ("max-batch = 1\nmax_batch = 2\n", "'max_batch' names a setting given twice"),
         ("max_batch = 0\n", "--max-batch must be at least 1 (from {file})"),
+        (
+            "decode_threads = 4\n",
+            "'decode_threads' is not a setting (did you mean decode_workers?)",
+        ),
     ],
     ids=[
         "syntax",
@@ -198,6 +224,7 @@ SECRET = "secret-0123456789abcdef"
         "key-typo",
         "twice",
         "range",
+        "old-name",
     ],
 )
 def test_bad_config_files_exit_2_naming_the_file_and_key(
@@ -250,7 +277,7 @@ def test_print_config_names_sources_hides_keys_and_reads_back(
     keys.write_text(f"{ADMIN_KEY}  # the operator\n")
     monkeypatch.setenv("PNEUMO_API_KEYS", USER_KEY)
     monkeypatch.setenv("PNEUMO_RATE_LIMIT", "2.5")
-    monkeypatch.setenv("PNEUMO_MAX_BATH", "8")  # a typo: named, not applied
+    monkeypatch.setenv("PNEUMO_MATRIX_EVAL", "1")  # another tool's: named, not applied
     argv = ["serve", "--admin-key-file", str(keys), "--max-delay-ms", "3", "--print-config"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -261,7 +288,7 @@ def test_print_config_names_sources_hides_keys_and_reads_back(
     assert "max_delay_ms = 3.0  # ms; flag --max-delay-ms" in out
     assert "max_batch = 32  # default" in out
     assert "# model_repo: not set (default)" in out
-    assert "# PNEUMO_MAX_BATH is not a setting: ignored" in out
+    assert "# PNEUMO_MATRIX_EVAL is not a setting: ignored" in out
     effective = resolve({"admin_key_file": keys, "max_delay_ms": 3.0}).config
     saved = tmp_path / "effective.toml"
     saved.write_text(out)  # what a container keeps: the same server from the file alone

@@ -31,11 +31,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return action.help
         return super()._get_help_string(action)
 
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """Paragraphs (split by blank lines) are filled; a block indented by two spaces (an
+        example) stays as written."""
+        blocks = []
+        for block in text.split("\n\n"):
+            if block.startswith("  "):
+                blocks.append("\n".join(indent + line for line in block.splitlines()))
+            else:
+                blocks.append(super()._fill_text(block, width, indent))
+        return "\n\n".join(blocks)
 
-def command(sub: Subparsers, name: str, help: str, description: str) -> argparse.ArgumentParser:
+
+def command(
+    sub: Subparsers, name: str, help: str, description: str, epilog: str | None = None
+) -> argparse.ArgumentParser:
     """A subcommand's parser, with the shared help format."""
     parser: argparse.ArgumentParser = sub.add_parser(
-        name, help=help, description=description, formatter_class=HelpFormatter
+        name, help=help, description=description, epilog=epilog, formatter_class=HelpFormatter
     )
     return parser
 

@@ -12,18 +12,33 @@ from pneumo_onnx.engine.cli.options import Subparsers, command
 from pneumo_onnx.engine.errors import EXIT_OK
 from pneumo_onnx.engine.serve.config import ServeConfig, settings
 from pneumo_onnx.engine.serve.config_sources import CONFIG_FILE_ENV
-from pneumo_onnx.engine.serve.setting import Kind, flag
+from pneumo_onnx.engine.serve.keys import ADMIN_KEY_ENV, API_KEY_ENV
+from pneumo_onnx.engine.serve.setting import ENV_PREFIX, Kind, flag
 
 log = logging.getLogger(__name__)
 
-DESCRIPTION = (
-    "Serve a model repository over HTTP with dynamic batching. Every option below is also an "
-    "environment variable, PNEUMO_ and its name in capitals (PNEUMO_MAX_BATCH=64; booleans "
-    "true/false, lists comma-separated), and a key of the --config file (max_batch = 64, or "
-    "max-batch). Precedence, lowest first: defaults < config file < environment < flags. API "
-    "keys come from PNEUMO_API_KEYS (comma-separated) and/or --api-key-file; admin keys "
-    "(repository control) from PNEUMO_ADMIN_KEYS and/or --admin-key-file."
-)
+DESCRIPTION = "Serve a model repository over HTTP with dynamic batching."
+EPILOG = f"""Where settings come from, lowest precedence first: the defaults shown above < a TOML \
+file (--config FILE.toml, or ${CONFIG_FILE_ENV}) < the environment < these flags. \
+`--print-config` shows what wins, and from where.
+
+Every option is also an environment variable, {ENV_PREFIX} and its name in capitals (booleans \
+true/false, 1/0, yes/no or on/off; lists comma-separated), and a key of the file (underscores or \
+dashes; lists as TOML arrays):
+
+  {ENV_PREFIX}MAX_BATCH=64 {ENV_PREFIX}PROTECT_HEALTH=true pneumo serve
+
+  # serve.toml
+  max_batch = 64
+  protect_health = true
+  forwarded_allow_ips = ["10.0.0.1"]
+
+A bad value, an unknown key in the file, or a {ENV_PREFIX} variable that looks like a \
+misspelled setting stops the server (exit 2), naming where it came from.
+
+API keys come from {API_KEY_ENV} (comma-separated) and/or --api-key-file; admin keys \
+(repository control) from {ADMIN_KEY_ENV} and/or --admin-key-file. Keys are never read from \
+the TOML file, and never shown."""
 
 
 def add(sub: Subparsers) -> None:
@@ -32,6 +47,7 @@ def add(sub: Subparsers) -> None:
         "serve",
         help="REST server: seed routes, KServe V2, jobs, monitoring (needs the 'serve' extra)",
         description=DESCRIPTION,
+        epilog=EPILOG,
     )
     p.add_argument(
         "--config",

@@ -16,19 +16,20 @@ import difflib
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pneumo_onnx.engine.errors import FileAccessError, UsageError
 from pneumo_onnx.engine.serve.config import CONFIG_ENV, ServeConfig, settings
-from pneumo_onnx.engine.serve.front.security import ADMIN_KEY_ENV, API_KEY_ENV, load_api_keys
+from pneumo_onnx.engine.serve.keys import ADMIN_KEY_ENV, API_KEY_ENV, load_api_keys
 from pneumo_onnx.engine.serve.setting import ENV_PREFIX, SettingsError, env_name, flag
 
 CONFIG_FILE_ENV = "PNEUMO_CONFIG"
 # PNEUMO_ variables that are not settings, but known: no "not a setting" warning for them.
 OTHER_VARIABLES = {API_KEY_ENV, ADMIN_KEY_ENV, CONFIG_FILE_ENV, CONFIG_ENV}
+CLOSE = 0.8  # how alike a name must be to a setting's to be taken for a misspelling of it
 KEYS = {"api_keys": (API_KEY_ENV, "api_key_file"), "admin_keys": (ADMIN_KEY_ENV, "admin_key_file")}
 
 
@@ -69,16 +70,42 @@ def resolve(
     for name, value in flags.items():
         values[name], sources[name] = value, f"flag {flag(name)}"
     key_sources = _load_keys(values, env, problems)
+    config: ServeConfig | None = None
     try:
         config = ServeConfig(**values)
     except SettingsError as e:
         problems += [f"{flag(n)} {what}{_from(sources.get(n))}" for n, what in e.problems]
-    if problems:
+    unknown = _unknown_variables(env, problems)
+    if config is None or problems:
         raise UsageError("; ".join(problems))
-    known = {env_name(name) for name in settings()} | OTHER_VARIABLES
-    unknown = sorted(v for v in env if v.startswith(ENV_PREFIX) and v not in known)
     every = {name: sources.get(name, "default") for name in settings()}
     return Resolved(config, every, key_sources, unknown)
+
+
+def _unknown_variables(env: Mapping[str, str], problems: list[str]) -> list[str]:
+    """The PNEUMO_ variables that name no setting. One that looks like a setting's (a typo, or
+    an old flag's name) is a problem: a server that silently ignored PNEUMO_API_KEY would run
+    without keys. The others are returned, for a warning."""
+    known = {env_name(name) for name in settings()} | OTHER_VARIABLES
+    others = [v.removeprefix(ENV_PREFIX).lower() for v in OTHER_VARIABLES]
+    unknown = []
+    for variable in sorted(v for v in env if v.startswith(ENV_PREFIX) and v not in known):
+        meant = _meant(variable.removeprefix(ENV_PREFIX).lower(), others)
+        if meant is None:
+            unknown.append(variable)
+        else:
+            problems.append(f"{variable} is not a setting (did you mean {env_name(meant)}?)")
+    return unknown
+
+
+def _meant(name: str, others: Sequence[str] = ()) -> str | None:
+    """The setting (or other known name) `name` most likely misspells, or names by a flag's
+    old name (decode_threads: decode_workers); None if none is close."""
+    for setting_name, (_, setting) in settings().items():
+        if name in (a.removeprefix("--").replace("-", "_") for a in setting.aliases):
+            return setting_name
+    close = difflib.get_close_matches(name, [*settings(), *others], n=1, cutoff=CLOSE)
+    return close[0] if close else None
 
 
 def _load_keys(
@@ -178,5 +205,5 @@ def _suggestion(name: str) -> str:
     if name in KEYS:
         variable, file_setting = KEYS[name]
         return f" (keys are never read from a config file: use {variable} or {file_setting})"
-    close = difflib.get_close_matches(name, list(settings()), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
+    meant = _meant(name)
+    return f" (did you mean {meant}?)" if meant else ""
