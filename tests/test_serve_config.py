@@ -310,7 +310,7 @@ def test_units_are_converted_once_and_the_config_travels_as_json() -> None:
     )
     assert (config.max_upload_bytes, config.max_inflight_bytes) == (2 * 2**20, 3 * 2**20)
     assert (config.max_job_bytes, config.job_store_bytes) == (4 * 2**20, 5 * 2**20)
-    assert config.max_delay_s == 0.25
+    assert (config.max_delay_s, config.max_delay_us) == (0.25, 250_000)
     assert (config.max_request_pixels, config.max_decode_pixels) == (90_000_000, 100_000_000)
     assert config.decode_limits.max_input == config.max_upload_bytes
     assert ServeConfig.from_json(config.to_json()) == config

@@ -230,6 +230,11 @@ class ServeConfig:
         return self.max_delay_ms / 1000.0
 
     @property
+    def max_delay_us(self) -> int:
+        """As the V2 model config states it (max_queue_delay_microseconds)."""
+        return round(self.max_delay_ms * 1000)
+
+    @property
     def max_request_pixels(self) -> int:
         return int(self.max_request_mpx * MPX)
 
