@@ -1,8 +1,9 @@
 """The settings of `pneumo serve` have one source, `ServeConfig`: every field is a flag, a
 PNEUMO_<NAME> variable and a key of a --config TOML file, with flags over the environment over
 the file over the defaults; a bad value anywhere exits 2 saying where it came from, every
-problem at once; keys are never shown; a server configured by its environment alone serves
-with those values, in each of its --workers processes."""
+problem at once (a misspelled PNEUMO_ variable or file key too, with the setting meant); keys
+are never shown; `--print-config` needs no server stack; a server configured by a file and its
+environment alone serves with those values, in each of its --workers processes."""
 
 from __future__ import annotations
 
@@ -332,30 +333,69 @@ def test_serve_itself_exits_2_on_a_bad_variable_without_starting(tmp_path: Path)
     assert not (tmp_path / "s").exists()
 
 
+def test_print_config_runs_as_a_command_without_the_server_stack(tmp_path: Path) -> None:
+    """`pneumo serve --print-config` in a process of its own, from a file and the
+    environment; in a second one where FastAPI and uvicorn cannot be imported, the same: the
+    settings need neither."""
+    file = tmp_path / "serve.toml"
+    file.write_text("max_batch = 12\nprotect_health = true\n")
+    env = {**os.environ, "PNEUMO_CONFIG": str(file), "PNEUMO_API_KEYS": USER_KEY}
+    env["PNEUMO_MAX_QUEUE"] = "99"
+    command = [sys.executable, "-m", "pneumo_onnx.engine.cli", "serve", "--port", "9100"]
+    done = subprocess.run(
+        [*command, "--print-config"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    got = tomllib.loads(done.stdout)
+    assert (got["max_batch"], got["max_queue"], got["port"]) == (12, 99, 9100)
+    assert got["protect_health"] is True and "api_keys" not in got
+    assert USER_KEY not in done.stdout and "1 key from PNEUMO_API_KEYS (redacted)" in done.stdout
+    blocked = (
+        "import sys; sys.modules['fastapi'] = sys.modules['uvicorn'] = None\n"
+        "from pneumo_onnx.engine.cli import main\n"
+        "sys.exit(main(['serve', '--print-config']))"
+    )
+    bare = subprocess.run(
+        [sys.executable, "-c", blocked], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert bare.returncode == 0, bare.stderr
+    assert tomllib.loads(bare.stdout)["max_batch"] == 12
+
+
 @pytest.fixture
-def env_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    """Two worker processes, every setting from the environment (the port too)."""
-    env = {
-        "PNEUMO_WORKERS": "2",
-        "PNEUMO_MAX_BATCH": "7",
-        "PNEUMO_MAX_DELAY_MS": "3",
-        "PNEUMO_HEADER_TIMEOUT": "1",
-        "PNEUMO_DECODE_WORKERS": "1",
-        "PNEUMO_STATE_DIR": "from-env",
-    }
-    srv = ServerProcess(tmp_path, env=env, port_by_env=True).start(timeout=120)
+def configured_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """Two worker processes configured by a TOML file and the environment, no flag at all
+    (the port too comes from the environment)."""
+    file = tmp_path / "serve.toml"
+    file.write_text(
+        "workers = 2\n"
+        "max_batch = 7  # the environment says otherwise, and wins\n"
+        "max-delay-ms = 3\n"
+        "header_timeout = 1\n"
+        "decode_workers = 1\n"
+        "protect_health = true\n"
+        "state_dir = 'from-file'\n"
+    )
+    env = {"PNEUMO_CONFIG": str(file), "PNEUMO_MAX_BATCH": "9", "PNEUMO_API_KEYS": USER_KEY}
+    srv = ServerProcess(tmp_path, env=env, port_by_env=True, ready_key=USER_KEY)
+    srv.start(timeout=120)
     yield srv
     assert srv.stop() == 0
 
 
-def test_a_server_configured_by_its_environment_alone(env_server: ServerProcess) -> None:
-    srv = env_server
+def test_a_server_configured_by_a_file_and_its_environment(
+    configured_server: ServerProcess,
+) -> None:
+    srv = configured_server
+    user = {"X-API-Key": USER_KEY}
     for _ in range(6):  # whichever worker process answers, it has the settings
-        config = httpx.get(f"{srv.url}/v2/models/pneumonia/config", timeout=10).json()
-        assert config["max_batch_size"] == 7
-        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 3000
-    # The header deadline reaches the worker processes too: idle sockets are closed after 1 s,
-    # not the default 10.
+        assert httpx.get(f"{srv.url}/health", timeout=10).status_code == 401  # the file's
+        assert httpx.get(f"{srv.url}/health", headers=user, timeout=10).status_code == 200
+        r = httpx.get(f"{srv.url}/v2/models/pneumonia/config", headers=user, timeout=10)
+        assert r.json()["max_batch_size"] == 9  # the environment over the file
+        assert r.json()["dynamic_batching"]["max_queue_delay_microseconds"] == 3000
+    # The header deadline reaches the worker processes too (in uvicorn's protocol factory, not
+    # the environment): idle sockets are closed after 1 s, not the default 10.
     idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(6)]
     started = time.monotonic()
     try:
@@ -367,6 +407,7 @@ def test_a_server_configured_by_its_environment_alone(env_server: ServerProcess)
         for s in idle:
             s.close()
     assert time.monotonic() - started < 5.0
-    assert httpx.get(f"{srv.url}/v2/health/ready").status_code == 200
-    assert (srv.cwd / "from-env" / "jobs.db").is_file()
-    assert "max_batch=7 (env PNEUMO_MAX_BATCH)" in srv.log_text()
+    assert (srv.cwd / "from-file" / "jobs.db").is_file()
+    log = srv.log_text()
+    assert "max_batch=9 (env PNEUMO_MAX_BATCH)" in log and "header_timeout=1.0 (file " in log
+    assert USER_KEY not in log
