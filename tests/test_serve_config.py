@@ -140,6 +140,22 @@ def test_every_setting_has_a_flag_a_variable_and_a_file_key(
     assert flag(name) in shown and "".join(schema()[name][1].help.split()) in shown
 
 
+def test_help_states_the_sources_and_their_order(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--help"]) == 0
+    out = capsys.readouterr().out
+    shown = " ".join(out.split())
+    assert (
+        "lowest precedence first: the defaults shown above < a TOML file (--config FILE.toml, "
+        "or $PNEUMO_CONFIG) < the environment < these flags"
+    ) in shown
+    assert "\n  PNEUMO_MAX_BATCH=64 PNEUMO_PROTECT_HEALTH=true pneumo serve\n" in out  # as written
+
+
+def test_old_flag_names_keep_working(capsys: pytest.CaptureFixture[str]) -> None:
+    assert printed(capsys, "--decode-threads", "3")["decode_workers"] == 3
+    assert printed(capsys, "--protect-health", "--forwarded-allow-ips", "*")["protect_health"]
+
+
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
