@@ -17,6 +17,9 @@ from pneumo_onnx.engine.serve.setting import ENV_PREFIX, Kind, flag
 
 log = logging.getLogger(__name__)
 
+UNIT_METAVARS = {"1/s": "PER_S", "s": "SECONDS", "ms": "MS", "MB": "MB", "Mpx": "MPX"}
+UNIT_METAVARS |= {"hours": "HOURS", "days": "DAYS"}
+KIND_METAVARS = {int: "N", float: "X", str: "TEXT", Path: "PATH", tuple: "A,B"}
 DESCRIPTION = "Serve a model repository over HTTP with dynamic batching."
 EPILOG = f"""Where settings come from, lowest precedence first: the defaults shown above < a TOML \
 file (--config FILE.toml, or ${CONFIG_FILE_ENV}) < the environment < these flags. \
@@ -80,6 +83,8 @@ def add(sub: Subparsers) -> None:
             options["type"] = _parser(kind)
             if setting.choices:
                 options["choices"] = setting.choices
+            else:  # the unit where there is one: --max-delay-ms MS, --body-timeout S
+                options["metavar"] = UNIT_METAVARS.get(setting.unit) or KIND_METAVARS[kind.base]
         p.add_argument(flag(name), *setting.aliases, **options)
     p.set_defaults(handler=run)
 
