@@ -18,13 +18,17 @@ from pneumo_onnx import Engine
 from pneumo_onnx.engine.errors import ConflictError, InferenceError, NotFoundError, UsageError
 from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, Result, to_row
 from pneumo_onnx.engine.runtime.samples import sample_images
+from pneumo_onnx.engine.serve.config import ServeConfig
 from pneumo_onnx.engine.serve.dataplane.job_runner import JobRunner
 from pneumo_onnx.engine.serve.front.uploads import UploadBudget, items_from_upload, safe_name
 from pneumo_onnx.engine.serve.store.jobs import JobStore
 
 
 def unpack(filename: str, data: bytes, **budget: int) -> list[tuple[str, bytes]]:
-    return list(items_from_upload(filename, data, UploadBudget(**budget)))
+    """The items of an upload, within the server's default budget but for `budget`."""
+    served = ServeConfig()
+    limits = {"max_total_bytes": served.max_job_bytes, "max_image_bytes": served.max_upload_bytes}
+    return list(items_from_upload(filename, data, UploadBudget(**{**limits, **budget})))
 
 
 CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg"
@@ -81,7 +85,7 @@ def test_job_scores_every_image_with_the_shipped_model(
         0.0,
     )
     assert "results" not in queued and stored_images(tmp_path / "jobs.db") == 7
-    runner = JobRunner(store, scorer(engine), chunk=3).start()
+    runner = JobRunner(store, scorer(engine), chunk=3, ttl_hours=0).start()
     runner.wake()
     try:
         job = wait_for(store, job_id, "done")
@@ -109,7 +113,7 @@ def test_threshold_is_passed_to_the_scorer(
 ) -> None:
     store = JobStore(tmp_path / "jobs.db")
     job_id = store.create(items[:2], threshold=0.999)
-    runner = JobRunner(store, scorer(engine), chunk=8, poll_seconds=0.01).start()
+    runner = JobRunner(store, scorer(engine), chunk=8, ttl_hours=0, poll_seconds=0.01).start()
     try:
         job = wait_for(store, job_id, "done")
     finally:
@@ -134,7 +138,7 @@ def test_job_survives_a_restart_and_scores_each_image_once(
 
     store = JobStore(path)
     job_id = store.create(items)
-    first = JobRunner(store, first_score, chunk=2, poll_seconds=0.01).start()
+    first = JobRunner(store, first_score, chunk=2, ttl_hours=0, poll_seconds=0.01).start()
     deadline = time.monotonic() + 20
     while first.alive and time.monotonic() < deadline:  # it stops by itself after chunk 2
         time.sleep(0.01)
@@ -149,7 +153,7 @@ def test_job_survives_a_restart_and_scores_each_image_once(
         return engine.predict_batch(blobs, threshold=t)
 
     restarted = JobStore(path)  # a new process: new store and runner on the same file
-    second = JobRunner(restarted, second_score, chunk=2, poll_seconds=0.01).start()
+    second = JobRunner(restarted, second_score, chunk=2, ttl_hours=0, poll_seconds=0.01).start()
     try:
         job = wait_for(restarted, job_id, "done")
     finally:
@@ -175,9 +179,9 @@ def test_one_runner_per_store_the_other_stands_by(
 
         return score
 
-    a = JobRunner(JobStore(path), counting("a"), chunk=2, poll_seconds=0.01).start()
+    a = JobRunner(JobStore(path), counting("a"), chunk=2, ttl_hours=0, poll_seconds=0.01).start()
     time.sleep(0.2)  # a holds the lock
-    b = JobRunner(JobStore(path), counting("b"), chunk=2, poll_seconds=0.01).start()
+    b = JobRunner(JobStore(path), counting("b"), chunk=2, ttl_hours=0, poll_seconds=0.01).start()
     try:
         first = JobStore(path).create(items)
         wait_for(JobStore(path), first, "done")
@@ -204,7 +208,7 @@ def test_a_failing_scorer_fails_the_job_and_the_runner_goes_on(
             raise InferenceError("onnxruntime refused the batch")
         return engine.predict_batch(blobs, threshold=t)
 
-    runner = JobRunner(store, score, poll_seconds=0.01).start()
+    runner = JobRunner(store, score, chunk=2, ttl_hours=0, poll_seconds=0.01).start()
     try:
         failed = wait_for(store, doomed, "failed")
         wait_for(store, fine, "done")
@@ -233,7 +237,7 @@ def test_store_errors(tmp_path: Path, items: list[tuple[str, bytes]]) -> None:
     with pytest.raises(UsageError, match="expected \\(name, image bytes\\) pairs"):
         store.create(["a.jpeg"])  # type: ignore[list-item]
     with pytest.raises(UsageError, match="chunk must be"):
-        JobRunner(store, lambda b, t: [], chunk=0)
+        JobRunner(store, lambda b, t: [], chunk=0, ttl_hours=0)
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not sqlite at all" * 100)
     with pytest.raises(UsageError, match="cannot open job store"):

@@ -14,7 +14,7 @@ from pneumo_onnx.engine.intensity_spelling import parse_step
 from pneumo_onnx.engine.intensity_steps import Step
 from pneumo_onnx.engine.presets import PRESETS, preset_help
 from pneumo_onnx.engine.repository.variants import OPTIONAL_VARIANTS, VARIANT_FILES
-from pneumo_onnx.engine.runtime.choices import DEVICES, PREPROCESSING
+from pneumo_onnx.engine.runtime.choices import DEVICES, PREPROCESSING, PREPROCESSING_HELP
 from pneumo_onnx.engine.scaling import SCALINGS
 
 if TYPE_CHECKING:
@@ -31,11 +31,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return action.help
         return super()._get_help_string(action)
 
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """Paragraphs (split by blank lines) are filled; a block indented by two spaces (an
+        example) stays as written."""
+        blocks = []
+        for block in text.split("\n\n"):
+            if block.startswith("  "):
+                blocks.append("\n".join(indent + line for line in block.splitlines()))
+            else:
+                blocks.append(super()._fill_text(block, width, indent))
+        return "\n\n".join(blocks)
 
-def command(sub: Subparsers, name: str, help: str, description: str) -> argparse.ArgumentParser:
+
+def command(
+    sub: Subparsers, name: str, help: str, description: str, epilog: str | None = None
+) -> argparse.ArgumentParser:
     """A subcommand's parser, with the shared help format."""
     parser: argparse.ArgumentParser = sub.add_parser(
-        name, help=help, description=description, formatter_class=HelpFormatter
+        name, help=help, description=description, epilog=epilog, formatter_class=HelpFormatter
     )
     return parser
 
@@ -75,9 +88,7 @@ def add_preprocessing_option(p: argparse.ArgumentParser) -> None:
         "--preprocessing",
         default=PREPROCESSING[0],
         choices=PREPROCESSING,
-        help="auto: fast where the model's conversion measured it within 0.01 of the model's "
-        "own pipeline on its probe X-rays, else reference (`pneumo info` says which and why); "
-        "fast: reduced-scale JPEG decoding; reference: exactly the model's own pipeline",
+        help=PREPROCESSING_HELP,
     )
 
 

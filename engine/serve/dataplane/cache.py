@@ -13,7 +13,7 @@ CacheKey = tuple[str, str, str, str, float]
 
 
 class ResultCache:
-    def __init__(self, maxsize: int = 1024) -> None:
+    def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self._items: OrderedDict[CacheKey, Scored] = OrderedDict()
         self._lock = threading.Lock()

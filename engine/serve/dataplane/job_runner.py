@@ -42,9 +42,10 @@ class JobRunner:
         self,
         store: JobStore,
         score: Score,
-        chunk: int = 32,
+        chunk: int,  # images scored at once: the server's --max-batch
+        *,
+        ttl_hours: float,  # the server's --job-ttl (0: kept until deleted)
         poll_seconds: float = 1.0,
-        ttl_hours: float = 0.0,
     ) -> None:
         if chunk < 1:
             raise UsageError(f"chunk must be at least 1, got {chunk}")

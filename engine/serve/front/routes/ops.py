@@ -59,7 +59,7 @@ async def create_job(
     t = form_threshold(threshold)  # None: the model's own, resolved when the job runs
     state = server(request)
     budget = UploadBudget(
-        max_total_bytes=int(state.config.max_job_mb * 2**20),
+        max_total_bytes=state.config.max_job_bytes,
         max_image_bytes=state.config.max_upload_bytes,
     )
 
