@@ -1,81 +1,34 @@
-"""The data plane in process, no HTTP: the server's parts as `pneumo serve` builds them
-(`app._build`), started for real (decode worker processes, the batcher's thread, the model
-loaded and warmed up) on a model repository in tmp_path holding the shipped versions."""
+"""The data plane in process, no HTTP (`tests.inprocess_server`): the scoring path gives what
+Engine.predict gives, the batcher groups concurrent requests, the cache answers repeats, a bad
+image is its own error, jobs go through the same path, and the registry switches versions."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
-import struct
-import zlib
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pytest
 
-from pneumo_onnx.engine.errors import NotFoundError, Overloaded, RepositoryError, UsageError
-from pneumo_onnx.engine.repository.resolve import default_model_dir
+from pneumo_onnx.engine.errors import ImageError, NotFoundError, RepositoryError, UsageError
 from pneumo_onnx.engine.runtime.engine import Engine
 from pneumo_onnx.engine.serve.app import _build
 from pneumo_onnx.engine.serve.config import ServeConfig
 from pneumo_onnx.engine.serve.dataplane.items import Item
-from pneumo_onnx.engine.serve.state import ServerState
-
-NAME = "pneumonia"
+from tests.inprocess_server import (
+    NAME,
+    batches,
+    cache_hits,
+    runs_of_at_most,
+    serving,
+    shipped_repo,
+)
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    """A repository of the shipped versions 1 and 2 (two different models)."""
-    root = tmp_path / "repo"
-    for version in ("1", "2"):
-        shutil.copytree(default_model_dir() / version, root / NAME / version)
-    return root
-
-
-@contextlib.asynccontextmanager
-async def serving(repo: Path, **settings: Any) -> AsyncIterator[ServerState]:
-    state = _build(
-        ServeConfig(model_repo=repo, state_dir=repo.parent / "state", decode_workers=1, **settings)
-    )
-    await state.service.start()
-    try:
-        yield state
-    finally:
-        await state.service.close()
-        assert state.prediction_log.close_within(5) == 0
-
-
-def batches(state: ServerState) -> tuple[float, float]:
-    """(model runs, images scored in them) so far, from the batcher's own metrics."""
-    registry = state.metrics.registry
-    runs = registry.get_sample_value("pneumo_batch_size_count") or 0.0
-    return runs, registry.get_sample_value("pneumo_batch_size_sum") or 0.0
-
-
-def cache_hits(state: ServerState) -> float | None:
-    return state.metrics.registry.get_sample_value("pneumo_cache_total", {"result": "hit"})
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that is only its signature and IHDR: what admission peeks, no pixels behind."""
-    chunk = b"IHDR" + struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    )
-
-
-def tiff_header(width: int, height: int) -> bytes:
-    """A greyscale TIFF's header and no strip: a format admission cannot peek, so its size is
-    counted when the decode worker reads the header."""
-    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1),
-            (273, 4, 200), (277, 3, 1), (278, 4, height), (279, 4, width * height)]  # fmt: skip
-    ifd = struct.pack("<H", len(tags)) + b"".join(
-        struct.pack("<HHII", t, k, 1, v) for t, k, v in tags
-    )
-    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + b"\x00" * 64
+    return shipped_repo(tmp_path)
 
 
 def test_the_scoring_path_gives_what_engine_predict_gives(repo: Path, samples: list[Path]) -> None:
@@ -111,6 +64,66 @@ def test_the_scoring_path_gives_what_engine_predict_gives(repo: Path, samples: l
     asyncio.run(go())
 
 
+def test_the_batcher_groups_concurrent_requests_up_to_max_batch(
+    repo: Path, samples: list[Path]
+) -> None:
+    """Concurrent requests share model runs of at most max_batch images (seen in the batch-size
+    histogram the batcher feeds), and a run never mixes two models (a version switched while
+    images of the old one were queued). A long window (1 s) lets every run fill up."""
+
+    async def go() -> None:
+        async with serving(repo, max_batch=4, max_delay_ms=1000) as state:
+            service = state.service
+            served = service.registry.current(NAME)
+            engine = served.engine
+            x = [engine.preprocess(p) for p in samples]
+            expected = engine.scores(np.stack(x)).ravel().tolist()
+
+            # Eight V2 requests of one tensor each (nothing to decode): two runs of four.
+            requests = [[Item(tensor=x[i % 6])] for i in range(8)]
+            got = await asyncio.gather(*(service.infer(served, r, "r", "/v2") for r in requests))
+            assert batches(state) == (2, 8) and runs_of_at_most(state, 2) == 0
+            for i, scores in enumerate(got):
+                assert scores.tolist() == pytest.approx([expected[i % 6]], abs=1e-5)
+
+            # One request of twelve: three runs of four, never one of twelve.
+            await service.infer(served, [Item(tensor=x[i % 6]) for i in range(12)], "r", "/v2")
+            assert batches(state) == (5, 20) and runs_of_at_most(state, 2) == 0
+
+            # Eight single-image requests decoded one at a time by the decode worker: each
+            # run holds at most four, fewer runs than requests, every answer Engine.predict's.
+            # The two repeats miss the cache: every request hashes (a FIFO pool) before any
+            # of them decodes, so before anything is scored.
+            files = [*samples, *samples[:2]]
+            answers = await asyncio.gather(
+                *(service.predict(p.read_bytes(), 0.4, "r", "/t") for p in files)
+            )
+            runs, images = batches(state)
+            assert images == 20 + 8 and runs_of_at_most(state, 4) == runs  # none over 4
+            assert runs - 5 < 8  # grouped: fewer runs than requests
+            for path, (result, _) in zip(files, answers, strict=True):
+                want = engine.predict(path, 0.4)
+                assert result["prediction"] == want["prediction"]
+                assert result["raw_score"] == pytest.approx(want["raw_score"], abs=1e-5)
+
+            # Two images for version 2 then four for version 1 (preprocessed by its own
+            # contract), queued together: a run of two, then a run of four, each scored by
+            # its own model (the two take the same input shape, so a mixed run would pass
+            # unnoticed but for the scores).
+            with Engine.load(repo / NAME / "1") as v1:
+                y = v1.preprocess(samples[4])
+                pending = [(engine, x[4])] * 2 + [(v1, y)] * 4
+                before, small = batches(state), runs_of_at_most(state, 2)
+                got_by = await asyncio.gather(*(service.batcher.submit(e, t) for e, t in pending))
+                assert batches(state) == (before[0] + 2, before[1] + 6)
+                assert runs_of_at_most(state, 2) == small + 1
+                assert got_by[:2] == pytest.approx([expected[4]] * 2, abs=1e-5)
+                alone = float(v1.scores(y[None])[0])
+                assert got_by[2:] == pytest.approx([alone] * 4, abs=1e-5)
+
+    asyncio.run(go())
+
+
 def test_a_repeated_image_is_answered_from_the_cache(repo: Path, samples: list[Path]) -> None:
     data = samples[3].read_bytes()
 
@@ -139,61 +152,88 @@ def test_a_repeated_image_is_answered_from_the_cache(repo: Path, samples: list[P
     asyncio.run(go())
 
 
-def test_a_full_batch_queue_sheds_with_overloaded(repo: Path, samples: list[Path]) -> None:
-    """Seven images arrive at once at a queue of four: four are scored, three are refused at
-    once with Overloaded (the server's 503), and the service scores normally afterwards."""
+def test_the_cache_is_bounded_and_can_be_off(repo: Path, samples: list[Path]) -> None:
+    """A cache of one answer forgets the older image; a cache of none scores every time."""
+    a, b = samples[0].read_bytes(), samples[5].read_bytes()
 
     async def go() -> None:
-        async with serving(repo, max_queue=4, max_batch=1) as state:
-            service = state.service
-            engine = service.registry.current(NAME).engine
-            x = engine.preprocess(samples[0])
-            outcomes = await asyncio.gather(
-                *(service.batcher.submit(engine, x) for _ in range(7)), return_exceptions=True
-            )
-            shed = [o for o in outcomes if isinstance(o, Overloaded)]
-            assert len(shed) == 3 and all(isinstance(o, float) for o in outcomes[:4])
-            assert shed[0].message == "server busy: 4 images already waiting to be scored"
-            assert shed[0].retry_after == 1
-            assert service.batcher.depth == 0
-            items = [Item(data=samples[0].read_bytes())] * 5
-            served = service.registry.current(NAME)
-            with pytest.raises(UsageError, match="at most 4 images per request, got 5"):
-                await service.score(items, None, served=served, request_id="r", route="/t")
-            result, _ = await service.predict(samples[1].read_bytes(), None, "r", "/t")
-            assert result == engine.predict(samples[1])
+        async with serving(repo, cache_size=1) as state:
+            for image in (a, a, b, a):
+                await state.service.predict(image, None, "r", "/t")
+            assert batches(state) == (3, 3) and state.service.cache.hits == 1
+        async with serving(repo, cache_size=0) as state:
+            for image in (a, a):
+                await state.service.predict(image, None, "r", "/t")
+            assert batches(state) == (2, 2) and not cache_hits(state)
 
     asyncio.run(go())
 
 
-@pytest.mark.parametrize(
-    ("images", "message"),
-    [
-        ([png_header(10_000, 9_000)], "decode to 90 Mpx, over the 80 Mpx per request limit"),
-        ([png_header(7_000, 7_000)] * 2, "decode to 98 Mpx, over the 80 Mpx per request limit"),
-        ([tiff_header(7_000, 7_000)] * 2, "decode to 98 Mpx, over the 80 Mpx per request limit"),
-    ],
-    ids=["one-png-peeked", "two-pngs-peeked", "two-tiffs-read-by-the-worker"],
-)
-def test_admission_refuses_a_request_over_the_pixel_budget(
-    repo: Path, samples: list[Path], images: list[bytes], message: str
+def test_a_bad_image_gets_its_own_error_and_the_others_are_scored(
+    repo: Path, samples: list[Path]
 ) -> None:
-    """Refused before any pixel is decoded, whether the size was peeked from the header here or
-    read by the decode worker; the budget is whole again afterwards and nothing was scored."""
+    """Each undecodable image is its outcome, an ImageError saying what arrived; the good one
+    beside it is scored; a lone bad image raises from predict; nothing bad is cached."""
+    jpeg = samples[0].read_bytes()
+    bad = {
+        "empty.jpg": (b"", "expected an image file, got 0 bytes from empty.jpg"),
+        "notes.jpg": (
+            b"hello world",
+            "notes.jpg is not a supported image (expected JPEG, PNG, BMP, TIFF or DICOM; "
+            "11 bytes starting b'hello wo')",
+        ),
+        "cut.jpeg": (jpeg[: len(jpeg) // 3], "cut.jpeg is truncated or corrupt: "),
+        "fake.png": (b"\x89PNG\r\n\x1a\n" + bytes(30), "fake.png starts like a PNG file but is "),
+    }
 
     async def go() -> None:
-        async with serving(repo, max_request_mpx=80, max_decode_mpx=80) as state:
+        async with serving(repo) as state:
             service = state.service
             served = service.registry.current(NAME)
-            items = [Item(data=d, name=f"scan-{i}") for i, d in enumerate(images)]
-            with pytest.raises(UsageError, match=message) as refused:
-                await service.score(items, None, served=served, request_id="r", route="/t")
-            assert refused.value.message.endswith("send fewer or smaller images per request")
+            items = [Item(data=data, name=name) for name, (data, _) in bad.items()]
+            items.append(Item(data=jpeg, name="good.jpeg"))
+            outcomes = await service.score(items, None, served=served, request_id="r", route="/t")
+            for outcome, (_, message) in zip(outcomes, bad.values(), strict=False):
+                assert isinstance(outcome, ImageError) and outcome.message.startswith(message)
+            assert outcomes[-1] == served.engine.predict(samples[0])
+            assert batches(state) == (1, 1) and len(service.cache) == 1
             budget = service.decoders.budget
             assert (budget.pixels, budget.images) == (0, 0)
-            assert batches(state) == (0, 0)
-            result, _ = await service.predict(samples[0].read_bytes(), None, "r", "/t")
-            assert result["prediction"] in ("NORMAL", "PNEUMONIA")
+
+            with pytest.raises(ImageError, match="not a supported image"):
+                await service.predict(b"hello world", None, "r", "/t", name="notes.jpg")
+            assert batches(state) == (1, 1) and service.cache.hits == 0
+
+    asyncio.run(go())
+
+
+def test_a_job_goes_through_the_same_path_in_chunks_its_queue_holds(
+    repo: Path, samples: list[Path]
+) -> None:
+    """A stored job of six X-rays, scored by the real job runner through the batcher, on a
+    server whose queue (4) is shorter than its batches (32): chunks of at most four, every
+    row Engine.predict's answer. (A chunk of max_batch used to be refused as a request over
+    the queue, so every job failed on such a server.)"""
+    engine = Engine.load(repo / NAME / "2")
+
+    async def go() -> None:
+        async with serving(repo, max_queue=4) as state:
+            state.runner.start()
+            job_id = state.jobs.create([(p.name, p.read_bytes()) for p in samples])
+            state.runner.wake()
+            for _ in range(600):  # a bound on the wait, not a timing assertion
+                job = state.jobs.get(job_id)
+                if job["status"] in ("done", "failed"):
+                    break
+                await asyncio.sleep(0.05)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, state.runner.stop, 5.0)
+            assert job["status"] == "done", job.get("error")
+            assert batches(state)[1] == 6 and runs_of_at_most(state, 4) == batches(state)[0]
+            for path, row in zip(samples, job["results"], strict=True):
+                expected = engine.predict(path)
+                assert (row["image_path"], row["prediction"]) == (path.name, expected["prediction"])
+                assert row["raw_score"] == pytest.approx(expected["raw_score"], abs=1e-5)
 
     asyncio.run(go())
 
@@ -236,6 +276,8 @@ def test_registry_load_unload_and_rollback(repo: Path) -> None:
             registry.load(NAME, 9)
         with pytest.raises(NotFoundError, match="no model named 'chest' in the repository"):
             registry.load("chest")
+        with pytest.raises(NotFoundError, match=r"no model named '\.\./repo' in the repository"):
+            registry.load("../repo")  # no way out of the repository folder
 
         registry.unload(NAME)
         with pytest.raises(NotFoundError, match="model 'pneumonia' is not loaded"):
