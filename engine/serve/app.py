@@ -125,7 +125,10 @@ def _build(config: ServeConfig) -> ServerState:
         keep_images=config.log_images,
         on_prediction=prediction_log.record,
     )
-    runner = JobRunner(jobs, service.score_job, chunk=config.max_batch, ttl_hours=config.job_ttl)
+    # A chunk is one request to the scoring path, which refuses more images than its queue
+    # holds: a chunk of max_batch over a shorter queue would fail every job.
+    chunk = min(config.max_batch, config.max_queue)
+    runner = JobRunner(jobs, service.score_job, chunk=chunk, ttl_hours=config.job_ttl)
     return ServerState(config, service, metrics, prediction_log, jobs, runner)
 
 
