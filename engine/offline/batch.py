@@ -25,6 +25,7 @@ from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, Result, Row, to_row
 from pneumo_onnx.engine.runtime.sandbox import Sandbox
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+STDOUT = "-"  # as an output path: CSV on standard output
 
 
 @dataclass
@@ -41,12 +42,23 @@ class Summary:
 
 
 class ResultWriter:
-    """Append-only results file; the header (CSV) is written once, when the file is new."""
+    """Append-only results file; the header (CSV) is written once, when the file is new.
+    Path `-`: CSV on stdout (nothing to resume)."""
 
     def __init__(self, path: Path, resume: bool, overwrite: bool) -> None:
-        self.format = FORMATS.get(path.suffix.lower(), "")
+        self._owned = str(path) != STDOUT
+        if resume and not self._owned:
+            raise UsageError("--resume needs an output file, not -o - (stdout)")
+        self.format = FORMATS.get(path.suffix.lower(), "") if self._owned else "csv"
+        self.done: set[str] = set()
+        self._file = self._open(path, resume, overwrite) if self._owned else sys.stdout
+        self._csv = csv.DictWriter(self._file, ROW_COLUMNS) if self.format == "csv" else None
+        if self._csv is not None and (not self._owned or self._file.tell() == 0):
+            self._csv.writeheader()
+
+    def _open(self, path: Path, resume: bool, overwrite: bool) -> TextIO:
         if not self.format:
-            raise UsageError(f"-o {path}: expected a .csv or .jsonl file name")
+            raise UsageError(f"-o {path}: expected a .csv or .jsonl file name, or - for stdout")
         if path.exists() and not (resume or overwrite):
             raise UsageError(
                 f"{path} exists: pass --resume to continue it, or --overwrite to replace it"
@@ -55,12 +67,9 @@ class ResultWriter:
             path.unlink()
         self.done = _repair_and_read(path, self.format) if path.exists() else set()
         try:
-            self._file: TextIO = path.open("a", newline="", encoding="utf-8")
+            return path.open("a", newline="", encoding="utf-8")
         except OSError as e:
             raise FileAccessError("write", path, e) from e
-        self._csv = csv.DictWriter(self._file, ROW_COLUMNS) if self.format == "csv" else None
-        if self._csv is not None and self._file.tell() == 0:
-            self._csv.writeheader()
 
     def write(self, row: Row) -> None:
         if self._csv is not None:
@@ -70,11 +79,13 @@ class ResultWriter:
 
     def flush(self) -> None:
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._owned:  # a pipe cannot be synced
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self.flush()
-        self._file.close()
+        if self._owned:
+            self._file.close()
 
 
 class Progress:
