@@ -9,24 +9,30 @@ PYTHONPATH puts first a package that fails to import exactly as an absent one do
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from pneumo_onnx.engine.cli import main
-from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_USAGE
+from pneumo_onnx.engine.contract import Contract, InputSpec
+from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pneumo_onnx.engine.runtime.samples import SAMPLES_DIR
+from pneumo_onnx.engine.serve.store.predictions import PredictionLog, PredictionRecord
 
 SAMPLES = str(SAMPLES_DIR)
 MODEL = str(Path(__file__).resolve().parents[1] / "models" / "pneumonia" / "2" / "model.onnx")
 ROOT = Path(__file__).resolve().parents[1]
+HOUR = 3600.0
+IMAGE = f"{SAMPLES}/NORMAL/IM-0651-0001.jpeg"
 
 # (argv, exit code, what stderr says); {tmp} is the test's own folder.
 MISSING_FILE = {
     "predict": (["predict", "/nope/x.jpg"], "/nope/x.jpg: no such file"),
-    "predict-model": (["predict", "--model", "/nope.onnx", SAMPLES], "no such model file"),
+    "predict-model": (["predict", "--model", "/nope.onnx", IMAGE], "no such model file"),
     "batch": (["batch", "/nope", "-o", "{tmp}/r.csv"], "/nope: no such folder"),
     "evaluate": (["evaluate", "/nope"], "/nope: no such folder"),
     "info": (["info", "/nope.onnx"], "/nope.onnx: no such model file or folder"),
@@ -44,8 +50,10 @@ MISSING_FILE = {
 BAD_VALUE = {
     "predict": (["predict", SAMPLES, "--threshold", "2"], "expected a number in [0, 1]"),
     "predict-grid": (
-        ["predict", f"{SAMPLES}/NORMAL/IM-0651-0001.jpeg", "--heatmap", "{tmp}", "--occlusion-grid"]
-        + ["99", "--heatmap-method", "occlusion"],
+        [
+            *["predict", IMAGE, "--heatmap", "{tmp}"],
+            *["--occlusion-grid", "99", "--heatmap-method", "occlusion"],
+        ],
         "occlusion grid must be between 2 and 16, got 99",
     ),
     "batch": (
@@ -67,8 +75,93 @@ BAD_VALUE = {
 }
 
 
+# Runs that work (exit 0) and runs where one input fails (exit 1): {xrays} is a labelled folder
+# of two good images, {broken} the same plus a corrupt one, {model} a tiny model.
+QUICK_BENCH = ["--seconds", "0.05", "--batch-sizes", "1", "--batch-size", "1"]
+OK_AND_FAILED = {
+    "predict": (["predict", IMAGE], ["predict", IMAGE, "{broken}/NORMAL/broken.jpg"]),
+    "batch": (
+        ["batch", "{xrays}", "--recursive", "-o", "{tmp}/ok.csv"],
+        ["batch", "{broken}", "--recursive", "-o", "{tmp}/failed.csv"],
+    ),
+    "evaluate": (["evaluate", "{xrays}"], ["evaluate", "{broken}"]),
+    "info": (["info"], ["info", "{tmp}/corrupt.onnx"]),
+    "bench": (
+        ["bench", "{model}", "--images", "{xrays}/NORMAL", *QUICK_BENCH],
+        ["bench", "{model}", "--images", "{broken}/NORMAL", *QUICK_BENCH],
+    ),
+    "validate": (["validate", "{model}"], ["validate", "{tmp}/corrupt.onnx"]),
+    "monitor-drift": (
+        ["monitor", "drift", "--db", "{tmp}/steady.db"],
+        ["monitor", "drift", "--db", "{tmp}/drifted.db"],
+    ),
+}
+
+
 def fill(argv: list[str], tmp: Path) -> list[str]:
     return [a.replace("{tmp}", str(tmp)) for a in argv]
+
+
+def inputs(tmp: Path, model: Path) -> dict[str, str]:
+    """The folders, model, corrupt model and prediction logs OK_AND_FAILED names."""
+    for name, broken in (("xrays", False), ("broken", True)):
+        for label, sample in (("NORMAL", IMAGE), ("PNEUMONIA", f"{SAMPLES}/PNEUMONIA")):
+            (tmp / name / label).mkdir(parents=True)
+            source = Path(sample) if label == "NORMAL" else sorted(Path(sample).iterdir())[0]
+            shutil.copy(source, tmp / name / label / source.name)
+        if broken:
+            (tmp / name / "NORMAL" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    (tmp / "corrupt.onnx").write_bytes(b"\x08\x07garbage that is not protobuf" * 3)
+    now = time.time()
+    for name, recent in (("steady", 0.1), ("drifted", 0.9)):
+        with PredictionLog(tmp / f"{name}.db") as log:
+            for i in range(60):
+                log.record(logged(now - 72 * HOUR, 0.1 + i / 1000))
+                log.record(logged(now - HOUR, recent + i / 1000))
+    return {"{xrays}": str(tmp / "xrays"), "{broken}": str(tmp / "broken"), "{model}": str(model)}
+
+
+def logged(t: float, score: float) -> PredictionRecord:
+    return PredictionRecord(
+        time=t,
+        request_id="r",
+        route="/predict",
+        model_name="pneumonia",
+        model_version="1",
+        score=score,
+        label="PNEUMONIA" if score > 0.5 else "NORMAL",
+        threshold=0.5,
+        latency_ms=12.0,
+        image_sha256="0" * 64,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [pytest.param(ok, EXIT_OK, id=f"ok-{k}") for k, (ok, _) in OK_AND_FAILED.items()]
+    + [pytest.param(bad, EXIT_FAILED, id=f"failed-{k}") for k, (_, bad) in OK_AND_FAILED.items()],
+)
+def test_success_exits_0_and_a_failed_input_exits_1(
+    argv: list[str], code: int, write_model, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = inputs(tmp_path, write_model(contract=Contract(input=InputSpec(height=32, width=32))))
+    for key, value in names.items():
+        argv = [a.replace(key, value) for a in argv]
+    assert main(fill(argv, tmp_path)) == code, capsys.readouterr().err
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("name", "code"), [("good", EXIT_OK), ("broken", EXIT_FAILED)])
+def test_predict_exit_code_in_a_real_process(name: str, code: int, tmp_path: Path) -> None:
+    """The code `main` returns is the one the shell sees (`python -m` and the script alike)."""
+    image = tmp_path / f"{name}.jpeg"
+    if name == "good":
+        shutil.copy(IMAGE, image)
+    else:
+        image.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    done = pneumo(["predict", str(image)], tmp_path)
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(
@@ -119,7 +212,12 @@ MISSING_EXTRA = {
         EXIT_USAGE,
         "convert",
     ),
-    "evaluate-plots": ("matplotlib", ["evaluate", SAMPLES, "--plots", "{tmp}"], EXIT_USAGE, "report"),
+    "evaluate-plots": (
+        "matplotlib",
+        ["evaluate", SAMPLES, "--plots", "{tmp}"],
+        EXIT_USAGE,
+        "report",
+    ),
     "batch-report": (
         "matplotlib",
         ["batch", SAMPLES, "--recursive", "-o", "{tmp}/r.csv", "--report", "{tmp}/r.html"],

@@ -85,11 +85,12 @@ def run(args: argparse.Namespace) -> int:
         pyplot()  # a missing 'report' extra fails before any scoring
     if args.ray is not None:
         return _run_on_ray(args)
-    from pneumo_onnx.engine.offline.batch import run_batch
+    from pneumo_onnx.engine.offline.batch import output_format, run_batch
     from pneumo_onnx.engine.runtime.engine import decode_workers
     from pneumo_onnx.engine.runtime.isolated import decode_sandbox
 
     check_batch_options(args.batch_size, args.workers)
+    output_format(Path(args.output))
     # Forked before the model loads (its threads would make forking unsafe): ready at once.
     with decode_sandbox(decode_workers(args.workers), fork=True) as sandbox:
         engine = load_engine(args)

@@ -41,6 +41,16 @@ class Summary:
         return self.total / self.seconds if self.seconds > 0 else 0.0
 
 
+def output_format(path: Path) -> str:
+    """ "csv" or "jsonl" by the output's name (`-`: CSV on stdout); any other name is a usage
+    error, checked before the model loads or the folder is listed."""
+    if str(path) == STDOUT:
+        return "csv"
+    if path.suffix.lower() not in FORMATS:
+        raise UsageError(f"-o {path}: expected a .csv or .jsonl file name, or - for stdout")
+    return FORMATS[path.suffix.lower()]
+
+
 class ResultWriter:
     """Append-only results file; the header (CSV) is written once, when the file is new.
     Path `-`: CSV on stdout (nothing to resume)."""
@@ -49,7 +59,7 @@ class ResultWriter:
         self._owned = str(path) != STDOUT
         if resume and not self._owned:
             raise UsageError("--resume needs an output file, not -o - (stdout)")
-        self.format = FORMATS.get(path.suffix.lower(), "") if self._owned else "csv"
+        self.format = output_format(path)
         self.done: set[str] = set()
         self._file = self._open(path, resume, overwrite) if self._owned else sys.stdout
         self._csv = csv.DictWriter(self._file, ROW_COLUMNS) if self.format == "csv" else None
@@ -57,8 +67,6 @@ class ResultWriter:
             self._csv.writeheader()
 
     def _open(self, path: Path, resume: bool, overwrite: bool) -> TextIO:
-        if not self.format:
-            raise UsageError(f"-o {path}: expected a .csv or .jsonl file name, or - for stdout")
         if path.exists() and not (resume or overwrite):
             raise UsageError(
                 f"{path} exists: pass --resume to continue it, or --overwrite to replace it"
@@ -133,6 +141,7 @@ def run_batch(
     """Score the images of `folder` into `output`; with a `sandbox`, decoded in its worker
     processes (a poison file is an error row, never the end of the run)."""
     check_batch_options(batch_size, workers)
+    output_format(output)
     images = find_images(folder, recursive=recursive)
     writer = ResultWriter(output, resume, overwrite)
     todo = [p for p in images if str(p) not in writer.done]
