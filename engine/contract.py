@@ -226,9 +226,6 @@ class Contract:
             return self.positive_label, float(score)
         return self.negative_label, float(1.0 - score)
 
-    def with_threshold(self, threshold: float) -> Contract:
-        return replace(self, threshold=threshold)
-
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """Per-image shape in the model's layout (no batch dimension)."""
