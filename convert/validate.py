@@ -16,10 +16,16 @@ import onnxruntime as ort
 from pneumo_onnx.convert.noise import FLOOR, describe, fp32_noise, tolerance_for
 from pneumo_onnx.convert.report import CheckFailed, Figures, Report
 from pneumo_onnx.engine.contract import Contract
-from pneumo_onnx.engine.errors import ContractError, RepositoryError, UsageError, first_line
+from pneumo_onnx.engine.errors import (
+    ContractError,
+    InferenceError,
+    RepositoryError,
+    UsageError,
+    first_line,
+)
 from pneumo_onnx.engine.repository.cam import CamSpec
 from pneumo_onnx.engine.repository.manifest import MANIFEST_NAME, read_manifest, sha256_file
-from pneumo_onnx.engine.runtime.session import create_session, run_batched
+from pneumo_onnx.engine.runtime.session import create_session, run, run_batched
 
 FP32_TOLERANCE = 1e-5  # the floor of a model's fp32 parity bound (convert.noise)
 CAM_TOLERANCE = 1e-4  # score rebuilt from the CAM output vs the score, fp32
@@ -152,9 +158,9 @@ def _cam_check(
     so they get the int8 variant's score tolerance."""
     names = [contract.output.name, cam.output]
     try:
-        score, features = session.run(names, {contract.input.name: probes})
-    except Exception as e:  # onnxruntime's untyped errors
-        raise CheckFailed(f"cannot fetch {names}: {first_line(e)}") from e
+        score, features = run(session, probes, names)
+    except InferenceError as e:
+        raise CheckFailed(f"cannot fetch {names}: {e.message}") from e
     rebuilt = cam.scores(cam.maps(features))
     diff = float(np.max(np.abs(rebuilt - contract.scores(score))))
     tolerance = 0.05 if reduced else CAM_TOLERANCE

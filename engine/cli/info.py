@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from typing import Any
 
 from pneumo_onnx import __version__
-from pneumo_onnx.engine.cli.options import Subparsers, add_variant_option, command, load_engine
+from pneumo_onnx.engine.cli.options import (
+    STDIO,
+    Subparsers,
+    add_json_option,
+    add_variant_option,
+    command,
+    json_target,
+    load_engine,
+    write_json,
+)
 from pneumo_onnx.engine.errors import EXIT_OK
 
 
@@ -22,7 +30,7 @@ def add(sub: Subparsers) -> None:
     )
     p.add_argument("model", nargs="?", default=None, help="model file or folder (default: shipped)")
     add_variant_option(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    add_json_option(p, "everything shown")
     p.set_defaults(handler=run, device="cpu", preprocessing="auto", threads=None)
 
 
@@ -31,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     import onnxruntime
     import PIL
 
+    target = json_target(args)
     engine = load_engine(args)
     info = {
         **engine.info(),
@@ -43,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
             "python": platform.python_version(),
         },
     }
-    if args.json:
-        print(json.dumps(info, indent=2))
+    if target == STDIO:
+        write_json(target, info)
         return EXIT_OK
     c = info["contract"]
     i, o = c["input"], c["output"]
@@ -63,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         "versions:     " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
     ]
     print("\n".join(lines))
+    if target is not None:
+        write_json(target, info)
     return EXIT_OK
 
 

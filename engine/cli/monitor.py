@@ -4,10 +4,17 @@ text for people or JSON for scripts. The figures come from `engine.serve.store.r
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from pneumo_onnx.engine.cli.options import Subparsers, command, positive_float
+from pneumo_onnx.engine.cli.options import (
+    STDIO,
+    Subparsers,
+    add_json_option,
+    command,
+    json_target,
+    positive_float,
+    write_json,
+)
 from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK
 
 
@@ -27,7 +34,7 @@ def add(sub: Subparsers) -> None:
     )
     s.add_argument("--db", required=True, metavar="PATH", help="the prediction log (SQLite)")
     s.add_argument("--hours", type=positive_float, default=24.0, help="window in hours")
-    s.add_argument("--json", action="store_true", help="print JSON")
+    add_json_option(s, "the summary")
     s.set_defaults(handler=run)
     d = command(
         msub,
@@ -43,13 +50,14 @@ def add(sub: Subparsers) -> None:
     d.add_argument(
         "--reference-hours", type=positive_float, default=168.0, help="reference window start"
     )
-    d.add_argument("--json", action="store_true", help="print JSON")
+    add_json_option(d, "the drift report")
     d.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pneumo_onnx.engine.serve.store import reports
 
+    target = json_target(args)
     if args.monitor_command == "summary":
         report = reports.summarize(args.db, hours=args.hours)
         lines = summary_lines(report)
@@ -60,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
         )
         lines = drift_lines(report)
         code = EXIT_FAILED if report["drift_detected"] else EXIT_OK
-    print(json.dumps(report, indent=2) if args.json else "\n".join(lines))
+    if target != STDIO:
+        print("\n".join(lines))
+    if target is not None:
+        write_json(target, report)
     return code
 
 

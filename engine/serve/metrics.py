@@ -1,5 +1,10 @@
 """Prometheus metrics of one server process, in their own registry (so tests and several
-apps in one process never collide)."""
+apps in one process never collide).
+
+Names follow Prometheus' conventions: durations end in `_duration_seconds` (histograms, so
+`_bucket`, `_sum`, `_count`), counters in `_total`, written out here as they are exposed (the
+client would add it anyway) so a grep for the exposed name finds its definition.
+"""
 
 from __future__ import annotations
 
@@ -23,17 +28,20 @@ class ServerMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
-            "pneumo_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+            "pneumo_requests_total",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
         )
         self.latency = Histogram(
-            "pneumo_request_seconds",
+            "pneumo_request_duration_seconds",
             "Request latency by route",
             ["route"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_time = Histogram(
-            "pneumo_queue_seconds",
+            "pneumo_queue_wait_duration_seconds",
             "Time an image waited in the batching queue",
             buckets=QUEUE_BUCKETS,
             registry=r,
@@ -42,11 +50,13 @@ class ServerMetrics:
             "pneumo_batch_size", "Images per model run", buckets=BATCH_BUCKETS, registry=r
         )
         self.predictions = Counter(
-            "pneumo_predictions", "Predictions by label", ["label"], registry=r
+            "pneumo_predictions_total", "Predictions by label", ["label"], registry=r
         )
-        self.cache = Counter("pneumo_cache", "Result cache lookups", ["result"], registry=r)
+        self.cache = Counter(
+            "pneumo_cache_lookups_total", "Result cache lookups by result", ["result"], registry=r
+        )
         self.shed = Counter(
-            "pneumo_shed_requests", "Requests refused with 503 (queue full)", registry=r
+            "pneumo_shed_requests_total", "Requests refused with 503 (queue full)", registry=r
         )
         self.queue_depth = Gauge(
             "pneumo_queue_depth", "Images waiting in the batching queue", registry=r

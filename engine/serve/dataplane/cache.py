@@ -17,18 +17,14 @@ class ResultCache:
         self.maxsize = maxsize
         self._items: OrderedDict[CacheKey, Scored] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: CacheKey) -> Scored | None:
         """A copy of the cached result, or None (also when the cache is disabled)."""
         with self._lock:
             value = self._items.get(key)
             if value is None:
-                self.misses += 1
                 return None
             self._items.move_to_end(key)
-            self.hits += 1
             return Scored(**value)
 
     def put(self, key: CacheKey, value: Scored) -> None:

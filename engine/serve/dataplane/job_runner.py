@@ -18,8 +18,8 @@ except ImportError:  # Windows has no flock: one job runner per process, as conf
     fcntl = None  # type: ignore[assignment]
 
 from pneumo_onnx.engine.errors import Overloaded, PneumoError, UsageError
-from pneumo_onnx.engine.runtime.results import Result
-from pneumo_onnx.engine.serve.store.jobs import RESULT_FIELDS, JobStore
+from pneumo_onnx.engine.runtime.results import SCORED_FIELDS, Result
+from pneumo_onnx.engine.serve.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,8 @@ class JobRunner:
                 if len(results) != len(items):
                     raise PneumoError(f"scored {len(results)} results for {len(items)} images")
                 for r in results:
-                    if "error" not in r and any(f not in r for f in RESULT_FIELDS):
-                        raise PneumoError(f"a result lacks {RESULT_FIELDS}: {sorted(r)}")
+                    if "error" not in r and any(f not in r for f in SCORED_FIELDS):
+                        raise PneumoError(f"a result lacks {SCORED_FIELDS}: {sorted(r)}")
             except Overloaded:  # live requests come first: wait, then try the chunk again
                 self.store.release(job_id, [idx for idx, _, _ in items])
                 self._stop.wait(RETRY_SECONDS)

@@ -33,12 +33,11 @@ from typing import Any
 
 from pneumo_onnx.engine.contract import check_threshold
 from pneumo_onnx.engine.errors import ConflictError, NotFoundError, Overloaded, UsageError
-from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, Result, Row
+from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, SCORED_FIELDS, Result, Row
 from pneumo_onnx.engine.serve.store import schema
 
 log = logging.getLogger(__name__)
 
-RESULT_FIELDS = ("prediction", "confidence", "raw_score", "threshold")
 MAX_ATTEMPTS = 3  # crashes of the process with an item in hand before that item is failed
 PROBE_SECONDS = 5.0  # a failing store tries a write this often (job runner's pace)
 CRASHED = (
@@ -240,7 +239,7 @@ class JobStore:
             done = errors = 0
             for idx, result in results:
                 error = result.get("error")
-                values = [result.get(f) for f in RESULT_FIELDS]
+                values = [result.get(f) for f in SCORED_FIELDS]
                 cursor = conn.execute(
                     "UPDATE job_items SET scored = 1, image = NULL, prediction = ?, "
                     "confidence = ?, raw_score = ?, threshold = ?, error = ? "
