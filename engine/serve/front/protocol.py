@@ -142,6 +142,8 @@ def _refuse(transport: asyncio.BaseTransport, message: str) -> None:
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
         f"retry-after: 1\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n"
     )
-    if isinstance(transport, asyncio.WriteTransport):
-        transport.write(head.encode() + body)
+    # uvloop's transports write without deriving from asyncio.WriteTransport
+    write = getattr(transport, "write", None)
+    if callable(write):
+        write(head.encode() + body)
     transport.close()
