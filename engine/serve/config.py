@@ -86,6 +86,16 @@ class ServeConfig:
             "seconds a shutdown (SIGTERM) waits for requests in flight", unit="s", positive=True
         ),
     ] = 30.0
+    # Serving past one machine
+    ray: Annotated[
+        bool,
+        Setting("serve as Ray Serve replicas: on a local Ray, or the cluster RAY_ADDRESS names"),
+    ] = False
+    replicas: Annotated[int, Setting("Ray Serve replicas (with --ray)", low=1)] = 1
+    autoscale: Annotated[
+        str | None,
+        Setting("MIN:MAX Ray Serve replicas, added and removed with the load (with --ray)"),
+    ] = None
     # Batching and decoding
     max_batch: Annotated[int, Setting("dynamic batch size", low=1)] = 32
     max_delay_ms: Annotated[float, Setting("batch wait", unit="ms", low=0, high=1000)] = 5.0
@@ -204,8 +214,24 @@ class ServeConfig:
             pair = ["ssl_certfile", "ssl_keyfile"]
             given, missing = pair if self.ssl_keyfile is None else pair[::-1]
             problems.append((given, f"is given without {flag(missing)}: TLS needs both"))
+        problems += self._replica_problems()
         if problems:
             raise SettingsError(problems)
+
+    def _replica_problems(self) -> list[tuple[str, str]]:
+        if not self.ray:
+            return [
+                (name, "needs --ray")
+                for name, given in (("replicas", self.replicas != 1), ("autoscale", self.autoscale))
+                if given
+            ]
+        if self.workers > 1:
+            return [("workers", "is for one machine: with --ray, use --replicas")]
+        try:
+            self.replica_range  # noqa: B018 - parsed here to report it with the rest
+        except ValueError as e:
+            return [("autoscale", str(e))]
+        return []
 
     # --- the units the parts work in, converted here once ---------------------------------
 
@@ -250,6 +276,18 @@ class ServeConfig:
             max_input=self.max_upload_bytes,
             seconds=self.decode_timeout,
         )
+
+    @property
+    def replica_range(self) -> tuple[int, int]:
+        """The least and most Ray Serve replicas: --replicas N twice, or --autoscale MIN:MAX."""
+        if self.autoscale is None:
+            return self.replicas, self.replicas
+        low, sep, high = self.autoscale.partition(":")
+        if not (sep and low.strip().isdecimal() and high.strip().isdecimal()):
+            raise ValueError(f"must be MIN:MAX (e.g. 1:4), got {self.autoscale!r}")
+        if not 0 <= int(low) <= int(high) or int(high) < 1:
+            raise ValueError(f"needs 0 <= MIN <= MAX and MAX >= 1, got {self.autoscale!r}")
+        return int(low), int(high)
 
     @property
     def loopback_only(self) -> bool:

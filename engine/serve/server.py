@@ -20,22 +20,22 @@ log = logging.getLogger(__name__)
 
 
 def run(config: ServeConfig) -> None:
-    """Serve `config` until SIGTERM (or Ctrl-C)."""
+    """Serve `config` until SIGTERM (or Ctrl-C): under uvicorn here, or as Ray Serve replicas."""
+    if config.ray:
+        _check_files(config)
+        from pneumo_onnx.engine.serve import ray_serve
+
+        _warn_if_open(config)
+        ray_serve.run(config)
+        return
     try:
         import uvicorn
     except ImportError as e:
         raise MissingExtraError("serve", "pneumo serve", e.name or "uvicorn") from e
-    if config.model_repo is not None and not config.model_repo.is_dir():
-        raise UsageError(f"{config.model_repo}: no such model repository folder")
-    for f in (config.ssl_certfile, config.ssl_keyfile):
-        if f is not None and not f.is_file():
-            raise UsageError(f"{f.name}: no such file")
+    _check_files(config)
     from pneumo_onnx.engine.serve.front.protocol import GuardedH11Protocol
 
-    if not config.api_keys and not config.loopback_only:
-        log.warning(
-            "serving on %s without API keys: anyone who can reach it can use it", config.host
-        )
+    _warn_if_open(config)
     trusted = list(config.forwarded_allow_ips)
     options: dict[str, Any] = dict(
         host=config.host,
@@ -76,3 +76,18 @@ def run(config: ServeConfig) -> None:
             uvicorn.run(create_app(config), **options)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _check_files(config: ServeConfig) -> None:
+    if config.model_repo is not None and not config.model_repo.is_dir():
+        raise UsageError(f"{config.model_repo}: no such model repository folder")
+    for f in (config.ssl_certfile, config.ssl_keyfile):
+        if f is not None and not f.is_file():
+            raise UsageError(f"{f.name}: no such file")
+
+
+def _warn_if_open(config: ServeConfig) -> None:
+    if not config.api_keys and not config.loopback_only:
+        log.warning(
+            "serving on %s without API keys: anyone who can reach it can use it", config.host
+        )
