@@ -95,6 +95,11 @@ def test_two_replicas_serve_one_app_and_drain(server: ServerProcess) -> None:
     time.sleep(0.5)  # each replica's log writer commits within 50 ms
     total = httpx.get(f"{server.url}/monitoring/summary?hours=1").json()["total"]
     assert total == UPLOADS + 4
+    # Either replica, scraped through Ray's proxy, adds up both (they share one node).
+    for _ in range(4):
+        text = httpx.get(f"{server.url}/metrics").text
+        assert f'pneumo_requests_total{{route="/predict",status="200"}} {UPLOADS}.0' in text
+        assert 'pneumo_requests_total{route="/v2/models/{name}/infer",status="200"} 1.0' in text
 
     assert server.stop(timeout=120) == 0
     log = server.log.read_text()

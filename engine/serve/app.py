@@ -58,6 +58,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, state.runner.stop, SHUTDOWN_SECONDS)
             await state.service.close()
+            state.metrics.close()
             unwritten = await loop.run_in_executor(
                 None, state.prediction_log.close_within, SHUTDOWN_SECONDS
             )

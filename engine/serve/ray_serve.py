@@ -17,10 +17,12 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from pneumo_onnx.engine.errors import MissingExtraError, UsageError
 from pneumo_onnx.engine.serve.config import ServeConfig
+from pneumo_onnx.engine.serve.metrics import SHARED_DIR_ENV, shared_metrics_dir
 
 log = logging.getLogger(__name__)
 APP_NAME = "pneumo"
@@ -82,12 +84,18 @@ def _deployment_class() -> Any:
     return PneumoServer
 
 
-def application(config: ServeConfig) -> Any:
-    """The Ray Serve application for `config`: every replica loads before it serves."""
+def application(config: ServeConfig, metrics_dir: Path | None = None) -> Any:
+    """The Ray Serve application for `config`: every replica loads before it serves, and
+    writes its metrics into `metrics_dir` (on its node) when given, so that a scrape of any
+    replica adds up every replica of that node."""
     from ray import serve
 
     config = dataclasses.replace(config, load_before_serving=True)
-    deployment = serve.deployment(name=DEPLOYMENT_NAME, **deployment_options(config))
+    options = deployment_options(config)
+    if metrics_dir is not None:
+        env = {SHARED_DIR_ENV: str(metrics_dir)}
+        options["ray_actor_options"] = {"runtime_env": {"env_vars": env}}
+    deployment = serve.deployment(name=DEPLOYMENT_NAME, **options)
     return deployment(_deployment_class()).bind(config.to_json())
 
 
@@ -126,31 +134,46 @@ def run(config: ServeConfig) -> None:
     # inheriting an ignored SIGINT) must outlive it, so that the replicas can drain.
     previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=True)
-        serve.start(http_options=_http_options(config))
-        for s in previous:
-            signal.signal(s, lambda *_: stop.set())
-        serve.run(application(config), name=APP_NAME, route_prefix="/")
-        low, high = config.replica_range
-        log.info(
-            "serving on Ray (%s) at %s:%d: %s",
-            address or "a local Ray",
-            config.host,
-            config.port,
-            f"{low} replica(s)" if config.autoscale is None else f"{low}-{high} replicas",
-        )
-        while not stop.is_set():
-            time.sleep(0.2)
-        log.info("draining the Ray Serve replicas")
+        with shared_metrics_dir() as metrics_dir:
+            ray.init(address=address or None, include_dashboard=False, log_to_driver=True)
+            try:
+                serve.start(http_options=_http_options(config))
+                for s in previous:
+                    signal.signal(s, lambda *_: stop.set())
+                serve.run(application(config, metrics_dir), name=APP_NAME, route_prefix="/")
+                _log_serving(config, address)
+                while not stop.is_set():
+                    time.sleep(0.2)
+                log.info("draining the Ray Serve replicas")
+            finally:
+                _undeploy(bool(address))
+                ray.shutdown()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        try:
-            serve.delete(APP_NAME)
-            if not address:  # a cluster's Serve instance is not ours to stop
-                serve.shutdown()
-        finally:
-            ray.shutdown()
+
+
+def _log_serving(config: ServeConfig, address: str | None) -> None:
+    low, high = config.replica_range
+    log.info(
+        "serving on Ray (%s) at %s:%d: %s",
+        address or "a local Ray",
+        config.host,
+        config.port,
+        f"{low} replica(s)" if config.autoscale is None else f"{low}-{high} replicas",
+    )
+
+
+def _undeploy(on_cluster: bool) -> None:
+    """Delete the application (its replicas drain); stop Serve too unless it is a cluster's."""
+    from ray import serve
+
+    try:
+        serve.delete(APP_NAME)
+        if not on_cluster:
+            serve.shutdown()
+    except Exception as e:  # Serve may not have started: say so, and stop Ray anyway
+        log.warning("Ray Serve could not be stopped cleanly: %s", e)
 
 
 def _http_options(config: ServeConfig) -> dict[str, Any]:

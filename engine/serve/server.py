@@ -15,6 +15,7 @@ from typing import Any
 
 from pneumo_onnx.engine.errors import MissingExtraError, UsageError
 from pneumo_onnx.engine.serve.config import CONFIG_ENV, ServeConfig
+from pneumo_onnx.engine.serve.metrics import shared_metrics_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +62,17 @@ def run(config: ServeConfig) -> None:
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         if config.workers > 1:
-            # Each worker process builds its own app (and loads its own model) from the env.
+            # Each worker process builds its own app (and loads its own model) from the env,
+            # and writes its metrics where the one answering a scrape adds them all up.
             config = dataclasses.replace(config, load_before_serving=True)
             os.environ[CONFIG_ENV] = config.to_json()
-            uvicorn.run(
-                "pneumo_onnx.engine.serve.app:app_from_env",
-                factory=True,
-                workers=config.workers,
-                **options,
-            )
+            with shared_metrics_dir():
+                uvicorn.run(
+                    "pneumo_onnx.engine.serve.app:app_from_env",
+                    factory=True,
+                    workers=config.workers,
+                    **options,
+                )
         else:
             from pneumo_onnx.engine.serve.app import create_app
 
