@@ -54,5 +54,7 @@ def runs_of_at_most(state: ServerState, size: int) -> float:
     return state.metrics.registry.get_sample_value("pneumo_batch_size_bucket", labels) or 0.0
 
 
-def cache_hits(state: ServerState) -> float | None:
-    return state.metrics.registry.get_sample_value("pneumo_cache_total", {"result": "hit"})
+def cache_hits(state: ServerState) -> float:
+    """Hits counted by the server's own metric (no sample yet: none)."""
+    hits = state.metrics.registry.get_sample_value("pneumo_cache_lookups_total", {"result": "hit"})
+    return hits or 0.0

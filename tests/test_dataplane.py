@@ -131,11 +131,11 @@ def test_a_repeated_image_is_answered_from_the_cache(repo: Path, samples: list[P
         async with serving(repo) as state:
             service = state.service
             first, _ = await service.predict(data, None, "r", "/t")
-            assert batches(state) == (1, 1) and service.cache.hits == 0
+            assert batches(state) == (1, 1) and cache_hits(state) == 0.0
             again, _ = await service.predict(data, None, "r", "/t")
             assert again == first
             assert batches(state) == (1, 1)  # not scored again
-            assert service.cache.hits == 1 and cache_hits(state) == 1.0
+            assert cache_hits(state) == 1.0
 
             other, _ = await service.predict(data, 0.5, "r", "/t")  # another threshold: scored
             assert other["threshold"] == 0.5 and batches(state) == (2, 2)
@@ -160,7 +160,7 @@ def test_the_cache_is_bounded_and_can_be_off(repo: Path, samples: list[Path]) ->
         async with serving(repo, cache_size=1) as state:
             for image in (a, a, b, a):
                 await state.service.predict(image, None, "r", "/t")
-            assert batches(state) == (3, 3) and state.service.cache.hits == 1
+            assert batches(state) == (3, 3) and cache_hits(state) == 1.0
         async with serving(repo, cache_size=0) as state:
             for image in (a, a):
                 await state.service.predict(image, None, "r", "/t")
@@ -202,7 +202,7 @@ def test_a_bad_image_gets_its_own_error_and_the_others_are_scored(
 
             with pytest.raises(ImageError, match="not a supported image"):
                 await service.predict(b"hello world", None, "r", "/t", name="notes.jpg")
-            assert batches(state) == (1, 1) and service.cache.hits == 0
+            assert batches(state) == (1, 1) and cache_hits(state) == 0.0
 
     asyncio.run(go())
 
