@@ -68,7 +68,8 @@ def test_manifest_hash_mismatch_fails(write_model, capsys) -> None:
     manifest = {"format": FORMAT, "files": {"tiny.onnx": {"sha256": "0" * 64, "bytes": 1}}}
     (model.parent / MANIFEST_NAME).write_text(json.dumps(manifest))
     assert main(["validate", str(model)]) == 1
-    assert "FAIL  manifest_sha256: sha256" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FAIL  manifest_sha256: tiny.onnx does not match the sha256 in its manifest.json" in out
     manifest["files"]["tiny.onnx"]["sha256"] = sha256_file(model)
     (model.parent / MANIFEST_NAME).write_text(json.dumps(manifest))
     assert main(["validate", str(model)]) == 0

@@ -135,10 +135,11 @@ def run(args: argparse.Namespace) -> int:
     result = convert(args.source, args.output, opts)
     for line in result.report.summary_lines():
         print(line)
-    fidelity = result.manifest["preprocessing"]
+    fidelity = result.manifest.preprocessing
     print(f"pipeline: {result.contract.input.describe()}")
-    print(f"preprocessing by default: {fidelity['verdict']} ({fidelity['reason']})")
+    if fidelity is not None:  # every conversion measures it
+        print(f"preprocessing by default: {fidelity.verdict} ({fidelity.reason})")
     print(f"wrote {result.version_dir} in {result.seconds:.1f} s:")
-    for filename, entry in result.manifest["files"].items():
-        print(f"  {filename:<22} {entry['bytes'] / 1e6:8.2f} MB  sha256 {entry['sha256'][:12]}")
+    for filename, entry in result.manifest.files.items():
+        print(f"  {filename:<22} {entry.size / 1e6:8.2f} MB  sha256 {entry.sha256[:12]}")
     return EXIT_OK

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-from typing import Any
 
 from pneumo_onnx import __version__
 from pneumo_onnx.engine.cli.options import Subparsers, add_variant_option, command, load_engine
 from pneumo_onnx.engine.errors import EXIT_OK
+from pneumo_onnx.engine.repository.sections import Parity, Source
 
 
 def add(sub: Subparsers) -> None:
@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
         return EXIT_OK
+    manifest = engine.model.manifest
     c = info["contract"]
     i, o = c["input"], c["output"]
     lines = [
@@ -57,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
         f"preprocess:   {info['preprocessing']}: {info['preprocessing_reason']}",
         f"output:       {o['name']} {o['kind']} -> P({c['positive_label']}); "
         f"labels {c['negative_label']}/{c['positive_label']}; threshold {c['threshold']}",
-        f"source:       {_source_line(info['source'])}",
-        f"parity:       {_parity_line(info['parity'])}",
+        f"source:       {_source_line(manifest.source if manifest else None)}",
+        f"parity:       {_parity_line(manifest.parity if manifest else None)}",
         f"provider:     {info['provider']} (available: {', '.join(info['providers_available'])})",
         "versions:     " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
     ]
@@ -66,18 +67,16 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _source_line(source: dict[str, Any] | None) -> str:
-    if not source:
+def _source_line(source: Source | None) -> str:
+    if source is None:
         return "- (plain ONNX file: no provenance)"
-    return f"{source['name']} ({source['format']}, sha256 {source['sha256'][:12]}...)"
+    return f"{source.name} ({source.format}, sha256 {source.sha256[:12]}...)"
 
 
-def _parity_line(parity: dict[str, Any] | None) -> str:
-    if not parity:
+def _parity_line(parity: Parity | None) -> str:
+    if parity is None:
         return "- (not recorded)"
-    line = f"max abs diff {parity['max_abs_diff']:.2e} vs the source on {parity['probes']} probes"
-    if isinstance(parity.get("tolerance"), int | float):
-        noise = max((parity.get("fp32_noise") or {}).values(), default=None)
-        line += f" (tolerance {parity['tolerance']:.1e}"
-        line += f", from its fp32 noise {noise:.1e})" if noise is not None else ")"
-    return line
+    line = f"max abs diff {parity.max_abs_diff:.2e} vs the source on {parity.probes} probes"
+    noise = max(parity.fp32_noise.values(), default=None) if parity.fp32_noise else None
+    line += f" (tolerance {parity.tolerance:.1e}"
+    return line + (f", from its fp32 noise {noise:.1e})" if noise is not None else ")")

@@ -28,7 +28,7 @@ from pneumo_onnx.engine.errors import PneumoError, UsageError, first_line
 from pneumo_onnx.engine.repository.resolve import ResolvedModel, resolve
 from pneumo_onnx.engine.runtime import isolated
 from pneumo_onnx.engine.runtime.decoders import ImageSource, describe
-from pneumo_onnx.engine.runtime.fidelity import MANIFEST_KEY, choose
+from pneumo_onnx.engine.runtime.fidelity import choose
 from pneumo_onnx.engine.runtime.preprocess import PREPROCESSORS
 from pneumo_onnx.engine.runtime.results import Result, Scored, failed, scored
 from pneumo_onnx.engine.runtime.sandbox import Sandbox
@@ -214,6 +214,7 @@ class Engine:
     def info(self) -> dict[str, Any]:
         """What `pneumo info` shows: model, contract, variants, provider."""
         m = self.model
+        manifest = m.manifest
         return {
             "model": str(m.path),
             "name": m.name,
@@ -224,10 +225,12 @@ class Engine:
             "preprocessing": self.preprocessing,
             "preprocessing_reason": self.preprocessing_reason,
             "contract": self.contract.to_dict(),
-            "source": (m.manifest or {}).get("source"),
-            "parity": (m.manifest or {}).get("parity"),
-            "fast_vs_reference": ((m.manifest or {}).get(MANIFEST_KEY) or {}).get(
-                "fast_vs_reference"
+            "source": manifest.source.to_dict() if manifest and manifest.source else None,
+            "parity": manifest.parity.to_dict() if manifest and manifest.parity else None,
+            "fast_vs_reference": (
+                manifest.fast_vs_reference.to_dict()
+                if manifest and manifest.fast_vs_reference
+                else None
             ),
         }
 
