@@ -21,6 +21,7 @@ from typing import Any
 import onnx
 
 from pneumo_onnx import __version__
+from pneumo_onnx.convert.builders import Inputs
 from pneumo_onnx.convert.cam import add_cam_output, with_scale
 from pneumo_onnx.convert.detect import Overrides, detect_contract
 from pneumo_onnx.convert.expected import expected_scores_check, read_expected
@@ -32,7 +33,7 @@ from pneumo_onnx.convert.report import Report
 from pneumo_onnx.convert.repository import check_target, read_training_list, write_version
 from pneumo_onnx.convert.source import LoadedSource, load_source
 from pneumo_onnx.convert.validate import parity_check, runtime_checks, structure_checks
-from pneumo_onnx.convert.variants import Inputs, build_and_check
+from pneumo_onnx.convert.variants import build_and_check
 from pneumo_onnx.engine.contract import PROVENANCE_KEY, Contract
 from pneumo_onnx.engine.repository.manifest import Manifest
 from pneumo_onnx.engine.repository.sections import (

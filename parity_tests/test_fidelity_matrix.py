@@ -337,13 +337,17 @@ def report() -> Any:
         Path(target).write_text(json.dumps(FIGURES, indent=2) + "\n")
 
 
-def calibrate(model: keras.Model, x: np.ndarray, positive_index: int) -> None:
-    """Data-dependent init on real X-rays: BatchNormalization statistics from this batch, then
-    a head whose logit has mean 0 and std 1.5 over it, so scores spread around the threshold."""
-    norms = [layer for layer in _all_layers(model) if isinstance(layer, L.BatchNormalization)]
+def calibrate(
+    model: keras.Model, x: np.ndarray, positive_index: int, norms_from: np.ndarray | None = None
+) -> None:
+    """Data-dependent init on real X-rays: BatchNormalization statistics from this batch (or
+    from `norms_from`: a base whose statistics are another domain's, as a frozen ImageNet base
+    has), then a head whose logit has mean 0 and std 1.5 over the X-rays, so scores spread
+    around the threshold."""
+    norms = [layer for layer in all_layers(model) if isinstance(layer, L.BatchNormalization)]
     for layer in norms:
         layer.momentum = 0.0
-    model(x, training=True)
+    model(x if norms_from is None else norms_from, training=True)
     for layer in norms:
         layer.momentum = 0.99
     head = model.get_layer("head")
@@ -368,10 +372,11 @@ def calibrate(model: keras.Model, x: np.ndarray, positive_index: int) -> None:
     head.set_weights([kernel, bias])
 
 
-def _all_layers(model: keras.Model) -> list[Any]:
+def all_layers(model: keras.Model) -> list[Any]:
+    """Every layer, those of nested models (a keras.applications base) included."""
     out = []
     for layer in model.layers:
-        out.extend(_all_layers(layer) if hasattr(layer, "layers") else [layer])
+        out.extend(all_layers(layer) if hasattr(layer, "layers") else [layer])
     return out
 
 

@@ -87,6 +87,21 @@ def test_default_variants_skip_what_misses_its_gate(default_run) -> None:
         )
         assert OPTIONAL_VARIANTS[key].filename not in manifest["files"]
         assert f"SKIP  variant_{key}: " in done.stdout
+        # Which layer and why: the pooled outlier channel leaves a uint8 step of ~4 (1000 / 255)
+        # for the features the classifier reads; that alone moves the scores past the gate,
+        # while half a grey level of pixel noise barely moves fp32.
+        precision = figures["precision"]
+        worst = precision["worst_nodes"][0]
+        assert worst["op"] == "GlobalAveragePool", precision["worst_nodes"]
+        assert worst["reduced"].startswith("input uint8 in steps of 3.9")
+        assert worst["reduced"].endswith("over [0, 1e+03]")
+        assert worst["alone_p99_score_diff"] > GATES["int8"].p99_score_diff
+        assert precision["fp32_half_grey_level_p99_score_diff"] < 1e-3
+        assert (
+            f"most sensitive node {worst['node']} (GlobalAveragePool, {worst['reduced']}) alone "
+            f"moves p99 {worst['alone_p99_score_diff']:.2e}; half a grey level of noise moves "
+            "fp32 p99 "
+        ) in figures["reason"]
     assert {"model.onnx", "model.tflite", "model.ort"} <= set(manifest["files"])
     kept = [k for k, v in OPTIONAL_VARIANTS.items() if v.filename in manifest["files"]]
     assert (

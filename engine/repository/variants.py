@@ -106,7 +106,8 @@ VARIANTS: dict[str, Variant] = {
             "onnxruntime",
             "onnx",
             GATES["int8"],
-            "static QDQ int8, per-channel weights, calibrated on real X-rays; first conv fp32",
+            "static QDQ int8, per-channel weights, calibrated on real X-rays; first conv fp32, "
+            "and the first layers too where the calibration X-rays show they lose too much",
         ),
         Variant(
             "int8-full",
@@ -114,7 +115,8 @@ VARIANTS: dict[str, Variant] = {
             "onnxruntime",
             "onnx",
             GATES["int8"],
-            "static QDQ int8, every layer quantized: fastest on VNNI CPUs, least faithful",
+            "static QDQ int8, every layer quantized (but the first layers where the calibration "
+            "X-rays show they lose too much): fastest on VNNI CPUs, least faithful",
         ),
         Variant(
             "fp16",
@@ -122,7 +124,9 @@ VARIANTS: dict[str, Variant] = {
             "onnxruntime",
             "onnx",
             GATES["fp16"],
-            "fp16 weights and compute for CUDA; fp32 inputs and outputs",
+            "fp16 weights and compute for CUDA (BatchNormalization folded first; the first "
+            "layers fp32 where the calibration X-rays show they lose too much); fp32 inputs "
+            "and outputs",
         ),
         Variant(
             "tflite", "model.tflite", "tflite", "keras", GATES["exact"], "TensorFlow Lite fp32"
