@@ -171,7 +171,7 @@ def convert_loaded(
         files[filename] = data
         figures[filename] = {"kind": key, **variant_figures}
     skipped = {
-        c.name.removeprefix("variant_"): SkippedVariant(c.detail, c.figures)
+        c.name.removeprefix("variant_"): SkippedVariant.of(c.detail, c.figures)
         for c in report.checks
         if c.skipped
     }
@@ -215,6 +215,7 @@ def convert_loaded(
         ),
         skipped_variants=skipped,
         conversion_seconds=seconds,
+        threshold_source="default" if opts.overrides.threshold is None else "stated",
     )
     version_dir, manifest = write_version(
         repo, opts.name, version, files, figures, manifest, contract

@@ -14,7 +14,7 @@ import pytest
 from pneumo_onnx.convert.repository import write_version
 from pneumo_onnx.engine.cli import main
 from pneumo_onnx.engine.contract import Contract
-from pneumo_onnx.engine.errors import RepositoryError
+from pneumo_onnx.engine.errors import EXIT_FAILED, RepositoryError
 from pneumo_onnx.engine.repository.manifest import (
     FORMAT,
     MANIFEST_NAME,
@@ -24,8 +24,37 @@ from pneumo_onnx.engine.repository.manifest import (
 )
 from pneumo_onnx.engine.repository.resolve import default_model_dir
 from pneumo_onnx.engine.repository.sections import FileEntry, Parity, TrainingImages
+from pneumo_onnx.engine.repository.variant_figures import WorstNode
+from pneumo_onnx.engine.repository.variants import GATES
 
 SHIPPED = default_model_dir()
+INT8 = {  # a variant's gate figures, as build_and_check records them
+    "images": 70,
+    "near_threshold": 1,
+    "label_agreement": 1.0,
+    "agreement_lower_95": 0.95,
+    "median_score_diff": 1e-4,
+    "p99_score_diff": 0.01,
+    "max_score_diff": 0.02,
+    "reference": "onnx",
+    "about": "static QDQ int8",
+    "gate": "int8 gate: p99 <= 0.05, agreement >= 99%",
+}
+PRECISION = {  # how it was built (convert/precision.py): its first two nodes kept in fp32
+    "calibration_images": 70,
+    "target_p99_score_diff": 0.02,
+    "fp32_nodes": ["conv_1", "conv_2"],
+    "attempts": [
+        {"fp32_nodes": 0, "last_fp32_node": None, "p99_score_diff": 0.04, "max_score_diff": 0.1},
+        {
+            "fp32_nodes": 2,
+            "last_fp32_node": "conv_2",
+            "p99_score_diff": 0.01,
+            "max_score_diff": 0.02,
+        },
+    ],
+    "fp32_mac_share": 0.25,
+}
 
 
 def shipped_json(version: int) -> dict[str, Any]:
@@ -53,8 +82,17 @@ def test_version_2_round_trips_exactly() -> None:
     assert manifest.labelled is not None and manifest.labelled["roc_auc"] > 0.99
     assert manifest.expected_scores is None  # converted before that check existed: no key
     assert manifest.skipped_variants == {}
-    int8 = manifest.files["model.int8.onnx"]
-    assert (int8.kind, int8.size, int8.figures["reference"]) == ("int8", 197128, "onnx")
+    kept = ["fp32", "int8", "int8-full", "fp16", "tflite", "tflite-dynamic", "ort"]
+    assert list(manifest.variants) == kept
+    int8 = manifest.variants["int8"]
+    assert (int8.kind, int8.size, int8.figures) == ("int8", 197128, {})
+    assert int8.variant is not None and int8.variant.reference == "onnx"
+    assert int8.variant.p99_score_diff == pytest.approx(0.0133, abs=1e-4)
+    assert int8.variant.gate == "int8 gate: p99 <= 0.05, agreement >= 99%"
+    assert (int8.precision, int8.fp32_mac_share) == (None, None)  # converted before the record
+    assert manifest.sha256("model.int8.onnx") == int8.sha256
+    assert manifest.variants["fp32"].figures["parity"] == manifest.parity.to_dict()
+    assert manifest.threshold_source is None  # converted before it was recorded
     checks = manifest.checks or ()
     assert len(checks) == 14 and all(c.passed and not c.skipped for c in checks)
 
@@ -76,6 +114,9 @@ def test_version_1_reads_and_round_trips_with_the_contract_restated() -> None:
     assert manifest.class_activation_map.scale is None  # measured only since version 2
     assert manifest.parity is not None and manifest.parity.fp32_noise is None
     assert (manifest.probe_images, manifest.labelled, manifest.skipped_variants) == (None,) * 3
+    fp16 = manifest.variants["fp16"].variant  # before the p99 gates: agreement and max only
+    assert fp16 is not None and fp16.images == 70 and fp16.label_agreement == 1.0
+    assert (fp16.p99_score_diff, fp16.gate, fp16.near_threshold) == (None, None, None)
 
 
 def test_a_hand_written_manifest_needs_only_format_and_files() -> None:
@@ -108,6 +149,15 @@ def test_every_problem_is_reported_at_once() -> None:
         "tools": ["tensorflow"],
         "converted": "yesterday",
         "class_activation_map": {"available": True, "detail": "", "scale": {"floor": 1}},
+        "threshold_source": "guessed",
+        "skipped_variants": {"fp16": {"reason": "missed", **INT8, "label_agreement": 2}},
+    }
+    data["files"]["model.int8.onnx"] = {
+        "sha256": "1" * 64,
+        "bytes": 1,
+        "kind": "int8",
+        **INT8,
+        "precision": {**PRECISION, "fp32_nodes": "conv", "worst_nodes": [{"node": "n"}]},
     }
     with pytest.raises(RepositoryError) as e:
         Manifest.from_dict(data)
@@ -128,9 +178,15 @@ def test_every_problem_is_reported_at_once() -> None:
         "tools must be a JSON object, got ['tensorflow']",
         "converted must be an ISO 8601 time, got 'yesterday'",
         "class_activation_map.scale: not a colour scale: 'full'",
+        "threshold_source must be one of stated, default, got 'guessed'",
+        "skipped_variants.fp16.label_agreement must be a share in [0, 1], got 2",
+        "files.model.int8.onnx.precision.fp32_nodes must be a JSON list of node names, got 'conv'",
+        "files.model.int8.onnx.precision.worst_nodes[0].op is missing",
+        "files.model.int8.onnx.precision.worst_nodes[0].alone_p99_score_diff is missing",
+        "files.model.int8.onnx.precision.worst_nodes[0].reduced is missing",
     ):
         assert problem in message
-    assert message.count("; ") == 13  # those 14, and nothing else
+    assert message.count("; ") == 19  # those 20, and nothing else
 
 
 @pytest.mark.parametrize(
@@ -201,3 +257,78 @@ def test_info_shows_the_manifest_facts(capsys: pytest.CaptureFixture[str]) -> No
     assert manifest.parity and info["parity"] == manifest.parity.to_dict()
     assert manifest.fast_vs_reference
     assert info["fast_vs_reference"] == manifest.fast_vs_reference.to_dict()
+
+
+def test_variants_say_what_their_fp32_layers_cost() -> None:
+    """Since variants keep their first layers in fp32 the manifest records which and at what
+    share of the multiply-adds; a skipped variant also records the nodes that lose fidelity."""
+    worst = {
+        "node": "pool",
+        "op": "GlobalAveragePool",
+        "alone_p99_score_diff": 0.2,
+        "reduced": "u8",
+    }
+    data = {
+        "format": FORMAT,
+        "threshold_source": "stated",
+        "files": {
+            "model.onnx": {"sha256": "0" * 64, "bytes": 3, "kind": "fp32"},
+            "model.int8.onnx": {
+                "sha256": "1" * 64,
+                "bytes": 2,
+                "kind": "int8",
+                **INT8,
+                "precision": PRECISION,
+                "a_figure_from_the_future": [1],
+            },
+        },
+        "skipped_variants": {
+            "int8-full": {
+                "reason": "missed its gate",
+                **INT8,
+                "bytes": 2,
+                "precision": {
+                    **PRECISION,
+                    "worst_nodes": [worst],
+                    "fp32_half_grey_level_p99_score_diff": 1e-4,
+                },
+            },
+            "fp16": {"reason": "building fp16 failed: no CUDA kernels"},
+        },
+    }
+    manifest = Manifest.from_dict(data)
+    assert manifest.to_dict() == data
+    assert Manifest.from_dict(json.loads(manifest.to_json())) == manifest
+    assert manifest.threshold_source == "stated"
+    int8 = manifest.variants["int8"]
+    assert int8.precision is not None and int8.precision.fp32_nodes == ("conv_1", "conv_2")
+    assert int8.fp32_mac_share == 0.25 and int8.precision.worst_nodes is None
+    assert int8.variant is not None and int8.variant.rest == {"a_figure_from_the_future": [1]}
+    assert GATES["int8"].misses(int8.variant.to_dict()) == []
+    full = (manifest.skipped_variants or {})["int8-full"]
+    assert full.variant is not None and full.variant.rest == {"bytes": 2}
+    assert full.variant.precision is not None
+    assert full.variant.precision.worst_nodes == (
+        WorstNode("pool", "GlobalAveragePool", 0.2, "u8"),
+    )
+    failed = (manifest.skipped_variants or {})["fp16"]
+    assert (failed.variant, failed.figures) == (None, {})
+
+
+def test_info_names_a_broken_manifest_and_every_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    version = tmp_path / "pneumonia" / "3"
+    version.mkdir(parents=True)
+    (version / "model.onnx").write_bytes((SHIPPED / "2" / "model.onnx").read_bytes())
+    data = shipped_json(2)
+    data["version"] = "three"
+    data["files"]["model.int8.onnx"]["precision"] = {**PRECISION, "fp32_mac_share": 4}
+    (version / MANIFEST_NAME).write_text(json.dumps(data))
+    assert main(["info", str(version)]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err == (
+        "error: pneumonia/3/manifest.json is malformed: files.model.int8.onnx.precision."
+        "fp32_mac_share must be a share in [0, 1], got 4; version must be a whole number >= 1, "
+        "got 'three'\n"
+    )

@@ -74,7 +74,13 @@ def add(sub: Subparsers) -> None:
         "application reads by argmax; scored o_pos / (o_0 + o_1), above 0.5 exactly when argmax "
         "picks the positive unit)",
     )
-    p.add_argument("--threshold", type=unit_float, default=0.5, help="default threshold")
+    p.add_argument(
+        "--threshold",
+        type=unit_float,
+        default=None,
+        help="the decision threshold stored in the contract (default: the contract's 0.5); the "
+        "manifest records whether it was stated or the default",
+    )
     p.add_argument(
         "--tolerance",
         type=float,

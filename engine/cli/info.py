@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from typing import Any
 
 from pneumo_onnx import __version__
 from pneumo_onnx.engine.cli.options import Subparsers, add_variant_option, command, load_engine
@@ -57,14 +58,32 @@ def run(args: argparse.Namespace) -> int:
         f"pipeline:     {engine.contract.input.describe()}",
         f"preprocess:   {info['preprocessing']}: {info['preprocessing_reason']}",
         f"output:       {o['name']} {o['kind']} -> P({c['positive_label']}); "
-        f"labels {c['negative_label']}/{c['positive_label']}; threshold {c['threshold']}",
+        f"labels {c['negative_label']}/{c['positive_label']}; threshold {c['threshold']} "
+        f"({THRESHOLD_SOURCES[info['threshold_source']]})",
         f"source:       {_source_line(manifest.source if manifest else None)}",
         f"parity:       {_parity_line(manifest.parity if manifest else None)}",
+        *_fp32_line(info["fp32_layers"]),
         f"provider:     {info['provider']} (available: {', '.join(info['providers_available'])})",
         "versions:     " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
     ]
     print("\n".join(lines))
     return EXIT_OK
+
+
+THRESHOLD_SOURCES = {
+    "stated": "stated at conversion",
+    "default": "the contract's default",
+    None: "its source not recorded",
+}
+
+
+def _fp32_line(layers: dict[str, Any] | None) -> list[str]:
+    if not layers or not layers["nodes"]:
+        return []
+    return [
+        f"fp32 layers:  {len(layers['nodes'])} node(s) kept in fp32, "
+        f"{layers['mac_share']:.0%} of the multiply-adds"
+    ]
 
 
 def _source_line(source: Source | None) -> str:

@@ -25,7 +25,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pneumo_onnx.engine.contract import Contract
 from pneumo_onnx.engine.errors import ContractError, RepositoryError
@@ -35,6 +35,7 @@ from pneumo_onnx.engine.repository.fields import (
     figures,
     file_name,
     number,
+    one_of,
     parse,
     positive,
     table_of,
@@ -54,12 +55,17 @@ from pneumo_onnx.engine.repository.sections import (
     Source,
     TrainingImages,
 )
+from pneumo_onnx.engine.repository.variants import VARIANTS
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_FAMILY = "pneumo-model-repository"
 FORMAT = f"{FORMAT_FAMILY}/1"  # what this pneumo-onnx writes
 READABLE_FORMATS = (FORMAT,)
 TRAINING_LISTS = ("training_images.txt", "training_images.txt.gz")  # plain, gzipped
+# Where the contract's threshold came from: `pneumo convert --threshold` (stated) or the
+# contract's default, 0.5 (default). Recorded since this field exists; None before.
+ThresholdSource = Literal["stated", "default"]
+THRESHOLD_SOURCES: tuple[ThresholdSource, ...] = ("stated", "default")
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,23 @@ class Manifest:
     expected_scores: Figures | None = None  # the expected_scores check's figures
     skipped_variants: Mapping[str, SkippedVariant] | None = None  # variant key -> why
     conversion_seconds: float | None = None
+    threshold_source: ThresholdSource | None = None
     format: str = FORMAT
+
+    @property
+    def variants(self) -> dict[str, FileEntry]:
+        """The variants this version holds (fp32 included), key -> file entry, in the order of
+        the variant table: each entry's sha256, size, gate figures and, for reduced-precision
+        ones, its fp32 layers (`entry.precision`, `entry.fp32_mac_share`)."""
+        return {k: self.files[v.filename] for k, v in VARIANTS.items() if v.filename in self.files}
+
+    def sha256(self, name: str) -> str:
+        """The recorded sha256 of the version's file `name`: THE lookup of a file's hash.
+        RepositoryError if the manifest does not list it."""
+        entry = self.files.get(name)
+        if entry is None:
+            raise RepositoryError(f"{name} is not listed in its {MANIFEST_NAME}")
+        return entry.sha256
 
     @property
     def fast_vs_reference(self) -> FastPathFigures | None:
@@ -96,14 +118,12 @@ class Manifest:
         read), once it matches this manifest: THE check before a version's file is trusted.
         RepositoryError if the manifest does not list the file or its sha256 differs."""
         name = Path(path).name
-        entry = self.files.get(name)
-        if entry is None:
-            raise RepositoryError(f"{name} is not listed in its {MANIFEST_NAME}")
+        recorded = self.sha256(name)
         try:
             digest = sha256_file(path) if data is None else hashlib.sha256(data).hexdigest()
         except OSError as e:
             raise RepositoryError(f"cannot read {name}: {e.strerror or e}") from e
-        if digest != entry.sha256:
+        if digest != recorded:
             raise RepositoryError(f"{name} does not match the sha256 in its {MANIFEST_NAME}")
         return digest
 
@@ -131,6 +151,7 @@ class Manifest:
             if self.skipped_variants is None
             else {k: v.to_dict() for k, v in self.skipped_variants.items()},
             "conversion_seconds": self.conversion_seconds,
+            "threshold_source": self.threshold_source,
             "files": {name: entry.to_dict() for name, entry in self.files.items()},
         }
         return {k: v for k, v in sections.items() if v is not None}
@@ -140,18 +161,19 @@ class Manifest:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
-    def from_dict(cls, data: object) -> Manifest:
-        """The manifest in `data` (parsed manifest.json). A format this pneumo-onnx does not
-        read is refused first; then one RepositoryError lists every problem found."""
+    def from_dict(cls, data: object, where: str = MANIFEST_NAME) -> Manifest:
+        """The manifest in `data` (parsed manifest.json; `where` names it in messages). A format
+        this pneumo-onnx does not read is refused first; then one RepositoryError lists every
+        problem found."""
         fmt = data.get("format") if isinstance(data, Mapping) else None
         if not isinstance(fmt, str) or not fmt.startswith(f"{FORMAT_FAMILY}/"):
-            raise RepositoryError(f"{MANIFEST_NAME} is not a {FORMAT} manifest")
+            raise RepositoryError(f"{where} is not a {FORMAT} manifest")
         if fmt not in READABLE_FORMATS:
             raise RepositoryError(
-                f"{MANIFEST_NAME} has format {fmt!r}, and this pneumo-onnx reads "
+                f"{where} has format {fmt!r}, and this pneumo-onnx reads "
                 f"{', '.join(READABLE_FORMATS)}: upgrade pneumo-onnx"
             )
-        return parse(cls._read, data, MANIFEST_NAME)
+        return parse(cls._read, data, where)
 
     @classmethod
     def _read(cls, f: Fields) -> Manifest:
@@ -188,7 +210,14 @@ class Manifest:
             expected_scores=f.optional("expected_scores", figures),
             skipped_variants=f.entries("skipped_variants", SkippedVariant.read),
             conversion_seconds=f.optional("conversion_seconds", number),
+            threshold_source=_threshold_source(
+                f.optional("threshold_source", one_of(*THRESHOLD_SOURCES))
+            ),
         )
+
+
+def _threshold_source(value: str | None) -> ThresholdSource | None:
+    return next((s for s in THRESHOLD_SOURCES if s == value), None)
 
 
 def _json(section: Any) -> dict[str, Any] | None:
@@ -219,6 +248,8 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def read_manifest(version_dir: str | os.PathLike[str]) -> Manifest:
+    """The manifest of the version in `version_dir`; its errors name the model and version
+    folder ("pneumonia/2/manifest.json is malformed: ..."), as a user finds them on disk."""
     path = Path(version_dir) / MANIFEST_NAME
     try:
         data = json.loads(path.read_text())
@@ -226,7 +257,7 @@ def read_manifest(version_dir: str | os.PathLike[str]) -> Manifest:
         raise RepositoryError(f"no {MANIFEST_NAME} in {Path(version_dir).name}") from e
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RepositoryError(f"cannot read {MANIFEST_NAME}: {e}") from e
-    return Manifest.from_dict(data)
+    return Manifest.from_dict(data, f"{path.parent.parent.name}/{path.parent.name}/{path.name}")
 
 
 def verify_files(version_dir: str | os.PathLike[str], manifest: Manifest) -> list[str]:

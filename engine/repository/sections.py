@@ -3,9 +3,9 @@ recorded, typed for its readers (engine, server, CLI, validate). Each section ha
 the manifest's JSON, every problem collected through `fields`) and `to_dict` (the same JSON
 back, keys in the order `convert` writes them).
 
-Figures that are a check's own record (a variant's gate figures, the labelled check's, the
-expected-scores check's) stay `Figures` as measured: they are self-describing, name labels as
-keys, and nothing in the engine decides on them.
+Figures that are a check's own record (the labelled check's, the expected-scores check's) stay
+`Figures` as measured: they are self-describing, name labels as keys, and nothing in the engine
+decides on them. A variant's gate figures are typed (engine/repository/variant_figures.py).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pneumo_onnx.engine.repository.fields import (
     table_of,
     text,
 )
+from pneumo_onnx.engine.repository.variant_figures import Figures, Precision, VariantFigures
 
-Figures = Mapping[str, Any]
 FastOrReference = Literal["fast", "reference"]
 FILE_KEYS = ("sha256", "bytes", "kind")
 
@@ -38,33 +38,48 @@ FILE_KEYS = ("sha256", "bytes", "kind")
 class FileEntry:
     """One file of the version: its sha256, its size (the JSON's `bytes`), what it is (`kind`:
     a variant key such as fp32 or int8, or 'training list'; hand-written manifests may leave it
-    out) and the figures its conversion measured (a variant's gate figures, the fp32 model's
-    parity)."""
+    out), a variant's gate figures (`variant`, typed) and any other figures its conversion
+    recorded (the fp32 model's parity, a training list's image count)."""
 
     sha256: str
     size: int
     kind: str | None = None
     figures: Figures = field(default_factory=dict)
+    variant: VariantFigures | None = None
+
+    @property
+    def precision(self) -> Precision | None:
+        """How a reduced-precision variant was built (its fp32 nodes); None for the others."""
+        return self.variant.precision if self.variant else None
+
+    @property
+    def fp32_mac_share(self) -> float | None:
+        """The share of the multiply-adds this variant runs in fp32; None where not recorded."""
+        return self.variant.fp32_mac_share if self.variant else None
 
     @classmethod
     def of(cls, data: bytes, info: Figures) -> FileEntry:
         """The entry a writer records for `data`, hashed and sized here; `info` holds its
-        `kind` and figures (a size or hash in it is the writer's own: replaced)."""
-        kind = str(info["kind"]) if "kind" in info else None
-        rest = {k: v for k, v in info.items() if k not in FILE_KEYS}
-        return cls(hashlib.sha256(data).hexdigest(), len(data), kind, rest)
+        `kind` and figures (a size or hash in it is the writer's own: replaced), read as a
+        reader would read them."""
+        rest = {k: v for k, v in info.items() if k not in ("sha256", "bytes")}
+        entry = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), **rest}
+        return parse(cls.read, entry, "file entry")
 
     def to_dict(self) -> dict[str, Any]:
         kind = {} if self.kind is None else {"kind": self.kind}
-        return {"sha256": self.sha256, "bytes": self.size, **kind, **self.figures}
+        gated = {} if self.variant is None else self.variant.to_dict()
+        return {"sha256": self.sha256, "bytes": self.size, **kind, **gated, **self.figures}
 
     @classmethod
     def read(cls, f: Fields) -> FileEntry:
+        gated = VariantFigures.recorded_in(f.data)
         return cls(
             sha256=f.value("sha256", sha256, ""),
             size=f.value("bytes", count, 0),
             kind=f.optional("kind", text),
-            figures=f.rest(FILE_KEYS),
+            figures={} if gated else f.rest(FILE_KEYS),
+            variant=VariantFigures.read(f, besides=FILE_KEYS) if gated else None,
         )
 
 
@@ -276,17 +291,30 @@ class ProbeImages:
 
 @dataclass(frozen=True)
 class SkippedVariant:
-    """An optional variant the conversion left out: why, and its gate figures."""
+    """An optional variant the conversion left out: why, and the gate figures it missed (None
+    where it failed before it could be measured; `figures` then holds whatever was recorded)."""
 
     reason: str
+    variant: VariantFigures | None = None
     figures: Figures = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, reason: str, measured: Figures) -> SkippedVariant:
+        """The record a writer makes of a skipped check's detail and figures."""
+        return parse(cls.read, {"reason": reason, **measured}, "skipped variant")
+
     def to_dict(self) -> dict[str, Any]:
-        return {"reason": self.reason, **self.figures}
+        gated = {} if self.variant is None else self.variant.to_dict()
+        return {"reason": self.reason, **gated, **self.figures}
 
     @classmethod
     def read(cls, f: Fields) -> SkippedVariant:
-        return cls(f.value("reason", text, ""), f.rest(("reason",)))
+        gated = VariantFigures.recorded_in(f.data)
+        return cls(
+            f.value("reason", text, ""),
+            VariantFigures.read(f, besides=("reason",)) if gated else None,
+            {} if gated else f.rest(("reason",)),
+        )
 
 
 def _source_digest(value: object) -> str:

@@ -26,6 +26,7 @@ import onnxruntime as ort
 from pneumo_onnx.engine.contract import Contract, check_threshold
 from pneumo_onnx.engine.errors import PneumoError, UsageError, first_line
 from pneumo_onnx.engine.repository.resolve import ResolvedModel, resolve
+from pneumo_onnx.engine.repository.sections import FileEntry
 from pneumo_onnx.engine.runtime import isolated
 from pneumo_onnx.engine.runtime.decoders import ImageSource, describe
 from pneumo_onnx.engine.runtime.fidelity import choose
@@ -232,6 +233,9 @@ class Engine:
                 if manifest and manifest.fast_vs_reference
                 else None
             ),
+            "sha256": m.sha256,
+            "threshold_source": manifest.threshold_source if manifest else None,
+            "fp32_layers": _fp32_layers(manifest.variants.get(m.variant) if manifest else None),
         }
 
     def resolve_threshold(self, threshold: float | None) -> float:
@@ -267,3 +271,12 @@ class Engine:
                 yield index, failed(value)
             else:
                 yield index, self.result(float(next(scores)), threshold)
+
+
+def _fp32_layers(entry: FileEntry | None) -> dict[str, Any] | None:
+    """What a reduced-precision variant keeps in fp32 (nodes, share of the multiply-adds);
+    None for the others and for conversions that predate the record."""
+    precision = entry.precision if entry else None
+    if precision is None:
+        return None
+    return {"nodes": list(precision.fp32_nodes), "mac_share": precision.fp32_mac_share}
