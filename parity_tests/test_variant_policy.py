@@ -23,7 +23,7 @@ import pytest
 from pneumo_onnx.convert.probes import real_batch
 from pneumo_onnx.engine.cli import main
 from pneumo_onnx.engine.contract import Contract, InputSpec
-from pneumo_onnx.engine.repository.manifest import read_manifest
+from pneumo_onnx.engine.repository.manifest import Manifest, read_manifest
 from pneumo_onnx.engine.repository.variants import GATES, OPTIONAL_VARIANTS
 from pneumo_onnx.engine.runtime.samples import sample_images
 
@@ -56,7 +56,7 @@ def outlier_keras(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def default_run(
     outlier_keras: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[subprocess.CompletedProcess[str], dict]:
+) -> tuple[subprocess.CompletedProcess[str], Manifest]:
     """`pneumo convert` as a user types it, with the default --variants all."""
     repo = tmp_path_factory.mktemp("default") / "repo"
     done = subprocess.run(

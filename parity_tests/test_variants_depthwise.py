@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -30,7 +29,7 @@ from pneumo_onnx.convert.precision import Scorer, grey_level_sensitivity
 from pneumo_onnx.convert.probes import real_batch
 from pneumo_onnx.engine.cli import main
 from pneumo_onnx.engine.contract import Contract, InputSpec
-from pneumo_onnx.engine.repository.manifest import read_manifest
+from pneumo_onnx.engine.repository.manifest import Manifest, read_manifest
 from pneumo_onnx.engine.repository.variants import GATES, OPTIONAL_VARIANTS
 from pneumo_onnx.engine.runtime.metrics import score_agreement
 from pneumo_onnx.engine.runtime.samples import sample_images
@@ -64,7 +63,7 @@ def teachable_machine_mobilenet(x_rays: np.ndarray) -> keras.Model:
 @pytest.fixture(scope="module")
 def converted(
     tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, dict[str, Any], Path, list[Path]]:
+) -> tuple[Path, Manifest, Path, list[Path]]:
     """The model converted as a user would: `pneumo convert` with the Teachable Machine preset,
     default variants (all), the probe X-rays copied flat. Returns the version, its manifest,
     the probe folder and X-rays used for nothing yet."""

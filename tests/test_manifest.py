@@ -135,7 +135,7 @@ def test_a_hand_written_manifest_needs_only_format_and_files() -> None:
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    data = {
+    data: dict[str, Any] = {
         "format": FORMAT,
         "version": 0,
         "files": {
@@ -233,11 +233,12 @@ def test_check_file_is_the_one_sha256_check(tmp_path: Path) -> None:
 def test_the_writer_refuses_what_its_reader_would(tmp_path: Path) -> None:
     """write_version reads its manifest back before writing anything: a NaN where the reader
     wants a finite number is a conversion bug, not a version that fails on every load."""
-    bad = Manifest(parity=Parity(float("nan"), {"1": 0.0}, 1e-5, 3))
+    parity = Parity(float("nan"), {"1": 0.0}, 1e-5, 3)
+    bad = Manifest(parity=parity)
     with pytest.raises(RepositoryError, match=r"parity\.max_abs_diff must be a finite number"):
         write_version(tmp_path, "m", 1, {"model.onnx": b"onnx"}, {}, bad, Contract())
     assert not (tmp_path / "m" / "1").exists()
-    good = replace(bad, parity=replace(bad.parity, max_abs_diff=0.0))  # type: ignore[arg-type]
+    good = replace(bad, parity=replace(parity, max_abs_diff=0.0))
     folder, written = write_version(tmp_path, "m", 1, {"model.onnx": b"onnx"}, {}, good, Contract())
     assert read_manifest(folder) == written and (written.name, written.version) == ("m", 1)
     assert written.files["model.onnx"] == FileEntry.of(b"onnx", {})
