@@ -58,7 +58,9 @@ def test_int8_full_is_kept_only_if_it_passes_the_int8_gate(
     skipped = reference_repo.manifest.skipped_variants or {}
     path = reference_repo.version_dir / "model.int8-full.onnx"
     if "int8-full" in skipped:
-        assert GATES["int8"].misses(skipped["int8-full"].figures) and not path.exists()
+        missed = skipped["int8-full"].variant
+        assert missed is not None and GATES["int8"].misses(missed.to_dict())
+        assert not path.exists()
         return
     scores = onnx_scores(reference_repo, "model.int8-full.onnx", real_batch)
     assert GATES["int8"].misses(score_agreement(scores, fp32_scores)) == []
@@ -99,8 +101,16 @@ def test_manifest_records_variant_figures(reference_repo: ConvertResult, image_f
     keys = {"label_agreement", "agreement_lower_95", "p99_score_diff", "max_score_diff", "images"}
     skipped = manifest.skipped_variants or {}
     for key, variant in OPTIONAL_VARIANTS.items():
-        kept = manifest.files.get(variant.filename)
-        entry = kept.figures if kept else skipped[key].figures
-        assert keys <= set(entry) and entry["images"] == probes, key
-        assert entry["gate"] == variant.gate.describe()
+        kept = manifest.variants.get(key)
+        figures = kept.variant if kept else skipped[key].variant
+        assert figures is not None, key
+        assert keys <= set(figures.to_dict()) and figures.images == probes, key
+        assert figures.gate == variant.gate.describe()
     assert manifest.probe_images is not None and manifest.probe_images.gates == probes
+    assert manifest.threshold_source == "default"  # no --threshold: the contract's 0.5
+    assert manifest.contract is not None and manifest.contract.threshold == 0.5
+    for key in ("int8", "int8-full", "fp16"):  # reduced precision: its fp32 layers recorded
+        built = manifest.variants.get(key)
+        if built is not None:
+            assert built.precision is not None and built.fp32_mac_share is not None, key
+            assert 0.0 <= built.fp32_mac_share <= 1.0
