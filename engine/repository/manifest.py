@@ -1,6 +1,9 @@
 """The manifest of one model version in a repository: THE typed, versioned record `convert`
-writes and every reader (engine, server, CLI, validate) reads: files with their hashes and
-sizes, the contract, provenance, and the figures the conversion measured.
+writes and every reader (engine, server, CLI, validate, training scripts) reads: files with
+their hashes and sizes, each variant's gate figures and, for reduced-precision ones, the layers
+kept in fp32 and their share of the multiply-adds (variant_figures.py), the contract and where
+its threshold came from, provenance, and the figures the conversion measured. Readers ask the
+Manifest (`sha256`, `check_file`, `variants`, ...), never the JSON.
 
 Layout (Triton-compatible): REPO/<name>/config.pbtxt, REPO/<name>/<version>/{model.onnx, ...,
 manifest.json}. `format` names the layout ("pneumo-model-repository/1"); a reader refuses a
