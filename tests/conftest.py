@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 from onnx import TensorProto, helper
 
 from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.repository.manifest import MANIFEST_NAME, read_manifest
+from pneumo_onnx.engine.repository.sections import FileEntry
 from pneumo_onnx.engine.runtime.samples import sample_images
 
 
@@ -79,3 +82,13 @@ def unwritable_dir(tmp_path: Path) -> Path:
     locked.mkdir()
     locked.chmod(0o500)
     return locked / "repo"
+
+
+def rerecord(version_dir: Path, name: str) -> None:
+    """Record the file `name`'s present bytes in its version's manifest: for a test that
+    changes a shipped file on purpose and wants it to pass the sha256 check."""
+    manifest = read_manifest(version_dir)
+    old = manifest.files[name]
+    entry = FileEntry.of((version_dir / name).read_bytes(), {"kind": old.kind, **old.figures})
+    files = {**manifest.files, name: entry}
+    (version_dir / MANIFEST_NAME).write_text(replace(manifest, files=files).to_json())

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pneumo_onnx.engine.repository.manifest import sha256_file
 from pneumo_onnx.engine.repository.resolve import default_model_dir
 from pneumo_onnx.engine.runtime.samples import sample_images
+from tests.conftest import rerecord
 from tests.server_process import ServerProcess
 
 KEY = "admin-key-0123456789abcdef"
@@ -34,11 +34,7 @@ def add_version(repo: Path, version: int, corrupt: str | None = None) -> Path:
         model.write_bytes(model.read_bytes()[:-100] + b"\0" * 100)
     elif corrupt == "graph":
         model.write_bytes(b"not an onnx graph at all")
-        manifest = json.loads((target / "manifest.json").read_text())
-        manifest["files"]["model.onnx"].update(
-            sha256=sha256_file(model), bytes=model.stat().st_size
-        )
-        (target / "manifest.json").write_text(json.dumps(manifest))
+        rerecord(target, "model.onnx")
     return target
 
 

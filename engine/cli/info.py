@@ -18,6 +18,7 @@ from pneumo_onnx.engine.cli.options import (
     write_json,
 )
 from pneumo_onnx.engine.errors import EXIT_OK
+from pneumo_onnx.engine.repository.sections import Parity, Source
 
 
 def add(sub: Subparsers) -> None:
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     if target == STDIO:
         write_json(target, info)
         return EXIT_OK
+    manifest = engine.model.manifest
     c = info["contract"]
     i, o = c["input"], c["output"]
     lines = [
@@ -65,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
         f"pipeline:     {engine.contract.input.describe()}",
         f"preprocess:   {info['preprocessing']}: {info['preprocessing_reason']}",
         f"output:       {o['name']} {o['kind']} -> P({c['positive_label']}); "
-        f"labels {c['negative_label']}/{c['positive_label']}; threshold {c['threshold']}",
-        f"source:       {_source_line(info['source'])}",
-        f"parity:       {_parity_line(info['parity'])}",
+        f"labels {c['negative_label']}/{c['positive_label']}; threshold {c['threshold']} "
+        f"({THRESHOLD_SOURCES[info['threshold_source']]})",
+        f"source:       {_source_line(manifest.source if manifest else None)}",
+        f"parity:       {_parity_line(manifest.parity if manifest else None)}",
+        *_fp32_line(info["fp32_layers"]),
         f"provider:     {info['provider']} (available: {', '.join(info['providers_available'])})",
         "versions:     " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
     ]
@@ -77,18 +81,32 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _source_line(source: dict[str, Any] | None) -> str:
-    if not source:
+THRESHOLD_SOURCES = {
+    "stated": "stated at conversion",
+    "default": "the contract's default",
+    None: "its source not recorded",
+}
+
+
+def _fp32_line(layers: dict[str, Any] | None) -> list[str]:
+    if not layers or not layers["nodes"]:
+        return []
+    return [
+        f"fp32 layers:  {len(layers['nodes'])} node(s) kept in fp32, "
+        f"{layers['mac_share']:.0%} of the multiply-adds"
+    ]
+
+
+def _source_line(source: Source | None) -> str:
+    if source is None:
         return "- (plain ONNX file: no provenance)"
-    return f"{source['name']} ({source['format']}, sha256 {source['sha256'][:12]}...)"
+    return f"{source.name} ({source.format}, sha256 {source.sha256[:12]}...)"
 
 
-def _parity_line(parity: dict[str, Any] | None) -> str:
-    if not parity:
+def _parity_line(parity: Parity | None) -> str:
+    if parity is None:
         return "- (not recorded)"
-    line = f"max abs diff {parity['max_abs_diff']:.2e} vs the source on {parity['probes']} probes"
-    if isinstance(parity.get("tolerance"), int | float):
-        noise = max((parity.get("fp32_noise") or {}).values(), default=None)
-        line += f" (tolerance {parity['tolerance']:.1e}"
-        line += f", from its fp32 noise {noise:.1e})" if noise is not None else ")"
-    return line
+    line = f"max abs diff {parity.max_abs_diff:.2e} vs the source on {parity.probes} probes"
+    noise = max(parity.fp32_noise.values(), default=None) if parity.fp32_noise else None
+    line += f" (tolerance {parity.tolerance:.1e}"
+    return line + (f", from its fp32 noise {noise:.1e})" if noise is not None else ")")

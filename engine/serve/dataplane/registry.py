@@ -162,7 +162,8 @@ class ModelRegistry:
         if not (folder / VARIANT_FILES[self.variant]).is_file():
             raise RepositoryError(f"{name}/{version} has no {self.variant} variant")
         try:
-            # resolve() inside Engine.load checks the file against the manifest's sha256.
+            # resolve() inside Engine.load checks the file against the manifest's sha256
+            # (Manifest.check_file), and keeps the digest it checked: engine.model.sha256.
             engine = Engine.load(
                 folder, self.device, self.variant, self.preprocessing, threads=self.threads
             )
@@ -171,9 +172,7 @@ class ModelRegistry:
         except Exception as e:  # onnxruntime's own load errors: a corrupt graph
             raise ModelLoadError(f"{name}/{version} refused: onnxruntime cannot load it") from e
         _warm_up(engine, f"{name}/{version}")
-        manifest = engine.model.manifest or {}
-        sha = manifest.get("files", {}).get(engine.model.path.name, {}).get("sha256", "")
-        return Served(name, version, engine, sha)
+        return Served(name, version, engine, engine.model.sha256 or "")
 
 
 # The warm-up rule on the 6 labelled samples. A real model may get one wrong, so no sample
