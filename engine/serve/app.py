@@ -1,6 +1,7 @@
 """The FastAPI application: wiring only. It builds the server's parts (`ServerState`), starts
-and stops them with the app, and mounts the three front doors (`routes.seed`, `routes.v2`,
-`routes.ops`) behind the gate; errors are answered by `http_errors`.
+and stops them with the app, and mounts the front doors (`routes.seed`, `routes.v2`, `routes.ops`,
+`routes.docs`) behind the gate, which enforces the access each route declares;
+errors are answered by `http_errors`.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     app = FastAPI(
         docs_url=None,  # served from the package by routes.docs (no CDN)
         redoc_url=None,
+        openapi_url=None,  # served by routes.docs, which declares its access
         title="pneumo-onnx",
         version=__version__,
         description="Chest X-ray pneumonia scoring with onnxruntime (research use, not a "

@@ -1,8 +1,9 @@
 """The ASGI middleware every request passes first: request id, ambiguous framing, Host and
 cross-site checks, upload size limit and the budget of request bodies in flight, the body read
-timeout, API and admin keys, rate limits (refused keys included), metrics and the access log,
-and the last word on unexpected errors (500 with the request id, logged once). Pure ASGI (no
-BaseHTTPMiddleware), so an oversized body is refused before anything buffers it.
+timeout, the access policy declared by the route the request will reach (API and admin keys),
+rate limits (refused keys included), metrics and the access log, and the last word on
+unexpected errors (500 with the request id, logged once). Pure ASGI (no BaseHTTPMiddleware), so
+an oversized body, or a caller without the right key, is refused before anything buffers it.
 
 Bodies are metered as they arrive, whatever their framing (Content-Length or chunked): each
 chunk counts against the upload limit, the bytes in flight of all requests and the body
@@ -22,7 +23,13 @@ from urllib.parse import urlsplit
 
 from pneumo_onnx.engine.serve.front import errors as http_errors
 from pneumo_onnx.engine.serve.front.bodies import is_byte_count
-from pneumo_onnx.engine.serve.front.security import API_KEY_HEADER, ApiKeys, RateLimiter
+from pneumo_onnx.engine.serve.front.security import (
+    API_KEY_HEADER,
+    Access,
+    ApiKeys,
+    RateLimiter,
+    route_access,
+)
 from pneumo_onnx.engine.serve.metrics import ServerMetrics
 
 log = logging.getLogger("pneumo_onnx.engine.serve.access")
@@ -33,10 +40,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-DOCS = {"/docs", "/openapi.json"}
-DOCS_ASSETS = "/docs/static/"
-HEALTH = {"/health", "/v2/health/live", "/v2/health/ready"}
-ADMIN_PREFIX = "/v2/repository/models/"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
 # Requests with a missing or wrong key, per client address: a client that keeps guessing gets
@@ -77,9 +80,12 @@ class Gate:
         self.inflight_bytes = 0  # request bodies being received or handled (event loop only)
         self.body_timeout = body_timeout
         self.loopback_only = loopback_only
-        self.open = set(DOCS) | (HEALTH if open_health else set())
+        # The declared policies anyone may call (no key, no rate limit).
+        self.open: set[Access] = {"open"}
+        if open_health:
+            self.open.add("health")
         if open_metrics:
-            self.open.add("/metrics")
+            self.open.add("metrics")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -145,8 +151,8 @@ class Gate:
             )
 
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> ASGIApp | None:
-        """A response that ends the request here, or None to let it through."""
-        path = scope["path"]
+        """A response that ends the request here, or None to let it through (with the access
+        it was granted in the scope's state, which the route's policy checks again)."""
         if "transfer-encoding" in headers and "content-length" in headers:
             return http_errors.error_response(
                 400,
@@ -165,7 +171,10 @@ class Gate:
         length = headers.get("content-length")
         if length is not None and is_byte_count(length) and int(length) > self.max_body:
             return http_errors.too_large(self.max_body)
-        if path in self.open or path.startswith(DOCS_ASSETS):
+        routes = getattr(getattr(scope.get("app"), "router", None), "routes", None) or []
+        declared = route_access(routes, scope)  # of the route the router will pick
+        if declared in self.open:
+            scope["state"]["access"] = declared
             return None
         client = (scope.get("client") or ("unknown",))[0]
         match = None
@@ -177,7 +186,7 @@ class Gate:
                     return http_errors.rate_limited(self.refused.rate, wait)
                 return http_errors.unauthorized()
             scope["state"]["key_id"] = match[0]
-        if path.startswith(ADMIN_PREFIX) and not (match and match[1]):
+        if declared == "admin" and not (match and match[1]):
             if not self.keys.has_admin:
                 return http_errors.forbidden(
                     "repository control is disabled: start the server with admin keys "
@@ -187,6 +196,7 @@ class Gate:
         wait = self.limiter.acquire(match[0] if match else client)
         if wait:
             return http_errors.rate_limited(self.limiter.rate, wait)
+        scope["state"]["access"] = declared
         return None
 
     def _too_slow(self) -> ASGIApp:

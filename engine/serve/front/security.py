@@ -1,4 +1,9 @@
-"""API keys and rate limits.
+"""Who may call what: the access policy each route declares, API keys and rate limits.
+
+Every route declares its policy where it is declared (`dependencies=access("admin")`); the gate
+(engine.serve.front.gate) finds the route a request will reach and enforces that route's
+policy before the body is read. A route that declares none fails a test
+(tests/test_serve_policy.py), and the gate treats it as `user`.
 
 User keys come from the environment (`PNEUMO_API_KEYS`, comma-separated) and/or a file (one
 key per line, `#` comments); admin keys, the only ones that may load, unload or roll back model
@@ -15,7 +20,14 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
+
+import fastapi.routing
+from fastapi import Depends, Request, params
+from starlette.routing import BaseRoute, Match
 
 from pneumo_onnx.engine.errors import UsageError
 
@@ -23,6 +35,75 @@ API_KEY_ENV = "PNEUMO_API_KEYS"
 ADMIN_KEY_ENV = "PNEUMO_ADMIN_KEYS"
 API_KEY_HEADER = "X-API-Key"
 MAX_BUCKETS = 10_000  # clients the rate limiter remembers; the least recently seen go first
+
+# open: anyone (the API docs); health, metrics: anyone unless the server protects them
+# (--protect-health, --protect-metrics), then as user; user: an API key when keys are configured
+# (scoring, jobs, reports, model metadata); admin: an admin key (repository control).
+Access = Literal["open", "health", "metrics", "user", "admin"]
+STRICTNESS: tuple[Access, ...] = ("open", "health", "metrics", "user", "admin")
+UNDECLARED: Access = "user"  # what the gate applies to a route that declares nothing
+
+
+class AccessNotChecked(RuntimeError):
+    """A route ran without the gate having enforced its declared policy: a bug (the gate and
+    the router disagree on the route, or the app has no gate). The request is refused."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A route's declared access, as a FastAPI dependency: the gate reads it from the route
+    before the request goes on, and the dependency itself refuses to run the route unless the
+    gate enforced exactly this policy (a second lock, should the two ever disagree)."""
+
+    access: Access
+
+    async def __call__(self, request: Request) -> None:
+        granted = request.scope.get("state", {}).get("access")
+        if granted != self.access:
+            raise AccessNotChecked(
+                f"{request.url.path[:80]} declares {self.access!r} access, the gate enforced "
+                f"{granted!r}"
+            )
+
+
+def access(level: Access) -> list[params.Depends]:
+    """What a route passes as `dependencies=` to declare who may call it."""
+    return [Depends(Policy(level))]
+
+
+def declared_access(route: Any) -> list[Access]:
+    """The policies `route` declares (a well-formed route declares exactly one)."""
+    dependencies = getattr(route, "dependencies", None) or ()
+    return [d.dependency.access for d in dependencies if isinstance(d.dependency, Policy)]
+
+
+def app_routes(routes: Sequence[BaseRoute]) -> list[Any]:
+    """Every route an app serves, in the order its router tries them. Newer FastAPI versions
+    keep an included router as one entry of `app.routes` and list what it holds through
+    `iter_route_contexts` (each context matches and declares as its route does); older ones
+    copy the routes themselves into `app.routes`."""
+    walk = getattr(fastapi.routing, "iter_route_contexts", None)
+    return list(walk(routes)) if walk is not None else list(routes)
+
+
+def route_access(routes: Sequence[BaseRoute], scope: MutableMapping[str, Any]) -> Access:
+    """The policy of the route the router will pick for this request: the first full match,
+    else the first partial one (a 405), as Starlette's router picks. A path no route matches
+    (a 404) is `user`, so whether it exists stays hidden from a client without a key; so is a
+    route that declares nothing. A route that declares several gets the strictest (and is
+    then refused by the check of its other policy: the route test forbids it)."""
+    partial = None
+    for route in app_routes(routes):
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return _strictest(declared_access(route))
+        if match is Match.PARTIAL and partial is None:
+            partial = route
+    return _strictest(declared_access(partial)) if partial is not None else UNDECLARED
+
+
+def _strictest(levels: list[Access]) -> Access:
+    return max(levels, key=STRICTNESS.index) if levels else UNDECLARED
 
 
 def load_api_keys(

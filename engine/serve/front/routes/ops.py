@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from pneumo_onnx.engine.errors import Overloaded, UsageError
 from pneumo_onnx.engine.serve.front.bodies import form_threshold
+from pneumo_onnx.engine.serve.front.security import access
 from pneumo_onnx.engine.serve.front.uploads import (
     UploadBudget,
     is_archive,
@@ -43,7 +44,7 @@ def _hours(value: float, name: str) -> float:
     return value
 
 
-@router.post("/jobs", tags=["jobs"], status_code=202)
+@router.post("/jobs", tags=["jobs"], status_code=202, dependencies=access("user"))
 async def create_job(
     request: Request,
     images: Annotated[
@@ -90,7 +91,7 @@ async def create_job(
     )
 
 
-@router.get("/jobs/{job_id}", tags=["jobs"])
+@router.get("/jobs/{job_id}", tags=["jobs"], dependencies=access("user"))
 async def job_status(
     request: Request,
     job_id: str,
@@ -109,7 +110,7 @@ async def job_status(
     return JSONResponse(await _off_loop(jobs.get, job_id, key_id(request)))
 
 
-@router.delete("/jobs/{job_id}", tags=["jobs"])
+@router.delete("/jobs/{job_id}", tags=["jobs"], dependencies=access("user"))
 async def delete_job(request: Request, job_id: str) -> dict[str, str]:
     """Forget a job now, its images and results with it (jobs also expire: `--job-ttl`)."""
     await _off_loop(server(request).jobs.delete, job_id, key_id(request))
@@ -128,7 +129,7 @@ async def _report(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await _off_loop(run)
 
 
-@router.get("/monitoring/summary", tags=["monitoring"])
+@router.get("/monitoring/summary", tags=["monitoring"], dependencies=access("user"))
 async def monitoring_summary(
     request: Request,
     hours: Annotated[float, Query(description="window length")] = 24.0,
@@ -138,7 +139,7 @@ async def monitoring_summary(
     return await _report(summarize, path, _hours(hours, "hours"))
 
 
-@router.get("/monitoring/drift", tags=["monitoring"])
+@router.get("/monitoring/drift", tags=["monitoring"], dependencies=access("user"))
 async def monitoring_drift(
     request: Request,
     recent_hours: Annotated[float, Query()] = 24.0,
@@ -153,7 +154,7 @@ async def monitoring_drift(
     )
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get("/metrics", include_in_schema=False, dependencies=access("metrics"))
 async def prometheus(request: Request) -> Response:
     state = server(request)
     state.metrics.queue_depth.set(state.service.batcher.depth)

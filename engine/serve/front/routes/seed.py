@@ -20,6 +20,7 @@ from pneumo_onnx.engine.serve.front.bodies import (
     form_threshold,
 )
 from pneumo_onnx.engine.serve.front.inputs import documented_body, off_loop
+from pneumo_onnx.engine.serve.front.security import access
 from pneumo_onnx.engine.serve.state import degraded, request_id, server
 
 router = APIRouter(tags=["seed"])
@@ -41,7 +42,7 @@ class PredictResponse(BaseModel):
     heatmap_method: str | None = Field(None, description="cam or occlusion")
 
 
-@router.get("/health")
+@router.get("/health", dependencies=access("health"))
 async def health(request: Request) -> JSONResponse:
     """Ready (200) once the model is loaded and warmed up, 503 before."""
     service = server(request).service
@@ -64,7 +65,9 @@ async def health(request: Request) -> JSONResponse:
     )
 
 
-@router.post("/predict", response_model=PredictResponse, responses=ERRORS)
+@router.post(
+    "/predict", response_model=PredictResponse, responses=ERRORS, dependencies=access("user")
+)
 async def predict(
     request: Request,
     heatmap: HeatmapFlag = False,
@@ -89,6 +92,7 @@ async def predict(
     response_model=PredictResponse,
     responses=ERRORS,
     openapi_extra=documented_body(Base64Request),
+    dependencies=access("user"),
 )
 async def predict_base64(
     request: Request,

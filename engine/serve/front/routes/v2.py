@@ -20,6 +20,7 @@ from pneumo_onnx import __version__
 from pneumo_onnx.engine.errors import NotFoundError, NotSupported, Overloaded, UsageError
 from pneumo_onnx.engine.serve.dataplane.registry import Served
 from pneumo_onnx.engine.serve.front.inputs import documented_body, json_body, off_loop
+from pneumo_onnx.engine.serve.front.security import access
 from pneumo_onnx.engine.serve.front.v2_wire import (
     InferRequest,
     Parsed,
@@ -41,7 +42,7 @@ class RepositoryLoad(BaseModel):
     parameters: dict[str, Any] | None = None
 
 
-@router.get("")
+@router.get("", dependencies=access("user"))
 async def server_metadata() -> dict[str, Any]:
     return {
         "name": "pneumo-onnx",
@@ -55,13 +56,13 @@ async def server_metadata() -> dict[str, Any]:
     }
 
 
-@router.get("/health/live")
+@router.get("/health/live", dependencies=access("health"))
 async def live() -> dict[str, bool]:
     """The process answers: liveness, independent of the model."""
     return {"live": True}
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", dependencies=access("health"))
 async def ready(request: Request) -> JSONResponse:
     """Ready to serve and to keep its records: a full disk (the prediction log or the job
     store cannot write) makes the server not ready, with the reason."""
@@ -76,9 +77,11 @@ async def ready(request: Request) -> JSONResponse:
 # Triton's extensions that are not served: 501 with what to use instead, not a 404 that reads
 # as "no model named 'stats'". Declared before /models/{name}, which would take /models/stats;
 # left out of the OpenAPI spec, which lists what is served.
-@router.get("/models/stats", include_in_schema=False)
-@router.get("/models/{name}/stats", include_in_schema=False)
-@router.get("/models/{name}/versions/{version}/stats", include_in_schema=False)
+@router.get("/models/stats", include_in_schema=False, dependencies=access("user"))
+@router.get("/models/{name}/stats", include_in_schema=False, dependencies=access("user"))
+@router.get(
+    "/models/{name}/versions/{version}/stats", include_in_schema=False, dependencies=access("user")
+)
 async def statistics() -> None:
     raise NotSupported(
         "inference statistics are not served: GET /metrics (Prometheus) has requests, "
@@ -86,65 +89,92 @@ async def statistics() -> None:
     )
 
 
-@router.api_route("/systemsharedmemory/{rest:path}", methods=BOTH, include_in_schema=False)
-@router.api_route("/cudasharedmemory/{rest:path}", methods=BOTH, include_in_schema=False)
+@router.api_route(
+    "/systemsharedmemory/{rest:path}",
+    methods=BOTH,
+    include_in_schema=False,
+    dependencies=access("user"),
+)
+@router.api_route(
+    "/cudasharedmemory/{rest:path}",
+    methods=BOTH,
+    include_in_schema=False,
+    dependencies=access("user"),
+)
 async def shared_memory() -> None:
     raise NotSupported("shared memory is not supported: send tensors in the request body")
 
 
-@router.api_route("/trace/setting", methods=BOTH, include_in_schema=False)
-@router.api_route("/models/{name}/trace/setting", methods=BOTH, include_in_schema=False)
-@router.api_route("/logging", methods=BOTH, include_in_schema=False)
+@router.api_route(
+    "/trace/setting", methods=BOTH, include_in_schema=False, dependencies=access("user")
+)
+@router.api_route(
+    "/models/{name}/trace/setting",
+    methods=BOTH,
+    include_in_schema=False,
+    dependencies=access("user"),
+)
+@router.api_route("/logging", methods=BOTH, include_in_schema=False, dependencies=access("user"))
 async def trace_and_logging() -> None:
     raise NotSupported("trace and log settings are not served: the log is JSON lines on stderr")
 
 
-@router.get("/models/{name}")
+@router.get("/models/{name}", dependencies=access("user"))
 async def model_metadata(request: Request, name: str) -> dict[str, Any]:
     return _metadata(request, _served(request, name, None))
 
 
-@router.get("/models/{name}/versions/{version}")
+@router.get("/models/{name}/versions/{version}", dependencies=access("user"))
 async def model_version_metadata(request: Request, name: str, version: str) -> dict[str, Any]:
     return _metadata(request, _served(request, name, version))
 
 
-@router.get("/models/{name}/config")
+@router.get("/models/{name}/config", dependencies=access("user"))
 async def model_config(request: Request, name: str) -> dict[str, Any]:
     return _config(request, _served(request, name, None))
 
 
-@router.get("/models/{name}/versions/{version}/config")
+@router.get("/models/{name}/versions/{version}/config", dependencies=access("user"))
 async def model_version_config(request: Request, name: str, version: str) -> dict[str, Any]:
     return _config(request, _served(request, name, version))
 
 
-@router.get("/models/{name}/ready")
+@router.get("/models/{name}/ready", dependencies=access("user"))
 async def model_ready(request: Request, name: str) -> JSONResponse:
     return _ready(request, name, None)
 
 
-@router.get("/models/{name}/versions/{version}/ready")
+@router.get("/models/{name}/versions/{version}/ready", dependencies=access("user"))
 async def model_version_ready(request: Request, name: str, version: str) -> JSONResponse:
     return _ready(request, name, version)
 
 
-@router.post("/models/{name}/infer", openapi_extra=documented_body(InferRequest))
+@router.post(
+    "/models/{name}/infer", openapi_extra=documented_body(InferRequest), dependencies=access("user")
+)
 async def infer(request: Request, name: str) -> Response:
     return await _infer(request, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", openapi_extra=documented_body(InferRequest))
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    openapi_extra=documented_body(InferRequest),
+    dependencies=access("user"),
+)
 async def infer_version(request: Request, name: str, version: str) -> Response:
     return await _infer(request, name, version)
 
 
-@router.post("/repository/index")
+@router.post("/repository/index", dependencies=access("user"))
 async def repository_index(request: Request) -> list[dict[str, str]]:
     return server(request).service.registry.index()
 
 
-@router.post("/repository/models/{name}/load", openapi_extra=documented_body(RepositoryLoad))
+@router.post(
+    "/repository/models/{name}/load",
+    openapi_extra=documented_body(RepositoryLoad),
+    dependencies=access("admin"),
+)
 async def repository_load(request: Request, name: str) -> dict[str, Any]:
     """Load a version (`{"parameters": {"version": "2"}}`; default newest) and serve it once it
     passed the manifest, load and warm-up gates; on failure the current version keeps serving."""
@@ -158,13 +188,13 @@ async def repository_load(request: Request, name: str) -> dict[str, Any]:
     return {"name": served.name, "version": str(served.version), "state": "READY"}
 
 
-@router.post("/repository/models/{name}/unload")
+@router.post("/repository/models/{name}/unload", dependencies=access("admin"))
 async def repository_unload(request: Request, name: str) -> dict[str, str]:
     server(request).service.registry.unload(name)
     return {"name": name, "state": "UNAVAILABLE"}
 
 
-@router.post("/repository/models/{name}/rollback")
+@router.post("/repository/models/{name}/rollback", dependencies=access("admin"))
 async def repository_rollback(request: Request, name: str) -> dict[str, Any]:
     """Our extension: serve again the version served before the current one."""
     service = server(request).service
