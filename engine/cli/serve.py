@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from pneumo_onnx.engine.cli.options import (
@@ -120,6 +121,13 @@ def add(sub: Subparsers) -> None:
         default=Path("pneumo-state"),
         help="prediction log and job database folder",
     )
+    p.add_argument(
+        "--database",
+        default=os.environ.get("PNEUMO_DATABASE", ""),
+        metavar="URL",
+        help="postgresql://user@host:port/dbname: the prediction log and jobs that several "
+        "servers share (default: PNEUMO_DATABASE, else SQLite files in --state-dir)",
+    )
     p.add_argument("--log-images", action="store_true", help="also store images in the log")
     p.add_argument(
         "--log-retention-days",
@@ -184,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit,
         rate_burst=args.rate_burst,
         state_dir=args.state_dir,
+        database=args.database,
         log_images=args.log_images,
         log_retention_days=args.log_retention_days,
         job_ttl_hours=args.job_ttl,

@@ -104,12 +104,16 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 def _build(config: ServeConfig) -> ServerState:
     metrics = ServerMetrics()
     folder = _state_dir(config.state_dir)
+    # One PostgreSQL database that servers share, or a SQLite file per store in the folder.
+    database = config.database
+    jobs = JobStore(
+        database or folder / "jobs.db", max_pending_bytes=int(config.job_store_mb * 2**20)
+    )
     prediction_log = PredictionLog(
-        folder / "predictions.db",
+        database or folder / "predictions.db",
         store_images=config.log_images,
         retention_days=config.log_retention_days,
     )
-    jobs = JobStore(folder / "jobs.db", max_pending_bytes=int(config.job_store_mb * 2**20))
     root = config.model_repo or default_model_dir().parent
     service = ScoringService(
         ModelRegistry(root, config.device, config.variant, config.threads, config.preprocessing),

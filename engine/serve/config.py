@@ -13,6 +13,7 @@ from pneumo_onnx.engine.errors import UsageError
 from pneumo_onnx.engine.runtime.choices import PREPROCESSING
 from pneumo_onnx.engine.runtime.limits import MAX_PIXELS
 from pneumo_onnx.engine.runtime.sandbox import Limits
+from pneumo_onnx.engine.serve.store.backend import database_problem
 
 CONFIG_ENV = "PNEUMO_SERVE_CONFIG"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -48,6 +49,9 @@ class ServeConfig:
     rate_limit: float = 0.0  # requests per second per client; 0: off
     rate_burst: int = 20
     state_dir: Path = Path("pneumo-state")
+    # A postgresql:// URL: the prediction log and job store that several servers share ("":
+    # SQLite files in state_dir). Not in repr: the URL may hold a password.
+    database: str = field(default="", repr=False)
     log_images: bool = False
     log_retention_days: float = 90.0  # predictions older than this are deleted; 0: keep all
     job_ttl_hours: float = 168.0  # finished and failed jobs are deleted after this; 0: keep
@@ -104,6 +108,8 @@ class ServeConfig:
             problems.append("--max-inflight-mb must be at least --max-upload-mb")
         if self.job_store_mb < self.max_job_mb:
             problems.append("--job-store-mb must be at least --max-job-mb")
+        if self.database and (problem := database_problem(self.database)):
+            problems.append(problem)
         if problems:
             raise UsageError("; ".join(problems))
 

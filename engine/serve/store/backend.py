@@ -12,7 +12,7 @@ psycopg is imported only when a postgresql:// URL is given (the 'postgres' extra
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -40,8 +40,10 @@ def database_problem(url: str) -> str | None:
             "--database must be a postgresql://user@host:port/dbname URL, got "
             f"{display_name(url)!r} (without --database: SQLite files in --state-dir)"
         )
-    if importlib.util.find_spec("psycopg") is None:
-        return MissingExtraError("postgres", "a postgresql:// database", "psycopg").message
+    try:
+        importlib.import_module("psycopg")
+    except ImportError as e:
+        return MissingExtraError("postgres", "a postgresql:// database", e.name or "psycopg").message
     return None
 
 
@@ -54,15 +56,24 @@ def display_name(target: Target) -> str:
     return f"postgresql:///{unquote(parts.path.lstrip('/')) or parts.username or ''}"
 
 
-def open_database(target: Target) -> Database:
-    """The database behind `target`; nothing is connected yet."""
-    if is_postgres(target):
-        from pneumo_onnx.engine.serve.store.postgres_backend import PostgresDatabase
+def location(target: Target) -> str:
+    """What startup errors name: a file's name, or a URL's host, port and database (never
+    its user or password)."""
+    if not is_postgres(target):
+        return Path(target).name
+    parts = urlsplit(str(target))
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # a port that is not a number: the driver says so
+        port = ""
+    return f"{parts.hostname or 'localhost'}{port}/{unquote(parts.path.lstrip('/'))}"
 
-        return PostgresDatabase(str(target))
-    from pneumo_onnx.engine.serve.store.sqlite_backend import SqliteDatabase
 
-    return SqliteDatabase(Path(target))
+def scrub(target: Target, error: BaseException) -> str:
+    """A driver's message, first line only, without the URL's password should it quote it."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    password = urlsplit(str(target)).password if is_postgres(target) else None
+    return text.replace(password, "***") if password else text
 
 
 @dataclass(frozen=True)
@@ -87,9 +98,7 @@ class Dialect:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
 
     def ddl(self, text: str) -> str:
-        return text.format(
-            real=self.real, bigint=self.bigint, blob=self.blob, row_id=self.row_id
-        )
+        return text.format(real=self.real, bigint=self.bigint, blob=self.blob, row_id=self.row_id)
 
     def integer(self, expr: str) -> str:
         """`expr` truncated toward zero to an integer, the same on both (PostgreSQL's CAST
@@ -149,9 +158,7 @@ class Conn:
     """One connection of either driver, in autocommit mode: statements outside `transaction`
     commit alone. Counts the rows its INSERT, UPDATE and DELETE statements changed."""
 
-    def __init__(
-        self, raw: Any, dialect: Dialect, errors: tuple[type[BaseException], ...]
-    ) -> None:
+    def __init__(self, raw: Any, dialect: Dialect, errors: tuple[type[BaseException], ...]) -> None:
         self.raw = raw
         self.dialect = dialect
         self.errors = errors
@@ -233,8 +240,10 @@ class Database(ABC):
     dialect: Dialect
     target: Target  # what `open_database` was given (reports open the same)
     name: str  # `display_name(target)`
+    where: str  # `location(target)`
     errors: tuple[type[BaseException], ...]  # everything the driver raises
     bugs: tuple[type[BaseException], ...]  # our mistakes: never a store's state
+    unreachable: tuple[type[BaseException], ...]  # cannot open or reach it (not: wrong content)
 
     @abstractmethod
     def connect(self, *, read_only: bool = False, relaxed_sync: bool = False) -> Conn:
@@ -254,17 +263,17 @@ class Database(ABC):
         """False when there is certainly nothing to read (a SQLite file that is missing)."""
         return True
 
-    def prepare(self, conn: Conn) -> None:
+    def prepare(self, conn: Conn) -> None:  # noqa: B027 (a hook: SQLite's alone)
         """Settings taken before the first table of a new database is created."""
 
-    def remember(self) -> None:
+    def remember(self) -> None:  # noqa: B027 (a hook: SQLite's alone)
         """The tables are created: what `replaced` compares against."""
 
     def replaced(self) -> bool:
         """Was the database deleted or replaced under us since `remember`?"""
         return False
 
-    def forget(self) -> None:
+    def forget(self) -> None:  # noqa: B027 (a hook: SQLite's alone)
         """Drop what belonged to a deleted database before it is created again."""
 
     def revive(self, conn: Conn) -> Conn:
@@ -285,5 +294,5 @@ class Database(ABC):
     @abstractmethod
     def runner_lease(self) -> RunnerLease: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a hook: PostgreSQL's pool alone)
         """Close pooled connections."""

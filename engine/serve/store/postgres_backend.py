@@ -24,6 +24,7 @@ from pneumo_onnx.engine.serve.store.backend import (
     Database,
     RunnerLease,
     display_name,
+    location,
 )
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,10 @@ class PostgresDatabase(Database):
         self.url = url
         self.target = url
         self.name = display_name(url)
+        self.where = location(url)
         self.errors = (self._psycopg.Error,)
         self.bugs = (self._psycopg.IntegrityError, self._psycopg.ProgrammingError)
+        self.unreachable = (self._psycopg.OperationalError,)
         self._idle: list[Conn] = []
         self._lock = threading.Lock()
 
@@ -83,10 +86,10 @@ class PostgresDatabase(Database):
         finally:
             idle = not conn.broken and conn.raw.info.transaction_status == _IDLE
             with self._lock:
-                if idle and len(self._idle) < IDLE_CONNECTIONS:
+                kept = idle and len(self._idle) < IDLE_CONNECTIONS
+                if kept:
                     self._idle.append(conn)
-                    conn = None  # type: ignore[assignment]
-            if conn is not None:
+            if not kept:
                 conn.close()
 
     def runner_lease(self) -> RunnerLease:

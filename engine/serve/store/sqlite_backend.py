@@ -28,11 +28,12 @@ class SqliteDatabase(Database):
     dialect = SQLITE
     errors = (sqlite3.Error,)
     bugs = (sqlite3.IntegrityError, sqlite3.ProgrammingError)
+    unreachable = (sqlite3.OperationalError,)
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.target = path
-        self.name = path.name
+        self.name = self.where = path.name
         self._inode: int | None = None
 
     def connect(self, *, read_only: bool = False, relaxed_sync: bool = False) -> Conn:
