@@ -59,6 +59,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, state.runner.stop, SHUTDOWN_SECONDS)
             await state.service.close()
+            state.jobs.close()
             unwritten = await loop.run_in_executor(
                 None, state.prediction_log.close_within, SHUTDOWN_SECONDS
             )

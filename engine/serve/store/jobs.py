@@ -64,6 +64,10 @@ class JobStore:
         self._next_probe = 0.0
         self._create()
 
+    def close(self) -> None:
+        """Close the connections kept for the store's calls (PostgreSQL; SQLite keeps none)."""
+        self.database.close()
+
     @property
     def failure(self) -> str | None:
         """Why the store cannot write now (None while healthy)."""

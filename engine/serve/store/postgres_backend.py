@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -59,6 +60,8 @@ class PostgresDatabase(Database):
         self.unreachable = (self._psycopg.OperationalError,)
         self._idle: list[Conn] = []
         self._lock = threading.Lock()
+        # A store dropped without close(): its idle connections closed, not left to the GC.
+        weakref.finalize(self, _close_all, self._idle)
 
     def connect(self, *, read_only: bool = False, relaxed_sync: bool = False) -> Conn:
         options: dict[str, Any] = {"autocommit": True, "application_name": "pneumo"}
@@ -97,9 +100,14 @@ class PostgresDatabase(Database):
 
     def close(self) -> None:
         with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+            idle = list(self._idle)
+            self._idle.clear()
+        _close_all(idle)
+
+
+def _close_all(conns: list[Conn]) -> None:
+    for conn in conns:
+        conn.close()
 
 
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open on the connection
