@@ -43,7 +43,8 @@ def database_problem(url: str) -> str | None:
     try:
         importlib.import_module("psycopg")
     except ImportError as e:
-        return MissingExtraError("postgres", "a postgresql:// database", e.name or "psycopg").message
+        missing = e.name or "psycopg"
+        return MissingExtraError("postgres", "a postgresql:// database", missing).message
     return None
 
 
