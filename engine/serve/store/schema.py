@@ -119,16 +119,12 @@ def open_store(db: Database, store: str, *, relaxed_sync: bool = False) -> Conn:
     try:
         conn = db.connect(relaxed_sync=relaxed_sync)
     except db.errors as e:
-        raise UsageError(
-            f"cannot open {WHAT[store]} {db.where}: {scrub(db.target, e)}"
-        ) from e
+        raise UsageError(f"cannot open {WHAT[store]} {db.where}: {scrub(db.target, e)}") from e
     try:
         migrate(db, conn, store)
     except db.errors as e:
         conn.close()
-        raise UsageError(
-            f"cannot open {WHAT[store]} {db.where}: {scrub(db.target, e)}"
-        ) from e
+        raise UsageError(f"cannot open {WHAT[store]} {db.where}: {scrub(db.target, e)}") from e
     except BaseException:
         conn.close()
         raise
