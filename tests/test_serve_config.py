@@ -29,7 +29,14 @@ from pneumo_onnx.engine.serve.setting import env_name, flag
 from tests.server_process import ServerProcess
 
 DERIVED = {"api_keys", "admin_keys", "load_before_serving"}  # by `pneumo serve`, not settings
-TLS_PAIR = {"ssl_certfile": "ssl_keyfile", "ssl_keyfile": "ssl_certfile"}
+# What a setting needs beside it to be valid.
+PARTNERS: dict[str, dict[str, object]] = {
+    "ssl_certfile": {"ssl_keyfile": Path("partner.pem")},
+    "ssl_keyfile": {"ssl_certfile": Path("partner.pem")},
+    "replicas": {"ray": True},
+    "autoscale": {"ray": True},
+}
+EXAMPLES = {"autoscale": "1:3", "database": "postgresql://pneumo@127.0.0.1:5432/shared"}
 USER_KEY = "user-0123456789abcdef"
 ADMIN_KEY = "admin-0123456789abcdef"
 SECRET = "secret-0123456789abcdef"
@@ -53,6 +60,8 @@ def example(name: str, folder: Path) -> object:
     """A valid value of setting `name` that is not its default (a path: a key file)."""
     kind, setting = schema()[name]
     default = getattr(ServeConfig(), name)
+    if name in EXAMPLES:
+        return EXAMPLES[name]
     if setting.choices:
         return next(c for c in setting.choices if c != default)
     if kind.base is bool:
@@ -120,7 +129,7 @@ def test_every_setting_has_a_flag_a_variable_and_a_file_key(
     name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     value = example(name, tmp_path)
-    partner = {TLS_PAIR[name]: Path("partner.pem")} if name in TLS_PAIR else {}
+    partner = PARTNERS.get(name, {})
     by_env = resolve(partner, environ={env_name(name): as_text(value)})
     assert getattr(by_env.config, name) == value
     assert by_env.sources[name] == f"env {env_name(name)}"
@@ -132,9 +141,14 @@ def test_every_setting_has_a_flag_a_variable_and_a_file_key(
         given = [flag(name) if value else "--no-" + flag(name)[2:]]
     else:
         given = [flag(name), as_text(value)]
-    for other, path in partner.items():
-        given += [flag(other), str(path)]
-    assert printed(capsys, *given)[name] == as_plain(value)
+    for other, partner_value in partner.items():
+        given += [flag(other)] if partner_value is True else [flag(other), str(partner_value)]
+    if schema()[name][1].secret:  # said to be set, never shown
+        assert main(["serve", *given, "--print-config"]) == 0
+        out = capsys.readouterr().out
+        assert f"# {name}: set (flag {flag(name)}; redacted)" in out and str(value) not in out
+    else:
+        assert printed(capsys, *given)[name] == as_plain(value)
     assert main(["serve", "--help"]) == 0
     shown = "".join(capsys.readouterr().out.split())  # argparse wraps at spaces and hyphens
     assert flag(name) in shown and "".join(schema()[name][1].help.split()) in shown

@@ -23,7 +23,8 @@ def add(sub: Subparsers) -> None:
         sub,
         "monitor",
         help="read a `pneumo serve` prediction log: summary, drift",
-        description="Reports on the SQLite prediction log written by `pneumo serve`.",
+        description="Reports on the prediction log written by `pneumo serve`: a SQLite file, or "
+        "the PostgreSQL database that servers share.",
     )
     msub = p.add_subparsers(dest="monitor_command", metavar="REPORT", required=True)
     s = command(
@@ -32,7 +33,12 @@ def add(sub: Subparsers) -> None:
         help="counts, class rates, score distribution, latency percentiles",
         description="What the prediction log holds for the last N hours.",
     )
-    s.add_argument("--db", required=True, metavar="PATH", help="the prediction log (SQLite)")
+    s.add_argument(
+        "--db",
+        required=True,
+        metavar="PATH|URL",
+        help="the prediction log: a SQLite file, or a postgresql:// URL",
+    )
     s.add_argument("--hours", type=positive_float, default=24.0, help="window in hours")
     add_json_option(s, "the summary")
     s.set_defaults(handler=run)
@@ -45,7 +51,12 @@ def add(sub: Subparsers) -> None:
         "the scores. Exit 1 when the drift is significant (PSI > 0.25 or a class rate moved "
         "by more than 0.1).",
     )
-    d.add_argument("--db", required=True, metavar="PATH", help="the prediction log (SQLite)")
+    d.add_argument(
+        "--db",
+        required=True,
+        metavar="PATH|URL",
+        help="the prediction log: a SQLite file, or a postgresql:// URL",
+    )
     d.add_argument("--recent-hours", type=positive_float, default=24.0, help="recent window")
     d.add_argument(
         "--reference-hours", type=positive_float, default=168.0, help="reference window start"

@@ -120,9 +120,13 @@ def run(args: argparse.Namespace) -> int:
     configure("INFO")
     logging.getLogger("python_multipart").setLevel(logging.ERROR)  # per-part parser chatter
     chosen = {n: s for n, s in resolved.sources.items() if s != "default"}
+    secret = {n for n, (_, setting) in settings().items() if setting.secret}
     log.info(
         "settings: %s",
-        "; ".join(f"{n}={getattr(resolved.config, n)!r} ({s})" for n, s in chosen.items())
+        "; ".join(
+            f"{n}={'(redacted)' if n in secret else repr(getattr(resolved.config, n))} ({s})"
+            for n, s in chosen.items()
+        )
         or "all defaults",
     )
     for variable in resolved.unknown_env:

@@ -58,6 +58,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, state.runner.stop, SHUTDOWN_SECONDS)
             await state.service.close()
+            state.jobs.close()
             state.metrics.close()
             unwritten = await loop.run_in_executor(
                 None, state.prediction_log.close_within, SHUTDOWN_SECONDS
@@ -104,12 +105,14 @@ def create_app(config: ServeConfig) -> FastAPI:
 def _build(config: ServeConfig) -> ServerState:
     metrics = ServerMetrics()
     folder = _state_dir(config.state_dir)
+    # One PostgreSQL database that servers share, or a SQLite file per store in the folder.
+    database = config.database
+    jobs = JobStore(database or folder / "jobs.db", max_pending_bytes=config.job_store_bytes)
     prediction_log = PredictionLog(
-        folder / "predictions.db",
+        database or folder / "predictions.db",
         store_images=config.log_images,
         retention_days=config.log_retention_days,
     )
-    jobs = JobStore(folder / "jobs.db", max_pending_bytes=config.job_store_bytes)
     root = config.model_repo or default_model_dir().parent
     service = ScoringService(
         ModelRegistry(root, config.device, config.variant, config.threads, config.preprocessing),

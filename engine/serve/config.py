@@ -24,6 +24,7 @@ from pneumo_onnx.engine.runtime.choices import DEVICES, PREPROCESSING, PREPROCES
 from pneumo_onnx.engine.runtime.limits import MAX_PIXELS
 from pneumo_onnx.engine.runtime.sandbox import Limits
 from pneumo_onnx.engine.serve.setting import Kind, Setting, SettingsError, flag
+from pneumo_onnx.engine.serve.store.backend import database_problem
 
 CONFIG_ENV = "PNEUMO_SERVE_CONFIG"  # the config of a --workers N process, as JSON
 # The addresses that are this machine only: listening on one, the server accepts loopback
@@ -163,6 +164,14 @@ class ServeConfig:
     state_dir: Annotated[Path, Setting("prediction log and job database folder")] = Path(
         "pneumo-state"
     )
+    database: Annotated[
+        str,
+        Setting(
+            "postgresql://user[:password]@host[:port]/dbname: the prediction log and job store "
+            "that several servers share (default: SQLite files in --state-dir)",
+            secret=True,
+        ),
+    ] = field(default="", repr=False)
     log_images: Annotated[bool, Setting("also store images in the log")] = False
     log_retention_days: Annotated[
         float,
@@ -214,6 +223,8 @@ class ServeConfig:
             pair = ["ssl_certfile", "ssl_keyfile"]
             given, missing = pair if self.ssl_keyfile is None else pair[::-1]
             problems.append((given, f"is given without {flag(missing)}: TLS needs both"))
+        if self.database and (problem := database_problem(self.database)):
+            problems.append(("database", problem))
         problems += self._replica_problems()
         if problems:
             raise SettingsError(problems)

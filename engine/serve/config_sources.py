@@ -137,8 +137,10 @@ def describe(resolved: Resolved) -> str:
     for name, (_, setting) in settings().items():
         value = getattr(resolved.config, name)
         note = (f"{setting.unit}; " if setting.unit else "") + resolved.sources[name]
-        if value is None:
+        if value is None or value == "":
             lines.append(f"# {name}: not set ({resolved.sources[name]})")
+        elif setting.secret:
+            lines.append(f"# {name}: set ({resolved.sources[name]}; redacted)")
         else:
             lines.append(f"{name} = {_toml(value)}  # {note}")
     for name, how in resolved.keys.items():

@@ -38,6 +38,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()  # more flag names, kept working after a rename
     settable: bool = True  # False: derived by the server, not given by a user
+    secret: bool = False  # may hold a password: never shown, never in repr
 
     def problem(self, value: object) -> str | None:
         """What is wrong with `value` (a value of the setting's type), or None."""

@@ -131,8 +131,8 @@ async def monitoring_summary(
     hours: Annotated[float, Query(description="window length")] = 24.0,
 ) -> dict[str, Any]:
     """Counts, class rates, confidence distribution and latency percentiles."""
-    path = server(request).prediction_log.path
-    return await _report(summarize, path, _hours(hours, "hours"))
+    target = server(request).prediction_log.target
+    return await _report(summarize, target, _hours(hours, "hours"))
 
 
 @router.get("/monitoring/drift", tags=["monitoring"], dependencies=access("user"))
@@ -144,7 +144,7 @@ async def monitoring_drift(
     """Recent window against a reference window: class-rate change and score PSI."""
     return await _report(
         drift_report,
-        server(request).prediction_log.path,
+        server(request).prediction_log.target,
         recent_hours=_hours(recent_hours, "recent_hours"),
         reference_hours=_hours(reference_hours, "reference_hours"),
     )
