@@ -69,7 +69,7 @@ BAD_VALUE = {
     "bench": (["bench", "--batch-sizes", "0"], "expected integers >= 1 like 1,8,32, got '0'"),
     "convert": (["convert", "m.keras", "-o", "{tmp}", "--threshold", "nan"], "expected a number"),
     "validate": (["validate", MODEL, "--min-auc", "2"], "expected a number in [0, 1]"),
-    "serve": (["serve", "--port", "http"], "invalid int value: 'http'"),
+    "serve": (["serve", "--port", "http"], "--port: expected a whole number, got 'http'"),
     "monitor-summary": (["monitor", "summary", "--db", "x.db", "--hours", "-1"], "positive"),
     "monitor-drift": (["monitor", "drift", "--db", "x.db", "--recent-hours", "0"], "positive"),
 }

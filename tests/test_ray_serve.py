@@ -4,7 +4,10 @@ draining on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,32 +21,50 @@ from pneumo_onnx.engine.errors import UsageError
 from pneumo_onnx.engine.runtime.engine import Engine
 from pneumo_onnx.engine.runtime.samples import sample_images
 from pneumo_onnx.engine.serve.config import ServeConfig
+from tests.postgres_server import PostgresServer
 from tests.server_process import ServerProcess
 
 pytest.importorskip("ray.serve", reason="the 'ray' extra is not installed")
 from pneumo_onnx.engine.serve.ray_serve import build, deployment_options
 
-UPLOADS = 48
+UPLOADS = 300
+SHARED_FULLRES = Path(__file__).resolve().parents[2] / "shared" / "data" / "fullres"
 # Ray prefixes each line a replica logs with its actor and process id.
 REPLICA_LINE = re.compile(r"\(ServeReplica:pneumo:PneumoServer pid=(\d+)\).*POST /predict 200")
+REPLICA_STATES = """
+import json, ray
+from ray import serve
+ray.init(address="auto", log_to_driver=False)
+app = serve.status().applications["pneumo"]
+print(json.dumps({"app": str(app.status),
+    "replicas": {str(k): v for k, v in app.deployments["PneumoServer"].replica_states.items()}}))
+"""
 
 
 def unique_uploads(n: int) -> list[tuple[Path, bytes]]:
-    """`n` different files (bytes after the JPEG's end, which decoders ignore) of the samples:
-    every upload misses the result cache, and each has a known score."""
-    samples = sample_images()
+    """`n` different files: the full-resolution X-rays when present, then the samples, each
+    repeated with bytes after the JPEG's end (which decoders ignore) so every upload misses the
+    result cache and the scores of the same pixels are known."""
+    images = sample_images() + (
+        sorted(SHARED_FULLRES.rglob("*.jpeg")) if SHARED_FULLRES.is_dir() else []
+    )
     return [
-        (samples[i % len(samples)], samples[i % len(samples)].read_bytes() + b"%08d" % i)
+        (images[i % len(images)], images[i % len(images)].read_bytes() + b"%08d" % i)
         for i in range(n)
     ]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def database(postgres: PostgresServer) -> str:
+    return postgres.database()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, database: str) -> Iterator[ServerProcess]:
     cwd = tmp_path_factory.mktemp("ray-serve")
     srv = ServerProcess(
         cwd,
-        *("--ray", "--replicas", "2", "--state-dir", "state", "--decode-workers", "1"),
+        *("--ray", "--replicas", "2", "--decode-workers", "1", "--database", database),
         env={"RAY_DEDUP_LOGS": "0"},  # every replica's lines, each with its pid
     )
     srv.start(timeout=240)
@@ -57,10 +78,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 @pytest.mark.slow
-def test_two_replicas_serve_one_app_and_drain(server: ServerProcess) -> None:
+def test_two_replicas_share_postgres_and_drain(
+    server: ServerProcess, postgres: PostgresServer, database: str
+) -> None:
     engine = Engine.load()
-    expected = {p: engine.predict(p)["raw_score"] for p in sample_images()}
     uploads = unique_uploads(UPLOADS)
+    expected = {p: engine.predict(p)["raw_score"] for p in {p for p, _ in uploads}}
 
     def post(upload: tuple[Path, bytes]) -> tuple[Path, httpx.Response]:
         path, data = upload
@@ -73,33 +96,39 @@ def test_two_replicas_serve_one_app_and_drain(server: ServerProcess) -> None:
     for path, r in answers:
         assert r.json()["raw_score"] == pytest.approx(expected[path], abs=1e-6)
 
-    # The V2 route through the stock client, on the same replicas.
+    # The same uploads through the stock V2 client, one image per request, 8 at once.
     import tritonclient.http as triton
 
-    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
-    raw = np.array([data for _, data in uploads[:4]], dtype=np.object_)
-    tensor = triton.InferInput("image_bytes", [4], "BYTES")
-    tensor.set_data_from_numpy(raw)
-    scores = client.infer("pneumonia", [tensor]).as_numpy("score").ravel()
-    np.testing.assert_allclose(scores, [expected[p] for p, _ in uploads[:4]], atol=1e-6)
-    client.close()
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}", concurrency=8)
 
-    # Both replicas answered, and both write the one log that either reads.
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        pids = set(REPLICA_LINE.findall(server.log.read_text()))
-        if len(pids) == 2:
-            break
-        time.sleep(0.5)
+    def infer(upload: tuple[Path, bytes]) -> float:
+        tensor = triton.InferInput("image_bytes", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([upload[1]], dtype=np.object_))
+        return float(client.infer("pneumonia", [tensor]).as_numpy("score").ravel()[0])
+
+    with ThreadPoolExecutor(8) as pool:
+        scores = list(pool.map(infer, uploads))
+    client.close()
+    np.testing.assert_allclose(scores, [expected[p] for p, _ in uploads], atol=1e-6)
+
+    # Both replicas are RUNNING and answered; both write the one log in PostgreSQL.
+    states = subprocess.run(
+        [sys.executable, "-c", REPLICA_STATES], capture_output=True, text=True, timeout=120
+    )
+    assert json.loads(states.stdout.splitlines()[-1])["replicas"] == {"RUNNING": 2}, states
+    pids = set(REPLICA_LINE.findall(server.log.read_text()))
     assert len(pids) == 2, f"requests reached replicas {pids}"
     time.sleep(0.5)  # each replica's log writer commits within 50 ms
-    total = httpx.get(f"{server.url}/monitoring/summary?hours=1").json()["total"]
-    assert total == UPLOADS + 4
+    summary = httpx.get(f"{server.url}/monitoring/summary?hours=1").json()
+    assert summary["total"] == 2 * UPLOADS and summary["errors"] == 0, summary
+    dbname = database.rsplit("/", 1)[1]
+    assert postgres.execute("SELECT count(*) FROM predictions", dbname)[0][0] == 2 * UPLOADS
     # Either replica, scraped through Ray's proxy, adds up both (they share one node).
     for _ in range(4):
         text = httpx.get(f"{server.url}/metrics").text
         assert f'pneumo_requests_total{{route="/predict",status="200"}} {UPLOADS}.0' in text
-        assert 'pneumo_requests_total{route="/v2/models/{name}/infer",status="200"} 1.0' in text
+        v2 = f'pneumo_requests_total{{route="/v2/models/{{name}}/infer",status="200"}} {UPLOADS}.0'
+        assert v2 in text
 
     assert server.stop(timeout=120) == 0
     log = server.log.read_text()

@@ -109,6 +109,9 @@ class GuardedH11Protocol(H11Protocol):
         )
         for p in idle[: len(self.connections) - limit + 1]:
             p.transport.close()
+            # Counted out now, not when the loop gets to its connection_lost: uvloop may hand
+            # this connection's request to uvicorn's limit check first.
+            self.connections.discard(p)
 
     def _ours(self) -> list[GuardedH11Protocol]:
         return [p for p in self.connections if isinstance(p, GuardedH11Protocol)]
