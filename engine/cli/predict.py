@@ -36,6 +36,13 @@ def add(sub: Subparsers) -> None:
         help="decision threshold (default: the model's, usually 0.5)",
     )
     p.add_argument("--json", action="store_true", help="print a JSON list of result rows")
+    p.add_argument(
+        "--sr",
+        default=None,
+        metavar="OUT.dcm|OUT_DIR",
+        help="also write a DICOM Structured Report per DICOM image (the 'dicomweb' extra): "
+        "one image, the file OUT.dcm; several, OUT_DIR/IMAGE.sr.dcm",
+    )
     add_heatmap_options(p)
     add_model_options(p)
     p.set_defaults(handler=run)
@@ -73,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     images = [*args.images, *args.image]
     if not images:
         raise UsageError("name at least one image: pneumo predict IMAGE...")
+    if args.sr is not None:
+        from pneumo_onnx.engine.offline.dicomweb.sr_files import check_sr_inputs
+
+        check_sr_inputs(images)
     engine = load_engine(args)
     if args.heatmap is not None:
         from pneumo_onnx.engine.explain.heatmap import check_method
@@ -106,4 +117,9 @@ def run(args: argparse.Namespace) -> int:
             negative=args.heatmap_negative,
         )
         print(f"wrote {len(written)} heatmaps to {args.heatmap}", file=sys.stderr)
+    if args.sr is not None:
+        from pneumo_onnx.engine.offline.dicomweb.sr_files import write_sr_files
+
+        reports = write_sr_files(engine, scored, Path(args.sr))
+        print(f"wrote {len(reports)} Structured Reports to {args.sr}", file=sys.stderr)
     return EXIT_FAILED if len(scored) < len(rows) else EXIT_OK
