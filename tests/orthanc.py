@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +41,7 @@ class Orthanc:
         missing = [n for n in ("Orthanc", "dciodvfy") if shutil.which(n) is None]
         if missing or not PLUGIN.is_file():
             pytest.fail(f"{', '.join(missing) or PLUGIN} missing: run `make pacs` (root)")
-        config = {
+        config: dict[str, object] = {
             "Name": "pneumo-test",
             "StorageDirectory": str(self.folder / "storage"),
             "IndexDirectory": str(self.folder / "storage"),
@@ -95,6 +98,60 @@ class Orthanc:
         ).json()
         files = [self.rest("GET", f"/instances/{i['ID']}/file").content for i in found]
         return [f for f in files if _modality(f) == modality]
+
+
+class TlsFront:
+    """HTTPS on a free loopback port in front of a plain-HTTP server, with a self-signed
+    certificate (`cert`, its own CA), as a hospital's reverse proxy fronts its PACS. Orthanc's
+    own HTTPS (1.10, Debian) resets every connection, so the tests terminate TLS here."""
+
+    def __init__(self, folder: Path, backend_port: int) -> None:
+        self.cert, key = folder / "cert.pem", folder / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+             "-keyout", str(key), "-out", str(self.cert)],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(self.cert, key)
+        self.backend_port = backend_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"https://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            secure = self.context.wrap_socket(client, server_side=True)
+        except (OSError, ssl.SSLError):  # the client did not trust us: what the test expects
+            client.close()
+            return
+        backend = socket.create_connection(("127.0.0.1", self.backend_port))
+        threading.Thread(target=_pipe, args=(backend, secure), daemon=True).start()
+        _pipe(secure, backend)
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    try:
+        while data := source.recv(65536):
+            sink.sendall(data)
+    except OSError:
+        pass  # the other side closed: so does this one
+    finally:
+        for s in (source, sink):
+            s.close()
 
 
 def _modality(data: bytes) -> str:

@@ -23,6 +23,7 @@ from tests.orthanc import (
     USER,
     Instance,
     Orthanc,
+    TlsFront,
     dciodvfy_errors,
     sr_items,
     xray_instance,
@@ -238,3 +239,21 @@ def test_an_unreachable_server_is_a_clear_error(
     url = f"http://127.0.0.1:{free_port()}/dicom-web"
     assert main(["batch", "--dicomweb", url, "-o", str(tmp_path / "r.csv")]) == 1
     assert f"cannot reach {url} to search" in capsys.readouterr().err
+
+
+def test_https_with_a_ca_file(
+    pacs: Pacs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    front = TlsFront(tmp_path, pacs.orthanc.port)
+    try:
+        url = f"{front.url}/dicom-web"
+        args = ["batch", "--dicomweb", url, "--dicomweb-user", USER, "--study", pacs.studies[0]]
+        assert main([*args, "-o", str(tmp_path / "untrusted.csv")]) == 1
+        err = capsys.readouterr().err
+        assert f"the TLS certificate of {url} is not trusted" in err
+        assert "pass --dicomweb-ca FILE" in err
+        assert main([*args, "-o", str(tmp_path / "r.csv"), "--dicomweb-ca", str(front.cert)]) == 0
+        got = {r["sop_instance_uid"] for r in rows(tmp_path / "r.csv")}
+        assert {i.sop for i in pacs.instances if i.study == pacs.studies[0]} <= got
+    finally:
+        front.close()
