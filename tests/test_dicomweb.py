@@ -16,6 +16,9 @@ from pydicom.uid import generate_uid
 
 from pneumo_onnx.engine.cli import main
 from pneumo_onnx.engine.cli.dicomweb import PASSWORD_ENV, TOKEN_ENV
+from pneumo_onnx.engine.errors import ImageError
+from pneumo_onnx.engine.offline.dicomweb.client import Client, Found
+from pneumo_onnx.engine.offline.dicomweb.views import incomplete, skip_reason
 from pneumo_onnx.engine.repository.manifest import sha256_file
 from pneumo_onnx.engine.runtime.engine import Engine
 from tests.orthanc import (
@@ -52,31 +55,31 @@ def pacs(tmp_path_factory: pytest.TempPathFactory, samples: list[Path]) -> Itera
     hand; then one `--store-sr` run over all of it."""
     folder = tmp_path_factory.mktemp("pacs")
     orthanc = Orthanc(folder).start()
-    files = folder / "files"
-    files.mkdir()
-    a, b = generate_uid(), generate_uid()
-    normal = [s for s in samples if s.parent.name == "NORMAL"]
-    pneumonia = [s for s in samples if s.parent.name == "PNEUMONIA"]
-    instances = [
-        xray_instance(normal[0], files, a, "P1"),
-        xray_instance(pneumonia[0], files, a, "P1", modality="CR", view="AP"),
-        xray_instance(normal[1], files, a, "P1", view="LL"),
-        xray_instance(pneumonia[1], files, b, "P2"),
-        xray_instance(normal[2], files, b, "P2", view="AP"),
-        xray_instance(pneumonia[2], files, b, "P2", body_part="HAND"),
-    ]
-    for instance in instances:
-        orthanc.store(instance.path.read_bytes())
-    mp = pytest.MonkeyPatch()
-    mp.setenv(PASSWORD_ENV, PASSWORD)
-    stdout = io.StringIO()
-    with pytest.MonkeyPatch.context() as out:
-        out.setattr("sys.stdout", stdout)
-        code = batch(orthanc, folder / "results.csv", "--store-sr")
     try:
-        yield Pacs(orthanc, instances, (a, b), folder / "results.csv", code, stdout.getvalue())
+        files = folder / "files"
+        files.mkdir()
+        a, b = generate_uid(), generate_uid()
+        normal = [s for s in samples if s.parent.name == "NORMAL"]
+        pneumonia = [s for s in samples if s.parent.name == "PNEUMONIA"]
+        instances = [
+            xray_instance(normal[0], files, a, "P1"),
+            xray_instance(pneumonia[0], files, a, "P1", modality="CR", view="AP"),
+            xray_instance(normal[1], files, a, "P1", view="LL"),
+            xray_instance(pneumonia[1], files, b, "P2"),
+            xray_instance(normal[2], files, b, "P2", view="AP"),
+            xray_instance(pneumonia[2], files, b, "P2", body_part="HAND"),
+        ]
+        for instance in instances:
+            orthanc.store(instance.path.read_bytes())
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(PASSWORD_ENV, PASSWORD)
+            stdout = io.StringIO()
+            mp.setattr("sys.stdout", stdout)
+            code = batch(orthanc, folder / "results.csv", "--store-sr")
+            mp.undo()  # stdout back; the password stays set for the module's tests
+            mp.setenv(PASSWORD_ENV, PASSWORD)
+            yield Pacs(orthanc, instances, (a, b), folder / "results.csv", code, stdout.getvalue())
     finally:
-        mp.undo()
         orthanc.stop()
 
 
@@ -257,3 +260,18 @@ def test_https_with_a_ca_file(
         assert {i.sop for i in pacs.instances if i.study == pacs.studies[0]} <= got
     finally:
         front.close()
+
+
+def test_metadata_fills_in_what_a_search_left_out(pacs: Pacs) -> None:
+    lateral = next(i for i in pacs.instances if "-ll-" in i.path.name)
+    with Client(pacs.orthanc.dicomweb, USER, PASSWORD) as client:
+        found = Found(lateral.study, lateral.series, lateral.sop, {})  # a terse server's search
+        assert incomplete(found.attributes)
+        reason = skip_reason(client.metadata(found))
+        assert reason is not None and "ViewPosition is LL" in reason
+        gone = Found(lateral.study, lateral.series, generate_uid(), {})
+        with pytest.raises(ImageError, match="sent no metadata"):
+            client.metadata(gone)
+        with pytest.raises(ImageError, match="no longer has this instance"):
+            client.retrieve(gone)
+        assert list(client.search([generate_uid()], None)) == []

@@ -117,7 +117,8 @@ def run_dicomweb(args: argparse.Namespace) -> int:
     print(
         f"found {summary.found} instances at {client.url}: scored "
         f"{summary.total - len(summary.errors)} in {summary.seconds:.1f} s: {counts}; "
-        f"{len(summary.errors)} errors; {summary.not_frontal} not frontal chest X-rays; "
+        f"{len(summary.errors)} errors; {summary.not_scored} not frontal chest X-rays "
+        "(see the skipped column); "
         f"{summary.skipped} skipped (already in {args.output}){stored}"
     )
     for sop, message in summary.errors:

@@ -174,7 +174,7 @@ class Client:
         self, method: str, path: str, what: str, params: dict[str, Any] | None = None
     ) -> list[Any]:
         with self._request(method, path, what, DICOM_JSON, params=params) as r:
-            if r.status_code == 204:  # QIDO-RS: no match
+            if r.status_code in (204, 404):  # no match; no such study or instance (any more)
                 return []
             self._check(r, what)
             body = _bounded(r, MAX_JSON_BYTES, f"the answer to {what}")

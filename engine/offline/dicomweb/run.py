@@ -33,10 +33,10 @@ KEY: Final = "sop_instance_uid"
 
 @dataclass
 class DicomwebSummary(Summary):
-    """A folder run's summary, plus the instances skipped as not frontal chest X-rays and the
-    SRs stored."""
+    """A folder run's summary, plus the instances not scored (not frontal chest X-rays, or not
+    images at all) and the SRs stored."""
 
-    not_frontal: int = 0
+    not_scored: int = 0
     reports: int = 0
     found: int = 0
 
@@ -77,7 +77,7 @@ def run_dicomweb(
                 reason = _reason(client, f, options.any_view)
                 if reason is not None:
                     writer.write(_row(client, f, None, skipped=reason))
-                    summary.not_frontal += 1
+                    summary.not_scored += 1
                     continue
                 try:
                     fetched.append((f, client.retrieve(f)))
@@ -161,9 +161,13 @@ def _row(
     skipped: str | None = None,
     sr_uid: str | None = None,
 ) -> dict[str, Any]:
-    base: dict[str, Any] = dict(to_row(f"{client.url}/{f.path}", result or failed("")))
-    if result is None:
-        base["error"] = None
+    """The folder run's row of `result` (all empty but the URL when skipped), plus ours."""
+    url = f"{client.url}/{f.path}"
+    base: dict[str, Any] = (
+        dict(to_row(url, result))
+        if result is not None
+        else {**dict.fromkeys(ROW_COLUMNS), "image_path": url}
+    )
     return {
         **base,
         "study_instance_uid": f.study,
