@@ -35,7 +35,7 @@ from pneumo_onnx.engine.offline.machine import machine
 
 DEFAULT_SUITES = ("model", "pipeline", "serve", "startup")
 ALL_SUITES = (*DEFAULT_SUITES, "conversion", "ray", "limits")
-SERVE_TARGETS = ("pneumo", "flask-keras")
+SERVE_TARGETS = ("pneumo", "flask-keras", "pneumo-workers2", "pneumo-ray2")
 
 
 class BenchUsageError(Exception):
@@ -93,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", default="1,8,32,128", help="model suite batch sizes")
     p.add_argument("--requests", type=int, default=400, help="serve suite: requests per server")
     p.add_argument("--concurrency", type=int, default=16, help="serve suite: concurrent clients")
-    p.add_argument("--serve-targets", default=",".join(SERVE_TARGETS), help="pneumo, flask-keras")
+    p.add_argument(
+        "--serve-targets",
+        default="pneumo,flask-keras",
+        help=f"some of {', '.join(SERVE_TARGETS)}, or all",
+    )
     p.add_argument(
         "--compare-checkout",
         default=None,

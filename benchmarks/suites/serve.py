@@ -20,6 +20,15 @@ from benchmarks.suites import COMPARED, NO_KERAS, Context, checkout_env, has, pn
 from benchmarks.timing import ProcessFailed, json_from_stdout, ratio, run_process
 
 BASELINE = "flask-keras"
+# `pneumo serve` in each of its shapes on one machine: one process, two worker processes, two
+# Ray Serve replicas on a local Ray (the 'ray' extra).
+PNEUMO_SHAPES: dict[str, tuple[str, ...]] = {
+    "pneumo": (),
+    "pneumo-workers2": ("--workers", "2"),
+    "pneumo-ray2": ("--ray", "--replicas", "2"),
+}
+# Ray's proxy answers once one replica is up; every replica is once the CLI logs this.
+ALL_REPLICAS_UP = b"serving on Ray"
 READY_TIMEOUT = 180.0
 
 
@@ -55,6 +64,7 @@ def server_argv(target: str, port: int, workdir: Path, checkout: Path | None = N
             str(port),
             "--state-dir",
             str(workdir / f"{target}-state"),
+            *PNEUMO_SHAPES[target.split("@")[0]],
         ]
     return [sys.executable, "-m", "benchmarks.seed_server", "--port", str(port)]
 
@@ -69,7 +79,9 @@ def wait_ready(proc: subprocess.Popen, port: int, log: Path) -> float:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         try:
             conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
+            if conn.getresponse().status == 200 and (
+                "--ray" not in proc.args or ALL_REPLICAS_UP in log.read_bytes()
+            ):
                 return time.perf_counter() - start
         except OSError:
             pass
@@ -164,7 +176,9 @@ class _Skipped(Exception):
 
 def _measure(ctx: Context, target: str) -> dict[str, Any]:
     """One run of the load against `target`, or _Skipped with why it cannot run here."""
-    if target.startswith("pneumo"):
+    if target.startswith("pneumo-ray") and not has("ray"):
+        reason = "Ray Serve not installed: pip install 'pneumo-onnx[ray]'"
+    elif target.startswith("pneumo"):
         reason = pneumo_serve_missing()
     elif not (has("keras") and has("tensorflow")):
         reason = NO_KERAS
