@@ -60,6 +60,7 @@ class ConvertOptions:
     tolerance: float | None = None  # None: from the model's own fp32 noise (convert.noise)
     custom_objects: str | None = None
     training_list: str | None = None  # copied into the version (training_images.txt[.gz])
+    validation_list: str | None = None  # likewise (validation_images.txt[.gz])
     expected_scores: str | None = None  # the application's own scores (convert.expected)
 
 
@@ -95,7 +96,14 @@ def convert_loaded(
     src: LoadedSource, repo: Path, version: int, opts: ConvertOptions, start: float | None = None
 ) -> ConvertResult:
     start = time.perf_counter() if start is None else start
-    listed = read_training_list(opts.training_list) if opts.training_list else None
+    lists = {
+        key: read_training_list(path, key)
+        for key, path in (
+            ("training_images", opts.training_list),
+            ("validation_images", opts.validation_list),
+        )
+        if path
+    }
     expected = (
         read_expected(opts.expected_scores, opts.image_folders) if opts.expected_scores else None
     )
@@ -182,9 +190,9 @@ def convert_loaded(
             kept,
         )
 
-    if listed is not None:
-        name, data, count = listed
-        files[name], figures[name] = data, {"kind": "training list", "images": count}
+    for key, (name, data, count) in lists.items():
+        kind = key.replace("_images", " list")
+        files[name], figures[name] = data, {"kind": kind, "images": count}
     manifest: dict[str, Any] = {
         "name": opts.name,
         "version": version,
@@ -196,7 +204,7 @@ def convert_loaded(
             **({"scale": cam.scale.to_dict()} if cam and cam.scale else {}),
         },
         **provenance,
-        **({"training_images": {"file": listed[0], "images": listed[2]}} if listed else {}),
+        **{key: {"file": name, "images": count} for key, (name, _, count) in lists.items()},
         "checks": [
             {"name": c.name, "passed": c.passed, "skipped": c.skipped, "detail": c.detail}
             for c in report.checks
