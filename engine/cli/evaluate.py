@@ -46,7 +46,12 @@ def add(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo_onnx.engine.offline.evaluate import evaluate_folder, report_lines, write_json
+    from pneumo_onnx.engine.offline.evaluate import (
+        caption,
+        evaluate_folder,
+        report_lines,
+        write_json,
+    )
 
     if args.plots:
         from pneumo_onnx.engine.explain.plots import pyplot
@@ -70,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             (c.negative_label, c.positive_label),
             result.metrics["recommended_threshold"],
             result.metrics["caveats"],
+            caption(engine, Path(args.folder), result),
         )
         print(f"wrote {len(written)} plots to {args.plots}")
     return EXIT_FAILED if result.errors else EXIT_OK
