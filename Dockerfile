@@ -8,10 +8,12 @@ RUN useradd --create-home --uid 10001 pneumo
 WORKDIR /app
 
 COPY pyproject.toml README.md LICENSE ./
+COPY LICENSES ./LICENSES
+COPY pneumo_onnx ./pneumo_onnx
 COPY engine ./engine
 COPY models ./models
 COPY convert ./convert
-RUN pip install '.[serve]' && rm -rf /app/engine /app/models /app/convert
+RUN pip install '.[serve]' && rm -rf /app/engine /app/models /app/convert /app/pneumo_onnx
 
 USER pneumo
 WORKDIR /home/pneumo

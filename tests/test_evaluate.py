@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,12 +20,14 @@ from pneumo_onnx.engine.contract import Contract, InputSpec
 from pneumo_onnx.engine.errors import RepositoryError, UsageError
 from pneumo_onnx.engine.explain.plots import PLOTS
 from pneumo_onnx.engine.repository.manifest import (
+    Manifest,
     parse_training_list,
     read_manifest,
     training_list,
     validation_list,
 )
 from pneumo_onnx.engine.repository.resolve import default_model_dir
+from pneumo_onnx.engine.repository.sections import ImageList, TrainingImages
 from pneumo_onnx.engine.runtime.samples import SAMPLES_DIR
 
 CONTRACT = Contract(input=InputSpec(height=32, width=32))
@@ -52,14 +55,18 @@ def version_with_list(
     gzipped validation list."""
     files = {"model.onnx": write_model(contract=CONTRACT).read_bytes()}
     info: dict[str, dict[str, str]] = {"model.onnx": {"kind": "fp32"}}
-    manifest: dict[str, object] = {"name": "tiny"}
+    held: dict[str, ImageList] = {}
     for key, listed in (("training_images", names), ("validation_images", validation)):
         if listed is None:
             continue
         name = f"{key}.txt.gz"
         files[name] = gzip.compress("".join(f"{n}\n" for n in listed).encode(), mtime=0)
         info[name] = {"kind": key.replace("_images", " list")}
-        manifest[key] = {"file": name, "images": len(listed)}
+        held[key] = ImageList(name, len(listed))
+    manifest = Manifest(
+        training_images=held.get("training_images"),
+        validation_images=held.get("validation_images"),
+    )
     return write_version(tmp_path / "repo", "tiny", 1, files, info, manifest, CONTRACT)[0]
 
 
@@ -245,7 +252,7 @@ def test_broken_training_lists_are_refused(
     elif change == "tampered":
         (version / "training_images.txt.gz").write_bytes(gzip.compress(b"NORMAL/b.png\n"))
     else:
-        manifest["training_images"]["file"] = "../notes.txt"
+        manifest = replace(manifest, training_images=TrainingImages("../notes.txt", 1))
     with pytest.raises(RepositoryError) as e:
         training_list(version, manifest)
     assert e.value.message == message

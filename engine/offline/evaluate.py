@@ -11,15 +11,14 @@ are optimistic, and the evaluation says so too.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pneumo_onnx.engine.errors import FileAccessError, UsageError
-from pneumo_onnx.engine.repository.manifest import image_list
+from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.repository.manifest import ImageListKey, image_list
 from pneumo_onnx.engine.runtime.engine import Engine
 from pneumo_onnx.engine.runtime.listing import find_images
 from pneumo_onnx.engine.runtime.metrics import auc_phrase, evaluate, too_few
@@ -82,7 +81,7 @@ def evaluate_folder(
 
 
 def training_matches(
-    engine: Engine, paths: list[Path], key: str = "training_images"
+    engine: Engine, paths: list[Path], key: ImageListKey = "training_images"
 ) -> dict[str, int] | None:
     """How many of `paths` the model's version lists as training images (by file name), and
     how many it lists; None when it lists none. `key` validation_images: the same for its
@@ -162,10 +161,3 @@ def caption(engine: Engine, folder: Path, e: Evaluation) -> str:
         f"model {model}{version} ({engine.model.variant}); data {folder.resolve().name}/: "
         f"{m['negatives']} {c.negative_label}, {m['positives']} {c.positive_label}"
     )
-
-
-def write_json(e: Evaluation, path: Path) -> None:
-    try:
-        path.write_text(json.dumps(e.to_dict(), indent=2, default=str) + "\n")
-    except OSError as err:
-        raise FileAccessError("write", path, err) from err

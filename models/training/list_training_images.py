@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 from pathlib import Path
 
@@ -36,10 +35,13 @@ from pneumo_onnx.engine.contract import Contract
 from pneumo_onnx.engine.repository.manifest import (
     IMAGE_LISTS,
     MANIFEST_NAME,
+    ImageListKey,
+    Manifest,
     parse_training_list,
     read_manifest,
     verify_files,
 )
+from pneumo_onnx.engine.repository.sections import FileEntry, ImageList
 from pneumo_onnx.engine.runtime.listing import list_images
 
 MODELS = Path(__file__).resolve().parents[1]
@@ -73,7 +75,7 @@ def validation_names(data: Path, split: Path) -> list[str]:
     return sorted({line.strip() for line in split.read_text().splitlines() if line.strip()})
 
 
-def add_to_version(version_dir: Path, data: bytes, key: str = "training_images") -> Path:
+def add_to_version(version_dir: Path, data: bytes, key: ImageListKey = "training_images") -> Path:
     """Write the gzipped list into `version_dir` and name it in its manifest under `key`
     (training_images or validation_images)."""
     manifest = read_manifest(version_dir)
@@ -85,14 +87,13 @@ def add_to_version(version_dir: Path, data: bytes, key: str = "training_images")
     target = version_dir / name
     target.write_bytes(data)
     count = len(parse_training_list(data, name, what))
-    manifest[key] = {"file": name, "images": count}
-    manifest["files"][name] = {
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "bytes": len(data),
-        "kind": what,
-        "images": count,
-    }
-    (version_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    # Two entries added to the JSON as it is, the rest kept byte for byte (a round trip through
+    # Manifest would restate an old contract in today's schema); checked by the reader.
+    raw = json.loads((version_dir / MANIFEST_NAME).read_text())
+    raw[key] = ImageList(name, count).to_dict()
+    raw["files"][name] = FileEntry.of(data, {"kind": what, "images": count}).to_dict()
+    Manifest.from_dict(raw)
+    (version_dir / MANIFEST_NAME).write_text(json.dumps(raw, indent=2) + "\n")
     return target
 
 
@@ -107,12 +108,13 @@ def main() -> None:
     args = parser.parse_args()
     pick = validation_names if args.validation else training_names
     names = pick(args.data, args.split)
-    kind = "validation" if args.validation else "training"
+    key: ImageListKey = "validation_images" if args.validation else "training_images"
+    kind = key.removesuffix("_images")
     if args.out is not None:
         args.out.write_bytes(encode(names, args.out.name.endswith(".gz")))
         target = args.out
     else:
-        target = add_to_version(args.add_to, encode(names, gz=True), f"{kind}_images")
+        target = add_to_version(args.add_to, encode(names, gz=True), key)
     print(f"wrote {target}: {len(names)} {kind} images, {target.stat().st_size} bytes")
 
 
