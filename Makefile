@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := build/demo
 
-.PHONY: setup chromium postgres demo test test-fast lint clean
+.PHONY: setup chromium postgres pacs demo test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,23 @@ postgres:
 		fi; \
 	}
 
+# A real PACS for the DICOMweb tests (tests/orthanc.py): Orthanc with its DICOMweb plugin, and
+# dicom3tools' dciodvfy, which checks every Structured Report the tests make.
+ORTHANC_DICOMWEB := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
+pacs:
+	@if ! command -v Orthanc >/dev/null 2>&1 || ! command -v dciodvfy >/dev/null 2>&1 || \
+		[ ! -f $(ORTHANC_DICOMWEB) ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update && apt-get install -y --no-install-recommends \
+				orthanc orthanc-dicomweb dicom3tools; \
+		else \
+			echo "error: Orthanc, its DICOMweb plugin or dciodvfy is missing; the DICOMweb" \
+				"tests need them. As root on Debian/Ubuntu:" \
+				"apt-get install orthanc orthanc-dicomweb dicom3tools" >&2; \
+			exit 1; \
+		fi; \
+	fi
+
 # The main job on the shipped default model and sample X-rays, then the conversion stage on
 # the reference Keras model (convert with every variant, validate against Keras).
 demo: setup
@@ -65,12 +82,12 @@ demo: setup
 
 # The rules (lint, types, layers), then unit tests, parity tests and the clean-install check,
 # slow ones included. The report test renders HTML in headless Chromium: only tests need it.
-test: setup chromium postgres lint
+test: setup chromium postgres pacs lint
 	$(BIN)/python -m pytest
 
 # The loop while changing code (a few minutes): the rules, then every test not marked slow
 # (unit tests, the data plane and real servers on loopback; no TensorFlow, no fresh installs).
-test-fast: setup lint
+test-fast: setup postgres pacs lint
 	$(BIN)/python -m pytest tests -m "not slow" -q
 
 # ruff (bugbear, pyupgrade, simplify, ruff's rules), mypy, and the import layers (import-linter).

@@ -80,6 +80,15 @@ class Overloaded(PneumoError):
         self.retry_after = retry_after
 
 
+class RemoteError(PneumoError):
+    """A remote server (a DICOMweb PACS) cannot be reached, or failed or refused a request that
+    the whole run needs: the run stops, and what it finished stays written."""
+
+
+class AuthenticationError(UsageError):
+    """A remote server refused the credentials given (HTTP 401/403): fix them, then rerun."""
+
+
 class ModelLoadError(PneumoError):
     """A model file or folder exists but cannot be read as the model it claims to be."""
 

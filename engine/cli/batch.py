@@ -8,6 +8,11 @@ import sys
 import time
 from pathlib import Path
 
+from pneumo_onnx.engine.cli.dicomweb import (
+    add_dicomweb_options,
+    check_folder_or_dicomweb,
+    run_dicomweb,
+)
 from pneumo_onnx.engine.cli.options import (
     STDIO,
     Subparsers,
@@ -28,7 +33,7 @@ def add(sub: Subparsers) -> None:
         description="Score every image in a folder. Rows are flushed after each model batch; "
         "--resume continues an interrupted run. Exit 1 if any image could not be scored.",
     )
-    p.add_argument("folder", metavar="DIR")
+    p.add_argument("folder", metavar="DIR", nargs="?", help="the folder (or --dicomweb URL)")
     p.add_argument(
         "-o",
         "--output",
@@ -67,15 +72,19 @@ def add(sub: Subparsers) -> None:
         help="score on Ray Data (the 'ray' extra): alone, a local Ray instance; "
         "'auto' or an address, a running cluster. Output: a .parquet or .csv folder",
     )
+    add_dicomweb_options(p)
     add_model_options(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_folder_or_dicomweb(args)
     if args.output == STDIO:
         for flag, given in (("--report", args.report), ("--ray", args.ray)):
             if given is not None:
                 raise UsageError(f"{flag} needs an output file, not -o - (stdout)")
+    if args.dicomweb is not None:
+        return run_dicomweb(args)
     if args.report is not None:
         if args.ray is not None:
             raise UsageError("--report works on local runs only, not with --ray")

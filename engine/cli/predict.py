@@ -37,6 +37,13 @@ def add(sub: Subparsers) -> None:
     p.add_argument("--image", action="append", default=[], help=argparse.SUPPRESS)  # seed CLI
     add_threshold_option(p)
     add_json_option(p, "the result rows, a list")
+    p.add_argument(
+        "--sr",
+        default=None,
+        metavar="OUT.dcm|OUT_DIR",
+        help="also write a DICOM Structured Report per DICOM image (the 'dicomweb' extra): "
+        "one image, the file OUT.dcm; several, OUT_DIR/IMAGE.sr.dcm",
+    )
     add_heatmap_options(p)
     add_model_options(p)
     p.set_defaults(handler=run)
@@ -75,6 +82,12 @@ def run(args: argparse.Namespace) -> int:
     check_named(images)
     if args.heatmap is not None and STDIO in images:
         raise UsageError("--heatmap reads each image twice: name image files, not - (stdin)")
+    if args.sr is not None:
+        if STDIO in images:
+            raise UsageError("--sr files a report by the image's file: name files, not - (stdin)")
+        from pneumo_onnx.engine.offline.dicomweb.sr_files import check_sr_inputs
+
+        check_sr_inputs(images)
     target = json_target(args)
     sources = [read_stdin() if name == STDIO else name for name in images]
     engine = load_engine(args)
@@ -110,6 +123,11 @@ def run(args: argparse.Namespace) -> int:
             negative=args.heatmap_negative,
         )
         print(f"wrote {len(written)} heatmaps to {args.heatmap}", file=sys.stderr)
+    if args.sr is not None:
+        from pneumo_onnx.engine.offline.dicomweb.sr_files import write_sr_files
+
+        reports = write_sr_files(engine, scored, Path(args.sr))
+        print(f"wrote {len(reports)} Structured Reports to {args.sr}", file=sys.stderr)
     return EXIT_FAILED if len(scored) < len(rows) else EXIT_OK
 
 

@@ -13,15 +13,15 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from pneumo_onnx.engine.errors import FileAccessError, UsageError
 from pneumo_onnx.engine.runtime.engine import Engine, check_batch_options
 from pneumo_onnx.engine.runtime.listing import find_images
-from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, Result, Row, to_row
+from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, Result, to_row
 from pneumo_onnx.engine.runtime.sandbox import Sandbox
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
@@ -55,31 +55,44 @@ class ResultWriter:
     """Append-only results file; the header (CSV) is written once, when the file is new.
     Path `-`: CSV on stdout (nothing to resume)."""
 
-    def __init__(self, path: Path, resume: bool, overwrite: bool) -> None:
+    def __init__(
+        self,
+        path: Path,
+        resume: bool,
+        overwrite: bool,
+        columns: tuple[str, ...] = ROW_COLUMNS,
+        key: str = "image_path",
+    ) -> None:
+        """`columns`: the row schema (a DICOMweb run adds its UIDs); `key`: the column that
+        names what a row is about, what `done` holds for a resumed run."""
         self._owned = str(path) != STDOUT
         if resume and not self._owned:
             raise UsageError("--resume needs an output file, not -o - (stdout)")
         self.format = output_format(path)
         self.done: set[str] = set()
-        self._file = self._open(path, resume, overwrite) if self._owned else sys.stdout
-        self._csv = csv.DictWriter(self._file, ROW_COLUMNS) if self.format == "csv" else None
+        self._file = (
+            self._open(path, resume, overwrite, columns, key) if self._owned else sys.stdout
+        )
+        self._csv = csv.DictWriter(self._file, columns) if self.format == "csv" else None
         if self._csv is not None and (not self._owned or self._file.tell() == 0):
             self._csv.writeheader()
 
-    def _open(self, path: Path, resume: bool, overwrite: bool) -> TextIO:
+    def _open(
+        self, path: Path, resume: bool, overwrite: bool, columns: tuple[str, ...], key: str
+    ) -> TextIO:
         if path.exists() and not (resume or overwrite):
             raise UsageError(
                 f"{path} exists: pass --resume to continue it, or --overwrite to replace it"
             )
         if overwrite and not resume and path.exists():
             path.unlink()
-        self.done = _repair_and_read(path, self.format) if path.exists() else set()
+        self.done = _repair_and_read(path, self.format, columns, key) if path.exists() else set()
         try:
             return path.open("a", newline="", encoding="utf-8")
         except OSError as e:
             raise FileAccessError("write", path, e) from e
 
-    def write(self, row: Row) -> None:
+    def write(self, row: Mapping[str, Any]) -> None:
         if self._csv is not None:
             self._csv.writerow(row)
         else:
@@ -181,7 +194,9 @@ def _rows(
         yield paths[index], result
 
 
-def _repair_and_read(path: Path, fmt: str) -> set[str]:
+def _repair_and_read(
+    path: Path, fmt: str, columns: tuple[str, ...] = ROW_COLUMNS, key: str = "image_path"
+) -> set[str]:
     """Drop a torn last line (a run killed mid-write), then return the image paths done."""
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
@@ -194,13 +209,13 @@ def _repair_and_read(path: Path, fmt: str) -> set[str]:
         return set()
     if fmt == "csv":
         reader = csv.DictReader(io.StringIO(text))
-        if tuple(reader.fieldnames or ()) != ROW_COLUMNS:
+        if tuple(reader.fieldnames or ()) != columns:
             raise UsageError(f"{path} is not a pneumo results file (columns differ): not resumed")
-        return {row["image_path"] for row in reader}
+        return {row[key] for row in reader}
     done = set()
     for number, line in enumerate(text.splitlines(), 1):
         try:
-            done.add(json.loads(line)["image_path"])
+            done.add(json.loads(line)[key])
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise UsageError(f"{path} line {number} is not a pneumo result: not resumed") from e
     return done

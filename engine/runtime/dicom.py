@@ -55,6 +55,12 @@ def dicom_header(data: bytes, name: str) -> DicomHeader:
     return _checked(_read(data, name, stop_before_pixels=True), name)
 
 
+def dicom_dataset(data: bytes, name: str) -> Any:
+    """The pydicom dataset of a DICOM file without its pixel data, read with the same checks
+    as the image (what a report about the image copies its patient and study from)."""
+    return _read(data, name, stop_before_pixels=True)
+
+
 def dicom_image(data: bytes, name: str) -> Image.Image:
     ds = _read(data, name, stop_before_pixels=False)
     header = _checked(ds, name)
