@@ -35,16 +35,16 @@ from pneumo_onnx.convert.source import LoadedSource, load_source
 from pneumo_onnx.convert.validate import parity_check, runtime_checks, structure_checks
 from pneumo_onnx.convert.variants import build_and_check
 from pneumo_onnx.engine.contract import PROVENANCE_KEY, Contract
-from pneumo_onnx.engine.repository.manifest import Manifest
+from pneumo_onnx.engine.repository.manifest import IMAGE_LISTS, ImageListKey, Manifest
 from pneumo_onnx.engine.repository.sections import (
     CamRecord,
     CheckRecord,
+    ImageList,
     Parity,
     Preprocessing,
     ProbeImages,
     SkippedVariant,
     Source,
-    TrainingImages,
 )
 from pneumo_onnx.engine.repository.variants import OPTIONAL_VARIANTS
 from pneumo_onnx.engine.runtime.fidelity import measure, verdict
@@ -70,6 +70,7 @@ class ConvertOptions:
     tolerance: float | None = None  # None: from the model's own fp32 noise (convert.noise)
     custom_objects: str | None = None
     training_list: str | None = None  # copied into the version (training_images.txt[.gz])
+    validation_list: str | None = None  # likewise (validation_images.txt[.gz])
     expected_scores: str | None = None  # the application's own scores (convert.expected)
 
 
@@ -105,7 +106,11 @@ def convert_loaded(
     src: LoadedSource, repo: Path, version: int, opts: ConvertOptions, start: float | None = None
 ) -> ConvertResult:
     start = time.perf_counter() if start is None else start
-    listed = read_training_list(opts.training_list) if opts.training_list else None
+    named: tuple[tuple[ImageListKey, str | None], ...] = (
+        ("training_images", opts.training_list),
+        ("validation_images", opts.validation_list),
+    )
+    lists = {key: read_training_list(path, key) for key, path in named if path}
     expected = (
         read_expected(opts.expected_scores, opts.image_folders) if opts.expected_scores else None
     )
@@ -192,9 +197,9 @@ def convert_loaded(
             kept,
         )
 
-    if listed is not None:
-        name, data, count = listed
-        files[name], figures[name] = data, {"kind": "training list", "images": count}
+    for key, (name, data, count) in lists.items():
+        files[name], figures[name] = data, {"kind": IMAGE_LISTS[key][1], "images": count}
+    held = {key: ImageList(name, count) for key, (name, _, count) in lists.items()}
     seconds = round(time.perf_counter() - start, 2)
     manifest = Manifest(
         name=opts.name,
@@ -206,7 +211,8 @@ def convert_loaded(
         tools=provenance["tools"],
         parity=Parity.from_dict(parity),
         converted=provenance["converted"],
-        training_images=TrainingImages(listed[0], listed[2]) if listed else None,
+        training_images=held.get("training_images"),
+        validation_images=held.get("validation_images"),
         checks=tuple(CheckRecord(c.name, c.passed, c.detail, c.skipped) for c in report.checks),
         probe_images=ProbeImages(gates=len(images), parity_and_calibration=len(subset)),
         labelled=next((c.figures for c in report.checks if c.name == "labelled_auc"), None),

@@ -5,6 +5,7 @@
     REPO/<name>/<version>/model.*.onnx, model*.tflite, model.ort   variants
     REPO/<name>/<version>/manifest.json  files, sha256, sizes, parity figures, source, tools
     REPO/<name>/<version>/training_images.txt[.gz]   optional: what the model was trained on
+    REPO/<name>/<version>/validation_images.txt[.gz] optional: what chose its threshold
 
 Files are staged in a hidden folder beside the version and renamed into place in one step, so a
 failed or interrupted conversion never leaves a half-written version behind.
@@ -24,8 +25,9 @@ from typing import Any
 from pneumo_onnx.engine.contract import Contract
 from pneumo_onnx.engine.errors import RepositoryError, UsageError
 from pneumo_onnx.engine.repository.manifest import (
+    IMAGE_LISTS,
     MANIFEST_NAME,
-    TRAINING_LISTS,
+    ImageListKey,
     Manifest,
     parse_training_list,
 )
@@ -65,19 +67,24 @@ def check_target(repo: Path, name: str, version: int | None) -> int:
     return version
 
 
-def read_training_list(path: str | os.PathLike[str]) -> tuple[str, bytes, int]:
-    """(file name in the version, bytes as given, image count) of a training list to copy into
-    a version: one dataset-relative image name per line; gzipped if it ends in .gz."""
+def read_training_list(
+    path: str | os.PathLike[str], key: ImageListKey = "training_images"
+) -> tuple[str, bytes, int]:
+    """(file name in the version, bytes as given, image count) of a training list (or, with
+    `key` validation_images, a validation list) to copy into a version: one dataset-relative
+    image name per line; gzipped if it ends in .gz."""
     source = Path(path)
-    name = TRAINING_LISTS[1] if source.name.endswith(".gz") else TRAINING_LISTS[0]
+    names_allowed, what = IMAGE_LISTS[key]
+    option = "--" + key.replace("_images", "-list")
+    name = names_allowed[1] if source.name.endswith(".gz") else names_allowed[0]
     try:
         data = source.read_bytes()
     except OSError as e:
-        raise UsageError(f"--training-list {source}: {e.strerror or e}") from e
+        raise UsageError(f"{option} {source}: {e.strerror or e}") from e
     try:
-        names = parse_training_list(data, source.name)
+        names = parse_training_list(data, source.name, what)
     except RepositoryError as e:
-        raise UsageError(f"--training-list: {e.message}") from e
+        raise UsageError(f"{option}: {e.message}") from e
     return name, data, len(names)
 
 

@@ -192,12 +192,13 @@ def test_evaluate_labelled_folder(model: str, tmp_path: Path, capsys) -> None:
     out = tmp_path / "metrics.json"
     assert main(["evaluate", str(root), "--model", model, "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "8 images (4 negative, 4 positive): ROC AUC 0.9375" in text
+    assert "8 images (4 negative, 4 positive): ROC AUC 0.938 (95% CI 0.438 to 0.997, DeLong" in text
     metrics = json.loads(out.read_text())
     # Flat images score sigmoid(4 * (v/255 - 0.5)): only 140 (NORMAL) and 120 (PNEUMONIA)
     # sit on the wrong side of 0.5.
     cm = metrics["at_threshold"]["confusion"]
     assert (cm["tp"], cm["fp"], cm["tn"], cm["fn"]) == (3, 1, 3, 1)
+    assert metrics["roc_auc"] == 0.9375 and metrics["roc_auc_ci"]["low"] < 0.5
     assert metrics["errors"] == []
     # 4 images of a class choose no threshold (tests/test_evaluate.py: 50 of each do).
     assert metrics["recommended_threshold"] is None and metrics["at_recommended"] is None

@@ -1,6 +1,7 @@
 """`pneumo evaluate` says when its figures cannot choose a threshold (too few images, the model's
-own training images) and then recommends none, in text, JSON and plots; training lists are
-written by `pneumo convert --training-list` (convert.repository) and read back by the engine."""
+own training images, the validation split it was tuned on) and then recommends none, in text,
+JSON and plots; the lists are written by `pneumo convert --training-list / --validation-list`
+(convert.repository) and read back by the engine."""
 
 from __future__ import annotations
 
@@ -23,14 +24,18 @@ from pneumo_onnx.engine.repository.manifest import (
     parse_training_list,
     read_manifest,
     training_list,
+    validation_list,
 )
 from pneumo_onnx.engine.repository.resolve import default_model_dir
-from pneumo_onnx.engine.repository.sections import TrainingImages
+from pneumo_onnx.engine.repository.sections import ImageList, TrainingImages
 from pneumo_onnx.engine.runtime.samples import SAMPLES_DIR
 
 CONTRACT = Contract(input=InputSpec(height=32, width=32))
 TOO_FEW = "only 3 NORMAL and 3 PNEUMONIA images (under 50 of a class"
 SEEN = "6 of 6 images are listed as this model's training images"
+TUNED = "6 of 6 images are in the validation split this model was tuned on (1044 images"
+MODELS = Path(__file__).resolve().parents[1] / "models"
+DATA = MODELS.parents[1] / "shared" / "data" / "kermany224" / "train"
 
 
 def labelled(root: Path, per_class: int = 50) -> Path:
@@ -43,15 +48,25 @@ def labelled(root: Path, per_class: int = 50) -> Path:
     return root
 
 
-def version_with_list(tmp_path: Path, write_model, names: list[str]) -> Path:
-    """A repository version holding the tiny model and a gzipped training list."""
-    data = gzip.compress("".join(f"{n}\n" for n in names).encode(), mtime=0)
-    files = {
-        "model.onnx": write_model(contract=CONTRACT).read_bytes(),
-        "training_images.txt.gz": data,
-    }
-    info = {"model.onnx": {"kind": "fp32"}, "training_images.txt.gz": {"kind": "training list"}}
-    manifest = Manifest(training_images=TrainingImages("training_images.txt.gz", len(names)))
+def version_with_list(
+    tmp_path: Path, write_model, names: list[str], validation: list[str] | None = None
+) -> Path:
+    """A repository version holding the tiny model, a gzipped training list and, if given, a
+    gzipped validation list."""
+    files = {"model.onnx": write_model(contract=CONTRACT).read_bytes()}
+    info: dict[str, dict[str, str]] = {"model.onnx": {"kind": "fp32"}}
+    held: dict[str, ImageList] = {}
+    for key, listed in (("training_images", names), ("validation_images", validation)):
+        if listed is None:
+            continue
+        name = f"{key}.txt.gz"
+        files[name] = gzip.compress("".join(f"{n}\n" for n in listed).encode(), mtime=0)
+        info[name] = {"kind": key.replace("_images", " list")}
+        held[key] = ImageList(name, len(listed))
+    manifest = Manifest(
+        training_images=held.get("training_images"),
+        validation_images=held.get("validation_images"),
+    )
     return write_version(tmp_path / "repo", "tiny", 1, files, info, manifest, CONTRACT)[0]
 
 
@@ -66,11 +81,14 @@ def test_evaluate_on_the_samples_says_why_there_is_no_threshold(
     assert main([*args, "--model", v1, "--threads", "2"]) == 0
     text = capsys.readouterr().out
     assert f"note: {TOO_FEW}" in text and f"note: {SEEN}" in text
+    assert "tuned on" not in text
+    assert "none of these images is among the 782 validation images" in text
     assert "no recommended threshold (see the notes above)" in text
     assert "sensitivity >= 0.95" not in text and text.count("threshold 0.5000:") == 1
     metrics = json.loads(out.read_text())
     assert metrics["recommended_threshold"] is None and metrics["at_recommended"] is None
     assert metrics["training_images"] == {"listed": 4434, "evaluated": 6, "matched": 6}
+    assert metrics["validation_images"] == {"listed": 782, "evaluated": 6, "matched": 0}
     too_few, seen = metrics["caveats"]
     assert too_few.startswith(TOO_FEW) and seen.startswith(SEEN)
     for name in PLOTS:
@@ -83,16 +101,67 @@ def test_evaluate_on_the_samples_with_the_default_model(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`make demo`'s case: version 2 kept the samples' patients on its validation side, so
-    they are not its training images; 3 per class are still too few to recommend anything."""
+    they are not its training images but are images its threshold and calibration were chosen
+    on: said, with the overlap; 3 per class are still too few to recommend anything."""
     out = tmp_path / "m.json"
     assert main(["evaluate", str(SAMPLES_DIR), "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert f"note: {TOO_FEW}" in text and f"note: {SEEN}" not in text
+    assert f"note: {TUNED}: its threshold, calibration or stopping point" in text
+    assert "figures on them are optimistic, not those of new X-rays" in text
     assert "none of these images is among the 4172 training images this model lists" in text
     metrics = json.loads(out.read_text())
     assert metrics["recommended_threshold"] is None
     assert metrics["training_images"] == {"listed": 4172, "evaluated": 6, "matched": 0}
-    assert [c[: len(TOO_FEW)] for c in metrics["caveats"]] == [TOO_FEW]
+    assert metrics["validation_images"] == {"listed": 1044, "evaluated": 6, "matched": 6}
+    assert [c[:20] for c in metrics["caveats"]] == [TOO_FEW[:20], TUNED[:20]]
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data/kermany224 (dev and CI)")
+def test_no_validation_caveat_for_images_outside_the_split(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Real X-rays the default model trained on (not in its validation split): the training
+    caveat, no validation caveat, and the text says none is a validation image."""
+    held_out = set((MODELS / "validation_split_v2.txt").read_text().split())
+    root = tmp_path / "data"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (root / label).mkdir(parents=True)
+        picked = [
+            p for p in sorted((DATA / label).iterdir()) if f"{label}/{p.name}" not in held_out
+        ]
+        for p in picked[:3]:
+            (root / label / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(root), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"note: {SEEN}" in text and "validation split this model was tuned on" not in text
+    assert "none of these images is among the 1044 validation images this model lists" in text
+    metrics = json.loads(out.read_text())
+    assert metrics["validation_images"] == {"listed": 1044, "evaluated": 6, "matched": 0}
+
+
+def test_validation_images_are_matched_by_file_name(
+    tmp_path: Path, write_model, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A version's validation list: the caveat names how many of the images overlap, and
+    appears only when some do."""
+    root = labelled(tmp_path / "data")
+    version = version_with_list(
+        tmp_path, write_model, ["NORMAL/other.png"], ["NORMAL/N001.png", "PNEUMONIA/P002.png"]
+    )
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(root), "--model", str(version), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "note: 2 of 100 images are in the validation split this model was tuned on (2 " in text
+    metrics = json.loads(out.read_text())
+    assert metrics["validation_images"] == {"listed": 2, "evaluated": 100, "matched": 2}
+    assert metrics["recommended_threshold"] is None
+    elsewhere = version_with_list(tmp_path / "b", write_model, ["a.png"], ["NORMAL/IM-1.jpeg"])
+    assert main(["evaluate", str(root), "--model", str(elsewhere)]) == 0
+    text = capsys.readouterr().out
+    assert "tuned on" not in text and "note:" not in text
+    assert "among the 1 training images or the 1 validation images this model lists" in text
 
 
 def test_evaluate_recommends_on_enough_unseen_images(
@@ -153,6 +222,15 @@ def test_the_shipped_model_lists_its_training_images() -> None:
     assert sum(n.startswith("NORMAL/") for n in names) == 1140  # the model card's 1140 / 3294
 
 
+@pytest.mark.parametrize(("version", "split"), [("1", ""), ("2", "_v2")], ids=["v1", "v2"])
+def test_the_shipped_versions_list_their_validation_split(version: str, split: str) -> None:
+    """Each shipped version carries its validation split as the training code wrote it."""
+    folder = default_model_dir() / version
+    names = validation_list(folder, read_manifest(folder))
+    written = (MODELS / f"validation_split{split}.txt").read_text().split()
+    assert names is not None and names == sorted(written)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -209,3 +287,17 @@ def test_convert_reads_a_training_list_as_given(tmp_path: Path) -> None:
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(UsageError, match=r"--training-list: training list empty\.txt names no"):
         read_training_list(tmp_path / "empty.txt")
+
+
+def test_convert_reads_a_validation_list_as_given(tmp_path: Path) -> None:
+    """`pneumo convert --validation-list`: the same reading, its own file name and option."""
+    plain = tmp_path / "split.txt"
+    plain.write_text("NORMAL/a.png\nPNEUMONIA/b.png\n")
+    assert read_training_list(plain, "validation_images") == (
+        "validation_images.txt",
+        plain.read_bytes(),
+        2,
+    )
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(UsageError, match=r"--validation-list: validation list empty\.txt names"):
+        read_training_list(tmp_path / "empty.txt", "validation_images")

@@ -23,7 +23,7 @@ from pneumo_onnx.engine.repository.manifest import (
     sha256_file,
 )
 from pneumo_onnx.engine.repository.resolve import default_model_dir
-from pneumo_onnx.engine.repository.sections import FileEntry, Parity, TrainingImages
+from pneumo_onnx.engine.repository.sections import FileEntry, ImageList, Parity, TrainingImages
 from pneumo_onnx.engine.repository.variant_figures import WorstNode
 from pneumo_onnx.engine.repository.variants import GATES
 
@@ -76,6 +76,8 @@ def test_version_2_round_trips_exactly() -> None:
     cam = manifest.class_activation_map
     assert cam is not None and cam.available and cam.scale is not None and cam.scale.images == 70
     assert manifest.training_images == TrainingImages("training_images.txt.gz", 4172)
+    assert manifest.validation_images == ImageList("validation_images.txt.gz", 1044)
+    assert manifest.image_list("validation_images") is manifest.validation_images
     assert manifest.source is not None and manifest.source.name == "pneumonia_cnn_v2.keras"
     assert manifest.tools is not None and manifest.tools["tf2onnx"] == "1.17.0"
     assert manifest.probe_images is not None and manifest.probe_images.gates == 1250
@@ -110,6 +112,7 @@ def test_version_1_reads_and_round_trips_with_the_contract_restated() -> None:
     rest = {k for k in data if k not in ("contract", "checks")}
     assert {k: again[k] for k in rest} == {k: data[k] for k in rest} and set(again) == set(data)
     assert manifest.preprocessing is not None and manifest.preprocessing.verdict == "reference"
+    assert manifest.validation_images == ImageList("validation_images.txt.gz", 782)
     assert manifest.class_activation_map is not None
     assert manifest.class_activation_map.scale is None  # measured only since version 2
     assert manifest.parity is not None and manifest.parity.fp32_noise is None
@@ -187,6 +190,33 @@ def test_every_problem_is_reported_at_once() -> None:
     ):
         assert problem in message
     assert message.count("; ") == 19  # those 20, and nothing else
+
+
+def test_image_lists_are_checked_when_read() -> None:
+    """A version's training and validation lists: each names its own kind of file, one the
+    manifest hashes under `files`; a count that is not one is refused with the rest."""
+    listed = {"sha256": "0" * 64, "bytes": 1, "kind": "validation list", "images": 2}
+    data: dict[str, Any] = {
+        "format": FORMAT,
+        "files": {"validation_images.txt.gz": listed},
+        "validation_images": {"file": "validation_images.txt.gz", "images": 2},
+    }
+    manifest = Manifest.from_dict(data)
+    assert manifest.validation_images == ImageList("validation_images.txt.gz", 2)
+    assert manifest.training_images is None and manifest.to_dict() == data
+    bad = {
+        **data,
+        "training_images": {"file": "validation_images.txt.gz", "images": 2},
+        "validation_images": {"file": "validation_images.txt", "images": -2},
+    }
+    with pytest.raises(RepositoryError) as e:
+        Manifest.from_dict(bad)
+    assert e.value.message == (
+        "manifest.json is malformed: training_images.file must be one of training_images.txt, "
+        "training_images.txt.gz, got 'validation_images.txt.gz'; validation_images.images must "
+        "be a whole number >= 0, got -2; validation_images.file 'validation_images.txt' is not "
+        "listed in files"
+    )
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from pneumo_onnx.engine.cli import main
 from pneumo_onnx.engine.errors import MissingExtraError
 from pneumo_onnx.engine.explain.plots import DPI, FIGSIZE, PLOTS, figure, pyplot
 from pneumo_onnx.engine.explain.report import write_report
+from pneumo_onnx.engine.repository.resolve import default_model_dir
 from pneumo_onnx.engine.runtime.engine import Engine
 from pneumo_onnx.engine.runtime.metrics import calibration_bins, precision_recall_curve
 from pneumo_onnx.engine.runtime.samples import SAMPLES_DIR
@@ -57,6 +58,27 @@ def test_evaluate_plots_are_pngs_of_the_expected_size(tmp_path: Path) -> None:
         with Image.open(out / f"{name}.png") as img:
             assert img.format == "PNG" and img.size == expected
             assert np.asarray(img.convert("L")).std() > 10  # something was drawn
+
+
+def test_plots_name_the_model_and_the_data(tmp_path: Path) -> None:
+    """A PNG travels without its command line: each plot names the model (name, version,
+    variant) and the data (folder, images per class), and the ROC AUC carries its interval."""
+    out = tmp_path / "plots"
+    args = ["evaluate", str(SAMPLES_DIR), "--plots", str(out), "--threads", "2"]
+    assert main([*args, "--model", str(default_model_dir() / "1")]) == 0
+    about = "model pneumonia v1 (fp32); data samples/: 3 NORMAL, 3 PNEUMONIA"
+    for name in PLOTS:
+        with Image.open(out / f"{name}.png") as png:
+            assert png.text["Title"] == about
+    labels, scores = np.array([0, 0, 1, 1, 1]), np.array([0.02, 0.5, 0.4, 0.97, 0.99])
+    fig = figure("roc", labels, scores, 0.5, about=about)
+    try:
+        texts = [t.get_text() for t in fig.texts]
+        curve = fig.axes[0].get_lines()[0].get_label()
+    finally:
+        pyplot().close(fig)
+    assert texts == [about]
+    assert " ".join(curve.split()) == "AUC 0.833 (95% CI 0.152 to 0.993, DeLong, logit scale)"
 
 
 def test_operating_points_lie_on_top_and_inside(tmp_path: Path) -> None:
@@ -145,29 +167,30 @@ def test_report_is_self_contained(batch_report: tuple[Path, Path]) -> None:
     assert not re.search(r"url\(", page)
     images = re.findall(r'<img [^>]*src="([^"]+)"', page)
     assert images and all(src.startswith("data:image/") for src in images)
-    assert len(images) == 1 + 3 + 6  # histogram, 3 heatmaps, 6 thumbnails (not the broken file)
+    assert len(images) == 1 + 6 + 6  # histogram, 6 heatmaps, 6 thumbnails (not the broken file)
     assert "broken.jpeg is not a supported image" in page
     assert page.count("<tr>") == 1 + 7
 
 
-def test_report_maps_only_images_called_pneumonia(batch_report: tuple[Path, Path]) -> None:
+def test_report_maps_the_images_nearest_the_threshold(batch_report: tuple[Path, Path]) -> None:
+    """The samples' folders name their labels and the model agrees with all six: the report
+    maps them nearest the threshold first, those called NORMAL as well (tests/
+    test_report_choice.py has the choice itself)."""
     page = batch_report[1].read_text()
-    assert "<h2>Where the model looked: the 3 highest scores called PNEUMONIA</h2>" in page
-    assert "Only images called PNEUMONIA are shown." in page
+    assert "<h2>Where the model looked: the 6 nearest the threshold 0.71</h2>" in page
     captions = re.findall(r"<figcaption>([^:]+): <b>([A-Z]+)</b>", page)
-    assert sorted(name for name, _ in captions) == sorted(
-        p.name for p in (SAMPLES_DIR / "PNEUMONIA").iterdir()
-    )
-    assert {label for _, label in captions} == {"PNEUMONIA"}
+    assert sorted(name for name, _ in captions) == sorted(p.name for p in SAMPLES_DIR.glob("*/*"))
+    assert {label for _, label in captions} == {"NORMAL", "PNEUMONIA"}
+    assert "images called NORMAL are drawn faded" in page
 
 
-def test_report_says_when_no_image_is_called_pneumonia(tmp_path: Path) -> None:
+def test_report_maps_a_folder_called_normal(tmp_path: Path) -> None:
     csv_path, html_path = tmp_path / "normal.csv", tmp_path / "normal.html"
     args = ["batch", str(SAMPLES_DIR / "NORMAL"), "-o", str(csv_path), "--report", str(html_path)]
     assert main([*args, "--threads", "2"]) == 0
     page = html_path.read_text()
-    assert "No image was called PNEUMONIA at threshold 0.71: no heatmaps." in page
-    assert "<figure>" not in page and "highest scores" not in page
+    assert "<h2>Where the model looked: the 3 nearest the threshold 0.71</h2>" in page
+    assert page.count("<figure ") == 3
     assert main([*args, "--overwrite", "--report-heatmaps", "0"]) == 0
     assert "Where the model looked" not in html_path.read_text()  # none asked for: no section
 
@@ -222,13 +245,13 @@ def test_report_renders_in_headless_chromium(
     assert grey.std() > 20, "the screenshot is blank"
     # The heatmaps band is colourful: a page that failed to show images would be grey/white.
     rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=np.int16)
-    assert (np.abs(rgb[..., 0] - rgb[..., 2]) > 80).mean() > 0.002  # 3 maps: 0.5% measured
+    assert (np.abs(rgb[..., 0] - rgb[..., 2]) > 80).mean() > 0.002  # 6 maps, 3 of them faded
 
     dom = _run_chromium(tmp_path, "--dump-dom", url).stdout
     body = re.search(r"<body([^>]*)>", dom)
     assert body, dom[:500]
     attrs = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(1)))
-    assert attrs["images"] == "10" and attrs["images-ok"] == "10"  # every image decoded
+    assert attrs["images"] == "13" and attrs["images-ok"] == "13"  # every image decoded
     assert attrs["rows"] == "7"
 
     # The table's script sorts: by file name, ascending, from the URL.

@@ -60,7 +60,8 @@ def add(sub: Subparsers) -> None:
         type=int,
         default=12,
         metavar="N",
-        help="heatmaps of the N top-scoring images in the report (0: none)",
+        help="heatmaps of N images in the report (0: none): disagreements with the folders' "
+        "labels (NORMAL/, PNEUMONIA/) first, then those nearest the threshold",
     )
     p.add_argument(
         "--ray",

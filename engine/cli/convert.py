@@ -96,6 +96,13 @@ def add(sub: Subparsers) -> None:
         "into the version, so pneumo evaluate can tell when it is shown training data",
     )
     p.add_argument(
+        "--validation-list",
+        metavar="FILE",
+        default=None,
+        help="the images the model's threshold and calibration were chosen on, as "
+        "--training-list: pneumo evaluate says its figures on them are optimistic",
+    )
+    p.add_argument(
         "--custom-objects",
         metavar="FILE.py",
         default=None,
@@ -136,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         custom_objects=args.custom_objects,
         training_list=args.training_list,
+        validation_list=args.validation_list,
         expected_scores=args.expected_scores,
     )
     result = convert(args.source, args.output, opts)

@@ -29,7 +29,8 @@ def add(sub: Subparsers) -> None:
         description="Score every image under DIR/NORMAL and DIR/PNEUMONIA and report ROC AUC, "
         "accuracy, sensitivity, specificity, precision, F1, confusion matrix, Brier score and "
         "the threshold that reaches a target sensitivity. With fewer than 50 images of a class, "
-        "or images the model lists as its training data, it says so and recommends no threshold.",
+        "or images the model lists as its training data or as the validation split its "
+        "threshold was chosen on, it says so and recommends no threshold.",
     )
     p.add_argument("folder", metavar="DIR")
     add_threshold_option(p)
@@ -52,7 +53,7 @@ def add(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo_onnx.engine.offline.evaluate import evaluate_folder, report_lines
+    from pneumo_onnx.engine.offline.evaluate import caption, evaluate_folder, report_lines
 
     target = json_target(args)
     if args.plots:
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             (c.negative_label, c.positive_label),
             result.metrics["recommended_threshold"],
             result.metrics["caveats"],
+            caption(engine, Path(args.folder), result),
         )
         notes = sys.stderr if target == STDIO else sys.stdout  # stdout holds the JSON alone
         print(f"wrote {len(written)} plots to {args.plots}", file=notes)

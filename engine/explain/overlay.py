@@ -36,6 +36,7 @@ from pneumo_onnx.engine.runtime.results import Scored
 DISPLAY_SIDE = 1024
 MAX_ALPHA = 0.6
 PANEL_BACKGROUND = (24, 24, 28)
+BAR_GREYS = (40.0, 215.0)  # the colour bar's greys, left to right: lung to bone
 # Colour ramps over the scale, from the floor (0) to the full value (1), interpolated.
 _STOPS = np.array([0.0, 0.5, 1.0])
 _POSITIVE = np.array([[255, 225, 60], [255, 140, 0], [220, 20, 20]], dtype=np.float64)
@@ -79,13 +80,17 @@ def blend(
     field = Image.fromarray(heatmap.values.astype(np.float32), "F")
     v = np.asarray(field.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float64)
     rgb = np.repeat(grey[..., None].astype(np.float64), 3, axis=2)
-    sides = [(strength(v, heatmap), False, weight[0])]
+    rgb = paint(rgb, strength(v, heatmap), False, weight[0])
     if negative:
-        sides.append((strength(-v, heatmap), True, weight[1]))
-    for t, is_negative, w in sides:
-        alpha = (w * MAX_ALPHA * t**0.8)[..., None]
-        rgb = rgb * (1.0 - alpha) + ramp(t, is_negative) * alpha
+        rgb = paint(rgb, strength(-v, heatmap), True, weight[1])
     return np.clip(rgb, 0, 255).round().astype(np.uint8)
+
+
+def paint(rgb: np.ndarray, t: np.ndarray, negative: bool, weight: float = 1.0) -> np.ndarray:
+    """`rgb` (..., 3) with strengths `t` (...) of one side's colour laid over it: the one way
+    colour is put on a picture, so the legend's bar shows what the X-ray shows."""
+    alpha = (weight * MAX_ALPHA * t**0.8)[..., None]
+    return rgb * (1.0 - alpha) + ramp(t, negative) * alpha
 
 
 def render(
@@ -126,6 +131,61 @@ def font(size: int) -> Font:
         return ImageFont.load_default()
 
 
+# A line of the panel: text and its style (title, text, note: secondary, smaller and dimmer).
+Line = tuple[str, str]
+# A mark beside the colour bar: words, the numbers (secondary), where on the bar (0 top, 1 bottom).
+Mark = tuple[str, str, float]
+
+
+def legend(
+    heatmap: Heatmap,
+    result: Scored,
+    contract: Contract,
+    negative: bool = False,
+    weight: tuple[float, float] = (1.0, 1.0),
+) -> tuple[list[Line], list[Line], list[Mark], list[Line]]:
+    """The panel's words: (result, heading, marks beside the bar, below the bar). Said as a
+    reader of X-rays asks it (which regions raised the score most); the numbers the colours
+    stand for, in the map's unit, follow as secondary notes for those who want them."""
+    pos, neg = contract.positive_label, contract.negative_label
+    floor, full = f"{heatmap.scale.floor:.3g}", f"{heatmap.scale.full:.3g}"
+    method = "class activation map" if heatmap.method == "cam" else "occlusion sensitivity"
+    result_lines: list[Line] = [
+        (result["prediction"], "title"),
+        (f"P({pos}) {result['raw_score']:.3f}", "text"),
+        (f"threshold {result['threshold']:g}", "text"),
+        (method, "note"),
+    ]
+    if negative:
+        heading: list[Line] = [
+            ("regions that raised (red)", "text"),
+            ("or lowered (blue) the", "text"),
+            (f"{pos} score", "text"),
+        ]
+        marks: list[Mark] = [
+            ("raised it most", f"+{full} and more", 0.0),
+            ("uncoloured", f"within ±{floor}", 0.5),
+            ("lowered it most", f"-{full} and less", 1.0),
+        ]
+    else:
+        heading = [("regions that raised the", "text"), (f"{pos} score", "text")]
+        marks = [("most", f"+{full} and more", 0.0), ("least shown", f"+{floor}", 1.0)]
+    below: list[Line] = [
+        ("uncoloured: no more than", "text"),
+        (f"in {neg} X-rays", "text"),
+        (f"numbers: {heatmap.unit},", "note"),
+        ("on a scale fixed per model,", "note"),
+        (heatmap.scale_source, "note"),
+    ]
+    if weight[0] < 1.0:
+        below.append((f"{'red' if negative else 'colour'} drawn at {weight[0]:.0%}", "text"))
+        below.append((f"strength: P({pos}) / threshold", "note"))
+    if negative and weight[1] < 1.0:
+        below.append((f"blue drawn at {weight[1]:.0%}", "text"))
+        below.append(("strength: (1 - P) / (1 - threshold)", "note"))
+    return result_lines, heading, marks, below
+
+
 def _panel(
     heatmap: Heatmap,
     result: Scored,
@@ -134,76 +194,65 @@ def _panel(
     negative: bool,
     weight: tuple[float, float],
 ) -> Image.Image:
-    """The result (label, score, threshold, method) above the legend (bar, values, unit, where
-    the scale comes from), as an image of its own: it never overlaps the X-ray."""
-    pos, neg = contract.positive_label, contract.negative_label
-    scale = heatmap.scale
-    big, normal, small = font(int(unit * 1.6)), font(unit), font(int(unit * 0.8))
-    white, dim = (255, 255, 255), (190, 190, 190)
-    positive = result["prediction"] == pos
-    method = "class activation map" if heatmap.method == "cam" else "occlusion sensitivity"
-    top: list[tuple[str, Font, tuple[int, int, int]]] = [
-        (result["prediction"], big, (255, 90, 70) if positive else (110, 190, 255)),
-        (f"P({pos}) {result['raw_score']:.3f}", normal, white),
-        (f"threshold {result['threshold']:g}", normal, white),
-        (method, small, dim),
-    ]
-    title = f"evidence for {pos}" + (f" / {neg}" if negative else "")
-    legend_top = [(title, small, white), (heatmap.unit, small, dim)]
-    marks = [(f"+{scale.full:.3g} and more", 0.0), (f"+{scale.floor:.3g}", 1.0)]
-    if negative:
-        marks = [marks[0], (f"+{scale.floor:.3g}", 0.45), (f"-{scale.floor:.3g}", 0.55)]
-        marks.append((f"-{scale.full:.3g} and less", 1.0))
-    bottom = [
-        (f"no colour {'within +-' if negative else 'below +'}{scale.floor:.3g}", small, dim),
-        ("scale fixed per model:", small, dim),
-        (heatmap.scale_source, small, dim),
-    ]
-    if weight[0] < 1.0:
-        bottom.append((f"{pos} evidence drawn at {weight[0]:.0%}:", small, white))
-        bottom.append((f"P({pos}) / threshold", small, white))
-    if negative and weight[1] < 1.0:
-        bottom.append((f"{neg} evidence drawn at {weight[1]:.0%}:", small, white))
-        bottom.append(("(1 - P) / (1 - threshold)", small, white))
+    """The result (label, score, threshold, method) above the legend (heading, bar and its
+    marks, what no colour means, the numbers), as an image of its own: it never overlaps the
+    X-ray."""
+    top, heading, marks, below = legend(heatmap, result, contract, negative, weight)
+    white, dim = (255, 255, 255), (170, 170, 170)
+    fonts = {
+        "title": font(int(unit * 1.6)),
+        "text": font(unit),
+        "note": font(max(11, int(unit * 0.75))),
+    }
+    colours = {
+        "title": (255, 90, 70)
+        if result["prediction"] == contract.positive_label
+        else (110, 190, 255),
+        "text": white,
+        "note": dim,
+    }
     pad = unit // 2
-    bar_w, bar_h = unit, unit * 9
+    bar_w, bar_h = unit * 2, unit * 10
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
 
-    def box(text: str, f: Font) -> tuple[int, int]:
-        left, _, right, bottom_ = probe.textbbox((0, 0), text, font=f)
+    def box(text: str, style: str) -> tuple[int, int]:
+        left, _, right, bottom_ = probe.textbbox((0, 0), text, font=fonts[style])
         return int(right - left), int(bottom_)
 
-    lines = [*top, *legend_top, *bottom]
-    widths = [box(t, f)[0] for t, f, _ in lines]
-    widths += [bar_w + pad + box(t, small)[0] for t, _ in marks]
+    lines = [*top, *heading, *below]
+    widths = [box(t, style)[0] for t, style in lines]
+    widths += [bar_w + pad * 2 + max(box(w, "text")[0], box(n, "note")[0]) for w, n, _ in marks]
     width = pad * 4 + max(widths)
-    line_h = box("Ag", small)[1]
-    text_h = sum(box(t, f)[1] + pad for t, f, _ in lines)
-    height = pad * 5 + text_h + line_h // 2 + bar_h + line_h
+    text_h, note_h = box("Ag", "text")[1], box("Ag", "note")[1]
+    lines_h = sum(box(t, style)[1] + pad for t, style in lines)
+    height = pad * 7 + lines_h + text_h + bar_h + note_h * 2
     panel = Image.new("RGB", (width, height), PANEL_BACKGROUND)
     draw = ImageDraw.Draw(panel)
 
-    def write(y: int, block: list[tuple[str, Font, tuple[int, int, int]]]) -> int:
-        for text, f, colour in block:
-            draw.text((pad * 2, y), text, font=f, fill=colour)
-            y += box(text, f)[1] + pad
+    def write(y: int, block: list[Line]) -> int:
+        for text, style in block:
+            draw.text((pad * 2, y), text, font=fonts[style], fill=colours[style])
+            y += box(text, style)[1] + pad
         return y
 
     y = write(pad * 2, top) + pad * 2  # a gap between the result and the legend
-    y = write(y, legend_top) + line_h // 2
+    y = write(y, heading) + text_h // 2
     bx = pad * 2
     panel.paste(_bar(bar_w, bar_h, negative), (bx, y))
-    for text, at in marks:
+    for words, numbers, at in marks:
         ty = y + round(at * (bar_h - 1))
-        draw.line((bx + bar_w, ty, bx + bar_w + pad // 2, ty), fill=white)
-        draw.text((bx + bar_w + pad, ty - line_h // 2), text, font=small, fill=white)
-    write(y + bar_h + line_h, bottom)
+        draw.line((bx + bar_w, ty, bx + bar_w + pad, ty), fill=white, width=max(1, unit // 10))
+        wy = min(max(ty - text_h // 2, y - text_h // 2), y + bar_h - text_h)
+        draw.text((bx + bar_w + pad * 2, wy), words, font=fonts["text"], fill=white)
+        draw.text((bx + bar_w + pad * 2, wy + text_h + 2), numbers, font=fonts["note"], fill=dim)
+    write(y + bar_h + note_h * 2 + pad, below)
     return panel
 
 
 def _bar(width: int, height: int, negative: bool) -> Image.Image:
-    """The colour bar as the X-ray shows its colours (over mid-grey): full at the top, the
-    floor at the bottom; with `negative`, mirrored below a grey middle (no colour)."""
+    """The colour bar painted as the X-ray is (paint), over greys from dark to light as in a
+    chest X-ray: full at the top, the floor at the bottom, where the greys show through
+    uncoloured as they do in the picture; with `negative`, mirrored below an uncoloured middle."""
     if negative:
         half = round(height * 0.45)
         t = np.concatenate(
@@ -212,11 +261,11 @@ def _bar(width: int, height: int, negative: bool) -> Image.Image:
         side = np.arange(height) >= height - half
     else:
         t, side = np.linspace(1.0, 0.0, height), np.zeros(height, dtype=bool)
-    alpha = (MAX_ALPHA * t**0.8)[:, None]
-    colour = np.where(side[:, None], ramp(t, True), ramp(t, False))
-    rows = 128.0 * (1.0 - alpha) + colour * alpha
-    pixels = np.repeat(rows[:, None, :], width, axis=1)
-    return Image.fromarray(np.clip(pixels, 0, 255).round().astype(np.uint8), "RGB")
+    greys = np.linspace(BAR_GREYS[0], BAR_GREYS[1], width)
+    base = np.repeat(np.broadcast_to(greys, (height, width))[..., None], 3, axis=2)
+    tt = np.repeat(t[:, None], width, axis=1)
+    rgb = np.where(side[:, None, None], paint(base, tt, True), paint(base, tt, False))
+    return Image.fromarray(np.clip(rgb, 0, 255).round().astype(np.uint8), "RGB")
 
 
 def overlay_png(

@@ -8,6 +8,9 @@ figure is FIGSIZE at DPI (600 x 500 px), saved without tight cropping so sizes a
 Figures on data that cannot choose a threshold (too few images, training images: `caveats`)
 carry the reasons as a footnote on every plot, and in the PNG's Description; no "recommended"
 point is drawn then. Operating points sit on top of the curves, never hidden behind them.
+Every plot names what it measured (`about`: model and version, data folder and images per
+class) in its top line, since a PNG travels without its command line; the ROC AUC carries its
+95% interval (metrics.roc_auc_interval) at three decimals.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from numpy.typing import ArrayLike
 
 from pneumo_onnx.engine.errors import FileAccessError, MissingExtraError
 from pneumo_onnx.engine.runtime.metrics import (
+    auc_phrase,
     calibration_bins,
     confusion,
     metrics_at,
     precision_recall_curve,
     roc_auc,
+    roc_auc_interval,
     roc_curve,
 )
 
@@ -59,8 +64,10 @@ def evaluation_plots(
     names: tuple[str, str] = ("NORMAL", "PNEUMONIA"),
     recommended: float | None = None,
     caveats: Sequence[str] = (),
+    about: str = "",
 ) -> list[Path]:
-    """Write the five plots as PNGs into `out_dir` (created); return their paths."""
+    """Write the five plots as PNGs into `out_dir` (created); return their paths. `about`:
+    the model and data, printed atop each (offline.evaluate.caption)."""
     plt = pyplot()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -68,11 +75,12 @@ def evaluation_plots(
         raise FileAccessError("create", out_dir, e) from e
     written = []
     for name in PLOTS:
-        fig = figure(name, labels, scores, threshold, names, recommended, caveats)
+        fig = figure(name, labels, scores, threshold, names, recommended, caveats, about)
         try:
             path = out_dir / f"{name}.png"
+            meta = _metadata(caveats) | ({"Title": about} if about else {})
             try:
-                fig.savefig(path, dpi=DPI, format="png", metadata=_metadata(caveats))
+                fig.savefig(path, dpi=DPI, format="png", metadata=meta)
             except OSError as e:
                 raise FileAccessError("write", path, e) from e
             written.append(path)
@@ -89,6 +97,7 @@ def figure(
     names: tuple[str, str] = ("NORMAL", "PNEUMONIA"),
     recommended: float | None = None,
     caveats: Sequence[str] = (),
+    about: str = "",
 ) -> Any:
     """One of the PLOTS as a matplotlib figure (the caller closes it)."""
     y = np.asarray(labels).astype(int)
@@ -109,13 +118,18 @@ def figure(
     fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
     try:
         drawers[name](ax)
+        top = 1.0
+        if about:
+            head = "\n".join(textwrap.wrap(about, 100))
+            fig.text(0.01, 0.995, head, fontsize=8, color="#2d3748", va="top", ha="left")
+            top -= 0.012 + (head.count("\n") + 1) * 0.032
         note = _note(caveats)
+        bottom = 0.0
         if note:
             lines = note.count("\n") + 1
             fig.text(0.01, 0.01, note, fontsize=8, color="#9b2c2c", va="bottom", ha="left")
-            fig.tight_layout(rect=(0.0, 0.012 + lines * 0.032, 1.0, 1.0))
-        else:
-            fig.tight_layout()
+            bottom = 0.012 + lines * 0.032
+        fig.tight_layout(rect=(0.0, bottom, 1.0, top))
     except BaseException:
         plt.close(fig)
         raise
@@ -159,7 +173,8 @@ def histogram_png(
 
 def _roc(ax: Any, y: np.ndarray, s: np.ndarray, points: list[tuple[str, float]]) -> None:
     fpr, tpr, _ = roc_curve(y, s)
-    ax.plot(fpr, tpr, color=POSITIVE_COLOUR, lw=2, label=f"ROC (AUC {roc_auc(y, s):.4f})")
+    auc = auc_phrase(roc_auc(y, s), roc_auc_interval(y, s)).replace("ROC AUC", "AUC", 1)
+    ax.plot(fpr, tpr, color=POSITIVE_COLOUR, lw=2, label="\n".join(textwrap.wrap(auc, 38)))
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
     for name, t in points:
         m = metrics_at(y, s, t)
@@ -177,7 +192,7 @@ def _roc(ax: Any, y: np.ndarray, s: np.ndarray, points: list[tuple[str, float]])
 
 def _pr(ax: Any, y: np.ndarray, s: np.ndarray, points: list[tuple[str, float]]) -> None:
     recall, precision, ap = precision_recall_curve(y, s)
-    ax.step(recall, precision, where="post", color=POSITIVE_COLOUR, lw=2, label=f"AP {ap:.4f}")
+    ax.step(recall, precision, where="post", color=POSITIVE_COLOUR, lw=2, label=f"AP {ap:.3f}")
     ax.axhline(y.mean(), ls="--", color="grey", lw=1, label=f"prevalence {y.mean():.3f}")
     for name, t in points:
         m = metrics_at(y, s, t)

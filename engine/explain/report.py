@@ -1,8 +1,9 @@
 """`pneumo batch --report report.html`: one self-contained HTML page people can look at.
 
-Summary counts and positive rate, the score histogram, heatmaps of the top-scoring images
-called PNEUMONIA (the section answers "why PNEUMONIA?"; it says so, and says when no image was
-called PNEUMONIA), and a sortable table (thumbnail, file, label, score, error). Everything is
+Summary counts and positive rate, the score histogram, heatmaps where they inform (the
+disagreements with the folders' labels when the batch is a labelled folder, then the images
+nearest the threshold: engine.explain.choice), each at a size where its legend reads at 1:1,
+and a sortable table (thumbnail, file, label, score, error). Everything is
 inlined (images as data URIs, CSS and a few lines of script); a Content-Security-Policy forbids
 any network fetch, so the file opens the same offline, from a mail attachment or an archive.
 
@@ -27,6 +28,7 @@ from typing import Any
 from PIL import Image
 
 from pneumo_onnx.engine.errors import FileAccessError, PneumoError
+from pneumo_onnx.engine.explain.choice import Choice, choose
 from pneumo_onnx.engine.explain.heatmap import cam_spec, heatmap_for
 from pneumo_onnx.engine.explain.overlay import render
 from pneumo_onnx.engine.explain.plots import histogram_png
@@ -34,7 +36,7 @@ from pneumo_onnx.engine.runtime.engine import Engine
 from pneumo_onnx.engine.runtime.preprocess import grey_picture
 
 THUMB_SIDE = 96
-HEATMAP_SIDE = 480
+HEATMAP_SIDE = 588  # X-ray's long side: legend text 14 px, shown 1:1 (no downscaling)
 DEFAULT_HEATMAPS = 12
 DEFAULT_THUMBNAILS = 500
 
@@ -78,8 +80,7 @@ def write_report(
     counts = Counter(r["prediction"] for r in scored)
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         thumbs = list(pool.map(_thumbnail, [r["image_path"] for r in ordered[:max_thumbnails]]))
-    called = [r for r in scored if r["prediction"] == c.positive_label]
-    maps = _heatmaps(engine, called[:heatmaps], threshold)
+    maps = _heatmaps(engine, choose(scored, threshold, heatmaps, _names(c)), threshold)
     shows_maps = heatmaps > 0 and cam_spec(engine) is not None
     histogram = ""
     if scored:
@@ -133,26 +134,69 @@ def _thumbnail(path: str) -> str:
         return ""
 
 
-def _heatmaps(engine: Engine, rows: list[dict[str, Any]], threshold: float) -> list[dict[str, str]]:
-    """Overlays of the top-scoring rows (CAM only: occlusion would multiply the batch's cost)."""
-    if not rows or cam_spec(engine) is None:
+def _heatmaps(engine: Engine, chosen: list[Choice], threshold: float) -> list[dict[str, str]]:
+    """Overlays of the chosen rows (CAM only: occlusion would multiply the batch's cost), at
+    their own size: the page shows them 1:1, so the legend stays readable."""
+    if not chosen or cam_spec(engine) is None:
         return []
     out = []
-    for row in rows:
+    for choice in chosen:
         try:
-            heatmap, result, data = heatmap_for(engine, row["image_path"], "cam", 8, threshold)
+            heatmap, result, data = heatmap_for(
+                engine, choice.row["image_path"], "cam", 8, threshold
+            )
         except PneumoError:  # the file changed since it was scored: leave it out
             continue
-        picture = render(data, heatmap, result, engine.contract, side=HEATMAP_SIDE * 2)
+        picture = render(data, heatmap, result, engine.contract, side=HEATMAP_SIDE)
+        why = (
+            f"labelled {choice.label}, called {result['prediction']}"
+            if choice.reason == "disagrees"
+            else f"{abs(result['raw_score'] - threshold):.3f} from the threshold"
+        )
         out.append(
             {
-                "src": _jpeg(picture, HEATMAP_SIDE * 2, 82),
-                "name": Path(row["image_path"]).name,
+                "src": _jpeg(picture, max(picture.size), 85),
+                "width": str(picture.width),
+                "height": str(picture.height),
+                "name": Path(choice.row["image_path"]).name,
                 "score": f"{result['raw_score']:.3f}",
                 "label": result["prediction"],
+                "reason": choice.reason,
+                "why": why,
             }
         )
     return out
+
+
+def _maps_section(maps: list[dict[str, str]], positive: str, threshold: float) -> list[str]:
+    """The heatmaps' heading, what they are and why these, and the figures."""
+    e = html.escape
+    if not maps:
+        return [
+            "<h2>Where the model looked</h2>",
+            '<p class="meta" id="no-maps">No image could be mapped: no heatmaps.</p>',
+        ]
+    wrong = sum(1 for m in maps if m["reason"] == "disagrees")
+    near = len(maps) - wrong
+    parts = [f"{wrong} where the model disagrees with the folder's label"] if wrong else []
+    parts += [f"the {near} nearest the threshold {threshold:g}"] if near else []
+    return [
+        f"<h2>Where the model looked: {e(' and '.join(parts))}</h2>",
+        f'<p class="meta" id="maps-note">Heatmaps are shown where they inform: where the call '
+        "went against the folder's label, and where it could have gone either way (an image "
+        f"far from the threshold looks like every other one). Colour marks the regions that "
+        f"raised the {e(positive)} score most, on one scale for all images (the legend beside "
+        "each; images called NORMAL are drawn faded).</p>",
+        '<div class="maps">',
+        *(
+            f'<figure class="{m["reason"]}"><img src="{m["src"]}" width="{m["width"]}" '
+            f'height="{m["height"]}" alt="heatmap of {e(m["name"])}">'
+            f"<figcaption>{e(m['name'])}: <b>{e(m['label'])}</b> {e(m['score'])} "
+            f"({e(m['why'])})</figcaption></figure>"
+            for m in maps
+        ),
+        "</div>",
+    ]
 
 
 _CSS = """
@@ -161,9 +205,9 @@ background:#f7fafc}h1{margin:0 0 4px}h2{margin-top:32px}.meta{color:#4a5568;font
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin:16px 0}.card{background:#fff;border:1px solid
 #e2e8f0;border-radius:8px;padding:12px 18px;min-width:120px}.card b{display:block;font-size:26px}
 .pos{color:#c53030}.neg{color:#2b6cb0}.err{color:#975a16}
-.maps{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:12px}
-.maps figure{margin:0;background:#fff;border:1px solid #e2e8f0;border-radius:8px;padding:6px}
-.maps img{width:100%;height:300px;object-fit:contain;background:#1a202c;display:block}
+.maps{display:flex;flex-wrap:wrap;gap:12px}
+.maps figure{margin:0;background:#fff;border:1px solid #e2e8f0;border-radius:8px;padding:6px;
+max-width:100%}.maps img{max-width:100%;height:auto;background:#1a202c;display:block}
 .maps figcaption{font-size:13px;padding-top:4px;
 overflow-wrap:anywhere}table{border-collapse:collapse;background:#fff;width:100%;font-size:14px}
 th,td{border-bottom:1px solid #e2e8f0;padding:4px 8px;text-align:left;vertical-align:middle}
@@ -249,32 +293,7 @@ def _page(
             'height="320">',
         ]
     if maps is not None:
-        out.append(
-            f"<h2>Where the model looked: the {len(maps)} highest scores called "
-            f"{e(c.positive_label)}</h2>"
-            if maps
-            else "<h2>Where the model looked</h2>"
-        )
-    if maps == []:
-        out.append(
-            f'<p class="meta" id="no-maps">No image was called {e(c.positive_label)} at '
-            f"threshold {threshold:g}: no heatmaps.</p>"
-        )
-    if maps:
-        out += [
-            f'<p class="meta">Only images called {e(c.positive_label)} are shown. Class '
-            f"activation maps: colour where the model found evidence of {e(c.positive_label)} "
-            "beyond what it finds on NORMAL X-rays, yellow to red on one scale for all images "
-            "(the legend beside each).</p>",
-            '<div class="maps">',
-            *(
-                f'<figure><img src="{m["src"]}" alt="heatmap of {e(m["name"])}">'
-                f"<figcaption>{e(m['name'])}: <b>{e(m['label'])}</b> {e(m['score'])}"
-                "</figcaption></figure>"
-                for m in maps
-            ),
-            "</div>",
-        ]
+        out += _maps_section(maps, c.positive_label, threshold)
     shown = sum(1 for t in thumbs if t)
     note = f" (thumbnails for the first {len(thumbs)} rows by score)" if len(thumbs) < total else ""
     out += [

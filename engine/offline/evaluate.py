@@ -4,7 +4,9 @@ Figures on few images, or on the model's own training images, do not say how the
 new X-rays: the evaluation says so (`caveats`) and then chooses no threshold. Training images
 are those the model's version lists (engine.repository.manifest.training_list), matched by file
 name: Kermany's names carry the patient id and are unique in its train split (5216 names); a
-renamed copy is not recognised.
+renamed copy is not recognised. Images of the validation split the version lists (its threshold
+and calibration were chosen on them: validation_list) are matched the same way: figures on them
+are optimistic, and the evaluation says so too.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from pneumo_onnx.engine.errors import UsageError
-from pneumo_onnx.engine.repository.manifest import training_list
+from pneumo_onnx.engine.repository.manifest import ImageListKey, image_list
 from pneumo_onnx.engine.runtime.engine import Engine
 from pneumo_onnx.engine.runtime.listing import find_images
-from pneumo_onnx.engine.runtime.metrics import evaluate, too_few
+from pneumo_onnx.engine.runtime.metrics import auc_phrase, evaluate, too_few
 
 
 @dataclass
@@ -67,23 +69,25 @@ def evaluate_folder(
             scores[index] = result["raw_score"]
     ok = ~np.isnan(scores)
     y = np.array(labels)[ok]
-    seen = training_matches(engine, [p for p, good in zip(paths, ok, strict=True) if good])
-    caveats = [
-        reason
-        for reason in (too_few(y, (c.negative_label, c.positive_label)), _seen_note(seen))
-        if reason
-    ]
-    metrics = evaluate(y, scores[ok], t, target_sensitivity, caveats)
+    scored = [p for p, good in zip(paths, ok, strict=True) if good]
+    seen = training_matches(engine, scored)
+    tuned = training_matches(engine, scored, "validation_images")
+    notes = (too_few(y, (c.negative_label, c.positive_label)), _seen_note(seen), _tuned_note(tuned))
+    metrics = evaluate(y, scores[ok], t, target_sensitivity, [n for n in notes if n])
     metrics["training_images"] = seen
+    metrics["validation_images"] = tuned
     metrics["model"] = str(engine.model.path)
     return Evaluation(metrics, errors, y, scores[ok])
 
 
-def training_matches(engine: Engine, paths: list[Path]) -> dict[str, int] | None:
+def training_matches(
+    engine: Engine, paths: list[Path], key: ImageListKey = "training_images"
+) -> dict[str, int] | None:
     """How many of `paths` the model's version lists as training images (by file name), and
-    how many it lists; None when it lists none."""
+    how many it lists; None when it lists none. `key` validation_images: the same for its
+    validation split."""
     manifest = engine.model.manifest
-    names = training_list(engine.model.path.parent, manifest) if manifest else None
+    names = image_list(engine.model.path.parent, manifest, key) if manifest else None
     if names is None:
         return None
     listed = {Path(name).name for name in names}
@@ -100,18 +104,34 @@ def _seen_note(seen: dict[str, int] | None) -> str | None:
     )
 
 
+def _tuned_note(tuned: dict[str, int] | None) -> str | None:
+    if not tuned or not tuned["matched"]:
+        return None
+    return (
+        f"{tuned['matched']} of {tuned['evaluated']} images are in the validation split this "
+        f"model was tuned on ({tuned['listed']} images: its threshold, calibration or stopping "
+        "point were chosen there); figures on them are optimistic, not those of new X-rays"
+    )
+
+
 def report_lines(e: Evaluation) -> list[str]:
     m = e.metrics
     lines = [
         f"{m['n']} images ({m['negatives']} negative, {m['positives']} positive): "
-        f"ROC AUC {m['roc_auc']:.4f}, Brier {m['brier']:.4f}"
+        f"{auc_phrase(m['roc_auc'], m['roc_auc_ci'])}, Brier {m['brier']:.4f}"
     ]
     lines += [f"note: {reason}" for reason in m["caveats"]]
-    seen = m["training_images"]
-    if seen is not None and not seen["matched"]:
+    unseen = [
+        f"the {listed['listed']} {what} images"
+        for what, listed in (
+            ("training", m["training_images"]),
+            ("validation", m["validation_images"]),
+        )
+        if listed is not None and not listed["matched"]
+    ]
+    if unseen:
         lines.append(
-            f"none of these images is among the {seen['listed']} training images this model "
-            "lists (by file name)"
+            f"none of these images is among {' or '.join(unseen)} this model lists (by file name)"
         )
     for key in ("at_threshold", "at_recommended"):
         a = m[key]
@@ -129,3 +149,15 @@ def report_lines(e: Evaluation) -> list[str]:
         lines[-1] += f"  (highest threshold with sensitivity >= {m['target_sensitivity']})"
     lines += [f"  unreadable: {p}: {err}" for p, err in e.errors]
     return lines
+
+
+def caption(engine: Engine, folder: Path, e: Evaluation) -> str:
+    """What the figures are of, for the plots: 'model pneumonia v2 (fp32); data fullres/:
+    100 NORMAL, 100 PNEUMONIA'."""
+    c, m = engine.contract, e.metrics
+    model = engine.model.name or engine.model.path.name
+    version = f" v{engine.model.version}" if engine.model.version else ""
+    return (
+        f"model {model}{version} ({engine.model.variant}); data {folder.resolve().name}/: "
+        f"{m['negatives']} {c.negative_label}, {m['positives']} {c.positive_label}"
+    )

@@ -15,7 +15,10 @@ listing files and their hashes is a valid one, and so is every manifest older co
 A version may also list the images it was trained on (`pneumo convert --training-list`): a
 text file, one dataset-relative name per line, plain (`training_images.txt`) or gzipped
 (`training_images.txt.gz`), named by the manifest's `training_images` entry and hashed in its
-`files`, so `pneumo evaluate` can say when it is shown the model's own training data.
+`files`, so `pneumo evaluate` can say when it is shown the model's own training data. Likewise
+the validation split its threshold and calibration were chosen on (`--validation-list`:
+`validation_images.txt[.gz]`, the manifest's `validation_images` entry): figures on those images
+are optimistic, and `pneumo evaluate` says so.
 """
 
 from __future__ import annotations
@@ -51,12 +54,12 @@ from pneumo_onnx.engine.repository.sections import (
     FastPathFigures,
     Figures,
     FileEntry,
+    ImageList,
     Parity,
     Preprocessing,
     ProbeImages,
     SkippedVariant,
     Source,
-    TrainingImages,
 )
 from pneumo_onnx.engine.repository.variants import VARIANTS
 
@@ -65,6 +68,13 @@ FORMAT_FAMILY = "pneumo-model-repository"
 FORMAT = f"{FORMAT_FAMILY}/1"  # what this pneumo-onnx writes
 READABLE_FORMATS = (FORMAT,)
 TRAINING_LISTS = ("training_images.txt", "training_images.txt.gz")  # plain, gzipped
+VALIDATION_LISTS = ("validation_images.txt", "validation_images.txt.gz")
+# The lists a version may hold: manifest key -> (the file names it may name, what it is)
+ImageListKey = Literal["training_images", "validation_images"]
+IMAGE_LISTS: dict[ImageListKey, tuple[tuple[str, str], str]] = {
+    "training_images": (TRAINING_LISTS, "training list"),
+    "validation_images": (VALIDATION_LISTS, "validation list"),
+}
 # Where the contract's threshold came from: `pneumo convert --threshold` (stated) or the
 # contract's default, 0.5 (default). Recorded since this field exists; None before.
 ThresholdSource = Literal["stated", "default"]
@@ -86,7 +96,8 @@ class Manifest:
     tools: Mapping[str, str] | None = None  # package -> version, at conversion
     parity: Parity | None = None
     converted: str | None = None  # ISO 8601 time of the conversion
-    training_images: TrainingImages | None = None
+    training_images: ImageList | None = None
+    validation_images: ImageList | None = None  # the split its threshold was chosen on
     checks: tuple[CheckRecord, ...] | None = None
     probe_images: ProbeImages | None = None
     labelled: Figures | None = None  # the labelled_auc check's figures
@@ -110,6 +121,10 @@ class Manifest:
         if entry is None:
             raise RepositoryError(f"{name} is not listed in its {MANIFEST_NAME}")
         return entry.sha256
+
+    def image_list(self, key: ImageListKey) -> ImageList | None:
+        """The list of images under `key` (training_images, validation_images), if any."""
+        return self.training_images if key == "training_images" else self.validation_images
 
     @property
     def fast_vs_reference(self) -> FastPathFigures | None:
@@ -146,6 +161,7 @@ class Manifest:
             "parity": _json(self.parity),
             "converted": self.converted,
             "training_images": _json(self.training_images),
+            "validation_images": _json(self.validation_images),
             "checks": None if self.checks is None else [c.to_dict() for c in self.checks],
             "probe_images": _json(self.probe_images),
             "labelled": None if self.labelled is None else dict(self.labelled),
@@ -189,7 +205,7 @@ class Manifest:
             except Bad as e:
                 f.problems.append(f"files: {name!r} must be {e.expected}")
         checks = f.optional("checks", _list)
-        return cls(
+        manifest = cls(
             format=f.value("format", text, FORMAT),
             files=files or {},
             name=f.optional("name", text),
@@ -201,7 +217,8 @@ class Manifest:
             tools=f.optional("tools", table_of(text)),
             parity=f.section("parity", Parity.read),
             converted=f.optional("converted", timestamp),
-            training_images=f.section("training_images", TrainingImages.read),
+            training_images=f.section("training_images", ImageList.named(TRAINING_LISTS)),
+            validation_images=f.section("validation_images", ImageList.named(VALIDATION_LISTS)),
             checks=None
             if checks is None
             else tuple(
@@ -217,6 +234,11 @@ class Manifest:
                 f.optional("threshold_source", one_of(*THRESHOLD_SOURCES))
             ),
         )
+        for key in IMAGE_LISTS:
+            listed = manifest.image_list(key)
+            if listed is not None and listed.file and listed.file not in manifest.files:
+                f.problems.append(f"{key}.file {listed.file!r} is not listed in files")
+        return manifest
 
 
 def _threshold_source(value: str | None) -> ThresholdSource | None:
@@ -283,29 +305,45 @@ def verify_files(version_dir: str | os.PathLike[str], manifest: Manifest) -> lis
     return problems
 
 
-def parse_training_list(data: bytes, name: str) -> list[str]:
-    """The image names of a training list (gzipped if `name` ends in .gz): one per line, blank
-    lines skipped; RepositoryError if it is not such a list."""
+def parse_training_list(data: bytes, name: str, what: str = "training list") -> list[str]:
+    """The image names of a training (or validation) list (gzipped if `name` ends in .gz): one
+    per line, blank lines skipped; RepositoryError if it is not such a list."""
     try:
         text = (gzip.decompress(data) if name.endswith(".gz") else data).decode("utf-8")
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as e:
         kind = "gzipped UTF-8 text" if name.endswith(".gz") else "UTF-8 text"
-        raise RepositoryError(f"training list {name} is not {kind}: {e}") from e
+        raise RepositoryError(f"{what} {name} is not {kind}: {e}") from e
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
-        raise RepositoryError(f"training list {name} names no images (one name per line)")
+        raise RepositoryError(f"{what} {name} names no images (one name per line)")
     return names
 
 
 def training_list(version_dir: str | os.PathLike[str], manifest: Manifest) -> list[str] | None:
     """The training images a version lists (names as written), None if it lists none; the
     file must match the manifest's sha256."""
-    if manifest.training_images is None:
+    return image_list(version_dir, manifest, "training_images")
+
+
+def validation_list(version_dir: str | os.PathLike[str], manifest: Manifest) -> list[str] | None:
+    """The validation images a version lists (its threshold and calibration were chosen on
+    them), None if it lists none; checked as training_list is."""
+    return image_list(version_dir, manifest, "validation_images")
+
+
+def image_list(
+    version_dir: str | os.PathLike[str], manifest: Manifest, key: ImageListKey
+) -> list[str] | None:
+    """The names in the list the manifest's `key` names, None if it names none. The file is
+    checked again here: a Manifest built in code has not been through from_dict."""
+    allowed, what = IMAGE_LISTS[key]
+    listed = manifest.image_list(key)
+    if listed is None:
         return None
-    name = manifest.training_images.file
+    name = listed.file
     path = Path(version_dir) / name
-    if name not in TRAINING_LISTS or not path.is_file():
-        raise RepositoryError(f"{MANIFEST_NAME} names a training list {name!r} that is not there")
+    if name not in allowed or not path.is_file():
+        raise RepositoryError(f"{MANIFEST_NAME} names a {what} {name!r} that is not there")
     data = path.read_bytes()
     manifest.check_file(path, data)
-    return parse_training_list(data, name)
+    return parse_training_list(data, name, what)

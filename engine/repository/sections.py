@@ -11,7 +11,7 @@ decides on them. A variant's gate figures are typed (engine/repository/variant_f
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -231,9 +231,12 @@ class CamRecord:
 
 
 @dataclass(frozen=True)
-class TrainingImages:
-    """The version's list of its training images: which file (also in `files`, with its
-    sha256) and how many names it holds."""
+class ImageList:
+    """A list of images the version holds, one dataset-relative name per line: which file
+    (also in `files`, with its sha256) and how many names it holds. The manifest's
+    `training_images` (what the model was trained on) and `validation_images` (the split its
+    threshold and calibration were chosen on) are each one, so `pneumo evaluate` can say when
+    its figures are on images the model has already met."""
 
     file: str
     images: int
@@ -242,8 +245,21 @@ class TrainingImages:
         return {"file": self.file, "images": self.images}
 
     @classmethod
-    def read(cls, f: Fields) -> TrainingImages:
+    def read(cls, f: Fields) -> ImageList:
         return cls(f.value("file", text, ""), f.value("images", count, 0))
+
+    @classmethod
+    def named(cls, names: tuple[str, ...]) -> Callable[[Fields], ImageList]:
+        """A `read` that also holds the file to one of `names` (a list's plain and gzipped
+        names): a manifest naming another file is malformed, found when it is read."""
+
+        def read(f: Fields) -> ImageList:
+            return cls(f.value("file", one_of(*names), ""), f.value("images", count, 0))
+
+        return read
+
+
+TrainingImages = ImageList  # the name of the first such list, as readers and tests know it
 
 
 @dataclass(frozen=True)

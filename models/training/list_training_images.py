@@ -15,6 +15,13 @@ and says when it is shown the model's own training images.
 --add-to writes the list into an existing version folder and adds it to that version's
 manifest (`training_images`, and its sha256 and size under `files`), as `pneumo convert
 --training-list` does for a new version: for a version converted before the option existed.
+
+--validation writes the validation split itself instead (sorted; `validation_images` in the
+manifest, as `pneumo convert --validation-list`): the images the version's threshold and
+calibration were chosen on, so `pneumo evaluate` can say its figures on them are optimistic.
+
+    python models/training/list_training_images.py --data ../shared/data/kermany224/train \
+        --split models/validation_split_v2.txt --validation --add-to models/pneumonia/2
 """
 
 from __future__ import annotations
@@ -26,14 +33,15 @@ from pathlib import Path
 
 from pneumo_onnx.engine.contract import Contract
 from pneumo_onnx.engine.repository.manifest import (
+    IMAGE_LISTS,
     MANIFEST_NAME,
-    TRAINING_LISTS,
+    ImageListKey,
     Manifest,
     parse_training_list,
     read_manifest,
     verify_files,
 )
-from pneumo_onnx.engine.repository.sections import FileEntry, TrainingImages
+from pneumo_onnx.engine.repository.sections import FileEntry, ImageList
 from pneumo_onnx.engine.runtime.listing import list_images
 
 MODELS = Path(__file__).resolve().parents[1]
@@ -61,21 +69,29 @@ def encode(names: list[str], gz: bool) -> bytes:
     return gzip.compress(text, compresslevel=9, mtime=0) if gz else text
 
 
-def add_to_version(version_dir: Path, data: bytes) -> Path:
-    """Write the gzipped list into `version_dir` and name it in its manifest."""
+def validation_names(data: Path, split: Path) -> list[str]:
+    """The validation split's names, sorted, each checked to be an image under `data`."""
+    training_names(data, split)  # exits when the split names an image not under `data`
+    return sorted({line.strip() for line in split.read_text().splitlines() if line.strip()})
+
+
+def add_to_version(version_dir: Path, data: bytes, key: ImageListKey = "training_images") -> Path:
+    """Write the gzipped list into `version_dir` and name it in its manifest under `key`
+    (training_images or validation_images)."""
     manifest = read_manifest(version_dir)
     problems = verify_files(version_dir, manifest)
     if problems:
         raise SystemExit(f"{version_dir} does not match its manifest: {'; '.join(problems)}")
-    name = TRAINING_LISTS[1]
+    names, what = IMAGE_LISTS[key]
+    name = names[1]
     target = version_dir / name
     target.write_bytes(data)
-    count = len(parse_training_list(data, name))
+    count = len(parse_training_list(data, name, what))
     # Two entries added to the JSON as it is, the rest kept byte for byte (a round trip through
     # Manifest would restate an old contract in today's schema); checked by the reader.
     raw = json.loads((version_dir / MANIFEST_NAME).read_text())
-    raw["training_images"] = TrainingImages(name, count).to_dict()
-    raw["files"][name] = FileEntry.of(data, {"kind": "training list", "images": count}).to_dict()
+    raw[key] = ImageList(name, count).to_dict()
+    raw["files"][name] = FileEntry.of(data, {"kind": what, "images": count}).to_dict()
     Manifest.from_dict(raw)
     (version_dir / MANIFEST_NAME).write_text(json.dumps(raw, indent=2) + "\n")
     return target
@@ -85,17 +101,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="kermany224/train")
     parser.add_argument("--split", type=Path, default=MODELS / "validation_split.txt")
+    parser.add_argument("--validation", action="store_true", help="list the split itself")
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", type=Path, help="write the list here (.gz: gzipped)")
     where.add_argument("--add-to", type=Path, metavar="VERSION_DIR", help="see above")
     args = parser.parse_args()
-    names = training_names(args.data, args.split)
+    pick = validation_names if args.validation else training_names
+    names = pick(args.data, args.split)
+    key: ImageListKey = "validation_images" if args.validation else "training_images"
+    kind = key.removesuffix("_images")
     if args.out is not None:
         args.out.write_bytes(encode(names, args.out.name.endswith(".gz")))
         target = args.out
     else:
-        target = add_to_version(args.add_to, encode(names, gz=True))
-    print(f"wrote {target}: {len(names)} training images, {target.stat().st_size} bytes")
+        target = add_to_version(args.add_to, encode(names, gz=True), key)
+    print(f"wrote {target}: {len(names)} {kind} images, {target.stat().st_size} bytes")
 
 
 if __name__ == "__main__":
