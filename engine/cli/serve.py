@@ -30,7 +30,12 @@ def add(sub: Subparsers) -> None:
     p.add_argument("--model", default=None, help="model name in the repository (default: first)")
     add_variant_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="port to listen on (default: $SAGEMAKER_BIND_TO_PORT, else $AIP_HTTP_PORT, else 8000)",
+    )
     add_device_option(p)
     add_preprocessing_option(p)
     p.add_argument("--workers", type=int, default=1, help="server processes")
@@ -195,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     server.run(
         config,
         args.host,
-        args.port,
+        args.port if args.port is not None else server.platform_port(),
         args.workers,
         args.ssl_certfile,
         args.ssl_keyfile,

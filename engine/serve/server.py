@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,23 @@ from pneumo_onnx.engine.errors import MissingExtraError, UsageError
 from pneumo_onnx.engine.serve.config import CONFIG_ENV, ServeConfig
 
 log = logging.getLogger(__name__)
+# Where a cloud platform tells its container to listen, in the order they are read: SageMaker
+# (inference pipelines set it; alone it is 8080), then Vertex AI (always set there).
+PLATFORM_PORT_ENVS = ("SAGEMAKER_BIND_TO_PORT", "AIP_HTTP_PORT")
+DEFAULT_PORT = 8000
+
+
+def platform_port(environ: Mapping[str, str] | None = None, default: int = DEFAULT_PORT) -> int:
+    """The port to listen on when none is given: the first platform variable that is set."""
+    env = os.environ if environ is None else environ
+    for name in PLATFORM_PORT_ENVS:
+        value = env.get(name, "").strip()
+        if not value:
+            continue
+        if not (value.isascii() and value.isdecimal() and 1 <= int(value) <= 65535):
+            raise UsageError(f"{name} must be a port number in 1-65535, got {value[:20]!r}")
+        return int(value)
+    return default
 
 
 def run(

@@ -35,6 +35,7 @@ from pneumo_onnx.engine.contract import check_threshold
 from pneumo_onnx.engine.errors import ConflictError, NotFoundError, Overloaded, UsageError
 from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, Result, Row
 from pneumo_onnx.engine.serve.store import schema
+from pneumo_onnx.engine.serve.store.record import iso_utc
 
 log = logging.getLogger(__name__)
 
@@ -346,8 +347,9 @@ class JobStore:
         ).fetchone()
         if row is None:  # another key's job is as invisible as one that does not exist
             raise NotFoundError(f"no job with id {job_id[:40]!r}")
-        keys = ("id", "status", "created", "updated", "threshold", "total", "done", "errors")
+        keys = ("job_id", "status", "created", "updated", "threshold", "total", "done", "errors")
         job = dict(zip(keys, row[:8], strict=True))
+        job["created"], job["updated"] = iso_utc(job["created"]), iso_utc(job["updated"])
         job["progress"] = job["done"] / job["total"] if job["total"] else 1.0
         if row[8] is not None:
             job["error"] = row[8]
@@ -356,10 +358,10 @@ class JobStore:
     @staticmethod
     def _require_done(job: dict[str, Any]) -> None:
         if job["status"] == "failed":
-            raise ConflictError(f"job {job['id']} failed: {job.get('error')}")
+            raise ConflictError(f"job {job['job_id']} failed: {job.get('error')}")
         if job["status"] != "done":
             raise ConflictError(
-                f"job {job['id']} is {job['status']} ({job['done']} of {job['total']} scored): "
+                f"job {job['job_id']} is {job['status']} ({job['done']} of {job['total']} scored): "
                 "results are ready when its status is done"
             )
 

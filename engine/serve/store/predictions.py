@@ -383,6 +383,7 @@ def _open_writer(path: Path) -> sqlite3.Connection:
         # NORMAL in WAL: a process crash loses nothing committed; only a power cut can.
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(schema.PREDICTIONS)
+        schema.add_columns(conn, schema.PREDICTION_COLUMNS)
         schema.check_columns(conn, path, COLUMNS)
     except sqlite3.Error as e:
         conn.close()

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     threshold REAL,
     latency_ms REAL NOT NULL,
     image_sha256 TEXT NOT NULL,
+    source TEXT NOT NULL DEFAULT 'interactive',
     image BLOB,
     error TEXT
 );
@@ -67,6 +68,7 @@ JOB_COLUMNS = (
     ("jobs", "bytes", "INTEGER NOT NULL DEFAULT 0"),
     ("job_items", "attempts", "INTEGER NOT NULL DEFAULT 0"),
 )
+PREDICTION_COLUMNS = (("predictions", "source", "TEXT NOT NULL DEFAULT 'interactive'"),)
 WAL_LIMIT_BYTES = 64 * 2**20  # the WAL file is truncated to this after each checkpoint
 VACUUM_PAGES = 2048  # free pages given back per step (8 MB of 4 KB pages)
 # What the reports read: a log written by an older or newer writer only needs these.
