@@ -34,7 +34,8 @@ def add(sub: Subparsers) -> None:
         "--port",
         type=int,
         default=None,
-        help="port to listen on (default: $SAGEMAKER_BIND_TO_PORT, else $AIP_HTTP_PORT, else 8000)",
+        help="port to listen on; unset: $SAGEMAKER_BIND_TO_PORT, else $AIP_HTTP_PORT, "
+        "else 8000 (default: 8000)",
     )
     add_device_option(p)
     add_preprocessing_option(p)

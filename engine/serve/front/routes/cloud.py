@@ -44,6 +44,33 @@ INVOCATIONS = "/invocations"
 VERTEX_HEALTH_ENV = "AIP_HEALTH_ROUTE"
 VERTEX_PREDICT_ENV = "AIP_PREDICT_ROUTE"
 
+_INSTANCE = {
+    "type": "object",
+    "properties": {"b64": {"type": "string", "description": "the image file, base64"}},
+    "required": ["b64"],
+}
+_INSTANCES = {
+    "type": "object",
+    "properties": {
+        "instances": {"type": "array", "items": _INSTANCE},
+        "parameters": {"type": "object", "properties": {"threshold": {"type": "number"}}},
+    },
+    "required": ["instances"],
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+INVOCATIONS_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            **{media: _BINARY for media in IMAGE_TYPES},
+            JSON_TYPE: {
+                "schema": {"anyOf": [_INSTANCE, {"type": "array", "items": _INSTANCE}, _INSTANCES]}
+            },
+        },
+    }
+}
+VERTEX_BODY = {"requestBody": {"required": True, "content": {JSON_TYPE: {"schema": _INSTANCES}}}}
+
 sagemaker = APIRouter(tags=["sagemaker"])
 
 
@@ -53,7 +80,7 @@ async def ping(request: Request) -> JSONResponse:
     return ready_answer(request)
 
 
-@sagemaker.post(INVOCATIONS, dependencies=access("user"))
+@sagemaker.post(INVOCATIONS, openapi_extra=INVOCATIONS_BODY, dependencies=access("user"))
 async def invocations(request: Request) -> JSONResponse:
     """Score the image file sent as the body, or the JSON instances: one result for one image,
     a list (in order) for a list."""
