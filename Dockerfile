@@ -1,8 +1,8 @@
 # pneumo serve in a container, the way SageMaker, Vertex AI, KServe and Kubernetes run one:
 # `docker run IMAGE serve` listens on 0.0.0.0:8080 (or $SAGEMAKER_BIND_TO_PORT / $AIP_HTTP_PORT),
 # see deploy/docker/entrypoint.sh. Two stages: the builder makes the wheel (the engine and the
-# shipped model repository, no TensorFlow), the runtime installs it with the serve and dicom
-# extras and runs as a non-root user.
+# shipped model repository, no TensorFlow), the runtime installs it with the serve, dicom and
+# postgres extras (replicas share one --database) and runs as a non-root user.
 # Docker cannot run on the machines this project is developed on: this file was never built
 # there. tests/test_deploy.py checks what it COPYs exists and builds the wheel from exactly
 # those files.
@@ -10,6 +10,7 @@ FROM python:3.11-slim AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
+COPY LICENSES ./LICENSES
 COPY pneumo_onnx ./pneumo_onnx
 COPY engine ./engine
 COPY models ./models
@@ -20,7 +21,7 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=builder /wheels /wheels
-RUN pip install "$(ls /wheels/pneumo_onnx-*.whl)[serve,dicom]" && rm -rf /wheels \
+RUN pip install "$(ls /wheels/pneumo_onnx-*.whl)[serve,dicom,postgres]" && rm -rf /wheels \
     && useradd --create-home --uid 10001 pneumo
 COPY deploy/docker/entrypoint.sh /usr/local/bin/pneumo-entrypoint
 USER 10001

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := build/demo
 
-.PHONY: setup chromium demo test test-fast lint clean
+.PHONY: setup chromium postgres demo test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,18 @@ chromium:
 		else \
 			echo "error: chromium is missing; the report test needs it. As root on Debian/Ubuntu:" \
 				"apt-get install chromium chromium-driver (or install Chromium and put it on PATH)" >&2; \
+			exit 1; \
+		fi; \
+	}
+
+# A real PostgreSQL server (initdb, pg_ctl) for the shared-database tests (tests/postgres_server.py).
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update && apt-get install -y --no-install-recommends postgresql; \
+		else \
+			echo "error: PostgreSQL is missing; the shared-database tests need initdb and pg_ctl." \
+				"As root on Debian/Ubuntu: apt-get install postgresql (or put its bin/ on PATH)" >&2; \
 			exit 1; \
 		fi; \
 	}
@@ -53,7 +65,7 @@ demo: setup
 
 # The rules (lint, types, layers), then unit tests, parity tests and the clean-install check,
 # slow ones included. The report test renders HTML in headless Chromium: only tests need it.
-test: setup chromium lint
+test: setup chromium postgres lint
 	$(BIN)/python -m pytest
 
 # The loop while changing code (a few minutes): the rules, then every test not marked slow

@@ -11,13 +11,6 @@ Row = dict[str, Any]
 Column = tuple[str, Callable[[Row], Any]]
 
 
-def _get(row: Row, *keys: str) -> Any:
-    value: Any = row
-    for key in keys:
-        value = value.get(key) if isinstance(value, dict) else None
-    return value
-
-
 def _x(value: float | None) -> str:
     return f"{value:.2f}x" if value else ""
 

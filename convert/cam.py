@@ -155,13 +155,11 @@ def _mismatch(model: onnx.ModelProto, spec: CamSpec, contract: Contract) -> str:
     probe = np.stack([finish(p, contract) for p in pixels])
     try:
         session = create_session(model.SerializeToString())
-        score, features = session.run(
-            [contract.output.name, FEATURE_OUTPUT], {contract.input.name: probe}
-        )
+        score, features = run(session, probe, [contract.output.name, FEATURE_OUTPUT])
         rebuilt = spec.scores(spec.maps(features))
     except PneumoError as e:
         return e.message
-    except Exception as e:  # onnxruntime's untyped errors on a graph it cannot run
+    except Exception as e:  # numpy on a feature map the spec cannot reduce (wrong shape)
         return f"{type(e).__name__}: {e}"
     diff = float(np.max(np.abs(rebuilt - contract.scores(score))))
     if diff > CAM_TOLERANCE:

@@ -47,7 +47,7 @@ class Overrides:
     labels: tuple[str, ...] | None = None  # in output-index order for softmax2; (neg, pos) else
     positive_index: int | None = None
     output_kind: str | None = None  # one of OUTPUT_KINDS, where the final activation is hidden
-    threshold: float = 0.5
+    threshold: float | None = None  # None: the contract's default (0.5)
 
 
 def detect_contract(src: LoadedSource, o: Overrides, images: Sequence[Path] = ()) -> Contract:
@@ -64,7 +64,7 @@ def detect_contract(src: LoadedSource, o: Overrides, images: Sequence[Path] = ()
         output=output,
         negative_label=negative,
         positive_label=positive,
-        threshold=o.threshold,
+        **({} if o.threshold is None else {"threshold": o.threshold}),
     )
 
 

@@ -35,8 +35,18 @@ from pneumo_onnx.convert.source import LoadedSource, load_source
 from pneumo_onnx.convert.validate import parity_check, runtime_checks, structure_checks
 from pneumo_onnx.convert.variants import build_and_check
 from pneumo_onnx.engine.contract import PROVENANCE_KEY, Contract
+from pneumo_onnx.engine.repository.manifest import Manifest
+from pneumo_onnx.engine.repository.sections import (
+    CamRecord,
+    CheckRecord,
+    Parity,
+    Preprocessing,
+    ProbeImages,
+    SkippedVariant,
+    Source,
+    TrainingImages,
+)
 from pneumo_onnx.engine.repository.variants import OPTIONAL_VARIANTS
-from pneumo_onnx.engine.runtime.fidelity import MANIFEST_KEY as PREPROCESSING_KEY
 from pneumo_onnx.engine.runtime.fidelity import measure, verdict
 from pneumo_onnx.engine.runtime.metrics import wilson_lower
 from pneumo_onnx.engine.runtime.session import run_batched
@@ -68,7 +78,7 @@ class ConvertResult:
     version_dir: Path
     contract: Contract
     report: Report
-    manifest: dict[str, Any]
+    manifest: Manifest
     seconds: float
 
 
@@ -123,7 +133,7 @@ def convert_loaded(
         cam = with_scale(cam, session, contract, probes[-len(subset) :])
         metadata.update(cam.to_metadata())
     parity = next(c.figures for c in report.checks if c.name == "parity_keras")
-    provenance = {
+    provenance: dict[str, Any] = {
         "source": {"name": src.name, "format": src.format, "sha256": src.sha256},
         "tools": tool_versions(),
         "parity": parity,
@@ -140,10 +150,10 @@ def convert_loaded(
         fp32_path.write_bytes(fp32)
         fidelity = fast_path_fidelity(session, contract, images)
         labelled_check(
-            report, fp32_path, contract, opts.image_folders, preprocessing=fidelity["verdict"]
+            report, fp32_path, contract, opts.image_folders, preprocessing=fidelity.verdict
         )
         if expected is not None:
-            expected_scores_check(report, fp32_path, expected, preprocessing=fidelity["verdict"])
+            expected_scores_check(report, fp32_path, expected, preprocessing=fidelity.verdict)
         report.raise_if_failed(src.name)
         inputs = Inputs(
             model, fp32_path, src, contract, probes[-len(subset) :], Path(tmp), tolerance
@@ -161,7 +171,7 @@ def convert_loaded(
         files[filename] = data
         figures[filename] = {"kind": key, **variant_figures}
     skipped = {
-        c.name.removeprefix("variant_"): {"reason": c.detail, **c.figures}
+        c.name.removeprefix("variant_"): SkippedVariant.of(c.detail, c.figures)
         for c in report.checks
         if c.skipped
     }
@@ -185,35 +195,32 @@ def convert_loaded(
     if listed is not None:
         name, data, count = listed
         files[name], figures[name] = data, {"kind": "training list", "images": count}
-    manifest: dict[str, Any] = {
-        "name": opts.name,
-        "version": version,
-        "contract": contract.to_dict(),
-        PREPROCESSING_KEY: fidelity,
-        "class_activation_map": {
-            "available": cam is not None,
-            "detail": cam_note,
-            **({"scale": cam.scale.to_dict()} if cam and cam.scale else {}),
-        },
-        **provenance,
-        **({"training_images": {"file": listed[0], "images": listed[2]}} if listed else {}),
-        "checks": [
-            {"name": c.name, "passed": c.passed, "skipped": c.skipped, "detail": c.detail}
-            for c in report.checks
-        ],
-        "probe_images": {"gates": len(images), "parity_and_calibration": len(subset)},
-        "labelled": next((c.figures for c in report.checks if c.name == "labelled_auc"), None),
-        "expected_scores": next(
+    seconds = round(time.perf_counter() - start, 2)
+    manifest = Manifest(
+        name=opts.name,
+        version=version,
+        contract=contract,
+        preprocessing=fidelity,
+        class_activation_map=CamRecord(cam is not None, cam_note, cam.scale if cam else None),
+        source=Source(src.name, src.format, src.sha256),
+        tools=provenance["tools"],
+        parity=Parity.from_dict(parity),
+        converted=provenance["converted"],
+        training_images=TrainingImages(listed[0], listed[2]) if listed else None,
+        checks=tuple(CheckRecord(c.name, c.passed, c.detail, c.skipped) for c in report.checks),
+        probe_images=ProbeImages(gates=len(images), parity_and_calibration=len(subset)),
+        labelled=next((c.figures for c in report.checks if c.name == "labelled_auc"), None),
+        expected_scores=next(
             (c.figures for c in report.checks if c.name == "expected_scores"), None
         ),
-        "skipped_variants": skipped,
-    }
-    seconds = round(time.perf_counter() - start, 2)
-    manifest["conversion_seconds"] = seconds
+        skipped_variants=skipped,
+        conversion_seconds=seconds,
+        threshold_source="default" if opts.overrides.threshold is None else "stated",
+    )
     version_dir, manifest = write_version(
         repo, opts.name, version, files, figures, manifest, contract
     )
-    log.info("wrote %s in %.1f s", version_dir, manifest["conversion_seconds"])
+    log.info("wrote %s in %.1f s", version_dir, seconds)
     return ConvertResult(version_dir, contract, report, manifest, seconds)
 
 
@@ -229,13 +236,13 @@ def _missing_folders(folder: Path) -> list[Path]:
     return missing
 
 
-def fast_path_fidelity(session: Any, contract: Contract, images: Sequence[Path]) -> dict[str, Any]:
+def fast_path_fidelity(session: Any, contract: Contract, images: Sequence[Path]) -> Preprocessing:
     """The fast preprocessing path against the reference one, with the converted model on the
     probe X-rays, and the engine's verdict on it (its `auto` re-reads the figures)."""
     figures = measure(lambda x: contract.scores(run_batched(session, x)), images, contract)
     path, why = verdict(figures, contract)
     log.info("preprocessing: %s by default (%s)", path, why)
-    return {"fast_vs_reference": figures, "verdict": path, "reason": why}
+    return Preprocessing(figures, path, why)
 
 
 def tool_versions() -> dict[str, str]:

@@ -12,23 +12,24 @@ failed or interrupted conversion never leaves a half-written version behind.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pneumo_onnx.engine.contract import Contract
 from pneumo_onnx.engine.errors import RepositoryError, UsageError
 from pneumo_onnx.engine.repository.manifest import (
-    FORMAT,
     MANIFEST_NAME,
     TRAINING_LISTS,
+    Manifest,
     parse_training_list,
 )
+from pneumo_onnx.engine.repository.sections import FileEntry
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MAX_BATCH_SIZE = 64
@@ -90,26 +91,20 @@ def write_version(
     version: int,
     files: dict[str, bytes],
     file_info: dict[str, dict[str, Any]],
-    manifest: dict[str, Any],
+    manifest: Manifest,
     contract: Contract,
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, Manifest]:
     """Stage every file plus the manifest, then rename the folder into place atomically.
 
-    The manifest gets a `files` entry per file: sha256, size, and that file's `file_info`.
-    Returns the version folder and the manifest as written.
+    The manifest gets a `files` entry per file: sha256, size, and that file's `file_info`
+    (its kind and figures). It is read back before anything is written: a manifest its own
+    reader would refuse is a bug here, not a broken version there. Returns the version folder
+    and the manifest as written.
     """
-    manifest = {
-        "format": FORMAT,
-        **manifest,
-        "files": {
-            filename: {
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "bytes": len(data),
-                **file_info.get(filename, {}),
-            }
-            for filename, data in files.items()
-        },
-    }
+    entries = {n: FileEntry.of(data, file_info.get(n, {})) for n, data in files.items()}
+    manifest = replace(manifest, name=name, version=version, files=entries)
+    text = manifest.to_json()
+    Manifest.from_dict(json.loads(text))
     model_dir = repo / name
     final = model_dir / str(version)
     try:
@@ -125,7 +120,7 @@ def write_version(
     try:
         for filename, data in files.items():
             (staging / filename).write_bytes(data)
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        (staging / MANIFEST_NAME).write_text(text)
         if final.exists():
             raise RepositoryError(
                 f"{name} version {version} appeared while converting; not replaced"

@@ -16,10 +16,16 @@ import onnxruntime as ort
 from pneumo_onnx.convert.noise import FLOOR, describe, fp32_noise, tolerance_for
 from pneumo_onnx.convert.report import CheckFailed, Figures, Report
 from pneumo_onnx.engine.contract import Contract
-from pneumo_onnx.engine.errors import ContractError, RepositoryError, UsageError, first_line
+from pneumo_onnx.engine.errors import (
+    ContractError,
+    InferenceError,
+    RepositoryError,
+    UsageError,
+    first_line,
+)
 from pneumo_onnx.engine.repository.cam import CamSpec
-from pneumo_onnx.engine.repository.manifest import MANIFEST_NAME, read_manifest, sha256_file
-from pneumo_onnx.engine.runtime.session import create_session, run_batched
+from pneumo_onnx.engine.repository.manifest import MANIFEST_NAME, read_manifest
+from pneumo_onnx.engine.runtime.session import create_session, run, run_batched
 
 FP32_TOLERANCE = 1e-5  # the floor of a model's fp32 parity bound (convert.noise)
 CAM_TOLERANCE = 1e-4  # score rebuilt from the CAM output vs the score, fp32
@@ -152,9 +158,9 @@ def _cam_check(
     so they get the int8 variant's score tolerance."""
     names = [contract.output.name, cam.output]
     try:
-        score, features = session.run(names, {contract.input.name: probes})
-    except Exception as e:  # onnxruntime's untyped errors
-        raise CheckFailed(f"cannot fetch {names}: {first_line(e)}") from e
+        score, features = run(session, probes, names)
+    except InferenceError as e:
+        raise CheckFailed(f"cannot fetch {names}: {e.message}") from e
     rebuilt = cam.scores(cam.maps(features))
     diff = float(np.max(np.abs(rebuilt - contract.scores(score))))
     tolerance = 0.05 if reduced else CAM_TOLERANCE
@@ -218,13 +224,7 @@ def manifest_check(report: Report, path: Path) -> None:
         return
 
     def check() -> tuple[str, Figures]:
-        manifest = read_manifest(path.parent)
-        entry = manifest.get("files", {}).get(path.name)
-        if entry is None:
-            raise CheckFailed(f"{path.name} is not listed in {MANIFEST_NAME}")
-        digest = sha256_file(path)
-        if digest != entry.get("sha256"):
-            raise CheckFailed(f"sha256 {digest[:12]}... differs from {MANIFEST_NAME}")
+        digest = read_manifest(path.parent).check_file(path)  # its RepositoryError: a failure
         return f"sha256 matches {MANIFEST_NAME}", {"sha256": digest}
 
     report.run("manifest_sha256", check)
@@ -315,11 +315,10 @@ def recorded_tolerance(p: Path) -> float | None:
     if not (p.parent / MANIFEST_NAME).is_file():
         return None
     try:
-        parity = read_manifest(p.parent).get("parity") or {}
-    except RepositoryError:
+        parity = read_manifest(p.parent).parity
+    except RepositoryError:  # manifest_check reports it
         return None
-    value = parity.get("tolerance")
-    return float(value) if isinstance(value, int | float) else None
+    return parity.tolerance if parity else None
 
 
 def subject(p: Path) -> str:
@@ -330,9 +329,8 @@ def subject(p: Path) -> str:
             manifest = read_manifest(p.parent)
         except RepositoryError:  # manifest_check reports it; the name falls back to the path
             return str(p)
-        name, version = manifest.get("name"), manifest.get("version")
-        if name is not None and version is not None:
-            return f"{name}/{version}/{p.name}"
+        if manifest.name is not None and manifest.version is not None:
+            return f"{manifest.name}/{manifest.version}/{p.name}"
     return str(p)
 
 

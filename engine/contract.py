@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -50,8 +50,10 @@ RESIZE_MODES = ("stretch", "center-crop", "fit", "pad")
 # sigmoid2: two independent sigmoid units (Dense(2, sigmoid) trained on one-hot labels) whose
 # author reads argmax: the score o_pos / (o_0 + o_1) is above 0.5 exactly when o_pos is the
 # larger, so threshold 0.5 gives argmax's label.
-OUTPUT_KINDS = ("sigmoid", "softmax2", "sigmoid2")
-LAYOUTS = ("NHWC", "NCHW")
+OutputKind = Literal["sigmoid", "softmax2", "sigmoid2"]
+OUTPUT_KINDS: tuple[OutputKind, ...] = get_args(OutputKind)
+Layout = Literal["NHWC", "NCHW"]
+LAYOUTS: tuple[Layout, ...] = get_args(Layout)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class InputSpec:
     """One image tensor, batch dimension first and dynamic, and the pipeline that fills it."""
 
     name: str = "image"
-    layout: str = "NHWC"
+    layout: Layout = "NHWC"
     height: int = 128
     width: int = 128
     channels: int = 3
@@ -111,7 +113,7 @@ class OutputSpec:
     by argmax) with the positive class at an index."""
 
     name: str = "score"
-    kind: str = "sigmoid"
+    kind: OutputKind = "sigmoid"
     positive_index: int = 0
 
 
@@ -226,9 +228,6 @@ class Contract:
             return self.positive_label, float(score)
         return self.negative_label, float(1.0 - score)
 
-    def with_threshold(self, threshold: float) -> Contract:
-        return replace(self, threshold=threshold)
-
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """Per-image shape in the model's layout (no batch dimension)."""
@@ -341,6 +340,7 @@ def _input_from_shape(name: str, shape: Sequence[int | str | None]) -> InputSpec
             "or [N, C, H, W]"
         )
     _, a, b, c = dims
+    layout: Layout
     if isinstance(c, int) and c in (1, 3):
         layout, h, w, ch = "NHWC", a, b, c
     elif isinstance(a, int) and a in (1, 3):

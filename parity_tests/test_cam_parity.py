@@ -77,7 +77,8 @@ def test_softmax_model_cam_is_the_logit_difference(tmp_path: Path, real_images: 
 
     opts = ConvertOptions(variants=["int8"], overrides=Overrides(labels=("NORMAL", "PNEUMONIA")))
     result = convert_loaded(from_keras_model(model, "softmax.keras"), tmp_path, 1, opts)
-    assert result.manifest["class_activation_map"]["available"] is True
+    cam = result.manifest.class_activation_map
+    assert cam is not None and cam.available is True
     kernel, bias = model.get_layer("head").get_weights()
     column = (kernel[:, 1] - kernel[:, 0]).astype(np.float64)
     for filename, tolerance in (("model.onnx", CAM_TOLERANCE), ("model.int8.onnx", None)):
@@ -93,8 +94,8 @@ def test_softmax_model_cam_is_the_logit_difference(tmp_path: Path, real_images: 
             assert float(spec.scores(got.values[None])[0]) == pytest.approx(p, abs=1e-5)
         else:  # the int8 variant keeps the output and the metadata
             assert got.values.shape == (32, 32)
-    checks = {c["name"]: c for c in result.manifest["checks"]}
-    assert checks["class_activation_map"]["passed"]
+    checks = {c.name: c for c in result.manifest.checks or ()}
+    assert checks["class_activation_map"].passed
     # The colour scale was measured on the real probe X-rays (here the 6 shipped samples) and
     # stored in both files: the engine's own maps of those X-rays give it again.
     engine = Engine.load(result.version_dir / "model.onnx", preprocessing="reference")
@@ -105,7 +106,7 @@ def test_softmax_model_cam_is_the_logit_difference(tmp_path: Path, real_images: 
         np.stack([m.values for m in maps]), np.array([m.score for m in maps]), 0.5
     )
     assert (again.floor, again.full) == pytest.approx((spec.scale.floor, spec.scale.full), abs=1e-3)
-    assert result.manifest["class_activation_map"]["scale"] == spec.scale.to_dict()
+    assert cam.scale == spec.scale
     assert cam_spec(Engine.load(result.version_dir / "model.int8.onnx")).scale == spec.scale
 
 
@@ -120,8 +121,8 @@ def test_model_without_gap_gets_no_cam_output(tmp_path: Path) -> None:
     onnx_model = onnx.load(result.version_dir / "model.onnx")
     assert [o.name for o in onnx_model.graph.output] == ["score"]
     assert CAM_KEY not in {p.key for p in onnx_model.metadata_props}
-    cam = result.manifest["class_activation_map"]
-    assert cam["available"] is False and "Flatten -> Dense" in cam["detail"]
+    cam = result.manifest.class_activation_map
+    assert cam is not None and cam.available is False and "Flatten -> Dense" in cam.detail
 
 
 def test_shipped_variants_carry_the_feature_map() -> None:

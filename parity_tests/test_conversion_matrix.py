@@ -18,7 +18,6 @@ from pneumo_onnx.convert.detect import Overrides
 from pneumo_onnx.convert.pipeline import ConvertOptions, convert
 from pneumo_onnx.convert.source import load_source
 from pneumo_onnx.engine.contract import Contract
-from pneumo_onnx.engine.repository.variants import OPTIONAL_VARIANTS
 from pneumo_onnx.engine.runtime.preprocess import reference_batch
 from pneumo_onnx.engine.runtime.session import create_session, run_batched
 
@@ -216,7 +215,7 @@ def test_convert_and_match(case: Case, tmp_path: Path, real_images: list[Path]) 
     contract: Contract = result.contract
     fields = {**vars(contract.input), **vars(contract.output)}
     assert {k: fields[k] for k in case.expect} == case.expect
-    assert result.manifest["source"]["format"] == case.format
+    assert result.manifest.source is not None and result.manifest.source.format == case.format
 
     # Independent re-check on real X-rays through the contract the engine will read.
     x = reference_batch(real_images[:16], contract)
@@ -226,8 +225,8 @@ def test_convert_and_match(case: Case, tmp_path: Path, real_images: list[Path]) 
     spread = np.ptp(contract.scores(expected))
     assert spread > 1e-6, "outputs are constant: this parity check would prove nothing"
     for key in case.variants:
-        entry = result.manifest["files"][OPTIONAL_VARIANTS[key].filename]
-        assert entry["max_score_diff"] <= FP32_TOLERANCE, key
+        figures = result.manifest.variants[key].variant
+        assert figures is not None and figures.max_score_diff <= FP32_TOLERANCE, key
 
 
 def _save(model: keras.Model, path: Path) -> Path:

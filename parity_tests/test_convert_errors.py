@@ -19,6 +19,7 @@ from pneumo_onnx.engine.repository.manifest import (
     training_list,
     verify_files,
 )
+from pneumo_onnx.engine.repository.sections import TrainingImages
 from tests.conftest import unwritable_dir
 
 L = keras.layers
@@ -212,8 +213,8 @@ def test_training_list_is_copied_or_refused(tmp_path: Path, capsys) -> None:
     copied = version / "training_images.txt.gz"
     assert copied.read_bytes() == listed.read_bytes()
     manifest = read_manifest(version)
-    assert manifest["training_images"] == {"file": "training_images.txt.gz", "images": 2}
-    assert manifest["files"]["training_images.txt.gz"]["sha256"] == sha256_file(listed)
+    assert manifest.training_images == TrainingImages("training_images.txt.gz", 2)
+    assert manifest.files["training_images.txt.gz"].sha256 == sha256_file(listed)
     assert verify_files(version, manifest) == []
     assert training_list(version, manifest) == [
         "NORMAL/IM-0115-0001.jpeg",
@@ -377,7 +378,7 @@ def test_mean_and_std_in_pixel_units(tmp_path: Path, capsys) -> None:
     argv = ["convert", source, "-o", str(tmp_path / "repo"), "--variants", "none"]
     flags = ["--input-mean", ",".join(map(str, mean)), "--input-std", ",".join(map(str, std))]
     assert main([*argv, *flags]) == 0, capsys.readouterr().err
-    contract = read_manifest(tmp_path / "repo" / "pneumonia" / "1")["contract"]["input"]
-    assert contract["scaling"] == "custom"
-    assert contract["mean"] == pytest.approx([v / 255 for v in mean])
-    assert contract["std"] == pytest.approx([v / 255 for v in std])
+    contract = read_manifest(tmp_path / "repo" / "pneumonia" / "1").contract
+    assert contract is not None and contract.input.scaling == "custom"
+    assert contract.input.mean == pytest.approx([v / 255 for v in mean])
+    assert contract.input.std == pytest.approx([v / 255 for v in std])

@@ -10,7 +10,6 @@ the fidelity matrix picks the least amplifying one), then converted with only it
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from keras import layers as L
 
 from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.repository.manifest import read_manifest
 from pneumo_onnx.engine.runtime.samples import sample_images
 
 apps = keras.applications
@@ -117,8 +117,8 @@ def test_deep_bases_convert_with_default_flags(
     repo = tmp_path / "repo"
     code = main(["convert", str(source), "-o", str(repo), "--preset", preset, "--variants", "none"])
     assert code == 0
-    manifest = json.loads((repo / "pneumonia" / "1" / "manifest.json").read_text())
-    parity = manifest["parity"]
-    FIGURES[preset] = parity
-    assert parity["max_abs_diff"] <= parity["tolerance"] <= 5e-4
-    assert set(parity["fp32_noise"]) == {"onnxruntime_fusions", "keras_batch_1_vs_batch"}
+    parity = read_manifest(repo / "pneumonia" / "1").parity
+    assert parity is not None and parity.fp32_noise is not None
+    FIGURES[preset] = parity.to_dict()
+    assert parity.max_abs_diff <= parity.tolerance <= 5e-4
+    assert set(parity.fp32_noise) == {"onnxruntime_fusions", "keras_batch_1_vs_batch"}

@@ -32,6 +32,7 @@ from PIL import Image, ImageOps
 from parity_tests.conftest import SHARED_FULLRES
 from pneumo_onnx.engine.cli import main
 from pneumo_onnx.engine.contract import Contract, InputSpec
+from pneumo_onnx.engine.repository.manifest import read_manifest
 from pneumo_onnx.engine.runtime.preprocess import reference_batch
 from pneumo_onnx.engine.runtime.samples import sample_images
 
@@ -436,7 +437,8 @@ def check_case(
     )
     wrong_input = reference_batch(scored_paths, Contract(input=mistake))
     wrong = case.score(keras_outputs(model, wrong_input), positive)
-    manifest = json.loads(next(repo.rglob("manifest.json")).read_text())
+    preprocessing = read_manifest(next(repo.rglob("manifest.json")).parent).preprocessing
+    assert preprocessing is not None
     FIGURES[name] = {
         "flags": " ".join(case.flags),
         "images": len(scored_paths),
@@ -444,8 +446,8 @@ def check_case(
         "label_changes_away": flips,
         "score_std": float(theirs.std()),
         "wrong_pipeline_max_diff": float(np.abs(wrong - theirs).max()),
-        "verdict": manifest["preprocessing"]["verdict"],
-        "fast_vs_reference": manifest["preprocessing"]["fast_vs_reference"],
+        "verdict": preprocessing.verdict,
+        "fast_vs_reference": preprocessing.fast_vs_reference.to_dict(),
     }
     assert theirs.std() > 0.1, f"scores barely vary ({theirs.std():.3f}): the check proves nothing"
     assert np.abs(wrong - theirs).max() > BOUND, "a wrong pipeline would pass too"

@@ -11,7 +11,6 @@ accuracy figure).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from pneumo_onnx.engine.cli import main
+from pneumo_onnx.engine.repository.manifest import read_manifest
 from pneumo_onnx.engine.runtime.samples import SAMPLES_DIR
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
@@ -68,8 +68,8 @@ def test_right_label_order_passes_and_is_recorded(softmax2: Path, tmp_path: Path
         "PASS  labelled_auc: ROC AUC 1.000 on 6 labelled images (3 NORMAL, 3 PNEUMONIA; reference "
         "preprocessing, as the engine runs it); sensitivity 1.000, specificity 1.000 at 0.5\n"
     ) in capsys.readouterr().out
-    manifest = json.loads((repo / "pneumonia" / "1" / "manifest.json").read_text())
-    assert manifest["labelled"]["roc_auc"] == 1.0 and manifest["labelled"]["images"] == 6
+    labelled = read_manifest(repo / "pneumonia" / "1").labelled
+    assert labelled is not None and labelled["roc_auc"] == 1.0 and labelled["images"] == 6
 
 
 def test_wrong_input_scaling_is_named(tmp_path: Path, capsys) -> None:

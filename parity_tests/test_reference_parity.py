@@ -69,14 +69,13 @@ def test_repository_layout_manifest_and_triton_config(reference_repo: ConvertRes
     version_dir = reference_repo.version_dir
     assert version_dir.name == "1"
     manifest = read_manifest(version_dir)
-    skipped = manifest["skipped_variants"]
+    skipped = manifest.skipped_variants or {}
     kept = [v.filename for k, v in OPTIONAL_VARIANTS.items() if k not in skipped]
-    assert set(manifest["files"]) == {"model.onnx", *kept}
+    assert set(manifest.files) == {"model.onnx", *kept}
     assert verify_files(version_dir, manifest) == []
-    assert all(c["passed"] or c["skipped"] for c in manifest["checks"])
-    assert {c["name"] for c in manifest["checks"] if c["skipped"]} == {
-        f"variant_{k}" for k in skipped
-    }
+    checks = manifest.checks or ()
+    assert checks and all(c.passed or c.skipped for c in checks)
+    assert {c.name for c in checks if c.skipped} == {f"variant_{k}" for k in skipped}
     config = (version_dir.parent / "config.pbtxt").read_text()
     assert 'name: "pneumonia"' in config and "dims: [ 128, 128, 3 ]" in config
     assert sorted(p.name for p in version_dir.parent.iterdir()) == ["1", "config.pbtxt"]

@@ -34,8 +34,9 @@ def test_manifest_matches_the_shipped_files(version: int) -> None:
     version_dir = default_model_dir() / str(version)
     manifest = read_manifest(version_dir)
     assert verify_files(version_dir, manifest) == []
-    assert {"model.onnx", "model.int8.onnx", "model.fp16.onnx"} <= set(manifest["files"])
-    assert manifest["source"]["sha256"] == sha256_file(SOURCES[version])
+    assert {"model.onnx", "model.int8.onnx", "model.fp16.onnx"} <= set(manifest.files)
+    assert manifest.source is not None
+    assert manifest.source.sha256 == sha256_file(SOURCES[version])
     assert (version_dir.parent / "config.pbtxt").is_file()
 
 

@@ -12,7 +12,6 @@ breaks int8 on real networks.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 from pneumo_onnx.convert.probes import real_batch
 from pneumo_onnx.engine.cli import main
 from pneumo_onnx.engine.contract import Contract, InputSpec
+from pneumo_onnx.engine.repository.manifest import Manifest, read_manifest
 from pneumo_onnx.engine.repository.variants import GATES, OPTIONAL_VARIANTS
 from pneumo_onnx.engine.runtime.samples import sample_images
 
@@ -56,7 +56,7 @@ def outlier_keras(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def default_run(
     outlier_keras: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[subprocess.CompletedProcess[str], dict]:
+) -> tuple[subprocess.CompletedProcess[str], Manifest]:
     """`pneumo convert` as a user types it, with the default --variants all."""
     repo = tmp_path_factory.mktemp("default") / "repo"
     done = subprocess.run(
@@ -73,37 +73,41 @@ def default_run(
         text=True,
     )
     assert done.returncode == 0, done.stderr
-    return done, json.loads((repo / "pneumonia" / "1" / "manifest.json").read_text())
+    return done, read_manifest(repo / "pneumonia" / "1")
 
 
 def test_default_variants_skip_what_misses_its_gate(default_run) -> None:
     done, manifest = default_run
-    skipped = manifest["skipped_variants"]
+    skipped = manifest.skipped_variants or {}
     assert {"int8", "int8-full"} <= set(skipped)
-    for key, figures in skipped.items():
-        assert GATES[OPTIONAL_VARIANTS[key].gate.kind].misses(figures), key
-        assert figures["images"] == 6 and figures["reason"].endswith(
+    for key, record in skipped.items():
+        figures = record.variant
+        assert figures is not None, record
+        assert GATES[OPTIONAL_VARIANTS[key].gate.kind].misses(figures.to_dict()), key
+        assert figures.images == 6 and record.reason.endswith(
             f"({OPTIONAL_VARIANTS[key].gate.describe()})"
         )
-        assert OPTIONAL_VARIANTS[key].filename not in manifest["files"]
+        assert key not in manifest.variants
         assert f"SKIP  variant_{key}: " in done.stdout
         # Which layer and why: the pooled outlier channel leaves a uint8 step of ~4 (1000 / 255)
         # for the features the classifier reads; that alone moves the scores past the gate,
         # while half a grey level of pixel noise barely moves fp32.
-        precision = figures["precision"]
-        worst = precision["worst_nodes"][0]
-        assert worst["op"] == "GlobalAveragePool", precision["worst_nodes"]
-        assert worst["reduced"].startswith("input uint8 in steps of 3.9")
-        assert worst["reduced"].endswith("over [0, 1e+03]")
-        assert worst["alone_p99_score_diff"] > GATES["int8"].p99_score_diff
-        assert precision["fp32_half_grey_level_p99_score_diff"] < 1e-3
+        precision = figures.precision
+        assert precision is not None and precision.worst_nodes
+        worst = precision.worst_nodes[0]
+        assert worst.op == "GlobalAveragePool", precision.worst_nodes
+        assert worst.reduced.startswith("input uint8 in steps of 3.9")
+        assert worst.reduced.endswith("over [0, 1e+03]")
+        assert worst.alone_p99_score_diff > GATES["int8"].p99_score_diff
+        assert precision.fp32_half_grey_level_p99_score_diff is not None
+        assert precision.fp32_half_grey_level_p99_score_diff < 1e-3
         assert (
-            f"most sensitive node {worst['node']} (GlobalAveragePool, {worst['reduced']}) alone "
-            f"moves p99 {worst['alone_p99_score_diff']:.2e}; half a grey level of noise moves "
+            f"most sensitive node {worst.node} (GlobalAveragePool, {worst.reduced}) alone "
+            f"moves p99 {worst.alone_p99_score_diff:.2e}; half a grey level of noise moves "
             "fp32 p99 "
-        ) in figures["reason"]
-    assert {"model.onnx", "model.tflite", "model.ort"} <= set(manifest["files"])
-    kept = [k for k, v in OPTIONAL_VARIANTS.items() if v.filename in manifest["files"]]
+        ) in record.reason
+    assert {"fp32", "tflite", "ort"} <= set(manifest.variants)
+    kept = [k for k in OPTIONAL_VARIANTS if k in manifest.variants]
     assert (
         "WARNING pneumo_onnx.convert.pipeline: skipped variant(s) "
         f"{', '.join(skipped)}: each missed its gate (figures in manifest.json, "
@@ -117,12 +121,12 @@ def test_the_warned_variants_line_gives_the_same_result(
     default_run, outlier_keras: Path, tmp_path: Path
 ) -> None:
     _, manifest = default_run
-    kept = [k for k, v in OPTIONAL_VARIANTS.items() if v.filename in manifest["files"]]
+    kept = [k for k in OPTIONAL_VARIANTS if k in manifest.variants]
     repo = tmp_path / "repo"
     argv = ["convert", str(outlier_keras), "-o", str(repo), "--variants", ",".join(kept)]
     assert main(argv) == 0
-    again = json.loads((repo / "pneumonia" / "1" / "manifest.json").read_text())
-    assert set(again["files"]) == set(manifest["files"]) and again["skipped_variants"] == {}
+    again = read_manifest(repo / "pneumonia" / "1")
+    assert set(again.files) == set(manifest.files) and again.skipped_variants == {}
 
 
 def test_a_variant_named_must_pass(outlier_keras: Path, tmp_path: Path, capsys) -> None:

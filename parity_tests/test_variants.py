@@ -46,7 +46,7 @@ def test_int8_agrees_with_fp32(reference_repo, real_batch, fp32_scores) -> None:
     scores = onnx_scores(reference_repo, "model.int8.onnx", real_batch)
     assert agreement(scores, fp32_scores) >= 0.99
     assert np.max(np.abs(scores - fp32_scores)) <= 0.05
-    sizes = {k: v["bytes"] for k, v in reference_repo.manifest["files"].items()}
+    sizes = {k: v.size for k, v in reference_repo.manifest.files.items()}
     assert sizes["model.int8.onnx"] < sizes["model.onnx"] / 3
 
 
@@ -55,10 +55,12 @@ def test_int8_full_is_kept_only_if_it_passes_the_int8_gate(
 ) -> None:
     """The default `--variants all` keeps int8-full only if it passes the same gate as int8 (on
     the trained model with 200 full-resolution X-rays it does not: it flips labels)."""
-    skipped = reference_repo.manifest["skipped_variants"]
+    skipped = reference_repo.manifest.skipped_variants or {}
     path = reference_repo.version_dir / "model.int8-full.onnx"
     if "int8-full" in skipped:
-        assert GATES["int8"].misses(skipped["int8-full"]) and not path.exists()
+        missed = skipped["int8-full"].variant
+        assert missed is not None and GATES["int8"].misses(missed.to_dict())
+        assert not path.exists()
         return
     scores = onnx_scores(reference_repo, "model.int8-full.onnx", real_batch)
     assert GATES["int8"].misses(score_agreement(scores, fp32_scores)) == []
@@ -88,7 +90,7 @@ def test_tflite_dynamic_range_agrees_with_keras(reference_repo, real_batch, kera
     data = (reference_repo.version_dir / "model.dynamic.tflite").read_bytes()
     scores = run_tflite(data, real_batch)[:, 0]
     assert agreement(scores, keras_scores) >= 0.99
-    assert len(data) < reference_repo.manifest["files"]["model.tflite"]["bytes"] / 3
+    assert len(data) < reference_repo.manifest.files["model.tflite"].size / 3
 
 
 def test_manifest_records_variant_figures(reference_repo: ConvertResult, image_folders) -> None:
@@ -97,8 +99,18 @@ def test_manifest_records_variant_figures(reference_repo: ConvertResult, image_f
     probes = len(gather_images(image_folders))
     manifest = reference_repo.manifest
     keys = {"label_agreement", "agreement_lower_95", "p99_score_diff", "max_score_diff", "images"}
+    skipped = manifest.skipped_variants or {}
     for key, variant in OPTIONAL_VARIANTS.items():
-        entry = manifest["files"].get(variant.filename) or manifest["skipped_variants"][key]
-        assert keys <= set(entry) and entry["images"] == probes, key
-        assert entry["gate"] == variant.gate.describe()
-    assert manifest["probe_images"]["gates"] == probes
+        kept = manifest.variants.get(key)
+        figures = kept.variant if kept else skipped[key].variant
+        assert figures is not None, key
+        assert keys <= set(figures.to_dict()) and figures.images == probes, key
+        assert figures.gate == variant.gate.describe()
+    assert manifest.probe_images is not None and manifest.probe_images.gates == probes
+    assert manifest.threshold_source == "default"  # no --threshold: the contract's 0.5
+    assert manifest.contract is not None and manifest.contract.threshold == 0.5
+    for key in ("int8", "int8-full", "fp16"):  # reduced precision: its fp32 layers recorded
+        built = manifest.variants.get(key)
+        if built is not None:
+            assert built.precision is not None and built.fp32_mac_share is not None, key
+            assert 0.0 <= built.fp32_mac_share <= 1.0

@@ -16,10 +16,8 @@ X-rays show it is needed (convert/precision.py), and say so in the manifest.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
@@ -31,6 +29,7 @@ from pneumo_onnx.convert.precision import Scorer, grey_level_sensitivity
 from pneumo_onnx.convert.probes import real_batch
 from pneumo_onnx.engine.cli import main
 from pneumo_onnx.engine.contract import Contract, InputSpec
+from pneumo_onnx.engine.repository.manifest import Manifest, read_manifest
 from pneumo_onnx.engine.repository.variants import GATES, OPTIONAL_VARIANTS
 from pneumo_onnx.engine.runtime.metrics import score_agreement
 from pneumo_onnx.engine.runtime.samples import sample_images
@@ -64,7 +63,7 @@ def teachable_machine_mobilenet(x_rays: np.ndarray) -> keras.Model:
 @pytest.fixture(scope="module")
 def converted(
     tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, dict[str, Any], Path, list[Path]]:
+) -> tuple[Path, Manifest, Path, list[Path]]:
     """The model converted as a user would: `pneumo convert` with the Teachable Machine preset,
     default variants (all), the probe X-rays copied flat. Returns the version, its manifest,
     the probe folder and X-rays used for nothing yet."""
@@ -86,7 +85,7 @@ def converted(
     argv = ["convert", str(source), "-o", str(repo), "--preset", "teachable-machine"]
     assert main([*argv, "--labels", "NORMAL,PNEUMONIA", "--images", str(probes)]) == 0
     version = repo / "pneumonia" / "1"
-    return version, json.loads((version / "manifest.json").read_text()), probes, held_out
+    return version, read_manifest(version), probes, held_out
 
 
 def test_the_model_is_as_steady_as_a_trained_one(converted) -> None:
@@ -94,7 +93,8 @@ def test_the_model_is_as_steady_as_a_trained_one(converted) -> None:
     X-ray itself changes by half a grey level: a model that jumps under pixel noise fails any
     variant's gate, and such a failure says nothing about the converter."""
     version, manifest, probes, _ = converted
-    contract = Contract.from_dict(manifest["contract"])
+    contract = manifest.contract
+    assert contract is not None
     x = real_batch(contract, sorted(probes.iterdir()))
     scorer = Scorer.of((version / "model.onnx").read_bytes(), contract, x)
     assert scorer.reference.std() > 0.1
@@ -103,24 +103,26 @@ def test_the_model_is_as_steady_as_a_trained_one(converted) -> None:
 
 def test_fp16_is_as_faithful_as_a_mobilenet_should_be(converted) -> None:
     _, manifest, _, _ = converted
-    fp16 = manifest["files"]["model.fp16.onnx"]
-    assert fp16["p99_score_diff"] <= FP16_BOUND, fp16
-    assert fp16["label_agreement"] == 1.0
+    fp16 = manifest.variants["fp16"].variant
+    assert fp16 is not None and fp16.p99_score_diff is not None
+    assert fp16.p99_score_diff <= FP16_BOUND, fp16
+    assert fp16.label_agreement == 1.0
 
 
 @pytest.mark.parametrize("key", ["int8", "int8-full"])
 def test_int8_variants_pass_their_gate(converted, key: str) -> None:
     _, manifest, _, _ = converted
-    entry = manifest["files"].get(OPTIONAL_VARIANTS[key].filename)
-    assert entry is not None, manifest["skipped_variants"].get(key)
-    assert GATES["int8"].misses(entry) == []
+    entry = manifest.variants.get(key)
+    assert entry is not None and entry.variant is not None, (manifest.skipped_variants or {})[key]
+    assert GATES["int8"].misses(entry.variant.to_dict()) == []
 
 
 @pytest.mark.parametrize("key", ["fp16", "int8", "int8-full"])
 def test_variants_keep_to_their_gate_on_x_rays_they_were_not_built_on(converted, key) -> None:
     """The fp32 nodes were chosen on the calibration X-rays: the variants must hold on others."""
     version, manifest, _, held_out = converted
-    contract = Contract.from_dict(manifest["contract"])
+    contract = manifest.contract
+    assert contract is not None
     x = real_batch(contract, held_out)
     fp32 = Scorer.of((version / "model.onnx").read_bytes(), contract, x)
     variant = OPTIONAL_VARIANTS[key]
@@ -137,15 +139,17 @@ def test_manifest_says_which_nodes_stayed_fp32_and_why(converted, key: str) -> N
     target on the calibration X-rays; the build kept is the most faithful attempt, and the
     manifest names the nodes it keeps in fp32."""
     _, manifest, _, _ = converted
-    precision = manifest["files"][OPTIONAL_VARIANTS[key].filename]["precision"]
-    attempts = precision["attempts"]
+    precision = manifest.variants[key].precision
+    assert precision is not None
+    attempts = precision.attempts
     assert attempts[0]["fp32_nodes"] == 0
-    assert attempts[0]["p99_score_diff"] > precision["target_p99_score_diff"]
-    kept = precision["fp32_nodes"]
+    assert attempts[0]["p99_score_diff"] > precision.target_p99_score_diff
+    kept = precision.fp32_nodes
     assert kept, "the plain build was kept although it missed the target"
     chosen = next(a for a in attempts if a["fp32_nodes"] == len(kept))
     assert chosen["last_fp32_node"] == kept[-1]
     assert chosen["p99_score_diff"] == min(a["p99_score_diff"] for a in attempts)
     assert chosen["p99_score_diff"] < attempts[0]["p99_score_diff"] / 2
     # What the fidelity costs in speed: measured, and at most about half the work here.
-    assert 0.0 < precision["fp32_mac_share"] < 0.6
+    assert 0.0 < precision.fp32_mac_share < 0.6
+    assert manifest.variants[key].fp32_mac_share == precision.fp32_mac_share

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from pneumo_onnx.engine.contract import Contract
+from pneumo_onnx.engine.repository.manifest import MANIFEST_NAME, read_manifest
+from pneumo_onnx.engine.repository.sections import FileEntry
 from pneumo_onnx.engine.runtime.samples import sample_images
+from pneumo_onnx.engine.serve.store.backend import Target
+from tests.postgres_server import PostgresServer, find_bindir
 
 
 def tiny_model(
@@ -79,3 +84,43 @@ def unwritable_dir(tmp_path: Path) -> Path:
     locked.mkdir()
     locked.chmod(0o500)
     return locked / "repo"
+
+
+def rerecord(version_dir: Path, name: str) -> None:
+    """Record the file `name`'s present bytes in its version's manifest: for a test that
+    changes a shipped file on purpose and wants it to pass the sha256 check."""
+    manifest = read_manifest(version_dir)
+    old = manifest.files[name]
+    entry = FileEntry.of((version_dir / name).read_bytes(), {"kind": old.kind, **old.figures})
+    files = {**manifest.files, name: entry}
+    (version_dir / MANIFEST_NAME).write_text(replace(manifest, files=files).to_json())
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the session (tests/postgres_server.py)."""
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: `make postgres`")
+    server = PostgresServer(bindir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], Target]:
+    """`target(name)`: where a store named `name` lives, for tests that run against both
+    databases: a SQLite file in tmp_path, or a fresh PostgreSQL database per name."""
+    if request.param == "sqlite":
+        return lambda name: tmp_path / name
+    server: PostgresServer = request.getfixturevalue("postgres")
+    made: dict[str, str] = {}
+
+    def target(name: str) -> Target:
+        if name not in made:
+            made[name] = server.database()
+        return made[name]
+
+    return target

@@ -26,13 +26,22 @@ class ServerProcess:
     """`python -m engine.cli serve ...` started in `cwd`, ready when /v2/health/ready says so."""
 
     def __init__(
-        self, cwd: Path, *args: str, env: dict[str, str] | None = None, tls: bool = False
+        self,
+        cwd: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        tls: bool = False,
+        port_by_env: bool = False,
+        ready_key: str | None = None,
     ) -> None:
         self.port = free_port()
         self.cwd = cwd
-        self.args = ["--port", str(self.port), *args]
-        self.env = {**os.environ, **(env or {})}
+        port = {"PNEUMO_PORT": str(self.port)} if port_by_env else {}
+        self.args = [*args] if port_by_env else ["--port", str(self.port), *args]
+        self.env = {**os.environ, **(env or {}), **port}
         self.scheme = "https" if tls else "http"
+        # The key readiness is asked with, for a server that protects its health routes.
+        self.ready_headers = {"X-API-Key": ready_key} if ready_key else {}
         self.proc: subprocess.Popen[str] | None = None
         self.log = cwd / f"server-{self.port}.log"
         self._tree: TreeMemory | None = None
@@ -56,7 +65,12 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log.read_text()[-3000:]}")
             try:
-                r = httpx.get(f"{self.url}/v2/health/ready", timeout=1.0, verify=verify)
+                r = httpx.get(
+                    f"{self.url}/v2/health/ready",
+                    headers=self.ready_headers,
+                    timeout=1.0,
+                    verify=verify,
+                )
                 if r.status_code == 200:
                     return self
             except httpx.TransportError:

@@ -21,8 +21,9 @@ from PIL import Image
 from benchmarks.payloads import make_dicom
 from pneumo_onnx.engine.errors import UsageError
 from pneumo_onnx.engine.runtime.samples import sample_images
+from pneumo_onnx.engine.serve.config import DEFAULT_PORT, ServeConfig, platform_port
+from pneumo_onnx.engine.serve.config_sources import resolve
 from pneumo_onnx.engine.serve.front.routes.cloud import vertex_paths, vertex_router
-from pneumo_onnx.engine.serve.server import platform_port
 from tests.server_process import ServerProcess
 
 KEY = "cloud-test-key-0123456789"
@@ -286,6 +287,21 @@ def test_platform_port(env: dict[str, str], port: int) -> None:
 def test_platform_port_refuses_what_is_not_a_port(value: str) -> None:
     with pytest.raises(UsageError, match="SAGEMAKER_BIND_TO_PORT must be a port number"):
         platform_port({"SAGEMAKER_BIND_TO_PORT": value})
+
+
+def test_the_port_setting_wins_over_the_platforms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`port` unset means the platform's port, read where the server binds (listen_port)."""
+    monkeypatch.delenv("SAGEMAKER_BIND_TO_PORT", raising=False)
+    monkeypatch.setenv("AIP_HTTP_PORT", "8081")
+    assert ServeConfig().listen_port == 8081
+    assert ServeConfig(port=9000).listen_port == 9000
+    monkeypatch.setenv("PNEUMO_PORT", "9001")
+    assert resolve({}).config.listen_port == 9001
+    assert resolve({"port": 9002}).config.listen_port == 9002
+    monkeypatch.delenv("PNEUMO_PORT")
+    assert resolve({}).config.port is None and resolve({}).config.listen_port == 8081
+    monkeypatch.delenv("AIP_HTTP_PORT")
+    assert ServeConfig().listen_port == DEFAULT_PORT == 8000
 
 
 def test_vertex_paths_are_checked() -> None:

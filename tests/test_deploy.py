@@ -105,7 +105,7 @@ def test_containers_run_our_image_on_their_declared_port(kind: str) -> None:
     assert image == CONTAINERS["Deployment"]["image"]
     assert container["command"] == ["pneumo", "serve"]
     args = build_parser().parse_args(["serve", *container["args"]])  # flags the CLI has
-    assert args.host == "0.0.0.0" and not args.protect_health
+    assert args.host == "0.0.0.0" and not getattr(args, "protect_health", False)
     assert [p["containerPort"] for p in container["ports"]] == [args.port]
 
 
@@ -211,7 +211,8 @@ def entrypoint(
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "pneumo").write_text("#!/bin/sh\n" + shim)
     (bin_dir / "pneumo").chmod(0o755)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("AIP_", "SAGEMAKER"))}
+    drop = ("AIP_", "SAGEMAKER", "PNEUMO_")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     full = {**base, "PATH": f"{bin_dir}:{os.environ['PATH']}", "HOME": str(tmp_path), **env}
     return ["sh", str(ENTRYPOINT), *args], full
 
@@ -219,21 +220,33 @@ def entrypoint(
 @pytest.mark.parametrize(
     "args, env, port",
     [
-        (["serve"], {}, ["--port", "8080"]),
-        ([], {}, ["--port", "8080"]),
-        (["serve"], {"SAGEMAKER_BIND_TO_PORT": "9000"}, []),
-        (["serve"], {"AIP_HTTP_PORT": "9001"}, []),
-        (["serve", "--model", "pneumonia"], {}, ["--port", "8080", "--model", "pneumonia"]),
+        (["serve"], {}, "8080"),
+        ([], {}, "8080"),
+        (["serve"], {"SAGEMAKER_BIND_TO_PORT": "9000"}, ""),
+        (["serve"], {"AIP_HTTP_PORT": "9001"}, ""),
+        (["serve"], {"PNEUMO_PORT": "9002"}, "9002"),
+        (["serve", "--model", "pneumonia"], {}, "8080"),
     ],
-    ids=["sagemaker", "no-args", "sagemaker-port", "vertex-port", "options"],
+    ids=["sagemaker", "no-args", "sagemaker-port", "vertex-port", "pneumo-port", "options"],
 )
 def test_entrypoint_arguments(
-    tmp_path: Path, args: list[str], env: dict[str, str], port: list[str]
+    tmp_path: Path, args: list[str], env: dict[str, str], port: str
 ) -> None:
-    cmd, full = entrypoint(tmp_path, *args, env=env, shim='printf "%s\\n" "$@"\n')
+    """Its defaults are PNEUMO_ variables (port: only where no platform names one), so the
+    container's own PNEUMO_ variables and the options after `serve` keep their precedence."""
+    shim = 'printf "%s\\n" "$@" "$PNEUMO_HOST" "${PNEUMO_PORT:-}" "$PNEUMO_STATE_DIR"\n'
+    cmd, full = entrypoint(tmp_path, *args, env=env, shim=shim)
     out = subprocess.run(cmd, env=full, capture_output=True, text=True, check=True).stdout
     state = str(tmp_path / "pneumo-state")
-    assert out.splitlines() == ["serve", "--host", "0.0.0.0", "--state-dir", state, *port]
+    assert out.splitlines() == ["serve", *args[1:], "0.0.0.0", port, state]
+
+
+def test_entrypoint_keeps_the_containers_settings(tmp_path: Path) -> None:
+    env = {"PNEUMO_HOST": "10.0.0.5", "PNEUMO_STATE_DIR": "/data"}
+    shim = 'printf "%s\\n" "$@" "$PNEUMO_HOST" "$PNEUMO_STATE_DIR"\n'
+    cmd, full = entrypoint(tmp_path, "serve", env=env, shim=shim)
+    out = subprocess.run(cmd, env=full, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["serve", "10.0.0.5", "/data"]
 
 
 def test_entrypoint_runs_other_commands_as_they_are(tmp_path: Path) -> None:

@@ -291,3 +291,10 @@ def test_the_package_door_and_closing() -> None:
     with pytest.raises(UsageError, match=r"this engine \(model.onnx\) is closed: load it again"):
         engine.predict(sample)
     engine.close()  # twice is fine
+
+
+def test_row_columns_and_scored_fields_are_the_types_keys() -> None:
+    from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, SCORED_FIELDS, Row, Scored
+
+    assert tuple(Row.__annotations__) == ROW_COLUMNS
+    assert SCORED_FIELDS == tuple(Scored.__annotations__) == ROW_COLUMNS[1:-1]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,14 @@ from pneumo_onnx.engine.cli import main
 from pneumo_onnx.engine.contract import Contract, InputSpec
 from pneumo_onnx.engine.errors import RepositoryError, UsageError
 from pneumo_onnx.engine.explain.plots import PLOTS
-from pneumo_onnx.engine.repository.manifest import parse_training_list, read_manifest, training_list
+from pneumo_onnx.engine.repository.manifest import (
+    Manifest,
+    parse_training_list,
+    read_manifest,
+    training_list,
+)
 from pneumo_onnx.engine.repository.resolve import default_model_dir
+from pneumo_onnx.engine.repository.sections import TrainingImages
 from pneumo_onnx.engine.runtime.samples import SAMPLES_DIR
 
 CONTRACT = Contract(input=InputSpec(height=32, width=32))
@@ -44,10 +51,7 @@ def version_with_list(tmp_path: Path, write_model, names: list[str]) -> Path:
         "training_images.txt.gz": data,
     }
     info = {"model.onnx": {"kind": "fp32"}, "training_images.txt.gz": {"kind": "training list"}}
-    manifest = {
-        "name": "tiny",
-        "training_images": {"file": "training_images.txt.gz", "images": len(names)},
-    }
+    manifest = Manifest(training_images=TrainingImages("training_images.txt.gz", len(names)))
     return write_version(tmp_path / "repo", "tiny", 1, files, info, manifest, CONTRACT)[0]
 
 
@@ -170,7 +174,7 @@ def test_broken_training_lists_are_refused(
     elif change == "tampered":
         (version / "training_images.txt.gz").write_bytes(gzip.compress(b"NORMAL/b.png\n"))
     else:
-        manifest["training_images"]["file"] = "../notes.txt"
+        manifest = replace(manifest, training_images=TrainingImages("../notes.txt", 1))
     with pytest.raises(RepositoryError) as e:
         training_list(version, manifest)
     assert e.value.message == message

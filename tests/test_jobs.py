@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sqlite3
 import time
 import zipfile
 from collections import Counter
@@ -18,13 +17,21 @@ from pneumo_onnx import Engine
 from pneumo_onnx.engine.errors import ConflictError, InferenceError, NotFoundError, UsageError
 from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, Result, to_row
 from pneumo_onnx.engine.runtime.samples import sample_images
+from pneumo_onnx.engine.serve.config import ServeConfig
 from pneumo_onnx.engine.serve.dataplane.job_runner import JobRunner
 from pneumo_onnx.engine.serve.front.uploads import UploadBudget, items_from_upload, safe_name
+from pneumo_onnx.engine.serve.store.backend import Target
+from pneumo_onnx.engine.serve.store.databases import open_database
 from pneumo_onnx.engine.serve.store.jobs import JobStore
+
+StoreTarget = Callable[[str], Target]  # the store_target fixture: SQLite or PostgreSQL
 
 
 def unpack(filename: str, data: bytes, **budget: int) -> list[tuple[str, bytes]]:
-    return list(items_from_upload(filename, data, UploadBudget(**budget)))
+    """The items of an upload, within the server's default budget but for `budget`."""
+    served = ServeConfig()
+    limits = {"max_total_bytes": served.max_job_bytes, "max_image_bytes": served.max_upload_bytes}
+    return list(items_from_upload(filename, data, UploadBudget(**{**limits, **budget})))
 
 
 CORRUPT = b"\xff\xd8\xff\xe0 this is not really a jpeg"
@@ -59,8 +66,8 @@ def wait_for(store: JobStore, job_id: str, status: str, timeout: float = 20.0) -
     raise AssertionError(f"job {job_id} still {store.get(job_id)['status']} after {timeout} s")
 
 
-def stored_images(path: Path) -> int:
-    conn = sqlite3.connect(path)
+def stored_images(path: Target) -> int:
+    conn = open_database(path).connect()
     try:
         return conn.execute("SELECT COUNT(*) FROM job_items WHERE image IS NOT NULL").fetchone()[0]
     finally:
@@ -68,9 +75,9 @@ def stored_images(path: Path) -> int:
 
 
 def test_job_scores_every_image_with_the_shipped_model(
-    tmp_path: Path, engine: Engine, items: list[tuple[str, bytes]]
+    store_target: StoreTarget, engine: Engine, items: list[tuple[str, bytes]]
 ) -> None:
-    store = JobStore(tmp_path / "jobs.db")
+    store = JobStore(store_target("jobs.db"))
     job_id = store.create(items, threshold=None)
     assert len(job_id) == 32 and int(job_id, 16) >= 0
     queued = store.get(job_id)
@@ -80,8 +87,8 @@ def test_job_scores_every_image_with_the_shipped_model(
         0,
         0.0,
     )
-    assert "results" not in queued and stored_images(tmp_path / "jobs.db") == 7
-    runner = JobRunner(store, scorer(engine), chunk=3).start()
+    assert "results" not in queued and stored_images(store_target("jobs.db")) == 7
+    runner = JobRunner(store, scorer(engine), chunk=3, ttl_hours=0).start()
     runner.wake()
     try:
         job = wait_for(store, job_id, "done")
@@ -95,7 +102,7 @@ def test_job_scores_every_image_with_the_shipped_model(
         assert result == to_row(name, want)  # the one row schema
     assert "truncated or corrupt" in job["results"][3]["error"]
     assert {r["prediction"] for r in job["results"] if not r["error"]} == {"NORMAL", "PNEUMONIA"}
-    assert stored_images(tmp_path / "jobs.db") == 0  # bytes dropped once scored
+    assert stored_images(store_target("jobs.db")) == 0  # bytes dropped once scored
 
     table = list(csv.DictReader(io.StringIO(store.results_csv(job_id))))
     assert tuple(table[0]) == ROW_COLUMNS
@@ -105,11 +112,11 @@ def test_job_scores_every_image_with_the_shipped_model(
 
 
 def test_threshold_is_passed_to_the_scorer(
-    tmp_path: Path, engine: Engine, items: list[tuple[str, bytes]]
+    store_target: StoreTarget, engine: Engine, items: list[tuple[str, bytes]]
 ) -> None:
-    store = JobStore(tmp_path / "jobs.db")
+    store = JobStore(store_target("jobs.db"))
     job_id = store.create(items[:2], threshold=0.999)
-    runner = JobRunner(store, scorer(engine), chunk=8, poll_seconds=0.01).start()
+    runner = JobRunner(store, scorer(engine), chunk=8, ttl_hours=0, poll_seconds=0.01).start()
     try:
         job = wait_for(store, job_id, "done")
     finally:
@@ -119,9 +126,9 @@ def test_threshold_is_passed_to_the_scorer(
 
 
 def test_job_survives_a_restart_and_scores_each_image_once(
-    tmp_path: Path, engine: Engine, items: list[tuple[str, bytes]]
+    store_target: StoreTarget, engine: Engine, items: list[tuple[str, bytes]]
 ) -> None:
-    path = tmp_path / "jobs.db"
+    path = store_target("jobs.db")
     calls: Counter[bytes] = Counter()
     first: JobRunner
 
@@ -134,7 +141,7 @@ def test_job_survives_a_restart_and_scores_each_image_once(
 
     store = JobStore(path)
     job_id = store.create(items)
-    first = JobRunner(store, first_score, chunk=2, poll_seconds=0.01).start()
+    first = JobRunner(store, first_score, chunk=2, ttl_hours=0, poll_seconds=0.01).start()
     deadline = time.monotonic() + 20
     while first.alive and time.monotonic() < deadline:  # it stops by itself after chunk 2
         time.sleep(0.01)
@@ -149,7 +156,7 @@ def test_job_survives_a_restart_and_scores_each_image_once(
         return engine.predict_batch(blobs, threshold=t)
 
     restarted = JobStore(path)  # a new process: new store and runner on the same file
-    second = JobRunner(restarted, second_score, chunk=2, poll_seconds=0.01).start()
+    second = JobRunner(restarted, second_score, chunk=2, ttl_hours=0, poll_seconds=0.01).start()
     try:
         job = wait_for(restarted, job_id, "done")
     finally:
@@ -175,9 +182,9 @@ def test_one_runner_per_store_the_other_stands_by(
 
         return score
 
-    a = JobRunner(JobStore(path), counting("a"), chunk=2, poll_seconds=0.01).start()
+    a = JobRunner(JobStore(path), counting("a"), chunk=2, ttl_hours=0, poll_seconds=0.01).start()
     time.sleep(0.2)  # a holds the lock
-    b = JobRunner(JobStore(path), counting("b"), chunk=2, poll_seconds=0.01).start()
+    b = JobRunner(JobStore(path), counting("b"), chunk=2, ttl_hours=0, poll_seconds=0.01).start()
     try:
         first = JobStore(path).create(items)
         wait_for(JobStore(path), first, "done")
@@ -192,9 +199,9 @@ def test_one_runner_per_store_the_other_stands_by(
 
 
 def test_a_failing_scorer_fails_the_job_and_the_runner_goes_on(
-    tmp_path: Path, engine: Engine, items: list[tuple[str, bytes]]
+    store_target: StoreTarget, engine: Engine, items: list[tuple[str, bytes]]
 ) -> None:
-    store = JobStore(tmp_path / "jobs.db")
+    store = JobStore(store_target("jobs.db"))
     doomed = store.create(items[:2])
     fine = store.create(items[2:4])
 
@@ -204,7 +211,7 @@ def test_a_failing_scorer_fails_the_job_and_the_runner_goes_on(
             raise InferenceError("onnxruntime refused the batch")
         return engine.predict_batch(blobs, threshold=t)
 
-    runner = JobRunner(store, score, poll_seconds=0.01).start()
+    runner = JobRunner(store, score, chunk=2, ttl_hours=0, poll_seconds=0.01).start()
     try:
         failed = wait_for(store, doomed, "failed")
         wait_for(store, fine, "done")
@@ -233,7 +240,7 @@ def test_store_errors(tmp_path: Path, items: list[tuple[str, bytes]]) -> None:
     with pytest.raises(UsageError, match="expected \\(name, image bytes\\) pairs"):
         store.create(["a.jpeg"])  # type: ignore[list-item]
     with pytest.raises(UsageError, match="chunk must be"):
-        JobRunner(store, lambda b, t: [], chunk=0)
+        JobRunner(store, lambda b, t: [], chunk=0, ttl_hours=0)
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"not sqlite at all" * 100)
     with pytest.raises(UsageError, match="cannot open job store"):
@@ -326,11 +333,15 @@ def test_zip_member_with_a_bad_checksum_is_refused() -> None:
         unpack("x.zip", bytes(data))
 
 
-def test_a_replayed_chunk_is_stored_once(tmp_path: Path, items: list[tuple[str, bytes]]) -> None:
+def test_a_replayed_chunk_is_stored_once(
+    store_target: StoreTarget, items: list[tuple[str, bytes]]
+) -> None:
     """A process killed between scoring and commit scores that chunk again: no double count."""
-    store = JobStore(tmp_path / "jobs.db")
+    store = JobStore(store_target("jobs.db"))
     job_id = store.create(items[:3])
-    assert store.claim_next() == (job_id, None)
+    lease = store.runner_lease()
+    assert lease.acquire()
+    assert store.claim_next(lease) == (job_id, None)
     assert [idx for idx, _, _ in store.pending(job_id, 10)] == [0, 1, 2]
     first = [
         (0, {"prediction": "NORMAL", "confidence": 0.9, "raw_score": 0.1, "threshold": 0.5}),
@@ -347,4 +358,6 @@ def test_a_replayed_chunk_is_stored_once(tmp_path: Path, items: list[tuple[str, 
     assert results[0]["raw_score"] == 0.1 and results[1] == to_row(
         items[1][0], {"error": "cannot decode"}
     )
-    assert store.claim_next() is None
+    lease.release(job_id)
+    assert store.claim_next(lease) is None
+    lease.close()

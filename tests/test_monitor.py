@@ -1,5 +1,5 @@
-"""engine.serve.store.predictions and .reports: the prediction log on real SQLite files, summary,
-drift."""
+"""engine.serve.store.predictions and .reports: the prediction log on real SQLite files and a
+real PostgreSQL server (`store_target`), summary, drift."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pneumo_onnx.engine.errors import NotFoundError, UsageError
+from pneumo_onnx.engine.serve.store.backend import Target
+from pneumo_onnx.engine.serve.store.databases import open_database
 from pneumo_onnx.engine.serve.store.predictions import PredictionLog, PredictionRecord
 from pneumo_onnx.engine.serve.store.reports import (
     PSI_EPSILON,
@@ -25,6 +28,7 @@ from pneumo_onnx.engine.serve.store.reports import (
     summarize,
 )
 
+StoreTarget = Callable[[str], Target]  # the store_target fixture: SQLite or PostgreSQL
 NOW = 1_700_000_000.0
 HOUR = 3600.0
 
@@ -57,15 +61,16 @@ def rec(
     )
 
 
-def rows(path: Path, sql: str = "SELECT COUNT(*) FROM predictions") -> list[tuple]:
-    conn = sqlite3.connect(path)
+def rows(path: Target, sql: str = "SELECT COUNT(*) FROM predictions") -> list[tuple]:
+    """The rows of `sql`, through a connection of the log's own database (either kind)."""
+    conn = open_database(path).connect()
     try:
-        return conn.execute(sql).fetchall()
+        return [tuple(r) for r in conn.execute(sql).fetchall()]
     finally:
         conn.close()
 
 
-def write(path: Path, records: list[PredictionRecord]) -> None:
+def write(path: Target, records: list[PredictionRecord]) -> None:
     with PredictionLog(path) as log:
         for r in records:
             log.record(r)
@@ -74,8 +79,8 @@ def write(path: Path, records: list[PredictionRecord]) -> None:
 # --- the writer ---------------------------------------------------------------------------------
 
 
-def test_sixteen_threads_lose_nothing_under_backpressure(tmp_path: Path) -> None:
-    path = tmp_path / "log.db"
+def test_sixteen_threads_lose_nothing_under_backpressure(store_target: StoreTarget) -> None:
+    path = store_target("log.db")
     log = PredictionLog(path, max_queue=64)  # far fewer slots than records: record() must wait
 
     def work(worker: int) -> None:
@@ -91,11 +96,12 @@ def test_sixteen_threads_lose_nothing_under_backpressure(tmp_path: Path) -> None
     assert rows(path) == [(3200,)]
     ids = {r[0] for r in rows(path, "SELECT request_id FROM predictions")}
     assert ids == {f"{w}-{i}" for w in range(16) for i in range(200)}
-    assert rows(path, "PRAGMA journal_mode") == [("wal",)]
+    if isinstance(path, Path):
+        assert rows(path, "PRAGMA journal_mode") == [("wal",)]
 
 
-def test_close_flushes_everything_and_is_idempotent(tmp_path: Path) -> None:
-    path = tmp_path / "log.db"
+def test_close_flushes_everything_and_is_idempotent(store_target: StoreTarget) -> None:
+    path = store_target("log.db")
     log = PredictionLog(path)
     for i in range(1234):
         log.record(rec(NOW + i))
@@ -108,8 +114,8 @@ def test_close_flushes_everything_and_is_idempotent(tmp_path: Path) -> None:
     assert log.stats() == {"written": 1234, "queued": 0, "closed": True, "failure": None}
 
 
-def test_flush_commits_while_open_and_reopening_appends(tmp_path: Path) -> None:
-    path = tmp_path / "log.db"
+def test_flush_commits_while_open_and_reopening_appends(store_target: StoreTarget) -> None:
+    path = store_target("log.db")
     log = PredictionLog(path)
     log.record(rec(NOW))
     log.record(rec(NOW, error="truncated", score=None))
@@ -121,13 +127,13 @@ def test_flush_commits_while_open_and_reopening_appends(tmp_path: Path) -> None:
     assert rows(path) == [(3,)]
 
 
-def test_images_stored_only_when_asked(tmp_path: Path) -> None:
+def test_images_stored_only_when_asked(store_target: StoreTarget) -> None:
     image = b"\xff\xd8 fake jpeg bytes"
-    write(tmp_path / "no.db", [rec(NOW, image=image)])
-    assert rows(tmp_path / "no.db", "SELECT image FROM predictions") == [(None,)]
-    with PredictionLog(tmp_path / "yes.db", store_images=True) as log:
+    write(store_target("no.db"), [rec(NOW, image=image)])
+    assert rows(store_target("no.db"), "SELECT image FROM predictions") == [(None,)]
+    with PredictionLog(store_target("yes.db"), store_images=True) as log:
         log.record(rec(NOW, image=image))
-    assert rows(tmp_path / "yes.db", "SELECT image FROM predictions") == [(image,)]
+    assert rows(store_target("yes.db"), "SELECT image FROM predictions") == [(image,)]
 
 
 def test_record_from_engine_result(tmp_path: Path) -> None:
@@ -186,9 +192,9 @@ def percentile(values: list[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (rank - lo)
 
 
-def test_summary_matches_independent_figures(tmp_path: Path) -> None:
+def test_summary_matches_independent_figures(store_target: StoreTarget) -> None:
     rng = np.random.default_rng(7)
-    path = tmp_path / "log.db"
+    path = store_target("log.db")
     inside: list[PredictionRecord] = []
     for i in range(300):
         t = NOW - rng.uniform(0, 24 * HOUR)
@@ -231,8 +237,8 @@ def test_summary_matches_independent_figures(tmp_path: Path) -> None:
     assert s["window"]["end"] == "2023-11-14T22:13:20+00:00"
 
 
-def test_summary_of_an_empty_window(tmp_path: Path) -> None:
-    path = tmp_path / "log.db"
+def test_summary_of_an_empty_window(store_target: StoreTarget) -> None:
+    path = store_target("log.db")
     write(path, [rec(NOW - 48 * HOUR)])
     s = summarize(path, hours=1, now=NOW)
     assert (s["total"], s["classes"], s["score"]["mean"], s["latency_ms"]["p50"]) == (
@@ -304,9 +310,13 @@ BASE = [20, 20, 20, 20, 20, 0, 0, 0, 0, 0]  # all NORMAL at 0.5
     ids=["stable", "moderate-psi", "significant-psi", "significant-class-rate"],
 )
 def test_drift_status(
-    tmp_path: Path, recent: list[int], threshold: float, status: str, psi_value: float | None
+    store_target: StoreTarget,
+    recent: list[int],
+    threshold: float,
+    status: str,
+    psi_value: float | None,
 ) -> None:
-    path = tmp_path / "log.db"
+    path = store_target("log.db")
     write(path, spread(BASE, t=NOW - 48 * HOUR) + spread(recent, t=NOW - HOUR, threshold=threshold))
     d = drift_report(path, recent_hours=24, reference_hours=168, now=NOW)
     assert d["status"] == status
@@ -319,8 +329,8 @@ def test_drift_status(
         assert any("PNEUMONIA rate 0.000 -> 0.400" in m for m in d["messages"])
 
 
-def test_drift_with_too_few_rows_and_explicit_reference(tmp_path: Path) -> None:
-    path = tmp_path / "log.db"
+def test_drift_with_too_few_rows_and_explicit_reference(store_target: StoreTarget) -> None:
+    path = store_target("log.db")
     write(
         path,
         spread(BASE, t=NOW - 100 * HOUR) + spread([5, 5, 0, 0, 0, 0, 0, 0, 0, 0], t=NOW - HOUR),
@@ -339,9 +349,9 @@ def test_drift_with_too_few_rows_and_explicit_reference(tmp_path: Path) -> None:
         drift_report(path, reference=(NOW, NOW - 1))
 
 
-def test_drift_windows_do_not_overlap(tmp_path: Path) -> None:
+def test_drift_windows_do_not_overlap(store_target: StoreTarget) -> None:
     """A row exactly at the recent window's start belongs to the recent window only."""
-    path = tmp_path / "log.db"
+    path = store_target("log.db")
     write(path, [rec(NOW - 24 * HOUR, 0.05)])
     d = drift_report(path, now=NOW)
     assert (d["recent"]["rows"], d["reference"]["rows"]) == (1, 0)

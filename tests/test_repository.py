@@ -10,7 +10,7 @@ import pytest
 from pneumo_onnx.convert.repository import check_target, triton_config, write_version
 from pneumo_onnx.engine.contract import Contract, OutputSpec
 from pneumo_onnx.engine.errors import RepositoryError, UsageError
-from pneumo_onnx.engine.repository.manifest import read_manifest, verify_files
+from pneumo_onnx.engine.repository.manifest import Manifest, read_manifest, verify_files
 from tests.conftest import unwritable_dir
 
 
@@ -18,7 +18,7 @@ def write(repo: Path, version: int, files: dict[str, bytes] | None = None) -> Pa
     files = files or {"model.onnx": b"onnx-bytes"}
     info = {"model.onnx": {"kind": "fp32"}}
     return write_version(
-        repo, "pneumonia", version, files, info, {"name": "pneumonia"}, Contract()
+        repo, "pneumonia", version, files, info, Manifest(name="pneumonia"), Contract()
     )[0]
 
 
@@ -34,11 +34,15 @@ def test_versions_count_up_and_are_immutable(tmp_path: Path) -> None:
 def test_written_version_verifies_and_detects_tampering(tmp_path: Path) -> None:
     version_dir = write(tmp_path, 1)
     manifest = read_manifest(version_dir)
-    assert manifest["files"]["model.onnx"]["kind"] == "fp32"
+    assert manifest.files["model.onnx"].kind == "fp32"
+    assert (manifest.name, manifest.version) == ("pneumonia", 1)
     assert verify_files(version_dir, manifest) == []
     (version_dir / "model.onnx").write_bytes(b"onnx-bytez")
-    [problem] = verify_files(version_dir, manifest)
-    assert problem.startswith("model.onnx: sha256 ") and "does not match the manifest" in problem
+    assert verify_files(version_dir, manifest) == [
+        "model.onnx does not match the sha256 in its manifest.json"
+    ]
+    (version_dir / "model.onnx").write_bytes(b"onnx")
+    assert verify_files(version_dir, manifest) == ["model.onnx: 4 bytes on disk, manifest says 10"]
     (version_dir / "model.onnx").unlink()
     assert verify_files(version_dir, manifest) == ["model.onnx: listed in the manifest but missing"]
     # No staging folders are left behind.
@@ -48,7 +52,7 @@ def test_written_version_verifies_and_detects_tampering(tmp_path: Path) -> None:
 def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
     check_target(tmp_path, "pneumonia", 1)
     with pytest.raises(RepositoryError, match="writing pneumonia/1 failed"):
-        write(tmp_path, 1, {"sub/dir/model.onnx": b"x"})  # a file name the stage cannot hold
+        write(tmp_path, 1, {"m" * 300 + ".onnx": b"x"})  # a file name the stage cannot hold
     assert [p.name for p in (tmp_path / "pneumonia").iterdir()] == []
 
 

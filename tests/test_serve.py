@@ -91,8 +91,9 @@ def test_repeated_image_is_answered_from_the_cache(server: ServerProcess) -> Non
 
     def hits() -> float:
         text = httpx.get(f"{server.url}/metrics").text
+        hit = 'pneumo_cache_lookups_total{result="hit"}'
         line = next(
-            (x for x in text.splitlines() if x.startswith('pneumo_cache_total{result="hit"}')),
+            (x for x in text.splitlines() if x.startswith(hit)),
             "none yet 0",  # the counter's line appears with its first hit
         )
         return float(line.split()[-1])
@@ -319,8 +320,8 @@ def test_metrics_expose_requests_batches_and_model(server: ServerProcess) -> Non
     text = httpx.get(f"{server.url}/metrics").text
     for name in (
         'pneumo_requests_total{route="/predict",status="200"}',
-        "pneumo_request_seconds_bucket",
-        "pneumo_queue_seconds_bucket",
+        "pneumo_request_duration_seconds_bucket",
+        "pneumo_queue_wait_duration_seconds_bucket",
         "pneumo_batch_size_bucket",
         'pneumo_predictions_total{label="PNEUMONIA"}',
         'pneumo_model_info{name="pneumonia"',

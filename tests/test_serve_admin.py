@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pneumo_onnx.engine.repository.manifest import sha256_file
 from pneumo_onnx.engine.repository.resolve import default_model_dir
 from pneumo_onnx.engine.runtime.samples import sample_images
+from tests.conftest import rerecord
 from tests.server_process import ServerProcess
 
 KEY = "admin-key-0123456789abcdef"
@@ -34,11 +34,7 @@ def add_version(repo: Path, version: int, corrupt: str | None = None) -> Path:
         model.write_bytes(model.read_bytes()[:-100] + b"\0" * 100)
     elif corrupt == "graph":
         model.write_bytes(b"not an onnx graph at all")
-        manifest = json.loads((target / "manifest.json").read_text())
-        manifest["files"]["model.onnx"].update(
-            sha256=sha256_file(model), bytes=model.stat().st_size
-        )
-        (target / "manifest.json").write_text(json.dumps(manifest))
+        rerecord(target, "model.onnx")
     return target
 
 
@@ -233,7 +229,7 @@ def test_several_worker_processes(tmp_path: Path) -> None:
     srv = ServerProcess(tmp_path, "--workers", "2", "--state-dir", "state").start()
     try:
         data = SAMPLE.read_bytes()
-        for i in range(6):
+        for i in range(20):  # a connection each: the kernel hands them to either worker
             r = httpx.post(
                 f"{srv.url}/predict",
                 files={"image": ("a.jpeg", data)},
@@ -241,10 +237,18 @@ def test_several_worker_processes(tmp_path: Path) -> None:
                 timeout=30,
             )
             assert r.status_code == 200
+        # Whichever worker answers a scrape counts every worker's requests.
+        for _ in range(6):
+            text = httpx.get(f"{srv.url}/metrics").text
+            assert 'pneumo_requests_total{route="/predict",status="200"} 20.0' in text, text
+            assert f'pneumo_predictions_total{{label="{SAMPLE.parent.name}"}} 20.0' in text
+            assert "pneumo_queue_depth 0.0" in text
+            assert text.count("pneumo_model_info{") == 1
     finally:
         assert srv.stop() == 0
     # Each worker process logs JSON access lines, as one process does.
     lines = [json.loads(x) for x in srv.log_text().splitlines() if x.startswith("{")]
     access = [x for x in lines if x["logger"] == "pneumo_onnx.engine.serve.access"]
-    assert {x["request_id"] for x in access} >= {f"worker-{i}" for i in range(6)}
+    assert {x["request_id"] for x in access} >= {f"worker-{i}" for i in range(20)}
+    assert len({x["pid"] for x in access if "pid" in x}) in (0, 2)
     assert all(x["status"] == 200 for x in access if x["request_id"].startswith("worker-"))

@@ -20,6 +20,7 @@ from pneumo_onnx.engine.errors import (
     PneumoError,
     UsageError,
 )
+from pneumo_onnx.engine.serve.config import ServeConfig
 from pneumo_onnx.engine.serve.front import errors as http_errors
 from pneumo_onnx.engine.serve.front.gate import Gate
 from pneumo_onnx.engine.serve.front.security import ApiKeys, RateLimiter
@@ -44,6 +45,11 @@ def gated_app() -> FastAPI:
         limiter=RateLimiter(0, 1),
         metrics=ServerMetrics(),
         max_body=1024,
+        open_health=True,
+        open_metrics=True,
+        max_inflight_bytes=16 * 1024,
+        body_timeout=ServeConfig().body_timeout,
+        loopback_only=False,
     )
     return app
 

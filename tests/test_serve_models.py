@@ -4,7 +4,6 @@ answered as `null`. The versions are the shipped model with a few ONNX nodes aft
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,9 +14,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from pneumo_onnx.engine.repository.manifest import sha256_file
 from pneumo_onnx.engine.repository.resolve import default_model_dir
 from pneumo_onnx.engine.runtime.samples import sample_images
+from tests.conftest import rerecord
 from tests.server_process import ServerProcess
 
 ADMIN = "admin-0123456789abcdef"
@@ -37,9 +36,7 @@ def derived_version(repo: Path, version: int, rewire: Rewire) -> None:
     model.graph.node.extend(nodes)
     model.graph.initializer.extend(constants)
     onnx.save(model, path)
-    manifest = json.loads((target / "manifest.json").read_text())
-    manifest["files"]["model.onnx"].update(sha256=sha256_file(path), bytes=path.stat().st_size)
-    (target / "manifest.json").write_text(json.dumps(manifest))
+    rerecord(target, "model.onnx")
 
 
 def nan_on_flat_gray(score: str) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:

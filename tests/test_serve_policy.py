@@ -170,7 +170,7 @@ def test_unknown_paths_answer_as_known_ones_without_a_key(
 def test_health_and_metrics_are_open_unless_protected(
     make_app: Callable[..., FastAPI], protect: bool
 ) -> None:
-    app = make_app(api_keys=(USER,), open_health=not protect, open_metrics=not protect)
+    app = make_app(api_keys=(USER,), protect_health=protect, protect_metrics=protect)
     for path in ("/health", "/v2/health/live", "/v2/health/ready", "/metrics"):
         status = call(app, "GET", path).status_code
         assert (status == 401) == protect, (path, status)

@@ -12,8 +12,9 @@ from PIL import Image
 from pneumo_onnx.convert.report import CheckFailed, Report
 from pneumo_onnx.engine.cli import main
 from pneumo_onnx.engine.contract import Contract, InputSpec
-from pneumo_onnx.engine.repository.manifest import FORMAT, MANIFEST_NAME, sha256_file
-from tests.conftest import tiny_model
+from pneumo_onnx.engine.repository.manifest import MANIFEST_NAME, Manifest
+from pneumo_onnx.engine.repository.sections import FileEntry
+from tests.conftest import rerecord, tiny_model
 
 CONTRACT = Contract(input=InputSpec(height=32, width=32))
 
@@ -65,12 +66,12 @@ def test_corrupt_file_fails(tmp_path: Path, capsys) -> None:
 
 def test_manifest_hash_mismatch_fails(write_model, capsys) -> None:
     model = write_model(contract=CONTRACT)
-    manifest = {"format": FORMAT, "files": {"tiny.onnx": {"sha256": "0" * 64, "bytes": 1}}}
-    (model.parent / MANIFEST_NAME).write_text(json.dumps(manifest))
+    manifest = Manifest(files={"tiny.onnx": FileEntry("0" * 64, 1)})
+    (model.parent / MANIFEST_NAME).write_text(manifest.to_json())
     assert main(["validate", str(model)]) == 1
-    assert "FAIL  manifest_sha256: sha256" in capsys.readouterr().out
-    manifest["files"]["tiny.onnx"]["sha256"] = sha256_file(model)
-    (model.parent / MANIFEST_NAME).write_text(json.dumps(manifest))
+    out = capsys.readouterr().out
+    assert "FAIL  manifest_sha256: tiny.onnx does not match the sha256 in its manifest.json" in out
+    rerecord(model.parent, "tiny.onnx")
     assert main(["validate", str(model)]) == 0
 
 
@@ -215,9 +216,9 @@ def test_junit_suites_carry_the_model_name(tmp_path: Path) -> None:
         version.mkdir(parents=True)
         model = version / "model.onnx"
         model.write_bytes(tiny_model(contract=CONTRACT).SerializeToString())
-        files = {"model.onnx": {"sha256": sha256_file(model), "bytes": model.stat().st_size}}
-        manifest = {"format": FORMAT, "name": name, "version": 1, "files": files}
-        (version / MANIFEST_NAME).write_text(json.dumps(manifest))
+        files = {"model.onnx": FileEntry.of(model.read_bytes(), {})}
+        manifest = Manifest(files=files, name=name, version=1)
+        (version / MANIFEST_NAME).write_text(manifest.to_json())
         report = tmp_path / f"{name}.xml"
         assert main(["validate", str(model), "--report", str(report)]) == 0
         suites.append(ET.parse(report).getroot().find("testsuite"))

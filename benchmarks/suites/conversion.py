@@ -4,7 +4,6 @@ batch 32 on the freshly converted files, runs interleaved so that noise hits all
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -15,6 +14,7 @@ from benchmarks.environment import KERAS_MODEL, SAMPLES_DIR
 from benchmarks.suites import NO_KERAS, Context, Skip, has
 from benchmarks.suites.model import inputs
 from benchmarks.timing import ratio, run_process
+from pneumo_onnx.engine.repository.manifest import read_manifest
 from pneumo_onnx.engine.repository.variants import VARIANT_FILES
 from pneumo_onnx.engine.runtime.session import create_session, session_options
 
@@ -37,14 +37,15 @@ def time_conversion(ctx: Context) -> tuple[dict[str, Any], Path]:
         argv += ["--images", str(ctx.folder)]
     proc = run_process(argv)
     version = repo / "pneumonia" / "1"
-    manifest = json.loads((version / "manifest.json").read_text())
+    manifest = read_manifest(version)
+    assert manifest.parity is not None  # every conversion records it
     return {
         "name": "pneumo-convert",
         "process_seconds": round(proc["wall_seconds"], 2),
-        "in_process_seconds": manifest["conversion_seconds"],
+        "in_process_seconds": manifest.conversion_seconds,
         "peak_rss_mb": proc["peak_rss_mb"],
-        "variants": sorted(manifest["files"]),
-        "probe_images": manifest["parity"]["probes"],
+        "variants": sorted(manifest.files),
+        "probe_images": manifest.parity.probes,
         "target": "< 60 s",
     }, version
 

@@ -26,7 +26,7 @@ from pneumo_onnx.engine.cli import (
     serve,
     validate,
 )
-from pneumo_onnx.engine.cli.options import HelpFormatter
+from pneumo_onnx.engine.cli.options import HelpFormatter, Parser
 from pneumo_onnx.engine.errors import PneumoError
 
 COMMANDS = (predict, batch, evaluate, info, bench, convert, validate, serve, monitor)
@@ -62,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="pneumo",
         description="Convert Keras pneumonia-detection CNNs to ONNX; run them without TensorFlow.",
         formatter_class=HelpFormatter,

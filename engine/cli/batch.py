@@ -4,15 +4,17 @@ an optional HTML report."""
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from pneumo_onnx.engine.cli.options import (
+    STDIO,
     Subparsers,
     add_model_options,
+    add_threshold_option,
     command,
     load_engine,
-    unit_float,
 )
 from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK, UsageError
 from pneumo_onnx.engine.runtime.engine import check_batch_options
@@ -27,13 +29,19 @@ def add(sub: Subparsers) -> None:
         "--resume continues an interrupted run. Exit 1 if any image could not be scored.",
     )
     p.add_argument("folder", metavar="DIR")
-    p.add_argument("-o", "--output", required=True, metavar="results.csv|results.jsonl")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="results.csv|results.jsonl|-",
+        help="the results file; - writes CSV to stdout (the summary then goes to stderr)",
+    )
     p.add_argument("--recursive", action="store_true", help="include subfolders")
     p.add_argument("--batch-size", type=int, default=32, help="images per model run")
     p.add_argument(
         "--workers", type=int, default=None, help="decode worker processes (default: cores)"
     )
-    p.add_argument("--threshold", type=unit_float, default=None, help="decision threshold")
+    add_threshold_option(p)
     p.add_argument("--resume", action="store_true", help="skip images already in the output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument(
@@ -63,6 +71,10 @@ def add(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.output == STDIO:
+        for flag, given in (("--report", args.report), ("--ray", args.ray)):
+            if given is not None:
+                raise UsageError(f"{flag} needs an output file, not -o - (stdout)")
     if args.report is not None:
         if args.ray is not None:
             raise UsageError("--report works on local runs only, not with --ray")
@@ -73,11 +85,12 @@ def run(args: argparse.Namespace) -> int:
         pyplot()  # a missing 'report' extra fails before any scoring
     if args.ray is not None:
         return _run_on_ray(args)
-    from pneumo_onnx.engine.offline.batch import run_batch
+    from pneumo_onnx.engine.offline.batch import output_format, run_batch
     from pneumo_onnx.engine.runtime.engine import decode_workers
     from pneumo_onnx.engine.runtime.isolated import decode_sandbox
 
     check_batch_options(args.batch_size, args.workers)
+    output_format(Path(args.output))
     # Forked before the model loads (its threads would make forking unsafe): ready at once.
     with decode_sandbox(decode_workers(args.workers), fork=True) as sandbox:
         engine = load_engine(args)
@@ -94,13 +107,15 @@ def run(args: argparse.Namespace) -> int:
             sandbox=sandbox,
         )
     counts = ", ".join(f"{label} {n}" for label, n in sorted(summary.counts.items())) or "none"
+    notes = sys.stderr if args.output == STDIO else sys.stdout  # stdout holds the CSV alone
     print(
         f"scored {summary.total - len(summary.errors)} of {summary.total} images in "
         f"{summary.seconds:.1f} s ({summary.rate:.1f} img/s): {counts}; "
-        f"{len(summary.errors)} errors; {summary.skipped} skipped (already in {args.output})"
+        f"{len(summary.errors)} errors; {summary.skipped} skipped (already in {args.output})",
+        file=notes,
     )
     for path, message in summary.errors:
-        print(f"  unreadable: {path}: {message}")
+        print(f"  unreadable: {path}: {message}", file=notes)
     if args.report is not None:
         from pneumo_onnx.engine.explain.report import write_report
 

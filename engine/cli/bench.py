@@ -4,19 +4,22 @@ the pipeline comes to its ceiling; a table on stdout, the whole report with `--j
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any, TextIO
 
 from pneumo_onnx.engine.cli.options import (
+    STDIO,
     Subparsers,
+    add_json_option,
     add_preprocessing_option,
     command,
+    json_target,
     positive_float,
+    write_json,
 )
-from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK, FileAccessError, UsageError
+from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK
 from pneumo_onnx.engine.repository.variants import VARIANT_FILES
 from pneumo_onnx.engine.runtime.choices import DEVICES
 
@@ -70,7 +73,7 @@ def add(sub: Subparsers) -> None:
         help="timed seconds per figure, warm-up excluded (default: 2)",
     )
     add_preprocessing_option(p)
-    p.add_argument("--json", default=None, metavar="out.json", help="also write the full report")
+    add_json_option(p, "the full report")
     p.set_defaults(handler=run)
 
 
@@ -87,9 +90,7 @@ def batch_sizes(text: str) -> tuple[int, ...]:
 def run(args: argparse.Namespace) -> int:
     from pneumo_onnx.engine.offline.bench import Plan, run_bench
 
-    out = Path(args.json) if args.json else None
-    if out is not None and not out.parent.is_dir():
-        raise UsageError(f"--json {args.json}: no such folder {out.parent}")
+    target = json_target(args)
     chosen = {  # options left out keep the Plan's defaults
         "batch_sizes": args.batch_sizes,
         "batch_size": args.batch_size,
@@ -120,13 +121,10 @@ def run(args: argparse.Namespace) -> int:
         report = run_bench(plan, update)
     finally:
         progress.close()
-    print(render(report))
-    if out is not None:
-        try:
-            out.write_text(json.dumps(report, indent=2) + "\n")
-        except OSError as e:
-            raise FileAccessError("write", args.json, e) from e
-        print(f"wrote {args.json}")
+    if target != STDIO:
+        print(render(report))
+    if target is not None:
+        write_json(target, report)
     failed = report["images"]["unreadable"] or any("error" in r for r in report["runs"])
     return EXIT_FAILED if failed else EXIT_OK
 

@@ -74,7 +74,13 @@ def add(sub: Subparsers) -> None:
         "application reads by argmax; scored o_pos / (o_0 + o_1), above 0.5 exactly when argmax "
         "picks the positive unit)",
     )
-    p.add_argument("--threshold", type=unit_float, default=0.5, help="default threshold")
+    p.add_argument(
+        "--threshold",
+        type=unit_float,
+        default=None,
+        help="the decision threshold stored in the contract (default: the contract's 0.5); the "
+        "manifest records whether it was stated or the default",
+    )
     p.add_argument(
         "--tolerance",
         type=float,
@@ -135,10 +141,11 @@ def run(args: argparse.Namespace) -> int:
     result = convert(args.source, args.output, opts)
     for line in result.report.summary_lines():
         print(line)
-    fidelity = result.manifest["preprocessing"]
+    fidelity = result.manifest.preprocessing
     print(f"pipeline: {result.contract.input.describe()}")
-    print(f"preprocessing by default: {fidelity['verdict']} ({fidelity['reason']})")
+    if fidelity is not None:  # every conversion measures it
+        print(f"preprocessing by default: {fidelity.verdict} ({fidelity.reason})")
     print(f"wrote {result.version_dir} in {result.seconds:.1f} s:")
-    for filename, entry in result.manifest["files"].items():
-        print(f"  {filename:<22} {entry['bytes'] / 1e6:8.2f} MB  sha256 {entry['sha256'][:12]}")
+    for filename, entry in result.manifest.files.items():
+        print(f"  {filename:<22} {entry.size / 1e6:8.2f} MB  sha256 {entry.sha256[:12]}")
     return EXIT_OK

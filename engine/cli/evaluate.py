@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from pneumo_onnx.engine.cli.options import (
+    STDIO,
     Subparsers,
+    add_json_option,
     add_model_options,
+    add_threshold_option,
     command,
+    json_target,
     load_engine,
     unit_float,
+    write_json,
 )
 from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK
 
@@ -26,14 +32,14 @@ def add(sub: Subparsers) -> None:
         "or images the model lists as its training data, it says so and recommends no threshold.",
     )
     p.add_argument("folder", metavar="DIR")
-    p.add_argument("--threshold", type=unit_float, default=None, help="decision threshold")
+    add_threshold_option(p)
     p.add_argument(
         "--target-sensitivity",
         type=unit_float,
         default=0.95,
         help="the recommended threshold is the highest that reaches it",
     )
-    p.add_argument("--json", default=None, metavar="out.json", help="write the metrics as JSON")
+    add_json_option(p, "the metrics")
     p.add_argument(
         "--plots",
         default=None,
@@ -46,17 +52,19 @@ def add(sub: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pneumo_onnx.engine.offline.evaluate import evaluate_folder, report_lines, write_json
+    from pneumo_onnx.engine.offline.evaluate import evaluate_folder, report_lines
 
+    target = json_target(args)
     if args.plots:
         from pneumo_onnx.engine.explain.plots import pyplot
 
         pyplot()  # a missing 'report' extra fails before any scoring
     engine = load_engine(args)
     result = evaluate_folder(engine, Path(args.folder), args.threshold, args.target_sensitivity)
-    print("\n".join(report_lines(result)))
-    if args.json:
-        write_json(result, Path(args.json))
+    if target != STDIO:
+        print("\n".join(report_lines(result)))
+    if target is not None:
+        write_json(target, result.to_dict())
     if args.plots:
         from pneumo_onnx.engine.explain.plots import evaluation_plots
 
@@ -71,5 +79,6 @@ def run(args: argparse.Namespace) -> int:
             result.metrics["recommended_threshold"],
             result.metrics["caveats"],
         )
-        print(f"wrote {len(written)} plots to {args.plots}")
+        notes = sys.stderr if target == STDIO else sys.stdout  # stdout holds the JSON alone
+        print(f"wrote {len(written)} plots to {args.plots}", file=notes)
     return EXIT_FAILED if result.errors else EXIT_OK

@@ -4,10 +4,17 @@ text for people or JSON for scripts. The figures come from `engine.serve.store.r
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from pneumo_onnx.engine.cli.options import Subparsers, command, positive_float
+from pneumo_onnx.engine.cli.options import (
+    STDIO,
+    Subparsers,
+    add_json_option,
+    command,
+    json_target,
+    positive_float,
+    write_json,
+)
 from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK
 
 
@@ -16,7 +23,8 @@ def add(sub: Subparsers) -> None:
         sub,
         "monitor",
         help="read a `pneumo serve` prediction log: summary, drift",
-        description="Reports on the SQLite prediction log written by `pneumo serve`.",
+        description="Reports on the prediction log written by `pneumo serve`: a SQLite file, or "
+        "the PostgreSQL database that servers share.",
     )
     msub = p.add_subparsers(dest="monitor_command", metavar="REPORT", required=True)
     s = command(
@@ -25,9 +33,14 @@ def add(sub: Subparsers) -> None:
         help="counts, class rates, score distribution, latency percentiles",
         description="What the prediction log holds for the last N hours.",
     )
-    s.add_argument("--db", required=True, metavar="PATH", help="the prediction log (SQLite)")
+    s.add_argument(
+        "--db",
+        required=True,
+        metavar="PATH|URL",
+        help="the prediction log: a SQLite file, or a postgresql:// URL",
+    )
     s.add_argument("--hours", type=positive_float, default=24.0, help="window in hours")
-    s.add_argument("--json", action="store_true", help="print JSON")
+    add_json_option(s, "the summary")
     s.set_defaults(handler=run)
     d = command(
         msub,
@@ -38,18 +51,24 @@ def add(sub: Subparsers) -> None:
         "the scores. Exit 1 when the drift is significant (PSI > 0.25 or a class rate moved "
         "by more than 0.1).",
     )
-    d.add_argument("--db", required=True, metavar="PATH", help="the prediction log (SQLite)")
+    d.add_argument(
+        "--db",
+        required=True,
+        metavar="PATH|URL",
+        help="the prediction log: a SQLite file, or a postgresql:// URL",
+    )
     d.add_argument("--recent-hours", type=positive_float, default=24.0, help="recent window")
     d.add_argument(
         "--reference-hours", type=positive_float, default=168.0, help="reference window start"
     )
-    d.add_argument("--json", action="store_true", help="print JSON")
+    add_json_option(d, "the drift report")
     d.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pneumo_onnx.engine.serve.store import reports
 
+    target = json_target(args)
     if args.monitor_command == "summary":
         report = reports.summarize(args.db, hours=args.hours)
         lines = summary_lines(report)
@@ -60,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
         )
         lines = drift_lines(report)
         code = EXIT_FAILED if report["drift_detected"] else EXIT_OK
-    print(json.dumps(report, indent=2) if args.json else "\n".join(lines))
+    if target != STDIO:
+        print("\n".join(lines))
+    if target is not None:
+        write_json(target, report)
     return code
 
 

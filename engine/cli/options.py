@@ -1,26 +1,63 @@
 """What several `pneumo` commands share: the help format, option builders generated from the
 engine's own constants (devices, preprocessing paths, variants, scalings, filters), argument
-types, and loading the engine the options name."""
+types, the one `--json [PATH]` convention, and loading the engine the options name."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
-from typing import TYPE_CHECKING
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pneumo_onnx.engine.contract import COLORS, RESIZE_FILTERS, RESIZE_MODES
-from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.errors import FileAccessError, UsageError
 from pneumo_onnx.engine.intensity_spelling import parse_step
 from pneumo_onnx.engine.intensity_steps import Step
 from pneumo_onnx.engine.presets import PRESETS, preset_help
 from pneumo_onnx.engine.repository.variants import OPTIONAL_VARIANTS, VARIANT_FILES
-from pneumo_onnx.engine.runtime.choices import DEVICES, PREPROCESSING
+from pneumo_onnx.engine.runtime.choices import DEVICES, PREPROCESSING, PREPROCESSING_HELP
 from pneumo_onnx.engine.scaling import SCALINGS
 
 if TYPE_CHECKING:
     from pneumo_onnx.engine.runtime.engine import Engine
 
 Subparsers = argparse._SubParsersAction  # argparse exposes no public name for it
+STDIO = "-"  # in place of a file name: standard input or output, as in most Unix tools
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser that reads `--json [PATH]` one way in every command (see
+    `add_json_option`): the word after `--json` is its PATH only when it is `-` or ends in
+    .json, so `pneumo info --json MODEL` and `pneumo predict --json IMAGE` keep their
+    argument."""
+
+    takes_json = False  # set by add_json_option
+
+    def parse_known_args(  # type: ignore[override]  # one signature for its overloads
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self.takes_json and args is not None:
+            args = bare_json_flags(args)
+        return super().parse_known_args(args, namespace)
+
+
+def bare_json_flags(args: Sequence[str]) -> list[str]:
+    """`args` with each `--json` whose next word is not a JSON target written `--json=-`, so
+    that argparse leaves that word to the command."""
+    words = list(args)
+    for i, word in enumerate(words):
+        if word == "--":
+            break
+        if word == "--json" and (i + 1 == len(words) or not is_json_target(words[i + 1])):
+            words[i] = f"--json={STDIO}"
+    return words
+
+
+def is_json_target(word: str) -> bool:
+    return word == STDIO or word.lower().endswith(".json")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -31,13 +68,69 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return action.help
         return super()._get_help_string(action)
 
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """Paragraphs (split by blank lines) are filled; a block indented by two spaces (an
+        example) stays as written."""
+        blocks = []
+        for block in text.split("\n\n"):
+            if block.startswith("  "):
+                blocks.append("\n".join(indent + line for line in block.splitlines()))
+            else:
+                blocks.append(super()._fill_text(block, width, indent))
+        return "\n\n".join(blocks)
 
-def command(sub: Subparsers, name: str, help: str, description: str) -> argparse.ArgumentParser:
+
+def command(
+    sub: Subparsers, name: str, help: str, description: str, epilog: str | None = None
+) -> Parser:
     """A subcommand's parser, with the shared help format."""
-    parser: argparse.ArgumentParser = sub.add_parser(
-        name, help=help, description=description, formatter_class=HelpFormatter
+    parser: Parser = sub.add_parser(
+        name, help=help, description=description, epilog=epilog, formatter_class=HelpFormatter
     )
     return parser
+
+
+def add_json_option(p: Parser, what: str) -> None:
+    """`--json [PATH]`, the same in every command: `--json` alone or `--json -` prints `what`
+    as JSON on stdout, instead of the text for people; `--json PATH` writes it to PATH, beside
+    the usual text. A separate PATH must end in .json (`--json=PATH` takes any name)."""
+    p.takes_json = True
+    p.add_argument(
+        "--json",
+        nargs="?",
+        const=STDIO,
+        default=None,
+        metavar="PATH",
+        help=f"{what} as JSON: alone or with -, on stdout instead of the text; with PATH "
+        "(ending in .json, or --json=PATH), written there as well",
+    )
+
+
+def json_target(args: argparse.Namespace) -> str | None:
+    """Where `--json` sends its JSON: None (not asked), STDIO or a file path whose folder
+    exists (checked before any work, so a long run does not end on a typo)."""
+    target: str | None = args.json
+    if target is None or target == STDIO:
+        return target
+    if not target:
+        raise UsageError("--json=: expected a file name, or - for stdout")
+    folder = Path(target).parent
+    if not folder.is_dir():
+        raise UsageError(f"--json {target}: no such folder {folder}")
+    return target
+
+
+def write_json(target: str, payload: Any) -> None:
+    """`payload` as indented JSON on stdout (`target` STDIO) or into the file `target`."""
+    text = json.dumps(payload, indent=2, default=str) + "\n"
+    if target == STDIO:
+        sys.stdout.write(text)
+        return
+    try:
+        Path(target).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise FileAccessError("write", target, e) from e
+    print(f"wrote {target}")
 
 
 def add_model_options(p: argparse.ArgumentParser, device: bool = True) -> None:
@@ -75,9 +168,17 @@ def add_preprocessing_option(p: argparse.ArgumentParser) -> None:
         "--preprocessing",
         default=PREPROCESSING[0],
         choices=PREPROCESSING,
-        help="auto: fast where the model's conversion measured it within 0.01 of the model's "
-        "own pipeline on its probe X-rays, else reference (`pneumo info` says which and why); "
-        "fast: reduced-scale JPEG decoding; reference: exactly the model's own pipeline",
+        help=PREPROCESSING_HELP,
+    )
+
+
+def add_threshold_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threshold",
+        type=unit_float,
+        default=None,
+        help="decision threshold in [0, 1]: above it, the positive label (default: the "
+        "threshold the model stores; `pneumo info` shows it)",
     )
 
 

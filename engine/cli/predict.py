@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+from typing import BinaryIO
 
 from pneumo_onnx.engine.cli.options import (
+    STDIO,
     Subparsers,
+    add_json_option,
     add_model_options,
+    add_threshold_option,
     command,
+    json_target,
     load_engine,
-    unit_float,
+    write_json,
 )
 from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK, UsageError
 from pneumo_onnx.engine.explain import DEFAULT_GRID, MAX_GRID, METHODS
@@ -25,17 +29,14 @@ def add(sub: Subparsers) -> None:
         "predict",
         help="score chest X-ray images: NORMAL or PNEUMONIA",
         description="Score images (JPEG, PNG, BMP, TIFF, DICOM with the 'dicom' extra). "
-        "Exit 1 if any image could not be scored.",
+        "Exit 1 if any image could not be scored, 2 if a named file does not exist.",
     )
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files")
-    p.add_argument("--image", action="append", default=[], help=argparse.SUPPRESS)  # seed CLI
     p.add_argument(
-        "--threshold",
-        type=unit_float,
-        default=None,
-        help="decision threshold (default: the model's, usually 0.5)",
+        "images", nargs="*", metavar="IMAGE", help="image files; - reads one image from stdin"
     )
-    p.add_argument("--json", action="store_true", help="print a JSON list of result rows")
+    p.add_argument("--image", action="append", default=[], help=argparse.SUPPRESS)  # seed CLI
+    add_threshold_option(p)
+    add_json_option(p, "the result rows, a list")
     add_heatmap_options(p)
     add_model_options(p)
     p.set_defaults(handler=run)
@@ -71,8 +72,11 @@ def add_heatmap_options(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     images = [*args.images, *args.image]
-    if not images:
-        raise UsageError("name at least one image: pneumo predict IMAGE...")
+    check_named(images)
+    if args.heatmap is not None and STDIO in images:
+        raise UsageError("--heatmap reads each image twice: name image files, not - (stdin)")
+    target = json_target(args)
+    sources = [read_stdin() if name == STDIO else name for name in images]
     engine = load_engine(args)
     if args.heatmap is not None:
         from pneumo_onnx.engine.explain.heatmap import check_method
@@ -80,20 +84,20 @@ def run(args: argparse.Namespace) -> int:
         check_method(engine, args.heatmap_method, args.occlusion_grid)
     rows: list[Row] = []
     scored: list[tuple[str, Scored]] = []
-    for index, result in engine.stream(images, args.threshold, batch_size=16):
+    for index, result in engine.stream(sources, args.threshold, batch_size=16):
         rows.append(to_row(images[index], result))
         if "error" in result:
             print(f"error: {result['error']}", file=sys.stderr)
             continue
         scored.append((images[index], result))
-        if not args.json:
+        if target != STDIO:
             print(
                 f"{images[index]}: {result['prediction']} (confidence "
                 f"{result['confidence']:.3f}, raw score {result['raw_score']:.4f}, threshold "
                 f"{result['threshold']:g})"
             )
-    if args.json:
-        print(json.dumps(rows, indent=2))
+    if target is not None:
+        write_json(target, rows)
     if args.heatmap is not None:
         from pneumo_onnx.engine.explain.overlay import write_overlays
 
@@ -107,3 +111,32 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"wrote {len(written)} heatmaps to {args.heatmap}", file=sys.stderr)
     return EXIT_FAILED if len(scored) < len(rows) else EXIT_OK
+
+
+def check_named(images: list[str]) -> None:
+    """Every named image exists and is a file, and stdin is named at most once: a usage error
+    (exit 2) listing every problem before the model loads, not a failed image."""
+    if not images:
+        raise UsageError("name at least one image: pneumo predict IMAGE...")
+    problems = []
+    for name in images:
+        if name == STDIO:
+            continue
+        path = Path(name)
+        if path.is_dir():
+            problems.append(f"{name} is a folder (pneumo batch scores a folder)")
+        elif not path.exists():
+            problems.append(f"{name}: no such file")
+    if images.count(STDIO) > 1:
+        problems.append("- (stdin) is named more than once: it holds one image")
+    if problems:
+        raise UsageError("; ".join(problems))
+
+
+def read_stdin() -> BinaryIO:
+    """The one image piped to `pneumo predict -`, named `stdin` in error messages."""
+    from pneumo_onnx.engine.runtime.decoders import named_bytes
+
+    if sys.stdin is None or sys.stdin.isatty():
+        raise UsageError("- reads an image from stdin: pipe one in (pneumo predict - < scan.jpeg)")
+    return named_bytes(sys.stdin.buffer.read(), "stdin")

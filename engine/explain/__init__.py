@@ -7,6 +7,10 @@ The heatmap choices live here, light, so the CLI can offer them without loading 
 
 from __future__ import annotations
 
-METHODS = ("cam", "occlusion", "auto")
+from typing import Literal, get_args
+
+Method = Literal["cam", "occlusion"]  # what runs
+MethodChoice = Literal["cam", "occlusion", "auto"]  # what may be asked for
+METHODS: tuple[MethodChoice, ...] = get_args(MethodChoice)
 DEFAULT_GRID = 8
 MAX_GRID = 16  # 256 extra model runs per image at most

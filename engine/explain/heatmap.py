@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from pneumo_onnx.engine.errors import UsageError
-from pneumo_onnx.engine.explain import DEFAULT_GRID, MAX_GRID, METHODS
+from pneumo_onnx.engine.explain import DEFAULT_GRID, MAX_GRID, METHODS, Method
 from pneumo_onnx.engine.repository.cam import CamSpec, EvidenceScale, measure_scale
 from pneumo_onnx.engine.runtime.decoders import ImageSource, read_once
 from pneumo_onnx.engine.runtime.engine import Engine
@@ -46,7 +46,7 @@ class Heatmap:
     """A signed map over the whole image (rows, cols of the model's input grid, coarse)."""
 
     values: np.ndarray  # (h, w) float64; > 0 speaks for the positive class
-    method: str  # cam | occlusion
+    method: Method
     unit: str  # what one unit of `values` is, for the legend
     score: float  # P(positive) from the same run
     scale: EvidenceScale  # the model's colour scale, in the unit of `values`
@@ -64,14 +64,14 @@ def cam_spec(engine: Engine) -> CamSpec | None:
     return CamSpec.from_metadata(engine.session.get_modelmeta().custom_metadata_map)
 
 
-def check_method(engine: Engine, method: str, grid: int = DEFAULT_GRID) -> str:
+def check_method(engine: Engine, method: str, grid: int = DEFAULT_GRID) -> Method:
     """The method that will run ('cam' or 'occlusion'), or a UsageError before any work."""
     if method not in METHODS:
         raise UsageError(f"heatmap method must be one of {', '.join(METHODS)}, got {method!r}")
     if not 2 <= grid <= MAX_GRID:
         raise UsageError(f"occlusion grid must be between 2 and {MAX_GRID}, got {grid}")
     if method == "occlusion":
-        return method
+        return "occlusion"
     if cam_spec(engine) is not None:
         return "cam"
     if method == "auto":
@@ -115,7 +115,7 @@ def occlusion_map(engine: Engine, x: np.ndarray, grid: int = DEFAULT_GRID) -> He
     return Heatmap(values, "occlusion", UNITS["occlusion"], score, scale, source)
 
 
-def samples_scale(engine: Engine, method: str, grid: int = DEFAULT_GRID) -> EvidenceScale:
+def samples_scale(engine: Engine, method: Method, grid: int = DEFAULT_GRID) -> EvidenceScale:
     """The colour scale measured on the shipped sample X-rays (measure_scale), once per engine,
     method and grid: for occlusion, and for CAM of a model that stores no scale."""
     key = (method, grid if method == "occlusion" else 0)

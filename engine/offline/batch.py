@@ -25,6 +25,7 @@ from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, Result, Row, to_row
 from pneumo_onnx.engine.runtime.sandbox import Sandbox
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+STDOUT = "-"  # as an output path: CSV on standard output
 
 
 @dataclass
@@ -40,13 +41,32 @@ class Summary:
         return self.total / self.seconds if self.seconds > 0 else 0.0
 
 
+def output_format(path: Path) -> str:
+    """ "csv" or "jsonl" by the output's name (`-`: CSV on stdout); any other name is a usage
+    error, checked before the model loads or the folder is listed."""
+    if str(path) == STDOUT:
+        return "csv"
+    if path.suffix.lower() not in FORMATS:
+        raise UsageError(f"-o {path}: expected a .csv or .jsonl file name, or - for stdout")
+    return FORMATS[path.suffix.lower()]
+
+
 class ResultWriter:
-    """Append-only results file; the header (CSV) is written once, when the file is new."""
+    """Append-only results file; the header (CSV) is written once, when the file is new.
+    Path `-`: CSV on stdout (nothing to resume)."""
 
     def __init__(self, path: Path, resume: bool, overwrite: bool) -> None:
-        self.format = FORMATS.get(path.suffix.lower(), "")
-        if not self.format:
-            raise UsageError(f"-o {path}: expected a .csv or .jsonl file name")
+        self._owned = str(path) != STDOUT
+        if resume and not self._owned:
+            raise UsageError("--resume needs an output file, not -o - (stdout)")
+        self.format = output_format(path)
+        self.done: set[str] = set()
+        self._file = self._open(path, resume, overwrite) if self._owned else sys.stdout
+        self._csv = csv.DictWriter(self._file, ROW_COLUMNS) if self.format == "csv" else None
+        if self._csv is not None and (not self._owned or self._file.tell() == 0):
+            self._csv.writeheader()
+
+    def _open(self, path: Path, resume: bool, overwrite: bool) -> TextIO:
         if path.exists() and not (resume or overwrite):
             raise UsageError(
                 f"{path} exists: pass --resume to continue it, or --overwrite to replace it"
@@ -55,12 +75,9 @@ class ResultWriter:
             path.unlink()
         self.done = _repair_and_read(path, self.format) if path.exists() else set()
         try:
-            self._file: TextIO = path.open("a", newline="", encoding="utf-8")
+            return path.open("a", newline="", encoding="utf-8")
         except OSError as e:
             raise FileAccessError("write", path, e) from e
-        self._csv = csv.DictWriter(self._file, ROW_COLUMNS) if self.format == "csv" else None
-        if self._csv is not None and self._file.tell() == 0:
-            self._csv.writeheader()
 
     def write(self, row: Row) -> None:
         if self._csv is not None:
@@ -70,11 +87,13 @@ class ResultWriter:
 
     def flush(self) -> None:
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._owned:  # a pipe cannot be synced
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self.flush()
-        self._file.close()
+        if self._owned:
+            self._file.close()
 
 
 class Progress:
@@ -122,6 +141,7 @@ def run_batch(
     """Score the images of `folder` into `output`; with a `sandbox`, decoded in its worker
     processes (a poison file is an error row, never the end of the run)."""
     check_batch_options(batch_size, workers)
+    output_format(output)
     images = find_images(folder, recursive=recursive)
     writer = ResultWriter(output, resume, overwrite)
     todo = [p for p in images if str(p) not in writer.done]

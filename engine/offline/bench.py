@@ -129,7 +129,10 @@ def run_bench(plan: Plan, progress: Progress | None = None) -> dict[str, Any]:
             "name": first.name,
             "version": first.version,
             "files": {
-                v: {"file": e.model.path.name, "sha256": sha256_file(e.model.path)}
+                v: {
+                    "file": e.model.path.name,
+                    "sha256": e.model.sha256 or sha256_file(e.model.path),
+                }
                 for _, v, e in engines
             },
         },

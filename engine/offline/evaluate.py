@@ -9,14 +9,13 @@ renamed copy is not recognised.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pneumo_onnx.engine.errors import FileAccessError, UsageError
+from pneumo_onnx.engine.errors import UsageError
 from pneumo_onnx.engine.repository.manifest import training_list
 from pneumo_onnx.engine.runtime.engine import Engine
 from pneumo_onnx.engine.runtime.listing import find_images
@@ -130,10 +129,3 @@ def report_lines(e: Evaluation) -> list[str]:
         lines[-1] += f"  (highest threshold with sensitivity >= {m['target_sensitivity']})"
     lines += [f"  unreadable: {p}: {err}" for p, err in e.errors]
     return lines
-
-
-def write_json(e: Evaluation, path: Path) -> None:
-    try:
-        path.write_text(json.dumps(e.to_dict(), indent=2, default=str) + "\n")
-    except OSError as err:
-        raise FileAccessError("write", path, err) from err

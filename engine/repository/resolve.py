@@ -7,10 +7,9 @@ import importlib.resources
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pneumo_onnx.engine.errors import RepositoryError, UsageError
-from pneumo_onnx.engine.repository.manifest import MANIFEST_NAME, read_manifest, sha256_file
+from pneumo_onnx.engine.repository.manifest import MANIFEST_NAME, Manifest, read_manifest
 from pneumo_onnx.engine.repository.variants import FP32, VARIANT_FILES, variant_of
 
 DEFAULT_MODEL_NAME = "pneumonia"
@@ -22,13 +21,14 @@ class ResolvedModel:
     variant: str
     name: str | None = None
     version: int | None = None
-    manifest: dict[str, Any] | None = None
+    manifest: Manifest | None = None
+    sha256: str | None = None  # checked against the manifest; None without one
 
     @property
     def variants(self) -> list[str]:
         """Variants present beside this model (from its manifest, else from the folder)."""
         names = (
-            set(self.manifest["files"])
+            set(self.manifest.files)
             if self.manifest
             else {p.name for p in self.path.parent.iterdir()}
         )
@@ -95,14 +95,9 @@ def _verified(path: Path, variant: str) -> ResolvedModel:
     if not (version_dir / MANIFEST_NAME).is_file():
         return ResolvedModel(path=path, variant=variant)
     manifest = read_manifest(version_dir)
-    entry = manifest.get("files", {}).get(path.name)
-    if entry is None:
-        raise RepositoryError(f"{path.name} is not listed in its {MANIFEST_NAME}: refusing to load")
-    if sha256_file(path) != entry.get("sha256"):
-        raise RepositoryError(
-            f"{path.name} does not match the sha256 in its {MANIFEST_NAME}: refusing to load"
-        )
-    version = int(version_dir.name) if version_dir.name.isdigit() else manifest.get("version")
-    return ResolvedModel(
-        path=path, variant=variant, name=manifest.get("name"), version=version, manifest=manifest
-    )
+    try:
+        sha256 = manifest.check_file(path)
+    except RepositoryError as e:
+        raise RepositoryError(f"{e.message}: refusing to load") from e
+    version = int(version_dir.name) if version_dir.name.isdigit() else manifest.version
+    return ResolvedModel(path, variant, manifest.name, version, manifest, sha256)

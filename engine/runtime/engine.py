@@ -26,9 +26,10 @@ import onnxruntime as ort
 from pneumo_onnx.engine.contract import Contract, check_threshold
 from pneumo_onnx.engine.errors import PneumoError, UsageError, first_line
 from pneumo_onnx.engine.repository.resolve import ResolvedModel, resolve
+from pneumo_onnx.engine.repository.sections import FileEntry
 from pneumo_onnx.engine.runtime import isolated
 from pneumo_onnx.engine.runtime.decoders import ImageSource, describe
-from pneumo_onnx.engine.runtime.fidelity import MANIFEST_KEY, choose
+from pneumo_onnx.engine.runtime.fidelity import choose
 from pneumo_onnx.engine.runtime.preprocess import PREPROCESSORS
 from pneumo_onnx.engine.runtime.results import Result, Scored, failed, scored
 from pneumo_onnx.engine.runtime.sandbox import Sandbox
@@ -214,6 +215,7 @@ class Engine:
     def info(self) -> dict[str, Any]:
         """What `pneumo info` shows: model, contract, variants, provider."""
         m = self.model
+        manifest = m.manifest
         return {
             "model": str(m.path),
             "name": m.name,
@@ -224,11 +226,16 @@ class Engine:
             "preprocessing": self.preprocessing,
             "preprocessing_reason": self.preprocessing_reason,
             "contract": self.contract.to_dict(),
-            "source": (m.manifest or {}).get("source"),
-            "parity": (m.manifest or {}).get("parity"),
-            "fast_vs_reference": ((m.manifest or {}).get(MANIFEST_KEY) or {}).get(
-                "fast_vs_reference"
+            "source": manifest.source.to_dict() if manifest and manifest.source else None,
+            "parity": manifest.parity.to_dict() if manifest and manifest.parity else None,
+            "fast_vs_reference": (
+                manifest.fast_vs_reference.to_dict()
+                if manifest and manifest.fast_vs_reference
+                else None
             ),
+            "sha256": m.sha256,
+            "threshold_source": manifest.threshold_source if manifest else None,
+            "fp32_layers": _fp32_layers(manifest.variants.get(m.variant) if manifest else None),
         }
 
     def resolve_threshold(self, threshold: float | None) -> float:
@@ -264,3 +271,12 @@ class Engine:
                 yield index, failed(value)
             else:
                 yield index, self.result(float(next(scores)), threshold)
+
+
+def _fp32_layers(entry: FileEntry | None) -> dict[str, Any] | None:
+    """What a reduced-precision variant keeps in fp32 (nodes, share of the multiply-adds);
+    None for the others and for conversions that predate the record."""
+    precision = entry.precision if entry else None
+    if precision is None:
+        return None
+    return {"nodes": list(precision.fp32_nodes), "mac_share": precision.fp32_mac_share}

@@ -10,13 +10,14 @@ except where the fast path is the reference pipeline by construction (`is_exact`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from pneumo_onnx.engine.contract import Contract
 from pneumo_onnx.engine.errors import UsageError
+from pneumo_onnx.engine.repository.manifest import Manifest
+from pneumo_onnx.engine.repository.sections import FastOrReference, FastPathFigures
 from pneumo_onnx.engine.runtime.choices import PREPROCESSING
 from pneumo_onnx.engine.runtime.decoders import ImageSource
 from pneumo_onnx.engine.runtime.preprocess import (
@@ -26,7 +27,6 @@ from pneumo_onnx.engine.runtime.preprocess import (
     shortcut_side,
 )
 
-MANIFEST_KEY = "preprocessing"
 # The promise: every score within 0.02 of the user's own pipeline, and the same label wherever
 # that score is 0.02 or more from the threshold.
 MAX_SCORE_DIFF = 0.02
@@ -44,7 +44,7 @@ def measure(
     images: Sequence[ImageSource],
     contract: Contract,
     batch_size: int = 16,
-) -> dict[str, Any]:
+) -> FastPathFigures:
     """Score `images` through both paths with `score` (a batch -> P(positive)); the figures
     the verdict reads. Every image must be readable (they are the conversion's probes)."""
     if not images:
@@ -62,26 +62,25 @@ def measure(
     t = contract.threshold
     changed = (f > t) != (r > t)
     away = np.abs(r - t) >= MAX_SCORE_DIFF
-    return {
-        "images": len(images),
-        "shortcut_images": shortcut,
-        "exact_by_construction": is_exact(contract.input),
-        "max_score_diff": float(diff.max(initial=0.0)),
-        "p99_score_diff": float(np.quantile(diff, 0.99)) if len(diff) else 0.0,
-        "mean_score_diff": float(diff.mean()) if len(diff) else 0.0,
-        "label_changes": int(changed.sum()),
-        "label_changes_away_from_threshold": int((changed & away).sum()),
-        "largest_threshold_distance_of_a_change": float(np.abs(r - t)[changed].max(initial=0.0)),
-        "threshold": t,
-    }
+    return FastPathFigures(
+        images=len(images),
+        shortcut_images=shortcut,
+        exact_by_construction=is_exact(contract.input),
+        max_score_diff=float(diff.max(initial=0.0)),
+        p99_score_diff=float(np.quantile(diff, 0.99)) if len(diff) else 0.0,
+        mean_score_diff=float(diff.mean()) if len(diff) else 0.0,
+        label_changes=int(changed.sum()),
+        label_changes_away_from_threshold=int((changed & away).sum()),
+        largest_threshold_distance_of_a_change=float(np.abs(r - t)[changed].max(initial=0.0)),
+        threshold=t,
+    )
 
 
-def verdict(figures: Mapping[str, Any], contract: Contract) -> tuple[str, str]:
+def verdict(figures: FastPathFigures, contract: Contract) -> tuple[FastOrReference, str]:
     """('fast' | 'reference', why) for measured figures: fast only within PROBE_MAX_SCORE_DIFF
     with no label change away from the threshold, on enough full-size X-rays (or where exact)."""
-    diff = float(figures.get("max_score_diff", float("inf")))
-    n, shortcut = int(figures.get("images", 0)), int(figures.get("shortcut_images", 0))
-    flips = int(figures.get("label_changes_away_from_threshold", 0))
+    diff, n, shortcut = figures.max_score_diff, figures.images, figures.shortcut_images
+    flips = figures.label_changes_away_from_threshold
     measured = f"max score diff {diff:.4f} on {n} probe X-rays"
     if diff > PROBE_MAX_SCORE_DIFF or flips:
         return "reference", (
@@ -104,9 +103,7 @@ def verdict(figures: Mapping[str, Any], contract: Contract) -> tuple[str, str]:
     return "fast", f"fast stays within {PROBE_MAX_SCORE_DIFF} of reference: {measured}"
 
 
-def choose(
-    requested: str, contract: Contract, manifest: Mapping[str, Any] | None
-) -> tuple[str, str]:
+def choose(requested: str, contract: Contract, manifest: Manifest | None) -> tuple[str, str]:
     """The path an engine runs ('fast' | 'reference') and why: `fast`/`reference` as asked;
     `auto` follows the figures in the model's manifest."""
     if requested not in PREPROCESSING:
@@ -115,8 +112,8 @@ def choose(
         )
     if requested != "auto":
         return requested, f"--preprocessing {requested} asked for"
-    figures = ((manifest or {}).get(MANIFEST_KEY) or {}).get("fast_vs_reference")
-    if figures:
+    figures = manifest.fast_vs_reference if manifest else None
+    if figures is not None:
         return verdict(figures, contract)
     if is_exact(contract.input):
         return "fast", (

@@ -38,6 +38,9 @@ class Row(TypedDict):
     error: str | None
 
 
+# Scored's keys, in order, read off the type (a field added there is added here too).
+SCORED_FIELDS: Final[tuple[str, ...]] = tuple(Scored.__annotations__)
+# Row's, spelled out so that mypy sees each as a key of Row (a test compares the two).
 ROW_COLUMNS: Final = ("image_path", "prediction", "confidence", "raw_score", "threshold", "error")
 
 

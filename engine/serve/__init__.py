@@ -11,9 +11,11 @@ each importing only the ones below it (an import-linter contract):
 - `store/`: the state on disk (SQLite: prediction log, reports, jobs), which needs neither
   FastAPI nor onnxruntime, so `pneumo monitor` and tests use it without the 'serve' extra.
 
-Beside them: `config` (every setting), `state` (the parts of a running server, as routes reach
-them), `app` (wiring), `server` (uvicorn, TLS, workers), `logs` and `metrics`. A new V2
-extension goes in `front/` (its route and codec) over `dataplane/scoring`; a new table in
-`store/schema` with its module in `store/`. Nothing is imported here: importing
-`pneumo_onnx.engine.serve` stays free.
+Beside them: `config` (every setting, its default, range and help, written once), `setting`
+(what a setting is, read from text or TOML), `keys` (API and admin keys, from the environment
+and key files), `config_sources` (defaults < TOML file < environment < flags), `state` (the
+parts of a running server, as routes reach them), `app` (wiring), `server` (uvicorn, TLS,
+workers), `logs` and `metrics`. A new V2 extension goes in `front/` (its route and codec) over
+`dataplane/scoring`; a new table in `store/schema` with its module in `store/`. Nothing is
+imported here: importing `pneumo_onnx.engine.serve` stays free.
 """

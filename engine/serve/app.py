@@ -38,9 +38,8 @@ log = logging.getLogger(__name__)
 SHUTDOWN_SECONDS = 10.0
 
 
-def create_app(config: ServeConfig | None = None) -> FastAPI:
+def create_app(config: ServeConfig) -> FastAPI:
     """The app for `config`; the model loads in the background once the server starts."""
-    config = config or ServeConfig()
     state = _build(config)
 
     @asynccontextmanager
@@ -61,6 +60,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, state.runner.stop, SHUTDOWN_SECONDS)
             await state.service.close()
+            state.jobs.close()
+            state.metrics.close()
             unwritten = await loop.run_in_executor(
                 None, state.prediction_log.close_within, SHUTDOWN_SECONDS
             )
@@ -96,10 +97,10 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         limiter=RateLimiter(config.rate_limit, config.rate_burst),
         metrics=state.metrics,
         max_body=config.max_upload_bytes,
-        open_health=config.open_health,
-        open_metrics=config.open_metrics,
-        max_inflight_bytes=int(config.max_inflight_mb * 2**20),
-        body_timeout=config.body_timeout_s,
+        open_health=not config.protect_health,
+        open_metrics=not config.protect_metrics,
+        max_inflight_bytes=config.max_inflight_bytes,
+        body_timeout=config.body_timeout,
         loopback_only=config.loopback_only,
     )
     return app
@@ -108,31 +109,34 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 def _build(config: ServeConfig) -> ServerState:
     metrics = ServerMetrics()
     folder = _state_dir(config.state_dir)
+    # One PostgreSQL database that servers share, or a SQLite file per store in the folder.
+    database = config.database
+    jobs = JobStore(database or folder / "jobs.db", max_pending_bytes=config.job_store_bytes)
     prediction_log = PredictionLog(
-        folder / "predictions.db",
+        database or folder / "predictions.db",
         store_images=config.log_images,
         retention_days=config.log_retention_days,
     )
-    jobs = JobStore(folder / "jobs.db", max_pending_bytes=int(config.job_store_mb * 2**20))
     root = config.model_repo or default_model_dir().parent
     service = ScoringService(
         ModelRegistry(root, config.device, config.variant, config.threads, config.preprocessing),
         metrics,
         max_batch=config.max_batch,
-        max_delay=config.max_delay_ms / 1000.0,
+        max_delay=config.max_delay_s,
         max_queue=config.max_queue,
         decode_workers=config.decode_workers,
         decode_limits=config.decode_limits,
         cache_size=config.cache_size,
-        max_request_pixels=int(config.max_request_mpx * 1e6),
-        max_inflight_pixels=int(config.max_decode_mpx * 1e6),
-        max_queue_delay=config.max_queue_delay_s,
+        max_request_pixels=config.max_request_pixels,
+        max_inflight_pixels=config.max_decode_pixels,
+        max_queue_delay=config.max_queue_delay,
         keep_images=config.log_images,
         on_prediction=prediction_log.record,
     )
-    runner = JobRunner(
-        jobs, service.score_job, chunk=config.max_batch, ttl_hours=config.job_ttl_hours
-    )
+    # A chunk is one request to the scoring path, which refuses more images than its queue
+    # holds: a chunk of max_batch over a shorter queue would fail every job.
+    chunk = min(config.max_batch, config.max_queue)
+    runner = JobRunner(jobs, service.score_job, chunk=chunk, ttl_hours=config.job_ttl)
     return ServerState(config, service, metrics, prediction_log, jobs, runner)
 
 
@@ -160,11 +164,12 @@ def _state_dir(path: Path) -> Path:
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn factory for `--workers N`: each worker process reads the config from the env."""
+    """uvicorn factory for `--workers N`: each worker process gets the whole config, resolved
+    by `pneumo serve`, as JSON in the environment (no setting is read from another variable;
+    only the Vertex AI routes, as in every process, come from AIP_*)."""
     from pneumo_onnx.engine.serve.config import CONFIG_ENV
     from pneumo_onnx.engine.serve.logs import configure
 
     configure("INFO")  # a worker process starts with no logging: the same JSON lines as one
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
-    text = os.environ.get(CONFIG_ENV)
-    return create_app(ServeConfig.from_json(text) if text else None)
+    return create_app(ServeConfig.from_json(os.environ[CONFIG_ENV]))

@@ -1,7 +1,24 @@
-"""Prometheus metrics of one server process, in their own registry (so tests and several
-apps in one process never collide)."""
+"""Prometheus metrics of the server, in their own registry (so tests and several apps in one
+process never collide).
+
+Several processes serve one port with `--workers N` (and one node's Ray Serve replicas): each
+then writes its values to files in a folder they share (prometheus-client's multiprocess mode,
+chosen by PROMETHEUS_MULTIPROC_DIR when the process starts), and whichever answers a scrape adds
+up all of them, so every scrape counts every request.
+
+Names follow Prometheus' conventions: durations end in `_duration_seconds` (histograms, so
+`_bucket`, `_sum`, `_count`), counters in `_total`, written out here as they are exposed (the
+client would add it anyway) so a grep for the exposed name finds its definition.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -10,8 +27,11 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 
+# Read by prometheus-client when it is first imported: set it before a process starts.
+SHARED_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 QUEUE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -21,19 +41,27 @@ class ServerMetrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
+        shared = os.environ.get(SHARED_DIR_ENV)
+        self.shared_dir = Path(shared) if shared else None
+        if self.shared_dir is not None:  # a node of a Ray cluster may not have it yet
+            self.shared_dir.mkdir(parents=True, exist_ok=True)
+        self._served: tuple[str, str, str, str] | None = None
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
-            "pneumo_requests", "HTTP requests by route and status", ["route", "status"], registry=r
+            "pneumo_requests_total",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
         )
         self.latency = Histogram(
-            "pneumo_request_seconds",
+            "pneumo_request_duration_seconds",
             "Request latency by route",
             ["route"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_time = Histogram(
-            "pneumo_queue_seconds",
+            "pneumo_queue_wait_duration_seconds",
             "Time an image waited in the batching queue",
             buckets=QUEUE_BUCKETS,
             registry=r,
@@ -42,20 +70,26 @@ class ServerMetrics:
             "pneumo_batch_size", "Images per model run", buckets=BATCH_BUCKETS, registry=r
         )
         self.predictions = Counter(
-            "pneumo_predictions", "Predictions by label", ["label"], registry=r
+            "pneumo_predictions_total", "Predictions by label", ["label"], registry=r
         )
-        self.cache = Counter("pneumo_cache", "Result cache lookups", ["result"], registry=r)
+        self.cache = Counter(
+            "pneumo_cache_lookups_total", "Result cache lookups by result", ["result"], registry=r
+        )
         self.shed = Counter(
-            "pneumo_shed_requests", "Requests refused with 503 (queue full)", registry=r
+            "pneumo_shed_requests_total", "Requests refused with 503 (queue full)", registry=r
         )
         self.queue_depth = Gauge(
-            "pneumo_queue_depth", "Images waiting in the batching queue", registry=r
+            "pneumo_queue_depth",
+            "Images waiting in the batching queue",
+            registry=r,
+            multiprocess_mode="livesum",  # of the processes alive
         )
         self.model = Gauge(
             "pneumo_model_info",
             "The model version being served (value 1)",
             ["name", "version", "variant", "sha256"],
             registry=r,
+            multiprocess_mode="livemax",  # 1 while any live process serves it
         )
 
     def observe_batch(self, size: int, waits: list[float]) -> None:
@@ -65,8 +99,39 @@ class ServerMetrics:
 
     def serving(self, name: str, version: str, variant: str, sha256: str) -> None:
         """Mark the model now served (and only it)."""
+        if self._served is not None:  # a shared folder keeps the old value: zero it first
+            self.model.labels(*self._served).set(0)
         self.model.clear()
-        self.model.labels(name, version, variant, sha256).set(1)
+        self._served = (name, version, variant, sha256)
+        self.model.labels(*self._served).set(1)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition: this process's, or every process's added up."""
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        everyone = CollectorRegistry()
+        multiprocess.MultiProcessCollector(everyone, path=str(self.shared_dir))
+        return generate_latest(everyone)
+
+    def close(self) -> None:
+        """This process stops: its live gauges leave the sums."""
+        if self.shared_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), path=str(self.shared_dir))
+
+
+@contextlib.contextmanager
+def shared_metrics_dir() -> Iterator[Path]:
+    """A fresh folder for the metrics of the processes started inside (named to them by the
+    environment they inherit), removed afterwards: a restart counts from zero, as one process
+    does."""
+    folder = Path(tempfile.mkdtemp(prefix="pneumo-metrics-"))
+    previous = os.environ.get(SHARED_DIR_ENV)
+    os.environ[SHARED_DIR_ENV] = str(folder)
+    try:
+        yield folder
+    finally:
+        if previous is None:
+            os.environ.pop(SHARED_DIR_ENV, None)
+        else:
+            os.environ[SHARED_DIR_ENV] = previous
+        shutil.rmtree(folder, ignore_errors=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import json
 from pathlib import Path
 
@@ -29,10 +28,12 @@ from pneumo_onnx.engine.contract import Contract
 from pneumo_onnx.engine.repository.manifest import (
     MANIFEST_NAME,
     TRAINING_LISTS,
+    Manifest,
     parse_training_list,
     read_manifest,
     verify_files,
 )
+from pneumo_onnx.engine.repository.sections import FileEntry, TrainingImages
 from pneumo_onnx.engine.runtime.listing import list_images
 
 MODELS = Path(__file__).resolve().parents[1]
@@ -70,14 +71,13 @@ def add_to_version(version_dir: Path, data: bytes) -> Path:
     target = version_dir / name
     target.write_bytes(data)
     count = len(parse_training_list(data, name))
-    manifest["training_images"] = {"file": name, "images": count}
-    manifest["files"][name] = {
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "bytes": len(data),
-        "kind": "training list",
-        "images": count,
-    }
-    (version_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    # Two entries added to the JSON as it is, the rest kept byte for byte (a round trip through
+    # Manifest would restate an old contract in today's schema); checked by the reader.
+    raw = json.loads((version_dir / MANIFEST_NAME).read_text())
+    raw["training_images"] = TrainingImages(name, count).to_dict()
+    raw["files"][name] = FileEntry.of(data, {"kind": "training list", "images": count}).to_dict()
+    Manifest.from_dict(raw)
+    (version_dir / MANIFEST_NAME).write_text(json.dumps(raw, indent=2) + "\n")
     return target
 
 

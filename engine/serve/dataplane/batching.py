@@ -45,9 +45,9 @@ class Batcher:
 
     def __init__(
         self,
-        max_batch: int = 32,
-        max_delay: float = 0.005,
-        max_queue: int = 256,
+        max_batch: int,
+        max_delay: float,
+        max_queue: int,
         observer: BatchObserver | None = None,
     ) -> None:
         if max_batch < 1 or max_queue < 1 or max_delay < 0:

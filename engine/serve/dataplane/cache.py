@@ -13,22 +13,18 @@ CacheKey = tuple[str, str, str, str, float]
 
 
 class ResultCache:
-    def __init__(self, maxsize: int = 1024) -> None:
+    def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self._items: OrderedDict[CacheKey, Scored] = OrderedDict()
         self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
 
     def get(self, key: CacheKey) -> Scored | None:
         """A copy of the cached result, or None (also when the cache is disabled)."""
         with self._lock:
             value = self._items.get(key)
             if value is None:
-                self.misses += 1
                 return None
             self._items.move_to_end(key)
-            self.hits += 1
             return Scored(**value)
 
     def put(self, key: CacheKey, value: Scored) -> None:

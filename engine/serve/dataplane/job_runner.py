@@ -1,25 +1,20 @@
 """The one background thread that scores stored batch jobs, oldest first, a chunk at a time,
-through the server's scoring path; one runner per job store across processes (a lock file),
-with a standby that takes over when the holder exits. It also expires finished jobs."""
+through the server's scoring path. Which jobs it may take is the store's `RunnerLease`: with
+SQLite, one runner per store across processes (a lock file), with a standby that takes over
+when the holder exits; with PostgreSQL, every server's runner, each job held by one (an
+advisory lock that the database frees when its server dies). It also expires finished jobs."""
 
 from __future__ import annotations
 
 import logging
-import os
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
-
-try:
-    import fcntl
-except ImportError:  # Windows has no flock: one job runner per process, as configured
-    fcntl = None  # type: ignore[assignment]
 
 from pneumo_onnx.engine.errors import Overloaded, PneumoError, UsageError
-from pneumo_onnx.engine.runtime.results import Result
-from pneumo_onnx.engine.serve.store.jobs import RESULT_FIELDS, JobStore
+from pneumo_onnx.engine.runtime.results import SCORED_FIELDS, Result
+from pneumo_onnx.engine.serve.store.backend import RunnerLease
+from pneumo_onnx.engine.serve.store.jobs import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +37,10 @@ class JobRunner:
         self,
         store: JobStore,
         score: Score,
-        chunk: int = 32,
+        chunk: int,  # images scored at once: the server's --max-batch
+        *,
+        ttl_hours: float,  # the server's --job-ttl (0: kept until deleted)
         poll_seconds: float = 1.0,
-        ttl_hours: float = 0.0,
     ) -> None:
         if chunk < 1:
             raise UsageError(f"chunk must be at least 1, got {chunk}")
@@ -86,23 +82,31 @@ class JobRunner:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
-        with _RunnerLock(self.store.path.with_name(self.store.path.name + ".runner")) as lock:
-            self._loop(lock)
+        lease = self.store.runner_lease()
+        try:
+            self._loop(lease)
+        finally:
+            lease.close()
 
-    def _loop(self, lock: _RunnerLock) -> None:
+    def _loop(self, lease: RunnerLease) -> None:
+        # The store cannot be used now (it logged why).
+        errors: tuple[type[BaseException], ...] = (*self.store.database.errors, Overloaded)
         while not self._stop.is_set():
             self._wake.clear()
-            if not lock.acquire():  # another process runs this store's jobs: stand by
+            if not lease.acquire():  # another process runs this store's jobs: stand by
                 self._wake.wait(self.poll_seconds)
                 continue
             try:
                 self.store.probe()
                 self._expire()
-                job = self.store.claim_next()
+                job = self.store.claim_next(lease)
                 if job is not None:
-                    self._work(*job)
+                    try:
+                        self._work(lease, *job)
+                    finally:
+                        lease.release(job[0])
                     continue
-            except (sqlite3.Error, Overloaded):  # the store cannot be used now (it logged why)
+            except errors:
                 pass
             self._wake.wait(self.poll_seconds)
 
@@ -114,8 +118,11 @@ class JobRunner:
         if expired:
             log.info("%d finished jobs older than %g hours deleted", expired, self.ttl_hours)
 
-    def _work(self, job_id: str, threshold: float | None) -> None:
+    def _work(self, lease: RunnerLease, job_id: str, threshold: float | None) -> None:
         while not self._stop.is_set():
+            if not lease.holds(job_id):  # our session was lost: another runner may take it
+                log.warning("job %s: this runner lost its hold, leaving it to another", job_id)
+                return
             items = self.store.pending(job_id, self.chunk)
             if not items:
                 self.store.finish(job_id)
@@ -126,8 +133,8 @@ class JobRunner:
                 if len(results) != len(items):
                     raise PneumoError(f"scored {len(results)} results for {len(items)} images")
                 for r in results:
-                    if "error" not in r and any(f not in r for f in RESULT_FIELDS):
-                        raise PneumoError(f"a result lacks {RESULT_FIELDS}: {sorted(r)}")
+                    if "error" not in r and any(f not in r for f in SCORED_FIELDS):
+                        raise PneumoError(f"a result lacks {SCORED_FIELDS}: {sorted(r)}")
             except Overloaded:  # live requests come first: wait, then try the chunk again
                 self.store.release(job_id, [idx for idx, _, _ in items])
                 self._stop.wait(RETRY_SECONDS)
@@ -142,33 +149,3 @@ class JobRunner:
                 return
             indexed = [(idx, r) for (idx, _, _), r in zip(items, results, strict=True)]
             self.store.save(job_id, indexed)
-
-
-class _RunnerLock:
-    """One runner per job store across processes (`pneumo serve --workers N`, or two servers
-    sharing a state folder): an exclusive flock that the OS releases when its holder exits,
-    so a standby runner takes over the jobs of a worker that died."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        if self._fd is not None or fcntl is None:
-            return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        self._fd = fd
-        return True
-
-    def __enter__(self) -> _RunnerLock:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the lock
-            self._fd = None

@@ -27,6 +27,7 @@ from pneumo_onnx.engine.errors import (
 from pneumo_onnx.engine.repository.manifest import MANIFEST_NAME
 from pneumo_onnx.engine.repository.variants import VARIANT_FILES
 from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.metrics import roc_auc
 from pneumo_onnx.engine.runtime.samples import sample_images
 
 log = logging.getLogger(__name__)
@@ -161,7 +162,8 @@ class ModelRegistry:
         if not (folder / VARIANT_FILES[self.variant]).is_file():
             raise RepositoryError(f"{name}/{version} has no {self.variant} variant")
         try:
-            # resolve() inside Engine.load checks the file against the manifest's sha256.
+            # resolve() inside Engine.load checks the file against the manifest's sha256
+            # (Manifest.check_file), and keeps the digest it checked: engine.model.sha256.
             engine = Engine.load(
                 folder, self.device, self.variant, self.preprocessing, threads=self.threads
             )
@@ -170,9 +172,7 @@ class ModelRegistry:
         except Exception as e:  # onnxruntime's own load errors: a corrupt graph
             raise ModelLoadError(f"{name}/{version} refused: onnxruntime cannot load it") from e
         _warm_up(engine, f"{name}/{version}")
-        manifest = engine.model.manifest or {}
-        sha = manifest.get("files", {}).get(engine.model.path.name, {}).get("sha256", "")
-        return Served(name, version, engine, sha)
+        return Served(name, version, engine, engine.model.sha256 or "")
 
 
 # The warm-up rule on the 6 labelled samples. A real model may get one wrong, so no sample
@@ -198,8 +198,8 @@ def _warm_up(engine: Engine, label: str) -> None:
     values = [float(s) for s in np.concatenate([first, scores])]
     if not all(math.isfinite(s) and 0.0 <= s <= 1.0 for s in values):
         raise ModelLoadError(f"{label} refused: warm-up scores are not probabilities")
-    positive = engine.contract.positive_label
-    truth = [p.parent.name == positive for p in samples]
+    contract = engine.contract
+    truth = [p.parent.name == contract.positive_label for p in samples]
     found = values[1:]
     spread = max(found) - min(found)
     if spread < MIN_SPREAD:
@@ -207,26 +207,19 @@ def _warm_up(engine: Engine, label: str) -> None:
             f"{label} refused: its scores on the {len(found)} labelled samples span only "
             f"{spread:.4f} (a constant output, under {MIN_SPREAD})"
         )
-    auc = _auc(found, truth)
+    auc = roc_auc(truth, found)
     if auc < MIN_AUC:
         raise ModelLoadError(
             f"{label} refused: it ranks the labelled samples worse than chance (AUC {auc:.2f}, "
             f"under {MIN_AUC}): an inverted or wrong model"
         )
-    t = engine.contract.threshold
-    wrong = sum((s > t) != y for s, y in zip(found, truth, strict=True))
+    t = contract.threshold
+    wrong = sum(
+        (contract.decide(s)[0] == contract.positive_label) != y
+        for s, y in zip(found, truth, strict=True)
+    )
     if 2 * wrong > len(found):
         raise ModelLoadError(
             f"{label} refused: it misclassifies {wrong} of the {len(found)} labelled samples "
             f"at its threshold {t:g}"
         )
-
-
-def _auc(scores: list[float], truth: list[bool]) -> float:
-    """Probability that a positive sample scores above a negative one (ties count half)."""
-    pos = [s for s, y in zip(scores, truth, strict=True) if y]
-    neg = [s for s, y in zip(scores, truth, strict=True) if not y]
-    if not pos or not neg:
-        return 1.0
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))

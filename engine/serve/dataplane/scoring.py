@@ -46,31 +46,33 @@ Outcome = Scored | PneumoError
 
 
 class ScoringService:
-    """Owns the model registry, the batcher, the result cache and the decode workers."""
+    """Owns the model registry, the batcher, the result cache and the decode workers. Its
+    limits are the server's settings (`serve.config.ServeConfig`, which `app` passes): none
+    has a default here."""
 
     def __init__(
         self,
         registry: ModelRegistry,
         metrics: ServerMetrics,
         *,
-        max_batch: int = 32,
-        max_delay: float = 0.005,
-        max_queue: int = 256,
-        decode_workers: int = 2,
-        decode_limits: Limits | None = None,
-        cache_size: int = 1024,
-        max_request_pixels: int = 200_000_000,
-        max_inflight_pixels: int = 400_000_000,
-        max_queue_delay: float = 2.0,
+        max_batch: int,
+        max_delay: float,
+        max_queue: int,
+        decode_workers: int,
+        decode_limits: Limits,
+        cache_size: int,
+        max_request_pixels: int,
+        max_inflight_pixels: int,
+        max_queue_delay: float,
+        keep_images: bool,
         on_prediction: Callable[[PredictionRecord], None] | None = None,
-        keep_images: bool = False,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
         self.batcher = Batcher(max_batch, max_delay, max_queue, observer=metrics.observe_batch)
         self.cache = ResultCache(cache_size)
         budget = DecodeBudget(max_request_pixels, max_inflight_pixels, max_queue, max_queue_delay)
-        self.decoders = Decoders(decode_workers, decode_limits or Limits(), budget)
+        self.decoders = Decoders(decode_workers, decode_limits, budget)
         self.on_prediction = on_prediction
         self.keep_images = keep_images
         # The log may apply back-pressure when its queue is full: that must block a thread of

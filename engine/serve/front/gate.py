@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from pneumo_onnx.engine.serve.config import LOOPBACK_HOSTS
 from pneumo_onnx.engine.serve.front import errors as http_errors
 from pneumo_onnx.engine.serve.front.bodies import is_byte_count
 from pneumo_onnx.engine.serve.front.security import (
@@ -41,7 +42,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
+LOOPBACK_NAMES = {*LOOPBACK_HOSTS, "[::1]"}  # as Host headers name them (IPv6 in brackets)
 # Requests with a missing or wrong key, per client address: a client that keeps guessing gets
 # 429 instead of an answer that tells it whether its guess was right.
 REFUSED_RATE, REFUSED_BURST = 2.0, 10
@@ -64,11 +65,11 @@ class Gate:
         limiter: RateLimiter,
         metrics: ServerMetrics,
         max_body: int,
-        open_health: bool = True,
-        open_metrics: bool = True,
-        max_inflight_bytes: int | None = None,
-        body_timeout: float = 60.0,
-        loopback_only: bool = False,
+        open_health: bool,
+        open_metrics: bool,
+        max_inflight_bytes: int,
+        body_timeout: float,
+        loopback_only: bool,
     ) -> None:
         self.app = app
         self.keys = keys
@@ -76,7 +77,7 @@ class Gate:
         self.refused = RateLimiter(REFUSED_RATE, REFUSED_BURST)
         self.metrics = metrics
         self.max_body = max_body
-        self.max_inflight_bytes = max_inflight_bytes or 16 * max_body
+        self.max_inflight_bytes = max_inflight_bytes
         self.inflight_bytes = 0  # request bodies being received or handled (event loop only)
         self.body_timeout = body_timeout
         self.loopback_only = loopback_only

@@ -13,7 +13,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel
@@ -23,17 +23,23 @@ from pneumo_onnx.engine.serve.front.bodies import SMALL_JSON, parse_json
 
 Model = TypeVar("Model", bound=BaseModel)
 T = TypeVar("T")
+Thread = Literal["parser", "pool"]
 _parser: ThreadPoolExecutor | None = None
 _parser_lock = threading.Lock()
 
 
-async def off_loop(fn: Callable[..., T], *args: Any) -> T:
-    """`fn(*args)` on the one parsing thread (created on first use)."""
+async def off_loop(fn: Callable[..., T], *args: Any, on: Thread = "parser") -> T:
+    """`fn(*args)` off the event loop, the one way the routes leave it: on the one parsing
+    thread (created on first use) for a body to parse, on the loop's shared thread pool for
+    other blocking work (SQLite)."""
     global _parser
-    with _parser_lock:
-        if _parser is None:
-            _parser = ThreadPoolExecutor(1, thread_name_prefix="pneumo-parse")
-    return await asyncio.get_running_loop().run_in_executor(_parser, fn, *args)
+    executor = None
+    if on == "parser":
+        with _parser_lock:
+            if _parser is None:
+                _parser = ThreadPoolExecutor(1, thread_name_prefix="pneumo-parse")
+        executor = _parser
+    return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
 
 async def json_body(request: Request, model: type[Model]) -> Model:

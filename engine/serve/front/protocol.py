@@ -1,7 +1,7 @@
 """uvicorn's h11 protocol with what a server facing the open network needs beyond it:
 
 - a deadline for request headers: a client that connects and sends nothing, or trickles its
-  headers, is disconnected after HEADER_TIMEOUT seconds instead of holding a connection for
+  headers, is disconnected after `--header-timeout` seconds instead of holding a connection for
   ever (uvicorn's keep-alive timeout only runs between requests; the body's deadline is the
   gate's);
 - at most `--max-connections-per-client` connections from one address (the proxies trusted
@@ -14,35 +14,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-import os
+from typing import Any, cast
 
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http import h11_impl
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from pneumo_onnx.engine.serve.front.errors import error_response
-
-HEADER_TIMEOUT = 10.0
-PER_CLIENT = 64
-# `pneumo serve --header-timeout`, `--max-connections-per-client` and `--forwarded-allow-ips`
-# reach every worker process through the environment.
-HEADER_TIMEOUT_ENV = "PNEUMO_HEADER_TIMEOUT"
-PER_CLIENT_ENV = "PNEUMO_MAX_CONNECTIONS_PER_CLIENT"
-TRUSTED_ENV = "PNEUMO_TRUSTED_PROXIES"
-
-
-def header_timeout() -> float:
-    return float(os.environ.get(HEADER_TIMEOUT_ENV, HEADER_TIMEOUT))
-
-
-def per_client() -> int:
-    return int(os.environ.get(PER_CLIENT_ENV, PER_CLIENT))
-
-
-def trusted() -> set[str]:
-    return {a.strip() for a in os.environ.get(TRUSTED_ENV, "").split(",") if a.strip()}
-
 
 OVER_CAPACITY = "the server has too many connections open: try again later"
 TOO_MANY_FROM_YOU = "too many connections from your address: close some, then try again"
@@ -63,6 +43,31 @@ h11_impl.service_unavailable = over_capacity  # type: ignore[assignment]
 class GuardedH11Protocol(H11Protocol):
     _header_timer: asyncio.TimerHandle | None = None
     _waiting_since = 0.0  # when it last began to wait for a request
+
+    def __init__(
+        self,
+        *args: Any,
+        header_timeout: float,
+        per_client: int,
+        trusted: frozenset[str],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout = header_timeout
+        self.per_client = per_client  # 0: no limit
+        self.trusted = trusted  # addresses exempt from the per-client limit ("*": all)
+
+    @classmethod
+    def configured(
+        cls, header_timeout: float, per_client: int, trusted: tuple[str, ...]
+    ) -> type[asyncio.Protocol]:
+        """What uvicorn's `http` option takes: this class with its settings bound. A partial
+        of a module-level class pickles, so it reaches `--workers N` processes inside
+        uvicorn's own config."""
+        bound = functools.partial(
+            cls, header_timeout=header_timeout, per_client=per_client, trusted=frozenset(trusted)
+        )
+        return cast(type[asyncio.Protocol], bound)  # uvicorn only calls it
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -85,9 +90,9 @@ class GuardedH11Protocol(H11Protocol):
         super().on_response_complete()
 
     def _over_client_limit(self) -> bool:
-        limit = per_client()
+        limit = self.per_client
         address = self.client[0] if self.client else None
-        if limit <= 0 or address is None or address in trusted() or "*" in trusted():
+        if limit <= 0 or address is None or address in self.trusted or "*" in self.trusted:
             return False
         same = sum(1 for p in self._ours() if p.client and p.client[0] == address)
         return same > limit
@@ -104,6 +109,9 @@ class GuardedH11Protocol(H11Protocol):
         )
         for p in idle[: len(self.connections) - limit + 1]:
             p.transport.close()
+            # Counted out now, not when the loop gets to its connection_lost: uvloop may hand
+            # this connection's request to uvicorn's limit check first.
+            self.connections.discard(p)
 
     def _ours(self) -> list[GuardedH11Protocol]:
         return [p for p in self.connections if isinstance(p, GuardedH11Protocol)]
@@ -117,7 +125,7 @@ class GuardedH11Protocol(H11Protocol):
 
     def _arm(self) -> None:
         if self._header_timer is None:
-            self._header_timer = self.loop.call_later(header_timeout(), self._expire)
+            self._header_timer = self.loop.call_later(self.header_timeout, self._expire)
 
     def _disarm(self) -> None:
         if self._header_timer is not None:
@@ -137,6 +145,8 @@ def _refuse(transport: asyncio.BaseTransport, message: str) -> None:
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
         f"retry-after: 1\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n"
     )
-    if isinstance(transport, asyncio.WriteTransport):
-        transport.write(head.encode() + body)
+    # uvloop's transports write without deriving from asyncio.WriteTransport
+    write = getattr(transport, "write", None)
+    if callable(write):
+        write(head.encode() + body)
     transport.close()

@@ -5,9 +5,8 @@ Every route declares its policy where it is declared (`dependencies=access("admi
 policy before the body is read. A route that declares none fails a test
 (tests/test_serve_policy.py), and the gate treats it as `user`.
 
-User keys come from the environment (`PNEUMO_API_KEYS`, comma-separated) and/or a file (one
-key per line, `#` comments); admin keys, the only ones that may load, unload or roll back model
-versions, from `PNEUMO_ADMIN_KEYS` and/or `--admin-key-file`. Keys are compared in constant
+User and admin keys are read by `serve.keys` into the config; admin keys are the only ones
+that may load, unload or roll back model versions. Keys are compared in constant
 time, and only a short fingerprint of a key ever reaches logs, metrics or the job store.
 """
 
@@ -16,23 +15,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import os
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import fastapi.routing
 from fastapi import Depends, Request, params
 from starlette.routing import BaseRoute, Match
 
-from pneumo_onnx.engine.errors import UsageError
-
-API_KEY_ENV = "PNEUMO_API_KEYS"
-ADMIN_KEY_ENV = "PNEUMO_ADMIN_KEYS"
 API_KEY_HEADER = "X-API-Key"
 MAX_BUCKETS = 10_000  # clients the rate limiter remembers; the least recently seen go first
 
@@ -104,27 +97,6 @@ def route_access(routes: Sequence[BaseRoute], scope: MutableMapping[str, Any]) -
 
 def _strictest(levels: list[Access]) -> Access:
     return max(levels, key=STRICTNESS.index) if levels else UNDECLARED
-
-
-def load_api_keys(
-    key_file: Path | None = None,
-    environ: dict[str, str] | None = None,
-    variable: str = API_KEY_ENV,
-) -> list[str]:
-    """Every key configured in `variable` and `key_file`; an empty list means none."""
-    env = os.environ if environ is None else environ
-    keys = [k.strip() for k in env.get(variable, "").split(",") if k.strip()]
-    if key_file is not None:
-        try:
-            lines = Path(key_file).read_text().splitlines()
-        except OSError as e:
-            name = Path(key_file).name
-            raise UsageError(f"cannot read the API key file {name}: {e.strerror}") from e
-        keys += [s for line in lines if (s := line.split("#", 1)[0].strip())]
-    short = [k for k in keys if len(k) < 16]
-    if short:
-        raise UsageError(f"API keys must be at least 16 characters ({len(short)} too short)")
-    return keys
 
 
 def fingerprint(key: str) -> str:

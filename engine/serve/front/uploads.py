@@ -20,8 +20,6 @@ from pneumo_onnx.engine.runtime.listing import IMAGE_SUFFIXES
 from pneumo_onnx.engine.runtime.sandbox import TaskContext
 
 MAX_MEMBERS = 10_000
-MAX_TOTAL_BYTES = 256 * 2**20
-MAX_IMAGE_BYTES = 16 * 2**20
 # X-rays barely compress (JPEG, PNG) or compress a few times (BMP, DICOM): a member, or an
 # archive, that shrank more than 100x and is 1 MB or more unpacked is a decompression bomb.
 MAX_RATIO = 100
@@ -34,9 +32,9 @@ class UploadBudget:
     """The bounds of one request, shared by all its files: images, unpacked bytes, and the
     size of any one image."""
 
+    max_total_bytes: int  # the server's --max-job-mb
+    max_image_bytes: int  # its --max-upload-mb
     max_images: int = MAX_MEMBERS
-    max_total_bytes: int = MAX_TOTAL_BYTES
-    max_image_bytes: int = MAX_IMAGE_BYTES
     images: int = 0
     total_bytes: int = 0
 
@@ -59,17 +57,16 @@ class UploadBudget:
 def items_from_upload(
     filename: str,
     data: bytes | BinaryIO,
-    budget: UploadBudget | None = None,
+    budget: UploadBudget,
 ) -> Iterator[tuple[str, bytes]]:
     """An uploaded file as job items, one at a time: the images of a .zip archive, or the one
-    image. `budget` (default: a fresh one) bounds the whole request across its files.
+    image. `budget` bounds the whole request across its files.
 
     Archive members that are folders, macOS metadata or not image files are skipped; names
     keep their folders but lose any '..', drive or leading '/'. Refused with a UsageError: an
     empty upload, a corrupt or encrypted archive, a request over its budget, or a member or
     archive compressed more than MAX_RATIO times (a bomb).
     """
-    budget = budget or UploadBudget()
     stream = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     label = safe_name(filename) or "upload"
     stream.seek(0, io.SEEK_END)

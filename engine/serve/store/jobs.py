@@ -1,4 +1,5 @@
-"""Asynchronous batch jobs kept in SQLite, so that a restart loses no accepted job.
+"""Asynchronous batch jobs kept in a database (a SQLite file, or the PostgreSQL database that
+several servers share), so that a restart loses no accepted job.
 
 `JobStore.create` stores a job and its images, one at a time from any iterable (an upload is
 never held whole in memory), in one transaction before the job id is returned; the job runner
@@ -9,8 +10,10 @@ counted as in hand before it is scored: one that was in hand during MAX_ATTEMPTS
 the process is marked failed instead of crashing it again. Jobs belong to the key that created
 them; finished ones expire, and deleted space goes back to the file system.
 
-A job is created in one write transaction taken before the store's pending bytes are read, so
-concurrent uploads cannot all pass `max_pending_bytes`. A store that cannot write (a full
+A job is created in one write transaction that holds the store's "jobs" lock before the
+pending bytes are read, so concurrent uploads (to any server) cannot all pass
+`max_pending_bytes`. With several servers on one database, each runs a job runner, and a job
+is scored by the runner that holds it (`RunnerLease`). A store that cannot write (a full
 disk, a corrupt or deleted file) answers Overloaded (503) and says why in `failure` (readiness
 reports it), logged once per change of state; `probe` (the job runner calls it) writes a row
 now and then meanwhile, so that the store recovers by itself once the disk has room again. A
@@ -23,23 +26,23 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from pathlib import Path
 from typing import Any
 
 from pneumo_onnx.engine.contract import check_threshold
 from pneumo_onnx.engine.errors import ConflictError, NotFoundError, Overloaded, UsageError
-from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, Result, Row
-from pneumo_onnx.engine.serve.store import schema
+from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, SCORED_FIELDS, Result, Row
+from pneumo_onnx.engine.serve.store.backend import Conn, RunnerLease, Target
+from pneumo_onnx.engine.serve.store.databases import open_database
 from pneumo_onnx.engine.serve.store.record import iso_utc
+from pneumo_onnx.engine.serve.store.schema import migrate, open_store
 
 log = logging.getLogger(__name__)
 
-RESULT_FIELDS = ("prediction", "confidence", "raw_score", "threshold")
+CLAIM_CANDIDATES = 16  # unfinished jobs a runner looks at per claim (others may hold some)
 MAX_ATTEMPTS = 3  # crashes of the process with an item in hand before that item is failed
 PROBE_SECONDS = 5.0  # a failing store tries a write this often (job runner's pace)
 CRASHED = (
@@ -49,18 +52,21 @@ CRASHED = (
 
 
 class JobStore:
-    """Jobs and their images in one SQLite file; safe to share between threads (one short
-    connection per call) and between a server and a restarted server."""
+    """Jobs and their images in a SQLite file (a path) or a PostgreSQL database (a URL); safe
+    to share between threads (one short connection per call), between a server and a
+    restarted server, and (PostgreSQL) between servers."""
 
-    def __init__(self, path: str | Path, max_pending_bytes: int | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, target: Target, max_pending_bytes: int | None = None) -> None:
+        self.database = open_database(target)
+        self.name = self.database.name
         self.max_pending_bytes = max_pending_bytes
         self._failing: str | None = None
         self._next_probe = 0.0
-        try:
-            self._inode = self._create()
-        except sqlite3.Error as e:
-            raise UsageError(f"cannot open job store {self.path.name}: {e}") from e
+        self._create()
+
+    def close(self) -> None:
+        """Close the connections kept for the store's calls (PostgreSQL; SQLite keeps none)."""
+        self.database.close()
 
     @property
     def failure(self) -> str | None:
@@ -80,10 +86,10 @@ class JobStore:
             threshold = check_threshold(threshold)
         job_id = uuid.uuid4().hex
         now = time.time()
-        with self._db() as conn, conn:
-            conn.execute("BEGIN IMMEDIATE")  # the write lock first: then the total is ours
+        with self._db() as db, db.transaction(lock="jobs") as conn:  # then the total is ours
             pending = conn.execute(
-                "SELECT COALESCE(SUM(bytes), 0) FROM jobs WHERE status IN ('queued', 'running')"
+                "SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM jobs "
+                "WHERE status IN ('queued', 'running')"
             ).fetchone()[0]
             conn.execute(
                 "INSERT INTO jobs (id, status, created, updated, threshold, total, owner) "
@@ -144,17 +150,17 @@ class JobStore:
     def delete(self, job_id: str, owner: str = "") -> None:
         """Forget a job, its images and results (a running one stops after its chunk)."""
         with self._db() as conn:
-            with conn:
+            with conn.transaction():
                 self._job(conn, job_id, owner)
                 conn.execute("DELETE FROM job_items WHERE job_id = ?", (job_id,))
                 conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-            schema.reclaim(conn)
+            self.database.reclaim(conn)
 
     def expire(self, ttl_hours: float) -> int:
         """Delete finished and failed jobs last updated more than `ttl_hours` ago; the count."""
         cutoff = time.time() - ttl_hours * 3600.0
         with self._db() as conn:
-            with conn:
+            with conn.transaction():
                 ids = [
                     r[0]
                     for r in conn.execute(
@@ -166,32 +172,43 @@ class JobStore:
                     conn.execute("DELETE FROM job_items WHERE job_id = ?", (job_id,))
                     conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             if ids:
-                schema.reclaim(conn)
+                self.database.reclaim(conn)
         return len(ids)
 
     # --- for JobRunner -----------------------------------------------------------------------
 
-    def claim_next(self) -> tuple[str, float | None] | None:
-        """The oldest unfinished job, interrupted (running) ones first, now marked running."""
-        with self._db() as conn, conn:
-            row = conn.execute(
+    def runner_lease(self) -> RunnerLease:
+        """Which jobs this process's runner may score (`backend.RunnerLease`)."""
+        return self.database.runner_lease()
+
+    def claim_next(self, lease: RunnerLease) -> tuple[str, float | None] | None:
+        """The oldest unfinished job no other runner holds, interrupted (running) ones first,
+        now held by `lease` and marked running."""
+        with self._db() as conn:
+            rows = conn.execute(
                 "SELECT id, threshold FROM jobs WHERE status IN ('running', 'queued') "
-                "ORDER BY status = 'running' DESC, created LIMIT 1"
-            ).fetchone()
-            if row is None:
-                return None
-            conn.execute(
-                "UPDATE jobs SET status = 'running', updated = ? WHERE id = ?",
-                (time.time(), row[0]),
-            )
-            return row[0], row[1]
+                "ORDER BY status = 'running' DESC, created LIMIT ?",
+                (CLAIM_CANDIDATES,),
+            ).fetchall()
+            for job_id, threshold in rows:
+                if not lease.hold(job_id):
+                    continue  # another server's runner scores it
+                claimed = conn.execute(  # still unfinished now that it is ours?
+                    "UPDATE jobs SET status = 'running', updated = ? "
+                    "WHERE id = ? AND status IN ('running', 'queued')",
+                    (time.time(), job_id),
+                ).rowcount
+                if claimed:
+                    return job_id, threshold
+                lease.release(job_id)
+        return None
 
     def pending(self, job_id: str, limit: int) -> list[tuple[int, str, bytes]]:
         """Up to `limit` unscored items of a job, as (index, name, image bytes), in upload
         order, now counted as in hand (`release` them if they are not scored). An item that
         was in hand when the process died comes alone, so that a crash is pinned on one item;
         one in hand during MAX_ATTEMPTS crashes is first marked failed."""
-        with self._db() as conn, conn:
+        with self._db() as db, db.transaction() as conn:
             crashed = conn.execute(
                 "UPDATE job_items SET scored = 1, image = NULL, error = ? "
                 "WHERE job_id = ? AND scored = 0 AND attempts >= ?",
@@ -220,16 +237,17 @@ class JobStore:
             )
             conn.executemany(
                 "UPDATE job_items SET attempts = attempts + 1 WHERE job_id = ? AND idx = ?",
-                ((job_id, idx) for idx, _, _ in items),
+                [(job_id, idx) for idx, _, _ in items],
             )
             return items
 
     def release(self, job_id: str, indexes: Iterable[int]) -> None:
         """Items taken by `pending` but not scored (the server was busy): not in hand."""
-        with self._db() as conn, conn:
+        with self._db() as db, db.transaction() as conn:
             conn.executemany(
-                "UPDATE job_items SET attempts = MAX(attempts - 1, 0) WHERE job_id = ? AND idx = ?",
-                ((job_id, idx) for idx in indexes),
+                f"UPDATE job_items SET attempts = {conn.dialect.greatest}(attempts - 1, 0) "
+                "WHERE job_id = ? AND idx = ?",
+                [(job_id, idx) for idx in indexes],
             )
 
     def save(self, job_id: str, results: Sequence[tuple[int, Result]]) -> None:
@@ -237,11 +255,11 @@ class JobStore:
 
         Only items still unscored are written and counted, so a replayed chunk changes nothing.
         """
-        with self._db() as conn, conn:
+        with self._db() as db, db.transaction() as conn:
             done = errors = 0
             for idx, result in results:
                 error = result.get("error")
-                values = [result.get(f) for f in RESULT_FIELDS]
+                values = [result.get(f) for f in SCORED_FIELDS]
                 cursor = conn.execute(
                     "UPDATE job_items SET scored = 1, image = NULL, prediction = ?, "
                     "confidence = ?, raw_score = ?, threshold = ?, error = ? "
@@ -257,7 +275,7 @@ class JobStore:
 
     def finish(self, job_id: str, error: str | None = None) -> None:
         """Mark a job done, or failed with `error` (a message meant for the client)."""
-        with self._db() as conn, conn:
+        with self._db() as db, db.transaction() as conn:
             conn.execute(
                 "UPDATE jobs SET status = ?, error = ?, updated = ? WHERE id = ?",
                 ("failed" if error else "done", error, time.time(), job_id),
@@ -265,7 +283,7 @@ class JobStore:
             if error:  # a failed job's images will never be scored
                 conn.execute("UPDATE job_items SET image = NULL WHERE job_id = ?", (job_id,))
         with self._db() as conn:
-            schema.reclaim(conn)
+            self.database.reclaim(conn)
 
     def probe(self) -> None:
         """While the store is failing, write one row now and then (every PROBE_SECONDS): the
@@ -273,73 +291,60 @@ class JobStore:
         if self._failing is None or time.monotonic() < self._next_probe:
             return
         self._next_probe = time.monotonic() + PROBE_SECONDS
-        with suppress(Overloaded), self._db() as conn, conn:
-            conn.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)", (time.time(),))
+        with suppress(Overloaded), self._db() as conn:
+            conn.execute(
+                "INSERT INTO probe (id, at) VALUES (1, ?) "
+                "ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+                (time.time(),),
+            )
 
     # --- internals -----------------------------------------------------------------------------
 
-    def _create(self) -> int:
-        """The file and its tables (for a new, older or deleted file): its inode."""
-        with self._raw() as conn:
-            schema.prepare(conn)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(schema.JOBS)
-            schema.add_columns(conn, schema.JOB_COLUMNS)
-        return self.path.stat().st_ino
+    def _create(self) -> None:
+        """The tables (for a new, older or deleted store); UsageError if it cannot be opened."""
+        open_store(self.database, "jobs").close()
 
     @contextmanager
-    def _raw(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30.0)
-        try:
-            conn.execute(f"PRAGMA journal_size_limit={schema.WAL_LIMIT_BYTES}")
-            yield conn
-        finally:
-            conn.close()
-
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        """A connection; SQLite failures (a full disk, an I/O error, a corrupt file) become
-        Overloaded (503), logged once per change of state. Only a successful write ends a
-        failure: reads still work on a full disk, and counting them would log the same
-        failure again and again."""
+    def _db(self) -> Iterator[Conn]:
+        """A connection; database failures (a full disk, an I/O error, a corrupt file, an
+        unreachable server) become Overloaded (503), logged once per change of state. Only
+        a successful write ends a failure: reads still work on a full disk, and counting
+        them would log the same failure again and again."""
+        db = self.database
+        failures: tuple[type[BaseException], ...] = (*db.errors, OSError)
         wrote = False
         try:
             self._recreate_if_deleted()
-            with self._raw() as conn:
+            with db.connection() as conn:
                 yield conn
-                wrote = conn.total_changes > 0
-        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
+                wrote = conn.changes > 0
+        except db.bugs:
             raise  # our bug, not the store's state
-        except (sqlite3.DatabaseError, OSError) as e:  # OperationalError, "not a database"
+        except failures as e:
             reason = f"{type(e).__name__}: {e}"
             if self._failing is None:
-                log.error("job store %s: cannot read or write (%s)", self.path.name, reason)
+                log.error("job store %s: cannot read or write (%s)", self.name, reason)
             self._failing = reason
             raise Overloaded(f"the job store cannot be used now ({e}): try again later", 30) from e
         if self._failing is not None and wrote:
-            log.warning("job store %s: working again", self.path.name)
+            log.warning("job store %s: working again", self.name)
             self._failing = None
 
     def _recreate_if_deleted(self) -> None:
         """A store whose file was deleted (or replaced) under it starts again, empty, and the
         log says so; SQLite would otherwise create a file without tables, or write on."""
-        try:
-            inode = self.path.stat().st_ino
-        except FileNotFoundError:
-            inode = None
-        if inode == self._inode:
+        if not self.database.replaced():
             return
         log.error(
             "job store %s was deleted or replaced while the server ran: the jobs it held are "
             "lost; a new, empty store is in its place",
-            self.path.name,
+            self.name,
         )
-        if inode is None:
-            for stale in ("-wal", "-shm"):  # the old file's journal must not meet a new file
-                self.path.with_name(self.path.name + stale).unlink(missing_ok=True)
-        self._inode = self._create()
+        self.database.forget()
+        with self.database.connection() as conn:
+            migrate(self.database, conn, "jobs")
 
-    def _job(self, conn: sqlite3.Connection, job_id: str, owner: str = "") -> dict[str, Any]:
+    def _job(self, conn: Conn, job_id: str, owner: str = "") -> dict[str, Any]:
         row = conn.execute(
             "SELECT id, status, created, updated, threshold, total, done, errors, error "
             "FROM jobs WHERE id = ? AND owner = ?",
@@ -366,7 +371,7 @@ class JobStore:
             )
 
     @staticmethod
-    def _results(conn: sqlite3.Connection, job_id: str) -> list[Row]:
+    def _results(conn: Conn, job_id: str) -> list[Row]:
         rows = conn.execute(
             "SELECT name, prediction, confidence, raw_score, threshold, error FROM job_items "
             "WHERE job_id = ? ORDER BY idx",

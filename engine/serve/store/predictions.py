@@ -1,6 +1,7 @@
-"""The server's prediction log: one SQLite row per scored image (reports: `reports.py`).
+"""The server's prediction log: one row per scored image (reports: `reports.py`), in a SQLite
+file or in the PostgreSQL database that several servers share (`backend.py`).
 
-Request threads never touch SQLite: `PredictionLog.record` only enqueues, and one background
+Request threads never touch the database: `PredictionLog.record` only enqueues, and one background
 thread commits batches (one transaction per batch of up to 500 rows or 50 ms). While the
 writer is healthy a full queue makes `record` wait (backpressure) instead of dropping rows;
 while it cannot write (a full disk), the queue holds what it can and further rows are counted
@@ -8,9 +9,11 @@ as lost rather than piling up in memory, the failure is logged once per change o
 shown by `state()` (readiness reports it). `close_within(t)` writes everything still queued,
 giving up after `t` seconds of failing writes and saying how many rows it could not write, so
 a SIGTERM never hangs on a full disk. Rows older than the retention are deleted by the writer,
-a few thousand per transaction, pausing while the WAL is over its limit (a report reading the
-log keeps SQLite from resetting it: deleting on would grow it without bound). A log file
-deleted or replaced under the server is noticed at the next batch, logged, and recreated.
+a few thousand per transaction, pausing while SQLite's WAL is over its limit (a report reading
+the log keeps SQLite from resetting it: deleting on would grow it without bound); with several
+servers on one database each deletes the same old rows, which is harmless. A log file deleted
+or replaced under the server is noticed at the next batch, logged, and recreated; a lost
+PostgreSQL connection is opened again, the batch retried meanwhile.
 Reports open their own read-only connection: WAL lets them read while the writer commits.
 
 What a kill -9 can lose: rows are committed in batches, so at most the predictions answered in
@@ -23,17 +26,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 from pneumo_onnx.engine.errors import PneumoError, UsageError
-from pneumo_onnx.engine.serve.store import schema
+from pneumo_onnx.engine.serve.store.backend import Conn, Database, Target
+from pneumo_onnx.engine.serve.store.databases import open_database
 from pneumo_onnx.engine.serve.store.record import PredictionRecord
 from pneumo_onnx.engine.serve.store.reports import drift_report, summarize
+from pneumo_onnx.engine.serve.store.schema import check_columns, open_store
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,8 @@ _STOP = object()  # queued by close(): the writer drains what is left, then exit
 
 
 class PredictionLog:
-    """Thread-safe, non-blocking (until the queue is full) prediction log in one SQLite file.
+    """Thread-safe, non-blocking (until the queue is full) prediction log: a SQLite file (a
+    path) or a PostgreSQL database (a postgresql:// URL).
 
     Use as a context manager or call `close()` on shutdown: rows still queued when the process
     exits without `close()` are lost (the writer is a daemon thread so it never blocks exit).
@@ -60,7 +64,7 @@ class PredictionLog:
 
     def __init__(
         self,
-        path: str | Path,
+        target: Target,
         *,
         store_images: bool = False,
         max_queue: int = 10_000,
@@ -68,11 +72,12 @@ class PredictionLog:
     ) -> None:
         if max_queue < 1:
             raise UsageError(f"max_queue must be at least 1, got {max_queue}")
-        self.path = Path(path)
+        self.target = target
+        self._db = open_database(target)
+        self.name = self._db.name  # what messages call it: never a path or a password
         self.store_images = store_images
         self.retention_days = retention_days
-        conn = _open_writer(self.path)
-        self._inode = self.path.stat().st_ino
+        conn = _open_writer(self._db)
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
         self._state = threading.Lock()
         self._closed = False
@@ -124,9 +129,9 @@ class PredictionLog:
         deadline = None if timeout is None else time.monotonic() + timeout
         while not marker.wait(0.5 if deadline is None else min(0.5, deadline - time.monotonic())):
             if not self._thread.is_alive():
-                raise PneumoError(f"prediction log {self.path}: the writer stopped (see the log)")
+                raise PneumoError(f"prediction log {self.name}: the writer stopped (see the log)")
             if deadline is not None and time.monotonic() >= deadline:
-                raise PneumoError(f"prediction log {self.path}: not flushed after {timeout} s")
+                raise PneumoError(f"prediction log {self.name}: not flushed after {timeout} s")
 
     def close(self, timeout: float | None = None) -> None:
         """Write every queued record, then stop the writer. Idempotent."""
@@ -143,7 +148,7 @@ class PredictionLog:
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise PneumoError(
-                f"prediction log {self.path}: {self._queue.qsize()} rows still unwritten after "
+                f"prediction log {self.name}: {self._queue.qsize()} rows still unwritten after "
                 f"{timeout} s ({self._failure or 'the writer is busy'})"
             )
 
@@ -170,20 +175,20 @@ class PredictionLog:
 
     def summary(self, hours: float = 24.0, now: float | None = None) -> dict[str, Any]:
         """`summarize` on this log (rows may lag `record` by one batch: `flush()` first)."""
-        return summarize(self.path, hours=hours, now=now)
+        return summarize(self.target, hours=hours, now=now)
 
     def drift(self, **kwargs: Any) -> dict[str, Any]:
         """`drift_report` on this log; same keyword arguments."""
-        return drift_report(self.path, **kwargs)
+        return drift_report(self.target, **kwargs)
 
     # --- internals -------------------------------------------------------------------------
 
     def _put(self, item: object, drop_when_failing: bool = False) -> None:
         with self._state:
             if self._closed:
-                raise UsageError(f"prediction log {self.path} is closed")
+                raise UsageError(f"prediction log {self.name} is closed")
             if not self._thread.is_alive():
-                raise PneumoError(f"prediction log {self.path}: the writer stopped (see the log)")
+                raise PneumoError(f"prediction log {self.name}: the writer stopped (see the log)")
             self._putting += 1
         try:
             self._put_checked(item, drop_when_failing)
@@ -198,22 +203,23 @@ class PredictionLog:
                 return
             except queue.Full:
                 if not self._thread.is_alive():
-                    raise PneumoError(f"prediction log {self.path}: the writer stopped") from None
+                    raise PneumoError(f"prediction log {self.name}: the writer stopped") from None
                 if drop_when_failing and self._failure is not None:
                     with self._state:
                         self._lost += 1
                     return
 
-    def _run(self, conn: sqlite3.Connection) -> None:
+    def _run(self, conn: Conn) -> None:
         stopping = False
         try:
             while True:
                 rows, markers, stop = self._collect()
                 if rows:
                     conn = self._same_file(conn)
-                if rows and not self._write(conn, rows):
-                    self._give_up(len(rows), markers)
-                    return
+                    conn, written = self._write(conn, rows)
+                    if not written:
+                        self._give_up(len(rows), markers)
+                        return
                 for marker in markers:
                     marker.set()
                 stopping = stopping or stop
@@ -225,7 +231,7 @@ class PredictionLog:
                     paused = self._prune(conn)
                     self._next_prune = time.monotonic() + (PRUNE_RETRY if paused else PRUNE_EVERY)
         except Exception:
-            log.exception("prediction log %s: the writer failed", self.path)
+            log.exception("prediction log %s: the writer failed", self.name)
             raise
         finally:
             conn.close()
@@ -263,22 +269,24 @@ class PredictionLog:
                 break
         return rows, markers, stop
 
-    def _write(self, conn: sqlite3.Connection, rows: list[tuple]) -> bool:
-        """Commit `rows`, retrying while it fails (disk full, locked by another process);
-        False once close_within's deadline passed without success."""
+    def _write(self, conn: Conn, rows: list[tuple]) -> tuple[Conn, bool]:
+        """Commit `rows`, retrying while it fails (disk full, locked by another process, the
+        database server unreachable): the writer's connection, and False once close_within's
+        deadline passed without success."""
         delay = 0.05
         while True:
             try:
-                with conn:  # one transaction per batch
+                conn = self._db.revive(conn)
+                with conn.transaction():  # one transaction per batch
                     conn.executemany(_INSERT, rows)
                 break
-            except sqlite3.Error as e:
+            except self._db.errors as e:
                 failure = f"{type(e).__name__}: {e}"
                 if self._failure is None:  # logged once per change of state, not per retry
                     log.error(
                         "prediction log %s: cannot write (%s); keeping up to %d rows and "
                         "retrying, further rows are lost until it can write again",
-                        self.path.name,
+                        self.name,
                         failure,
                         self._queue.maxsize,
                     )
@@ -286,7 +294,7 @@ class PredictionLog:
                     self._failure = failure
                     give_up = self._give_up_at is not None and time.monotonic() >= self._give_up_at
                 if give_up:
-                    return False
+                    return conn, False
                 time.sleep(delay)
                 delay = min(1.0, delay * 2)
         with self._state:
@@ -295,10 +303,10 @@ class PredictionLog:
         if recovered:
             log.warning(
                 "prediction log %s: writing again (%d rows lost meanwhile)",
-                self.path.name,
+                self.name,
                 self._lost,
             )
-        return True
+        return conn, True
 
     def _give_up(self, in_hand: int, markers: list[threading.Event]) -> None:
         """Shutdown while the writer cannot write: count what is left as lost, then stop."""
@@ -317,37 +325,29 @@ class PredictionLog:
         for marker in markers:
             marker.set()
 
-    def _same_file(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+    def _same_file(self, conn: Conn) -> Conn:
         """The writer's connection, to a new file if the log's was deleted or replaced (SQLite
         would write on into the deleted inode, and every row would be lost)."""
-        try:
-            inode: int | None = self.path.stat().st_ino
-        except FileNotFoundError:
-            inode = None
-        if inode == self._inode:
+        if not self._db.replaced():
             return conn
         log.error(
             "prediction log %s was deleted or replaced while the server ran: the rows it held "
             "are gone from it; a new log is in its place",
-            self.path.name,
+            self.name,
         )
         conn.close()
-        if inode is None:
-            for stale in ("-wal", "-shm"):  # the old file's journal must not meet a new file
-                self.path.with_name(self.path.name + stale).unlink(missing_ok=True)
-        conn = _open_writer(self.path)
-        self._inode = self.path.stat().st_ino
-        return conn
+        self._db.forget()
+        return _open_writer(self._db)
 
-    def _prune(self, conn: sqlite3.Connection) -> bool:
+    def _prune(self, conn: Conn) -> bool:
         """Delete rows older than the retention, a few thousand per transaction, and give
-        the space back to the file system. Pauses (True) while the WAL is over its limit."""
+        the space back (SQLite). Pauses (True) while SQLite's WAL is over its limit."""
         cutoff = time.time() - self.retention_days * 86400.0
         deleted = 0
         paused = False
         try:
-            while not (paused := schema.wal_too_large(conn, self.path)):
-                with conn:
+            while not (paused := self._db.busy(conn)):
+                with conn.transaction():
                     n = conn.execute(
                         "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions "
                         "WHERE time < ? ORDER BY time LIMIT ?)",
@@ -357,7 +357,7 @@ class PredictionLog:
                 if n < PRUNE_ROWS:
                     break
             if deleted and not paused:
-                paused = not schema.reclaim(conn, self.path)
+                paused = not self._db.reclaim(conn)
             if deleted:
                 log.info(
                     "prediction log: %d rows older than %g days deleted%s",
@@ -365,30 +365,16 @@ class PredictionLog:
                     self.retention_days,
                     " (paused while reports read the log)" if paused else "",
                 )
-        except sqlite3.Error as e:
-            log.error("prediction log %s: retention pass failed (%s)", self.path.name, e)
+        except self._db.errors as e:
+            log.error("prediction log %s: retention pass failed (%s)", self.name, e)
         return paused
 
 
-def _open_writer(path: Path) -> sqlite3.Connection:
+def _open_writer(db: Database) -> Conn:
+    conn = open_store(db, "predictions", relaxed_sync=True)
     try:
-        conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
-    except sqlite3.Error as e:
-        raise UsageError(f"cannot open prediction log {path.name}: {e}") from e
-    try:
-        schema.prepare(conn)
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode != "wal":
-            raise UsageError(f"prediction log {path.name}: SQLite refused WAL mode ({mode})")
-        # NORMAL in WAL: a process crash loses nothing committed; only a power cut can.
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(schema.PREDICTIONS)
-        schema.add_columns(conn, schema.PREDICTION_COLUMNS)
-        schema.check_columns(conn, path, COLUMNS)
-    except sqlite3.Error as e:
-        conn.close()
-        raise UsageError(f"cannot open prediction log {path.name}: {e}") from e
-    except UsageError:
+        check_columns(conn, db.name, COLUMNS)
+    except BaseException:
         conn.close()
         raise
     return conn

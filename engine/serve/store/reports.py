@@ -1,22 +1,30 @@
 """Reports on a prediction log: summary of a time window, and drift between two windows.
 
-Read-only: each report opens its own `mode=ro` connection, so it runs beside a live server
-(WAL) or on a copy of the file, and never takes the writer's lock.
+Read-only: each report opens its own read-only connection, to a SQLite file (`mode=ro`: it
+runs beside a live server thanks to WAL, or on a copy of the file, and never takes the
+writer's lock) or to the PostgreSQL database that servers share (a postgresql:// URL).
+Everything is aggregated in SQL, the same statements on both.
 """
 
 from __future__ import annotations
 
-import math
-import sqlite3
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pneumo_onnx.engine.errors import NotFoundError, UsageError
+from pneumo_onnx.engine.serve.store.backend import (
+    Conn,
+    Dialect,
+    Target,
+    display_name,
+    scrub,
+)
+from pneumo_onnx.engine.serve.store.databases import open_database
 from pneumo_onnx.engine.serve.store.record import iso_utc as _iso
 from pneumo_onnx.engine.serve.store.schema import check_columns
 
@@ -26,34 +34,24 @@ PSI_MODERATE = 0.1
 PSI_SIGNIFICANT = 0.25
 CLASS_RATE_THRESHOLD = 0.1  # an absolute change in a class's share of predictions
 MIN_ROWS = 30  # fewer scored rows than this in a window: no drift verdict
-READER_CACHE_KB = 16 * 1024  # a report's SQLite page cache (and sort memory) at most
 
 
-def _open_reader(path: str | Path) -> sqlite3.Connection:
-    p = Path(path)
-    if not p.is_file():
-        raise NotFoundError(f"no prediction log at {p.name}")
+def _open_reader(target: Target) -> Conn:
+    db = open_database(target)
+    if not db.exists():
+        raise NotFoundError(f"no prediction log at {db.name}")
     try:
-        conn = sqlite3.connect(p.resolve().as_uri() + "?mode=ro", uri=True)
-    except sqlite3.Error as e:
-        raise UsageError(f"cannot open prediction log {p.name}: {e}") from e
-    try:
-        check_columns(conn, p)
-        conn.execute(f"PRAGMA cache_size=-{READER_CACHE_KB}")  # the sorter spills past this
-        # SQLite's own ln() exists only in builds with SQLITE_ENABLE_MATH_FUNCTIONS, and a
-        # process that loaded another libsqlite3 (Ray's, TensorFlow's) may get one without it.
-        conn.create_function("pneumo_ln", 1, _ln, deterministic=True)
-    except sqlite3.DatabaseError as e:
-        conn.close()
-        raise UsageError(f"{p.name} is not a pneumo prediction log: {e}") from e
-    except UsageError:
-        conn.close()
-        raise
+        conn = db.connect(read_only=True)
+        try:
+            check_columns(conn, db.name)
+        except BaseException:
+            conn.close()
+            raise
+    except db.unreachable as e:
+        raise UsageError(f"cannot open prediction log {db.where}: {scrub(target, e)}") from e
+    except db.errors as e:  # a file that is not SQLite, say
+        raise UsageError(f"{db.name} is not a pneumo prediction log: {scrub(target, e)}") from e
     return conn
-
-
-def _ln(x: float) -> float:
-    return math.log(x)
 
 
 # --- reports --------------------------------------------------------------------------------
@@ -90,26 +88,24 @@ class _Window:
         return dict(sorted(self.classes.items()))
 
 
-def _bin(expr: str) -> str:
+def _bin(d: Dialect, expr: str) -> str:
     """SQL for the histogram bin of `expr` clipped into [0, 1]: floor(10 x), 1.0 in the last."""
-    return (
-        f"MIN(CAST(MIN(MAX({expr}, 0.0), 1.0) * {HISTOGRAM_BINS} AS INTEGER), {HISTOGRAM_BINS - 1})"
-    )
+    clipped = f"{d.least}({d.greatest}({expr}, 0.0), 1.0)"
+    return f"{d.least}({d.integer(f'{clipped} * {HISTOGRAM_BINS}')}, {HISTOGRAM_BINS - 1})"
 
 
-def _read_window(
-    conn: sqlite3.Connection, start: float, end: float, closed: bool, full: bool = False
-) -> _Window:
+def _read_window(conn: Conn, start: float, end: float, closed: bool, full: bool = False) -> _Window:
     """Counts, class counts, score and confidence histograms and per-version figures of
     [start, end] (closed) or [start, end); with `full`, also the latency figures."""
     where = f"time >= ? AND time {'<=' if closed else '<'} ?"
     span = (start, end)
     w = _Window(start=start, end=end)
     versions: dict[tuple[str, str], dict[str, Any]] = {}
+    d = conn.dialect
     groups = conn.execute(
         f"SELECT model_name, model_version, {_OK} AS ok, label, "
-        f"CASE WHEN {_OK} THEN {_bin('score')} END AS sbin, "
-        f"CASE WHEN {_OK} THEN {_bin(_CONFIDENCE)} END AS cbin, "
+        f"CASE WHEN {_OK} THEN {_bin(d, 'score')} END AS sbin, "
+        f"CASE WHEN {_OK} THEN {_bin(d, _CONFIDENCE)} END AS cbin, "
         f"COUNT(*), SUM(CASE WHEN {_OK} THEN score END), "
         f"SUM(CASE WHEN {_OK} THEN {_CONFIDENCE} END), MIN(time) "
         f"FROM predictions WHERE {where} "
@@ -150,19 +146,19 @@ def _read_window(
     return w
 
 
-def _source(conn: sqlite3.Connection) -> str:
-    """SQL for a row's source: a log written before the column existed holds only requests."""
-    have = {row[1] for row in conn.execute("PRAGMA table_info(predictions)")}
-    return "source" if "source" in have else "'interactive'"
+def _source(conn: Conn) -> str:
+    """SQL for a row's source: a log written before the column existed (read by a report,
+    never migrated) holds only requests."""
+    return "source" if "source" in conn.columns("predictions") else "'interactive'"
 
 
-def _latency(conn: sqlite3.Connection, where: str, span: tuple) -> dict[str, float | None]:
+def _latency(conn: Conn, where: str, span: tuple) -> dict[str, float | None]:
     """Mean, p50/p95/p99 (numpy's linear interpolation between ranks, read from 1%-wide
     buckets) and max of the window's latencies."""
+    d = conn.dialect
+    bucket = d.integer(f"{d.ln}({d.greatest}(latency_ms, 0.001)) * {LATENCY_BUCKETS_PER_E}")
     buckets = conn.execute(
-        f"SELECT CAST(pneumo_ln(MAX(latency_ms, 0.001)) * {LATENCY_BUCKETS_PER_E} AS INTEGER) "
-        "AS b, "
-        "COUNT(*), MIN(latency_ms), MAX(latency_ms), SUM(latency_ms) "
+        f"SELECT {bucket} AS b, COUNT(*), MIN(latency_ms), MAX(latency_ms), SUM(latency_ms) "
         f"FROM predictions WHERE {where} GROUP BY b ORDER BY b",
         span,
     ).fetchall()
@@ -226,7 +222,7 @@ def psi_level(value: float) -> str:
     return "moderate" if value <= PSI_SIGNIFICANT else "significant"
 
 
-def summarize(path: str | Path, hours: float = 24.0, now: float | None = None) -> dict[str, Any]:
+def summarize(path: Target, hours: float = 24.0, now: float | None = None) -> dict[str, Any]:
     """What the log holds for the last `hours`: counts (`by_source`: interactive requests and
     batch jobs), class rates, score and confidence distributions, latency percentiles of
     interactive requests (a job's images are timed a chunk at a time), and per model version."""
@@ -234,11 +230,11 @@ def summarize(path: str | Path, hours: float = 24.0, now: float | None = None) -
         raise UsageError(f"hours must be positive, got {hours}")
     end = time.time() if now is None else now
     start = end - hours * 3600.0
-    with _closing(_open_reader(path)) as conn:
+    with closing(_open_reader(path)) as conn:
         w = _read_window(conn, start, end, closed=True, full=True)
     scored = w.scored
     return {
-        "db": Path(path).name,  # a name, never the server's absolute path
+        "db": display_name(path),  # never the server's path, nor a URL's password
         "window": {"hours": hours, "start": _iso(start), "end": _iso(end)},
         "total": w.total,
         "scored": scored,
@@ -254,7 +250,7 @@ def summarize(path: str | Path, hours: float = 24.0, now: float | None = None) -
 
 
 def drift_report(
-    path: str | Path,
+    path: Target,
     *,
     recent_hours: float = 24.0,
     reference_hours: float = 168.0,
@@ -284,11 +280,11 @@ def drift_report(
         reference = (end - reference_hours * 3600.0, recent_start)
     if not reference[0] < reference[1]:
         raise UsageError(f"reference window must have start < end, got {reference}")
-    with _closing(_open_reader(path)) as conn:
+    with closing(_open_reader(path)) as conn:
         recent = _read_window(conn, recent_start, end, closed=True)
         ref = _read_window(conn, reference[0], reference[1], closed=False)
     report: dict[str, Any] = {
-        "db": Path(path).name,  # a name, never the server's absolute path
+        "db": display_name(path),  # never the server's path, nor a URL's password
         "status": "insufficient_data",
         "drift_detected": False,
         "recent": _window_info(recent),
@@ -366,16 +362,3 @@ def _distribution(total: float, counts: list[int], n: int) -> dict[str, Any]:
         "mean": total / n if n else None,
         "histogram": {"edges": [round(float(e), 6) for e in _EDGES], "counts": counts},
     }
-
-
-class _closing:
-    """contextlib.closing for a connection (sqlite3's own context manager only commits)."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self.conn
-
-    def __exit__(self, *exc: object) -> None:
-        self.conn.close()

@@ -4,7 +4,6 @@ runs on the event loop)."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from pneumo_onnx.engine.errors import Overloaded, UsageError
 from pneumo_onnx.engine.serve.front.bodies import form_threshold
+from pneumo_onnx.engine.serve.front.inputs import off_loop
 from pneumo_onnx.engine.serve.front.security import access
 from pneumo_onnx.engine.serve.front.uploads import (
     UploadBudget,
@@ -32,10 +32,6 @@ MAX_HOURS = 24.0 * 366
 # Reports scan the log in SQL with bounded memory, but each takes a core for a while on a large
 # log: at most this many at once, the next ones are shed (503) rather than queued.
 REPORTS = threading.BoundedSemaphore(2)
-
-
-async def _off_loop(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args, **kwargs))
 
 
 def _hours(value: float, name: str) -> float:
@@ -59,7 +55,7 @@ async def create_job(
     t = form_threshold(threshold)  # None: the model's own, resolved when the job runs
     state = server(request)
     budget = UploadBudget(
-        max_total_bytes=int(state.config.max_job_mb * 2**20),
+        max_total_bytes=state.config.max_job_bytes,
         max_image_bytes=state.config.max_upload_bytes,
     )
 
@@ -82,7 +78,7 @@ async def create_job(
                 budget.take(f"{label}: {name}", len(blob))
                 yield name, blob
 
-    job_id = await _off_loop(state.jobs.create, items(), t, key_id(request))
+    job_id = await off_loop(state.jobs.create, items(), t, key_id(request), on="pool")
     state.runner.wake()
     return JSONResponse(
         {"job_id": job_id, "status": "queued", "total": budget.images, "url": f"/jobs/{job_id}"},
@@ -101,19 +97,19 @@ async def job_status(
     the key that created a job sees it."""
     jobs = server(request).jobs
     if format == "csv":
-        text = await _off_loop(jobs.results_csv, job_id, key_id(request))
+        text = await off_loop(jobs.results_csv, job_id, key_id(request), on="pool")
         return PlainTextResponse(
             text,
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{job_id[:40]}.csv"'},
         )
-    return JSONResponse(await _off_loop(jobs.get, job_id, key_id(request)))
+    return JSONResponse(await off_loop(jobs.get, job_id, key_id(request), on="pool"))
 
 
 @router.delete("/jobs/{job_id}", tags=["jobs"], dependencies=access("user"))
 async def delete_job(request: Request, job_id: str) -> dict[str, str]:
     """Forget a job now, its images and results with it (jobs also expire: `--job-ttl`)."""
-    await _off_loop(server(request).jobs.delete, job_id, key_id(request))
+    await off_loop(server(request).jobs.delete, job_id, key_id(request), on="pool")
     return {"job_id": job_id, "status": "deleted"}
 
 
@@ -126,7 +122,7 @@ async def _report(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         finally:
             REPORTS.release()
 
-    return await _off_loop(run)
+    return await off_loop(run, on="pool")
 
 
 @router.get("/monitoring/summary", tags=["monitoring"], dependencies=access("user"))
@@ -135,8 +131,8 @@ async def monitoring_summary(
     hours: Annotated[float, Query(description="window length")] = 24.0,
 ) -> dict[str, Any]:
     """Counts, class rates, confidence distribution and latency percentiles."""
-    path = server(request).prediction_log.path
-    return await _report(summarize, path, _hours(hours, "hours"))
+    target = server(request).prediction_log.target
+    return await _report(summarize, target, _hours(hours, "hours"))
 
 
 @router.get("/monitoring/drift", tags=["monitoring"], dependencies=access("user"))
@@ -148,7 +144,7 @@ async def monitoring_drift(
     """Recent window against a reference window: class-rate change and score PSI."""
     return await _report(
         drift_report,
-        server(request).prediction_log.path,
+        server(request).prediction_log.target,
         recent_hours=_hours(recent_hours, "recent_hours"),
         reference_hours=_hours(reference_hours, "reference_hours"),
     )

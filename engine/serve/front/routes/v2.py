@@ -270,7 +270,7 @@ def _config(request: Request, served: Served) -> dict[str, Any]:
             },
         ],
         "output": [{"name": "score", "data_type": "TYPE_FP32", "dims": [1]}],
-        "dynamic_batching": {"max_queue_delay_microseconds": int(config.max_delay_ms * 1000)},
+        "dynamic_batching": {"max_queue_delay_microseconds": config.max_delay_us},
         "version_policy": {"specific": {"versions": [served.version]}},
         "parameters": {
             "labels": {"string_value": f"{c.negative_label},{c.positive_label}"},
