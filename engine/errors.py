@@ -59,6 +59,11 @@ class NotSupported(UsageError):
     HTTP 501, so a client says "not implemented" rather than "no such model"."""
 
 
+class UnsupportedMediaType(UsageError):
+    """A request body of a Content-Type the route does not read (HTTP 415); the message names
+    the types it does."""
+
+
 class FileAccessError(UsageError):
     """A file or folder the user named cannot be read or written: "cannot write NAME: reason".
 

@@ -36,7 +36,7 @@ def bulk(path: Path, n: int, start: float, hours: float) -> None:
             insert,
             (
                 (float(t), "r", "/predict", "pneumonia", "1", float(s), str(label), 0.5,
-                 float(10 + s * 20), "0" * 64, None, None)
+                 float(10 + s * 20), "0" * 64, "interactive", None, None)
                 for t, s, label in zip(times, scores, labels, strict=True)
             ),
         )  # fmt: skip

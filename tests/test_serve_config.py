@@ -175,7 +175,7 @@ def test_old_flag_names_keep_working(capsys: pytest.CaptureFixture[str]) -> None
     [
         ({"PNEUMO_MAX_BATCH": "abc"}, "PNEUMO_MAX_BATCH: expected a whole number, got 'abc'"),
         ({"PNEUMO_LOG_IMAGES": "maybe"}, "PNEUMO_LOG_IMAGES: expected true or false"),
-        ({"PNEUMO_PORT": " "}, "PNEUMO_PORT: expected a whole number, got nothing"),
+        ({"PNEUMO_WORKERS": " "}, "PNEUMO_WORKERS: expected a whole number, got nothing"),
         ({"PNEUMO_MAX_BATCH": "0"}, "--max-batch must be at least 1 (from PNEUMO_MAX_BATCH)"),
         ({"PNEUMO_DEVICE": "tpu"}, "--device must be one of cpu, cuda (from PNEUMO_DEVICE)"),
         ({"PNEUMO_HEADER_TIMEOUT": "nan"}, "--header-timeout must be a finite number (from"),

@@ -36,6 +36,7 @@ NOT_USER = {
     ("GET", "/docs"): "open",
     ("GET", "/docs/static/{name}"): "open",
     ("GET", "/health"): "health",
+    ("GET", "/ping"): "health",
     ("GET", "/v2/health/live"): "health",
     ("GET", "/v2/health/ready"): "health",
     ("GET", "/metrics"): "metrics",

@@ -24,6 +24,7 @@ from pneumo_onnx.engine.serve.dataplane.job_runner import JobRunner
 from pneumo_onnx.engine.serve.store.jobs import JobStore
 from pneumo_onnx.engine.serve.store.predictions import PredictionLog, PredictionRecord
 from pneumo_onnx.engine.serve.store.reports import drift_report, summarize
+from pneumo_onnx.engine.serve.store.schema import MIGRATIONS
 from tests.postgres_server import PostgresServer
 from tests.server_process import ServerProcess, free_port
 
@@ -115,7 +116,7 @@ def test_servers_starting_at_once_migrate_once(postgres: PostgresServer) -> None
     versions = postgres.execute(
         "SELECT store, version FROM pneumo_schema ORDER BY store", dbname(url)
     )
-    assert versions == [("jobs", 1), ("predictions", 1)]
+    assert versions == [(store, len(MIGRATIONS[store])) for store in ("jobs", "predictions")]
 
 
 def fake_score(calls: Counter[str], who: str):  # type: ignore[no-untyped-def]

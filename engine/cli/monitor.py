@@ -94,6 +94,8 @@ def summary_lines(s: dict[str, Any]) -> list[str]:
         f"  predictions  {s['total']}  (scored {s['scored']}, errors {s['errors']}, "
         f"{s['per_hour']:.1f}/h)",
     ]
+    if s["by_source"]["job"]:
+        lines.append(f"  of them      {s['by_source']['job']} from batch jobs (not in latency)")
     for label, c in s["classes"].items():
         lines.append(f"  {label:<12} {c['count']:>7}  {c['rate']:6.1%}")
     if s["scored"]:

@@ -1,13 +1,15 @@
 """The FastAPI application: wiring only. It builds the server's parts (`ServerState`), starts
 and stops them with the app, and mounts the front doors (`routes.seed`, `routes.v2`, `routes.ops`,
-`routes.docs`) behind the gate, which enforces the access each route declares;
-errors are answered by `http_errors`.
+`routes.docs`, and the cloud platforms' `routes.cloud`: SageMaker's always, Vertex AI's where
+its environment names their paths) behind the gate, which enforces the access each route
+declares; errors are answered by `http_errors`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -23,8 +25,8 @@ from pneumo_onnx.engine.serve.dataplane.registry import ModelRegistry
 from pneumo_onnx.engine.serve.dataplane.scoring import ScoringService
 from pneumo_onnx.engine.serve.front import errors as http_errors
 from pneumo_onnx.engine.serve.front.gate import Gate
-from pneumo_onnx.engine.serve.front.routes import docs, ops, seed, v2
-from pneumo_onnx.engine.serve.front.security import ApiKeys, RateLimiter
+from pneumo_onnx.engine.serve.front.routes import cloud, docs, ops, seed, v2
+from pneumo_onnx.engine.serve.front.security import ApiKeys, RateLimiter, app_routes
 from pneumo_onnx.engine.serve.metrics import ServerMetrics
 from pneumo_onnx.engine.serve.state import ServerState
 from pneumo_onnx.engine.serve.store.jobs import JobStore
@@ -85,8 +87,10 @@ def create_app(config: ServeConfig) -> FastAPI:
     )
     app.state.server = state
     http_errors.add_handlers(app)
-    for router in (seed.router, v2.router, ops.router, docs.router):
+    for router in (seed.router, v2.router, ops.router, docs.router, cloud.sagemaker):
         app.include_router(router)
+    taken = {str(getattr(r, "path", "")) for r in app_routes(app.routes)}
+    app.include_router(cloud.vertex_router(*cloud.vertex_paths(os.environ), taken=taken))
     app.add_middleware(
         Gate,
         keys=ApiKeys(list(config.api_keys), list(config.admin_keys)),
@@ -161,9 +165,8 @@ def _state_dir(path: Path) -> Path:
 
 def app_from_env() -> FastAPI:
     """uvicorn factory for `--workers N`: each worker process gets the whole config, resolved
-    by `pneumo serve`, as JSON in the environment (it reads no other variable)."""
-    import os
-
+    by `pneumo serve`, as JSON in the environment (no setting is read from another variable;
+    only the Vertex AI routes, as in every process, come from AIP_*)."""
     from pneumo_onnx.engine.serve.config import CONFIG_ENV
     from pneumo_onnx.engine.serve.logs import configure
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import typing
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Annotated, Any
 
+from pneumo_onnx.engine.errors import UsageError
 from pneumo_onnx.engine.repository.variants import VARIANT_FILES
 from pneumo_onnx.engine.runtime.choices import DEVICES, PREPROCESSING, PREPROCESSING_HELP
 from pneumo_onnx.engine.runtime.limits import MAX_PIXELS
@@ -30,6 +33,10 @@ CONFIG_ENV = "PNEUMO_SERVE_CONFIG"  # the config of a --workers N process, as JS
 # The addresses that are this machine only: listening on one, the server accepts loopback
 # Host headers only (a page elsewhere cannot reach it through DNS rebinding).
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Where a cloud platform tells its container to listen, in the order they are read: SageMaker
+# (inference pipelines set it; alone it is 8080), then Vertex AI (always set there).
+PLATFORM_PORT_ENVS = ("SAGEMAKER_BIND_TO_PORT", "AIP_HTTP_PORT")
+DEFAULT_PORT = 8000
 MB = 2**20
 MPX = 1_000_000
 LARGEST_MPX = MAX_PIXELS / MPX
@@ -60,7 +67,15 @@ class ServeConfig:
         str,
         Setting("address to listen on; on a loopback one, requests must name a loopback Host"),
     ] = "127.0.0.1"
-    port: Annotated[int, Setting("port to listen on", low=0, high=65535)] = 8000
+    port: Annotated[
+        int | None,
+        Setting(
+            "port to listen on; not given: $SAGEMAKER_BIND_TO_PORT, else $AIP_HTTP_PORT, else "
+            f"the default (default: {DEFAULT_PORT})",
+            low=0,
+            high=65535,
+        ),
+    ] = None
     workers: Annotated[int, Setting("server processes", low=1)] = 1
     ssl_certfile: Annotated[Path | None, Setting("TLS certificate (PEM)")] = None
     ssl_keyfile: Annotated[Path | None, Setting("TLS private key (PEM)")] = None
@@ -301,6 +316,12 @@ class ServeConfig:
         return int(low), int(high)
 
     @property
+    def listen_port(self) -> int:
+        """The port given, else the one the cloud platform names (read when serving, in the
+        process that binds: the platforms set it in the container's environment)."""
+        return self.port if self.port is not None else platform_port(os.environ)
+
+    @property
     def loopback_only(self) -> bool:
         """Listening on loopback only: then a request's Host must name loopback too (a page
         elsewhere cannot reach the server through DNS rebinding)."""
@@ -321,6 +342,18 @@ class ServeConfig:
         return cls(
             **{k: kind.from_plain(data[k]) for k, (kind, _) in schema().items() if k in data}
         )
+
+
+def platform_port(environ: Mapping[str, str], default: int = DEFAULT_PORT) -> int:
+    """The port to listen on when none is given: the first platform variable that is set."""
+    for name in PLATFORM_PORT_ENVS:
+        value = environ.get(name, "").strip()
+        if not value:
+            continue
+        if not (value.isascii() and value.isdecimal() and 1 <= int(value) <= 65535):
+            raise UsageError(f"{name} must be a port number in 1-65535, got {value[:20]!r}")
+        return int(value)
+    return default
 
 
 # --- the schema, for the sources that fill it -----------------------------------------------

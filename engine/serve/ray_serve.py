@@ -159,7 +159,7 @@ def _log_serving(config: ServeConfig, address: str | None) -> None:
         "serving on Ray (%s) at %s:%d: %s",
         address or "a local Ray",
         config.host,
-        config.port,
+        config.listen_port,
         f"{low} replica(s)" if config.autoscale is None else f"{low}-{high} replicas",
     )
 
@@ -178,7 +178,7 @@ def _undeploy(on_cluster: bool) -> None:
 
 def _http_options(config: ServeConfig) -> dict[str, Any]:
     """Ray's HTTP proxy on the configured address, with TLS when given."""
-    options: dict[str, Any] = {"host": config.host, "port": config.port}
+    options: dict[str, Any] = {"host": config.host, "port": config.listen_port}
     if config.ssl_certfile is not None and config.ssl_keyfile is not None:
         options.update(ssl_certfile=str(config.ssl_certfile), ssl_keyfile=str(config.ssl_keyfile))
     return options

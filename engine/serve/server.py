@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 def run(config: ServeConfig) -> None:
     """Serve `config` until SIGTERM (or Ctrl-C): under uvicorn here, or as Ray Serve replicas."""
+    port = config.listen_port  # a bad platform port variable stops the server before it loads
     if config.ray:
         _check_files(config)
         from pneumo_onnx.engine.serve import ray_serve
@@ -40,7 +41,7 @@ def run(config: ServeConfig) -> None:
     trusted = list(config.forwarded_allow_ips)
     options: dict[str, Any] = dict(
         host=config.host,
-        port=config.port,
+        port=port,
         ssl_certfile=str(config.ssl_certfile) if config.ssl_certfile else None,
         ssl_keyfile=str(config.ssl_keyfile) if config.ssl_keyfile else None,
         timeout_graceful_shutdown=config.graceful_timeout,

@@ -185,7 +185,7 @@ class ScoringService:
                 if items[i].data is not None:
                     self.cache.put((digests[i], *model_key, t), result)
         done = [o for o in outcomes if o is not None]
-        self._record(served, items, done, digests, request_id, route, started)
+        self._record(served, items, done, digests, request_id, route, started, job)
         return done
 
     # --- what the front doors call --------------------------------------------------------
@@ -271,6 +271,7 @@ class ScoringService:
         request_id: str,
         route: str,
         started: float,
+        job: bool = False,
     ) -> None:
         """Count every scored item, and hand it to the prediction log's thread."""
         latency_ms = (time.perf_counter() - started) * 1000.0
@@ -291,6 +292,7 @@ class ScoringService:
                     threshold=outcome["threshold"],
                     latency_ms=latency_ms,
                     image_sha256=digest,
+                    source="job" if job else "interactive",
                     image=item.data if self.keep_images else None,
                 )
             )

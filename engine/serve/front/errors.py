@@ -26,6 +26,7 @@ from pneumo_onnx.engine.errors import (
     PneumoError,
     RepositoryError,
     TooLarge,
+    UnsupportedMediaType,
     UsageError,
 )
 from pneumo_onnx.engine.serve.front.bodies import InvalidBody
@@ -40,6 +41,7 @@ STATUS: list[tuple[type[PneumoError], int]] = [
     (NotFoundError, 404),
     (ConflictError, 409),
     (TooLarge, 413),
+    (UnsupportedMediaType, 415),
     (NotSupported, 501),
     (MissingExtraError, 501),
     (ImageError, 400),

@@ -37,6 +37,7 @@ from pneumo_onnx.engine.errors import ConflictError, NotFoundError, Overloaded, 
 from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, SCORED_FIELDS, Result, Row
 from pneumo_onnx.engine.serve.store.backend import Conn, RunnerLease, Target
 from pneumo_onnx.engine.serve.store.databases import open_database
+from pneumo_onnx.engine.serve.store.record import iso_utc
 from pneumo_onnx.engine.serve.store.schema import migrate, open_store
 
 log = logging.getLogger(__name__)
@@ -351,8 +352,9 @@ class JobStore:
         ).fetchone()
         if row is None:  # another key's job is as invisible as one that does not exist
             raise NotFoundError(f"no job with id {job_id[:40]!r}")
-        keys = ("id", "status", "created", "updated", "threshold", "total", "done", "errors")
+        keys = ("job_id", "status", "created", "updated", "threshold", "total", "done", "errors")
         job = dict(zip(keys, row[:8], strict=True))
+        job["created"], job["updated"] = iso_utc(job["created"]), iso_utc(job["updated"])
         job["progress"] = job["done"] / job["total"] if job["total"] else 1.0
         if row[8] is not None:
             job["error"] = row[8]
@@ -361,10 +363,10 @@ class JobStore:
     @staticmethod
     def _require_done(job: dict[str, Any]) -> None:
         if job["status"] == "failed":
-            raise ConflictError(f"job {job['id']} failed: {job.get('error')}")
+            raise ConflictError(f"job {job['job_id']} failed: {job.get('error')}")
         if job["status"] != "done":
             raise ConflictError(
-                f"job {job['id']} is {job['status']} ({job['done']} of {job['total']} scored): "
+                f"job {job['job_id']} is {job['status']} ({job['done']} of {job['total']} scored): "
                 "results are ready when its status is done"
             )
 

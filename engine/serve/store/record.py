@@ -5,7 +5,17 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+# Who asked: a client waiting for the answer, or a batch job (scored a chunk at a time, so its
+# latency is the chunk's, not an image's: reports keep the two apart).
+Source = Literal["interactive", "job"]
+
+
+def iso_utc(t: float) -> str:
+    """Unix seconds as the server shows times: ISO 8601, UTC, to the second."""
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -22,6 +32,7 @@ class PredictionRecord:
     threshold: float | None
     latency_ms: float
     image_sha256: str
+    source: Source = "interactive"
     image: bytes | None = None  # stored only by a log opened with store_images=True
     error: str | None = None
 

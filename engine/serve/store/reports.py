@@ -12,7 +12,6 @@ import time
 from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,7 @@ from pneumo_onnx.engine.serve.store.backend import (
     scrub,
 )
 from pneumo_onnx.engine.serve.store.databases import open_database
+from pneumo_onnx.engine.serve.store.record import iso_utc as _iso
 from pneumo_onnx.engine.serve.store.schema import check_columns
 
 HISTOGRAM_BINS = 10  # fixed bins on [0, 1]: the same for every report, so reports compare
@@ -81,6 +81,7 @@ class _Window:
     confidence_sum: float = 0.0
     confidence_histogram: list[int] = field(default_factory=lambda: [0] * HISTOGRAM_BINS)
     latency: dict[str, float | None] | None = None
+    sources: dict[str, int] = field(default_factory=dict)
     versions: list[dict[str, Any]] = field(default_factory=list)
 
     def class_counts(self) -> dict[str, int]:
@@ -134,8 +135,21 @@ def _read_window(conn: Conn, start: float, end: float, closed: bool, full: bool 
         scored = v["total"] - v["errors"]
         w.versions.append({**v, "mean_score": total / scored if scored else None})
     if full:
-        w.latency = _latency(conn, where, span)
+        source = _source(conn)
+        w.latency = _latency(conn, f"{where} AND {source} = 'interactive'", span)
+        w.sources = dict(
+            conn.execute(
+                f"SELECT {source}, COUNT(*) FROM predictions WHERE {where} GROUP BY 1 ORDER BY 1",
+                span,
+            ).fetchall()
+        )
     return w
+
+
+def _source(conn: Conn) -> str:
+    """SQL for a row's source: a log written before the column existed (read by a report,
+    never migrated) holds only requests."""
+    return "source" if "source" in conn.columns("predictions") else "'interactive'"
 
 
 def _latency(conn: Conn, where: str, span: tuple) -> dict[str, float | None]:
@@ -209,8 +223,9 @@ def psi_level(value: float) -> str:
 
 
 def summarize(path: Target, hours: float = 24.0, now: float | None = None) -> dict[str, Any]:
-    """What the log holds for the last `hours`: counts, class rates, score and confidence
-    distributions, latency percentiles, and the same per model version."""
+    """What the log holds for the last `hours`: counts (`by_source`: interactive requests and
+    batch jobs), class rates, score and confidence distributions, latency percentiles of
+    interactive requests (a job's images are timed a chunk at a time), and per model version."""
     if not hours > 0:
         raise UsageError(f"hours must be positive, got {hours}")
     end = time.time() if now is None else now
@@ -228,7 +243,8 @@ def summarize(path: Target, hours: float = 24.0, now: float | None = None) -> di
         "classes": {k: {"count": n, "rate": n / scored} for k, n in w.class_counts().items()},
         "score": _distribution(w.score_sum, w.score_histogram, scored),
         "confidence": _distribution(w.confidence_sum, w.confidence_histogram, scored),
-        "latency_ms": w.latency,
+        "by_source": {k: w.sources.get(k, 0) for k in ("interactive", "job")},
+        "latency_ms": w.latency,  # interactive requests only
         "by_model_version": w.versions,
     }
 
@@ -346,7 +362,3 @@ def _distribution(total: float, counts: list[int], n: int) -> dict[str, Any]:
         "mean": total / n if n else None,
         "histogram": {"edges": [round(float(e), 6) for e in _EDGES], "counts": counts},
     }
-
-
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")

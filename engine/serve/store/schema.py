@@ -74,6 +74,9 @@ JOB_COLUMNS = (
     ("jobs", "bytes", "{bigint} NOT NULL DEFAULT 0"),
     ("job_items", "attempts", "INTEGER NOT NULL DEFAULT 0"),
 )
+# Columns the prediction log gained after version 1 (version 2: who asked, a client or a batch
+# job; rows written before it, or by a server one version behind, were requests).
+PREDICTION_SOURCE = (("predictions", "source", "TEXT NOT NULL DEFAULT 'interactive'"),)
 VERSIONS = """CREATE TABLE IF NOT EXISTS pneumo_schema (
     store TEXT PRIMARY KEY,
     version INTEGER NOT NULL
@@ -100,15 +103,20 @@ def _create(statements: Sequence[str]) -> Callable[[Conn], None]:
     return step
 
 
+def _predictions_v2(conn: Conn) -> None:
+    add_columns(conn, PREDICTION_SOURCE)
+
+
 def _jobs_v1(conn: Conn) -> None:
     _create(JOBS)(conn)
     add_columns(conn, JOB_COLUMNS)  # files from before versioning may lack some
 
 
 # Each store's migrations, in order: version N is the first N steps applied. Step 1 creates
-# today's layout (IF NOT EXISTS: a file from before versioning keeps its tables).
+# the first versioned layout (IF NOT EXISTS: a file from before versioning keeps its tables);
+# later steps add to it.
 MIGRATIONS: dict[str, tuple[Callable[[Conn], None], ...]] = {
-    "predictions": (_create(PREDICTIONS),),
+    "predictions": (_create(PREDICTIONS), _predictions_v2),
     "jobs": (_jobs_v1,),
 }
 
