@@ -59,6 +59,11 @@ class NotSupported(UsageError):
     HTTP 501, so a client says "not implemented" rather than "no such model"."""
 
 
+class NotAcceptable(UsageError):
+    """No answer of a type the request's Accept header takes (HTTP 406): a Structured Report
+    asked for an image that is not DICOM; the message says which types can be answered."""
+
+
 class UnsupportedMediaType(UsageError):
     """A request body of a Content-Type the route does not read (HTTP 415); the message names
     the types it does."""

@@ -95,7 +95,7 @@ def run_dicomweb(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     if args.store_sr:
-        from pneumo_onnx.engine.offline.dicomweb.sr import require_highdicom
+        from pneumo_onnx.engine.explain.sr import require_highdicom
 
         require_highdicom()
     with (

@@ -1,6 +1,7 @@
-"""Pictures for people: heatmaps (`heatmap`, the numbers), overlays (`overlay`, the X-ray with
-its heatmap), evaluation plots (`plots`) and the batch HTML report (`report`). Built on the
-runtime; nothing in the runtime knows about them.
+"""What a result means, for people and for their systems: heatmaps (`heatmap`, the numbers),
+overlays (`overlay`, the X-ray with its heatmap), evaluation plots (`plots`), the batch HTML
+report (`report`) and the DICOM Structured Report a PACS files beside the image (`sr`). Built
+on the runtime; nothing in the runtime knows about them.
 
 The heatmap choices live here, light, so the CLI can offer them without loading onnxruntime.
 """

@@ -46,6 +46,15 @@ def request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
 
+def caller(request: Request) -> str:
+    """Who asked, as the prediction log records it for audit: the fingerprint of the API key
+    (never the key), or the client's address where keys are off."""
+    key = key_id(request)
+    if key:
+        return f"key:{key}"
+    return f"address:{request.client.host}" if request.client else ""
+
+
 def key_id(request: Request) -> str:
     """The fingerprint of the API key the request came with ('' when keys are off): what
     owns the jobs it creates."""

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from pneumo_onnx.engine.errors import ImageError
+from pneumo_onnx.engine.explain.sr import Algorithm, build_sr, source_header
 from pneumo_onnx.engine.offline.batch import Progress, ResultWriter, Summary
 from pneumo_onnx.engine.offline.dicomweb.client import Client, Found
-from pneumo_onnx.engine.offline.dicomweb.sr import Algorithm, build_sr, source_header
 from pneumo_onnx.engine.offline.dicomweb.views import incomplete, skip_reason
 from pneumo_onnx.engine.runtime.decoders import named_bytes
 from pneumo_onnx.engine.runtime.engine import Engine, check_batch_options

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pneumo_onnx.engine.errors import FileAccessError, UsageError
-from pneumo_onnx.engine.offline.dicomweb.sr import (
+from pneumo_onnx.engine.explain.sr import (
     Algorithm,
     build_sr,
     require_highdicom,

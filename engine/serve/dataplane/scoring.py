@@ -33,6 +33,7 @@ from pneumo_onnx.engine.serve.dataplane.admission import DecodeBudget
 from pneumo_onnx.engine.serve.dataplane.batching import Batcher
 from pneumo_onnx.engine.serve.dataplane.cache import ResultCache
 from pneumo_onnx.engine.serve.dataplane.decoding import Decoders
+from pneumo_onnx.engine.serve.dataplane.dicom import Reports, Uids, is_dicom, uids_of
 from pneumo_onnx.engine.serve.dataplane.items import Item, digests_of
 from pneumo_onnx.engine.serve.dataplane.registry import ModelRegistry, Served
 from pneumo_onnx.engine.serve.metrics import ServerMetrics
@@ -73,6 +74,7 @@ class ScoringService:
         self.cache = ResultCache(cache_size)
         budget = DecodeBudget(max_request_pixels, max_inflight_pixels, max_queue, max_queue_delay)
         self.decoders = Decoders(decode_workers, decode_limits, budget)
+        self.reports = Reports(self.decoders)
         self.on_prediction = on_prediction
         self.keep_images = keep_images
         # The log may apply back-pressure when its queue is full: that must block a thread of
@@ -133,13 +135,15 @@ class ScoringService:
         request_id: str,
         route: str,
         job: bool = False,
+        caller: str = "",
     ) -> list[Outcome]:
         """Score every item with `served`'s model: one outcome per item, in order.
 
         A bad image is that item's outcome (ImageError), refused from its header where it can
         be. The whole call fails on a full queue or a long wait for the decoders (Overloaded),
         or on a request over the per-request limits (UsageError); a `job` chunk has no pixel
-        limit of its own (its images are each within the per-image limits).
+        limit of its own (its images are each within the per-image limits). `caller` (who
+        asked: `state.caller`) and a DICOM image's UIDs go into the prediction log, for audit.
         """
         if self._closing:
             raise Overloaded("the server is shutting down", retry_after=5)
@@ -185,7 +189,8 @@ class ScoringService:
                 if items[i].data is not None:
                     self.cache.put((digests[i], *model_key, t), result)
         done = [o for o in outcomes if o is not None]
-        self._record(served, items, done, digests, request_id, route, started, job)
+        uids = await uids_of(self.decoders, list(items)) if any(map(is_dicom, items)) else None
+        self._record(served, items, done, digests, request_id, route, started, job, caller, uids)
         return done
 
     # --- what the front doors call --------------------------------------------------------
@@ -197,24 +202,32 @@ class ScoringService:
         request_id: str,
         route: str,
         name: str | None = None,
+        caller: str = "",
     ) -> tuple[Scored, Served]:
         """One encoded image with the default model: the deployment guide's result fields.
         A bad image raises (the seed routes answer 400)."""
         served = self.registry.current(self.default_model)
         item = Item(data=image, name=name)
         (outcome,) = await self.score(
-            [item], threshold, served=served, request_id=request_id, route=route
+            [item], threshold, served=served, request_id=request_id, route=route, caller=caller
         )
         if isinstance(outcome, PneumoError):
             raise outcome
         return outcome, served
 
     async def infer(
-        self, served: Served, items: Sequence[Item], request_id: str, route: str
+        self,
+        served: Served,
+        items: Sequence[Item],
+        request_id: str,
+        route: str,
+        caller: str = "",
     ) -> np.ndarray:
         """V2 inference: P(positive) per item at the model's threshold; one bad image fails
         the request (V2 has no per-item errors)."""
-        outcomes = await self.score(items, None, served=served, request_id=request_id, route=route)
+        outcomes = await self.score(
+            items, None, served=served, request_id=request_id, route=route, caller=caller
+        )
         error = next((o for o in outcomes if isinstance(o, PneumoError)), None)
         if error is not None:
             raise error
@@ -271,14 +284,17 @@ class ScoringService:
         request_id: str,
         route: str,
         started: float,
-        job: bool = False,
+        job: bool,
+        caller: str,
+        uids: list[Uids | None] | None,
     ) -> None:
         """Count every scored item, and hand it to the prediction log's thread."""
         latency_ms = (time.perf_counter() - started) * 1000.0
         records = []
-        for item, outcome, digest in zip(items, outcomes, digests, strict=True):
+        for i, (item, outcome, digest) in enumerate(zip(items, outcomes, digests, strict=True)):
             if isinstance(outcome, PneumoError):
                 continue
+            dicom = uids[i] if uids is not None else None
             self.metrics.predictions.labels(outcome["prediction"]).inc()
             records.append(
                 PredictionRecord(
@@ -294,6 +310,10 @@ class ScoringService:
                     image_sha256=digest,
                     source="job" if job else "interactive",
                     image=item.data if self.keep_images else None,
+                    caller=caller,
+                    study_uid=dicom.study if dicom else None,
+                    series_uid=dicom.series if dicom else None,
+                    sop_uid=dicom.sop if dicom else None,
                 )
             )
         if self.on_prediction is not None and records:

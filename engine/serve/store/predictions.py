@@ -97,9 +97,9 @@ class PredictionLog:
     def record(self, rec: PredictionRecord) -> None:
         """Queue one record; blocks while the queue is full and the writer healthy, drops
         (and counts) it while the writer cannot write. Raises UsageError once closed."""
-        row = tuple(getattr(rec, c) for c in COLUMNS)  # dataclasses.astuple deep-copies: slow
-        if not self.store_images:
-            row = (*row[:-2], None, row[-1])
+        row = tuple(
+            None if c == "image" and not self.store_images else getattr(rec, c) for c in COLUMNS
+        )  # dataclasses.astuple deep-copies: slow
         self._put(row, drop_when_failing=True)
 
     @property

@@ -35,6 +35,10 @@ class PredictionRecord:
     source: Source = "interactive"
     image: bytes | None = None  # stored only by a log opened with store_images=True
     error: str | None = None
+    caller: str = ""  # "key:" and an API key's fingerprint, or "address:" and the client's
+    study_uid: str | None = None  # a DICOM image's StudyInstanceUID, for audit
+    series_uid: str | None = None
+    sop_uid: str | None = None
 
     @classmethod
     def from_result(

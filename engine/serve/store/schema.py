@@ -77,6 +77,14 @@ JOB_COLUMNS = (
 # Columns the prediction log gained after version 1 (version 2: who asked, a client or a batch
 # job; rows written before it, or by a server one version behind, were requests).
 PREDICTION_SOURCE = (("predictions", "source", "TEXT NOT NULL DEFAULT 'interactive'"),)
+# Version 3: for audit, who called (an API key's fingerprint, else the client's address) and,
+# for a DICOM image, the UIDs of its study, series and instance.
+PREDICTION_AUDIT = (
+    ("predictions", "caller", "TEXT NOT NULL DEFAULT ''"),
+    ("predictions", "study_uid", "TEXT"),
+    ("predictions", "series_uid", "TEXT"),
+    ("predictions", "sop_uid", "TEXT"),
+)
 VERSIONS = """CREATE TABLE IF NOT EXISTS pneumo_schema (
     store TEXT PRIMARY KEY,
     version INTEGER NOT NULL
@@ -107,6 +115,10 @@ def _predictions_v2(conn: Conn) -> None:
     add_columns(conn, PREDICTION_SOURCE)
 
 
+def _predictions_v3(conn: Conn) -> None:
+    add_columns(conn, PREDICTION_AUDIT)
+
+
 def _jobs_v1(conn: Conn) -> None:
     _create(JOBS)(conn)
     add_columns(conn, JOB_COLUMNS)  # files from before versioning may lack some
@@ -116,7 +128,7 @@ def _jobs_v1(conn: Conn) -> None:
 # the first versioned layout (IF NOT EXISTS: a file from before versioning keeps its tables);
 # later steps add to it.
 MIGRATIONS: dict[str, tuple[Callable[[Conn], None], ...]] = {
-    "predictions": (_create(PREDICTIONS), _predictions_v2),
+    "predictions": (_create(PREDICTIONS), _predictions_v2, _predictions_v3),
     "jobs": (_jobs_v1,),
 }
 

@@ -35,7 +35,7 @@ from pneumo_onnx.engine.serve.front.instances import (
 )
 from pneumo_onnx.engine.serve.front.routes.seed import require_ready
 from pneumo_onnx.engine.serve.front.security import access
-from pneumo_onnx.engine.serve.state import degraded, request_id, server
+from pneumo_onnx.engine.serve.state import caller, degraded, request_id, server
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/dicom", "application/x-image")
 JSON_TYPE = "application/json"
@@ -170,7 +170,12 @@ async def score_instances(request: Request, parsed: Instances, route: str) -> li
         served = service.registry.current(service.default_model)
         items = [Item(data=x, name=f"instance {i}") for i, x in good]
         scored = await service.score(
-            items, parsed.threshold, served=served, request_id=request_id(request), route=route
+            items,
+            parsed.threshold,
+            served=served,
+            request_id=request_id(request),
+            route=route,
+            caller=caller(request),
         )
         for (i, _), outcome in zip(good, scored, strict=True):
             outcomes[i] = outcome if isinstance(outcome, PneumoError) else dict(outcome)

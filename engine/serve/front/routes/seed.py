@@ -7,10 +7,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from pneumo_onnx.engine.errors import Overloaded, UsageError
+from pneumo_onnx.engine.errors import NotAcceptable, Overloaded, UsageError
+from pneumo_onnx.engine.serve.dataplane.dicom import is_dicom
+from pneumo_onnx.engine.serve.dataplane.items import Item
 from pneumo_onnx.engine.serve.dataplane.scoring import ScoringService
 from pneumo_onnx.engine.serve.front.bodies import (
     SMALL_JSON,
@@ -21,9 +23,10 @@ from pneumo_onnx.engine.serve.front.bodies import (
 )
 from pneumo_onnx.engine.serve.front.inputs import documented_body, off_loop
 from pneumo_onnx.engine.serve.front.security import access
-from pneumo_onnx.engine.serve.state import degraded, request_id, server
+from pneumo_onnx.engine.serve.state import caller, degraded, request_id, server
 
 router = APIRouter(tags=["seed"])
+DICOM = "application/dicom"
 HeatmapFlag = Annotated[bool, Query(description="add the X-ray with its heatmap")]
 NegativeFlag = Annotated[
     bool, Query(description="with heatmap=true: also draw the evidence against PNEUMONIA")
@@ -74,7 +77,7 @@ async def predict(
     negative: NegativeFlag = False,
     image: Annotated[UploadFile | None, File(description="the X-ray image file")] = None,
     threshold: Annotated[str | None, Form(description="decision threshold in [0, 1]")] = None,
-) -> JSONResponse:
+) -> Response:
     """Score one uploaded X-ray (multipart field `image`)."""
     if image is None:
         raise UsageError("no image file provided: send it as multipart field 'image'")
@@ -98,7 +101,7 @@ async def predict_base64(
     request: Request,
     heatmap: HeatmapFlag = False,
     negative: NegativeFlag = False,
-) -> JSONResponse:
+) -> Response:
     """Score one base64-encoded X-ray: JSON `{"image": ..., "threshold": ...}`."""
     raw = await request.body()
     if len(raw) <= SMALL_JSON:
@@ -117,18 +120,47 @@ async def _answer(
     name: str | None,
     heatmap: bool,
     negative: bool,
-) -> JSONResponse:
+) -> Response:
     if negative and not heatmap:
         raise UsageError("negative=true adds to the heatmap: ask for it with heatmap=true")
     service = server(request).service
     require_ready(service)
-    result, served = await service.predict(data, threshold, request_id(request), route, name)
+    report = wants_report(request)
+    if report and not is_dicom(Item(data=data, name=name)):
+        raise NotAcceptable(
+            "Accept: application/dicom answers a Structured Report, which needs a DICOM image: "
+            "send one, or accept application/json"
+        )
+    if report and heatmap:
+        raise UsageError("heatmap=true answers JSON: ask for it, or the report, not both")
+    result, served = await service.predict(
+        data, threshold, request_id(request), route, name, caller(request)
+    )
+    version = {"X-Model-Version": f"{served.name}/{served.version}"}
+    if report:
+        sr = await service.reports.report(served, data, result, name)
+        return Response(sr, media_type=DICOM, headers=version)
     body: dict[str, object] = dict(result)
     if heatmap:  # the seed's fields stay as they are; the picture comes beside them
         body["heatmap_method"], body["heatmap"] = await service.heatmap(
             served, data, result, name, negative
         )
-    return JSONResponse(body, headers={"X-Model-Version": f"{served.name}/{served.version}"})
+    return JSONResponse(body, headers=version)
+
+
+def wants_report(request: Request) -> bool:
+    """The Accept header prefers a DICOM file (a Structured Report) to JSON: it names
+    application/dicom, and JSON not at all or at a lower quality."""
+    ranked: dict[str, float] = {}
+    for part in request.headers.get("accept", "").split(","):
+        kind, *params = (p.strip() for p in part.split(";"))
+        q = next((p[2:] for p in params if p.startswith("q=")), "1")
+        try:
+            ranked[kind.lower()] = float(q)
+        except ValueError:
+            ranked[kind.lower()] = 0.0
+    dicom = ranked.get(DICOM, 0.0)
+    return dicom > 0 and dicom > ranked.get("application/json", 0.0)
 
 
 def require_ready(service: ScoringService) -> None:

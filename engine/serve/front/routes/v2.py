@@ -30,7 +30,7 @@ from pneumo_onnx.engine.serve.front.v2_wire import (
     small_json,
     value_range,
 )
-from pneumo_onnx.engine.serve.state import degraded, request_id, server
+from pneumo_onnx.engine.serve.state import caller, degraded, request_id, server
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 
@@ -301,7 +301,9 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         parsed = await off_loop(parse_infer, *args)
     else:  # parsed in a decode worker, where the OS bounds what the objects take
         parsed = Parsed.from_plain(await service.decoders.parse(len(raw), parse_infer_task, *args))
-    scores = await service.infer(served, parsed.items, request_id(request), INFER_ROUTE)
+    scores = await service.infer(
+        served, parsed.items, request_id(request), INFER_ROUTE, caller(request)
+    )
     body, headers = render(
         served.name,
         str(served.version),
