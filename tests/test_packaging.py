@@ -1,6 +1,7 @@
-"""The wheel's licence metadata covers what it ships (MIT code, CC BY 4.0 X-rays and the model
-trained on them, Swagger UI's licences), and every variant `pneumo info` lists for the default
-model is in the wheel's package data, so an installed `pneumo --variant X` finds its file."""
+"""The wheel ships every package of the code (an editable install would hide one left out),
+its licence metadata covers what it ships (MIT code, CC BY 4.0 X-rays and the model trained
+on them, Swagger UI's licences), and every variant `pneumo info` lists for the default model
+is in the wheel's package data, so an installed `pneumo --variant X` finds its file."""
 
 from __future__ import annotations
 
@@ -31,6 +32,18 @@ def listed_variant_files() -> list[str]:
     return [
         f"{v.name}/{VARIANT_FILES[variant]}" for v in versions for variant in resolve(v).variants
     ]
+
+
+def test_every_package_of_the_code_is_listed() -> None:
+    """setuptools ships the packages named in pyproject.toml, and only those: a folder of code
+    missing there works in a checkout and is absent from the installed server."""
+    found = {
+        "pneumo_onnx." + ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("engine", "convert")
+        for init in (ROOT / top).rglob("__init__.py")
+    }
+    listed = set(PROJECT["tool"]["setuptools"]["packages"])
+    assert sorted(found - listed) == []
 
 
 def test_licence_is_one_valid_spdx_expression_with_its_files() -> None:
