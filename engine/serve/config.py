@@ -61,6 +61,14 @@ class ServeConfig:
         Setting("address to listen on; on a loopback one, requests must name a loopback Host"),
     ] = "127.0.0.1"
     port: Annotated[int, Setting("port to listen on", low=0, high=65535)] = 8000
+    grpc_port: Annotated[
+        int | None,
+        Setting(
+            "port of the KServe V2 gRPC service, on --host beside HTTP (default: off)",
+            low=0,
+            high=65535,
+        ),
+    ] = None
     workers: Annotated[int, Setting("server processes", low=1)] = 1
     ssl_certfile: Annotated[Path | None, Setting("TLS certificate (PEM)")] = None
     ssl_keyfile: Annotated[Path | None, Setting("TLS private key (PEM)")] = None
@@ -226,6 +234,13 @@ class ServeConfig:
         if self.database and (problem := database_problem(self.database)):
             problems.append(("database", problem))
         problems += self._replica_problems()
+        if self.grpc_port is not None:
+            if self.workers > 1 or self.ray:
+                problems.append(
+                    ("grpc_port", "is served by one process: not with --workers N or --ray")
+                )
+            elif self.grpc_port == self.port != 0:
+                problems.append(("grpc_port", "must differ from --port"))
         if problems:
             raise SettingsError(problems)
 
