@@ -233,3 +233,25 @@ def test_metrics_and_access_log_name_the_method(
             break
         time.sleep(0.1)
     assert routes == ["grpc:ModelInfer"] * 3
+
+
+def test_a_protobuf_bomb_meets_the_decode_workers_memory_cap(
+    server: ServerProcess, client: triton.InferenceServerClient
+) -> None:
+    """8 MB of empty sub-messages, a valid message protobuf would make ~350 MB of: the decode
+    worker that parses it runs out of its capped memory (protobuf then reports a parse error),
+    the call is refused, the server serves on."""
+    bomb = b"\x2a\x00" * (4 * 2**20)
+    with grpc.insecure_channel(
+        f"127.0.0.1:{server.grpc}",
+        [("grpc.max_send_message_length", 2**30)],  # type: ignore[attr-defined]
+    ) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        with pytest.raises(grpc.RpcError) as e:
+            call(bomb, metadata=tuple(AS_USER.items()), timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert e.value.details() == (
+        "the request is not a valid ModelInferRequest message, or its structure takes far "
+        "more memory to parse than its size allows"
+    )
+    assert client.is_server_live() and client.is_model_ready("pneumonia", headers=AS_USER)

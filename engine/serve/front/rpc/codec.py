@@ -68,8 +68,11 @@ def parse_message(message: type[Any], raw: bytes) -> Any:
     """`raw` as a `message`, or UsageError (INVALID_ARGUMENT) saying it is not one."""
     try:
         return message.FromString(raw)
-    except DecodeError:
-        raise UsageError(f"the request is not a valid {message.__name__} message") from None
+    except DecodeError:  # protobuf says the same when its parse runs out of memory
+        raise UsageError(
+            f"the request is not a valid {message.__name__} message, or its structure takes "
+            "far more memory to parse than its size allows"
+        ) from None
 
 
 def parse_infer(raw: bytes) -> Envelope:
