@@ -22,8 +22,9 @@ from pneumo_onnx.engine.errors import (
 )
 from pneumo_onnx.engine.serve.config import ServeConfig
 from pneumo_onnx.engine.serve.front import errors as http_errors
+from pneumo_onnx.engine.serve.front.budget import InflightBytes
 from pneumo_onnx.engine.serve.front.gate import Gate
-from pneumo_onnx.engine.serve.front.security import ApiKeys, RateLimiter
+from pneumo_onnx.engine.serve.front.security import AccessControl, ApiKeys, RateLimiter
 from pneumo_onnx.engine.serve.metrics import ServerMetrics
 
 
@@ -41,13 +42,10 @@ def gated_app() -> FastAPI:
 
     app.add_middleware(  # as create_app does: inside Starlette's own error middleware
         Gate,
-        keys=ApiKeys([]),
-        limiter=RateLimiter(0, 1),
+        control=AccessControl(ApiKeys([]), RateLimiter(0, 1), open_health=True, open_metrics=True),
         metrics=ServerMetrics(),
         max_body=1024,
-        open_health=True,
-        open_metrics=True,
-        max_inflight_bytes=16 * 1024,
+        inflight=InflightBytes(16 * 1024),
         body_timeout=ServeConfig().body_timeout,
         loopback_only=False,
     )

@@ -272,7 +272,7 @@ def test_broken_gzip_bodies_get_400(server: ServerProcess, body: bytes, message:
     assert r.status_code == 400 and message in r.json()["error"], r.text
 
 
-@pytest.mark.parametrize("class_count", [1, 3])
+@pytest.mark.parametrize("class_count", [1, 2, 3])
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_classification_extension(
     client: triton.InferenceServerClient,
@@ -281,17 +281,26 @@ def test_classification_extension(
     class_count: int,
     binary: bool,
 ) -> None:
-    """class_count=k: Triton's "score:index:label" strings, clamped to the one class `score`
-    holds per image (P(PNEUMONIA))."""
+    """class_count=k: Triton's "probability:index:label" strings of the two classes (k
+    clamped to 2), the label the model decides first, each with its own probability: a
+    NORMAL X-ray is never reported as PNEUMONIA with P(PNEUMONIA)."""
     tensor = triton.InferInput("image", list(tensors.shape), "FP32")
     tensor.set_data_from_numpy(tensors)
     asked = triton.InferRequestedOutput("score", binary_data=binary, class_count=class_count)
     result = client.infer("pneumonia", [tensor], outputs=[asked])
     classes = result.as_numpy("score")
-    assert classes.shape == (3, 1)
-    assert [c[0].decode() if binary else c[0] for c in classes] == [
-        f"{s:f}:0:PNEUMONIA" for s in expected
-    ]
+    assert classes.shape == (3, min(class_count, 2))
+    got = [[c.decode() if binary else c for c in row] for row in classes]
+    threshold = client.get_model_metadata("pneumonia")["parameters"]["threshold"]
+    assert got == [expected_classes(s, threshold, class_count) for s in expected]
+    assert got[0][0] == f"{1 - expected[0]:f}:0:NORMAL"  # IMAGES[0] is a NORMAL X-ray
+
+
+def expected_classes(p: float, threshold: float, class_count: int) -> list[str]:
+    """What the classification extension answers for P(PNEUMONIA) `p`."""
+    normal, pneumonia = f"{1 - p:f}:0:NORMAL", f"{p:f}:1:PNEUMONIA"
+    ranked = [pneumonia, normal] if p > threshold else [normal, pneumonia]
+    return ranked[:class_count]
 
 
 def test_classification_count_must_be_a_count(server: ServerProcess) -> None:

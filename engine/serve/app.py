@@ -24,9 +24,15 @@ from pneumo_onnx.engine.serve.dataplane.job_runner import JobRunner
 from pneumo_onnx.engine.serve.dataplane.registry import ModelRegistry
 from pneumo_onnx.engine.serve.dataplane.scoring import ScoringService
 from pneumo_onnx.engine.serve.front import errors as http_errors
+from pneumo_onnx.engine.serve.front.budget import InflightBytes
 from pneumo_onnx.engine.serve.front.gate import Gate
 from pneumo_onnx.engine.serve.front.routes import cloud, docs, ops, seed, v2
-from pneumo_onnx.engine.serve.front.security import ApiKeys, RateLimiter, app_routes
+from pneumo_onnx.engine.serve.front.security import (
+    AccessControl,
+    ApiKeys,
+    RateLimiter,
+    app_routes,
+)
 from pneumo_onnx.engine.serve.metrics import ServerMetrics
 from pneumo_onnx.engine.serve.state import ServerState
 from pneumo_onnx.engine.serve.store.jobs import JobStore
@@ -39,11 +45,27 @@ SHUTDOWN_SECONDS = 10.0
 
 
 def create_app(config: ServeConfig) -> FastAPI:
-    """The app for `config`; the model loads in the background once the server starts."""
+    """The app for `config`; the model loads in the background once the server starts. With
+    `grpc_port`, the gRPC door (`app.state.grpc`) starts and stops with it."""
     state = _build(config)
+    # One access decision and one budget of bytes in flight, whichever door a call comes by.
+    control = AccessControl(
+        ApiKeys(list(config.api_keys), list(config.admin_keys)),
+        RateLimiter(config.rate_limit, config.rate_burst),
+        open_health=not config.protect_health,
+        open_metrics=not config.protect_metrics,
+    )
+    inflight = InflightBytes(config.max_inflight_bytes)
+    door = None
+    if config.grpc_port is not None:
+        from pneumo_onnx.engine.serve.front.rpc.door import GrpcDoor  # grpc: only when asked
+
+        door = GrpcDoor(state, control, inflight)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if door is not None:
+            await door.start()
         loading = None
         if config.load_before_serving:  # --workers N: a worker takes requests only when ready
             await _load(state)
@@ -54,6 +76,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         finally:
             if loading is not None:
                 loading.cancel()
+            if door is not None:  # calls in flight finish first: they need the scoring path
+                await door.stop()
             # The job chunk in hand is scored through the batcher and decode pool: let it
             # finish (and the runner stop) before they close, or the job would fail.
             state.runner.request_stop()
@@ -86,6 +110,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.server = state
+    app.state.grpc = door
     http_errors.add_handlers(app)
     for router in (seed.router, v2.router, ops.router, docs.router, cloud.sagemaker):
         app.include_router(router)
@@ -93,13 +118,10 @@ def create_app(config: ServeConfig) -> FastAPI:
     app.include_router(cloud.vertex_router(*cloud.vertex_paths(os.environ), taken=taken))
     app.add_middleware(
         Gate,
-        keys=ApiKeys(list(config.api_keys), list(config.admin_keys)),
-        limiter=RateLimiter(config.rate_limit, config.rate_burst),
+        control=control,
         metrics=state.metrics,
         max_body=config.max_upload_bytes,
-        open_health=not config.protect_health,
-        open_metrics=not config.protect_metrics,
-        max_inflight_bytes=config.max_inflight_bytes,
+        inflight=inflight,
         body_timeout=config.body_timeout,
         loopback_only=config.loopback_only,
     )

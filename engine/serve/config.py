@@ -76,6 +76,14 @@ class ServeConfig:
             high=65535,
         ),
     ] = None
+    grpc_port: Annotated[
+        int | None,
+        Setting(
+            "port of the KServe V2 gRPC service, on --host beside HTTP (default: off)",
+            low=0,
+            high=65535,
+        ),
+    ] = None
     workers: Annotated[int, Setting("server processes", low=1)] = 1
     ssl_certfile: Annotated[Path | None, Setting("TLS certificate (PEM)")] = None
     ssl_keyfile: Annotated[Path | None, Setting("TLS private key (PEM)")] = None
@@ -241,6 +249,13 @@ class ServeConfig:
         if self.database and (problem := database_problem(self.database)):
             problems.append(("database", problem))
         problems += self._replica_problems()
+        if self.grpc_port is not None:
+            if self.workers > 1 or self.ray:
+                problems.append(
+                    ("grpc_port", "is served by one process: not with --workers N or --ray")
+                )
+            elif self.port is not None and self.grpc_port == self.port != 0:
+                problems.append(("grpc_port", "must differ from --port"))
         if problems:
             raise SettingsError(problems)
 

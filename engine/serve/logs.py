@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import uuid
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -63,3 +64,11 @@ def configure(level: int | str = "INFO", stream: IO[str] | None = None) -> loggi
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
     return handler
+
+
+def sane_request_id(given: str | None) -> str:
+    """The caller's request id (X-Request-ID, gRPC `x-request-id`) when it is sane, else a
+    fresh one."""
+    if given and len(given) <= 128 and given.isascii() and given.isprintable():
+        return given
+    return uuid.uuid4().hex

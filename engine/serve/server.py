@@ -77,9 +77,25 @@ def run(config: ServeConfig) -> None:
         else:
             from pneumo_onnx.engine.serve.app import create_app
 
-            uvicorn.run(create_app(config), **options)
+            _serve_one(uvicorn, create_app(config), options)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def _serve_one(uvicorn: Any, app: Any, options: dict[str, Any]) -> None:
+    """`uvicorn.run` for one process, whose SIGTERM (or Ctrl-C) also starts the gRPC door's
+    drain at once, so both doors drain together (not gRPC only after HTTP's grace)."""
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if app.state.grpc is not None:
+                app.state.grpc.begin_drain()
+            super().handle_exit(sig, frame)
+
+    server = Server(uvicorn.Config(app, **options))
+    server.run()
+    if not server.started:  # as uvicorn.run: the socket could not be bound, startup failed
+        raise SystemExit(3)
 
 
 def _check_files(config: ServeConfig) -> None:

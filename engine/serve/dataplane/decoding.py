@@ -32,6 +32,7 @@ SERVER_PRELOAD = (
     "pneumo_onnx.engine.serve.front.bodies",
     "pneumo_onnx.engine.serve.front.v2_wire",
     "pneumo_onnx.engine.serve.front.uploads",
+    "pneumo_onnx.engine.serve.front.rpc.codec",
 )
 
 

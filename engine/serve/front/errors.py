@@ -92,8 +92,7 @@ def busy(message: str, retry_after: int = 1, close: bool = False) -> JSONRespons
     return error_response(503, message, headers)
 
 
-def rate_limited(rate: float, wait: int) -> JSONResponse:
-    message = f"rate limit exceeded: at most {rate:g} requests/s"
+def rate_limited(message: str, wait: int) -> JSONResponse:
     return error_response(429, message, {"Retry-After": str(wait)})
 
 

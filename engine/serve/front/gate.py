@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,13 +23,14 @@ from urllib.parse import urlsplit
 from pneumo_onnx.engine.serve.config import LOOPBACK_HOSTS
 from pneumo_onnx.engine.serve.front import errors as http_errors
 from pneumo_onnx.engine.serve.front.bodies import is_byte_count
+from pneumo_onnx.engine.serve.front.budget import InflightBytes
 from pneumo_onnx.engine.serve.front.security import (
     API_KEY_HEADER,
-    Access,
-    ApiKeys,
-    RateLimiter,
+    AccessControl,
+    Refusal,
     route_access,
 )
+from pneumo_onnx.engine.serve.logs import sane_request_id
 from pneumo_onnx.engine.serve.metrics import ServerMetrics
 
 log = logging.getLogger("pneumo_onnx.engine.serve.access")
@@ -43,9 +43,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 LOOPBACK_NAMES = {*LOOPBACK_HOSTS, "[::1]"}  # as Host headers name them (IPv6 in brackets)
-# Requests with a missing or wrong key, per client address: a client that keeps guessing gets
-# 429 instead of an answer that tells it whether its guess was right.
-REFUSED_RATE, REFUSED_BURST = 2.0, 10
 
 
 class _Refused(Exception):
@@ -61,32 +58,20 @@ class Gate:
         self,
         app: ASGIApp,
         *,
-        keys: ApiKeys,
-        limiter: RateLimiter,
+        control: AccessControl,
         metrics: ServerMetrics,
         max_body: int,
-        open_health: bool,
-        open_metrics: bool,
-        max_inflight_bytes: int,
+        inflight: InflightBytes,
         body_timeout: float,
         loopback_only: bool,
     ) -> None:
         self.app = app
-        self.keys = keys
-        self.limiter = limiter
-        self.refused = RateLimiter(REFUSED_RATE, REFUSED_BURST)
+        self.control = control
         self.metrics = metrics
         self.max_body = max_body
-        self.max_inflight_bytes = max_inflight_bytes
-        self.inflight_bytes = 0  # request bodies being received or handled (event loop only)
+        self.inflight = inflight  # request bodies being received or handled, both doors
         self.body_timeout = body_timeout
         self.loopback_only = loopback_only
-        # The declared policies anyone may call (no key, no rate limit).
-        self.open: set[Access] = {"open"}
-        if open_health:
-            self.open.add("health")
-        if open_metrics:
-            self.open.add("metrics")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,7 +79,7 @@ class Gate:
             return
         started = time.perf_counter()
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        request_id = _request_id(headers.get("x-request-id"))
+        request_id = sane_request_id(headers.get("x-request-id"))
         scope.setdefault("state", {})["request_id"] = request_id
         status: dict[str, Any] = {"code": 500, "started": False, "refused": None}
 
@@ -174,29 +159,12 @@ class Gate:
             return http_errors.too_large(self.max_body)
         routes = getattr(getattr(scope.get("app"), "router", None), "routes", None) or []
         declared = route_access(routes, scope)  # of the route the router will pick
-        if declared in self.open:
-            scope["state"]["access"] = declared
-            return None
         client = (scope.get("client") or ("unknown",))[0]
-        match = None
-        if self.keys.enabled:
-            match = self.keys.match(headers.get(API_KEY_HEADER.lower()))
-            if match is None:  # guessing keys is rate limited per address, always
-                wait = self.refused.acquire(client)
-                if wait:
-                    return http_errors.rate_limited(self.refused.rate, wait)
-                return http_errors.unauthorized()
-            scope["state"]["key_id"] = match[0]
-        if declared == "admin" and not (match and match[1]):
-            if not self.keys.has_admin:
-                return http_errors.forbidden(
-                    "repository control is disabled: start the server with admin keys "
-                    "(PNEUMO_ADMIN_KEYS or --admin-key-file)"
-                )
-            return http_errors.forbidden("repository control needs an admin key")
-        wait = self.limiter.acquire(match[0] if match else client)
-        if wait:
-            return http_errors.rate_limited(self.limiter.rate, wait)
+        granted = self.control.check(declared, headers.get(API_KEY_HEADER.lower()), client)
+        if isinstance(granted, Refusal):
+            return _answer(granted)
+        if granted:
+            scope["state"]["key_id"] = granted
         scope["state"]["access"] = declared
         return None
 
@@ -237,16 +205,9 @@ class _Meter:
             self.size += chunk
             if self.size > gate.max_body:
                 raise refuse(http_errors.too_large(gate.max_body, close=True))
-            others = gate.inflight_bytes - self.charged
-            if others > 0 and gate.inflight_bytes + chunk > gate.max_inflight_bytes:
-                raise refuse(
-                    http_errors.busy(
-                        f"server busy: {gate.inflight_bytes / 2**20:.0f} MB of requests "
-                        "already being received or handled",
-                        close=True,
-                    )
-                )
-            gate.inflight_bytes += chunk
+            busy = gate.inflight.charge(chunk, self.charged)
+            if busy is not None:
+                raise refuse(http_errors.busy(busy, close=True))
             self.charged += chunk
             if not message.get("more_body", False):
                 done = True
@@ -255,8 +216,16 @@ class _Meter:
         return metered
 
     def close(self) -> None:
-        self.gate.inflight_bytes -= self.charged
+        self.gate.inflight.release(self.charged)
         self.charged = 0
+
+
+def _answer(refusal: Refusal) -> ASGIApp:
+    if refusal.kind == "unauthorized":
+        return http_errors.unauthorized()
+    if refusal.kind == "rate_limited":
+        return http_errors.rate_limited(refusal.message, refusal.wait)
+    return http_errors.forbidden(refusal.message)
 
 
 def _hostname(host: str) -> str:
@@ -284,13 +253,6 @@ def _cross_site(headers: dict[str, str]) -> bool:
 def _has_body(headers: dict[str, str]) -> bool:
     length = headers.get("content-length")
     return "transfer-encoding" in headers or (length is not None and length not in ("", "0"))
-
-
-def _request_id(given: str | None) -> str:
-    """The caller's X-Request-ID when it is sane, else a fresh one."""
-    if given and len(given) <= 128 and given.isascii() and given.isprintable():
-        return given
-    return uuid.uuid4().hex
 
 
 def _route_of(scope: Scope) -> str:

@@ -28,6 +28,9 @@ from starlette.routing import BaseRoute, Match
 
 API_KEY_HEADER = "X-API-Key"
 MAX_BUCKETS = 10_000  # clients the rate limiter remembers; the least recently seen go first
+# Requests with a missing or wrong key, per client address: a client that keeps guessing gets
+# 429 instead of an answer that tells it whether its guess was right.
+REFUSED_RATE, REFUSED_BURST = 2.0, 10
 
 # open: anyone (the API docs); health, metrics: anyone unless the server protects them
 # (--protect-health, --protect-metrics), then as user; user: an API key when keys are configured
@@ -164,3 +167,63 @@ class RateLimiter:
             while len(self._buckets) > self.max_clients:
                 self._buckets.popitem(last=False)
             return 0 if allowed else max(1, math.ceil((1.0 - tokens) / self.rate))
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a call may not go on, for each front door to say in its own terms (HTTP 401, 403,
+    429; gRPC UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED)."""
+
+    kind: Literal["unauthorized", "forbidden", "rate_limited"]
+    message: str = ""
+    wait: int = 0  # rate_limited: whole seconds until a retry may pass
+
+
+class AccessControl:
+    """THE decision of who may call what, shared by the HTTP gate and the gRPC door so that a
+    key, a rate limit and the budget of refused guesses count the same through either."""
+
+    def __init__(
+        self, keys: ApiKeys, limiter: RateLimiter, open_health: bool, open_metrics: bool
+    ) -> None:
+        self.keys = keys
+        self.limiter = limiter
+        self.refused = RateLimiter(REFUSED_RATE, REFUSED_BURST)
+        # The declared policies anyone may call (no key, no rate limit).
+        self.open: set[Access] = {"open"}
+        if open_health:
+            self.open.add("health")
+        if open_metrics:
+            self.open.add("metrics")
+
+    def check(self, declared: Access, presented: str | None, client: str) -> str | Refusal:
+        """The fingerprint of the caller's key ('' when keys are off or the policy is open),
+        or why the call is refused."""
+        if declared in self.open:
+            return ""
+        match = None
+        if self.keys.enabled:
+            match = self.keys.match(presented)
+            if match is None:  # guessing keys is rate limited per address, always
+                wait = self.refused.acquire(client)
+                if wait:
+                    return _too_many(self.refused, wait)
+                return Refusal("unauthorized")
+        if declared == "admin" and not (match and match[1]):
+            if not self.keys.has_admin:
+                return Refusal(
+                    "forbidden",
+                    "repository control is disabled: start the server with admin keys "
+                    "(PNEUMO_ADMIN_KEYS or --admin-key-file)",
+                )
+            return Refusal("forbidden", "repository control needs an admin key")
+        wait = self.limiter.acquire(match[0] if match else client)
+        if wait:
+            return _too_many(self.limiter, wait)
+        return match[0] if match else ""
+
+
+def _too_many(limiter: RateLimiter, wait: int) -> Refusal:
+    return Refusal(
+        "rate_limited", f"rate limit exceeded: at most {limiter.rate:g} requests/s", wait
+    )

@@ -9,28 +9,26 @@ says, or BYTES `[N]` holding encoded image files, which the server decodes exact
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from pneumo_onnx import __version__
-from pneumo_onnx.engine.errors import NotFoundError, NotSupported, Overloaded, UsageError
+from pneumo_onnx.engine.errors import NotSupported, Overloaded
 from pneumo_onnx.engine.serve.dataplane.registry import Served
+from pneumo_onnx.engine.serve.front import v2_models
 from pneumo_onnx.engine.serve.front.inputs import documented_body, json_body, off_loop
 from pneumo_onnx.engine.serve.front.security import access
+from pneumo_onnx.engine.serve.front.v2_tensors import Parsed
 from pneumo_onnx.engine.serve.front.v2_wire import (
     InferRequest,
-    Parsed,
     parse_infer,
     parse_infer_task,
     render,
     small_json,
-    value_range,
 )
-from pneumo_onnx.engine.serve.state import caller, degraded, request_id, server
+from pneumo_onnx.engine.serve.state import caller, request_id, server
 
 router = APIRouter(prefix="/v2", tags=["v2"])
 
@@ -44,16 +42,7 @@ class RepositoryLoad(BaseModel):
 
 @router.get("", dependencies=access("user"))
 async def server_metadata() -> dict[str, Any]:
-    return {
-        "name": "pneumo-onnx",
-        "version": __version__,
-        "extensions": [
-            "classification",
-            "model_repository",
-            "binary_tensor_data",
-            "model_configuration",
-        ],
-    }
+    return v2_models.server_metadata()
 
 
 @router.get("/health/live", dependencies=access("health"))
@@ -66,8 +55,7 @@ async def live() -> dict[str, bool]:
 async def ready(request: Request) -> JSONResponse:
     """Ready to serve and to keep its records: a full disk (the prediction log or the job
     store cannot write) makes the server not ready, with the reason."""
-    problems = degraded(server(request))
-    ok = server(request).service.ready and not problems
+    ok, problems = v2_models.readiness(server(request))
     body: dict[str, Any] = {"ready": ok}
     if problems:
         body["degraded"] = problems
@@ -167,7 +155,7 @@ async def infer_version(request: Request, name: str, version: str) -> Response:
 
 @router.post("/repository/index", dependencies=access("user"))
 async def repository_index(request: Request) -> list[dict[str, str]]:
-    return server(request).service.registry.index()
+    return v2_models.repository_index(server(request))
 
 
 @router.post(
@@ -179,27 +167,21 @@ async def repository_load(request: Request, name: str) -> dict[str, Any]:
     """Load a version (`{"parameters": {"version": "2"}}`; default newest) and serve it once it
     passed the manifest, load and warm-up gates; on failure the current version keeps serving."""
     body = await json_body(request, RepositoryLoad) if await request.body() else None
-    version = _version_param((body.parameters or {}).get("version") if body else None)
-    service = server(request).service
-    served = await asyncio.get_running_loop().run_in_executor(
-        None, service.registry.load, name, version
-    )
-    service.announce(served)
+    version = (body.parameters or {}).get("version") if body else None
+    served = await v2_models.load(server(request), name, version)
     return {"name": served.name, "version": str(served.version), "state": "READY"}
 
 
 @router.post("/repository/models/{name}/unload", dependencies=access("admin"))
 async def repository_unload(request: Request, name: str) -> dict[str, str]:
-    server(request).service.registry.unload(name)
+    v2_models.unload(server(request), name)
     return {"name": name, "state": "UNAVAILABLE"}
 
 
 @router.post("/repository/models/{name}/rollback", dependencies=access("admin"))
 async def repository_rollback(request: Request, name: str) -> dict[str, Any]:
     """Our extension: serve again the version served before the current one."""
-    service = server(request).service
-    served = await asyncio.get_running_loop().run_in_executor(None, service.registry.rollback, name)
-    service.announce(served)
+    served = await v2_models.rollback(server(request), name)
     return {"name": served.name, "version": str(served.version), "state": "READY"}
 
 
@@ -207,44 +189,18 @@ async def repository_rollback(request: Request, name: str) -> dict[str, Any]:
 
 
 def _served(request: Request, name: str, version: str | None) -> Served:
-    served = server(request).service.registry.current(name)
-    if version is not None and version != str(served.version):
-        raise NotFoundError(
-            f"model {name!r} version {version[:20]} is not loaded "
-            f"(serving version {served.version})"
-        )
-    return served
+    return v2_models.served(server(request), name, version)
 
 
 def _ready(request: Request, name: str, version: str | None) -> JSONResponse:
-    try:
-        _served(request, name, version)
-    except NotFoundError as e:  # unknown, unloaded, or another version served
-        return JSONResponse({"name": name, "ready": False, "error": e.message}, status_code=404)
+    why = v2_models.model_ready(server(request), name, version)
+    if why is not None:  # unknown, unloaded, or another version served
+        return JSONResponse({"name": name, "ready": False, "error": why}, status_code=404)
     return JSONResponse({"name": name, "ready": True})
 
 
 def _metadata(request: Request, served: Served) -> dict[str, Any]:
-    c = served.engine.contract
-    return {
-        "name": served.name,
-        "versions": [str(v) for v in server(request).service.registry.versions(served.name)],
-        "platform": "onnxruntime_onnx",
-        "inputs": [
-            {"name": c.input.name, "datatype": "FP32", "shape": [-1, *c.input_shape]},
-            {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]},
-        ],
-        "outputs": [{"name": "score", "datatype": "FP32", "shape": [-1, 1]}],
-        "parameters": {
-            "labels": [c.negative_label, c.positive_label],
-            "threshold": c.threshold,
-            "scaling": c.input.scaling,
-            "pipeline": c.input.describe(),
-            "preprocessing": served.engine.preprocessing,
-            "value_range": list(value_range(c)),
-            "variant": served.engine.model.variant,
-        },
-    }
+    return v2_models.metadata(server(request), served)
 
 
 def _config(request: Request, served: Served) -> dict[str, Any]:
@@ -310,15 +266,6 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         parsed.request_id,
         scores,
         parsed.wanted,
-        served.engine.contract.positive_label,
+        served.engine.contract,
     )
     return Response(body, headers=headers, media_type=headers["Content-Type"])
-
-
-def _version_param(value: Any) -> int | None:
-    if value is None:
-        return None
-    text = str(value)
-    if not (text.isascii() and text.isdigit() and len(text) <= 9):
-        raise UsageError(f"version must be a positive integer, got {text[:20]!r}")
-    return int(text)
