@@ -35,8 +35,13 @@ def bulk(path: Path, n: int, start: float, hours: float) -> None:
         conn.executemany(
             insert,
             (
-                (float(t), "r", "/predict", "pneumonia", "1", float(s), str(label), 0.5,
-                 float(10 + s * 20), "0" * 64, "interactive", None, None)
+                tuple(
+                    {"time": float(t), "request_id": "r", "route": "/predict",
+                     "model_name": "pneumonia", "model_version": "1", "score": float(s),
+                     "label": str(label), "threshold": 0.5, "latency_ms": float(10 + s * 20),
+                     "image_sha256": "0" * 64, "source": "interactive", "caller": ""}.get(c)
+                    for c in COLUMNS
+                )
                 for t, s, label in zip(times, scores, labels, strict=True)
             ),
         )  # fmt: skip

@@ -250,8 +250,11 @@ def test_a_protobuf_bomb_meets_the_decode_workers_memory_cap(
         with pytest.raises(grpc.RpcError) as e:
             call(bomb, metadata=tuple(AS_USER.items()), timeout=30)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert e.value.details() == (
+    # Out of its capped memory, protobuf 7 reports a parse error; protobuf 6's upb parser can
+    # crash the worker instead: the sandbox says so. Either way the call alone is refused.
+    assert e.value.details() in (
         "the request is not a valid ModelInferRequest message, or its structure takes far "
-        "more memory to parse than its size allows"
+        "more memory to parse than its size allows",
+        "the request body could not be decoded: the decoder stopped (killed by SIGSEGV)",
     )
     assert client.is_server_live() and client.is_model_ready("pneumonia", headers=AS_USER)
