@@ -27,6 +27,8 @@ from pneumo_onnx.engine.serve.state import caller, degraded, request_id, server
 
 router = APIRouter(tags=["seed"])
 DICOM = "application/dicom"
+# Bodies that are the image file itself (beside every image/* type).
+RAW_TYPES = (DICOM, "application/octet-stream")
 HeatmapFlag = Annotated[bool, Query(description="add the X-ray with its heatmap")]
 NegativeFlag = Annotated[
     bool, Query(description="with heatmap=true: also draw the evidence against PNEUMONIA")
@@ -77,10 +79,26 @@ async def predict(
     negative: NegativeFlag = False,
     image: Annotated[UploadFile | None, File(description="the X-ray image file")] = None,
     threshold: Annotated[str | None, Form(description="decision threshold in [0, 1]")] = None,
+    raw_threshold: Annotated[
+        str | None,
+        Query(alias="threshold", description="with the image as the body: decision threshold"),
+    ] = None,
 ) -> Response:
-    """Score one uploaded X-ray (multipart field `image`)."""
+    """Score one uploaded X-ray: multipart field `image`, or the file itself as the body
+    (`Content-Type: image/jpeg`, `image/png`, ..., `application/dicom`; no multipart to parse),
+    its threshold then as `?threshold=`."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind.startswith("image/") or kind in RAW_TYPES:
+        data = await request.body()
+        if not data:
+            raise UsageError("empty body: send the image file as the request body")
+        t = form_threshold(raw_threshold)
+        return await _answer(request, data, t, "/predict", None, heatmap, negative)
     if image is None:
-        raise UsageError("no image file provided: send it as multipart field 'image'")
+        raise UsageError(
+            "no image file provided: send it as multipart field 'image', or as the body with "
+            "its Content-Type (image/jpeg, image/png, application/dicom)"
+        )
     if len((await request.form()).getlist("image")) > 1:  # FastAPI would score one silently
         raise UsageError("expected one multipart field 'image', got several: send one image")
     if not image.filename:

@@ -1,0 +1,55 @@
+"""`POST /predict` with the image file itself as the body (its own Content-Type, no multipart
+to build or parse) answers as the multipart upload does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from pneumo_onnx.engine.runtime.samples import sample_images
+from tests.server_process import ServerProcess
+
+SAMPLE = next(p for p in sample_images() if p.parent.name == "PNEUMONIA")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path_factory.mktemp("raw"), "--state-dir", "state").start()
+    yield srv
+    assert srv.stop() == 0
+
+
+def test_the_body_as_the_image_scores_as_multipart_does(server: ServerProcess) -> None:
+    data = SAMPLE.read_bytes()
+    multipart = httpx.post(f"{server.url}/predict", files={"image": (SAMPLE.name, data)})
+    raw = httpx.post(f"{server.url}/predict", content=data, headers={"Content-Type": "image/jpeg"})
+    assert raw.status_code == 200, raw.text
+    assert raw.json() == multipart.json()
+    assert raw.headers["x-model-version"] == "pneumonia/2"
+    octets = httpx.post(
+        f"{server.url}/predict?threshold=0.999999999",
+        content=data,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert octets.json()["threshold"] == 0.999999999
+
+
+def test_bad_raw_bodies_get_specific_errors(server: ServerProcess) -> None:
+    r = httpx.post(f"{server.url}/predict", content=b"", headers={"Content-Type": "image/png"})
+    assert r.status_code == 400 and "empty body" in r.json()["error"]
+    r = httpx.post(
+        f"{server.url}/predict", content=b"not an image", headers={"Content-Type": "image/jpeg"}
+    )
+    assert r.status_code == 400 and r.json()["error"]
+    r = httpx.post(
+        f"{server.url}/predict?threshold=2",
+        content=SAMPLE.read_bytes(),
+        headers={"Content-Type": "image/jpeg"},
+    )
+    assert r.status_code == 400 and "threshold" in r.json()["error"]
+    r = httpx.post(
+        f"{server.url}/predict", content=b"hello", headers={"Content-Type": "text/plain"}
+    )
+    assert r.status_code == 400 and "as the body with its Content-Type" in r.json()["error"]
