@@ -180,7 +180,7 @@ def test_bad_base64_thresholds_are_refused(server: ServerProcess, threshold: str
         (
             {"content": b"", "headers": {"content-type": "application/octet-stream"}},
             400,
-            "no image",
+            "empty body: send the image file as the request body",
         ),
     ],
     ids=["empty body", "missing field", "wrong field name", "not multipart"],

@@ -40,6 +40,9 @@ class GrpcDoor:
         options: list[tuple[str, int]] = [
             ("grpc.max_receive_message_length", config.max_upload_bytes),
             ("grpc.so_reuseport", 0),  # a port in use is an error, not a silent share
+            # Flow-control windows stay at their 64 KB start: with probing, grpc grows them to
+            # megabytes per stream, bytes it holds before any limit of ours is consulted.
+            ("grpc.http2.bdp_probe", 0),
         ]
         if config.max_connections_per_client:
             options.append(("grpc.max_concurrent_streams", config.max_connections_per_client))
