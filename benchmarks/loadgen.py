@@ -21,6 +21,7 @@ import argparse
 import http.client
 import itertools
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -33,9 +34,11 @@ from pneumo_onnx.engine.offline.timing import summary_ms
 SERIAL = itertools.count()  # across warm-up and run: no two requests carry the same bytes
 
 
-def unique(data: bytes, i: int) -> bytes:
-    """The image with `i` after its end: other bytes (and sha256), the same pixels."""
-    return data + b"pneumo-loadgen-%d" % i
+def unique(data: bytes, i: int, salt: bytes = b"") -> bytes:
+    """The image with `salt` and `i` after its end: other bytes (and sha256), the same pixels.
+    A salt per process keeps two load runs against one server (another concurrency, another
+    route) from sending the same bytes, which a result cache would answer."""
+    return data + b"pneumo-loadgen-%s%d" % (salt, i)
 
 
 class Client:
@@ -87,6 +90,7 @@ def run(
     requests: int,
     concurrency: int,
     route: Route = ROUTES["seed"],
+    salt: bytes = b"",
 ) -> dict:
     """One bounded run; `scores` holds the last score each file (by name) got."""
     parts = urlsplit(url)
@@ -102,7 +106,7 @@ def run(
         while (i := next(counter)) < requests:
             name, data = files[i % len(files)]
             start = time.perf_counter()
-            answer = client.post(name, unique(data, next(SERIAL)))
+            answer = client.post(name, unique(data, next(SERIAL), salt))
             elapsed = time.perf_counter() - start
             with lock:
                 if isinstance(answer, str):
@@ -151,11 +155,11 @@ def main() -> None:
         parser.error(f"no JPEG images in {args.images}")
     # keyed by the path under the folder: the two classes' folders may share file names
     images = [(p.relative_to(args.images).as_posix(), p.read_bytes()) for p in files]
-    route = ROUTES[args.route]
+    route, salt = ROUTES[args.route], os.urandom(6).hex().encode() + b"-"
     if args.warmup > 0:  # excluded from the figures
-        run(args.url, images, args.warmup, min(args.concurrency, args.warmup), route)
+        run(args.url, images, args.warmup, min(args.concurrency, args.warmup), route, salt)
     cpu = tree_cpu_seconds(args.pid) if args.pid else 0.0
-    report = run(args.url, images, args.requests, args.concurrency, route)
+    report = run(args.url, images, args.requests, args.concurrency, route, salt)
     if not args.scores:
         del report["scores"]
     if args.pid:  # the server's processes, its decode workers included

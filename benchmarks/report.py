@@ -48,7 +48,7 @@ def peer_ratios(result: dict[str, Any]) -> list[str]:
             r["concurrency"],
             r["best_peer"],
             _x(r["requests_per_second_ratio"]),
-            f"{r['p99_ms']} vs {r['best_peer_p99_ms']}",
+            f"{r['p99_ms']:.0f} vs {r['best_peer_p99_ms']:.0f}",
             "yes" if r["meets_goal"] else "**no**",
         ]
         for r in result.get("ratios", [])

@@ -34,7 +34,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, required=True)
     p.add_argument("--width", type=int, required=True)
     p.add_argument("--resize-filter", choices=sorted(FILTERS), required=True)
-    p.add_argument("--divide", type=float, required=True, help="pixels 0-255 / this")
+    p.add_argument("--multiply", type=float, required=True, help="pixels 0-255 x this...")
+    p.add_argument("--divide", type=float, required=True, help="... / this")
     p.add_argument("--threshold", type=float, required=True)
     p.add_argument("--labels", default="NORMAL,PNEUMONIA", help="negative,positive")
     p.add_argument("--max-batch", type=int, default=16)
@@ -65,7 +66,8 @@ class Model:
     def prepare_image(self, image: Image.Image) -> np.ndarray:
         size = (self.args.width, self.args.height)
         image = image.convert("RGB").resize(size, FILTERS[self.args.resize_filter])
-        return np.asarray(image, dtype=np.float32) / np.float32(self.args.divide)
+        x = np.asarray(image, dtype=np.float32)
+        return x * np.float32(self.args.multiply) / np.float32(self.args.divide)
 
     def scores(self, batch: np.ndarray) -> list[float]:
         inp, score = self.session.get_inputs()[0].name, self.session.get_outputs()[0].name

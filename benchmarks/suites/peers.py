@@ -86,7 +86,8 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 def peer_args_problem(contract: Contract) -> str | None:
-    """Why the peers' plain PIL pipeline cannot state this model's contract, or None."""
+    """Why the peers' plain PIL pipeline (decode, RGB, resize, x multiply / divide) cannot
+    state this model's contract, or None."""
     spec, s = contract.input, contract.input.scaler()
     plain = (
         spec.layout == "NHWC"
@@ -95,7 +96,6 @@ def peer_args_problem(contract: Contract) -> str | None:
         and spec.resize_mode == "stretch"
         and not spec.pre_resize
         and spec.resize_filter in ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
-        and s.multiply == 1.0
         and not any(s.mean)
         and all(v == 1.0 for v in s.std)
     )
@@ -114,7 +114,8 @@ def peer_argv(python: str, peer: Peer, port: int, contract: Contract) -> list[st
         f"--height={spec.height}",
         f"--width={spec.width}",
         f"--resize-filter={spec.resize_filter}",
-        f"--divide={spec.scaler().divide}",
+        f"--multiply={spec.scaler().multiply!r}",
+        f"--divide={spec.scaler().divide!r}",
         f"--threshold={contract.threshold}",
         f"--labels={contract.negative_label},{contract.positive_label}",
         f"--max-batch={MAX_BATCH}",
