@@ -69,8 +69,8 @@ def run(ctx: Context) -> dict[str, Any]:
     for (name, _), runs in measured.items():
         if ("pneumo" if name in PNEUMO else name) in skipped:
             continue
-        row = _median(runs)
         scores = {k: v for m in runs for k, v in m.pop("scores", {}).items()}
+        row = _median(runs)
         row["answers"] = compare_answers(scores, reference, contract.threshold)
         rows.append(row)
     return {
