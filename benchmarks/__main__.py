@@ -5,10 +5,11 @@ against what a user would pick instead, in the same run.
         [--threads N] [--repeats 3] [--out build/bench] [--label cpu]
 
 Suites: model, pipeline, serve, startup (the default set), conversion, ray, limits (the server's
-memory under the largest requests its limits allow), or `all`. Writes
-bench-<label>-<time>.json (everything, machine-readable), .md (tables) and .png (chart) under
---out. A suite whose dependency is missing is reported as skipped with the reason; a suite that
-fails is reported as failed (exit 1) and the others still run.
+memory under the largest requests its limits allow), peers (`pneumo serve` against FastAPI,
+PyTriton, BentoML and LitServe serving the same model, each in its own cached venv), or `all`.
+Writes bench-<label>-<time>.json (everything, machine-readable), .md (tables) and .png (chart)
+under --out. A suite whose dependency is missing is reported as skipped with the reason; a
+suite that fails is reported as failed (exit 1) and the others still run.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ from pneumo_onnx.engine.errors import PneumoError
 from pneumo_onnx.engine.offline.machine import machine
 
 DEFAULT_SUITES = ("model", "pipeline", "serve", "startup")
-ALL_SUITES = (*DEFAULT_SUITES, "conversion", "ray", "limits")
+ALL_SUITES = (*DEFAULT_SUITES, "conversion", "ray", "limits", "peers")
 SERVE_TARGETS = ("pneumo", "flask-keras", "pneumo-workers2", "pneumo-ray2")
+PEER_NAMES = ("fastapi", "pytriton", "bentoml", "litserve")  # benchmarks.peer_envs.PEERS
 
 
 class BenchUsageError(Exception):
@@ -97,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--serve-targets",
         default="pneumo,flask-keras",
         help=f"some of {', '.join(SERVE_TARGETS)}, or all",
+    )
+    p.add_argument(
+        "--peers", default="all", help=f"peers suite: some of {', '.join(PEER_NAMES)}, or all"
+    )
+    p.add_argument(
+        "--peer-concurrency", default="8,16", help="peers suite: concurrent clients, each run"
     )
     p.add_argument(
         "--compare-checkout",
@@ -167,6 +175,8 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
     suites = _list(args.suite, ALL_SUITES, "--suite")
     targets = _list(args.serve_targets, SERVE_TARGETS, "--serve-targets")
     batches = _positive_ints(args.batch_sizes, "--batch-sizes")
+    peers = _list(args.peers, PEER_NAMES, "--peers")
+    peer_concurrency = _positive_ints(args.peer_concurrency, "--peer-concurrency")
     compare = Path(args.compare_checkout).resolve() if args.compare_checkout else None
     if compare is not None and not (compare / "engine" / "cli" / "__init__.py").is_file():
         raise BenchUsageError(f"--compare-checkout: {compare} is not a pneumo-onnx checkout")
@@ -197,6 +207,8 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
             serve_targets=targets,
             compare=compare,
             rounds=args.rounds,
+            peers=peers,
+            peer_concurrency=peer_concurrency,
         )
         run: dict[str, Any] = {
             "schema": "pneumo-bench/1",
@@ -219,6 +231,8 @@ def bench(args: argparse.Namespace, argv: list[str]) -> int:
                 "requests": ctx.requests,
                 "concurrency": ctx.concurrency,
                 "rounds": ctx.rounds,
+                "peers": peers,
+                "peer_concurrency": peer_concurrency,
                 "compared_checkout": str(compare) if compare else None,
             },
             "suites": {},

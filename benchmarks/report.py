@@ -26,6 +26,37 @@ def _lat(row: Row) -> str:
     return f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f}" if lat else ""
 
 
+def _p50_p99(row: Row) -> str:
+    lat = row.get("latency_ms")
+    return f"{lat['p50']:.0f} / {lat['p99']:.0f}" if lat else ""
+
+
+def _answers(a: dict[str, Any]) -> str:
+    """max |diff| and labels agreeing, FLAGGED with why when they do not match."""
+    if not a.get("images"):
+        return f"**FLAGGED**: {a.get('why', 'not checked')}"
+    text = f"max {a['max_abs_diff']:.4f}, labels {a['labels_agree']}/{a['images']}"
+    return f"{text}, **FLAGGED**: {a['why']}" if a["flagged"] else text
+
+
+def peer_ratios(result: dict[str, Any]) -> list[str]:
+    """pneumo against the best peer at each concurrency, on each route."""
+    lines = ["", "pneumo vs the best peer (most requests/s, no errors, answers not flagged):", ""]
+    rows = [
+        [
+            r["route"],
+            r["concurrency"],
+            r["best_peer"],
+            _x(r["requests_per_second_ratio"]),
+            f"{r['p99_ms']:.0f} vs {r['best_peer_p99_ms']:.0f}",
+            "yes" if r["meets_goal"] else "**no**",
+        ]
+        for r in result.get("ratios", [])
+    ]
+    header = ["pneumo route", "clients", "best peer", "requests/s ratio", "p99 ms (pneumo vs peer)"]
+    return lines + table([*header, ">= 1.5x, lower p99"], rows)
+
+
 COLUMNS: dict[str, list[Column]] = {
     "pipeline": [
         ("images/s (warm)", lambda r: r.get("images_per_second", "")),
@@ -67,6 +98,16 @@ COLUMNS: dict[str, list[Column]] = {
         ("images/s median", lambda r: r["images_per_second"]),
         ("x fp32 (median)", lambda r: _x(r.get("ratio_to_baseline"))),
         ("x fp32 (best)", lambda r: _x(r.get("ratio_to_baseline_best"))),
+    ],
+    "peers": [
+        ("clients", lambda r: r["concurrency"]),
+        ("route", lambda r: r["route"]),
+        ("requests/s", lambda r: r["requests_per_second"]),
+        ("p50 / p99 ms", lambda r: _p50_p99(r)),
+        ("errors", lambda r: f"{r['errors']} of {r['requests']}"),
+        ("tree peak RSS MB", lambda r: r.get("peak_tree_rss_mb", "")),
+        ("server CPU ms/request", lambda r: r.get("server_cpu_ms_per_request", "")),
+        ("answers vs Engine.predict", lambda r: _answers(r.get("answers") or {})),
     ],
     "ray": [
         ("whole process s (median)", lambda r: r["cold_seconds"]),
@@ -144,6 +185,8 @@ def suite_markdown(name: str, result: dict[str, Any]) -> list[str]:
             ["row"] + [c[0] for c in cols],
             [[r["name"]] + [f(r) for _, f in cols] for r in result["rows"]],
         )
+    if name == "peers":
+        lines += peer_ratios(result)
     extra = {
         "pipeline": result.get("fast_vs_reference"),
         "startup": result.get("installed_size"),
@@ -264,6 +307,13 @@ def _panels(run: dict[str, Any]) -> list[tuple[str, str, list[str], Series]]:
             )
         )
         out.append(_percentiles("HTTP latency", [r for r in rows if r.get("latency_ms")]))
+    if "peers" in suites:
+        rows = suites["peers"]["rows"]
+        names = list(dict.fromkeys(r["name"] for r in rows))
+        levels = sorted({r["concurrency"] for r in rows})
+        cell = {(r["name"], r["concurrency"]): r["requests_per_second"] for r in rows}
+        series = [(f"{c} clients", [cell.get((n, c)) for n in names]) for c in levels]
+        out.append(("same model, other servers (higher is better)", "requests/s", names, series))
     if "startup" in suites:
         rows = suites["startup"]["rows"]
         out.append(

@@ -16,7 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks import flops
 from benchmarks.__main__ import main
+from benchmarks.routes import ROUTES, build_seed, build_v2
 from benchmarks.suites import has
+from benchmarks.suites.peers import best_peer_ratios, compare_answers, peer_args_problem
 from benchmarks.timing import ratio
 from pneumo_onnx.engine.offline.timing import summary_ms
 
@@ -86,9 +88,20 @@ def test_summaries() -> None:
         (["--batch-sizes", "one"], "--batch-sizes: expected comma-separated integers"),
         (["--serve-targets", "gunicorn"], "--serve-targets: unknown ['gunicorn']"),
         (["--concurrency", "0"], "--concurrency must be at least 1"),
+        (["--peers", "torchserve"], "--peers: unknown ['torchserve']"),
+        (["--peer-concurrency", "8,0"], "--peer-concurrency: expected integers >= 1"),
         (["--images", "/nonexistent/xrays"], "--images: /nonexistent/xrays is not a folder"),
     ],
-    ids=["suite", "batch-zero", "batch-text", "target", "concurrency", "images"],
+    ids=[
+        "suite",
+        "batch-zero",
+        "batch-text",
+        "target",
+        "concurrency",
+        "peer",
+        "peer-concurrency",
+        "images",
+    ],
 )
 def test_bad_options_are_usage_errors(
     argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -216,3 +229,139 @@ def test_a_checkout_compared_in_the_same_run(tmp_path: Path) -> None:
     assert len(rows["pneumo"]["rounds_requests_per_second"]) == 2
     assert rows["pneumo"]["ratio_to_before"] > 0
     assert main(["--compare-checkout", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+
+
+JPEG = b"\xff\xd8 pixels \xff\xd9pneumo-loadgen-7"
+SEED_ANSWER = {"prediction": "NORMAL", "confidence": 0.9, "raw_score": 0.1, "threshold": 0.71}
+
+
+def test_seed_request_is_the_seed_apis_multipart_upload() -> None:
+    path, body, headers = build_seed("NORMAL/a.jpeg", JPEG)
+    boundary = headers["Content-Type"].split("boundary=")[1]
+    assert path == "/predict" and headers["Content-Type"].startswith("multipart/form-data")
+    assert body.startswith(f"--{boundary}\r\n".encode()) and body.endswith(
+        f"--{boundary}--\r\n".encode()
+    )
+    assert b'name="image"; filename="a.jpeg"' in body and JPEG in body
+
+
+def test_v2_request_is_a_binary_bytes_tensor_of_one_image() -> None:
+    path, body, headers = build_v2("NORMAL/a.jpeg", JPEG)
+    n = int(headers["Inference-Header-Content-Length"])
+    header, blob = json.loads(body[:n]), body[n:]
+    assert path == "/v2/models/pneumonia/infer"
+    (tensor,) = header["inputs"]
+    assert tensor["name"] == "image_bytes" and tensor["datatype"] == "BYTES"
+    assert tensor["shape"] == [1, 1] and tensor["parameters"]["binary_data_size"] == len(blob)
+    assert struct.unpack("<I", blob[:4])[0] == len(JPEG) and blob[4:] == JPEG
+    assert header["outputs"] == [{"name": "score", "parameters": {"binary_data": False}}]
+
+
+@pytest.mark.parametrize(
+    ("route", "payload", "answer"),
+    [
+        ("seed", SEED_ANSWER, 0.1),
+        ("seed", {"raw_score": 0.1}, "missing fields: ['confidence', 'prediction', 'threshold']"),
+        ("seed", {**SEED_ANSWER, "raw_score": "0.1"}, "the score is not a number"),
+        ("seed", [SEED_ANSWER], "not a JSON object"),
+        ("list", [SEED_ANSWER], 0.1),
+        ("list", [SEED_ANSWER, SEED_ANSWER], "expected a list of one answer"),
+        ("v2", {"outputs": [{"name": "score", "shape": [1, 1], "data": [0.25]}]}, 0.25),
+        ("v2", {"outputs": [{"name": "prob", "data": [0.25]}]}, "expected output 'score'"),
+        ("v2", {"error": "overloaded"}, "expected output 'score'"),
+    ],
+    ids=[
+        "seed",
+        "seed-missing",
+        "seed-text",
+        "seed-list",
+        "list",
+        "list-two",
+        "v2",
+        "v2-name",
+        "v2-error",
+    ],
+)
+def test_each_route_reads_the_score_or_says_what_was_wrong(
+    route: str, payload: object, answer: float | str
+) -> None:
+    got = ROUTES[route].score(json.dumps(payload).encode())
+    assert got == answer if isinstance(answer, float) else str(got).startswith(answer), got
+    garbage = {"seed": "not a JSON object", "list": "expected a list", "v2": "expected output"}
+    assert str(ROUTES[route].score(b"<html>")).startswith(garbage[route])
+
+
+@pytest.mark.parametrize(
+    ("scores", "flagged", "why"),
+    [
+        ({"a": 0.1, "b": 0.9, "c": 0.705}, False, ""),
+        ({"a": 0.1, "b": 0.9, "c": 0.715}, False, ""),  # a flip 0.005 from the threshold
+        ({"a": 0.1, "b": 0.95, "c": 0.705}, True, "max |diff| 0.0500 > 0.02"),
+        ({"a": 0.1, "b": 0.5, "c": 0.705}, True, "1 labels differ away from the threshold"),
+        ({"z": 0.5}, True, "no answers to compare"),
+    ],
+    ids=["same", "flip-at-threshold", "score-strays", "label-flips", "nothing-in-common"],
+)
+def test_answers_are_checked_against_the_reference(
+    scores: dict[str, float], flagged: bool, why: str
+) -> None:
+    reference = {"a": 0.1, "b": 0.9, "c": 0.705, "d": 0.3}
+    checked = compare_answers(scores, reference, threshold=0.71)
+    assert checked["flagged"] is flagged and why in checked["why"], checked
+    if scores.keys() <= reference.keys():
+        assert checked["images"] == 3
+        assert checked["labels_agree"] + checked["labels_differ"] == 3
+
+
+def row(name: str, c: int, rps: float, p99: float, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "concurrency": c, "requests_per_second": rps, "errors": 0,
+            "latency_ms": {"p99": p99}, **extra}  # fmt: skip
+
+
+def test_pneumo_is_compared_with_the_best_sound_peer_at_each_concurrency() -> None:
+    rows = [
+        row("pneumo-seed", 16, 60.0, 300.0),
+        row("pneumo-v2", 16, 45.0, 500.0),
+        row("fastapi", 16, 20.0, 900.0),
+        row("bentoml", 16, 30.0, 400.0),
+        row("litserve", 16, 90.0, 100.0, answers={"flagged": True}),  # wrong answers: not best
+        row("pytriton", 16, 99.0, 100.0, errors=3),  # errors: not best
+        row("pneumo-seed", 8, 50.0, 200.0),
+        row("fastapi", 8, 40.0, 150.0),
+    ]
+    got = {(r["route"], r["concurrency"]): r for r in best_peer_ratios(rows)}
+    assert set(got) == {("seed", 16), ("v2", 16), ("seed", 8)}
+    assert got[("seed", 16)]["best_peer"] == "bentoml"
+    assert got[("seed", 16)]["requests_per_second_ratio"] == 2.0
+    assert got[("seed", 16)]["meets_goal"] is True
+    assert got[("v2", 16)]["requests_per_second_ratio"] == 1.5
+    assert got[("v2", 16)]["meets_goal"] is False  # 1.5x, but a higher p99
+    assert got[("seed", 8)]["best_peer"] == "fastapi" and got[("seed", 8)]["meets_goal"] is False
+
+
+def test_the_peers_state_the_shipped_models_pipeline() -> None:
+    from pneumo_onnx.engine.runtime.engine import Engine
+
+    with Engine.load("models/pneumonia/2") as engine:
+        assert peer_args_problem(engine.contract) is None
+
+
+@pytest.mark.slow
+def test_peers_suite_smoke_with_the_fastapi_peer(tmp_path: Path) -> None:
+    """`pneumo serve` on both routes and the plain FastAPI peer (its venv made in the cache
+    on first use), a few requests each; every answer checked against Engine.predict."""
+    extra = ("--peers", "fastapi", "--requests", "4", "--peer-concurrency", "2")
+    result = smoke(tmp_path, "peers", *extra)
+    rows = {r["name"]: r for r in result["rows"]}
+    skipped = {s["name"]: s["reason"] for s in result["skipped"]}
+    assert {"pneumo-seed", "pneumo-v2"} <= set(rows)
+    assert set(rows) | set(skipped) == {"pneumo-seed", "pneumo-v2", "fastapi"}
+    for r in rows.values():
+        assert r["errors"] == 0, r["error_examples"]
+        assert r["latency_ms"]["n"] == 4 and r["peak_tree_rss_mb"] > 10
+        assert r["answers"]["images"] >= 1 and not r["answers"]["flagged"], r["answers"]
+    if "fastapi" in rows:
+        assert {(r["route"], r["best_peer"]) for r in result["ratios"]} == {
+            ("seed", "fastapi"),
+            ("v2", "fastapi"),
+        }

@@ -33,6 +33,9 @@ class Context:
     # its server and its `pneumo batch` too, `rounds` times in alternation with this one's.
     compare: Path | None = None
     rounds: int = 1
+    # The `peers` suite: which peers (benchmarks.peer_envs.PEERS) and at which concurrencies.
+    peers: list[str] = field(default_factory=lambda: ["fastapi", "pytriton", "bentoml", "litserve"])
+    peer_concurrency: list[int] = field(default_factory=lambda: [8, 16])
 
 
 COMPARED = "before"  # the row name suffix of the compared checkout's rows

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from benchmarks.memory import descendants
 from benchmarks.suites import COMPARED, NO_KERAS, Context, checkout_env, has, pneumo_argv
 from benchmarks.timing import ProcessFailed, json_from_stdout, ratio, run_process
 
@@ -69,8 +72,8 @@ def server_argv(target: str, port: int, workdir: Path, checkout: Path | None = N
     return [sys.executable, "-m", "benchmarks.seed_server", "--port", str(port)]
 
 
-def wait_ready(proc: subprocess.Popen, port: int, log: Path) -> float:
-    """Seconds until GET /health answers 200; raises if the server dies or never gets there."""
+def wait_ready(proc: subprocess.Popen, port: int, log: Path, health: str = "/health") -> float:
+    """Seconds until GET `health` answers 200; raises if the server dies or never gets there."""
     start = time.perf_counter()
     while time.perf_counter() - start < READY_TIMEOUT:
         if proc.poll() is not None:
@@ -78,7 +81,7 @@ def wait_ready(proc: subprocess.Popen, port: int, log: Path) -> float:
             raise ProcessFailed(f"server exited {proc.returncode} before ready: {tail[0]}")
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         try:
-            conn.request("GET", "/health")
+            conn.request("GET", health)
             if conn.getresponse().status == 200 and (
                 "--ray" not in proc.args or ALL_REPLICAS_UP in log.read_bytes()
             ):
@@ -96,25 +99,40 @@ def server(
     target: str, workdir: Path, checkout: Path | None = None
 ) -> Iterator[tuple[subprocess.Popen, int, float]]:
     port = free_port()
-    log = workdir / f"server-{target}.log"
     cwd, env = checkout_env(checkout)
+    argv = server_argv(target, port, workdir, checkout)
+    with running(argv, port, workdir / f"server-{target}.log", cwd=cwd, env=env) as (proc, ready):
+        yield proc, port, ready
+
+
+@contextlib.contextmanager
+def running(
+    argv: list[str],
+    port: int,
+    log: Path,
+    health: str = "/health",
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[subprocess.Popen, float]]:
+    """A server process, its output in `log`, until GET `health` answers; stopped (SIGTERM,
+    then SIGKILL after 20 s) when the block ends, and so is any process it started that
+    outlives it (a framework's own server or workers). Yields it and its seconds to ready."""
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            server_argv(target, port, workdir, checkout),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=env,
-        )
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    children: list[int] = []
     try:
-        yield proc, port, wait_ready(proc, port, log)
+        yield proc, wait_ready(proc, port, log, health)
     finally:
+        children = descendants(proc.pid)
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def load(ctx: Context, target: str) -> dict[str, Any]:
