@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from keras import layers as L
 
+from parity_tests.conftest import NEEDS_FULLRES
 from pneumo_onnx.engine.cli import main
 from pneumo_onnx.engine.repository.manifest import read_manifest
 from pneumo_onnx.engine.runtime.samples import sample_images
@@ -109,6 +110,7 @@ def _layers(model: Any) -> list[Any]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("base", "side", "preset", "kw"), BASES, ids=[b[2] for b in BASES])
+@NEEDS_FULLRES
 def test_deep_bases_convert_with_default_flags(
     base: Callable[..., keras.Model], side: int, preset: str, kw: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from parity_tests.conftest import SHARED_FULLRES
+from parity_tests.conftest import NEEDS_FULLRES, SHARED_FULLRES
 from pneumo_onnx.engine.cli import main
 from pneumo_onnx.engine.contract import Contract, InputSpec
 from pneumo_onnx.engine.repository.manifest import read_manifest
@@ -387,6 +387,10 @@ def keras_outputs(model: keras.Model, x: np.ndarray) -> np.ndarray:
     )
 
 
+# Cases whose wrong-pipeline control needs more than the 6 samples to show its margin.
+MANY_IMAGES = {"two-sigmoids-argmax-label-0-pneumonia"}
+
+
 # --- the test ----------------------------------------------------------------------------------
 
 
@@ -394,6 +398,8 @@ def keras_outputs(model: keras.Model, x: np.ndarray) -> np.ndarray:
 def test_default_batch_matches_the_users_pipeline(
     name: str, folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    if name in MANY_IMAGES and not SHARED_FULLRES.is_dir():
+        pytest.skip(f"{name}: {NEEDS_FULLRES.kwargs['reason']}")
     check_case(name, CASES[name], folders, tmp_path, capsys)
 
 

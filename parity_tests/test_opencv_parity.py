@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from parity_tests import test_fidelity_matrix as matrix
+from parity_tests.conftest import NEEDS_FULLRES
 from parity_tests.test_fidelity_matrix import Case, Pipeline, check_case, raw, rescale, small_cnn
 from pneumo_onnx.engine.cli import main
 
@@ -123,6 +124,7 @@ def test_default_batch_matches_the_authors_cv2_pipeline(
     check_case(name, CASES[name], folders, tmp_path, capsys)
 
 
+@NEEDS_FULLRES
 def test_expected_scores_catch_a_step_the_conversion_was_not_told(
     folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

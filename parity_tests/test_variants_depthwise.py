@@ -23,7 +23,7 @@ import keras
 import numpy as np
 import pytest
 
-from parity_tests.conftest import SHARED_FULLRES
+from parity_tests.conftest import NEEDS_FULLRES, SHARED_FULLRES
 from parity_tests.test_fidelity_matrix import all_layers, application, calibrate
 from pneumo_onnx.convert.precision import Scorer, grey_level_sensitivity
 from pneumo_onnx.convert.probes import real_batch
@@ -134,6 +134,7 @@ def test_variants_keep_to_their_gate_on_x_rays_they_were_not_built_on(converted,
 
 
 @pytest.mark.parametrize("key", ["fp16", "int8", "int8-full"])
+@NEEDS_FULLRES
 def test_manifest_says_which_nodes_stayed_fp32_and_why(converted, key: str) -> None:
     """The plain build (nothing more in fp32 than the variant's standing rule) misses the
     target on the calibration X-rays; the build kept is the most faithful attempt, and the
