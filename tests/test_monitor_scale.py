@@ -48,6 +48,7 @@ def bulk(path: Path, n: int, start: float, hours: float) -> None:
     conn.close()
 
 
+@pytest.mark.slow  # over 5 s: make test runs it, make test-fast leaves it out
 def test_reports_on_a_large_log_use_bounded_python_memory(tmp_path: Path) -> None:
     """300,000 rows: the reports' Python allocations stay under 2 MB (reading the rows into
     Python, as before, took ~100 MB for this many)."""

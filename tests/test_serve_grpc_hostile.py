@@ -179,6 +179,7 @@ def test_a_protobuf_structure_bomb_is_parsed_in_a_bounded_worker(
     assert_up(channel)
 
 
+@pytest.mark.slow  # over 5 s: make test runs it, make test-fast leaves it out
 def test_abandoned_and_expired_calls_give_their_budget_back(
     server: ServerProcess, channel: grpc.Channel
 ) -> None:

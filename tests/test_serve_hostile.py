@@ -86,6 +86,7 @@ def test_deflated_dicom_bomb_is_refused_before_inflating(server: ServerProcess) 
     assert_ready(server)
 
 
+@pytest.mark.slow  # over 5 s: make test runs it, make test-fast leaves it out
 def test_largest_allowed_images_stay_under_1_gb(server: ServerProcess) -> None:
     """An 80 Mpx RGB PNG, a 59 Mpx 16-bit RLE DICOM and a 20 Mpx 16-bit PNG (each within the
     limits, each a few hundred KB) are scored, decoded in the memory-capped workers; an 80
@@ -177,6 +178,7 @@ def test_a_flood_of_large_uploads_is_shed_with_503(server: ServerProcess) -> Non
     assert_ready(server)
 
 
+@pytest.mark.slow  # over 5 s: make test runs it, make test-fast leaves it out
 def test_large_fp32_json_does_not_stall_liveness(server: ServerProcess) -> None:
     """Eight 14.7 MB FP32 JSON bodies at once: liveness answers throughout, well within the
     Dockerfile health check's 5 s."""

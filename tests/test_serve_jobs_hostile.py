@@ -164,6 +164,7 @@ def _wait_attempts(db: Path, job_id: str, attempts: int) -> None:
     raise AssertionError(f"the heavy image never reached attempt {attempts}")
 
 
+@pytest.mark.slow  # over 5 s: make test runs it, make test-fast leaves it out
 def test_a_full_disk_degrades_readiness_and_shutdown_stays_bounded(tmp_path: Path) -> None:
     """Every file the server extends is capped (RLIMIT_FSIZE, set on the running process with
     prlimit): writes fail with EFBIG as they would with ENOSPC on a full disk. Readiness says

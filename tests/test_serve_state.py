@@ -41,6 +41,7 @@ def wait_for(check: object, seconds: float = 20.0) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow  # over 5 s: make test runs it, make test-fast leaves it out
 def test_concurrent_job_uploads_cannot_pass_the_store_cap(tmp_path: Path) -> None:
     """Four uploads of 6 MB of images at once against a 16 MB store: the cap is checked in
     the write transaction that stores the job, so at most two are accepted, the rest get
