@@ -40,10 +40,15 @@ def status_kb(pid: int, field: str) -> int:
 
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process and of its descendants alive now."""
+    return cpu_seconds([pid, *descendants(pid)])
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes (0 for one that is gone)."""
     import os
 
     ticks = 0
-    for p in [pid, *descendants(pid)]:
+    for p in pids:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:

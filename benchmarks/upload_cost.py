@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,21 +19,11 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.loadgen import multipart, unique
-from benchmarks.memory import descendants
+from benchmarks.loadgen import unique
+from benchmarks.memory import cpu_seconds, descendants
+from benchmarks.routes import multipart
 
 SHARED_FULLRES = Path(__file__).resolve().parents[2] / "shared" / "data" / "fullres"
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    ticks = 0
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def send(port: int, bodies: list[tuple[bytes, str]], concurrency: int) -> int:
@@ -115,8 +104,9 @@ def main() -> None:
         way: {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in runs[0]}
         for way, runs in rows.items()
     }
-    summary["raw_over_multipart_server_cpu"] = round(
-        summary["raw"]["server_cpu_ms"] / summary["multipart"]["server_cpu_ms"], 3
+    multipart_cpu = summary["multipart"]["server_cpu_ms"]  # 0: fewer requests than a tick
+    summary["raw_over_multipart_server_cpu"] = (
+        round(summary["raw"]["server_cpu_ms"] / multipart_cpu, 3) if multipart_cpu else None
     )
     print(json.dumps({"medians": summary, "rounds": rows}, indent=1))
 

@@ -365,3 +365,27 @@ def test_peers_suite_smoke_with_the_fastapi_peer(tmp_path: Path) -> None:
             ("seed", "fastapi"),
             ("v2", "fastapi"),
         }
+
+
+@pytest.mark.slow
+def test_upload_cost_measures_both_ways_against_a_real_server() -> None:
+    """`python -m benchmarks.upload_cost` end to end, tiny: both ways answered, CPU counted."""
+    import subprocess
+    import sys
+
+    from pneumo_onnx.engine.runtime.samples import SAMPLES_DIR
+
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.upload_cost", "--images", str(SAMPLES_DIR)),
+            *("--requests", "6", "--rounds", "1", "--concurrency", "2"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    medians = json.loads(done.stdout)["medians"]
+    for way in ("multipart", "raw"):
+        assert medians[way]["errors"] == 0 and medians[way]["requests_per_second"] > 0
+    assert "raw_over_multipart_server_cpu" in medians
