@@ -17,6 +17,7 @@ from pneumo_onnx.engine.repository.manifest import MANIFEST_NAME, read_manifest
 from pneumo_onnx.engine.repository.sections import FileEntry
 from pneumo_onnx.engine.runtime.samples import sample_images
 from pneumo_onnx.engine.serve.store.backend import Target
+from pneumo_onnx.engine.serve.store.record import PredictionRecord
 from tests.postgres_server import PostgresServer, find_bindir
 
 
@@ -124,3 +125,32 @@ def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[st
         return made[name]
 
     return target
+
+
+def rec(
+    t: float,
+    score: float | None = 0.7,
+    *,
+    threshold: float = 0.5,
+    latency: float = 10.0,
+    version: str = "1",
+    request_id: str = "r",
+    error: str | None = None,
+    image: bytes | None = None,
+) -> PredictionRecord:
+    """One row of the prediction log, as the scoring path hands it over."""
+    label = None if score is None else ("PNEUMONIA" if score > threshold else "NORMAL")
+    return PredictionRecord(
+        time=t,
+        request_id=request_id,
+        route="/predict",
+        model_name="pneumonia",
+        model_version=version,
+        score=score,
+        label=label,
+        threshold=None if score is None else threshold,
+        latency_ms=latency,
+        image_sha256="0" * 64,
+        image=image,
+        error=error,
+    )

@@ -20,7 +20,8 @@ from pneumo_onnx.engine.cli import main
 from pneumo_onnx.engine.cli.options import bare_json_flags
 from pneumo_onnx.engine.contract import Contract, InputSpec
 from pneumo_onnx.engine.runtime.results import ROW_COLUMNS
-from pneumo_onnx.engine.serve.store.predictions import PredictionLog, PredictionRecord
+from pneumo_onnx.engine.serve.store.predictions import PredictionLog
+from tests.conftest import rec
 
 CONTRACT = Contract(input=InputSpec(height=32, width=32))
 QUICK_BENCH = ["--seconds", "0.05", "--batch-sizes", "1", "--batch-size", "1"]
@@ -44,20 +45,7 @@ def inputs(tmp_path: Path, write_model: Callable[..., Path]) -> Inputs:
     db = tmp_path / "predictions.db"
     with PredictionLog(db) as log:
         for i in range(20):
-            log.record(
-                PredictionRecord(
-                    time=time.time() - 60 * i,
-                    request_id="r",
-                    route="/predict",
-                    model_name="pneumonia",
-                    model_version="1",
-                    score=0.2,
-                    label="NORMAL",
-                    threshold=0.5,
-                    latency_ms=10.0,
-                    image_sha256="0" * 64,
-                )
-            )
+            log.record(rec(time.time() - 60 * i, 0.2))
     return Inputs(
         model=str(write_model(contract=CONTRACT)),
         image=str(labelled / "NORMAL" / "10.png"),

@@ -21,7 +21,8 @@ from pneumo_onnx.engine.cli import main
 from pneumo_onnx.engine.contract import Contract, InputSpec
 from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from pneumo_onnx.engine.runtime.samples import SAMPLES_DIR
-from pneumo_onnx.engine.serve.store.predictions import PredictionLog, PredictionRecord
+from pneumo_onnx.engine.serve.store.predictions import PredictionLog
+from tests.conftest import rec
 
 SAMPLES = str(SAMPLES_DIR)
 MODEL = str(Path(__file__).resolve().parents[1] / "models" / "pneumonia" / "2" / "model.onnx")
@@ -116,24 +117,9 @@ def inputs(tmp: Path, model: Path) -> dict[str, str]:
     for name, recent in (("steady", 0.1), ("drifted", 0.9)):
         with PredictionLog(tmp / f"{name}.db") as log:
             for i in range(60):
-                log.record(logged(now - 72 * HOUR, 0.1 + i / 1000))
-                log.record(logged(now - HOUR, recent + i / 1000))
+                log.record(rec(now - 72 * HOUR, 0.1 + i / 1000, latency=12.0))
+                log.record(rec(now - HOUR, recent + i / 1000, latency=12.0))
     return {"{xrays}": str(tmp / "xrays"), "{broken}": str(tmp / "broken"), "{model}": str(model)}
-
-
-def logged(t: float, score: float) -> PredictionRecord:
-    return PredictionRecord(
-        time=t,
-        request_id="r",
-        route="/predict",
-        model_name="pneumonia",
-        model_version="1",
-        score=score,
-        label="PNEUMONIA" if score > 0.5 else "NORMAL",
-        threshold=0.5,
-        latency_ms=12.0,
-        image_sha256="0" * 64,
-    )
 
 
 @pytest.mark.parametrize(

@@ -27,38 +27,11 @@ from pneumo_onnx.engine.serve.store.reports import (
     psi_level,
     summarize,
 )
+from tests.conftest import rec
 
 StoreTarget = Callable[[str], Target]  # the store_target fixture: SQLite or PostgreSQL
 NOW = 1_700_000_000.0
 HOUR = 3600.0
-
-
-def rec(
-    t: float,
-    score: float | None = 0.7,
-    *,
-    threshold: float = 0.5,
-    latency: float = 10.0,
-    version: str = "1",
-    request_id: str = "r",
-    error: str | None = None,
-    image: bytes | None = None,
-) -> PredictionRecord:
-    label = None if score is None else ("PNEUMONIA" if score > threshold else "NORMAL")
-    return PredictionRecord(
-        time=t,
-        request_id=request_id,
-        route="/predict",
-        model_name="pneumonia",
-        model_version=version,
-        score=score,
-        label=label,
-        threshold=None if score is None else threshold,
-        latency_ms=latency,
-        image_sha256="0" * 64,
-        image=image,
-        error=error,
-    )
 
 
 def rows(path: Target, sql: str = "SELECT COUNT(*) FROM predictions") -> list[tuple]:

@@ -11,25 +11,11 @@ from pathlib import Path
 import pytest
 
 from pneumo_onnx.engine.cli import main
-from pneumo_onnx.engine.serve.store.predictions import PredictionLog, PredictionRecord
+from pneumo_onnx.engine.serve.store.predictions import PredictionLog
 from pneumo_onnx.engine.serve.store.reports import summarize
+from tests.conftest import rec
 
 HOUR = 3600.0
-
-
-def record(t: float, score: float, latency: float = 12.0) -> PredictionRecord:
-    return PredictionRecord(
-        time=t,
-        request_id="r",
-        route="/predict",
-        model_name="pneumonia",
-        model_version="1",
-        score=score,
-        label="PNEUMONIA" if score > 0.5 else "NORMAL",
-        threshold=0.5,
-        latency_ms=latency,
-        image_sha256="0" * 64,
-    )
 
 
 @pytest.fixture
@@ -39,9 +25,9 @@ def db(tmp_path: Path) -> Path:
     path = tmp_path / "predictions.db"
     with PredictionLog(path) as log:
         for i in range(40):
-            log.record(record(now - 72 * HOUR, 0.1 + i / 1000))
+            log.record(rec(now - 72 * HOUR, 0.1 + i / 1000, latency=12.0))
         for i in range(60):
-            log.record(record(now - HOUR, 0.2 if i % 2 else 0.8, latency=10.0 + i))
+            log.record(rec(now - HOUR, 0.2 if i % 2 else 0.8, latency=10.0 + i))
     return path
 
 

@@ -11,27 +11,13 @@ from dataclasses import replace
 
 from pneumo_onnx.engine.serve.store.backend import Target
 from pneumo_onnx.engine.serve.store.databases import open_database
-from pneumo_onnx.engine.serve.store.predictions import PredictionLog, PredictionRecord
+from pneumo_onnx.engine.serve.store.predictions import PredictionLog
 from pneumo_onnx.engine.serve.store.reports import summarize
 from pneumo_onnx.engine.serve.store.schema import MIGRATIONS, VERSIONS
+from tests.conftest import rec
 
 StoreTarget = Callable[[str], Target]  # the store_target fixture: SQLite or PostgreSQL
 NOW = 1_700_000_000.0
-
-
-def rec(t: float, latency: float) -> PredictionRecord:
-    return PredictionRecord(
-        time=t,
-        request_id="r",
-        route="/predict",
-        model_name="pneumonia",
-        model_version="2",
-        score=0.7,
-        label="PNEUMONIA",
-        threshold=0.5,
-        latency_ms=latency,
-        image_sha256="0" * 64,
-    )
 
 
 def query(target: Target, sql: str) -> list[tuple]:
@@ -46,9 +32,11 @@ def test_summary_counts_jobs_apart_and_times_requests_only(store_target: StoreTa
     path = store_target("predictions.db")
     with PredictionLog(path) as log:
         for i in range(4):
-            log.record(rec(NOW - 60 + i, latency=10.0 + i))
+            log.record(rec(NOW - 60 + i, latency=10.0 + i, version="2"))
         for i in range(3):  # one chunk of a job: the chunk's time on each image
-            log.record(replace(rec(NOW - 30 + i, latency=5000.0), route="/jobs", source="job"))
+            log.record(
+                replace(rec(NOW - 30 + i, latency=5000.0, version="2"), route="/jobs", source="job")
+            )
     s = summarize(path, hours=1, now=NOW)
     assert (s["total"], s["scored"]) == (7, 7)
     assert s["by_source"] == {"interactive": 4, "job": 3}
@@ -79,7 +67,7 @@ def test_a_version_1_log_reads_as_requests_and_is_migrated(store_target: StoreTa
     s = summarize(path, hours=1, now=NOW)  # a report reads it as it is
     assert s["by_source"] == {"interactive": 1, "job": 0} and s["latency_ms"]["max"] == 12.0
     with PredictionLog(path) as log:  # a server opening it runs the next step
-        log.record(replace(rec(NOW - 5, latency=900.0), source="job"))
+        log.record(replace(rec(NOW - 5, latency=900.0, version="2"), source="job"))
     s = summarize(path, hours=1, now=NOW)
     assert s["by_source"] == {"interactive": 1, "job": 1} and s["latency_ms"]["max"] == 12.0
     versions = query(path, "SELECT version FROM pneumo_schema WHERE store = 'predictions'")
