@@ -35,7 +35,7 @@ def run(config: ServeConfig) -> None:
     except ImportError as e:
         raise MissingExtraError("serve", "pneumo serve", e.name or "uvicorn") from e
     _check_files(config)
-    from pneumo_onnx.engine.serve.front.protocol import GuardedH11Protocol
+    from pneumo_onnx.engine.serve.front.protocol import GuardedHttpProtocol
 
     _warn_if_open(config)
     trusted = list(config.forwarded_allow_ips)
@@ -49,7 +49,7 @@ def run(config: ServeConfig) -> None:
         access_log=False,  # the Gate writes the access log, with request ids
         server_header=False,
         # a deadline for request headers, a cap per client address
-        http=GuardedH11Protocol.configured(
+        http=GuardedHttpProtocol.configured(
             config.header_timeout, config.max_connections_per_client, config.forwarded_allow_ips
         ),
         limit_concurrency=config.max_connections,  # beyond: 503 at once

@@ -1,4 +1,5 @@
-"""uvicorn's h11 protocol with what a server facing the open network needs beyond it:
+"""uvicorn's httptools protocol (llhttp, in C: a request's parsing costs a fraction of h11's,
+benchmarks/RESULTS.md, issue 24) with what a server facing the open network needs beyond it:
 
 - a deadline for request headers: a client that connects and sends nothing, or trickles its
   headers, is disconnected after `--header-timeout` seconds instead of holding a connection for
@@ -8,7 +9,10 @@
   with X-Forwarded-For excepted): past it, a new one gets the API's JSON 503 and is closed;
 - before a new connection would go past `--max-connections`, the connections that wait for a
   request the longest (nothing sent, or headers trickling) are closed to make room, so that
-  idle sockets cannot lock clients out; only busy ones can, and they get the API's JSON 503.
+  idle sockets cannot lock clients out; only busy ones can, and they get the API's JSON 503;
+- a request's line and headers at most MAX_HEAD_BYTES (llhttp has no limit of its own; h11
+  stopped at 16 KB): past it, the API's JSON 431 and the connection closed;
+- a request the parser refuses (malformed framing) gets the API's JSON 400, not text.
 """
 
 from __future__ import annotations
@@ -16,16 +20,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import sys
 from typing import Any, cast
 
 from starlette.types import Receive, Scope, Send
-from uvicorn.protocols.http import h11_impl
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http import httptools_impl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from pneumo_onnx.engine.serve.front.errors import error_response
 
 OVER_CAPACITY = "the server has too many connections open: try again later"
 TOO_MANY_FROM_YOU = "too many connections from your address: close some, then try again"
+MAX_HEAD_BYTES = 64 * 1024  # a request line and its headers
+HEAD_TOO_LARGE = f"the request line and headers are over {MAX_HEAD_BYTES // 1024} KB"
 
 
 async def over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
@@ -35,12 +42,14 @@ async def over_capacity(scope: Scope, receive: Receive, send: Send) -> None:
     await error_response(503, OVER_CAPACITY, headers)(scope, receive, send)
 
 
-# uvicorn looks this ASGI app up in h11_impl's globals for each request over its limit; it has no
-# setting for it, so the module that owns our HTTP protocol replaces it, once, at import.
-h11_impl.service_unavailable = over_capacity  # type: ignore[assignment]
+# uvicorn looks this ASGI app up in its protocol module's globals for each request over its
+# limit; it has no setting for it, so the module that owns our HTTP protocol replaces it, once,
+# at import.
+httptools_impl.service_unavailable = over_capacity  # type: ignore[assignment]
 
 
-class GuardedH11Protocol(H11Protocol):
+class GuardedHttpProtocol(HttpToolsProtocol):
+    _head_bytes = 0  # of the request line and headers so far
     _header_timer: asyncio.TimerHandle | None = None
     _waiting_since = 0.0  # when it last began to wait for a request
 
@@ -69,11 +78,11 @@ class GuardedH11Protocol(H11Protocol):
         )
         return cast(type[asyncio.Protocol], bound)  # uvicorn only calls it
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
         self._waiting_since = self.loop.time()
         if self._over_client_limit():
-            _refuse(transport, TOO_MANY_FROM_YOU)
+            _refuse(transport, "503 Service Unavailable", TOO_MANY_FROM_YOU)
             return
         self._make_room()
         self._arm()
@@ -88,6 +97,36 @@ class GuardedH11Protocol(H11Protocol):
     def on_response_complete(self) -> None:
         self._waiting_since = self.loop.time()
         super().on_response_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """What uvicorn answers a request its parser refuses, as the API answers: JSON, with
+        what the parser found (uvicorn calls this while handling the parser's error)."""
+        if self._head_bytes > MAX_HEAD_BYTES:
+            _refuse(self.transport, "431 Request Header Fields Too Large", HEAD_TOO_LARGE, False)
+            return
+        found = sys.exc_info()[1]
+        if found is not None and str(found):
+            msg = f"malformed HTTP request: {str(found)[:200]}"
+        _refuse(self.transport, "400 Bad Request", msg, retry=False)
+
+    def on_message_begin(self) -> None:
+        self._head_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        """Past MAX_HEAD_BYTES the parser stops (a callback that raises ends its feed) and
+        uvicorn calls `send_400_response`, which answers 431."""
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise ValueError(HEAD_TOO_LARGE)
 
     def _over_client_limit(self) -> bool:
         limit = self.per_client
@@ -113,8 +152,8 @@ class GuardedH11Protocol(H11Protocol):
             # this connection's request to uvicorn's limit check first.
             self.connections.discard(p)
 
-    def _ours(self) -> list[GuardedH11Protocol]:
-        return [p for p in self.connections if isinstance(p, GuardedH11Protocol)]
+    def _ours(self) -> list[GuardedHttpProtocol]:
+        return [p for p in self.connections if isinstance(p, GuardedHttpProtocol)]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -138,12 +177,16 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.close()
 
 
-def _refuse(transport: asyncio.BaseTransport, message: str) -> None:
-    """Answer a connection we will not serve with the API's JSON 503, then close it."""
+def _refuse(
+    transport: asyncio.BaseTransport, status: str, message: str, retry: bool = True
+) -> None:
+    """Answer a connection we will not serve (or no longer) with the API's JSON error, then
+    close it; `retry`: with Retry-After (the refusal is for now)."""
     body = json.dumps({"error": message}).encode()
     head = (
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
-        f"retry-after: 1\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+        f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\n"
+        + ("retry-after: 1\r\n" if retry else "")
+        + f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
     )
     # uvloop's transports write without deriving from asyncio.WriteTransport
     write = getattr(transport, "write", None)
