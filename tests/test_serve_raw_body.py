@@ -53,3 +53,37 @@ def test_bad_raw_bodies_get_specific_errors(server: ServerProcess) -> None:
         f"{server.url}/predict", content=b"hello", headers={"Content-Type": "text/plain"}
     )
     assert r.status_code == 400 and "as the body with its Content-Type" in r.json()["error"]
+
+
+def test_predict_reads_its_own_query_and_form_as_fastapi_did(server: ServerProcess) -> None:
+    """`/predict` is served past FastAPI's router (engine.serve.front.direct): its flags,
+    form fields and errors are read by the route itself, with FastAPI's answers."""
+    data = SAMPLE.read_bytes()
+    url = f"{server.url}/predict"
+    r = httpx.post(f"{url}?heatmap=maybe", files={"image": (SAMPLE.name, data)})
+    assert r.status_code == 422
+    assert r.json() == {
+        "error": "query.heatmap: Input should be a valid boolean, unable to interpret input"
+    }
+    r = httpx.post(
+        f"{url}?heatmap=NO&negative=0", content=data, headers={"Content-Type": "image/jpeg"}
+    )
+    assert r.status_code == 200 and "heatmap" not in r.json()
+    r = httpx.post(url, data={"image": "not a file"})
+    assert r.status_code == 400 and "no image file provided" in r.json()["error"]
+    r = httpx.post(url, files={"image": (SAMPLE.name, data), "threshold": ("t.txt", b"0.5")})
+    assert r.status_code == 400 and "'threshold' field must be text" in r.json()["error"]
+    many = {"image": (SAMPLE.name, data), **{f"f{i}": (f"{i}.bin", b"x") for i in range(5)}}
+    r = httpx.post(url, files=many)
+    assert r.status_code == 400 and "Too many files" in r.json()["error"]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert 'route="/predict",status="422"' in metrics  # the route's label, as the router's
+
+
+def test_the_openapi_document_describes_predict(server: ServerProcess) -> None:
+    operation = httpx.get(f"{server.url}/openapi.json").json()["paths"]["/predict"]["post"]
+    assert {p["name"] for p in operation["parameters"]} == {"heatmap", "negative", "threshold"}
+    content = operation["requestBody"]["content"]
+    assert {"multipart/form-data", "image/jpeg", "application/dicom"} <= set(content)
+    assert content["multipart/form-data"]["schema"]["required"] == ["image"]
+    assert operation["responses"]["200"]["content"]["application/json"]["schema"]

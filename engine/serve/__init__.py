@@ -4,7 +4,8 @@ each importing only the ones below it (an import-linter contract):
 - `front/`: the front doors, what speaks HTTP: `routes/` (seed, v2, ops, docs), thin; the wire
   codecs they use (`v2_wire`, `bodies`, `inputs`, job `uploads`); around them the `gate`
   (request id, Host/Origin, body budget and deadline, keys and rate limits from `security`,
-  access log), `protocol` (the HTTP parser's guards: header deadline and size) and `errors` (the one error -> status table);
+  access log), `protocol` (the HTTP parser's guards: header deadline and size) and
+  `errors` (the one error -> status table);
 - `dataplane/`: protocol-free and testable without HTTP: `scoring` (cache -> admission ->
   decoding -> batcher -> prediction log -> metrics, one path for every route and the batch
   jobs), the models (`registry`: load, unload, rollback, warm-up gate), `job_runner`;

@@ -25,6 +25,7 @@ from pneumo_onnx.engine.serve.dataplane.registry import ModelRegistry
 from pneumo_onnx.engine.serve.dataplane.scoring import ScoringService
 from pneumo_onnx.engine.serve.front import errors as http_errors
 from pneumo_onnx.engine.serve.front.budget import InflightBytes
+from pneumo_onnx.engine.serve.front.direct import DirectRoutes
 from pneumo_onnx.engine.serve.front.gate import Gate
 from pneumo_onnx.engine.serve.front.routes import cloud, docs, ops, seed, v2
 from pneumo_onnx.engine.serve.front.security import (
@@ -116,6 +117,8 @@ def create_app(config: ServeConfig) -> FastAPI:
         app.include_router(router)
     taken = {str(getattr(r, "path", "")) for r in app_routes(app.routes)}
     app.include_router(cloud.vertex_router(*cloud.vertex_paths(os.environ), taken=taken))
+    # Added first, so inside the gate: the inference routes, past FastAPI's router
+    app.add_middleware(DirectRoutes, endpoints=(seed.predict, v2.infer, v2.infer_version))
     app.add_middleware(
         Gate,
         control=control,

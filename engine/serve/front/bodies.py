@@ -71,6 +71,22 @@ def form_threshold(text: str | None) -> float | None:
     return check_threshold(value)
 
 
+TRUE_WORDS = frozenset({"1", "on", "t", "true", "y", "yes"})  # pydantic's, as FastAPI reads
+FALSE_WORDS = frozenset({"0", "off", "f", "false", "n", "no"})
+
+
+def query_flag(text: str | None, name: str) -> bool:
+    """A boolean query parameter (`?heatmap=true`): false when absent; an unknown word is a
+    422, as FastAPI answers it."""
+    if text is None:
+        return False
+    word = text.lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    message = "Input should be a valid boolean, unable to interpret input"
+    raise InvalidBody([{"loc": ("query", name), "msg": message}])
+
+
 def b64decode(text: str) -> bytes:
     """Strict base64 (a `data:` URI prefix is accepted): garbage is a 400, not a bad image."""
     if text.startswith("data:") and "," in text:

@@ -107,9 +107,7 @@ def add_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(PneumoError)
     async def pneumo_error(request: Request, e: PneumoError) -> JSONResponse:
-        if isinstance(e, Overloaded):
-            request.app.state.server.metrics.shed.inc()
-        return for_error(e)
+        return pneumo_error_response(request, e)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -117,8 +115,20 @@ def add_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        message = e.detail if isinstance(e.detail, str) else "request refused"
-        return error_response(e.status_code, message, dict(e.headers) if e.headers else None)
+        return http_error_response(e)
+
+
+def pneumo_error_response(request: Request, e: PneumoError) -> JSONResponse:
+    """The answer to one of our errors raised by a route (shedding is counted)."""
+    if isinstance(e, Overloaded):
+        request.app.state.server.metrics.shed.inc()
+    return for_error(e)
+
+
+def http_error_response(e: StarletteHTTPException) -> JSONResponse:
+    """The answer to Starlette's HTTP errors (a 404, a 405, a malformed form), as JSON."""
+    message = e.detail if isinstance(e.detail, str) else "request refused"
+    return error_response(e.status_code, message, dict(e.headers) if e.headers else None)
 
 
 def validation_message(e: RequestValidationError) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -28,7 +29,7 @@ from pneumo_onnx.engine.serve.front.security import (
     API_KEY_HEADER,
     AccessControl,
     Refusal,
-    route_access,
+    RouteTable,
 )
 from pneumo_onnx.engine.serve.logs import sane_request_id
 from pneumo_onnx.engine.serve.metrics import ServerMetrics
@@ -72,6 +73,7 @@ class Gate:
         self.inflight = inflight  # request bodies being received or handled, both doors
         self.body_timeout = body_timeout
         self.loopback_only = loopback_only
+        self.routes = RouteTable()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -158,7 +160,8 @@ class Gate:
         if length is not None and is_byte_count(length) and int(length) > self.max_body:
             return http_errors.too_large(self.max_body)
         routes = getattr(getattr(scope.get("app"), "router", None), "routes", None) or []
-        declared = route_access(routes, scope)  # of the route the router will pick
+        picked = self.routes.pick(routes, scope)  # the route the router will pick
+        declared = picked.access
         client = (scope.get("client") or ("unknown",))[0]
         granted = self.control.check(declared, headers.get(API_KEY_HEADER.lower()), client)
         if isinstance(granted, Refusal):
@@ -166,6 +169,7 @@ class Gate:
         if granted:
             scope["state"]["key_id"] = granted
         scope["state"]["access"] = declared
+        scope["state"]["route"] = picked.route  # for `DirectRoutes`: one pick, the gate's
         return None
 
     def _too_slow(self) -> ASGIApp:
@@ -184,7 +188,7 @@ class _Meter:
 
     def wrap(self, receive: Receive, status: dict[str, Any]) -> Receive:
         gate = self.gate
-        deadline = time.monotonic() + gate.body_timeout
+        deadline = asyncio.get_running_loop().time() + gate.body_timeout
         done = False
 
         def refuse(answer: ASGIApp) -> _Refused:
@@ -196,7 +200,7 @@ class _Meter:
             if done:
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+                message = await _by(deadline, receive)
             except TimeoutError:
                 raise refuse(gate._too_slow()) from None
             if message["type"] != "http.request":
@@ -226,6 +230,16 @@ def _answer(refusal: Refusal) -> ASGIApp:
     if refusal.kind == "rate_limited":
         return http_errors.rate_limited(refusal.message, refusal.wait)
     return http_errors.forbidden(refusal.message)
+
+
+async def _by(deadline: float, receive: Receive) -> Message:
+    """`receive()`, or TimeoutError at `deadline` (the loop's clock): without the task that
+    `wait_for` makes for each call where Python has `asyncio.timeout_at` (3.11)."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout_at(deadline):
+            return await receive()
+    loop = asyncio.get_running_loop()
+    return await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
 
 
 def _hostname(host: str) -> str:

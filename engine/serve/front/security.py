@@ -82,20 +82,47 @@ def app_routes(routes: Sequence[BaseRoute]) -> list[Any]:
     return list(walk(routes)) if walk is not None else list(routes)
 
 
-def route_access(routes: Sequence[BaseRoute], scope: MutableMapping[str, Any]) -> Access:
-    """The policy of the route the router will pick for this request: the first full match,
-    else the first partial one (a 405), as Starlette's router picks. A path no route matches
-    (a 404) is `user`, so whether it exists stays hidden from a client without a key; so is a
-    route that declares nothing. A route that declares several gets the strictest (and is
-    then refused by the check of its other policy: the route test forbids it)."""
+def picked_route(routes: Sequence[BaseRoute], scope: MutableMapping[str, Any]) -> Picked:
+    """The route the router will pick for this request, as Starlette's router picks (the
+    first full match; None for a 405 or a 404), and the policy that applies: that route's,
+    else the first partial match's (a 405). A path no route matches (a 404) is `user`, so
+    whether it exists stays hidden from a client without a key; so is a route that declares
+    nothing. A route that declares several gets the strictest (and is then refused by the
+    check of its other policy: the route test forbids it)."""
     partial = None
     for route in app_routes(routes):
         match, _ = route.matches(scope)
         if match is Match.FULL:
-            return _strictest(declared_access(route))
+            return Picked(route, _strictest(declared_access(route)))
         if match is Match.PARTIAL and partial is None:
             partial = route
-    return _strictest(declared_access(partial)) if partial is not None else UNDECLARED
+    return Picked(None, _strictest(declared_access(partial)) if partial is not None else UNDECLARED)
+
+
+@dataclass(frozen=True)
+class Picked:
+    route: Any  # what matched fully (the route, or in newer FastAPI its context), or None
+    access: Access
+
+
+class RouteTable:
+    """`picked_route`, remembered per method and path: the route table is fixed once the
+    app is built, and walking it costs more than the rest of the gate. At most
+    MAX_REMEMBERED paths (clients choose them): past that it starts again empty."""
+
+    MAX_REMEMBERED = 4096
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str, str], Picked] = {}
+
+    def pick(self, routes: Sequence[BaseRoute], scope: MutableMapping[str, Any]) -> Picked:
+        key = (scope.get("method", ""), scope.get("root_path", ""), scope["path"])
+        found = self._known.get(key)
+        if found is None:
+            if len(self._known) >= self.MAX_REMEMBERED:
+                self._known.clear()
+            found = self._known[key] = picked_route(routes, scope)
+        return found
 
 
 def _strictest(levels: list[Access]) -> Access:

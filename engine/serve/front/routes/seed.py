@@ -4,11 +4,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
 
 from pneumo_onnx.engine.errors import NotAcceptable, Overloaded, UsageError
 from pneumo_onnx.engine.serve.dataplane.dicom import is_dicom
@@ -20,6 +21,7 @@ from pneumo_onnx.engine.serve.front.bodies import (
     base64_image,
     base64_image_task,
     form_threshold,
+    query_flag,
 )
 from pneumo_onnx.engine.serve.front.inputs import documented_body, off_loop
 from pneumo_onnx.engine.serve.front.security import access
@@ -29,13 +31,55 @@ router = APIRouter(tags=["seed"])
 DICOM = "application/dicom"
 # Bodies that are the image file itself (beside every image/* type).
 RAW_TYPES = (DICOM, "application/octet-stream")
-HeatmapFlag = Annotated[bool, Query(description="add the X-ray with its heatmap")]
-NegativeFlag = Annotated[
-    bool, Query(description="with heatmap=true: also draw the evidence against PNEUMONIA")
-]
 ERRORS: dict[int | str, dict[str, str]] = {
     code: {"description": "JSON {error}"} for code in (400, 401, 413, 422, 429, 503)
 }
+
+
+MAX_FORM_FILES, MAX_FORM_FIELDS = 4, 16  # /predict takes one file and a threshold
+FLAGS = {
+    "heatmap": "add the X-ray with its heatmap",
+    "negative": "with heatmap=true: also draw the evidence against PNEUMONIA",
+}
+# /predict reads its own query and body (it is served by `DirectRoutes`): what they may hold,
+# for the OpenAPI document.
+PREDICT_DOCS: dict[str, Any] = {
+    "parameters": [
+        *(
+            {"name": name, "in": "query", "required": False, "description": text,
+             "schema": {"type": "boolean", "default": False}}
+            for name, text in FLAGS.items()
+        ),
+        {"name": "threshold", "in": "query", "required": False,
+         "description": "with the image as the body: decision threshold in [0, 1]",
+         "schema": {"type": "number", "minimum": 0, "maximum": 1}},
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary",
+                                  "description": "the X-ray image file"},
+                        "threshold": {"type": "number", "minimum": 0, "maximum": 1,
+                                      "description": "decision threshold in [0, 1]"},
+                    },
+                }
+            },
+            **{
+                kind: {"schema": {"type": "string", "format": "binary"}}
+                for kind in ("image/jpeg", "image/png", *RAW_TYPES)
+            },
+        },
+    },
+}  # fmt: skip
+
+
+HeatmapFlag = Annotated[bool, Query(description=FLAGS["heatmap"])]
+NegativeFlag = Annotated[bool, Query(description=FLAGS["negative"])]
 
 
 class PredictResponse(BaseModel):
@@ -71,38 +115,41 @@ async def health(request: Request) -> JSONResponse:
 
 
 @router.post(
-    "/predict", response_model=PredictResponse, responses=ERRORS, dependencies=access("user")
+    "/predict",
+    response_model=PredictResponse,
+    responses=ERRORS,
+    openapi_extra=PREDICT_DOCS,
+    dependencies=access("user"),
 )
-async def predict(
-    request: Request,
-    heatmap: HeatmapFlag = False,
-    negative: NegativeFlag = False,
-    image: Annotated[UploadFile | None, File(description="the X-ray image file")] = None,
-    threshold: Annotated[str | None, Form(description="decision threshold in [0, 1]")] = None,
-    raw_threshold: Annotated[
-        str | None,
-        Query(alias="threshold", description="with the image as the body: decision threshold"),
-    ] = None,
-) -> Response:
+async def predict(request: Request) -> Response:
     """Score one uploaded X-ray: multipart field `image`, or the file itself as the body
     (`Content-Type: image/jpeg`, `image/png`, ..., `application/dicom`; no multipart to parse),
-    its threshold then as `?threshold=`."""
+    its threshold then as `?threshold=`. Served by `DirectRoutes` (it reads its own query)."""
+    query = request.query_params
+    heatmap = query_flag(query.get("heatmap"), "heatmap")
+    negative = query_flag(query.get("negative"), "negative")
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind.startswith("image/") or kind in RAW_TYPES:
         data = await request.body()
         if not data:
             raise UsageError("empty body: send the image file as the request body")
-        t = form_threshold(raw_threshold)
+        t = form_threshold(query.get("threshold"))
         return await _answer(request, data, t, "/predict", None, heatmap, negative)
-    if image is None:
+    form = await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS)
+    images = form.getlist("image")
+    if len(images) > 1:
+        raise UsageError("expected one multipart field 'image', got several: send one image")
+    image = images[0] if images else None
+    if not isinstance(image, UploadFile):
         raise UsageError(
             "no image file provided: send it as multipart field 'image', or as the body with "
             "its Content-Type (image/jpeg, image/png, application/dicom)"
         )
-    if len((await request.form()).getlist("image")) > 1:  # FastAPI would score one silently
-        raise UsageError("expected one multipart field 'image', got several: send one image")
     if not image.filename:
         raise UsageError("no image file selected: the 'image' field has no file name")
+    threshold = form.get("threshold")
+    if threshold is not None and not isinstance(threshold, str):
+        raise UsageError("the 'threshold' field must be text, a number in [0, 1]")
     data = await image.read()
     t = form_threshold(threshold)
     return await _answer(request, data, t, "/predict", image.filename, heatmap, negative)
