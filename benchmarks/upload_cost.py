@@ -1,29 +1,44 @@
-"""What one `POST /predict` costs the server's own process, by how the image is sent: as a
-multipart form (the seed's way) or as the request body with its Content-Type (no multipart
-to parse). The server process does the HTTP, parsing, routing, batching and the model run;
-decoding happens in its decode workers, counted apart. Both ways alternate in blocks against
-one server, so drift on a shared machine falls on both.
+"""What one `POST /predict` costs `pneumo serve` outside decoding, in CPU, by how the image
+is sent: as a multipart form (the seed's way) or as the request body with its Content-Type.
 
-    python -m benchmarks.upload_cost [--images DIR] [--requests 300] [--concurrency 8]
+Outside decoding means everything but the work any server must do with the image: the CPU of
+the server's whole process tree (its event loop, its threads, its decode workers) per request,
+less what decoding and preprocessing the same images costs in one plain process, and less
+what the model's run costs there at the server's own mean batch size (both measured here, in
+the same run). What is left is HTTP, parsing, routing, hand-offs between threads and processes,
+the log and the metrics. With `--compare-checkout`, another checkout's server (a commit before
+a change) takes the same load in the same run, the servers and ways alternating in blocks, so
+drift on a shared machine falls on all of them.
+
+    python -m benchmarks.upload_cost [--compare-checkout DIR] [--requests 300] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import http.client
 import json
-import subprocess
+import resource
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from benchmarks.loadgen import unique
 from benchmarks.memory import cpu_seconds, descendants
 from benchmarks.routes import multipart
+from benchmarks.suites import COMPARED
+from benchmarks.suites.serve import server
 
 SHARED_FULLRES = Path(__file__).resolve().parents[2] / "shared" / "data" / "fullres"
+WAYS = ("multipart", "raw")
 
 
 def send(port: int, bodies: list[tuple[bytes, str]], concurrency: int) -> int:
@@ -54,83 +69,163 @@ def send(port: int, bodies: list[tuple[bytes, str]], concurrency: int) -> int:
     return errors[0]
 
 
+def batches_scored(port: int) -> tuple[float, float]:
+    """(images, batches) the server's model has run so far, from its metrics."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("pneumo_batch_size_sum", "pneumo_batch_size_count"):
+            values[name] = float(value)
+    return values.get("pneumo_batch_size_sum", 0.0), values.get("pneumo_batch_size_count", 0.0)
+
+
+def block(port: int, pid: int, bodies: list[tuple[bytes, str]], concurrency: int) -> dict:
+    """One block of requests against one server: CPU per request (the server process, its
+    decode workers), the model's mean batch size, requests/s, errors."""
+    workers = descendants(pid)
+    own, decode = cpu_seconds([pid]), cpu_seconds(workers)
+    images, batches = batches_scored(port)
+    started = time.perf_counter()
+    errors = send(port, bodies, concurrency)
+    seconds = time.perf_counter() - started
+    n = len(bodies)
+    images_after, batches_after = batches_scored(port)
+    return {
+        "server_cpu_ms": 1000 * (cpu_seconds([pid]) - own) / n,
+        "workers_cpu_ms": 1000 * (cpu_seconds(workers) - decode) / n,
+        "mean_batch": (images_after - images) / max(1.0, batches_after - batches),
+        "requests_per_second": n / seconds,
+        "errors": errors,
+    }
+
+
+def bodies_for(way: str, files: list[bytes], salt: int, count: int) -> list[tuple[bytes, str]]:
+    """`count` uploads of the files in turn from the first (each block the same mix: the
+    reference costs are the mean over all files), each made unique (no cache answers), sent
+    `way`."""
+    out = []
+    for i in range(count):
+        data = unique(files[i % len(files)], salt + i)
+        if way == "raw":
+            out.append((data, "image/jpeg"))
+        else:
+            body, boundary = multipart("x.jpeg", data)
+            out.append((body, f"multipart/form-data; boundary={boundary}"))
+    return out
+
+
+def reference_costs(files: list[bytes]) -> tuple[float, dict[int, float]]:
+    """In this process, the CPU-ms per image of decoding and preprocessing (the server's own
+    pipeline) and of the model's run at batch sizes 1 to 8 (the median of three passes)."""
+    from pneumo_onnx.engine.runtime.decoders import inspect
+    from pneumo_onnx.engine.runtime.engine import Engine
+    from pneumo_onnx.engine.runtime.preprocess import RESIZERS, finish
+
+    engine = Engine.load()
+    resized = RESIZERS[engine.preprocessing]
+
+    def decode(data: bytes) -> np.ndarray:
+        return finish(resized(inspect(data, "x"), engine.contract), engine.contract)
+
+    tensors = [decode(d) for d in files]
+    decode_ms = _median_ms(lambda: [decode(d) for d in files], len(files))
+    model_ms = {}
+    for size in range(1, 9):
+        stacks = [np.stack(tensors[i : i + size]) for i in range(0, len(tensors), size)]
+        engine.scores(stacks[0])
+        model_ms[size] = _median_ms(functools.partial(_score_all, engine, stacks), len(tensors))
+    engine.close()
+    return decode_ms, model_ms
+
+
+def _score_all(engine: Any, stacks: list[np.ndarray]) -> None:
+    for x in stacks:
+        engine.scores(x)
+
+
+def _median_ms(work: Callable[[], object], images: int, passes: int = 3) -> float:
+    times = []
+    for _ in range(passes):
+        before = _own_cpu()
+        work()
+        times.append(1000 * (_own_cpu() - before) / images)
+    return sorted(times)[passes // 2]
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def outside(row: dict[str, float], decode_ms: float, model_ms: dict[int, float]) -> float:
+    """A block's CPU-ms per request less decoding and the model at its mean batch size
+    (interpolated between the whole sizes measured)."""
+    b = min(8.0, max(1.0, row["mean_batch"]))
+    low = int(b)
+    high = min(8, low + 1)
+    model = model_ms[low] + (model_ms[high] - model_ms[low]) * (b - low)
+    return row["server_cpu_ms"] + row["workers_cpu_ms"] - decode_ms - model
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=Path, default=SHARED_FULLRES)
-    p.add_argument("--requests", type=int, default=300, help="per way and round")
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=400,
+        help="per server, way and round (a multiple of the images' count: each block the same mix)",
+    )
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--compare-checkout", type=Path, default=None, metavar="DIR")
     args = p.parse_args()
-    files = sorted(args.images.rglob("*.jpeg"))[:200]
-    if not files:
+    paths = sorted(args.images.rglob("*.jpeg"))[:200]
+    if not paths:
         sys.exit(f"no .jpeg under {args.images}")
-    port = _free_port()
-    with tempfile.TemporaryDirectory() as state:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "pneumo_onnx.engine.cli", "serve", "--port", str(port),
-             "--state-dir", state, "--cache-size", "0"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            _wait(port)
-            rows: dict[str, list[dict[str, float]]] = {"multipart": [], "raw": []}
-            n = 0
-            for r in range(args.rounds):
-                for way in ("multipart", "raw") if r % 2 == 0 else ("raw", "multipart"):
-                    bodies = []
-                    for i in range(args.requests):
-                        data = unique(files[i % len(files)].read_bytes(), n)
-                        n += 1
-                        if way == "raw":
-                            bodies.append((data, "image/jpeg"))
-                        else:
-                            body, boundary = multipart("x.jpeg", data)
-                            bodies.append((body, f"multipart/form-data; boundary={boundary}"))
-                    workers = descendants(server.pid)
-                    own, decode = cpu_seconds([server.pid]), cpu_seconds(workers)
-                    started = time.perf_counter()
-                    errors = send(port, bodies, args.concurrency)
-                    seconds = time.perf_counter() - started
-                    rows[way].append({
-                        "server_cpu_ms": 1000 * (cpu_seconds([server.pid]) - own) / args.requests,
-                        "decode_cpu_ms": 1000 * (cpu_seconds(workers) - decode) / args.requests,
-                        "requests_per_second": args.requests / seconds,
-                        "errors": errors,
-                    })  # fmt: skip
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-    summary = {
-        way: {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in runs[0]}
-        for way, runs in rows.items()
+    files = [f.read_bytes() for f in paths]
+    decode_ms, model_ms = reference_costs(files)
+    targets: list[tuple[str, Path | None]] = [("pneumo", None)]
+    if args.compare_checkout is not None:
+        targets.append((f"pneumo@{COMPARED}", args.compare_checkout.resolve()))
+    rows: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        running = []
+        for name, checkout in targets:
+            workdir = Path(tmp) / name.replace("@", "-")
+            workdir.mkdir()
+            running.append(stack.enter_context(server("pneumo", workdir, checkout)))
+        n = 0
+        blocks = [(t, way) for t in range(len(targets)) for way in WAYS]
+        for r in range(args.rounds):
+            for t, way in blocks if r % 2 == 0 else blocks[::-1]:
+                proc, port, _ = running[t]
+                bodies = bodies_for(way, files, n, args.requests)
+                n += args.requests
+                row = block(port, proc.pid, bodies, args.concurrency)
+                row["outside_decoding_cpu_ms"] = outside(row, decode_ms, model_ms)
+                rows.setdefault(f"{targets[t][0]} {way}", []).append(row)
+    medians = {
+        key: {k: round(sorted(r[k] for r in runs)[len(runs) // 2], 3) for k in runs[0]}
+        for key, runs in rows.items()
     }
-    multipart_cpu = summary["multipart"]["server_cpu_ms"]  # 0: fewer requests than a tick
-    summary["raw_over_multipart_server_cpu"] = (
-        round(summary["raw"]["server_cpu_ms"] / multipart_cpu, 3) if multipart_cpu else None
-    )
-    print(json.dumps({"medians": summary, "rounds": rows}, indent=1))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(port: int) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/v2/health/ready")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    sys.exit("the server did not get ready")
+    summary: dict[str, Any] = {
+        "decode_cpu_ms_per_image": round(decode_ms, 3),
+        "model_cpu_ms_per_image_by_batch": {k: round(v, 3) for k, v in model_ms.items()},
+        "medians": medians,
+    }
+    before = f"pneumo@{COMPARED}"
+    if f"{before} multipart" in medians:
+        base = medians[f"{before} multipart"]["outside_decoding_cpu_ms"]
+        summary["outside_decoding_over_before_multipart"] = {
+            key: round(row["outside_decoding_cpu_ms"] / base, 3)
+            for key, row in medians.items()
+            if not key.startswith(before)
+        }
+    print(json.dumps({"summary": summary, "rounds": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -385,7 +385,10 @@ def test_upload_cost_measures_both_ways_against_a_real_server() -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    medians = json.loads(done.stdout)["medians"]
+    summary = json.loads(done.stdout)["summary"]
     for way in ("multipart", "raw"):
-        assert medians[way]["errors"] == 0 and medians[way]["requests_per_second"] > 0
-    assert "raw_over_multipart_server_cpu" in medians
+        row = summary["medians"][f"pneumo {way}"]
+        assert row["errors"] == 0 and row["requests_per_second"] > 0
+        assert row["server_cpu_ms"] > 0 and row["mean_batch"] >= 1
+    assert summary["decode_cpu_ms_per_image"] > 0
+    assert set(summary["model_cpu_ms_per_image_by_batch"]) == {str(b) for b in range(1, 9)}

@@ -73,9 +73,19 @@ def test_predict_reads_its_own_query_and_form_as_fastapi_did(server: ServerProce
     assert r.status_code == 400 and "no image file provided" in r.json()["error"]
     r = httpx.post(url, files={"image": (SAMPLE.name, data), "threshold": ("t.txt", b"0.5")})
     assert r.status_code == 400 and "'threshold' field must be text" in r.json()["error"]
-    many = {"image": (SAMPLE.name, data), **{f"f{i}": (f"{i}.bin", b"x") for i in range(5)}}
+    many = {"image": (SAMPLE.name, data), **{f"f{i}": (f"{i}.bin", b"x") for i in range(16)}}
     r = httpx.post(url, files=many)
-    assert r.status_code == 400 and "Too many files" in r.json()["error"]
+    assert r.status_code == 400 and "at most 16 parts" in r.json()["error"]
+    boundary = "b0undary"
+    torn = f"--{boundary}\r\nContent-Disposition: form-data; name=image; filename=x.jpeg\r\n"
+    r = httpx.post(
+        url,
+        content=torn.encode() + b"\r\n" + data[:1000],  # no closing boundary
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert r.status_code == 400, r.text
+    r = httpx.post(url, content=data, headers={"Content-Type": "multipart/form-data"})
+    assert r.status_code == 400 and "boundary" in r.json()["error"]
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'route="/predict",status="422"' in metrics  # the route's label, as the router's
 

@@ -156,7 +156,7 @@ def _build(config: ServeConfig) -> ServerState:
         max_inflight_pixels=config.max_decode_pixels,
         max_queue_delay=config.max_queue_delay,
         keep_images=config.log_images,
-        on_prediction=prediction_log.record,
+        prediction_log=prediction_log,
     )
     # A chunk is one request to the scoring path, which refuses more images than its queue
     # holds: a chunk of max_batch over a shorter queue would fail every job.

@@ -20,6 +20,21 @@ class Item:
     name: str | None = None
 
 
+# Items up to this many bytes in all are hashed on the event loop (~0.5 ms at most): a hand-off
+# to a thread and back costs more than hashing one X-ray.
+INLINE_HASH_BYTES = 2**20
+
+
+def hashed_inline(items: Sequence[Item]) -> bool:
+    """Whether `items` are few bytes enough to hash where they are."""
+    size = sum(len(i.data) if i.data is not None else _nbytes(i.tensor) for i in items)
+    return size <= INLINE_HASH_BYTES
+
+
+def _nbytes(tensor: np.ndarray | None) -> int:
+    return 0 if tensor is None else int(tensor.nbytes)
+
+
 def digests_of(items: Sequence[Item]) -> list[str]:
     """The sha256 of each item's bytes (the file, or the tensor's float32 bytes): the result
     cache's key and the prediction log's image id."""

@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import numpy as np
 
@@ -34,7 +35,7 @@ from pneumo_onnx.engine.serve.dataplane.batching import Batcher
 from pneumo_onnx.engine.serve.dataplane.cache import ResultCache
 from pneumo_onnx.engine.serve.dataplane.decoding import Decoders
 from pneumo_onnx.engine.serve.dataplane.dicom import Reports, Uids, is_dicom, uids_of
-from pneumo_onnx.engine.serve.dataplane.items import Item, digests_of
+from pneumo_onnx.engine.serve.dataplane.items import Item, digests_of, hashed_inline
 from pneumo_onnx.engine.serve.dataplane.registry import ModelRegistry, Served
 from pneumo_onnx.engine.serve.metrics import ServerMetrics
 from pneumo_onnx.engine.serve.store.predictions import PredictionRecord
@@ -66,7 +67,7 @@ class ScoringService:
         max_inflight_pixels: int,
         max_queue_delay: float,
         keep_images: bool,
-        on_prediction: Callable[[PredictionRecord], None] | None = None,
+        prediction_log: PredictionSink | None = None,
     ) -> None:
         self.registry = registry
         self.metrics = metrics
@@ -75,10 +76,10 @@ class ScoringService:
         budget = DecodeBudget(max_request_pixels, max_inflight_pixels, max_queue, max_queue_delay)
         self.decoders = Decoders(decode_workers, decode_limits, budget)
         self.reports = Reports(self.decoders)
-        self.on_prediction = on_prediction
+        self.prediction_log = prediction_log
         self.keep_images = keep_images
         # The log may apply back-pressure when its queue is full: that must block a thread of
-        # its own, never the event loop.
+        # its own, never the event loop (while its queue has room, records go in directly).
         self._log = ThreadPoolExecutor(1, thread_name_prefix="pneumo-log")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
@@ -156,7 +157,11 @@ class ScoringService:
             raise UsageError(
                 f"at most {self.batcher.max_queue} images per request, got {len(items)}"
             )
-        digests = await self.decoders.run(digests_of, items)
+        digests = (
+            digests_of(items)
+            if hashed_inline(items)
+            else await self.decoders.run(digests_of, items)
+        )
         model_key = (served.name, str(served.version), engine.model.variant)
         outcomes: list[Outcome | None] = [None] * len(items)
         for i, item in enumerate(items):
@@ -316,8 +321,18 @@ class ScoringService:
                     sop_uid=dicom.sop if dicom else None,
                 )
             )
-        if self.on_prediction is not None and records:
-            self._log.submit(_each, self.on_prediction, records)
+        if self.prediction_log is not None and records:
+            waiting = [r for r in records if not self.prediction_log.offer(r)]
+            if waiting:
+                self._log.submit(_each, self.prediction_log.record, waiting)
+
+
+class PredictionSink(Protocol):
+    """Where scored predictions go (the prediction log): `offer` never waits."""
+
+    def offer(self, rec: PredictionRecord) -> bool: ...
+
+    def record(self, rec: PredictionRecord) -> None: ...
 
 
 def _each(record: Callable[[PredictionRecord], None], records: list[PredictionRecord]) -> None:

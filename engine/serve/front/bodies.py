@@ -13,10 +13,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
 from pydantic import ValidationError as PydanticValidationError
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 
 from pneumo_onnx.engine.contract import check_threshold
 from pneumo_onnx.engine.errors import UsageError
@@ -85,6 +88,69 @@ def query_flag(text: str | None, name: str) -> bool:
         return word in TRUE_WORDS
     message = "Input should be a valid boolean, unable to interpret input"
     raise InvalidBody([{"loc": ("query", name), "msg": message}])
+
+
+@dataclass(frozen=True)
+class FormPart:
+    """One part of a multipart form: its field name, its file name (None for a text field;
+    a file field may send an empty one), its content."""
+
+    name: str
+    filename: str | None
+    data: bytes
+
+
+def form_parts(body: bytes, content_type: str, max_parts: int) -> list[FormPart]:
+    """A `multipart/form-data` body already in memory as its parts (python-multipart's parser,
+    each part's bytes gathered once: no spooling to temporary files as Starlette's forms do).
+    A malformed body, or one of more than `max_parts` parts, is a UsageError."""
+    kind, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if kind != b"multipart/form-data" or not boundary:
+        raise UsageError("expected a multipart/form-data body with its boundary")
+    parts: list[FormPart] = []
+    headers: dict[bytes, bytes] = {}
+    field, value = bytearray(), bytearray()
+    chunks: list[bytes] = []
+
+    def on_header_end() -> None:
+        headers[bytes(field).lower()] = bytes(value)
+        field.clear()
+        value.clear()
+
+    def on_part_end() -> None:
+        disposition, params = parse_options_header(headers.get(b"content-disposition", b""))
+        if disposition != b"form-data" or b"name" not in params:
+            raise UsageError("a multipart part without its Content-Disposition field name")
+        filename = params.get(b"filename")
+        parts.append(
+            FormPart(
+                params[b"name"].decode("utf-8", "replace"),
+                None if filename is None else filename.decode("utf-8", "replace"),
+                b"".join(chunks),
+            )
+        )
+        headers.clear()
+        chunks.clear()
+        if len(parts) > max_parts:
+            raise UsageError(f"a form of at most {max_parts} parts is expected here")
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_header_field": lambda data, start, end: field.extend(data[start:end]),
+            "on_header_value": lambda data, start, end: value.extend(data[start:end]),
+            "on_header_end": on_header_end,
+            "on_part_data": lambda data, start, end: chunks.append(data[start:end]),
+            "on_part_end": on_part_end,
+        },
+    )
+    try:
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as e:
+        raise UsageError(f"malformed multipart body: {str(e)[:200]}") from None
+    return parts
 
 
 def b64decode(text: str) -> bytes:

@@ -79,6 +79,7 @@ class PredictionLog:
         self.retention_days = retention_days
         conn = _open_writer(self._db)
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_queue)
+        self._urgent = threading.Event()  # a flush, a close or a full batch is queued
         self._state = threading.Lock()
         self._closed = False
         self._putting = 0  # record()/flush() calls between their closed check and their put
@@ -101,6 +102,22 @@ class PredictionLog:
             None if c == "image" and not self.store_images else getattr(rec, c) for c in COLUMNS
         )  # dataclasses.astuple deep-copies: slow
         self._put(row, drop_when_failing=True)
+
+    def offer(self, rec: PredictionRecord) -> bool:
+        """Queue one record if the queue has room now (never waits: the event loop may call
+        it); False if it has none, and the caller hands it to `record` on a thread."""
+        row = tuple(
+            None if c == "image" and not self.store_images else getattr(rec, c) for c in COLUMNS
+        )
+        with self._state:
+            if self._closed or not self._thread.is_alive():
+                return False  # `record` says why
+            try:
+                self._queue.put_nowait(row)
+            except queue.Full:
+                return False
+        self._queued(row)
+        return True
 
     @property
     def failure(self) -> str | None:
@@ -200,6 +217,7 @@ class PredictionLog:
         while True:  # a writer that died would otherwise leave a full queue blocking forever
             try:
                 self._queue.put(item, timeout=0.2 if drop_when_failing else 1.0)
+                self._queued(item)
                 return
             except queue.Full:
                 if not self._thread.is_alive():
@@ -208,6 +226,11 @@ class PredictionLog:
                     with self._state:
                         self._lost += 1
                     return
+
+    def _queued(self, item: object) -> None:
+        """Wake the writer early for what must not wait out a batch's time."""
+        if not isinstance(item, tuple) or self._queue.qsize() >= BATCH_ROWS:
+            self._urgent.set()
 
     def _run(self, conn: Conn) -> None:
         stopping = False
@@ -257,6 +280,35 @@ class PredictionLog:
                 break
             else:
                 rows.append(item)  # type: ignore[arg-type]
+                if len(rows) >= BATCH_ROWS:
+                    break
+            try:
+                item = self._queue.get_nowait()
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if stop or remaining <= 0:
+                break
+            # Records do not wake the writer one by one (a thread switch each, in a server
+            # that scores hundreds a second): it waits out the batch's time, woken early by a
+            # flush, a close or a full batch only.
+            self._urgent.wait(remaining)
+            self._urgent.clear()
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+        return rows, markers, stop
+        deadline = time.monotonic() + BATCH_SECONDS
+        while True:
+            if item is _STOP:
+                stop = True
+            elif isinstance(item, threading.Event):
+                markers.append(item)
+                break
+            else:
+                rows.append(item)
                 if len(rows) >= BATCH_ROWS:
                     break
             remaining = deadline - time.monotonic()

@@ -9,7 +9,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
-from starlette.datastructures import UploadFile
 
 from pneumo_onnx.engine.errors import NotAcceptable, Overloaded, UsageError
 from pneumo_onnx.engine.serve.dataplane.dicom import is_dicom
@@ -20,6 +19,7 @@ from pneumo_onnx.engine.serve.front.bodies import (
     Base64Request,
     base64_image,
     base64_image_task,
+    form_parts,
     form_threshold,
     query_flag,
 )
@@ -36,7 +36,7 @@ ERRORS: dict[int | str, dict[str, str]] = {
 }
 
 
-MAX_FORM_FILES, MAX_FORM_FIELDS = 4, 16  # /predict takes one file and a threshold
+MAX_FORM_PARTS = 16  # /predict takes one file and a threshold
 FLAGS = {
     "heatmap": "add the X-ray with its heatmap",
     "negative": "with heatmap=true: also draw the evidence against PNEUMONIA",
@@ -128,31 +128,35 @@ async def predict(request: Request) -> Response:
     query = request.query_params
     heatmap = query_flag(query.get("heatmap"), "heatmap")
     negative = query_flag(query.get("negative"), "negative")
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = request.headers.get("content-type", "")
+    kind = content_type.split(";")[0].strip().lower()
     if kind.startswith("image/") or kind in RAW_TYPES:
         data = await request.body()
         if not data:
             raise UsageError("empty body: send the image file as the request body")
         t = form_threshold(query.get("threshold"))
         return await _answer(request, data, t, "/predict", None, heatmap, negative)
-    form = await request.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS)
-    images = form.getlist("image")
+    no_image = UsageError(
+        "no image file provided: send it as multipart field 'image', or as the body with "
+        "its Content-Type (image/jpeg, image/png, application/dicom)"
+    )
+    if kind != "multipart/form-data":  # a urlencoded form, say: no file in it
+        raise no_image
+    parts = form_parts(await request.body(), content_type, MAX_FORM_PARTS)
+    images = [p for p in parts if p.name == "image"]
     if len(images) > 1:
         raise UsageError("expected one multipart field 'image', got several: send one image")
-    image = images[0] if images else None
-    if not isinstance(image, UploadFile):
-        raise UsageError(
-            "no image file provided: send it as multipart field 'image', or as the body with "
-            "its Content-Type (image/jpeg, image/png, application/dicom)"
-        )
+    if not images or images[0].filename is None:
+        raise no_image
+    image = images[0]
     if not image.filename:
         raise UsageError("no image file selected: the 'image' field has no file name")
-    threshold = form.get("threshold")
-    if threshold is not None and not isinstance(threshold, str):
+    thresholds = [p for p in parts if p.name == "threshold"]
+    if thresholds and thresholds[-1].filename is not None:
         raise UsageError("the 'threshold' field must be text, a number in [0, 1]")
-    data = await image.read()
-    t = form_threshold(threshold)
-    return await _answer(request, data, t, "/predict", image.filename, heatmap, negative)
+    text = thresholds[-1].data.decode("utf-8", "replace") if thresholds else None
+    t = form_threshold(text)
+    return await _answer(request, image.data, t, "/predict", image.filename, heatmap, negative)
 
 
 @router.post(
