@@ -81,3 +81,21 @@ def swallow_memory_errors(ctx: TaskContext) -> None:
     while True:
         with contextlib.suppress(MemoryError):
             blocks.append(bytearray(2**20))
+
+
+def lie_about_size(ctx: TaskContext, announced: int) -> None:
+    """What a decoder exploited into running code could send: a frame announcing one buffer
+    of `announced` bytes, then nothing (it exits)."""
+    from pneumo_onnx.engine.runtime.sandbox.wire import FRAME
+
+    os.write(ctx._replies.fileno(), FRAME.pack(0, 1) + announced.to_bytes(8, "little"))
+    os._exit(0)
+
+
+def half_a_frame(ctx: TaskContext) -> None:
+    """A frame's head and part of its pickle, then silence: what a hung or hostile decoder
+    could leave in the pipe."""
+    from pneumo_onnx.engine.runtime.sandbox.wire import FRAME
+
+    os.write(ctx._replies.fileno(), FRAME.pack(100, 0) + b"x" * 10)
+    time.sleep(60)

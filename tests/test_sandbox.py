@@ -103,6 +103,17 @@ def test_answers_that_would_run_code_here_are_refused(sandbox: Sandbox) -> None:
         sandbox.call(tasks.evil)
 
 
+def test_a_frame_that_lies_about_its_size_costs_the_parent_nothing(sandbox: Sandbox) -> None:
+    """The parent reads what arrives, never what a frame announces, before it arrives."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ImageError, match="the decoder stopped"):
+        sandbox.call(tasks.lie_about_size, 1 << 40)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 64 * 1024  # KB
+    assert sandbox.call(tasks.echo, "still serving") == "still serving"
+
+
 def test_inputs_over_the_limit_never_reach_a_worker(sandbox: Sandbox) -> None:
     with pytest.raises(ImageError, match=r"^huge.dcm is 2.0 MB, over the 1 MB limit"):
         sandbox.call(tasks.echo, b"x", name="huge.dcm", input_bytes=2 * MB)
@@ -131,3 +142,117 @@ def test_a_task_stuck_at_its_memory_limit_is_stopped(sandbox: Sandbox) -> None:
         sandbox.call(tasks.swallow_memory_errors, name="x.tif")
     assert time.monotonic() - started < 1.9  # well before the 2 s deadline
     assert sandbox.call(tasks.echo, 1) == 1
+
+
+# --- calls from an event loop (the server's decode path) ------------------------------------
+
+
+def test_acall_answers_as_call_does(sandbox: Sandbox) -> None:
+    import asyncio
+
+    big = os.urandom(300_000)
+
+    async def main() -> None:
+        assert await sandbox.acall(tasks.echo, big, input_bytes=len(big)) == big
+        with pytest.raises(ImageError, match=r"^x.gif is not an image$"):
+            await sandbox.acall(tasks.refuse_bad, "x.gif")
+        with pytest.raises(ImageError, match=r"would take about 200 MB to decode"):
+            await sandbox.acall(tasks.granted, 200, None, name="big.png")
+        assert await sandbox.acall(tasks.granted, 100, "fine") == "granted"  # asked, granted
+        with pytest.raises(ImageError, match=r"the decoder answered a posix.system"):
+            await sandbox.acall(tasks.evil)
+
+    asyncio.run(main())
+
+
+def test_a_worker_that_stops_mid_message_never_holds_the_loop() -> None:
+    """Half a frame, then silence: the loop goes on (a ticker keeps ticking) until the call's
+    deadline kills the worker; the next call gets a fresh one."""
+    import asyncio
+
+    limits = Limits(memory=64 * MB, allowance=16 * MB, max_input=MB, seconds=1.0)
+
+    async def main(sb: Sandbox) -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.05)
+                ticks += 1
+
+        tick = asyncio.get_running_loop().create_task(ticker())
+        with pytest.raises(ImageError, match="took more than 1 s to decode"):
+            await sb.acall(tasks.half_a_frame, name="stuck.jpeg")
+        tick.cancel()
+        assert await sb.acall(tasks.echo, "again") == "again"
+        return ticks
+
+    with Sandbox(1, limits, ("tests.sandbox_tasks",)) as sb:
+        assert asyncio.run(main(sb)) >= 10
+
+
+def test_a_worker_that_stops_reading_meets_its_deadline() -> None:
+    """An input larger than the pipe, to a worker that no longer reads (stopped): the loop
+    writes what the pipe takes, goes on, and kills the worker at the call's deadline."""
+    import asyncio
+    import signal
+
+    limits = Limits(memory=64 * MB, allowance=16 * MB, max_input=8 * MB, seconds=1.0)
+    big = os.urandom(4 * MB)
+    with Sandbox(1, limits, ("tests.sandbox_tasks",)) as sb:
+        os.kill(sb.call(tasks.pid), signal.SIGSTOP)
+
+        async def main() -> None:
+            with pytest.raises(ImageError, match="took more than 1 s"):
+                await sb.acall(tasks.echo, big, input_bytes=len(big), name="big.jpeg")
+            assert await sb.acall(tasks.echo, big, input_bytes=len(big)) == big  # a new one
+
+        asyncio.run(main())
+
+
+def test_threads_and_coroutines_wait_their_turn_for_one_worker() -> None:
+    """One worker, calls from threads and from a loop at once: each is served, in order."""
+    import asyncio
+    import threading
+
+    limits = Limits(memory=64 * MB, allowance=16 * MB, max_input=MB, seconds=5.0)
+    with Sandbox(1, limits, ("tests.sandbox_tasks",)) as sb:
+        done: list[str] = []
+        threads = [
+            threading.Thread(target=lambda i=i: done.append(sb.call(tasks.sleep, 0.1) + f"t{i}"))
+            for i in range(3)
+        ]
+
+        async def main() -> list[str]:
+            for t in threads:
+                t.start()
+            return await asyncio.gather(*(sb.acall(tasks.sleep, 0.1) for _ in range(3)))
+
+        answers = asyncio.run(main())
+        for t in threads:
+            t.join()
+        assert len(answers) == 3 and len(done) == 3
+        assert sb.queue_delay() == 0.0
+
+
+def test_closing_fails_the_calls_waiting_for_a_worker() -> None:
+    import asyncio
+
+    from pneumo_onnx.engine.errors import Overloaded
+
+    limits = Limits(memory=64 * MB, allowance=16 * MB, max_input=MB, seconds=5.0)
+    sb = Sandbox(1, limits, ("tests.sandbox_tasks",))
+
+    async def main() -> None:
+        busy = asyncio.ensure_future(sb.acall(tasks.sleep, 0.5))
+        await asyncio.sleep(0.1)
+        waiting = asyncio.ensure_future(sb.acall(tasks.echo, 1))
+        await asyncio.sleep(0.1)
+        sb.close()
+        with pytest.raises(Overloaded, match="shutting down"):
+            await waiting
+        # the busy call ends too (its worker may die with the starter thread: not waited on)
+        await asyncio.gather(busy, return_exceptions=True)
+
+    asyncio.run(main())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,32 @@ def tensor(
     wire, size = _wire(source, name)
     pixels, count = sandbox.call(
         tensor_task, wire, name, contract, path, name=name, input_bytes=size, admit=admit
+    )
+    return finish(pixels, contract), count
+
+
+async def atensor(
+    sandbox: Sandbox,
+    data: bytes,
+    contract: Contract,
+    path: str,
+    admit: Admit | None = None,
+    name: str | None = None,
+    executor: Executor | None = None,
+) -> tuple[np.ndarray, int]:
+    """`tensor` of an encoded image's bytes, from the event loop (`Sandbox.acall`: on the
+    loop itself while a worker is idle, else on a thread of `executor`)."""
+    name = name or describe(data)
+    pixels, count = await sandbox.acall(
+        tensor_task,
+        data,
+        name,
+        contract,
+        path,
+        name=name,
+        input_bytes=len(data),
+        admit=admit,
+        executor=executor,
     )
     return finish(pixels, contract), count
 

@@ -4,17 +4,26 @@ engine.runtime.sandbox)."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
 import logging
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent.futures import Executor
 from contextlib import closing
-from typing import Any
+from typing import Any, TypeAlias
 
 from pneumo_onnx.engine.errors import ImageError, Overloaded, PneumoError
-from pneumo_onnx.engine.runtime.sandbox.process import START_SECONDS, WorkerProcess, may_fork
+from pneumo_onnx.engine.runtime.sandbox.process import (
+    START_SECONDS,
+    WorkerProcess,
+    may_fork,
+)
 from pneumo_onnx.engine.runtime.sandbox.wire import (
     MB,
     Limits,
@@ -26,6 +35,8 @@ from pneumo_onnx.engine.runtime.sandbox.wire import (
 log = logging.getLogger(__name__)
 
 Task = Callable[..., Any]
+# A call waiting for a worker: a thread's, or a coroutine's
+_Waiting: TypeAlias = "concurrent.futures.Future[WorkerProcess] | asyncio.Future[WorkerProcess]"
 Admit = Callable[[Any], None]
 
 
@@ -52,11 +63,13 @@ class Sandbox:
         self.size = workers
         self.limits = limits or Limits()
         self.preload = tuple(preload)
-        self._idle: queue.Queue[WorkerProcess | None] = queue.Queue()
         self._lock = threading.Condition()
+        self._idle: deque[WorkerProcess] = deque()  # only while no call waits
+        # Calls waiting for a worker, served in order: a thread's (no loop) or a coroutine's.
+        self._waiters: deque[tuple[asyncio.AbstractEventLoop | None, _Waiting]] = deque()
+        self._waiting: dict[int, float] = {}  # each waiting call -> since when
         self._granted = 0
         self._queue: deque[object] = deque()  # grants waiting for room, in order
-        self._waiting: dict[int, float] = {}  # calls waiting for a worker: thread -> since
         self._closed = False
         self._failures = 0  # starts that failed in a row
         self.replaced = 0  # workers killed or lost, and replaced
@@ -64,7 +77,7 @@ class Sandbox:
         forked = 0
         if fork and may_fork():  # before any thread of ours exists
             for _ in range(workers):
-                self._idle.put(WorkerProcess.start(self.limits, self.preload, fork=True))
+                self._idle.append(WorkerProcess.start(self.limits, self.preload, fork=True))
                 forked += 1
         threading.Thread(target=self._starter, name="pneumo-sandbox", daemon=True).start()
         for _ in range(workers - forked):
@@ -89,6 +102,57 @@ class Sandbox:
                     return value
         raise AssertionError("a worker ended a call without an answer")
 
+    async def acall(
+        self,
+        task: Task,
+        *args: Any,
+        name: str = "input",
+        input_bytes: int = 0,
+        admit: Admit | None = None,
+        executor: Executor | None = None,
+    ) -> Any:
+        """`call` from the event loop, which holds the whole conversation: it waits for a
+        worker, writes to it and reads from it with its other sockets, with no thread to wake
+        nor a GIL to hand over (they cost more CPU than the conversation itself). Only a
+        grant that must wait for the memory budget waits on a thread of `executor`."""
+        if input_bytes > self.limits.max_input:
+            raise _too_large(name, input_bytes, self.limits.max_input)
+        worker = await self._acheckout()
+        granted = self._pregrant()
+        healthy = False
+        seconds = self.limits.seconds
+        try:
+            deadline = time.monotonic() + seconds
+            call = ("call", task, out_of_band(args), input_bytes, granted)
+            await worker.asend(call, deadline, name, seconds)
+            while True:
+                kind, value = await worker.areceive(deadline, name, seconds)
+                if kind == "need":
+                    nbytes, info = value
+                    refusal = self._refusal(nbytes, info, admit, name)
+                    if refusal is not None:
+                        worker.send("refuse")
+                        await worker.areceive(time.monotonic() + seconds, name, seconds)
+                        healthy = True
+                        raise refusal
+                    granted = self._grant_now(granted, nbytes)
+                    if granted < nbytes:  # the budget is taken: wait for it on a thread
+                        held, granted = granted, 0  # the thread trades it for the grant
+                        granted = await self._granted_later(held, nbytes, executor)
+                    worker.send("grant")
+                    deadline = time.monotonic() + seconds
+                elif kind == "item":
+                    raise ImageError(f"{name} could not be decoded: the decoder answered nonsense")
+                else:
+                    healthy = True
+                    return _answer(kind, value, admit, name)
+        finally:
+            if granted:
+                with self._lock:
+                    self._granted -= granted
+                    self._lock.notify_all()
+            self._checkin(worker, healthy)
+
     def stream(
         self, task: Task, *args: Any, name: str = "input", input_bytes: int = 0
     ) -> Iterator[Any]:
@@ -106,17 +170,18 @@ class Sandbox:
         return 0.0 if oldest is None else time.monotonic() - oldest
 
     def close(self) -> None:
-        """Stop the idle workers now, the busy ones when their call ends."""
+        """Stop the idle workers now, the busy ones when their call ends; the calls waiting
+        for a worker are told the decoders are shutting down."""
         with self._lock:
             self._closed = True
+            waiters, idle = list(self._waiters), list(self._idle)
+            self._waiters.clear()
+            self._idle.clear()
         self._starts.put(False)
-        while True:
-            try:
-                worker = self._idle.get_nowait()
-            except queue.Empty:
-                return
-            if worker is not None:
-                worker.stop()
+        for loop, waiting in waiters:
+            _settle(loop, waiting, error=_shutting_down())
+        for worker in idle:
+            worker.stop()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -131,10 +196,7 @@ class Sandbox:
     ) -> Generator[tuple[str, Any], None, None]:
         """One call, message by message: ('item', x) for each emitted item, then ('ok', x)."""
         if input_bytes > self.limits.max_input:
-            raise ImageError(
-                f"{name} is {input_bytes / MB:.1f} MB, over the {self.limits.max_input / MB:g} "
-                "MB limit for one input"
-            )
+            raise _too_large(name, input_bytes, self.limits.max_input)
         worker = self._checkout()
         granted = self._pregrant()
         healthy = False  # the worker answered its last message and may take the next call
@@ -161,14 +223,7 @@ class Sandbox:
                     deadline = time.monotonic() + seconds
                 else:
                     healthy = True
-                    if kind == "error":
-                        raise unpack(value)
-                    if kind == "memory":
-                        raise memory_error(name, value)
-                    result, admitted = value
-                    if admit is not None and admitted is not None:
-                        admit(admitted)  # decoded within the pregrant: admitted afterwards
-                    yield kind, result
+                    yield kind, _answer(kind, value, admit, name)
                     return
         finally:
             if granted:
@@ -220,35 +275,120 @@ class Sandbox:
             self._lock.notify_all()
         return nbytes
 
-    def _checkout(self) -> WorkerProcess:
-        key = threading.get_ident()
+    def _grant_now(self, held: int, nbytes: int) -> int:
+        """`_grant` if `nbytes` fit the budget now and no grant waits (what is held then),
+        else `held`, unchanged (never waits)."""
         with self._lock:
-            if self._closed:
-                raise Overloaded("the decoders are shutting down", retry_after=5)
-            self._waiting[key] = time.monotonic()
+            if self._queue or self._granted - held + nbytes > self.limits.memory:
+                return held
+            self._granted += nbytes - held
+            return nbytes
+
+    async def _granted_later(self, held: int, nbytes: int, executor: Executor | None) -> int:
+        """`_grant` on a thread of `executor`. Should the caller be cancelled meanwhile, the
+        grant is given back as soon as the thread has it."""
+        wait = asyncio.get_running_loop().run_in_executor(
+            executor, functools.partial(self._grant, held, nbytes)
+        )
         try:
-            while True:
-                try:
-                    worker = self._idle.get(timeout=START_SECONDS)
-                except queue.Empty:
-                    raise Overloaded("no image decoder is available: try again", 5) from None
-                if worker is None:  # closed meanwhile
-                    self._idle.put(None)
-                    raise Overloaded("the decoders are shutting down", retry_after=5)
-                if worker.alive():
-                    return worker
-                self.replaced += 1  # killed from outside while idle
-                self._start_in_background()
-        finally:
+            return await asyncio.shield(wait)
+        except asyncio.CancelledError:
+            wait.add_done_callback(self._give_back)
+            raise
+
+    def _give_back(self, grant: asyncio.Future[int]) -> None:
+        if not grant.cancelled() and grant.exception() is None:
             with self._lock:
-                self._waiting.pop(key, None)
+                self._granted -= grant.result()
+                self._lock.notify_all()
+
+    def _checkout(self) -> WorkerProcess:
+        """A worker for this thread: an idle one, or the next one free (in the order the
+        calls came, threads' and coroutines' alike)."""
+        while True:
+            with self._lock:
+                worker = self._take_idle()
+                if worker is not None:
+                    return worker
+                waiting: concurrent.futures.Future[WorkerProcess] = concurrent.futures.Future()
+                self._wait(None, waiting)
+            try:
+                worker = waiting.result(timeout=START_SECONDS)
+            except concurrent.futures.TimeoutError:
+                with self._lock:
+                    if waiting.cancel():  # none came: it will not come now
+                        raise _none_available() from None
+                worker = waiting.result()  # one came just now
+            finally:
+                self._done_waiting(None, waiting)
+            if self._usable(worker):
+                return worker
+
+    async def _acheckout(self) -> WorkerProcess:
+        """`_checkout` for a coroutine: it waits on its event loop, not on a thread."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                worker = self._take_idle()
+                if worker is not None:
+                    return worker
+                waiting: asyncio.Future[WorkerProcess] = loop.create_future()
+                self._wait(loop, waiting)
+            try:
+                worker = await asyncio.wait_for(waiting, START_SECONDS)
+            except TimeoutError:
+                raise _none_available() from None
+            finally:
+                self._done_waiting(loop, waiting)
+            if self._usable(worker):
+                return worker
+
+    def _take_idle(self) -> WorkerProcess | None:
+        """(Under the lock.) An idle worker that is alive, or None; Overloaded once closed."""
+        if self._closed:
+            raise _shutting_down()
+        while self._idle:
+            worker = self._idle.popleft()
+            if self._usable(worker):
+                return worker
+        return None
+
+    def _wait(self, loop: asyncio.AbstractEventLoop | None, waiting: _Waiting) -> None:
+        """(Under the lock.) Queue a call for the next free worker."""
+        self._waiters.append((loop, waiting))
+        self._waiting[id(waiting)] = time.monotonic()
+
+    def _done_waiting(self, loop: asyncio.AbstractEventLoop | None, waiting: _Waiting) -> None:
+        with self._lock:
+            self._waiting.pop(id(waiting), None)
+            with contextlib.suppress(ValueError):  # served, or failed by close()
+                self._waiters.remove((loop, waiting))
+
+    def _usable(self, worker: WorkerProcess) -> bool:
+        """A worker handed out is alive; one killed from outside while idle is replaced."""
+        if worker.alive():
+            return True
+        self.replaced += 1
+        self._start_in_background()
+        return False
+
+    def _release(self, worker: WorkerProcess) -> None:
+        """A free worker goes to the call that has waited longest, else to the idle ones."""
+        with self._lock:
+            while self._waiters and not self._closed:
+                loop, waiting = self._waiters.popleft()
+                if _settle(loop, waiting, worker=worker, passed_on=self._release):
+                    return
+            if not self._closed:
+                self._idle.append(worker)
+                return
+        worker.stop()
 
     def _checkin(self, worker: WorkerProcess, healthy: bool) -> None:
         if self._closed:
             worker.stop()
-            self._idle.put(None)
         elif healthy and worker.alive():
-            self._idle.put(worker)
+            self._release(worker)
         else:
             worker.kill()
             self.replaced += 1
@@ -271,10 +411,81 @@ class Sandbox:
                     time.sleep(min(30.0, 0.5 * 2**self._failures))
                     continue
                 self._failures = 0
-                if self._closed:
-                    worker.stop()
-                    break
-                self._idle.put(worker)
+                self._release(worker)  # stopped, should the sandbox have closed meanwhile
                 break
-            else:
-                self._idle.put(None)
+
+
+def _answer(kind: str, value: Any, admit: Admit | None, name: str) -> Any:
+    """A call's last message as its result, or the error it says."""
+    if kind == "error":
+        raise unpack(value)
+    if kind == "memory":
+        raise memory_error(name, value)
+    result, admitted = value
+    if admit is not None and admitted is not None:
+        admit(admitted)  # decoded within the pregrant: admitted afterwards
+    return result
+
+
+def _settle(
+    loop: asyncio.AbstractEventLoop | None,
+    waiting: Any,
+    worker: WorkerProcess | None = None,
+    error: BaseException | None = None,
+    passed_on: Callable[[WorkerProcess], None] | None = None,
+) -> bool:
+    """Hand a waiting call its worker (or `error`): False if it no longer waits (it timed
+    out, or its event loop is gone). A coroutine's worker arrives through its loop, where a
+    call that gave up meanwhile has it `passed_on` to the next."""
+    if loop is None:
+        if not waiting.set_running_or_notify_cancel():
+            return False
+        if error is not None:
+            waiting.set_exception(error)
+        else:
+            waiting.set_result(worker)
+        return True
+    if waiting.done():
+        return False
+    if _running_loop() is loop:  # released on the waiter's own loop: no wake-up to send
+        if error is not None:
+            waiting.set_exception(error)
+        else:
+            waiting.set_result(worker)
+        return True
+
+    def on_loop() -> None:
+        if waiting.done():  # gave up (timed out, cancelled) since
+            if worker is not None and passed_on is not None:
+                passed_on(worker)
+        elif error is not None:
+            waiting.set_exception(error)
+        else:
+            waiting.set_result(worker)
+
+    try:
+        loop.call_soon_threadsafe(on_loop)
+    except RuntimeError:  # its loop is closed
+        return False
+    return True
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _too_large(name: str, size: int, limit: int) -> ImageError:
+    return ImageError(
+        f"{name} is {size / MB:.1f} MB, over the {limit / MB:g} MB limit for one input"
+    )
+
+
+def _none_available() -> Overloaded:
+    return Overloaded("no image decoder is available: try again", 5)
+
+
+def _shutting_down() -> Overloaded:
+    return Overloaded("the decoders are shutting down", retry_after=5)

@@ -4,6 +4,8 @@ memory limit), and killed."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import pickle
 import signal
@@ -11,14 +13,23 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeAlias
 
 from pneumo_onnx.engine.errors import ImageError, PneumoError
-from pneumo_onnx.engine.runtime.sandbox.wire import AllowListUnpickler, Limits, receive, send
+from pneumo_onnx.engine.runtime.sandbox.wire import (
+    READ_CHUNK,
+    AllowListUnpickler,
+    Limits,
+    frame_reader,
+    framed,
+    receive,
+    send,
+    unpickled,
+    write_some,
+)
 
 START_SECONDS = 60.0  # a worker not ready by then is broken (a missing module, no memory)
 PIPE_BYTES = 2**20
@@ -56,7 +67,7 @@ class WorkerProcess:
             raise PneumoError(f"cannot start a decode worker: {e}") from e
         finally:
             for fd in (to_r, back_w):
-                with suppress(OSError):
+                with contextlib.suppress(OSError):
                     os.close(fd)
         worker = cls(proc, Connection(to_w, readable=False), Connection(back_r, writable=False))
         try:
@@ -84,22 +95,123 @@ class WorkerProcess:
         tries again (Pillow's TIFF reader does, per strip) would spin there until then."""
         stuck_since: float | None = None
         while not self._back.poll(min(WATCH_SECONDS, max(0.0, deadline - time.monotonic()))):
-            now = time.monotonic()
-            if now >= deadline:
-                self.kill()
-                raise ImageError(f"{name} took more than {seconds:g} s to decode: refused")
-            if not self._at_limit():
-                stuck_since = None
-            elif stuck_since is None:
-                stuck_since = now
-            elif now - stuck_since >= STUCK_SECONDS:
-                self.kill()
-                raise ImageError(
-                    f"{name} needs more memory to decode than it may use (its decoder stayed "
-                    "at its memory limit): refused"
-                )
+            stuck_since = self._watch(deadline, stuck_since, name, seconds)
+        return self._read(name)
+
+    async def asend(self, message: object, deadline: float, name: str, seconds: float) -> None:
+        """`send` on the running event loop: what the pipe does not take at once is written
+        as the worker reads it (a worker that stops reading meets `deadline`)."""
+        fd = self._to.fileno()
+        parts = framed(message)
+        os.set_blocking(fd, False)
         try:
+            while parts:
+                try:
+                    write_some(fd, parts)
+                except BlockingIOError:
+                    await self._ready(fd, deadline, name, seconds, write=True)
+        except OSError as e:  # the worker died while we wrote (BrokenPipeError)
+            raise ImageError(f"the image decoder stopped ({self._death()})") from e
+        finally:
+            if not self._to.closed:
+                os.set_blocking(fd, True)
+
+    async def areceive(self, deadline: float, name: str, seconds: float) -> tuple[str, Any]:
+        """`receive` on the running event loop: the pipe is waited for with the loop's other
+        sockets (no thread to wake, nor a GIL to hand over), watched as `receive` watches,
+        and read as its bytes arrive: a worker that sends half a message and stops holds
+        no one (it meets its deadline)."""
+        fd = self._back.fileno()
+        stuck: float | None = None
+        frame = frame_reader()
+        wanted, chunks, got = next(frame), list[bytes](), 0
+        with self._reading(name):
+            os.set_blocking(fd, False)
+            try:
+                while True:
+                    if got < wanted:
+                        try:
+                            data = os.read(fd, min(wanted - got, READ_CHUNK))
+                        except BlockingIOError:
+                            if not await self._ready(fd, deadline, name, seconds):
+                                stuck = self._watch(deadline, stuck, name, seconds)
+                            continue
+                        if not data:
+                            raise EOFError
+                        chunks.append(data)
+                        got += len(data)
+                        if got < wanted:
+                            continue
+                    part = b"".join(chunks)
+                    chunks.clear()
+                    got = 0
+                    try:
+                        wanted = frame.send(part)
+                    except StopIteration as done:
+                        message = unpickled(done.value, AllowListUnpickler)
+                        break
+            finally:
+                if not self._back.closed:  # killed meanwhile: its descriptor may be reused
+                    os.set_blocking(fd, True)
+        return self._checked(message, name)
+
+    async def _ready(
+        self, fd: int, deadline: float, name: str, seconds: float, write: bool = False
+    ) -> bool:
+        """Wait until the pipe can be read (or written), at most WATCH_SECONDS: whether it
+        can. Past `deadline` the worker is killed (ImageError)."""
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[bool] = loop.create_future()
+        add, remove = (
+            (loop.add_writer, loop.remove_writer)
+            if write
+            else (loop.add_reader, loop.remove_reader)
+        )
+        add(fd, _settle, ready, True)
+        wait = min(WATCH_SECONDS, max(0.0, deadline - time.monotonic()))
+        timer = loop.call_later(wait, _settle, ready, False)
+        try:
+            done = await ready
+        finally:
+            remove(fd)
+            timer.cancel()
+        if not done and time.monotonic() >= deadline:
+            self.kill()
+            raise ImageError(f"{name} took more than {seconds:g} s to decode: refused")
+        return done
+
+    def _watch(
+        self, deadline: float, stuck_since: float | None, name: str, seconds: float
+    ) -> float | None:
+        """One look at a worker that has not answered yet: killed (ImageError) past its
+        deadline or stuck at its memory limit; else since when it has been at that limit."""
+        now = time.monotonic()
+        if now >= deadline:
+            self.kill()
+            raise ImageError(f"{name} took more than {seconds:g} s to decode: refused")
+        if not self._at_limit():
+            return None
+        if stuck_since is None:
+            return now
+        if now - stuck_since >= STUCK_SECONDS:
+            self.kill()
+            raise ImageError(
+                f"{name} needs more memory to decode than it may use (its decoder stayed "
+                "at its memory limit): refused"
+            )
+        return stuck_since
+
+    def _read(self, name: str) -> tuple[str, Any]:
+        """The message waiting in the pipe, checked."""
+        with self._reading(name):
             message = receive(self._back, AllowListUnpickler)
+        return self._checked(message, name)
+
+    @contextlib.contextmanager
+    def _reading(self, name: str) -> Iterator[None]:
+        """What a failed read means, in the caller's words."""
+        try:
+            yield
         except (EOFError, OSError):
             raise ImageError(
                 f"{name} could not be decoded: the decoder stopped ({self._death()})"
@@ -107,6 +219,8 @@ class WorkerProcess:
         except pickle.UnpicklingError as e:
             self.kill()
             raise ImageError(f"{name} could not be decoded: the decoder answered {e}") from None
+
+    def _checked(self, message: object, name: str) -> tuple[str, Any]:
         if not (isinstance(message, tuple) and len(message) == 2 and isinstance(message[0], str)):
             self.kill()
             raise ImageError(f"{name} could not be decoded: the decoder answered nonsense")
@@ -156,6 +270,11 @@ class WorkerProcess:
             except ValueError:
                 return f"killed by signal {-code}"
         return f"exit status {code}"
+
+
+def _settle(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 def _spawned(argv: list[str], fds: tuple[int, int]) -> subprocess.Popen[bytes]:

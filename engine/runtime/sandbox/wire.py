@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import struct
+from collections.abc import Generator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -27,6 +29,11 @@ _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype")} | {
     )
 }
 OUT_OF_BAND = 64 * 2**10  # bytes arguments this large cross the pipe as they are, unpickled
+FRAME = struct.Struct("<QI")  # a message's pickle length and how many buffers follow it
+MAX_PICKLE = 1 << 31  # what a frame may announce (more is a broken or hostile peer)
+MAX_BUFFERS = 1 << 16
+IOV_MAX = 1024
+READ_CHUNK = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -61,19 +68,87 @@ class AllowListUnpickler(pickle.Unpickler):
 
 
 def send(conn: Connection, message: object) -> None:
+    """`message` as a frame (`framed`), written whole (blocking)."""
+    parts = framed(message)
+    while parts:
+        write_some(conn.fileno(), parts)
+
+
+def framed(message: object) -> list[memoryview]:
     """`message` pickled, its large buffers (numpy arrays, PickleBuffer-wrapped bytes) sent
-    after it as they are: no copy into the pickle, and none out of it on the other side."""
+    after it as they are (no copy into the pickle, none out of it on the other side): FRAME,
+    the buffers' sizes, the pickle, the buffers; one system call writes it where the pipe
+    has room."""
     buffers: list[pickle.PickleBuffer] = []
     payload = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
-    conn.send_bytes(len(buffers).to_bytes(4, "little") + payload)
-    for buffer in buffers:
-        conn.send_bytes(buffer.raw())
+    raws = [b.raw() for b in buffers]
+    sizes = struct.pack(f"<{len(raws)}Q", *(r.nbytes for r in raws))
+    head = FRAME.pack(len(payload), len(raws))
+    parts = [memoryview(head), memoryview(sizes), memoryview(payload), *raws]
+    return [p for p in parts if p.nbytes]
+
+
+def write_some(fd: int, parts: list[memoryview]) -> None:
+    """One write of what is left of a frame; `parts` keeps what is still to write."""
+    written = os.writev(fd, parts[:IOV_MAX])
+    while parts and written >= parts[0].nbytes:
+        written -= parts[0].nbytes
+        parts.pop(0)
+    if written:
+        parts[0] = parts[0][written:]
 
 
 def receive(conn: Connection, unpickler: type[pickle.Unpickler] = pickle.Unpickler) -> Any:
-    head = conn.recv_bytes()
-    buffers = [conn.recv_bytes() for _ in range(int.from_bytes(head[:4], "little"))]
-    return unpickler(io.BytesIO(head[4:]), buffers=buffers).load()
+    """The next message, read as it arrives (blocking)."""
+    fd = conn.fileno()
+    frame = frame_reader()
+    wanted = next(frame)
+    try:
+        while True:
+            wanted = frame.send(read_exact(fd, wanted))
+    except StopIteration as done:
+        return unpickled(done.value, unpickler)
+
+
+Frame = tuple[bytes, list[bytes]]  # a message's pickle and its buffers
+
+
+def frame_reader() -> Generator[int, bytes, Frame]:
+    """A frame's parts in turn: yields how many bytes it needs next, is sent them, returns
+    (pickle, buffers). What drives it reads them: blocking (`receive`), or as the event loop
+    finds them there (`WorkerProcess.areceive`)."""
+    length, count = FRAME.unpack((yield FRAME.size))
+    if length > MAX_PICKLE or count > MAX_BUFFERS:
+        raise pickle.UnpicklingError(f"a frame of {length} bytes and {count} buffers")
+    sizes = struct.unpack(f"<{count}Q", (yield 8 * count)) if count else ()
+    payload = yield length
+    buffers = []
+    for size in sizes:
+        buffers.append((yield size))  # bytes, as the task's arguments were
+    return payload, buffers
+
+
+def unpickled(frame: Frame, unpickler: type[pickle.Unpickler] = pickle.Unpickler) -> Any:
+    payload, buffers = frame
+    return unpickler(io.BytesIO(payload), buffers=buffers).load()
+
+
+def read_exact(fd: int, size: int) -> bytes:
+    """`size` bytes from `fd` (one read where they are all there), never allocating more
+    than READ_CHUNK ahead of what arrived (a peer's announced size is only a claim);
+    EOFError if it closes first."""
+    data = os.read(fd, min(size, READ_CHUNK))
+    if len(data) == size:
+        return data
+    chunks = [data]
+    got = len(data)
+    while got < size:
+        if not data:
+            raise EOFError
+        data = os.read(fd, min(size - got, READ_CHUNK))
+        chunks.append(data)
+        got += len(data)
+    return b"".join(chunks)
 
 
 def out_of_band(args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -120,6 +195,15 @@ def unpack(packed: tuple[str, str, dict[str, Any]]) -> PneumoError:
 
 
 def data_bytes() -> int:
-    """This process's data segment now (what RLIMIT_DATA counts), from /proc/self/statm."""
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[5]) * os.sysconf("SC_PAGE_SIZE")
+    """This process's data segment now (what RLIMIT_DATA counts), from /proc/self/statm: one
+    pread of a descriptor kept open (a worker asks three times a task; opening the file
+    anew took ten system calls each time)."""
+    global _statm
+    pid = os.getpid()
+    if _statm is None or _statm[0] != pid:  # opened by this process (not inherited by fork)
+        _statm = pid, os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+    return int(os.pread(_statm[1], 256, 0).split()[5]) * _PAGE
+
+
+_statm: tuple[int, int] | None = None  # (the process that opened it, the descriptor)
+_PAGE = os.sysconf("SC_PAGE_SIZE")

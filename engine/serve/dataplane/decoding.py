@@ -135,13 +135,13 @@ class Decoders:
             async with turns:
                 if ticket.refusal is not None:
                     raise ticket.refusal  # the request is refused: decode no more of it
-                x, _ = await self.run(
-                    isolated.tensor,
+                x, _ = await isolated.atensor(
                     self._live(),
                     item.data,
                     *_path(engine),
                     admit=functools.partial(ticket.header, index),
                     name=client_name(item.name) if item.name else None,
+                    executor=self._threads,
                 )
                 return x
         finally:
