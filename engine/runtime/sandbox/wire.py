@@ -12,7 +12,7 @@ import struct
 from collections.abc import Generator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, ClassVar
 
 from pneumo_onnx.engine.errors import ImageError, PneumoError, first_line
 
@@ -61,10 +61,16 @@ class Limits:
 
 
 class AllowListUnpickler(pickle.Unpickler):
+    _found: ClassVar[dict[tuple[str, str], Any]] = {}  # what the allow-list let through
+
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"a {module}.{name}, which is not allowed")
+        key = (module, name)
+        found = self._found.get(key)
+        if found is None:
+            if key not in _ALLOWED:
+                raise pickle.UnpicklingError(f"a {module}.{name}, which is not allowed")
+            found = self._found[key] = super().find_class(module, name)
+        return found
 
 
 def send(conn: Connection, message: object) -> None:
