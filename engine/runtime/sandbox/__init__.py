@@ -21,6 +21,10 @@ happened, and the other workers, the parent and its event loop go on. What a wor
 is unpickled with an allow-list (builtins and numpy arrays): a decoder exploited into running
 code still cannot run any in the parent.
 
+A call comes from a thread (`Sandbox.call`, which waits on the pipe) or from an event loop
+(`Sandbox.acall`: the loop waits on the pipe with its sockets, so a server hands an image to a
+worker without waking a thread); both wait for a free worker in one queue, in order.
+
 The pool is `pool` (in the parent), one worker as the parent sees it `process`, the worker
 itself `worker` (`python -m engine.runtime.sandbox`), what crosses the pipes `wire`.
 """

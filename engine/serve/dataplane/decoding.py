@@ -1,8 +1,10 @@
-"""The server's decode stage: its worker processes (engine.runtime.sandbox), the threads that
-wait on them, admission to them (`admission`), and the rule that one request decodes one
-image at a time while another worker exists, so that no single request (a job chunk, a V2
-batch of bombs) holds every decoder. Everything the scoring path decodes goes through here:
-the server itself never parses an image."""
+"""The server's decode stage: its worker processes (engine.runtime.sandbox), with whom the
+event loop itself converses for the scoring path's images (`Sandbox.acall`: no thread per
+image), a few threads for the blocking rest (pictures, large uploads' hashes, a grant that
+waits for memory), admission to the workers (`admission`), and the rule that one request
+decodes one image at a time while another worker exists, so that no single request (a job
+chunk, a V2 batch of bombs) holds every decoder. Everything the scoring path decodes goes
+through here: the server itself never parses an image."""
 
 from __future__ import annotations
 
@@ -45,7 +47,8 @@ class Decoders:
         self.budget = budget
         self.per_request = max(1, workers - 1)
         self.sandbox: Sandbox | None = None
-        # Threads that wait on the workers (one each), and one for hashing uploads.
+        # Threads for blocking work beside the loop: pictures and parses that wait on a
+        # worker, large uploads' hashes, grants that wait for memory.
         self._threads = ThreadPoolExecutor(workers + 1, thread_name_prefix="pneumo-decode")
 
     def start(self) -> None:
