@@ -266,8 +266,20 @@ def test_heads_under_the_limit_pass_one_after_another(server: ServerProcess) -> 
     assert text.count("HTTP/1.1 200") == 4, text[:300]
 
 
-def test_a_request_the_parser_refuses_is_a_json_400(server: ServerProcess) -> None:
-    text = exchange(server.port, b"GARBAGE\r\n\r\n")
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-A: a\x7fb\r\n\r\n",  # DEL: no field char
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    ],
+    ids=["no-method", "control-in-value", "two-lengths"],
+)
+def test_a_request_the_parser_refuses_is_a_json_400(
+    server: ServerProcess, request_bytes: bytes
+) -> None:
+    text = exchange(server.port, request_bytes)
     assert text.startswith("HTTP/1.1 400"), text[:200]
     assert '{"error": "malformed HTTP request: ' in text
 

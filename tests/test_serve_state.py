@@ -21,7 +21,7 @@ import pytest
 
 from benchmarks.payloads import png
 from pneumo_onnx.engine.runtime.samples import sample_images
-from pneumo_onnx.engine.serve.store import predictions, sqlite_backend
+from pneumo_onnx.engine.serve.store import predictions, retention, sqlite_backend
 from pneumo_onnx.engine.serve.store.predictions import PredictionLog
 from pneumo_onnx.engine.serve.store.reports import summarize
 from tests.server_process import ServerProcess
@@ -195,7 +195,7 @@ def test_reports_during_a_retention_pass_keep_the_wal_bounded(
     state folder never grows past the log plus that; once the reports stop, it finishes."""
     monkeypatch.setattr(sqlite_backend, "WAL_LIMIT_BYTES", 2 * 2**20)
     monkeypatch.setattr(predictions, "PRUNE_RETRY", 0.2)
-    monkeypatch.setattr(predictions, "PRUNE_ROWS", 2000)
+    monkeypatch.setattr(retention, "PRUNE_ROWS", 2000)
     db = tmp_path / "predictions.db"
     PredictionLog(db).close()
     old = time.time() - 100 * 86400

@@ -25,8 +25,9 @@ A call comes from a thread (`Sandbox.call`, which waits on the pipe) or from an 
 (`Sandbox.acall`: the loop waits on the pipe with its sockets, so a server hands an image to a
 worker without waking a thread); both wait for a free worker in one queue, in order.
 
-The pool is `pool` (in the parent), one worker as the parent sees it `process`, the worker
-itself `worker` (`python -m engine.runtime.sandbox`), what crosses the pipes `wire`.
+The pool is `pool` (in the parent), who gets its next free worker `turns`, one worker as the
+parent sees it `process`, the worker itself `worker` (`python -m engine.runtime.sandbox`), what
+crosses the pipes `wire`.
 """
 
 from pneumo_onnx.engine.runtime.sandbox.pool import Admit, Sandbox, Task

@@ -5,8 +5,6 @@ engine.runtime.sandbox)."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import functools
 import logging
 import queue
@@ -16,14 +14,11 @@ from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import closing
-from typing import Any, TypeAlias
+from typing import Any
 
-from pneumo_onnx.engine.errors import ImageError, Overloaded, PneumoError
-from pneumo_onnx.engine.runtime.sandbox.process import (
-    START_SECONDS,
-    WorkerProcess,
-    may_fork,
-)
+from pneumo_onnx.engine.errors import ImageError, PneumoError
+from pneumo_onnx.engine.runtime.sandbox.process import WorkerProcess, may_fork
+from pneumo_onnx.engine.runtime.sandbox.turns import Turns
 from pneumo_onnx.engine.runtime.sandbox.wire import (
     MB,
     Limits,
@@ -35,8 +30,6 @@ from pneumo_onnx.engine.runtime.sandbox.wire import (
 log = logging.getLogger(__name__)
 
 Task = Callable[..., Any]
-# A call waiting for a worker: a thread's, or a coroutine's
-_Waiting: TypeAlias = "concurrent.futures.Future[WorkerProcess] | asyncio.Future[WorkerProcess]"
 Admit = Callable[[Any], None]
 
 
@@ -63,21 +56,17 @@ class Sandbox:
         self.size = workers
         self.limits = limits or Limits()
         self.preload = tuple(preload)
-        self._lock = threading.Condition()
-        self._idle: deque[WorkerProcess] = deque()  # only while no call waits
-        # Calls waiting for a worker, served in order: a thread's (no loop) or a coroutine's.
-        self._waiters: deque[tuple[asyncio.AbstractEventLoop | None, _Waiting]] = deque()
-        self._waiting: dict[int, float] = {}  # each waiting call -> since when
+        self._lock = threading.Condition()  # the memory budget's
+        self._turns = Turns(self._replace)
         self._granted = 0
         self._queue: deque[object] = deque()  # grants waiting for room, in order
-        self._closed = False
         self._failures = 0  # starts that failed in a row
         self.replaced = 0  # workers killed or lost, and replaced
         self._starts: queue.Queue[bool] = queue.Queue()
         forked = 0
         if fork and may_fork():  # before any thread of ours exists
             for _ in range(workers):
-                self._idle.append(WorkerProcess.start(self.limits, self.preload, fork=True))
+                self._turns.release(WorkerProcess.start(self.limits, self.preload, fork=True))
                 forked += 1
         threading.Thread(target=self._starter, name="pneumo-sandbox", daemon=True).start()
         for _ in range(workers - forked):
@@ -117,7 +106,7 @@ class Sandbox:
         grant that must wait for the memory budget waits on a thread of `executor`."""
         if input_bytes > self.limits.max_input:
             raise _too_large(name, input_bytes, self.limits.max_input)
-        worker = await self._acheckout()
+        worker = await self._turns.acheckout()
         granted = self._pregrant()
         healthy = False
         seconds = self.limits.seconds
@@ -147,10 +136,7 @@ class Sandbox:
                     healthy = True
                     return _answer(kind, value, admit, name)
         finally:
-            if granted:
-                with self._lock:
-                    self._granted -= granted
-                    self._lock.notify_all()
+            self._give_back(granted)
             self._checkin(worker, healthy)
 
     def stream(
@@ -165,23 +151,13 @@ class Sandbox:
 
     def queue_delay(self) -> float:
         """How long the oldest call still waiting for a worker has waited (s)."""
-        with self._lock:
-            oldest = min(self._waiting.values(), default=None)
-        return 0.0 if oldest is None else time.monotonic() - oldest
+        return self._turns.queue_delay()
 
     def close(self) -> None:
         """Stop the idle workers now, the busy ones when their call ends; the calls waiting
         for a worker are told the decoders are shutting down."""
-        with self._lock:
-            self._closed = True
-            waiters, idle = list(self._waiters), list(self._idle)
-            self._waiters.clear()
-            self._idle.clear()
+        self._turns.close()
         self._starts.put(False)
-        for loop, waiting in waiters:
-            _settle(loop, waiting, error=_shutting_down())
-        for worker in idle:
-            worker.stop()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -197,7 +173,7 @@ class Sandbox:
         """One call, message by message: ('item', x) for each emitted item, then ('ok', x)."""
         if input_bytes > self.limits.max_input:
             raise _too_large(name, input_bytes, self.limits.max_input)
-        worker = self._checkout()
+        worker = self._turns.checkout()
         granted = self._pregrant()
         healthy = False  # the worker answered its last message and may take the next call
         seconds = self.limits.seconds
@@ -226,10 +202,7 @@ class Sandbox:
                     yield kind, _answer(kind, value, admit, name)
                     return
         finally:
-            if granted:
-                with self._lock:
-                    self._granted -= granted
-                    self._lock.notify_all()
+            self._give_back(granted)
             self._checkin(worker, healthy)
 
     def _pregrant(self) -> int:
@@ -293,106 +266,33 @@ class Sandbox:
         try:
             return await asyncio.shield(wait)
         except asyncio.CancelledError:
-            wait.add_done_callback(self._give_back)
+            wait.add_done_callback(self._give_back_later)
             raise
 
-    def _give_back(self, grant: asyncio.Future[int]) -> None:
-        if not grant.cancelled() and grant.exception() is None:
+    def _give_back(self, granted: int) -> None:
+        """Memory a call held goes back to the budget (and to the grants waiting for it)."""
+        if granted:
             with self._lock:
-                self._granted -= grant.result()
+                self._granted -= granted
                 self._lock.notify_all()
 
-    def _checkout(self) -> WorkerProcess:
-        """A worker for this thread: an idle one, or the next one free (in the order the
-        calls came, threads' and coroutines' alike)."""
-        while True:
-            with self._lock:
-                worker = self._take_idle()
-                if worker is not None:
-                    return worker
-                waiting: concurrent.futures.Future[WorkerProcess] = concurrent.futures.Future()
-                self._wait(None, waiting)
-            try:
-                worker = waiting.result(timeout=START_SECONDS)
-            except concurrent.futures.TimeoutError:
-                with self._lock:
-                    if waiting.cancel():  # none came: it will not come now
-                        raise _none_available() from None
-                worker = waiting.result()  # one came just now
-            finally:
-                self._done_waiting(None, waiting)
-            if self._usable(worker):
-                return worker
-
-    async def _acheckout(self) -> WorkerProcess:
-        """`_checkout` for a coroutine: it waits on its event loop, not on a thread."""
-        loop = asyncio.get_running_loop()
-        while True:
-            with self._lock:
-                worker = self._take_idle()
-                if worker is not None:
-                    return worker
-                waiting: asyncio.Future[WorkerProcess] = loop.create_future()
-                self._wait(loop, waiting)
-            try:
-                worker = await asyncio.wait_for(waiting, START_SECONDS)
-            except TimeoutError:
-                raise _none_available() from None
-            finally:
-                self._done_waiting(loop, waiting)
-            if self._usable(worker):
-                return worker
-
-    def _take_idle(self) -> WorkerProcess | None:
-        """(Under the lock.) An idle worker that is alive, or None; Overloaded once closed."""
-        if self._closed:
-            raise _shutting_down()
-        while self._idle:
-            worker = self._idle.popleft()
-            if self._usable(worker):
-                return worker
-        return None
-
-    def _wait(self, loop: asyncio.AbstractEventLoop | None, waiting: _Waiting) -> None:
-        """(Under the lock.) Queue a call for the next free worker."""
-        self._waiters.append((loop, waiting))
-        self._waiting[id(waiting)] = time.monotonic()
-
-    def _done_waiting(self, loop: asyncio.AbstractEventLoop | None, waiting: _Waiting) -> None:
-        with self._lock:
-            self._waiting.pop(id(waiting), None)
-            with contextlib.suppress(ValueError):  # served, or failed by close()
-                self._waiters.remove((loop, waiting))
-
-    def _usable(self, worker: WorkerProcess) -> bool:
-        """A worker handed out is alive; one killed from outside while idle is replaced."""
-        if worker.alive():
-            return True
-        self.replaced += 1
-        self._start_in_background()
-        return False
-
-    def _release(self, worker: WorkerProcess) -> None:
-        """A free worker goes to the call that has waited longest, else to the idle ones."""
-        with self._lock:
-            while self._waiters and not self._closed:
-                loop, waiting = self._waiters.popleft()
-                if _settle(loop, waiting, worker=worker, passed_on=self._release):
-                    return
-            if not self._closed:
-                self._idle.append(worker)
-                return
-        worker.stop()
+    def _give_back_later(self, grant: asyncio.Future[int]) -> None:
+        if not grant.cancelled() and grant.exception() is None:
+            self._give_back(grant.result())
 
     def _checkin(self, worker: WorkerProcess, healthy: bool) -> None:
-        if self._closed:
+        if self._turns.closed:
             worker.stop()
         elif healthy and worker.alive():
-            self._release(worker)
+            self._turns.release(worker)
         else:
             worker.kill()
-            self.replaced += 1
-            self._start_in_background()
+            self._replace(worker)
+
+    def _replace(self, worker: WorkerProcess) -> None:
+        """A worker killed, or found dead: a new one is started in the background."""
+        self.replaced += 1
+        self._start_in_background()
 
     def _start_in_background(self) -> None:
         """Ask the starter thread for a new worker: its slot is idle once it is ready."""
@@ -402,7 +302,7 @@ class Sandbox:
         """Starts every worker. One long-lived thread: a worker dies with the thread that
         started it (PR_SET_PDEATHSIG follows the thread), so not with a short-lived one."""
         while self._starts.get():
-            while not self._closed:
+            while not self._turns.closed:
                 try:
                     worker = WorkerProcess.start(self.limits, self.preload)
                 except PneumoError as e:
@@ -411,7 +311,7 @@ class Sandbox:
                     time.sleep(min(30.0, 0.5 * 2**self._failures))
                     continue
                 self._failures = 0
-                self._release(worker)  # stopped, should the sandbox have closed meanwhile
+                self._turns.release(worker)  # stopped, should the sandbox have closed meanwhile
                 break
 
 
@@ -427,65 +327,7 @@ def _answer(kind: str, value: Any, admit: Admit | None, name: str) -> Any:
     return result
 
 
-def _settle(
-    loop: asyncio.AbstractEventLoop | None,
-    waiting: Any,
-    worker: WorkerProcess | None = None,
-    error: BaseException | None = None,
-    passed_on: Callable[[WorkerProcess], None] | None = None,
-) -> bool:
-    """Hand a waiting call its worker (or `error`): False if it no longer waits (it timed
-    out, or its event loop is gone). A coroutine's worker arrives through its loop, where a
-    call that gave up meanwhile has it `passed_on` to the next."""
-    if loop is None:
-        if not waiting.set_running_or_notify_cancel():
-            return False
-        if error is not None:
-            waiting.set_exception(error)
-        else:
-            waiting.set_result(worker)
-        return True
-    if waiting.done():
-        return False
-    if _running_loop() is loop:  # released on the waiter's own loop: no wake-up to send
-        if error is not None:
-            waiting.set_exception(error)
-        else:
-            waiting.set_result(worker)
-        return True
-
-    def on_loop() -> None:
-        if waiting.done():  # gave up (timed out, cancelled) since
-            if worker is not None and passed_on is not None:
-                passed_on(worker)
-        elif error is not None:
-            waiting.set_exception(error)
-        else:
-            waiting.set_result(worker)
-
-    try:
-        loop.call_soon_threadsafe(on_loop)
-    except RuntimeError:  # its loop is closed
-        return False
-    return True
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
 def _too_large(name: str, size: int, limit: int) -> ImageError:
     return ImageError(
         f"{name} is {size / MB:.1f} MB, over the {limit / MB:g} MB limit for one input"
     )
-
-
-def _none_available() -> Overloaded:
-    return Overloaded("no image decoder is available: try again", 5)
-
-
-def _shutting_down() -> Overloaded:
-    return Overloaded("the decoders are shutting down", retry_after=5)

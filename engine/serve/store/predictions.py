@@ -8,10 +8,9 @@ while it cannot write (a full disk), the queue holds what it can and further row
 as lost rather than piling up in memory, the failure is logged once per change of state and
 shown by `state()` (readiness reports it). `close_within(t)` writes everything still queued,
 giving up after `t` seconds of failing writes and saying how many rows it could not write, so
-a SIGTERM never hangs on a full disk. Rows older than the retention are deleted by the writer,
-a few thousand per transaction, pausing while SQLite's WAL is over its limit (a report reading
-the log keeps SQLite from resetting it: deleting on would grow it without bound); with several
-servers on one database each deletes the same old rows, which is harmless. A log file deleted
+a SIGTERM never hangs on a full disk. Rows older than the retention are deleted by the writer
+(`retention`); with several servers on one database each deletes the same old rows, which is
+harmless. A log file deleted
 or replaced under the server is noticed at the next batch, logged, and recreated; a lost
 PostgreSQL connection is opened again, the batch retried meanwhile.
 Reports open their own read-only connection: WAL lets them read while the writer commits.
@@ -36,6 +35,7 @@ from pneumo_onnx.engine.serve.store.backend import Conn, Database, Target
 from pneumo_onnx.engine.serve.store.databases import open_database
 from pneumo_onnx.engine.serve.store.record import PredictionRecord
 from pneumo_onnx.engine.serve.store.reports import drift_report, summarize
+from pneumo_onnx.engine.serve.store.retention import prune
 from pneumo_onnx.engine.serve.store.schema import check_columns, open_store
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 500
 BATCH_SECONDS = 0.05
 PRUNE_EVERY = 600.0  # seconds between two retention passes of the writer
-PRUNE_ROWS = 5000  # rows deleted per transaction (short, so inserts keep flowing)
 PRUNE_RETRY = 5.0  # a pass paused by a large WAL goes on this much later
 
 
@@ -98,17 +97,12 @@ class PredictionLog:
     def record(self, rec: PredictionRecord) -> None:
         """Queue one record; blocks while the queue is full and the writer healthy, drops
         (and counts) it while the writer cannot write. Raises UsageError once closed."""
-        row = tuple(
-            None if c == "image" and not self.store_images else getattr(rec, c) for c in COLUMNS
-        )  # dataclasses.astuple deep-copies: slow
-        self._put(row, drop_when_failing=True)
+        self._put(self._row(rec), drop_when_failing=True)
 
     def offer(self, rec: PredictionRecord) -> bool:
         """Queue one record if the queue has room now (never waits: the event loop may call
         it); False if it has none, and the caller hands it to `record` on a thread."""
-        row = tuple(
-            None if c == "image" and not self.store_images else getattr(rec, c) for c in COLUMNS
-        )
+        row = self._row(rec)
         with self._state:
             if self._closed or not self._thread.is_alive():
                 return False  # `record` says why
@@ -118,6 +112,10 @@ class PredictionLog:
                 return False
         self._queued(row)
         return True
+
+    def _row(self, rec: PredictionRecord) -> tuple[Any, ...]:
+        keep = self.store_images  # dataclasses.astuple deep-copies: slow
+        return tuple(None if c == "image" and not keep else getattr(rec, c) for c in COLUMNS)
 
     @property
     def failure(self) -> str | None:
@@ -251,7 +249,7 @@ class PredictionLog:
                         if self._putting == 0 and self._queue.empty():
                             return
                 elif self.retention_days > 0 and time.monotonic() >= self._next_prune:
-                    paused = self._prune(conn)
+                    paused = prune(self._db, conn, self.retention_days, self.name)
                     self._next_prune = time.monotonic() + (PRUNE_RETRY if paused else PRUNE_EVERY)
         except Exception:
             log.exception("prediction log %s: the writer failed", self.name)
@@ -282,41 +280,17 @@ class PredictionLog:
                 rows.append(item)  # type: ignore[arg-type]
                 if len(rows) >= BATCH_ROWS:
                     break
-            try:
-                item = self._queue.get_nowait()
-                continue
-            except queue.Empty:
-                pass
-            remaining = deadline - time.monotonic()
-            if stop or remaining <= 0:
-                break
-            # Records do not wake the writer one by one (a thread switch each, in a server
-            # that scores hundreds a second): it waits out the batch's time, woken early by a
-            # flush, a close or a full batch only.
-            self._urgent.wait(remaining)
-            self._urgent.clear()
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-        return rows, markers, stop
-        deadline = time.monotonic() + BATCH_SECONDS
-        while True:
-            if item is _STOP:
-                stop = True
-            elif isinstance(item, threading.Event):
-                markers.append(item)
-                break
-            else:
-                rows.append(item)
-                if len(rows) >= BATCH_ROWS:
-                    break
-            remaining = deadline - time.monotonic()
-            try:
+            if self._queue.empty():
+                remaining = deadline - time.monotonic()
                 if stop or remaining <= 0:
-                    item = self._queue.get_nowait()
-                else:
-                    item = self._queue.get(timeout=remaining)
+                    break
+                # Records do not wake the writer one by one (a thread switch each, in a server
+                # scoring hundreds a second): it waits out the batch's time, woken early by a
+                # flush, a close or a full batch only.
+                self._urgent.wait(remaining)
+                self._urgent.clear()
+            try:
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
         return rows, markers, stop
@@ -390,36 +364,6 @@ class PredictionLog:
         conn.close()
         self._db.forget()
         return _open_writer(self._db)
-
-    def _prune(self, conn: Conn) -> bool:
-        """Delete rows older than the retention, a few thousand per transaction, and give
-        the space back (SQLite). Pauses (True) while SQLite's WAL is over its limit."""
-        cutoff = time.time() - self.retention_days * 86400.0
-        deleted = 0
-        paused = False
-        try:
-            while not (paused := self._db.busy(conn)):
-                with conn.transaction():
-                    n = conn.execute(
-                        "DELETE FROM predictions WHERE id IN (SELECT id FROM predictions "
-                        "WHERE time < ? ORDER BY time LIMIT ?)",
-                        (cutoff, PRUNE_ROWS),
-                    ).rowcount
-                deleted += n
-                if n < PRUNE_ROWS:
-                    break
-            if deleted and not paused:
-                paused = not self._db.reclaim(conn)
-            if deleted:
-                log.info(
-                    "prediction log: %d rows older than %g days deleted%s",
-                    deleted,
-                    self.retention_days,
-                    " (paused while reports read the log)" if paused else "",
-                )
-        except self._db.errors as e:
-            log.error("prediction log %s: retention pass failed (%s)", self.name, e)
-        return paused
 
 
 def _open_writer(db: Database) -> Conn:
