@@ -275,15 +275,22 @@ def chart(run: dict[str, Any], path: Path) -> str:
 Series = list[tuple[str, list[float | None]]]
 
 
+def _by_name(
+    rows: list[dict[str, Any]], column: str, value: str, label: str
+) -> tuple[list[str], Series]:
+    """Rows as bars by name, one series per value of `column` (`label` names it)."""
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    cell = {(r["name"], r[column]): r[value] for r in rows}
+    levels = sorted({r[column] for r in rows})
+    return names, [(label.format(v), [cell.get((n, v)) for n in names]) for v in levels]
+
+
 def _panels(run: dict[str, Any]) -> list[tuple[str, str, list[str], Series]]:
     suites = {k: v for k, v in run["suites"].items() if v["status"] == "ok" and v.get("rows")}
     out = []
     if "model" in suites:
         rows = suites["model"]["rows"]
-        names = list(dict.fromkeys(r["name"] for r in rows))
-        batches = sorted({r["batch"] for r in rows})
-        cell = {(r["name"], r["batch"]): r["images_per_second"] for r in rows}
-        series = [(f"batch {b}", [cell.get((n, b)) for n in names]) for b in batches]
+        names, series = _by_name(rows, "batch", "images_per_second", "batch {}")
         out.append(("model only: throughput (higher is better)", "images/s", names, series))
     if "pipeline" in suites:
         rows = suites["pipeline"]["rows"]
@@ -309,10 +316,7 @@ def _panels(run: dict[str, Any]) -> list[tuple[str, str, list[str], Series]]:
         out.append(_percentiles("HTTP latency", [r for r in rows if r.get("latency_ms")]))
     if "peers" in suites:
         rows = suites["peers"]["rows"]
-        names = list(dict.fromkeys(r["name"] for r in rows))
-        levels = sorted({r["concurrency"] for r in rows})
-        cell = {(r["name"], r["concurrency"]): r["requests_per_second"] for r in rows}
-        series = [(f"{c} clients", [cell.get((n, c)) for n in names]) for c in levels]
+        names, series = _by_name(rows, "concurrency", "requests_per_second", "{} clients")
         out.append(("same model, other servers (higher is better)", "requests/s", names, series))
     if "startup" in suites:
         rows = suites["startup"]["rows"]

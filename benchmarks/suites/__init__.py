@@ -58,6 +58,23 @@ def checkout_env(checkout: Path | None) -> tuple[Path | None, dict[str, str] | N
     return checkout, {**os.environ, "PYTHONPATH": str(checkout)}
 
 
+def loadgen_argv(
+    port: int, folder: Path, requests: int, concurrency: int, pid: int, *extra: str
+) -> list[str]:
+    """`benchmarks.loadgen` against a server on `port` (its process `pid`), as a command line."""
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks.loadgen",
+        f"http://127.0.0.1:{port}",
+        str(folder),
+        f"--requests={requests}",
+        f"--concurrency={concurrency}",
+        *extra,
+        f"--pid={pid}",
+    ]
+
+
 def has(module: str) -> bool:
     """Whether a module can be imported, without importing it (TensorFlow takes seconds)."""
     return importlib.util.find_spec(module) is not None

@@ -10,13 +10,12 @@ requests/s and p99 against the best peer's at each concurrency, on both routes.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from benchmarks.environment import MODEL_DIR, ROOT
 from benchmarks.memory import TreeMemory
 from benchmarks.peer_envs import PEERS, Peer, PeerUnavailable, peer_env, venv_python
-from benchmarks.suites import Context, Skip
+from benchmarks.suites import Context, Skip, loadgen_argv
 from benchmarks.suites.serve import (
     free_port,
     pneumo_serve_missing,
@@ -227,18 +226,7 @@ def _round(
 
 
 def _load(ctx: Context, pid: int, port: int, name: str, route: str, c: int) -> dict[str, Any]:
-    argv = [
-        sys.executable,
-        "-m",
-        "benchmarks.loadgen",
-        f"http://127.0.0.1:{port}",
-        str(ctx.folder),
-        f"--requests={ctx.requests}",
-        f"--concurrency={c}",
-        f"--route={route}",
-        "--scores",
-        f"--pid={pid}",
-    ]
+    argv = loadgen_argv(port, ctx.folder, ctx.requests, c, pid, f"--route={route}", "--scores")
     memory = TreeMemory(pid, interval=0.02).start()
     try:
         report = json_from_stdout(run_process(argv)["stdout"])

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.memory import descendants
-from benchmarks.suites import COMPARED, NO_KERAS, Context, checkout_env, has, pneumo_argv
+from benchmarks.suites import (
+    COMPARED,
+    NO_KERAS,
+    Context,
+    checkout_env,
+    has,
+    loadgen_argv,
+    pneumo_argv,
+)
 from benchmarks.timing import ProcessFailed, json_from_stdout, ratio, run_process
 
 BASELINE = "flask-keras"
@@ -138,16 +146,7 @@ def running(
 def load(ctx: Context, target: str) -> dict[str, Any]:
     checkout = ctx.compare if target.endswith(f"@{COMPARED}") else None
     with server(target, ctx.workdir, checkout) as (proc, port, ready):
-        argv = [
-            sys.executable,
-            "-m",
-            "benchmarks.loadgen",
-            f"http://127.0.0.1:{port}",
-            str(ctx.folder),
-            f"--requests={ctx.requests}",
-            f"--concurrency={ctx.concurrency}",
-            f"--pid={proc.pid}",
-        ]
+        argv = loadgen_argv(port, ctx.folder, ctx.requests, ctx.concurrency, proc.pid)
         report = json_from_stdout(run_process(argv)["stdout"])
     return {"name": target, "ready_seconds": round(ready, 2), **report}
 
