@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from pneumo_onnx.engine.errors import Overloaded
+from pneumo_onnx.engine.runtime.awaiting import until
 
 
 class Scorer(Protocol):
@@ -85,6 +86,13 @@ class Batcher:
             ) from None
         return await item.future
 
+    async def submit_all(self, scorer: Scorer, tensors: Sequence[np.ndarray]) -> list[float]:
+        """`submit` each tensor, together: their scores in order (one is awaited where it is,
+        without a task of its own)."""
+        if len(tensors) == 1:
+            return [await self.submit(scorer, tensors[0])]
+        return list(await asyncio.gather(*(self.submit(scorer, x) for x in tensors)))
+
     async def close(self) -> None:
         """Refuse new items, score every queued one, then stop."""
         self._closing = True
@@ -124,16 +132,16 @@ class Batcher:
         first = self._held or await self._queue.get()
         self._held = None
         batch = [first]
-        deadline = time.perf_counter() + self.max_delay
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_delay
         while len(batch) < self.max_batch:
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
+                if loop.time() >= deadline:
                     break
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                    item = await until(deadline, self._queue.get)
                 except TimeoutError:
                     break
             if item.scorer is not first.scorer:

@@ -9,8 +9,9 @@ through here: the server itself never parses an image."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -75,16 +76,15 @@ class Decoders:
         slot = {i: k for k, i in enumerate(images)}
         peeked = [peek_pixels(items[i].data) for i in images]  # type: ignore[arg-type]
         ticket = self.budget.admit(peeked, self._live().queue_delay(), job)
-        turns = asyncio.Semaphore(self.per_request)
+        turns = asyncio.Semaphore(self.per_request) if len(images) > self.per_request else None
         try:
-            tensors = await asyncio.gather(
-                *(
+            tensors = await settled(
+                [
                     self._tensor(engine, items[i], turns, ticket, slot[i])
                     if i in slot
                     else _ready(items[i].tensor)
                     for i in todo
-                ),
-                return_exceptions=True,
+                ]
             )
         finally:
             ticket.close()
@@ -131,11 +131,16 @@ class Decoders:
         return self.sandbox
 
     async def _tensor(
-        self, engine: Engine, item: Item, turns: asyncio.Semaphore, ticket: Ticket, index: int
+        self,
+        engine: Engine,
+        item: Item,
+        turns: asyncio.Semaphore | None,
+        ticket: Ticket,
+        index: int,
     ) -> np.ndarray:
         assert item.data is not None
         try:
-            async with turns:
+            async with turns or contextlib.nullcontext():
                 if ticket.refusal is not None:
                     raise ticket.refusal  # the request is refused: decode no more of it
                 x, _ = await isolated.atensor(
@@ -149,6 +154,18 @@ class Decoders:
                 return x
         finally:
             ticket.release(index)
+
+
+async def settled(calls: Sequence[Awaitable[T]]) -> list[T | BaseException]:
+    """Each call's result, or the exception it raised, in order, run together (`gather` with
+    `return_exceptions`). One call (an upload) is awaited where it is: a task per image and
+    the gathering future cost more on the event loop than the decode's own bookkeeping."""
+    if len(calls) == 1:
+        try:
+            return [await calls[0]]
+        except Exception as e:
+            return [e]
+    return await asyncio.gather(*calls, return_exceptions=True)
 
 
 def _path(engine: Engine) -> tuple[Any, str]:

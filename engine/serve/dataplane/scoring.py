@@ -180,7 +180,7 @@ class ScoringService:
                     outcomes[i] = x
                 elif isinstance(x, BaseException):
                     raise x  # a bug: the server's unexpected-error handler logs it
-            scores = await asyncio.gather(*(self.batcher.submit(engine, x) for _, x in ready))
+            scores = await self.batcher.submit_all(engine, [x for _, x in ready])
             for (i, _), score in zip(ready, scores, strict=True):
                 if not (math.isfinite(score) and 0.0 <= score <= 1.0):
                     outcomes[i] = PneumoError(

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from pneumo_onnx.engine.runtime.awaiting import until
 from pneumo_onnx.engine.serve.config import LOOPBACK_HOSTS
 from pneumo_onnx.engine.serve.front import errors as http_errors
 from pneumo_onnx.engine.serve.front.bodies import is_byte_count
@@ -200,7 +200,7 @@ class _Meter:
             if done:
                 return await receive()
             try:
-                message = await _by(deadline, receive)
+                message = await until(deadline, receive)
             except TimeoutError:
                 raise refuse(gate._too_slow()) from None
             if message["type"] != "http.request":
@@ -230,16 +230,6 @@ def _answer(refusal: Refusal) -> ASGIApp:
     if refusal.kind == "rate_limited":
         return http_errors.rate_limited(refusal.message, refusal.wait)
     return http_errors.forbidden(refusal.message)
-
-
-async def _by(deadline: float, receive: Receive) -> Message:
-    """`receive()`, or TimeoutError at `deadline` (the loop's clock): without the task that
-    `wait_for` makes for each call where Python has `asyncio.timeout_at` (3.11)."""
-    if sys.version_info >= (3, 11):
-        async with asyncio.timeout_at(deadline):
-            return await receive()
-    loop = asyncio.get_running_loop()
-    return await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
 
 
 def _hostname(host: str) -> str:
