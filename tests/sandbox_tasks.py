@@ -99,3 +99,45 @@ def half_a_frame(ctx: TaskContext) -> None:
 
     os.write(ctx._replies.fileno(), FRAME.pack(100, 0) + b"x" * 10)
     time.sleep(60)
+
+
+def digest(ctx: TaskContext, data: bytes) -> tuple[str, int]:
+    """The sha256 and size of the bytes the task was given."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest(), len(data)
+
+
+def tamper_with_input_area(ctx: TaskContext) -> dict[str, str]:
+    """What a decoder exploited into running code could try against the input area it shares
+    with its parent: write to it, map it writable, shrink it, also through the file opened
+    again (/proc allows that). Each attempt's outcome."""
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if "pneumo-input" in os.readlink(f"/proc/self/fd/{name}"):
+                return _tamper(int(name))
+    return {}
+
+
+def _tamper(fd: int) -> dict[str, str]:
+    import mmap
+
+    def reopened() -> int:
+        return os.open(f"/proc/self/fd/{fd}", os.O_RDWR)
+
+    attempts = {
+        "write": lambda: os.pwrite(fd, b"x", 0),
+        "map_writable": lambda: mmap.mmap(fd, 4096),
+        "shrink": lambda: os.ftruncate(fd, 0),
+        "write_reopened": lambda: os.pwrite(reopened(), b"x", 0),
+        "map_reopened_writable": lambda: mmap.mmap(reopened(), 4096),
+        "shrink_reopened": lambda: os.ftruncate(reopened(), 0),
+    }
+    outcomes = {}
+    for attempt, act in attempts.items():
+        try:
+            act()
+            outcomes[attempt] = "done"
+        except (OSError, ValueError) as e:
+            outcomes[attempt] = type(e).__name__
+    return outcomes

@@ -8,6 +8,7 @@ declares; errors are answered by `http_errors`.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -168,6 +169,10 @@ def _build(config: ServeConfig) -> ServerState:
 async def _load(state: ServerState) -> None:
     try:
         await state.service.start(state.config.model)
+        # What the server holds from now on (modules, the app, the model) is never garbage: the
+        # collector stops scanning it. Its full passes, over all of it, had cost each request
+        # ~0.03 CPU-ms on the event loop.
+        gc.freeze()
         log.info("ready: serving %s", state.service.default_model)
         state.runner.start()  # resumes jobs a previous run accepted and did not finish
     except PneumoError as e:

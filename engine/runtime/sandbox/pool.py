@@ -23,7 +23,6 @@ from pneumo_onnx.engine.runtime.sandbox.wire import (
     MB,
     Limits,
     memory_error,
-    out_of_band,
     unpack,
 )
 
@@ -112,7 +111,7 @@ class Sandbox:
         seconds = self.limits.seconds
         try:
             deadline = time.monotonic() + seconds
-            call = ("call", task, out_of_band(args), input_bytes, granted)
+            call = worker.call(task, args, input_bytes, granted)
             await worker.asend(call, deadline, name, seconds)
             while True:
                 kind, value = await worker.areceive(deadline, name, seconds)
@@ -178,7 +177,7 @@ class Sandbox:
         healthy = False  # the worker answered its last message and may take the next call
         seconds = self.limits.seconds
         try:
-            worker.send(("call", task, out_of_band(args), input_bytes, granted))
+            worker.send(worker.call(task, args, input_bytes, granted))
             deadline = time.monotonic() + seconds
             while True:
                 kind, value = worker.receive(deadline, name, seconds)

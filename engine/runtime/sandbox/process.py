@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from pneumo_onnx.engine.errors import ImageError, PneumoError
+from pneumo_onnx.engine.runtime.sandbox.shared import AREA_BYTES, InputArea, carried
 from pneumo_onnx.engine.runtime.sandbox.wire import (
     READ_CHUNK,
     AllowListUnpickler,
@@ -43,10 +44,13 @@ WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MALLOC_ARENA
 class WorkerProcess:
     """One worker process and the two pipes to it (parent side)."""
 
-    def __init__(self, proc: Child, to: Connection, back: Connection) -> None:
+    def __init__(
+        self, proc: Child, to: Connection, back: Connection, area: InputArea | None = None
+    ) -> None:
         self.proc = proc
         self._to = to
         self._back = back
+        self._area = area  # where an upload crosses (`shared`); None: the pipe carries all
 
     @classmethod
     def start(cls, limits: Limits, preload: Sequence[str], fork: bool = False) -> WorkerProcess:
@@ -59,17 +63,28 @@ class WorkerProcess:
             _widen(fd)
         argv = [str(to_r), str(back_w), str(limits.per_worker), str(limits.allowance)]
         argv.append(",".join(preload))
+        # A forked worker would share every area mapped here so far, other workers' too: it
+        # gets none, and takes its inputs through the pipe.
+        area = None if fork else InputArea.made(min(AREA_BYTES, limits.max_input))
+        argv.append(f"{area.child_fd}:{area.size}" if area is not None else "-")
+        keep = (to_r, back_w) if area is None else (to_r, back_w, area.child_fd)
         try:
-            proc = _forked(argv, keep=(to_r, back_w)) if fork else _spawned(argv, (to_r, back_w))
+            proc = _forked(argv, keep=keep) if fork else _spawned(argv, keep)
         except OSError as e:
             for fd in (to_w, back_r):
                 os.close(fd)
+            if area is not None:
+                area.close()
             raise PneumoError(f"cannot start a decode worker: {e}") from e
         finally:
             for fd in (to_r, back_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        worker = cls(proc, Connection(to_w, readable=False), Connection(back_r, writable=False))
+            if area is not None:
+                area.child_closed()
+        worker = cls(
+            proc, Connection(to_w, readable=False), Connection(back_r, writable=False), area
+        )
         try:
             ready = worker.receive(time.monotonic() + START_SECONDS, "start", START_SECONDS)
         except ImageError as e:
@@ -82,6 +97,11 @@ class WorkerProcess:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def call(self, task: Any, args: tuple[Any, ...], input_bytes: int, granted: int) -> object:
+        """The message that asks this worker to run `task(ctx, *args)`: an upload through its
+        shared input area where it fits (`shared`), large bytes otherwise out of band."""
+        return ("call", task, carried(self._area, args), input_bytes, granted)
 
     def send(self, message: object) -> None:
         try:
@@ -248,6 +268,7 @@ class WorkerProcess:
             self.kill()
         if not self._back.closed:
             self._back.close()
+        self._close_area()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -256,6 +277,12 @@ class WorkerProcess:
         for conn in (self._to, self._back):
             if not conn.closed:
                 conn.close()
+        self._close_area()
+
+    def _close_area(self) -> None:
+        if self._area is not None:
+            self._area.close()
+            self._area = None
 
     def _death(self) -> str:
         """How the worker ended, in words."""
@@ -277,22 +304,23 @@ def _settle(future: asyncio.Future[bool], value: bool) -> None:
         future.set_result(value)
 
 
-def _spawned(argv: list[str], fds: tuple[int, int]) -> subprocess.Popen[bytes]:
+def _spawned(argv: list[str], fds: tuple[int, ...]) -> subprocess.Popen[bytes]:
     env = {**os.environ, **WORKER_ENV, "PYTHONPATH": _python_path()}
     cmd = [sys.executable, "-m", "pneumo_onnx.engine.runtime.sandbox", *argv]
     return subprocess.Popen(cmd, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
 
 
-def _forked(argv: list[str], keep: tuple[int, int]) -> Forked:
+def _forked(argv: list[str], keep: tuple[int, ...]) -> Forked:
     pid = os.fork()
     if pid:
         return Forked(pid)
     code = 1  # the child: become a worker, and never return into the parent's code
     try:
-        highest = max(keep)
-        os.closerange(3, min(keep))
-        os.closerange(min(keep) + 1, highest)
-        os.closerange(highest + 1, 1 << 16)
+        low = 3
+        for fd in sorted(keep):  # every descriptor but stdio and `keep` closes
+            os.closerange(low, fd)
+            low = fd + 1
+        os.closerange(low, 1 << 16)
         from pneumo_onnx.engine.runtime.sandbox.worker import main
 
         main(argv)

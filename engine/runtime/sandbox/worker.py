@@ -1,7 +1,8 @@
-"""The worker side of a sandbox: `python -m engine.runtime.sandbox`, started by
-`Sandbox` with two pipes. It imports what its tasks need, confines itself (its data segment,
-no core files, no file writes, death with its parent), then runs one task at a time, each
-within the memory its parent granted (`TaskContext`)."""
+"""The worker side of a sandbox: `python -m engine.runtime.sandbox`, started by `Sandbox`
+with two pipes (and the input area it shares with its parent, `shared`). It imports what its
+tasks need, confines itself (its data segment, no core files, no file writes, death with its
+parent), then runs one task at a time, each within the memory its parent granted
+(`TaskContext`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from pneumo_onnx.engine.runtime.sandbox.shared import WorkerArea
 from pneumo_onnx.engine.runtime.sandbox.wire import data_bytes, pack, receive, send
 
 MB = 2**20
@@ -66,7 +68,9 @@ class TaskContext:
         resource.setrlimit(resource.RLIMIT_DATA, (min(data_bytes() + allowed, hard), hard))
 
 
-def _serve(requests: Connection, replies: Connection, allowance: int) -> None:
+def _serve(
+    requests: Connection, replies: Connection, allowance: int, area: WorkerArea | None
+) -> None:
     """The worker's loop: one task at a time until the parent closes the pipe."""
     from pneumo_onnx.engine.runtime.memory import trim
 
@@ -76,6 +80,8 @@ def _serve(requests: Connection, replies: Connection, allowance: int) -> None:
             _, task, args, input_bytes, pregranted = receive(requests)
         except EOFError:
             return
+        if area is not None:
+            args = area.taken(args)
         ctx = TaskContext(requests, replies, allowance + 2 * input_bytes, pregranted)
         reply = _run(ctx, task, args)
         del task, args
@@ -160,9 +166,10 @@ def main(argv: list[str]) -> None:
     replies = Connection(int(argv[1]), readable=False)
     for module in filter(None, argv[4].split(",")):
         importlib.import_module(module)
+    area = WorkerArea.opened(argv[5])
     _confine(int(argv[2]))
     parent = os.getppid()
     if parent == 1:  # the parent died before the death signal was armed
         return
     send(replies, ("ready", None))
-    _serve(requests, replies, int(argv[3]))
+    _serve(requests, replies, int(argv[3]), area)
