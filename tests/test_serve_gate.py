@@ -23,13 +23,14 @@ from pneumo_onnx.engine.errors import (
 from pneumo_onnx.engine.serve.config import ServeConfig
 from pneumo_onnx.engine.serve.front import errors as http_errors
 from pneumo_onnx.engine.serve.front.budget import InflightBytes
+from pneumo_onnx.engine.serve.front.entry import GatedApp
 from pneumo_onnx.engine.serve.front.gate import Gate
 from pneumo_onnx.engine.serve.front.security import AccessControl, ApiKeys, RateLimiter
 from pneumo_onnx.engine.serve.metrics import ServerMetrics
 
 
 def gated_app() -> FastAPI:
-    app = FastAPI()
+    app = GatedApp()
     http_errors.add_handlers(app)
 
     @app.get("/boom")
@@ -40,14 +41,18 @@ def gated_app() -> FastAPI:
     async def fine() -> dict[str, str]:
         return {"ok": "yes"}
 
-    app.add_middleware(  # as create_app does: inside Starlette's own error middleware
-        Gate,
-        control=AccessControl(ApiKeys([]), RateLimiter(0, 1), open_health=True, open_metrics=True),
-        metrics=ServerMetrics(),
-        max_body=1024,
-        inflight=InflightBytes(16 * 1024),
-        body_timeout=ServeConfig().body_timeout,
-        loopback_only=False,
+    app.enter_through(  # as create_app does: the gate first, then FastAPI's own stack
+        lambda inner: Gate(
+            inner,
+            control=AccessControl(
+                ApiKeys([]), RateLimiter(0, 1), open_health=True, open_metrics=True
+            ),
+            metrics=ServerMetrics(),
+            max_body=1024,
+            inflight=InflightBytes(16 * 1024),
+            body_timeout=ServeConfig().body_timeout,
+            loopback_only=False,
+        )
     )
     return app
 

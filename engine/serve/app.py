@@ -27,6 +27,7 @@ from pneumo_onnx.engine.serve.dataplane.scoring import ScoringService
 from pneumo_onnx.engine.serve.front import errors as http_errors
 from pneumo_onnx.engine.serve.front.budget import InflightBytes
 from pneumo_onnx.engine.serve.front.direct import DirectRoutes
+from pneumo_onnx.engine.serve.front.entry import GatedApp
 from pneumo_onnx.engine.serve.front.gate import Gate
 from pneumo_onnx.engine.serve.front.routes import cloud, docs, ops, seed, v2
 from pneumo_onnx.engine.serve.front.security import (
@@ -101,7 +102,7 @@ def create_app(config: ServeConfig) -> FastAPI:
             else:
                 log.info("server stopped: queued requests scored, prediction log flushed")
 
-    app = FastAPI(
+    app = GatedApp(
         docs_url=None,  # served from the package by routes.docs (no CDN)
         redoc_url=None,
         openapi_url=None,  # served by routes.docs, which declares its access
@@ -118,16 +119,19 @@ def create_app(config: ServeConfig) -> FastAPI:
         app.include_router(router)
     taken = {str(getattr(r, "path", "")) for r in app_routes(app.routes)}
     app.include_router(cloud.vertex_router(*cloud.vertex_paths(os.environ), taken=taken))
-    # Added first, so inside the gate: the inference routes, past FastAPI's router
-    app.add_middleware(DirectRoutes, endpoints=(seed.predict, v2.infer, v2.infer_version))
-    app.add_middleware(
-        Gate,
-        control=control,
-        metrics=state.metrics,
-        max_body=config.max_upload_bytes,
-        inflight=inflight,
-        body_timeout=config.body_timeout,
-        loopback_only=config.loopback_only,
+    # Every HTTP request passes the gate first; the inference routes go from it straight to
+    # their endpoints, past FastAPI's middleware and router.
+    direct = (seed.predict, v2.infer, v2.infer_version)
+    app.enter_through(
+        lambda inner: Gate(
+            DirectRoutes(inner, endpoints=direct),
+            control=control,
+            metrics=state.metrics,
+            max_body=config.max_upload_bytes,
+            inflight=inflight,
+            body_timeout=config.body_timeout,
+            loopback_only=config.loopback_only,
+        )
     )
     return app
 

@@ -84,6 +84,11 @@ class ServerMetrics:
             registry=r,
             multiprocess_mode="livesum",  # of the processes alive
         )
+        # Children of the labelled metrics by their labels (`labels` takes a lock and checks
+        # every value, each call); none is ever removed.
+        self._answered: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._cache_results = {True: self.cache.labels("hit"), False: self.cache.labels("miss")}
+        self._labels: dict[str, Counter] = {}
         self.model = Gauge(
             "pneumo_model_info",
             "The model version being served (value 1)",
@@ -91,6 +96,29 @@ class ServerMetrics:
             registry=r,
             multiprocess_mode="livemax",  # 1 while any live process serves it
         )
+
+    def answered(self, route: str, status: str, seconds: float) -> None:
+        """One request answered (HTTP or gRPC): its count and its latency, by route."""
+        key = (route, status)
+        children = self._answered.get(key)
+        if children is None:  # routes and statuses are few: each pair is looked up once
+            children = self._answered[key] = (
+                self.requests.labels(route, status),
+                self.latency.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def looked_up(self, hit: bool) -> None:
+        """One lookup in the result cache."""
+        self._cache_results[hit].inc()
+
+    def predicted(self, label: str) -> None:
+        """One prediction of `label`."""
+        child = self._labels.get(label)
+        if child is None:
+            child = self._labels[label] = self.predictions.labels(label)
+        child.inc()
 
     def observe_batch(self, size: int, waits: list[float]) -> None:
         self.batch_size.observe(size)

@@ -167,7 +167,7 @@ class ScoringService:
         for i, item in enumerate(items):
             if item.data is not None:
                 hit = self.cache.get((digests[i], *model_key, t))
-                self.metrics.cache.labels("hit" if hit is not None else "miss").inc()
+                self.metrics.looked_up(hit is not None)
                 outcomes[i] = hit
         todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
         if todo:
@@ -300,7 +300,7 @@ class ScoringService:
             if isinstance(outcome, PneumoError):
                 continue
             dicom = uids[i] if uids is not None else None
-            self.metrics.predictions.labels(outcome["prediction"]).inc()
+            self.metrics.predicted(outcome["prediction"])
             records.append(
                 PredictionRecord(
                     time=time.time(),

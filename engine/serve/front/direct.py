@@ -1,6 +1,6 @@
 """The inference routes, straight from the gate to their endpoints: `POST /predict` and V2
-`infer` pass neither FastAPI's route walk nor its dependency injection nor its middleware
-inside the gate, which cost ~0.3 CPU-ms of the ~1.3 an upload takes on the event loop
+`infer` pass neither FastAPI's middleware (`entry`) nor its route walk nor its dependency
+injection, which cost ~0.3 CPU-ms of the ~1.3 an upload took on the event loop
 (benchmarks/RESULTS.md, issue 24).
 
 Each stays a FastAPI route: its path, the policy it declares, its OpenAPI documentation and

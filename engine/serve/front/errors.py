@@ -103,7 +103,13 @@ def internal_error(request_id: str) -> JSONResponse:
 
 def add_handlers(app: FastAPI) -> None:
     """Our errors, request validation and Starlette's HTTP errors as JSON. Anything else is
-    caught by the gate (engine.serve.front.gate), outside every handler, and answered with 500."""
+    answered 500 with the request id: by the gate (engine.serve.front.gate) on the routes it
+    serves directly, by FastAPI's last handler on the others, which then raises it on to the
+    gate (who logs it, once)."""
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, e: Exception) -> JSONResponse:
+        return internal_error(request.scope.get("state", {}).get("request_id", "-"))
 
     @app.exception_handler(PneumoError)
     async def pneumo_error(request: Request, e: PneumoError) -> JSONResponse:

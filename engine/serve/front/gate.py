@@ -122,8 +122,7 @@ class Gate:
             meter.close()
             route = _route_of(scope)
             elapsed = time.perf_counter() - started
-            self.metrics.requests.labels(route, str(status["code"])).inc()
-            self.metrics.latency.labels(route).observe(elapsed)
+            self.metrics.answered(route, str(status["code"]), elapsed)
             log.info(
                 "%s %s %d",
                 scope["method"],

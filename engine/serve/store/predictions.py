@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import queue
 import threading
 import time
@@ -47,6 +48,8 @@ PRUNE_RETRY = 5.0  # a pass paused by a large WAL goes on this much later
 
 
 COLUMNS = tuple(f.name for f in fields(PredictionRecord))
+_COLUMNS_OF = operator.attrgetter(*COLUMNS)
+_IMAGE = COLUMNS.index("image")
 _INSERT = "INSERT INTO predictions ({}) VALUES ({})".format(
     ", ".join(COLUMNS), ", ".join("?" * len(COLUMNS))
 )
@@ -114,8 +117,10 @@ class PredictionLog:
         return True
 
     def _row(self, rec: PredictionRecord) -> tuple[Any, ...]:
-        keep = self.store_images  # dataclasses.astuple deep-copies: slow
-        return tuple(None if c == "image" and not keep else getattr(rec, c) for c in COLUMNS)
+        row = _COLUMNS_OF(rec)  # one C call (dataclasses.astuple deep-copies: slow)
+        if row[_IMAGE] is not None and not self.store_images:
+            return (*row[:_IMAGE], None, *row[_IMAGE + 1 :])
+        return row
 
     @property
     def failure(self) -> str | None:

@@ -144,8 +144,7 @@ class Guard:
     def _record(self, code: grpc.StatusCode, started: float, request_id: str, peer: str) -> None:
         route, status = self.method.route, code.name
         elapsed = time.perf_counter() - started
-        self.state.metrics.requests.labels(route, status).inc()
-        self.state.metrics.latency.labels(route).observe(elapsed)
+        self.state.metrics.answered(route, status, elapsed)
         log.info(
             "grpc %s %s",
             self.method.name,
