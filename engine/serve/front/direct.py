@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pneumo_onnx.engine.errors import PneumoError
 from pneumo_onnx.engine.serve.front import errors as http_errors
-from pneumo_onnx.engine.serve.front.security import AccessNotChecked, declared_access
+from pneumo_onnx.engine.serve.front.security import AccessNotChecked, Picked, declared_access
 
 Endpoint = Callable[..., Awaitable[Response]]
 
@@ -38,12 +38,16 @@ class DirectRoutes:
         self.endpoints = frozenset(endpoints)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        picked: Any = scope.get("state", {}).get("route") if scope["type"] == "http" else None
-        route = getattr(picked, "original_route", picked)  # newer FastAPI: a route context
-        if isinstance(route, APIRoute) and route.endpoint in self.endpoints:
-            _, child = picked.matches(scope)
+        picked = scope.get("state", {}).get("route") if scope["type"] == "http" else None
+        found = picked.route if isinstance(picked, Picked) else None
+        route = getattr(found, "original_route", found)  # newer FastAPI: a route context
+        if (
+            isinstance(picked, Picked)
+            and isinstance(route, APIRoute)
+            and route.endpoint in self.endpoints
+        ):
             # as the router leaves them (the metrics label a request by its route's path)
-            scope["path_params"] = child.get("path_params", {})
+            scope["path_params"] = dict(picked.path_params)
             scope["route"], scope["endpoint"] = route, route.endpoint
             response = await _answer(route, Request(scope, receive))
             await response(scope, receive, send)

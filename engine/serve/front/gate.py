@@ -168,7 +168,7 @@ class Gate:
         if granted:
             scope["state"]["key_id"] = granted
         scope["state"]["access"] = declared
-        scope["state"]["route"] = picked.route  # for `DirectRoutes`: one pick, the gate's
+        scope["state"]["route"] = picked  # for `DirectRoutes`: one pick, the gate's
         return None
 
     def _too_slow(self) -> ASGIApp:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import fastapi.routing
@@ -91,9 +91,10 @@ def picked_route(routes: Sequence[BaseRoute], scope: MutableMapping[str, Any]) -
     check of its other policy: the route test forbids it)."""
     partial = None
     for route in app_routes(routes):
-        match, _ = route.matches(scope)
+        match, child = route.matches(scope)
         if match is Match.FULL:
-            return Picked(route, _strictest(declared_access(route)))
+            params = dict(child.get("path_params", {}))
+            return Picked(route, _strictest(declared_access(route)), params)
         if match is Match.PARTIAL and partial is None:
             partial = route
     return Picked(None, _strictest(declared_access(partial)) if partial is not None else UNDECLARED)
@@ -103,6 +104,7 @@ def picked_route(routes: Sequence[BaseRoute], scope: MutableMapping[str, Any]) -
 class Picked:
     route: Any  # what matched fully (the route, or in newer FastAPI its context), or None
     access: Access
+    path_params: dict[str, Any] = field(default_factory=dict)  # as the router leaves them
 
 
 class RouteTable:

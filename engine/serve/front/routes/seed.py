@@ -220,8 +220,11 @@ async def _answer(
 def wants_report(request: Request) -> bool:
     """The Accept header prefers a DICOM file (a Structured Report) to JSON: it names
     application/dicom, and JSON not at all or at a lower quality."""
+    accept = request.headers.get("accept", "")
+    if "dicom" not in accept.lower():  # most clients: */* or application/json
+        return False
     ranked: dict[str, float] = {}
-    for part in request.headers.get("accept", "").split(","):
+    for part in accept.split(","):
         kind, *params = (p.strip() for p in part.split(";"))
         q = next((p[2:] for p in params if p.startswith("q=")), "1")
         try:
