@@ -26,8 +26,9 @@ A call comes from a thread (`Sandbox.call`, which waits on the pipe) or from an 
 worker without waking a thread); both wait for a free worker in one queue, in order.
 
 The pool is `pool` (in the parent), who gets its next free worker `turns`, one worker as the
-parent sees it `process`, the worker itself `worker` (`python -m engine.runtime.sandbox`), what
-crosses the pipes `wire`.
+parent sees it `process` (started by `starting`), the worker itself `worker` (`python -m
+engine.runtime.sandbox`), what crosses the pipes `wire`, and the input area a worker shares with
+its parent, through which an upload crosses instead, `shared`.
 """
 
 from pneumo_onnx.engine.runtime.sandbox.pool import Admit, Sandbox, Task

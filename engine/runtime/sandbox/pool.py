@@ -17,7 +17,8 @@ from contextlib import closing
 from typing import Any
 
 from pneumo_onnx.engine.errors import ImageError, PneumoError
-from pneumo_onnx.engine.runtime.sandbox.process import WorkerProcess, may_fork
+from pneumo_onnx.engine.runtime.sandbox.process import WorkerProcess
+from pneumo_onnx.engine.runtime.sandbox.starting import may_fork
 from pneumo_onnx.engine.runtime.sandbox.turns import Turns
 from pneumo_onnx.engine.runtime.sandbox.wire import (
     MB,

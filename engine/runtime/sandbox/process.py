@@ -10,16 +10,14 @@ import os
 import pickle
 import signal
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
-from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 from pneumo_onnx.engine.errors import ImageError, PneumoError
 from pneumo_onnx.engine.runtime.sandbox.shared import AREA_BYTES, InputArea, carried
+from pneumo_onnx.engine.runtime.sandbox.starting import Child, forked, spawned
 from pneumo_onnx.engine.runtime.sandbox.wire import (
     READ_CHUNK,
     AllowListUnpickler,
@@ -37,8 +35,6 @@ PIPE_BYTES = 2**20
 WATCH_SECONDS = 0.25  # a call waited on longer than this has its worker's memory watched
 STUCK_SECONDS = 1.0  # a worker at its memory limit this long is stuck there: killed
 LIMIT_SLACK = 4 * 2**20
-# Threads in a worker would each reserve memory (OpenBLAS buffers, malloc arenas): one each.
-WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"}
 
 
 class WorkerProcess:
@@ -69,7 +65,7 @@ class WorkerProcess:
         argv.append(f"{area.child_fd}:{area.size}" if area is not None else "-")
         keep = (to_r, back_w) if area is None else (to_r, back_w, area.child_fd)
         try:
-            proc = _forked(argv, keep=keep) if fork else _spawned(argv, keep)
+            proc = forked(argv, keep=keep) if fork else spawned(argv, keep)
         except OSError as e:
             for fd in (to_w, back_r):
                 os.close(fd)
@@ -144,16 +140,20 @@ class WorkerProcess:
         fd = self._back.fileno()
         stuck: float | None = None
         frame = frame_reader()
-        wanted, chunks, got = next(frame), list[bytes](), 0
+        chunks: list[bytes] = []
+        wanted, got = next(frame), 0
+        # A worker answers in milliseconds, never as soon as it was written to: the pipe is
+        # waited for before it is first read (that read would only find it empty).
+        readable = False
         with self._reading(name):
             os.set_blocking(fd, False)
             try:
                 while True:
                     if got < wanted:
-                        try:
-                            data = os.read(fd, min(wanted - got, READ_CHUNK))
-                        except BlockingIOError:
-                            if not await self._ready(fd, deadline, name, seconds):
+                        data = _read_some(fd, min(wanted - got, READ_CHUNK)) if readable else None
+                        if data is None:
+                            readable = await self._ready(fd, deadline, name, seconds)
+                            if not readable:
                                 stuck = self._watch(deadline, stuck, name, seconds)
                             continue
                         if not data:
@@ -299,78 +299,17 @@ class WorkerProcess:
         return f"exit status {code}"
 
 
+def _read_some(fd: int, size: int) -> bytes | None:
+    """Up to `size` bytes there are in a non-blocking pipe (b"": it closed); None: none yet."""
+    try:
+        return os.read(fd, size)
+    except BlockingIOError:
+        return None
+
+
 def _settle(future: asyncio.Future[bool], value: bool) -> None:
     if not future.done():
         future.set_result(value)
-
-
-def _spawned(argv: list[str], fds: tuple[int, ...]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **WORKER_ENV, "PYTHONPATH": _python_path()}
-    cmd = [sys.executable, "-m", "pneumo_onnx.engine.runtime.sandbox", *argv]
-    return subprocess.Popen(cmd, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
-
-
-def _forked(argv: list[str], keep: tuple[int, ...]) -> Forked:
-    pid = os.fork()
-    if pid:
-        return Forked(pid)
-    code = 1  # the child: become a worker, and never return into the parent's code
-    try:
-        low = 3
-        for fd in sorted(keep):  # every descriptor but stdio and `keep` closes
-            os.closerange(low, fd)
-            low = fd + 1
-        os.closerange(low, 1 << 16)
-        from pneumo_onnx.engine.runtime.sandbox.worker import main
-
-        main(argv)
-        code = 0
-    finally:
-        os._exit(code)
-
-
-class Forked:
-    """A forked worker as `subprocess.Popen` shows a spawned one: poll, wait, kill."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.returncode: int | None = None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
-            time.sleep(0.005)
-        assert self.returncode is not None
-        return self.returncode
-
-    def kill(self) -> None:
-        if self.poll() is None:
-            os.kill(self.pid, signal.SIGKILL)
-
-
-Child: TypeAlias = subprocess.Popen[bytes] | Forked
-
-
-def may_fork() -> bool:
-    """Whether this process may start workers by forking: Linux, and no thread of Python's
-    running (Python 3.12 and later also want no thread at all; a numpy import starts one)."""
-    if not sys.platform.startswith("linux") or threading.active_count() > 1:
-        return False
-    if sys.version_info < (3, 12):
-        return True
-    try:
-        return len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        return False
 
 
 def _widen(fd: int) -> None:
@@ -382,12 +321,3 @@ def _widen(fd: int) -> None:
         fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
     except (ImportError, OSError):
         pass  # not Linux, or a lower pipe-max-size: smaller pipes work too, a little slower
-
-
-def _python_path() -> str:
-    """The worker imports pneumo_onnx from where this process did."""
-    import pneumo_onnx
-
-    root = str(Path(pneumo_onnx.__file__).resolve().parents[1])
-    rest = os.environ.get("PYTHONPATH", "")
-    return os.pathsep.join([root, rest]) if rest else root

@@ -122,7 +122,9 @@ class Turns:
     def _done_waiting(self, loop: Loop, waiting: Waiting) -> None:
         with self._lock:
             self._waiting.pop(id(waiting), None)
-            with contextlib.suppress(ValueError):  # served, or failed by close()
+            if waiting.done() and not waiting.cancelled():
+                return  # served (`release` took it from the queue) or failed by close()
+            with contextlib.suppress(ValueError):
                 self._waiters.remove((loop, waiting))
 
     def _usable(self, worker: WorkerProcess) -> bool:
