@@ -4,11 +4,13 @@ is sent: as a multipart form (the seed's way) or as the request body with its Co
 Outside decoding means everything but the work any server must do with the image: the CPU of
 the server's whole process tree (its event loop, its threads, its decode workers) per request,
 less what decoding and preprocessing the same images costs in one plain process, and less
-what the model's run costs there at the server's own mean batch size (both measured here, in
-the same run). What is left is HTTP, parsing, routing, hand-offs between threads and processes,
-the log and the metrics. With `--compare-checkout`, another checkout's server (a commit before
-a change) takes the same load in the same run, the servers and ways alternating in blocks, so
-drift on a shared machine falls on all of them.
+what the model's run costs there at the server's own mean batch size. Both are measured here,
+in each round, between the servers' blocks: a shared machine's load varies over a run, and a
+reference taken once would leave that drift in the difference. What is left is HTTP, parsing,
+routing, hand-offs between threads and processes, the log and the metrics. With
+`--compare-checkout`, another checkout's server (a commit before a change) takes the same load
+in the same run, the servers and ways alternating in blocks, so drift on a shared machine falls
+on all of them.
 
     python -m benchmarks.upload_cost [--compare-checkout DIR] [--requests 300] [--rounds 3]
 """
@@ -117,28 +119,42 @@ def bodies_for(way: str, files: list[bytes], salt: int, count: int) -> list[tupl
     return out
 
 
-def reference_costs(files: list[bytes]) -> tuple[float, dict[int, float]]:
-    """In this process, the CPU-ms per image of decoding and preprocessing (the server's own
-    pipeline) and of the model's run at batch sizes 1 to 8 (the median of three passes)."""
-    from pneumo_onnx.engine.runtime.decoders import inspect
-    from pneumo_onnx.engine.runtime.engine import Engine
-    from pneumo_onnx.engine.runtime.preprocess import RESIZERS, finish
+class Reference:
+    """In this process, what the work any server must do costs: decoding and preprocessing
+    (the server's own pipeline) and the model's run at batch sizes 1 to 8, CPU-ms per image.
+    Measured again in each round (`measure`), between the servers' blocks, so that it sees the
+    machine they see (a shared machine's load varies over a run)."""
 
-    engine = Engine.load()
-    resized = RESIZERS[engine.preprocessing]
+    def __init__(self, files: list[bytes]) -> None:
+        from pneumo_onnx.engine.runtime.decoders import inspect
+        from pneumo_onnx.engine.runtime.engine import Engine
+        from pneumo_onnx.engine.runtime.preprocess import RESIZERS, finish
 
-    def decode(data: bytes) -> np.ndarray:
-        return finish(resized(inspect(data, "x"), engine.contract), engine.contract)
+        self.files = files
+        self.engine = engine = Engine.load()
+        resized = RESIZERS[engine.preprocessing]
 
-    tensors = [decode(d) for d in files]
-    decode_ms = _median_ms(lambda: [decode(d) for d in files], len(files))
-    model_ms = {}
-    for size in range(1, 9):
-        stacks = [np.stack(tensors[i : i + size]) for i in range(0, len(tensors), size)]
-        engine.scores(stacks[0])
-        model_ms[size] = _median_ms(functools.partial(_score_all, engine, stacks), len(tensors))
-    engine.close()
-    return decode_ms, model_ms
+        def decode(data: bytes) -> np.ndarray:
+            return finish(resized(inspect(data, "x"), engine.contract), engine.contract)
+
+        self.decode = decode
+        tensors = [decode(d) for d in files]
+        self.stacks = {
+            size: [np.stack(tensors[i : i + size]) for i in range(0, len(tensors), size)]
+            for size in range(1, 9)
+        }
+        for stacks in self.stacks.values():
+            engine.scores(stacks[0])
+
+    def measure(self) -> tuple[float, dict[int, float]]:
+        """(decode, {batch size: model}) CPU-ms per image, each the median of three passes."""
+        n = len(self.files)
+        decode_ms = _median_ms(lambda: [self.decode(d) for d in self.files], n)
+        model_ms = {
+            size: _median_ms(functools.partial(_score_all, self.engine, stacks), n)
+            for size, stacks in self.stacks.items()
+        }
+        return decode_ms, model_ms
 
 
 def _score_all(engine: Any, stacks: list[np.ndarray]) -> None:
@@ -187,7 +203,8 @@ def main() -> None:
     if not paths:
         sys.exit(f"no .jpeg under {args.images}")
     files = [f.read_bytes() for f in paths]
-    decode_ms, model_ms = reference_costs(files)
+    reference = Reference(files)
+    references = []
     targets: list[tuple[str, Path | None]] = [("pneumo", None)]
     if args.compare_checkout is not None:
         targets.append((f"pneumo@{COMPARED}", args.compare_checkout.resolve()))
@@ -201,6 +218,8 @@ def main() -> None:
         n = 0
         blocks = [(t, way) for t in range(len(targets)) for way in WAYS]
         for r in range(args.rounds):
+            decode_ms, model_ms = reference.measure()
+            references.append({"decode_cpu_ms": decode_ms, "model_cpu_ms_by_batch": model_ms})
             for t, way in blocks if r % 2 == 0 else blocks[::-1]:
                 proc, port, _ = running[t]
                 bodies = bodies_for(way, files, n, args.requests)
@@ -212,9 +231,19 @@ def main() -> None:
         key: {k: round(sorted(r[k] for r in runs)[len(runs) // 2], 3) for k in runs[0]}
         for key, runs in rows.items()
     }
+    reference.engine.close()
+    decodes = sorted(ref["decode_cpu_ms"] for ref in references)
     summary: dict[str, Any] = {
-        "decode_cpu_ms_per_image": round(decode_ms, 3),
-        "model_cpu_ms_per_image_by_batch": {k: round(v, 3) for k, v in model_ms.items()},
+        "decode_cpu_ms_per_image": round(decodes[len(decodes) // 2], 3),
+        "model_cpu_ms_per_image_by_batch": {
+            size: round(
+                sorted(ref["model_cpu_ms_by_batch"][size] for ref in references)[
+                    len(references) // 2
+                ],
+                3,
+            )
+            for size in range(1, 9)
+        },
         "medians": medians,
     }
     before = f"pneumo@{COMPARED}"
@@ -225,7 +254,7 @@ def main() -> None:
             for key, row in medians.items()
             if not key.startswith(before)
         }
-    print(json.dumps({"summary": summary, "rounds": rows}, indent=1))
+    print(json.dumps({"summary": summary, "rounds": rows, "references": references}, indent=1))
 
 
 if __name__ == "__main__":
