@@ -6,11 +6,10 @@ The parent creates the area (an anonymous shared memory file), maps it to write,
 no other writable mapping, no write, no resize, from anyone; the worker gets a read-only
 descriptor of it. So a worker can neither write to it nor shrink it under the parent (whose
 writes would then fault); where the kernel cannot seal it so (before Linux 5.1), there is no
-area and the pipe carries everything. The parent writes
-only while the worker is between calls, and never reads the area back: whatever a decoder
-exploited into running code does, the parent reads nothing from it but the pipe. An input
-larger than the area (a rare 10 MB DICOM) takes the pipe as before; the area holds at most
-AREA_BYTES of memory per worker, once written.
+area and the pipe carries everything. The parent writes only while the worker is between
+calls, and never reads the area back: answers come through the pipe, whatever a decoder
+exploited into running code does. An input larger than the area (a rare 10 MB DICOM) takes the
+pipe as before; the area holds at most AREA_BYTES of memory per worker, once written.
 """
 
 from __future__ import annotations
