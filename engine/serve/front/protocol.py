@@ -55,6 +55,7 @@ httptools_impl.service_unavailable = over_capacity  # type: ignore[assignment]
 
 class GuardedHttpProtocol(HttpToolsProtocol):
     _head_bytes = 0  # of the request line and headers so far
+    _writer: OneWritePerTurn | None = None  # what the connection's responses write to
     _header_timer: asyncio.TimerHandle | None = None
     _waiting_since = 0.0  # when it last began to wait for a request
 
@@ -85,6 +86,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
+        self._writer = OneWritePerTurn(self.transport)
         self._waiting_since = self.loop.time()
         if self._over_client_limit():
             _refuse(transport, "503 Service Unavailable", TOO_MANY_FROM_YOU)
@@ -104,7 +106,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is None or cycle.response_complete:
             return
-        cycle.transport = OneWritePerTurn(self.transport)  # type: ignore[assignment]
+        cycle.transport = self._writer  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         # Where uvicorn copies the body out of a bytearray (0.30 on), it takes the chunks that
@@ -115,6 +117,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def on_response_complete(self) -> None:
+        # A whole response leaves now: uvicorn may close the connection itself next (a
+        # shutdown closes one whose response is complete), past what holds its bytes.
+        if self._writer is not None:
+            self._writer.flush()
         self._waiting_since = self.loop.time()
         super().on_response_complete()
 
@@ -221,10 +227,12 @@ class BodyChunks:
 
 
 class OneWritePerTurn:
-    """A connection's transport as one request's response writes to it: what it writes in one
-    turn of the event loop goes out as one write at the end of that turn (or before it is
-    closed). uvicorn writes a response's status line and headers as soon as it has them, and
-    its body next; two writes were two segments and two wake-ups of the client."""
+    """A connection's transport as its responses write to it: what they write in one turn of
+    the event loop goes out as one write when the response is complete (`flush`), at the end
+    of that turn, or before the connection is closed, whichever comes first. uvicorn writes a
+    response's status line and headers as soon as it has them, and its body next; two writes
+    were two segments and two wake-ups of the client. Responses on a connection are one after
+    another, so one writer serves them all, in order."""
 
     __slots__ = ("_held", "_transport")
 
