@@ -77,8 +77,9 @@ async def atensor(
     name: str | None = None,
     executor: Executor | None = None,
 ) -> tuple[np.ndarray, int]:
-    """`tensor` of an encoded image's bytes, from the event loop (`Sandbox.acall`: on the
-    loop itself while a worker is idle, else on a thread of `executor`)."""
+    """`tensor` of an encoded image's bytes, from the event loop (`Sandbox.acall`: the loop
+    converses with the worker; only a grant that waits for memory waits on a thread of
+    `executor`)."""
     name = name or describe(data)
     pixels, count = await sandbox.acall(
         tensor_task,

@@ -16,7 +16,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from pneumo_onnx.engine.errors import ImageError, PneumoError
-from pneumo_onnx.engine.runtime.sandbox.shared import AREA_BYTES, InputArea, carried
+from pneumo_onnx.engine.runtime.sandbox.shared import AREA_BYTES, InputArea
 from pneumo_onnx.engine.runtime.sandbox.starting import Child, forked, spawned
 from pneumo_onnx.engine.runtime.sandbox.wire import (
     READ_CHUNK,
@@ -24,6 +24,7 @@ from pneumo_onnx.engine.runtime.sandbox.wire import (
     Limits,
     frame_reader,
     framed,
+    out_of_band,
     receive,
     send,
     unpickled,
@@ -97,7 +98,9 @@ class WorkerProcess:
     def call(self, task: Any, args: tuple[Any, ...], input_bytes: int, granted: int) -> object:
         """The message that asks this worker to run `task(ctx, *args)`: an upload through its
         shared input area where it fits (`shared`), large bytes otherwise out of band."""
-        return ("call", task, carried(self._area, args), input_bytes, granted)
+        area = self._area
+        carried = area.carried(args) if area is not None else out_of_band(args)
+        return ("call", task, carried, input_bytes, granted)
 
     def send(self, message: object) -> None:
         try:

@@ -81,11 +81,6 @@ class InputArea:
         self._map.close()
 
 
-def carried(area: InputArea | None, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """`InputArea.carried`, or everything through the pipe where there is no area."""
-    return area.carried(args) if area is not None else out_of_band(args)
-
-
 class WorkerArea:
     """The worker's side: the area mapped read-only, from the descriptor it was started with."""
 

@@ -39,13 +39,11 @@ class DirectRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         picked = scope.get("state", {}).get("route") if scope["type"] == "http" else None
-        found = picked.route if isinstance(picked, Picked) else None
-        route = getattr(found, "original_route", found)  # newer FastAPI: a route context
-        if (
-            isinstance(picked, Picked)
-            and isinstance(route, APIRoute)
-            and route.endpoint in self.endpoints
-        ):
+        if not isinstance(picked, Picked):
+            await self.app(scope, receive, send)
+            return
+        route = getattr(picked.route, "original_route", picked.route)  # newer FastAPI: a context
+        if isinstance(route, APIRoute) and route.endpoint in self.endpoints:
             # as the router leaves them (the metrics label a request by its route's path)
             scope["path_params"] = dict(picked.path_params)
             scope["route"], scope["endpoint"] = route, route.endpoint

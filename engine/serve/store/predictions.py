@@ -10,9 +10,9 @@ shown by `state()` (readiness reports it). `close_within(t)` writes everything s
 giving up after `t` seconds of failing writes and saying how many rows it could not write, so
 a SIGTERM never hangs on a full disk. Rows older than the retention are deleted by the writer
 (`retention`); with several servers on one database each deletes the same old rows, which is
-harmless. A log file deleted
-or replaced under the server is noticed at the next batch, logged, and recreated; a lost
-PostgreSQL connection is opened again, the batch retried meanwhile.
+harmless. A log file deleted or replaced under the server is noticed at the next batch,
+logged, and recreated; a lost PostgreSQL connection is opened again, the batch retried
+meanwhile.
 Reports open their own read-only connection: WAL lets them read while the writer commits.
 
 What a kill -9 can lose: rows are committed in batches, so at most the predictions answered in
