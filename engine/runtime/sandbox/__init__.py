@@ -25,7 +25,8 @@ A call comes from a thread (`Sandbox.call`, which waits on the pipe) or from an 
 (`Sandbox.acall`: the loop waits on the pipe with its sockets, so a server hands an image to a
 worker without waking a thread); both wait for a free worker in one queue, in order.
 
-The pool is `pool` (in the parent), who gets its next free worker `turns`, one worker as the
+The pool is `pool` (in the parent), the memory it grants `budget`, who gets its next free
+worker `turns`, one worker as the
 parent sees it `process` (started by `starting`), the worker itself `worker` (`python -m
 engine.runtime.sandbox`), what crosses the pipes `wire`, and the input area a worker shares with
 its parent, through which an upload crosses instead, `shared`.

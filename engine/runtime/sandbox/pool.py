@@ -4,19 +4,17 @@ engine.runtime.sandbox)."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import queue
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import closing
 from typing import Any
 
 from pneumo_onnx.engine.errors import ImageError, PneumoError
+from pneumo_onnx.engine.runtime.sandbox.budget import MemoryBudget
 from pneumo_onnx.engine.runtime.sandbox.process import WorkerProcess
 from pneumo_onnx.engine.runtime.sandbox.starting import may_fork
 from pneumo_onnx.engine.runtime.sandbox.turns import Turns
@@ -56,10 +54,8 @@ class Sandbox:
         self.size = workers
         self.limits = limits or Limits()
         self.preload = tuple(preload)
-        self._lock = threading.Condition()  # the memory budget's
+        self._budget = MemoryBudget(self.limits)
         self._turns = Turns(self._replace)
-        self._granted = 0
-        self._queue: deque[object] = deque()  # grants waiting for room, in order
         self._failures = 0  # starts that failed in a row
         self.replaced = 0  # workers killed or lost, and replaced
         self._starts: queue.Queue[bool] = queue.Queue()
@@ -107,7 +103,7 @@ class Sandbox:
         if input_bytes > self.limits.max_input:
             raise _too_large(name, input_bytes, self.limits.max_input)
         worker = await self._turns.acheckout()
-        granted = self._pregrant()
+        granted = self._budget.pregrant()
         healthy = False
         seconds = self.limits.seconds
         try:
@@ -124,10 +120,10 @@ class Sandbox:
                         await worker.areceive(time.monotonic() + seconds, name, seconds)
                         healthy = True
                         raise refusal
-                    granted = self._grant_now(granted, nbytes)
+                    granted = self._budget.grant_now(granted, nbytes)
                     if granted < nbytes:  # the budget is taken: wait for it on a thread
                         held, granted = granted, 0  # the thread trades it for the grant
-                        granted = await self._granted_later(held, nbytes, executor)
+                        granted = await self._budget.granted_later(held, nbytes, executor)
                     worker.send("grant")
                     deadline = time.monotonic() + seconds
                 elif kind == "item":
@@ -136,7 +132,7 @@ class Sandbox:
                     healthy = True
                     return _answer(kind, value, admit, name)
         finally:
-            self._give_back(granted)
+            self._budget.give_back(granted)
             self._checkin(worker, healthy)
 
     def stream(
@@ -174,7 +170,7 @@ class Sandbox:
         if input_bytes > self.limits.max_input:
             raise _too_large(name, input_bytes, self.limits.max_input)
         worker = self._turns.checkout()
-        granted = self._pregrant()
+        granted = self._budget.pregrant()
         healthy = False  # the worker answered its last message and may take the next call
         seconds = self.limits.seconds
         try:
@@ -190,7 +186,7 @@ class Sandbox:
                         worker.receive(time.monotonic() + seconds, name, seconds)
                         healthy = True
                         raise refusal
-                    granted = self._grant(granted, nbytes)
+                    granted = self._budget.grant(granted, nbytes)
                     worker.send("grant")
                     deadline = time.monotonic() + seconds  # the decode has its own deadline
                 elif kind == "item":
@@ -202,17 +198,8 @@ class Sandbox:
                     yield kind, _answer(kind, value, admit, name)
                     return
         finally:
-            self._give_back(granted)
+            self._budget.give_back(granted)
             self._checkin(worker, healthy)
-
-    def _pregrant(self) -> int:
-        """`Limits.pregrant` of the budget if it is free now and no grant waits, else
-        nothing (no waiting)."""
-        with self._lock:
-            if self._queue or self._granted + self.limits.pregrant > self.limits.memory:
-                return 0
-            self._granted += self.limits.pregrant
-            return self.limits.pregrant
 
     def _refusal(
         self, nbytes: int, info: object, admit: Admit | None, name: str
@@ -230,55 +217,6 @@ class Sandbox:
                 f"{self.limits.memory // MB} MB limit: send it smaller or as 8-bit grayscale"
             )
         return None
-
-    def _grant(self, held: int, nbytes: int) -> int:
-        """Trade the `held` pregrant for `nbytes`, waiting until they fit (alone they do).
-        Grants are served in the order they were asked for: a large one is never passed by a
-        stream of small ones."""
-        turn = object()
-        with self._lock:
-            self._granted -= held
-            self._queue.append(turn)
-            self._lock.notify_all()
-            self._lock.wait_for(
-                lambda: self._queue[0] is turn and self._granted + nbytes <= self.limits.memory
-            )
-            self._queue.popleft()
-            self._granted += nbytes
-            self._lock.notify_all()
-        return nbytes
-
-    def _grant_now(self, held: int, nbytes: int) -> int:
-        """`_grant` if `nbytes` fit the budget now and no grant waits (what is held then),
-        else `held`, unchanged (never waits)."""
-        with self._lock:
-            if self._queue or self._granted - held + nbytes > self.limits.memory:
-                return held
-            self._granted += nbytes - held
-            return nbytes
-
-    async def _granted_later(self, held: int, nbytes: int, executor: Executor | None) -> int:
-        """`_grant` on a thread of `executor`. Should the caller be cancelled meanwhile, the
-        grant is given back as soon as the thread has it."""
-        wait = asyncio.get_running_loop().run_in_executor(
-            executor, functools.partial(self._grant, held, nbytes)
-        )
-        try:
-            return await asyncio.shield(wait)
-        except asyncio.CancelledError:
-            wait.add_done_callback(self._give_back_later)
-            raise
-
-    def _give_back(self, granted: int) -> None:
-        """Memory a call held goes back to the budget (and to the grants waiting for it)."""
-        if granted:
-            with self._lock:
-                self._granted -= granted
-                self._lock.notify_all()
-
-    def _give_back_later(self, grant: asyncio.Future[int]) -> None:
-        if not grant.cancelled() and grant.exception() is None:
-            self._give_back(grant.result())
 
     def _checkin(self, worker: WorkerProcess, healthy: bool) -> None:
         if self._turns.closed:
