@@ -50,6 +50,10 @@ def write_file(ctx: TaskContext, path: str) -> str:
     return "written"
 
 
+def environment(ctx: TaskContext) -> dict[str, str]:
+    return dict(os.environ)
+
+
 def pid(ctx: TaskContext) -> int:
     return os.getpid()
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import pneumo_onnx
 from pneumo_onnx.engine.errors import ImageError, UsageError
 from pneumo_onnx.engine.runtime.sandbox import Limits, Sandbox
 from tests import sandbox_tasks as tasks
@@ -96,6 +97,27 @@ def test_workers_write_no_files(sandbox: Sandbox, tmp_path: Path) -> None:
     with pytest.raises(ImageError, match="File too large"):
         sandbox.call(tasks.write_file, str(tmp_path / "out.txt"))
     assert not (tmp_path / "out.txt").exists() or (tmp_path / "out.txt").stat().st_size == 0
+
+
+@pytest.mark.parametrize("fork", [False, True])
+def test_workers_see_none_of_the_parents_secrets(
+    monkeypatch: pytest.MonkeyPatch, fork: bool
+) -> None:
+    # What a server's environment holds beside its decoders: keys, a database's password, the
+    # config a --workers process is handed (keys included).
+    monkeypatch.setenv("PNEUMO_API_KEYS", "key-that-must-not-leak")
+    monkeypatch.setenv("PNEUMO_SERVE_CONFIG", '{"api_keys": ["key-that-must-not-leak"]}')
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:password-that-must-not-leak@db/x")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    with Sandbox(1, Limits(seconds=20.0), ("tests.sandbox_tasks",), fork=fork) as sb:
+        environment = sb.call(tasks.environment)
+    assert not any("must-not-leak" in v for v in environment.values())
+    assert "PNEUMO_API_KEYS" not in environment and "DATABASE_URL" not in environment
+    assert environment["LC_ALL"] == "C.UTF-8"  # what the interpreter uses is kept
+    assert environment["OPENBLAS_NUM_THREADS"] == "1"
+    assert environment["PYTHONPATH"].split(os.pathsep)[0] == str(
+        Path(pneumo_onnx.__file__).resolve().parents[1]
+    )
 
 
 def test_answers_that_would_run_code_here_are_refused(sandbox: Sandbox) -> None:

@@ -4,7 +4,8 @@ A limit checked before a parser runs is a guess about the parser: Pillow builds 
 tables inside `Image.open`, pydicom parses sequences eagerly and hands encapsulated frames to
 codecs at their own size. So decoders (images, DICOM, large JSON bodies, zip archives) run in a
 `Sandbox`: a few long-lived worker processes, each with a
-hard `RLIMIT_DATA`, no core dumps and no file writes, killed when their parent dies.
+hard `RLIMIT_DATA`, no core dumps, no file writes and none of its parent's secrets (only the
+environment variables an interpreter needs), killed when their parent dies.
 
 Memory is shared by grants, so the total holds by construction. A task starts with a small
 allowance above the worker's resting size (`Limits.allowance` plus twice its input); before it
@@ -26,10 +27,9 @@ A call comes from a thread (`Sandbox.call`, which waits on the pipe) or from an 
 worker without waking a thread); both wait for a free worker in one queue, in order.
 
 The pool is `pool` (in the parent), the memory it grants `budget`, who gets its next free
-worker `turns`, one worker as the
-parent sees it `process` (started by `starting`), the worker itself `worker` (`python -m
-engine.runtime.sandbox`), what crosses the pipes `wire`, and the input area a worker shares with
-its parent, through which an upload crosses instead, `shared`.
+worker `turns`, one worker as the parent sees it `process` (started by `starting`), the worker
+itself `worker` (`python -m engine.runtime.sandbox`), what crosses the pipes `wire`, and the
+input area a worker shares with its parent, through which an upload crosses instead, `shared`.
 """
 
 from pneumo_onnx.engine.runtime.sandbox.pool import Admit, Sandbox, Task

@@ -1,7 +1,8 @@
 """How a decode worker's process starts: a fresh interpreter (`python -m
 engine.runtime.sandbox`, importing pneumo_onnx from where its parent did), or a fork of its
 parent where that is safe (`may_fork`), which has imported everything already and starts at
-once; either way with only the descriptors it is given."""
+once; either way with only the descriptors it is given, and only the environment variables an
+interpreter needs (`worker_env`)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,28 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TypeAlias
 
 # Threads in a worker would each reserve memory (OpenBLAS buffers, malloc arenas): one each.
 WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "1"}
+# What a worker keeps of its parent's environment: what an interpreter and the libraries it
+# loads need. The rest (API and admin keys, a database's URL, a --workers process's config, a
+# cloud's credentials) stays behind: a decoder exploited into running code finds none of it.
+KEPT_VARIABLES = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH"})
+KEPT_PREFIXES = ("LC_", "PYTHON")
+
+
+def worker_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """A worker's environment, from its parent's `environ`."""
+    kept = {k: v for k, v in environ.items() if k in KEPT_VARIABLES or k.startswith(KEPT_PREFIXES)}
+    return {**kept, **WORKER_ENV, "PYTHONPATH": _python_path()}
 
 
 def spawned(argv: list[str], fds: tuple[int, ...]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **WORKER_ENV, "PYTHONPATH": _python_path()}
     cmd = [sys.executable, "-m", "pneumo_onnx.engine.runtime.sandbox", *argv]
+    env = worker_env(os.environ)
     return subprocess.Popen(cmd, pass_fds=fds, env=env, stdin=subprocess.DEVNULL)
 
 
@@ -35,6 +48,9 @@ def forked(argv: list[str], keep: tuple[int, ...]) -> Forked:
             os.closerange(low, fd)
             low = fd + 1
         os.closerange(low, 1 << 16)
+        kept = worker_env(os.environ)
+        os.environ.clear()  # unset in the process's own environment too
+        os.environ.update(kept)
         from pneumo_onnx.engine.runtime.sandbox.worker import main
 
         main(argv)
