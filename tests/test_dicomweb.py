@@ -183,6 +183,26 @@ def test_resume_scores_only_what_is_missing(
     )
 
 
+def test_a_resumed_run_stores_no_report_twice(pacs: Pacs, tmp_path: Path) -> None:
+    out = tmp_path / "results.csv"
+    study = pacs.studies[0]
+    assert batch(pacs.orthanc, out, "--study", study, "--store-sr") == 0
+    stored = {r["sop_instance_uid"]: r["sr_sop_instance_uid"] for r in rows(out) if r["prediction"]}
+    # Killed after storing its reports, before writing their rows: the resumed run stores
+    # them again, under the same UIDs (those of the module's first run over this study too).
+    header = out.read_text(encoding="utf-8").splitlines(keepends=True)[0]
+    out.write_text(header, encoding="utf-8")
+    assert batch(pacs.orthanc, out, "--study", study, "--store-sr", "--resume") == 0
+    again = {r["sop_instance_uid"]: r["sr_sop_instance_uid"] for r in rows(out) if r["prediction"]}
+    assert again == stored and len(stored) == 2 and all(stored.values())
+    first = {r["sop_instance_uid"]: r["sr_sop_instance_uid"] for r in rows(pacs.stored)}
+    assert all(first[sop] == sr for sop, sr in stored.items())
+    reports = pacs.orthanc.instances_of(study, "SR")
+    scored = [i for i in pacs.instances if i.study == study and i.frontal_chest]
+    assert len(reports) == len(scored) == 2  # one per image, however many runs stored it
+    assert {pydicom.dcmread(io.BytesIO(r)).SOPInstanceUID for r in reports} == set(stored.values())
+
+
 def test_study_since_and_any_view(pacs: Pacs, tmp_path: Path) -> None:
     a = pacs.studies[0]
     assert batch(pacs.orthanc, tmp_path / "a.csv", "--study", a, "--any-view") == 0

@@ -47,6 +47,27 @@ def test_several_images_write_one_sr_each_into_a_folder(
     assert len(series) == 1  # one run, one study: one series of reports
 
 
+def test_an_sr_made_again_is_the_same_object(samples: list[Path], tmp_path: Path) -> None:
+    image = xray_instance(samples[0], tmp_path, generate_uid(), "P7")
+
+    def report(threshold: str) -> pydicom.Dataset:
+        out = tmp_path / f"report-{threshold}.dcm"
+        assert main(["predict", str(image.path), "--sr", str(out), "--threshold", threshold]) == 0
+        return pydicom.dcmread(out)
+
+    first, again, other = report("0.5"), report("0.5"), report("0.9")
+    # The same image, model and threshold: the same report UIDs, for a PACS to take as one.
+    assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (
+        again.SOPInstanceUID,
+        again.SeriesInstanceUID,
+    )
+    # Another threshold decides anew: another report, in the same series of this model's.
+    assert other.SOPInstanceUID != first.SOPInstanceUID
+    assert other.SeriesInstanceUID == first.SeriesInstanceUID
+    devices = {dict(sr_items(sr))["Device Observer UID"] for sr in (first, again, other)}
+    assert len(devices) == 1  # the device is the model file
+
+
 def test_sr_of_a_jpeg_is_refused_before_scoring(
     samples: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -3,7 +3,8 @@
 A Comprehensive SR holding a TID 1500 Measurement Report in the image's own study: one
 measurement group that references the source image and holds the finding (SNOMED CT
 233604007 "Pneumonia", Present or Absent), P(PNEUMONIA) and the decision threshold, and the
-algorithm that ran (model name, version, variant and the sha256 of the file). It is marked as
+algorithm that ran (model name, version, variant and the sha256 of the file), whose device UID
+the file's sha256 gives (`stable_uid`). It is marked as
 research use: preliminary, unverified, and said so in its series description and algorithm
 parameters. The source's header is read like its pixels: in the decode sandbox when given one.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +52,7 @@ class Algorithm:
     variant: str
     sha256: str
     positive_label: str
+    preprocessing: str  # the path its images took ('fast' or 'reference')
 
     @classmethod
     def of(cls, engine: Engine) -> Algorithm:
@@ -60,7 +63,26 @@ class Algorithm:
             variant=model.variant,
             sha256=sha256_file(model.path),
             positive_label=engine.contract.positive_label,
+            preprocessing=engine.preprocessing,
         )
+
+    def report_uids(self, study: str, source: str, threshold: float) -> tuple[str, str]:
+        """The (series, SOP instance) UIDs of its SR of image `source` in `study`: one series
+        per study and model; one SR per image, model, preprocessing and threshold. The same
+        each time they are made (`stable_uid`): an SR made again is the same object."""
+        model = (self.sha256, self.variant)
+        series = stable_uid("sr-series", study, *model)
+        if not source:  # an image without a UID of its own: its report gets a new one
+            return series, f"2.25.{uuid.uuid4().int}"
+        return series, stable_uid("sr", source, *model, self.preprocessing, repr(threshold))
+
+
+def stable_uid(*parts: str) -> str:
+    """The DICOM UID these parts always give: 2.25 and the name-based UUID of them. What is
+    made again from the same parts (the SR of an image that a resumed run stores again, the
+    device that made it) is then the same object to a PACS, not a copy of it."""
+    name = "pneumo-onnx:" + "|".join(parts)
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, name).int}"
 
 
 def source_header(data: bytes, name: str, sandbox: Sandbox | None = None) -> Any:
@@ -152,7 +174,7 @@ def build_sr(
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=generate_uid(prefix=None, entropy_srcs=[algorithm.sha256]),
+            uid=stable_uid("device", algorithm.sha256),
             name=f"pneumo-onnx {algorithm.name}",
             manufacturer_name="pneumo-onnx",
             model_name=f"{algorithm.name} {algorithm.version}",

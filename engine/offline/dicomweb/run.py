@@ -5,7 +5,8 @@ The same engine, preprocessing and DICOM decoder as for files: each instance is 
 its DICOM file and decoded in the decode sandbox. Rows are the folder run's, plus the
 instance's three UIDs, why it was skipped (not a frontal chest X-ray) and the SR stored for
 it. A row is written once its SR is stored, so a resumed run (keyed on SOPInstanceUID) never
-misses an SR; a server failure stops the run with what it finished written.
+misses an SR, and never stores one twice (an SR's UIDs are made from what it reports on); a
+server failure stops the run with what it finished written.
 """
 
 from __future__ import annotations
@@ -106,25 +107,23 @@ def run_dicomweb(
 
 
 class _Reporter:
-    """Builds and stores the SRs of one run: one new series per study."""
+    """Builds and stores the SRs of one run, under UIDs made from what they report on
+    (`Algorithm.report_uids`): a report stored by a run killed before its row was written is
+    stored again by the resumed run under the same UIDs, which a PACS takes as the same
+    object, not a copy."""
 
     def __init__(self, client: Client, algorithm: Algorithm, sandbox: Sandbox | None) -> None:
         self.client = client
         self.algorithm = algorithm
         self.sandbox = sandbox
-        self.series: dict[str, tuple[str, int]] = {}  # study -> (SR series UID, last number)
+        self.numbers: dict[str, int] = {}  # study -> the last instance number given
 
     def store(self, f: Found, data: bytes, result: Scored) -> str:
         """Store the SR of `result` for instance `f`: its SOPInstanceUID."""
-        from pydicom.uid import generate_uid
-
-        series, number = self.series.get(f.study, (generate_uid(), 0))
-        self.series[f.study] = (series, number + 1)
+        series, uid = self.algorithm.report_uids(f.study, f.sop, result["threshold"])
+        number = self.numbers[f.study] = self.numbers.get(f.study, 0) + 1
         header = source_header(data, f"{f.sop}.dcm", self.sandbox)
-        uid = generate_uid()
-        self.client.store(
-            f.study, [build_sr(header, result, self.algorithm, series, uid, number + 1)]
-        )
+        self.client.store(f.study, [build_sr(header, result, self.algorithm, series, uid, number)])
         return uid
 
 

@@ -36,23 +36,20 @@ def check_sr_inputs(images: list[str]) -> None:
 
 
 def write_sr_files(engine: Engine, scored: list[tuple[str, Scored]], target: Path) -> list[Path]:
-    """One SR per scored image; the SRs of one run share a series per study."""
-    from pydicom.uid import generate_uid
-
+    """One SR per scored image, a series per study (their UIDs: `Algorithm.report_uids`)."""
     algorithm = Algorithm.of(engine)
     if len(scored) > 1:
         try:
             target.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise FileAccessError("create", target, e) from e
-    series: dict[str, str] = {}
     written = []
     for number, (image, result) in enumerate(scored, 1):
         name = Path(image).name
         header = source_header(read_bytes(image, name), name)
-        study = str(header.get("StudyInstanceUID", ""))
-        uid = series.setdefault(study, generate_uid())
-        data = build_sr(header, result, algorithm, uid, generate_uid(), number)
+        study, source = (str(header.get(k, "")) for k in ("StudyInstanceUID", "SOPInstanceUID"))
+        series, uid = algorithm.report_uids(study, source, result["threshold"])
+        data = build_sr(header, result, algorithm, series, uid, number)
         path = target if len(scored) == 1 else target / f"{Path(image).stem}.sr.dcm"
         try:
             path.write_bytes(data)

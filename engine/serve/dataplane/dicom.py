@@ -82,13 +82,12 @@ class Reports:
         """The SR of `result` for the DICOM `image`, as a DICOM file (the `dicomweb` extra)."""
         require_highdicom()
         from pydicom import Dataset
-        from pydicom.uid import generate_uid
 
         source = Dataset.from_json(await header(self.decoders, image, name))
         algorithm = await self._algorithm(served)
-        return await self.decoders.run(
-            build_sr, source, result, algorithm, generate_uid(), generate_uid(), 1
-        )
+        study, sop = (str(source.get(k, "")) for k in ("StudyInstanceUID", "SOPInstanceUID"))
+        series, uid = algorithm.report_uids(study, sop, result["threshold"])
+        return await self.decoders.run(build_sr, source, result, algorithm, series, uid, 1)
 
     async def _algorithm(self, served: Served) -> Algorithm:
         key = (served.name, str(served.version), served.engine.model.variant)
