@@ -141,10 +141,8 @@ def test_a_repeated_image_is_answered_from_the_cache(repo: Path, samples: list[P
             assert other["threshold"] == 0.5 and batches(state) == (2, 2)
 
             # Another version served: what the old one answered is forgotten.
-            served = await asyncio.get_running_loop().run_in_executor(
-                None, service.registry.load, NAME, 1
-            )
-            service.announce(served)
+            await asyncio.get_running_loop().run_in_executor(None, service.registry.load, NAME, 1)
+            service.announce()
             newer, by = await service.predict(data, None, "r", "/t")
             assert by.version == 1 and batches(state) == (3, 3)
             assert newer == Engine.load(repo / NAME / "1").predict(samples[3])
@@ -267,6 +265,13 @@ def test_registry_load_unload_and_rollback(repo: Path) -> None:
 
         v1 = registry.load(NAME, 1)
         assert registry.current(NAME) is v1 and v1.sha256 != v2.sha256
+        # A rollback to a version refused now changes nothing, and can be tried again.
+        manifest = repo / NAME / "2" / "manifest.json"
+        kept = manifest.rename(repo.parent / "manifest.json")
+        with pytest.raises(RepositoryError, match=r"2 has no manifest\.json"):
+            registry.rollback(NAME)
+        assert registry.current(NAME) is v1
+        kept.rename(manifest)
         assert registry.rollback(NAME).version == 2  # the version served before 1
         with pytest.raises(UsageError, match="no earlier served version to roll back to"):
             registry.rollback(NAME)

@@ -148,16 +148,24 @@ def test_hot_load_refuses_broken_versions_and_rolls_back(secured: ServerProcess)
 
 def test_unload_then_load(secured: ServerProcess) -> None:
     admin = f"{secured.url}/v2/repository/models/pneumonia"
+
+    def served_info() -> list[str]:
+        text = httpx.get(f"{secured.url}/metrics", headers=auth()).text
+        return [x for x in text.splitlines() if x.startswith("pneumo_model_info{")]
+
     assert httpx.post(f"{admin}/unload", headers=auth()).status_code == 200
     r = predict(secured)
     assert r.status_code == 503 and "not loaded" in r.json()["error"]
     assert httpx.get(f"{secured.url}/health").json()["status"] == "unloaded"
     assert httpx.get(f"{secured.url}/v2/models/pneumonia/ready", headers=auth()).status_code == 404
+    assert served_info() == []  # the metrics say nothing is served
     r = httpx.post(
         f"{admin}/load", json={"parameters": {"version": "1"}}, headers=auth(), timeout=60
     )
     assert r.status_code == 200
     assert predict(secured).status_code == 200
+    [info] = served_info()
+    assert 'name="pneumonia"' in info and 'version="1"' in info and info.endswith(" 1.0")
 
 
 def test_full_queue_sheds_load_with_503(tmp_path: Path) -> None:

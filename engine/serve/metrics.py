@@ -17,7 +17,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from prometheus_client import (
@@ -45,7 +45,7 @@ class ServerMetrics:
         self.shared_dir = Path(shared) if shared else None
         if self.shared_dir is not None:  # a node of a Ray cluster may not have it yet
             self.shared_dir.mkdir(parents=True, exist_ok=True)
-        self._served: tuple[str, str, str, str] | None = None
+        self._served: set[tuple[str, str, str, str]] = set()  # pneumo_model_info's labels
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "pneumo_requests_total",
@@ -125,13 +125,15 @@ class ServerMetrics:
         for w in waits:
             self.queue_time.observe(w)
 
-    def serving(self, name: str, version: str, variant: str, sha256: str) -> None:
-        """Mark the model now served (and only it)."""
-        if self._served is not None:  # a shared folder keeps the old value: zero it first
-            self.model.labels(*self._served).set(0)
+    def serving(self, models: Iterable[tuple[str, str, str, str]]) -> None:
+        """Mark the models served now, by (name, version, variant, sha256), and only them."""
+        now = set(models)
+        for labels in self._served - now:  # a shared folder keeps old values: zero them first
+            self.model.labels(*labels).set(0)
         self.model.clear()
-        self._served = (name, version, variant, sha256)
-        self.model.labels(*self._served).set(1)
+        self._served = now
+        for labels in now:
+            self.model.labels(*labels).set(1)
 
     def render(self) -> bytes:
         """The exposition: this process's, or every process's added up."""

@@ -132,18 +132,22 @@ class ModelRegistry:
             log.info("unloaded %s", name)
 
     def rollback(self, name: str) -> Served:
-        """Serve again the version served before the current one."""
+        """Serve again the version served before the current one. A rollback that fails (that
+        version is refused now) changes nothing: the current version serves on, and the
+        history is kept for the next try."""
         with self._lock:
             history = self._history.get(name) or []
             current = self._served.get(name)
-            while history:
-                version = history.pop()
-                if current is None or version != current.version:
-                    candidate = self._checked_load(name, version)
-                    self._served[name] = candidate
-                    log.info("rolled %s back to version %d", name, version)
-                    return candidate
-            raise UsageError(f"model {name!r} has no earlier served version to roll back to")
+            earlier = [v for v in history if current is None or v != current.version]
+            if not earlier:
+                raise UsageError(f"model {name!r} has no earlier served version to roll back to")
+            version = earlier[-1]
+            candidate = self._checked_load(name, version)
+            while history.pop() != version:  # and the entries of the current one after it
+                pass
+            self._served[name] = candidate
+            log.info("rolled %s back to version %d", name, version)
+            return candidate
 
     # --- internals ------------------------------------------------------------------------
 

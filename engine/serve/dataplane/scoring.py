@@ -106,16 +106,19 @@ class ScoringService:
                 failures.append(e.message)
                 continue
             await self.decoders.check(served.engine)
-            self.announce(served)
+            self.announce()
             self.default_model = name
             return
         raise ModelLoadError(f"no version of {name!r} can be served: " + "; ".join(failures))
 
-    def announce(self, served: Served) -> None:
-        """A new version is being served: forget cached answers of the old one."""
+    def announce(self) -> None:
+        """What is served changed (a load, a rollback, an unload): cached answers are
+        forgotten, and the metrics name the versions served now."""
         self.cache.clear()
-        e = served.engine
-        self.metrics.serving(served.name, str(served.version), e.model.variant, served.sha256)
+        self.metrics.serving(
+            (s.name, str(s.version), s.engine.model.variant, s.sha256)
+            for s in self.registry.served()
+        )
 
     async def close(self) -> None:
         """Score everything already queued, then stop the pools (scoring after this point is

@@ -84,19 +84,20 @@ async def load(state: ServerState, name: str, version: Any) -> Served:
     loaded = await asyncio.get_running_loop().run_in_executor(
         None, service.registry.load, name, version_param(version)
     )
-    service.announce(loaded)
+    service.announce()
     return loaded
 
 
 def unload(state: ServerState, name: str) -> None:
     state.service.registry.unload(name)
+    state.service.announce()
 
 
 async def rollback(state: ServerState, name: str) -> Served:
     """Serve again the version served before the current one."""
     service = state.service
     back = await asyncio.get_running_loop().run_in_executor(None, service.registry.rollback, name)
-    service.announce(back)
+    service.announce()
     return back
 
 
