@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.payloads import j2k_dicom_bomb, tiff_strip_bomb
 from pneumo_onnx.engine.cli import main
 from pneumo_onnx.engine.runtime.samples import sample_images
 
@@ -37,6 +38,9 @@ def folder(tmp_path: Path) -> Path:
     for p in images:
         shutil.copy(p, root / p.name)
     (root / "corrupt.jpeg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    # Built to exhaust a decoder's memory: each is its own error row, as in a local run.
+    (root / "frame.dcm").write_bytes(j2k_dicom_bomb())
+    (root / "strips.tif").write_bytes(tiff_strip_bomb(16 * 2**20))
     return root
 
 
@@ -56,8 +60,9 @@ def test_ray_batch_equals_local_batch(local_ray, folder: Path, tmp_path: Path, c
     remote = by_name(ray.data.read_parquet(str(ray_out)).take_all())
     assert set(local) == set(remote) and len(local) >= 7
     scored = [n for n, r in local.items() if not r["error"]]
-    assert remote["corrupt.jpeg"]["error"] == local["corrupt.jpeg"]["error"]
-    assert remote["corrupt.jpeg"]["prediction"] is None
+    for name in ("corrupt.jpeg", "frame.dcm", "strips.tif"):
+        assert remote[name]["error"] == local[name]["error"] != ""
+        assert remote[name]["prediction"] is None
     for name in scored:
         assert remote[name]["prediction"] == local[name]["prediction"]
         assert remote[name]["error"] is None

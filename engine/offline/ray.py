@@ -5,8 +5,9 @@
     ds = ray.data.read_binary_files("s3://bucket/xrays/", include_paths=True)
     score_dataset(ds, concurrency=8).write_parquet("s3://bucket/results/")
 
-Each actor of the pool holds one Engine (one onnxruntime session) and scores whole batches; the
-rows have the same columns and per-file errors as `pneumo batch`. Nothing else in the package
+Each actor of the pool holds one Engine (one onnxruntime session) and one decode worker process
+(memory-capped, as `pneumo batch` decodes) and scores whole batches; the rows have the same
+columns and per-file errors as `pneumo batch`. Nothing else in the package
 imports Ray.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 from pneumo_onnx.engine.errors import MissingExtraError, UsageError, first_line
 from pneumo_onnx.engine.runtime.engine import Engine
+from pneumo_onnx.engine.runtime.isolated import decode_sandbox
 from pneumo_onnx.engine.runtime.listing import find_images
 from pneumo_onnx.engine.runtime.results import ROW_COLUMNS, to_row
 
@@ -37,17 +39,22 @@ def require_ray() -> Any:
 
 
 class Scorer:
-    """A Ray Data actor: loads the engine once, then scores batches of encoded images."""
+    """A Ray Data actor: loads the engine once, then scores batches of encoded images,
+    decoded in a worker process of its own (`decode_sandbox`), as `pneumo batch` decodes: a
+    file built to exhaust a decoder's memory, hang or crash it is its own error row, not the
+    actor's death."""
 
     def __init__(self, engine_kwargs: dict[str, Any], threshold: float | None) -> None:
         self.engine = Engine.load(**engine_kwargs)
         self.threshold = threshold
+        self.sandbox = decode_sandbox(1)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
         paths = [str(p) for p in batch["path"]]
         images = [_named(bytes(b), p) for b, p in zip(batch["bytes"], paths, strict=True)]
         rows: dict[str, list[Any]] = {c: [] for c in ROW_COLUMNS}
-        for index, result in self.engine.stream(images, self.threshold, max(1, len(images)), 1):
+        size = max(1, len(images))
+        for index, result in self.engine.stream(images, self.threshold, size, 1, self.sandbox):
             row = to_row(paths[index], result)
             for column in ROW_COLUMNS:
                 rows[column].append(row[column])
