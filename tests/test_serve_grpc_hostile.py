@@ -35,6 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         tmp_path_factory.mktemp("grpc-hostile"),
         *("--state-dir", "state", "--grpc-port", str(port), "--max-upload-mb", "1"),
         *("--max-inflight-mb", "1", "--max-delay-ms", "1000", "--max-batch", "64"),
+        *("--body-timeout", "2"),
         env={"PNEUMO_API_KEYS": KEY},
         ready_key=KEY,
     )
@@ -201,6 +202,29 @@ def test_abandoned_and_expired_calls_give_their_budget_back(
     statuses = server.log_text()
     assert '"route": "grpc:ModelInfer", "status": "DEADLINE_EXCEEDED"' in statuses
     assert '"route": "grpc:ModelInfer", "status": "CANCELLED"' in statuses
+
+
+def test_a_message_that_does_not_arrive_meets_the_body_deadline(channel: grpc.Channel) -> None:
+    """A call opened whose message never comes (or comes a byte at a time) would hold one of
+    the server's calls for as long as its caller likes: it ends at --body-timeout (2 s)."""
+    tensor = request("FP32", [1, 128, 128, 3], b"\0" * FP32_ONE)
+
+    def late() -> Iterator[bytes]:
+        time.sleep(6)
+        yield tensor
+
+    call = channel.stream_unary(INFER, response_deserializer=pb.ModelInferResponse.FromString)
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as e:
+        call(late(), metadata=AUTH, timeout=30)
+    assert e.value.code() == Code.DEADLINE_EXCEEDED
+    assert e.value.details() == "request message not received within 2 s"
+    assert time.monotonic() - started < 5
+    with pytest.raises(grpc.RpcError) as e:  # two messages to a unary method
+        call(iter([tensor, tensor]), metadata=AUTH, timeout=30)
+    assert e.value.code() == Code.INVALID_ARGUMENT
+    assert e.value.details() == "ModelInfer takes one request message"
+    assert_up(channel)
 
 
 def test_memory_stays_bounded_under_a_burst_of_oversized_messages(

@@ -1,7 +1,8 @@
 """What every gRPC call passes through, as every HTTP request passes the gate: its request id
 (the caller's `x-request-id` metadata when sane), the access its method declares (the API key
 in `authorization: Bearer KEY` or `x-api-key` metadata), the message's size and the bytes in
-flight of both doors, where the message is parsed (`codec`), the one table from our errors to
+flight of both doors, the deadline for its message to arrive (`--body-timeout`), where the
+message is parsed (`codec`), the one table from our errors to
 a status (`errors.STATUS`, HTTP statuses mapped to gRPC codes as Triton maps them), metrics
 (route `grpc:<Method>`, status the gRPC code's name) and the access log. A call the client
 cancels or lets pass its deadline is cancelled here too: every budget it held is given back
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -70,12 +72,18 @@ class Guard:
         self.inflight = inflight
 
     def handler(self) -> grpc.RpcMethodHandler:
-        """Raw bytes in (parsed here, where its size says), a message out."""
-        return grpc.unary_unary_rpc_method_handler(
+        """Raw bytes in (parsed here, where its size says), a message out. Unary to its
+        callers, the method is read here as a stream of one message, so that the message's
+        arrival has a deadline (`--body-timeout`, as a request body's over HTTP): grpc reads a
+        unary call's message with none, and a caller that trickles one would hold its call
+        (and one of the server's concurrent calls) for as long as it likes."""
+        return grpc.stream_unary_rpc_method_handler(
             self.__call__, response_serializer=lambda m: m.SerializeToString()
         )
 
-    async def __call__(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+    async def __call__(
+        self, messages: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> Any:
         started = time.perf_counter()
         metadata = {
             k.lower(): v for k, v in context.invocation_metadata() or () if isinstance(v, str)
@@ -85,6 +93,7 @@ class Guard:
         code, message, charged = Code.OK, "", 0
         try:
             caller = self._admit(metadata, context.peer())
+            raw = await self._message(messages)
             busy = self.inflight.charge(len(raw))
             if busy is not None:
                 raise Overloaded(busy)
@@ -128,6 +137,21 @@ class Guard:
                 raise _Stop(Code.RESOURCE_EXHAUSTED, granted.message, granted.wait)
             raise _Stop(Code.PERMISSION_DENIED, granted.message)
         return f"key:{granted}" if granted else f"address:{_address(peer)}"
+
+    async def _message(self, messages: AsyncIterator[bytes]) -> bytes:
+        """The call's one message, and its end, within the body deadline (else _Stop)."""
+        seconds = self.state.config.body_timeout
+        try:
+            async with asyncio.timeout(seconds):
+                raw = await anext(messages, None)
+                more = await anext(messages, None) if raw is not None else None
+        except TimeoutError:
+            raise _Stop(
+                Code.DEADLINE_EXCEEDED, f"request message not received within {seconds:g} s"
+            ) from None
+        if raw is None or more is not None:
+            raise _Stop(Code.INVALID_ARGUMENT, f"{self.method.name} takes one request message")
+        return raw
 
     async def _parse(self, raw: bytes) -> Any:
         if self.method.large:
