@@ -32,6 +32,11 @@ def test_predict_writes_a_valid_sr_of_a_dicom_xray(
     assert items["Probability of pneumonia"] == pytest.approx(result["raw_score"], abs=1e-6)
     expected = "Present" if result["prediction"] == "PNEUMONIA" else "Absent"
     assert items["Pneumonia"] == expected
+    [scheme] = sr.CodingSchemeIdentificationSequence  # the local codes, named
+    assert (scheme.CodingSchemeDesignator, scheme.CodingSchemeResponsibleOrganization) == (
+        "99PNEUMOONNX",
+        "pneumo-onnx",
+    )
 
 
 def test_several_images_write_one_sr_each_into_a_folder(

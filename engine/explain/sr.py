@@ -128,6 +128,7 @@ def build_sr(
     """The SR of `result` for image `source` (a header Dataset), as a DICOM file."""
     require_highdicom()
     import highdicom as hd
+    from pydicom import Dataset
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
@@ -198,6 +199,12 @@ def build_sr(
         is_verified=False,
         series_description=SERIES_DESCRIPTION,
     )
+    # The local coding scheme is named where a receiver looks it up: the SOP Common module.
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = LOCAL_SCHEME
+    scheme.CodingSchemeName = "pneumo-onnx model outputs"
+    scheme.CodingSchemeResponsibleOrganization = "pneumo-onnx"
+    sr.CodingSchemeIdentificationSequence = [scheme]
     buf = io.BytesIO()
     sr.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
