@@ -7,8 +7,7 @@
 
 Each actor of the pool holds one Engine (one onnxruntime session) and one decode worker process
 (memory-capped, as `pneumo batch` decodes) and scores whole batches; the rows have the same
-columns and per-file errors as `pneumo batch`. Nothing else in the package
-imports Ray.
+columns and per-file errors as `pneumo batch`. Nothing else in the package imports Ray.
 """
 
 from __future__ import annotations
