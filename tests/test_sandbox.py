@@ -3,7 +3,10 @@ crashes, replacement, refusals, streaming, and what the parent will not unpickle
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,25 +102,39 @@ def test_workers_write_no_files(sandbox: Sandbox, tmp_path: Path) -> None:
     assert not (tmp_path / "out.txt").exists() or (tmp_path / "out.txt").stat().st_size == 0
 
 
-@pytest.mark.parametrize("fork", [False, True])
-def test_workers_see_none_of_the_parents_secrets(
-    monkeypatch: pytest.MonkeyPatch, fork: bool
-) -> None:
+# A worker's environment, as a parent started with `argv[1]` ('fork' or 'spawn') sees it. A
+# fresh interpreter: pytest's threads would keep a fork from being a fork (`may_fork`).
+WORKER_ENVIRONMENT = """
+import json, sys
+from pneumo_onnx.engine.runtime.sandbox import Limits, Sandbox
+from pneumo_onnx.engine.runtime.sandbox.starting import may_fork
+from tests import sandbox_tasks
+fork = sys.argv[1] == "fork"
+assert may_fork() or not fork
+with Sandbox(1, Limits(seconds=20.0), ("tests.sandbox_tasks",), fork=fork) as sb:
+    print(json.dumps(sb.call(sandbox_tasks.environment)))
+"""
+
+
+@pytest.mark.parametrize("start", ["spawn", "fork"])
+def test_workers_see_none_of_the_parents_secrets(start: str) -> None:
     # What a server's environment holds beside its decoders: keys, a database's password, the
     # config a --workers process is handed (keys included).
-    monkeypatch.setenv("PNEUMO_API_KEYS", "key-that-must-not-leak")
-    monkeypatch.setenv("PNEUMO_SERVE_CONFIG", '{"api_keys": ["key-that-must-not-leak"]}')
-    monkeypatch.setenv("DATABASE_URL", "postgresql://u:password-that-must-not-leak@db/x")
-    monkeypatch.setenv("LC_ALL", "C.UTF-8")
-    with Sandbox(1, Limits(seconds=20.0), ("tests.sandbox_tasks",), fork=fork) as sb:
-        environment = sb.call(tasks.environment)
+    secrets = {
+        "PNEUMO_API_KEYS": "key-that-must-not-leak",
+        "PNEUMO_SERVE_CONFIG": '{"api_keys": ["key-that-must-not-leak"]}',
+        "DATABASE_URL": "postgresql://u:password-that-must-not-leak@db/x",
+    }
+    root = Path(pneumo_onnx.__file__).resolve().parents[1]
+    env = {**os.environ, **secrets, "LC_ALL": "C.UTF-8", "PYTHONPATH": str(root)}
+    argv = [sys.executable, "-c", WORKER_ENVIRONMENT, start]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=True)
+    environment = json.loads(out.stdout)
     assert not any("must-not-leak" in v for v in environment.values())
-    assert "PNEUMO_API_KEYS" not in environment and "DATABASE_URL" not in environment
+    assert not set(secrets) & set(environment)
     assert environment["LC_ALL"] == "C.UTF-8"  # what the interpreter uses is kept
     assert environment["OPENBLAS_NUM_THREADS"] == "1"
-    assert environment["PYTHONPATH"].split(os.pathsep)[0] == str(
-        Path(pneumo_onnx.__file__).resolve().parents[1]
-    )
+    assert environment["PYTHONPATH"].split(os.pathsep)[0] == str(root)
 
 
 def test_answers_that_would_run_code_here_are_refused(sandbox: Sandbox) -> None:
