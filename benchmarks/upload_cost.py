@@ -171,6 +171,10 @@ def _median_ms(work: Callable[[], object], images: int, passes: int = 3) -> floa
     return sorted(times)[passes // 2]
 
 
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
 def _own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -252,6 +256,19 @@ def main() -> None:
         summary["outside_decoding_over_before_multipart"] = {
             key: round(row["outside_decoding_cpu_ms"] / base, 3)
             for key, row in medians.items()
+            if not key.startswith(before)
+        }
+        # The same ratio within each round (its blocks run back to back, on the machine as it
+        # was then), the median over rounds: drift between rounds falls out of it.
+        bases = [r["outside_decoding_cpu_ms"] for r in rows[f"{before} multipart"]]
+        summary["outside_decoding_over_before_multipart_per_round"] = {
+            key: round(
+                _median(
+                    [r["outside_decoding_cpu_ms"] / b for r, b in zip(runs, bases, strict=True)]
+                ),
+                3,
+            )
+            for key, runs in rows.items()
             if not key.startswith(before)
         }
     print(json.dumps({"summary": summary, "rounds": rows, "references": references}, indent=1))
