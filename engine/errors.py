@@ -40,6 +40,41 @@ class MissingExtraError(UsageError):
         )
         self.extra = extra
 
+    @classmethod
+    def of(cls, error: ModuleNotFoundError, purpose: str) -> MissingExtraError | None:
+        """The extra that installs the module `error` did not find (None: not one of an
+        extra's, such as a module of ours: a bug, not a missing install)."""
+        found = EXTRA_MODULES.get((error.name or "").split(".")[0])
+        return None if found is None else cls(found[0], purpose, found[1])
+
+
+# The modules imported only where they are needed, by the extra that installs them and the
+# distribution they come from (pyproject.toml's optional dependencies; tests/test_exit_codes.py
+# checks them against it).
+EXTRA_MODULES: dict[str, tuple[str, str]] = {
+    "fastapi": ("serve", "fastapi"),
+    "starlette": ("serve", "fastapi"),
+    "uvicorn": ("serve", "uvicorn"),
+    "httptools": ("serve", "httptools"),
+    "uvloop": ("serve", "uvloop"),
+    "multipart": ("serve", "python-multipart"),
+    "python_multipart": ("serve", "python-multipart"),
+    "prometheus_client": ("serve", "prometheus-client"),
+    "grpc": ("serve", "grpcio"),
+    "google": ("serve", "protobuf"),
+    "pydicom": ("dicom", "pydicom"),
+    "httpx": ("dicomweb", "httpx"),
+    "highdicom": ("dicomweb", "highdicom"),
+    "ray": ("ray", "ray"),
+    "matplotlib": ("report", "matplotlib"),
+    "psycopg": ("postgres", "psycopg"),
+    "tensorflow": ("convert", "tensorflow-cpu"),
+    "tf_keras": ("convert", "tf_keras"),
+    "tf2onnx": ("convert", "tf2onnx"),
+    "onnx": ("convert", "onnx"),
+    "ai_edge_litert": ("convert", "ai-edge-litert"),
+}
+
 
 class NotFoundError(UsageError):
     """A named thing does not exist: an unknown job id, a missing prediction log (HTTP 404)."""

@@ -9,6 +9,7 @@ PYTHONPATH puts first a package that fails to import exactly as an absent one do
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,10 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from pneumo_onnx.engine.cli import main
 from pneumo_onnx.engine.contract import Contract, InputSpec
-from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from pneumo_onnx.engine.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, EXTRA_MODULES
 from pneumo_onnx.engine.runtime.samples import SAMPLES_DIR
 from pneumo_onnx.engine.serve.store.predictions import PredictionLog
 from tests.conftest import rec
@@ -212,6 +214,14 @@ MISSING_EXTRA = {
     ),
     "batch-ray": ("ray", ["batch", SAMPLES, "-o", "{tmp}/out", "--ray"], EXIT_USAGE, "ray"),
     "serve": ("uvicorn", ["serve", "--port", "0"], EXIT_USAGE, "serve"),
+    "serve-metrics": ("prometheus_client", ["serve", "--port", "0"], EXIT_USAGE, "serve"),
+    "serve-grpc": ("grpc", ["serve", "--port", "0", "--grpc-port", "0"], EXIT_USAGE, "serve"),
+    "batch-dicomweb": (
+        "httpx",
+        ["batch", "--dicomweb", "http://127.0.0.1:9/dicom-web", "-o", "{tmp}/r.csv"],
+        EXIT_USAGE,
+        "dicomweb",
+    ),
     # An input that needs an extra fails as that input (its row says which), as in batch.
     "predict-dicom": ("pydicom", ["predict", "{dicom}"], EXIT_FAILED, "dicom"),
 }
@@ -250,3 +260,12 @@ def pneumo(
         env=env,
         timeout=300,
     )
+
+
+def test_every_module_of_an_extra_is_installed_by_it() -> None:
+    """`EXTRA_MODULES` names the extra a missing module's install takes: pyproject agrees."""
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    for module, (extra, distribution) in EXTRA_MODULES.items():
+        names = {re.split(r"[<>=!;\[ ]", r, maxsplit=1)[0].lower() for r in extras[extra]}
+        assert distribution.lower() in names, (module, extra, distribution)

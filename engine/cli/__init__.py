@@ -1,6 +1,7 @@
 """The `pneumo` command line: one module per command, each with `add(subparsers)` (its options)
 and `run(args)` (what it does). Errors become `error: message` and an exit code here, and only
-here: 0 ok, 1 something checked or processed failed, 2 usage error.
+here: 0 ok, 1 something checked or processed failed, 2 usage error (an optional dependency
+that is not installed, wherever a command imports it, included: `MissingExtraError.of`).
 
 Heavy imports stay inside the commands' `run`: TensorFlow only in `convert` and
 `validate --against`, FastAPI only in `serve`, never at start-up.
@@ -27,7 +28,7 @@ from pneumo_onnx.engine.cli import (
     validate,
 )
 from pneumo_onnx.engine.cli.options import HelpFormatter, Parser
-from pneumo_onnx.engine.errors import PneumoError
+from pneumo_onnx.engine.errors import MissingExtraError, PneumoError
 
 COMMANDS = (predict, batch, evaluate, info, bench, convert, validate, serve, monitor)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
@@ -51,6 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PneumoError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return e.exit_code
+    except ModuleNotFoundError as e:  # an optional dependency, wherever a command imports it
+        missing = MissingExtraError.of(e, f"pneumo {args.command}")
+        if missing is None:
+            raise
+        print(f"error: {missing.message}", file=sys.stderr)
+        return missing.exit_code
     except BrokenPipeError:
         # The reader went away (`pneumo info | head -1`): stop quietly. Point stdout at
         # /dev/null so the interpreter's final flush does not complain either.
