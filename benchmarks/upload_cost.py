@@ -168,10 +168,11 @@ def _median_ms(work: Callable[[], object], images: int, passes: int = 3) -> floa
         before = _own_cpu()
         work()
         times.append(1000 * (_own_cpu() - before) / images)
-    return sorted(times)[passes // 2]
+    return _median(times)
 
 
 def _median(values: list[float]) -> float:
+    """The middle value (the upper one of an even count): a measured value, not an average."""
     return sorted(values)[len(values) // 2]
 
 
@@ -232,20 +233,14 @@ def main() -> None:
                 row["outside_decoding_cpu_ms"] = outside(row, decode_ms, model_ms)
                 rows.setdefault(f"{targets[t][0]} {way}", []).append(row)
     medians = {
-        key: {k: round(sorted(r[k] for r in runs)[len(runs) // 2], 3) for k in runs[0]}
+        key: {k: round(_median([r[k] for r in runs]), 3) for k in runs[0]}
         for key, runs in rows.items()
     }
     reference.engine.close()
-    decodes = sorted(ref["decode_cpu_ms"] for ref in references)
     summary: dict[str, Any] = {
-        "decode_cpu_ms_per_image": round(decodes[len(decodes) // 2], 3),
+        "decode_cpu_ms_per_image": round(_median([r["decode_cpu_ms"] for r in references]), 3),
         "model_cpu_ms_per_image_by_batch": {
-            size: round(
-                sorted(ref["model_cpu_ms_by_batch"][size] for ref in references)[
-                    len(references) // 2
-                ],
-                3,
-            )
+            size: round(_median([r["model_cpu_ms_by_batch"][size] for r in references]), 3)
             for size in range(1, 9)
         },
         "medians": medians,

@@ -13,7 +13,7 @@ import os
 import signal
 from typing import Any
 
-from pneumo_onnx.engine.errors import MissingExtraError, UsageError
+from pneumo_onnx.engine.errors import UsageError
 from pneumo_onnx.engine.serve.config import CONFIG_ENV, ServeConfig
 from pneumo_onnx.engine.serve.metrics import shared_metrics_dir
 
@@ -30,10 +30,8 @@ def run(config: ServeConfig) -> None:
         _warn_if_open(config)
         ray_serve.run(config)
         return
-    try:
-        import uvicorn
-    except ImportError as e:
-        raise MissingExtraError("serve", "pneumo serve", e.name or "uvicorn") from e
+    import uvicorn  # the serve extra (a missing one: the CLI says which, MissingExtraError.of)
+
     _check_files(config)
     from pneumo_onnx.engine.serve.front.protocol import GuardedHttpProtocol
 
